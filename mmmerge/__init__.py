@@ -1,0 +1,7 @@
+"""mmmerge: build multimodal LLMs by merging and stitching existing models."""
+
+from .adapters import open_checkpoint as load
+from .checkpoint import Checkpoint, Component, LazyTensor
+
+__version__ = "0.1.0"
+__all__ = ["load", "Checkpoint", "Component", "LazyTensor", "__version__"]

@@ -1,0 +1,112 @@
+"""The common namespace: a checkpoint is a set of components whose tensors are read only on demand.
+
+A `LazyTensor` knows its shape and dtype up front (from a file header) so plans and output headers can
+be built before any tensor data is read; `load()` reads just that tensor. Adapters derive new lazy
+tensors from source ones (`derive`) to split fused weights, transpose or reshape without reading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+COMPONENTS = ("vision", "projector", "language")
+
+
+@dataclass(frozen=True)
+class LazyTensor:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    load: Callable[[], torch.Tensor]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    def derive(self, fn: Callable[[torch.Tensor], torch.Tensor], shape) -> "LazyTensor":
+        """A lazy tensor computed from this one by `fn`; `shape` is the result's shape."""
+        return LazyTensor(tuple(shape), self.dtype, lambda: fn(self.load()))
+
+    @staticmethod
+    def of(tensor: torch.Tensor) -> "LazyTensor":
+        """Wrap an in-memory tensor (tests, small derived tensors)."""
+        return LazyTensor(tuple(tensor.shape), tensor.dtype, lambda: tensor)
+
+
+def combine(parts: list[LazyTensor], fn: Callable[..., torch.Tensor], shape) -> LazyTensor:
+    """A lazy tensor computed from several (e.g. q, k, v -> one fused in_proj)."""
+    return LazyTensor(tuple(shape), parts[0].dtype, lambda: fn(*[p.load() for p in parts]))
+
+
+def concat(parts: list[LazyTensor], dim: int = 0) -> LazyTensor:
+    shape = list(parts[0].shape)
+    shape[dim] = sum(p.shape[dim] for p in parts)
+    return combine(parts, lambda *ts: torch.cat(ts, dim=dim), shape)
+
+
+def chunk(t: LazyTensor, n: int, dim: int = 0) -> list[LazyTensor]:
+    """Split a fused tensor into `n` equal lazy parts along `dim`."""
+    size = t.shape[dim] // n
+    shape = list(t.shape)
+    shape[dim] = size
+    return [t.derive(lambda x, i=i: x.narrow(dim, i * size, size).clone(), shape) for i in range(n)]
+
+
+@dataclass
+class Component:
+    """One part of a (multimodal) model in the namespace of a transformers architecture.
+
+    `arch` is the transformers class whose state dict these names belong to (e.g. `CLIPVisionModel`),
+    `config` that class's config as a dict (with `model_type`), `preprocess` the image preprocessing of a
+    vision encoder (size, crop_size, mean, std, interpolation, resize_mode). `extra` lists tensors that
+    travel with the component but that `arch` does not hold (e.g. an open_clip projection head).
+    """
+
+    name: str
+    arch: str
+    config: dict
+    tensors: dict[str, LazyTensor]
+    preprocess: dict | None = None
+    extra: tuple[str, ...] = ()
+
+    @property
+    def num_params(self) -> int:
+        return sum(t.numel for t in self.tensors.values())
+
+    def dtypes(self) -> dict[str, int]:
+        """Parameter count per dtype name."""
+        out: dict[str, int] = {}
+        for t in self.tensors.values():
+            key = str(t.dtype).removeprefix("torch.")
+            out[key] = out.get(key, 0) + t.numel
+        return out
+
+
+@dataclass
+class Checkpoint:
+    """What an adapter read: the source format, its components, and anything it deliberately left out."""
+
+    path: Path
+    format: str
+    components: dict[str, Component]
+    ignored: Mapping[str, str] = field(default_factory=dict)  # tensor-name prefix -> why no component holds it
+    rest: dict[str, LazyTensor] = field(default_factory=dict)  # those tensors, kept as-is for `write_source`
+    source_config: dict = field(default_factory=dict)  # the source's own config files, for `write_source`
+
+    def component(self, name: str) -> Component:
+        from .errors import MMMergeError
+
+        if name not in self.components:
+            have = ", ".join(self.components) or "none"
+            raise MMMergeError(f"{self.path}: has no {name} component (it has: {have})")
+        return self.components[name]

@@ -1,0 +1,140 @@
+"""Lazy readers: every tensor of a file or folder as a `LazyTensor`, without reading tensor data.
+
+safetensors files are memory-mapped and read one tensor at a time; `.bin`/`.pt` files go through
+`torch.load(weights_only=True, mmap=True)` only, so a pickle that would run code is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..checkpoint import LazyTensor
+from ..errors import UnreadableFileError, UnsafeCheckpointError
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# Weight files a model folder may hold, in the order they are preferred.
+FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def read_safetensors(path: Path) -> dict[str, LazyTensor]:
+    try:
+        handle = safe_open(str(path), framework="pt")
+        names = list(handle.keys())
+        out = {}
+        for name in names:
+            s = handle.get_slice(name)
+            dtype = SAFETENSORS_DTYPES.get(s.get_dtype())
+            if dtype is None:
+                raise UnreadableFileError(f"{path}: tensor {name} has unsupported dtype {s.get_dtype()}")
+            out[name] = LazyTensor(tuple(s.get_shape()), dtype, lambda n=name: handle.get_tensor(n))
+        return out
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UnreadableFileError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
+
+
+def read_pickle(path: Path) -> dict[str, LazyTensor]:
+    """Tensors of a PyTorch checkpoint, loaded with weights_only=True (and mmap when the format allows)."""
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"{path}: refused to unpickle: it holds objects other than tensors, which could run code "
+            f"({_first_line(e)}); convert it to safetensors with a tool you trust"
+        ) from e
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise UnreadableFileError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from e
+    obj = _unwrap_state_dict(obj)
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UnreadableFileError(f"{path}: holds no flat dictionary of tensors")
+    return {k: LazyTensor.of(v) for k, v in obj.items()}
+
+
+def _unwrap_state_dict(obj):
+    """Training checkpoints nest the weights under `state_dict` or `model`, sometimes with `module.`."""
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) and k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def read_file(path: Path) -> dict[str, LazyTensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableFileError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        return read_pickle(path)
+    raise UnreadableFileError(f"{path}: unknown weight file type (expected .safetensors, .bin, .pt or .pth)")
+
+
+def read_index(index_path: Path) -> dict[str, LazyTensor]:
+    """A sharded checkpoint: `*.index.json` with a `weight_map` from tensor name to shard file."""
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UnreadableFileError(f"{index_path}: not a valid shard index ({_first_line(e)})") from e
+    out: dict[str, LazyTensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        tensors = read_file(index_path.parent / shard)
+        for name, t in tensors.items():
+            if weight_map.get(name) == shard:
+                out[name] = t
+    missing = sorted(set(weight_map) - set(out))
+    if missing:
+        raise UnreadableFileError(f"{index_path}: tensor {missing[0]} is listed but not in its shard")
+    return out
+
+
+def read_folder(folder: Path, names: tuple[str, ...] = FOLDER_WEIGHTS) -> dict[str, LazyTensor]:
+    """The weights of a model folder: a sharded index or a single file, safetensors first."""
+    folder = Path(folder)
+    for name in names:
+        index = folder / f"{name}.index.json"
+        if index.is_file():
+            return read_index(index)
+        if (folder / name).is_file():
+            return read_file(folder / name)
+    raise UnreadableFileError(f"{folder}: no weights found (looked for {', '.join(names)} and their shard indexes)")
+
+
+def read_tensors(path: Path) -> dict[str, LazyTensor]:
+    """Tensors of a weight file, a shard index, or a model folder."""
+    path = Path(path)
+    if path.is_dir():
+        return read_folder(path)
+    if path.name.endswith(".index.json"):
+        return read_index(path)
+    return read_file(path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UnreadableFileError(f"{path}: not valid JSON ({_first_line(e)})") from e
+    if not isinstance(data, dict):
+        raise UnreadableFileError(f"{path}: expected a JSON object")
+    return data
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
