@@ -1,7 +1,99 @@
-"""placeholder"""
-FORMAT = "hf_vision"
-DESCRIPTION = "hf_vision (not yet implemented)"
+"""transformers vision encoders: CLIP and SigLIP towers (also inside a full CLIP/SigLIP), DINOv2, ViT.
+
+The canonical architecture is the bare vision model (`CLIPVisionModel`, `SiglipVisionModel`,
+`Dinov2Model`, `ViTModel`); its tensors are found under whichever prefix the file uses (flat as
+transformers 5 saves them, `vision_model.` as older saves and full models do, `vit.`/`dinov2.` inside
+task heads). A full CLIP's `visual_projection` travels as an extra tensor; the text tower and task
+heads are kept aside and reported.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+from ..checkpoint import Checkpoint
+from ..io.atomic import atomic_output_dir
+from ..io.reader import read_folder, read_json
+from ..io.writer import write_safetensors
+from .hf_common import copy_side_files, describe_rest, leftovers, read_config, take_component
+from .preprocess import RESAMPLE_NAMES, make_preprocess
+
+FORMAT = "transformers-vision"
+DESCRIPTION = "transformers vision folder (CLIP, SigLIP, DINOv2, ViT; full CLIP/SigLIP too)"
+
+# model_type -> (vision model_type, prefixes to try, extra tensors kept with the tower)
+VISION_TYPES = {
+    "clip_vision_model": ("clip_vision_model", ("", "vision_model."), ()),
+    "siglip_vision_model": ("siglip_vision_model", ("", "vision_model."), ()),
+    "clip": ("clip_vision_model", ("vision_model.",), ("visual_projection.weight",)),
+    "siglip": ("siglip_vision_model", ("vision_model.",), ()),
+    "dinov2": ("dinov2", ("", "dinov2."), ()),
+    "dinov2_with_registers": ("dinov2_with_registers", ("", "dinov2_with_registers."), ()),
+    "vit": ("vit", ("", "vit."), ()),
+}
 
 
-def detect(path):
-    return False
+def detect(path: Path) -> bool:
+    if not Path(path).is_dir():
+        return False
+    cfg = read_config(path)
+    return bool(cfg) and "architecture" not in cfg and cfg.get("model_type") in VISION_TYPES
+
+
+def vision_config(cfg: dict) -> dict:
+    """The vision tower's own config dict (the `vision_config` of a full CLIP/SigLIP)."""
+    vtype = VISION_TYPES[cfg["model_type"]][0]
+    vcfg = dict(cfg.get("vision_config") or cfg) if vtype != cfg["model_type"] else dict(cfg)
+    vcfg["model_type"] = vtype
+    vcfg.pop("architectures", None)
+    return vcfg
+
+
+def read_preprocess(path: Path) -> dict | None:
+    """The neutral preprocessing form from a CLIP/SigLIP/ViT-style `preprocessor_config.json`."""
+    file = Path(path) / "preprocessor_config.json"
+    if not file.is_file():
+        return None
+    p = read_json(file)
+    size, crop = p.get("size") or {}, p.get("crop_size")
+    interp = RESAMPLE_NAMES.get(p.get("resample", 3), "bicubic")
+    mean, std = p.get("image_mean", [0.5] * 3), p.get("image_std", [0.5] * 3)
+    if "shortest_edge" in size and p.get("do_center_crop", True) and crop:
+        return make_preprocess((crop["height"], crop["width"]), mean, std, interp, "shortest", size["shortest_edge"])
+    if "height" in size:
+        return make_preprocess((size["height"], size["width"]), mean, std, interp, "squash")
+    return None
+
+
+def read(path: Path) -> Checkpoint:
+    path = Path(path)
+    cfg = read_config(path)
+    vcfg = vision_config(cfg)
+    _, prefixes, extras = VISION_TYPES[cfg["model_type"]]
+    arch = MODEL_MAPPING_NAMES[vcfg["model_type"]]
+    tensors = read_folder(path)
+    vision, prefix = take_component("vision", arch, vcfg, tensors, prefixes, path, read_preprocess(path))
+    used = {prefix + k for k in vision.tensors}
+    for name in extras:
+        if name in tensors:
+            vision.tensors[name] = tensors[name]
+            vision.extra += (name,)
+            used.add(name)
+    rest = leftovers(tensors, used)
+    source = {"config.json": cfg, "prefix": prefix}
+    return Checkpoint(path, FORMAT, {"vision": vision}, describe_rest(rest, f"not part of the {arch} tower"), rest, source)
+
+
+def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None:
+    """The folder again, tower tensors under the prefix they were read with."""
+    vision = checkpoint.component("vision")
+    prefix = checkpoint.source_config["prefix"]
+    tensors = {(k if k in vision.extra else prefix + k): v for k, v in vision.tensors.items()}
+    with atomic_output_dir(out, force) as tmp:
+        (tmp / "config.json").write_text(json.dumps(checkpoint.source_config["config.json"], indent=2) + "\n")
+        write_safetensors(tmp, {**tensors, **checkpoint.rest})
+        if checkpoint.path.is_dir():
+            copy_side_files(checkpoint.path, tmp)

@@ -1,0 +1,52 @@
+"""A summary of a checkpoint for people (`mmmerge inspect`) and for scripts (`--json`)."""
+
+from __future__ import annotations
+
+from .checkpoint import Checkpoint, Component
+
+# Config fields worth showing, in this order, when a component's config has them.
+SUMMARY_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                  "num_key_value_heads", "vocab_size", "image_size", "patch_size", "hidden_act",
+                  "tie_word_embeddings", "projector_hidden_act", "vision_hidden_size", "text_hidden_size",
+                  "vision_feature_layer", "vision_feature_select_strategy")
+
+
+def component_summary(c: Component) -> dict:
+    return {
+        "architecture": c.arch,
+        "config": {k: c.config[k] for k in SUMMARY_FIELDS if k in c.config},
+        "parameters": c.num_params,
+        "tensors": len(c.tensors),
+        "dtypes": c.dtypes(),
+        "extra_tensors": list(c.extra),
+        "preprocess": c.preprocess,
+    }
+
+
+def summary(ckpt: Checkpoint) -> dict:
+    return {
+        "path": str(ckpt.path),
+        "format": ckpt.format,
+        "components": {name: component_summary(c) for name, c in ckpt.components.items()},
+        "not_in_components": dict(ckpt.ignored),
+        "not_in_components_parameters": sum(t.numel for t in ckpt.rest.values()),
+    }
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"{s['path']}", f"  format: {s['format']}"]
+    for name, c in s["components"].items():
+        lines.append(f"  {name}: {c['architecture']}  {c['parameters']:,} parameters in {c['tensors']} tensors"
+                     f"  ({', '.join(f'{d}: {n:,}' for d, n in c['dtypes'].items())})")
+        if c["config"]:
+            lines.append("    " + ", ".join(f"{k}={v}" for k, v in c["config"].items()))
+        if c["extra_tensors"]:
+            lines.append(f"    extra tensors (not held by {c['architecture']}): {', '.join(c['extra_tensors'])}")
+        if c["preprocess"]:
+            p = c["preprocess"]
+            lines.append(f"    preprocess: {p['resize_mode']} resize to {p['resize'] or p['image_size']}, crop "
+                         f"{p['image_size']}, {p['interpolation']}, mean {p['mean']}, std {p['std']}")
+    if s["not_in_components"]:
+        lines.append(f"  outside components ({s['not_in_components_parameters']:,} parameters, kept as they are):")
+        lines.extend(f"    {prefix}*: {why}" for prefix, why in s["not_in_components"].items())
+    return "\n".join(lines)
