@@ -69,7 +69,9 @@ class Component:
     `arch` is the transformers class whose state dict these names belong to (e.g. `CLIPVisionModel`),
     `config` that class's config as a dict (with `model_type`), `preprocess` the image preprocessing of a
     vision encoder (size, crop_size, mean, std, interpolation, resize_mode). `extra` lists tensors that
-    travel with the component but that `arch` does not hold (e.g. an open_clip projection head).
+    travel with the component but that `arch` does not hold (e.g. an open_clip projection head). `filled`
+    lists tensors `arch` needs but the source lacks, made up so that it loads with no missing keys (e.g.
+    DINOv2's unused mask token from a timm checkpoint); writing back to the source drops them.
     """
 
     name: str
@@ -78,6 +80,7 @@ class Component:
     tensors: dict[str, LazyTensor]
     preprocess: dict | None = None
     extra: tuple[str, ...] = ()
+    filled: tuple[str, ...] = ()
 
     @property
     def num_params(self) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..checkpoint import Component, LazyTensor
 from ..errors import MMMergeError, UnreadableFileError
 from ..io.reader import read_json
-from .hf_export import expected_keys, meta_model
+from .hf_export import file_layout, meta_model
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 
@@ -31,18 +31,17 @@ def take_component(name: str, arch: str, config: dict, tensors: dict[str, LazyTe
     is taken when present.
     """
     component = Component(name, arch, config, {}, preprocess)
-    model = meta_model(component)
-    required = expected_keys(model)
+    required, optional = file_layout(meta_model(component))
     prefix = max(prefixes, key=lambda p: sum(1 for k in required if p + k in tensors))
-    for key, value in model.state_dict().items():
+    for key, shape in {**required, **optional}.items():
         src = prefix + key
         if src not in tensors:
             if key in required:
                 raise UnreadableFileError(f"{where}: tensor {src} is missing ({arch} needs it)")
             continue
-        if tuple(tensors[src].shape) != tuple(value.shape):
+        if tuple(tensors[src].shape) != shape:
             raise UnreadableFileError(
-                f"{where}: tensor {src} has shape {tuple(tensors[src].shape)}, the config implies {tuple(value.shape)}")
+                f"{where}: tensor {src} has shape {tuple(tensors[src].shape)}, the config implies {shape}")
         component.tensors[key] = tensors[src]
     return component, prefix
 

@@ -1,8 +1,11 @@
 """Write a component as a transformers folder that `from_pretrained` loads with no missing or unexpected keys.
 
-The keys the architecture holds are taken from the class itself, built on the meta device from the
-config, so nothing is guessed: a missing tensor is an error, a tensor the class cannot hold is left out
-and reported to the caller.
+Canonical tensor names are the *file* layout of the architecture: what `save_pretrained` writes and hub
+checkpoints hold (e.g. ViT's `encoder.layer.N.attention.attention.query`, LLaVA's `language_model.model.*`),
+not the in-memory names transformers 5 renames them to on load, which change between releases. The
+layout is taken from the class itself, built on the meta device from the config and passed through
+transformers' own save-time renaming, so nothing is guessed: a missing tensor is an error, a tensor
+the class cannot hold is left out and reported to the caller.
 """
 
 from __future__ import annotations
@@ -36,10 +39,27 @@ def meta_model(component: Component) -> torch.nn.Module:
         return cls._from_config(build_config(component))
 
 
-def expected_keys(model: torch.nn.Module) -> list[str]:
-    """State-dict keys a checkpoint must hold: tied duplicates (e.g. a tied lm_head) are not required."""
+def file_layout(model: torch.nn.Module) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """(required, optional): tensor name -> shape as a checkpoint file of this model holds them.
+
+    Optional tensors are tied duplicates (the lm_head of tied embeddings): files may hold them or not.
+    """
     dupes = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
-    return [k for k in model.state_dict() if k not in dupes]
+    state = model.state_dict()
+    required = to_file_names(model, {k: v for k, v in state.items() if k not in dupes})
+    optional = to_file_names(model, {k: v for k, v in state.items() if k in dupes})
+    return ({k: tuple(v.shape) for k, v in required.items()}, {k: tuple(v.shape) for k, v in optional.items()})
+
+
+def to_file_names(model: torch.nn.Module, state: dict) -> dict:
+    """transformers' own save-time renaming (in-memory names -> file names)."""
+    if not state:
+        return {}
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers without load-time renaming: the names are the file names
+        return state
+    return revert_weight_conversion(model, state)
 
 
 def hf_config_dict(component: Component) -> dict:
@@ -51,19 +71,17 @@ def hf_config_dict(component: Component) -> dict:
 def save_hf(component: Component, out: Path, *, force: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
             metadata: dict | None = None) -> list[str]:
     """Write config, weights and (for vision) the image processor config; return the names left out."""
-    model = meta_model(component)
-    expected = expected_keys(model)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in component.tensors]
+    required, optional = file_layout(meta_model(component))
+    missing = [k for k in required if k not in component.tensors]
     if missing:
         raise MMMergeError(f"{component.arch}: tensor {missing[0]} is missing from the {component.name} component"
                            f" ({len(missing)} missing)")
-    for k in expected:
-        if tuple(component.tensors[k].shape) != shapes[k]:
+    for k, shape in required.items():
+        if tuple(component.tensors[k].shape) != shape:
             raise MMMergeError(f"{component.arch}: tensor {k} has shape {tuple(component.tensors[k].shape)},"
-                               f" the config implies {shapes[k]}")
-    keep = {k: component.tensors[k] for k in expected}
-    left_out = [k for k in component.tensors if k not in keep and k not in shapes]
+                               f" the config implies {shape}")
+    keep = {k: component.tensors[k] for k in required}
+    left_out = [k for k in component.tensors if k not in required and k not in optional]
     with atomic_output_dir(out, force) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(component), indent=2) + "\n")
         write_safetensors(tmp, keep, max_shard_bytes=max_shard_bytes, metadata=metadata)

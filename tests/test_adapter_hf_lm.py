@@ -1,0 +1,105 @@
+"""transformers causal LMs: read, write as transformers, and the source model's own forward as the oracle."""
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from mmmerge.adapters import detect_adapter, hf_causal_lm, open_checkpoint
+from mmmerge.adapters.hf_export import save_hf
+from mmmerge.errors import MMMergeError
+from mmmerge.io import read_tensors
+from tiny import LM, max_diff, randomize
+
+FAMILIES = {
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+    "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {"sliding_window": None}),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {"tie_word_embeddings": True}),
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {"head_dim": 8}),
+    "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, {"head_dim": 8}),
+    "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, {"pad_token_id": 0}),
+}
+
+
+def build(family, tmp_path, **save_kw):
+    cfg_cls, model_cls, extra = FAMILIES[family]
+    torch.manual_seed(0)
+    model = randomize(model_cls(cfg_cls(**{**LM, **extra})))
+    src = tmp_path / family
+    model.save_pretrained(src, **save_kw)
+    (src / "tokenizer_config.json").write_text('{"model_max_length": 64}')
+    return model, src
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_language_model_reads_writes_and_runs_the_same(family, tmp_path):
+    model, src = build(family, tmp_path)
+    assert detect_adapter(src) is hf_causal_lm
+    ckpt = open_checkpoint(src)
+    lang = ckpt.component("language")
+    assert lang.arch == type(model).__name__ and not ckpt.rest
+    assert lang.num_params == sum(p.numel() for p in model.parameters())
+
+    out = tmp_path / "out"
+    assert save_hf(lang, out) == []
+    loaded, info = type(model).from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ids = torch.randint(0, LM["vocab_size"], (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert max_diff(loaded(ids).logits, model(ids).logits) <= 1e-5
+
+    back = tmp_path / "back"
+    hf_causal_lm.write_source(ckpt, back)
+    original, again = load_file(src / "model.safetensors"), load_file(back / "model.safetensors")
+    assert set(original) == set(again) and all(torch.equal(original[k], again[k]) for k in original)
+    assert (back / "tokenizer_config.json").read_text() == '{"model_max_length": 64}'
+
+
+def test_tied_embeddings(tmp_path):
+    model, src = build("qwen2", tmp_path)
+    lang = open_checkpoint(src).component("language")
+    assert hf_causal_lm.is_tied(lang) and "lm_head.weight" not in lang.tensors
+    untied = hf_causal_lm.untie(lang)
+    assert torch.equal(untied.tensors["lm_head.weight"].load(), model.lm_head.weight)
+    save_hf(untied, tmp_path / "untied")
+    loaded, info = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "untied", output_loading_info=True)
+    assert not info["missing_keys"] and not loaded.config.tie_word_embeddings
+    assert loaded.lm_head.weight.data_ptr() != loaded.model.embed_tokens.weight.data_ptr()
+
+
+def test_sharded_folder(tmp_path):
+    model, src = build("llama", tmp_path, max_shard_size="20KB")
+    assert (src / "model.safetensors.index.json").exists()
+    lang = open_checkpoint(src).component("language")
+    for name, p in model.state_dict().items():
+        assert torch.equal(lang.tensors[name].load(), p), name
+
+
+def test_pytorch_bin_folder(tmp_path):
+    model, src = build("llama", tmp_path)
+    (src / "model.safetensors").unlink()
+    torch.save(model.state_dict(), src / "pytorch_model.bin")
+    lang = open_checkpoint(src).component("language")
+    assert torch.equal(lang.tensors["model.norm.weight"].load(), model.model.norm.weight)
+
+
+def test_shape_disagreeing_with_config_names_the_tensor(tmp_path):
+    _, src = build("llama", tmp_path)
+    import json
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["intermediate_size"] = 48
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MMMergeError, match=r"tensor model\.layers\.0\.mlp\.\w+_proj\.weight has shape \((32, 64|64, 32)\)"):
+        open_checkpoint(src)
+
+
+def test_extra_tensors_are_kept_and_reported(tmp_path):
+    from safetensors.torch import save_file
+    _, src = build("llama", tmp_path)
+    tensors = load_file(src / "model.safetensors")
+    tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    ckpt = open_checkpoint(src)
+    assert list(ckpt.rest) == ["model.layers.0.self_attn.rotary_emb.inv_freq"] and "model" in ckpt.ignored
+    hf_causal_lm.write_source(ckpt, tmp_path / "back")
+    assert set(read_tensors(tmp_path / "back")) == set(tensors)

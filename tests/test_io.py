@@ -1,0 +1,125 @@
+"""Readers and the streaming writer, checked against the safetensors library and torch.load."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from mmmerge.checkpoint import LazyTensor, chunk, concat
+from mmmerge.errors import OutputExistsError, UnreadableFileError, UnsafeCheckpointError
+from mmmerge.io import atomic_output_dir, read_tensors, write_safetensors
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int8, torch.bool, torch.float8_e4m3fn]
+
+
+def sample_tensors():
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for i, dt in enumerate(DTYPES):
+        x = torch.randn(3, 5 + i, generator=g) * 10
+        out[f"t{i}.{str(dt)[6:]}"] = x.to(dt)
+    out["scalar"] = torch.tensor(2.5)
+    out["empty"] = torch.zeros(0, 4)
+    return out
+
+
+def test_writer_output_is_read_by_safetensors(tmp_path):
+    tensors = sample_tensors()
+    files = write_safetensors(tmp_path, {k: LazyTensor.of(v) for k, v in tensors.items()}, metadata={"who": "test"})
+    assert files == ["model.safetensors"]
+    back = load_file(tmp_path / "model.safetensors")
+    assert set(back) == set(tensors)
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "pt", "who": "test"}
+
+
+def test_sharded_writer_and_index_reader(tmp_path):
+    tensors = {f"layer.{i}.w": torch.full((64, 64), float(i)) for i in range(10)}  # 16 KiB each
+    files = write_safetensors(tmp_path, {k: LazyTensor.of(v) for k, v in tensors.items()}, max_shard_bytes=40_000)
+    assert files[-1] == "model.safetensors.index.json" and len(files) == 6  # two tensors a shard
+    index = json.loads((tmp_path / files[-1]).read_text())
+    assert index["metadata"]["total_size"] == 10 * 64 * 64 * 4
+    for name, shard in index["weight_map"].items():
+        assert torch.equal(load_file(tmp_path / shard)[name], tensors[name])
+    lazy = read_tensors(tmp_path)
+    assert set(lazy) == set(tensors)
+    assert all(torch.equal(lazy[k].load(), tensors[k]) for k in tensors)
+
+
+def test_reader_is_lazy_and_knows_shapes(tmp_path):
+    save_file({"a": torch.ones(2, 3, dtype=torch.bfloat16)}, tmp_path / "x.safetensors")
+    calls = []
+    t = read_tensors(tmp_path / "x.safetensors")["a"]
+    assert t.shape == (2, 3) and t.dtype == torch.bfloat16 and t.nbytes == 12
+    wrapped = t.derive(lambda x: calls.append(1) or x.T, (3, 2))
+    assert calls == []
+    assert wrapped.load().shape == (3, 2) and calls == [1]
+
+
+def test_chunk_and_concat_are_inverse():
+    fused = torch.arange(24.0).reshape(6, 4)
+    parts = chunk(LazyTensor.of(fused), 3)
+    assert [p.shape for p in parts] == [(2, 4)] * 3
+    assert torch.equal(parts[1].load(), fused[2:4])
+    assert torch.equal(concat(parts).load(), fused)
+
+
+def test_pickle_reader_takes_weights_only(tmp_path):
+    sd = {"w": torch.randn(4, 4), "b": torch.randn(4)}
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "m.pt")
+    lazy = read_tensors(tmp_path / "m.pt")
+    assert set(lazy) == {"w", "b"} and torch.equal(lazy["w"].load(), sd["w"])
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_malicious_pickle_is_refused_not_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"w": Exploit()}, f)
+    with pytest.raises(UnsafeCheckpointError, match="pytorch_model.bin: refused to unpickle"):
+        read_tensors(tmp_path / "pytorch_model.bin")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_corrupt_files_name_the_file(tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(UnreadableFileError, match="bad.safetensors"):
+        read_tensors(tmp_path / "bad.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"a": "missing.safetensors"}}')
+    with pytest.raises(UnreadableFileError, match="missing.safetensors: no such file"):
+        read_tensors(tmp_path / "model.safetensors.index.json")
+
+
+def test_atomic_output_dir(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with atomic_output_dir(out) as tmp:
+            (tmp / "half.safetensors").write_text("x")
+            raise RuntimeError("boom")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    with atomic_output_dir(out) as tmp:
+        (tmp / "a").write_text("1")
+    assert (out / "a").read_text() == "1"
+    with pytest.raises(OutputExistsError, match="not empty"):
+        with atomic_output_dir(out):
+            pass
+    with atomic_output_dir(out, force=True) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_writer_checks_produced_shape(tmp_path):
+    bad = LazyTensor((2, 2), torch.float32, lambda: torch.zeros(3))
+    with pytest.raises(Exception, match="planned"):
+        write_safetensors(tmp_path, {"x": bad})
