@@ -51,12 +51,12 @@ def read(path: Path) -> Checkpoint:
     model_cfg = config.get("model_cfg")
     if not isinstance(model_cfg, dict) or not isinstance(model_cfg.get("vision_cfg"), dict):
         raise UnreadableFileError(f"{folder / CONFIG}: has no model_cfg.vision_cfg object (open_clip needs both)")
+    vision_cfg = _vision_cfg(folder, model_cfg["vision_cfg"])
+    pre = preprocess(folder, config, vision_cfg["image_size"])
     weights = weights_file(folder)
     tensors = read_file(weights)
     visual = {k.removeprefix("visual."): t for k, t in tensors.items() if k.startswith("visual.")}
     rest = {k: t for k, t in tensors.items() if not k.startswith("visual.")}
-    vision_cfg = _vision_cfg(folder, model_cfg["vision_cfg"])
-    pre = preprocess(folder, config, vision_cfg["image_size"])
     if vision_cfg["timm_model_name"]:
         vision = _read_timm(folder, weights, vision_cfg, visual, pre)
     else:
@@ -218,8 +218,6 @@ def _read_timm(folder, weights, cfg, visual, pre) -> Component:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
-    from .timm_vision import vit_from_timm
-
     name, pool, proj = cfg["timm_model_name"], cfg["timm_pool"], cfg["timm_proj"]
     if proj != "none" or pool in ("abs_attn", "rot_attn"):
         raise UnsupportedArchitectureError(f"{folder / CONFIG}: vision_cfg timm_proj={proj!r} timm_pool={pool!r} adds an "
@@ -234,8 +232,13 @@ def _read_timm(folder, weights, cfg, visual, pre) -> Component:
     if tuple(trunk.patch_embed.img_size) != (cfg["image_size"],) * 2:
         raise UnsupportedArchitectureError(f"{folder / CONFIG}: vision_cfg image_size {cfg['image_size']} differs from "
                                            f"{name}'s {tuple(trunk.patch_embed.img_size)}")
+    from .timm_vision import vit_from_timm
+
     _check_shapes(weights, "visual.", {f"trunk.{k}": tuple(v.shape) for k, v in trunk.state_dict().items()}, visual)
-    component, left = vit_from_timm(trunk, {k.removeprefix("trunk."): t for k, t in visual.items()}, pre)
+    try:
+        component, left = vit_from_timm(trunk, {k.removeprefix("trunk."): t for k, t in visual.items()}, pre)
+    except UnsupportedArchitectureError as e:
+        raise UnsupportedArchitectureError(f"{folder / CONFIG}: timm model {name!r}: {e}") from e
     if left:
         raise UnsupportedArchitectureError(f"{weights}: tensor visual.trunk.{next(iter(left))} has no place in "
                                            f"{component.arch}")
