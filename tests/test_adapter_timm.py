@@ -127,7 +127,8 @@ def test_round_trip_is_bit_identical_and_loads_in_timm(case, tmp_path):
     assert set(before) == set(after)
     for k in before:
         assert before[k].dtype == after[k].dtype and torch.equal(before[k], after[k]), k
-    assert json.loads((tmp_path / "out" / "config.json").read_text()) == json.loads((folder / "config.json").read_text())
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config == json.loads((folder / "config.json").read_text())
     reloaded = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
     x = torch.randn(1, 3, *model.patch_embed.img_size)
     with torch.no_grad():
@@ -200,8 +201,9 @@ def test_detect(tmp_path):
     ("vit_base_patch16_224", dict(qk_norm=True), "q_norm"),
     ("vit_base_patch16_224", dict(qkv_bias=False), "qkv.bias"),
     ("vit_base_patch16_224", dict(no_embed_class=True), "no_embed_class"),
-    ("vit_base_patch16_224", dict(patch_size=(8, 4)), "square patches"),
+    ("vit_base_patch16_224", dict(patch_size=(8, 4)), "non-square patches"),
     ("vit_small_patch14_dinov2", dict(mlp_ratio=2.5), "whole multiple"),
+    ("vit_giant_patch14_dinov2", {}, "plain Attention and Mlp"),  # SwiGLU MLP
     ("vit_base_patch16_224", dict(pre_norm=True, init_values=0.1), "matches no transformers model"),
     ("test_resnet", {}, "no timm VisionTransformer"),
 ])

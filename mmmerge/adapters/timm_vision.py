@@ -37,17 +37,14 @@ def _qkv(pattern: str, parts=("q", "k", "v")) -> str:
     return "+".join(pattern.format(x) for x in parts)
 
 
-_QKV = ("query", "key", "value")
-
-
+_HF_ATTN = [("attn.qkv.*", _qkv("attention.attention.{}.*", ("query", "key", "value")), "split"),
+            ("attn.proj.*", "attention.output.dense.*")]  # ViT and DINOv2 (file layout)
 _CLIP_BLOCK = [("norm1.*", "layer_norm1.*"), ("attn.qkv.*", _qkv("self_attn.{}_proj.*"), "split"),
                ("attn.proj.*", "self_attn.out_proj.*"), ("norm2.*", "layer_norm2.*"),
                ("mlp.fc1.*", "mlp.fc1.*"), ("mlp.fc2.*", "mlp.fc2.*")]
-_VIT_BLOCK = [("norm1.*", "layernorm_before.*"), ("attn.qkv.*", _qkv("attention.attention.{}.*", _QKV), "split"),
-              ("attn.proj.*", "attention.output.dense.*"), ("norm2.*", "layernorm_after.*"),
+_VIT_BLOCK = [("norm1.*", "layernorm_before.*"), *_HF_ATTN, ("norm2.*", "layernorm_after.*"),
               ("mlp.fc1.*", "intermediate.dense.*"), ("mlp.fc2.*", "output.dense.*")]
-_DINO_BLOCK = [("norm1.*", "norm1.*"), ("attn.qkv.*", _qkv("attention.attention.{}.*", _QKV), "split"),
-               ("attn.proj.*", "attention.output.dense.*"), ("ls1.gamma", "layer_scale1.lambda1"), ("norm2.*", "norm2.*"),
+_DINO_BLOCK = [("norm1.*", "norm1.*"), *_HF_ATTN, ("ls1.gamma", "layer_scale1.lambda1"), ("norm2.*", "norm2.*"),
                ("mlp.fc1.*", "mlp.fc1.*"), ("mlp.fc2.*", "mlp.fc2.*"), ("ls2.gamma", "layer_scale2.lambda1")]
 _DINO_STEM = [("patch_embed.proj.*", "embeddings.patch_embeddings.projection.*"), ("norm.*", "layernorm.*")]
 
@@ -71,7 +68,8 @@ _LAYOUTS = {
         ("cls_token", "embeddings.cls_token"), ("pos_embed", "embeddings.position_embeddings"),
         ("patch_embed.proj.*", "embeddings.patch_embeddings.projection.*"), ("norm.*", "layernorm.*")]),
 }
-_SIGLIP_HEAD = [("attn_pool.latent", "head.probe"), ("attn_pool.q.*+attn_pool.kv.*", "head.attention.in_proj_*", "fuse"),
+_SIGLIP_HEAD = [("attn_pool.latent", "head.probe"),
+                ("attn_pool.q.*+attn_pool.kv.*", "head.attention.in_proj_*", "fuse"),
                 ("attn_pool.proj.*", "head.attention.out_proj.*"), ("attn_pool.norm.*", "head.layernorm.*"),
                 ("attn_pool.mlp.fc1.*", "head.mlp.fc1.*"), ("attn_pool.mlp.fc2.*", "head.mlp.fc2.*")]
 _PROJECTION = [("head.weight", "visual_projection.weight")]
@@ -168,8 +166,12 @@ def _inspect(model: nn.Module) -> tuple[str, dict]:
     from timm.models.vision_transformer import Block, VisionTransformer
 
     if not isinstance(model, VisionTransformer):
-        raise UnsupportedArchitectureError(f"a {type(model).__name__}, which is no timm VisionTransformer, has no mapping")
+        raise UnsupportedArchitectureError(f"a {type(model).__name__} is no timm VisionTransformer; it has no mapping")
     pe, blocks = model.patch_embed, list(model.blocks)
+    if type(pe) is not PatchEmbed or not blocks or any(
+            type(b) is not Block or type(b.attn) is not Attention or type(b.mlp) is not Mlp for b in blocks):
+        raise UnsupportedArchitectureError("a patch embedding or blocks other than timm's PatchEmbed and pre-norm Block"
+                                           " with plain Attention and Mlp have no transformers equivalent")
     cls, reg = model.cls_token is not None, model.num_reg_tokens
     pre, ls = not isinstance(model.norm_pre, nn.Identity), not isinstance(blocks[0].ls1, nn.Identity)
     if cls and pre and not ls and not reg:
@@ -189,16 +191,14 @@ def _inspect(model: nn.Module) -> tuple[str, dict]:
     norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
     pool = model.attn_pool
     problems = {
-        "a patch embedding other than one convolution with square patches": type(pe) is not PatchEmbed
-            or not isinstance(pe.norm, nn.Identity) or not pe.flatten or pe.patch_size[0] != pe.patch_size[1],
         "a dynamic or non-square image size": model.dynamic_img_size or pe.dynamic_img_pad or not pe.strict_img_size
             or pe.img_size[0] != pe.img_size[1],
+        "a patch embedding with a norm, or non-square patches": not isinstance(pe.norm, nn.Identity) or not pe.flatten
+            or pe.patch_size[0] != pe.patch_size[1],
         "no learned position embedding": model.pos_embed is None,
-        "blocks other than timm's pre-norm Block with plain attention and MLP": any(
-            type(b) is not Block or type(b.attn) is not Attention or type(b.mlp) is not Mlp for b in blocks),
         "blocks of unequal widths, or attention narrower or wider than the embedding": any(
-            (b.attn.attn_dim, b.attn.num_heads, b.mlp.fc1.out_features, _act_name(b.mlp.act)) != (dim, heads, hidden, act)
-            for b in blocks),
+            (b.attn.attn_dim, b.attn.num_heads, b.mlp.fc1.out_features, _act_name(b.mlp.act))
+            != (dim, heads, hidden, act) for b in blocks),
         f"activation {type(blocks[0].mlp.act).__name__}": act is None,
         "normalization other than LayerNorm with one eps": len({m.eps for m in norms}) != 1,
         "no final norm, or a norm after pooling (fc_norm)": isinstance(model.norm, nn.Identity)
@@ -238,7 +238,8 @@ def _check_shapes(expected: dict[str, tuple], tensors: dict[str, LazyTensor]) ->
         if name not in tensors:
             raise UnreadableFileError(f"tensor {name} is missing from the weights")
         if tuple(tensors[name].shape) != shape:
-            raise ShapeMismatchError(f"tensor {name} has shape {tuple(tensors[name].shape)}, the config implies {shape}")
+            raise ShapeMismatchError(
+                f"tensor {name} has shape {tuple(tensors[name].shape)}, the config implies {shape}")
 
 
 def vit_from_timm(model: nn.Module, tensors: dict[str, LazyTensor],
@@ -290,23 +291,24 @@ def vit_to_timm(component: Component) -> dict[str, LazyTensor]:
         raise MMMergeError(f"{component.arch}: tensor {missing[0]} is missing from the {component.name} component")
     unplaced = [n for n in t if n not in hf_used and n not in component.filled]
     if unplaced:
-        raise UnsupportedArchitectureError(f"{component.arch}: tensor {unplaced[0]} has no place in a timm VisionTransformer")
+        raise UnsupportedArchitectureError(
+            f"{component.arch}: tensor {unplaced[0]} has no place in a timm VisionTransformer")
     out: dict[str, LazyTensor] = {}
     for timm_names, hf_names, kind in rules:
         out.update(zip(timm_names, _to_timm(kind, [t[n] for n in hf_names])))
     return out
 
 
-def _meta_model(folder: Path) -> nn.Module:
-    """What `timm.create_model("local-dir:FOLDER")` builds from config.json (its pretrained_cfg included), without memory."""
+def _meta_model(folder: Path, shown: Path | None = None) -> nn.Module:
+    """What `timm.create_model("local-dir:FOLDER")` builds (pretrained_cfg included), without memory."""
     import timm
 
     try:
         with torch.device("meta"):
             return timm.create_model(f"local-dir:{folder}", pretrained=False)
-    except Exception as e:  # timm raises anything from bad model_args (TypeError, AssertionError, RuntimeError ...)
+    except Exception as e:  # timm raises anything on bad model_args (TypeError, AssertionError, RuntimeError ...)
         text = str(e).strip().splitlines() or [type(e).__name__]
-        raise UnreadableFileError(f"{folder / 'config.json'}: timm cannot build this model ({text[0]})") from e
+        raise UnreadableFileError(f"{shown or folder}/config.json: timm cannot build this model ({text[0]})") from e
 
 
 def detect(path: Path) -> bool:
@@ -346,7 +348,7 @@ def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None
     tensors = {**vit_to_timm(checkpoint.component("vision")), **checkpoint.rest}
     with atomic_output_dir(out, force) as tmp:
         (tmp / "config.json").write_text(json.dumps(checkpoint.source_config, indent=2) + "\n")
-        model = _meta_model(tmp)
+        model = _meta_model(tmp, shown=out)
         try:
             _check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()}, tensors)
         except MMMergeError as e:
