@@ -1,11 +1,11 @@
-"""open_clip hub folders: the vision tower equals open_clip's own forward, loads in transformers, round-trips exactly."""
+"""open_clip hub folders: the vision tower computes what open_clip computes, loads in transformers, round-trips."""
 
 import json
 import os
+from functools import partial
 
 import open_clip
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 import transformers
@@ -32,6 +32,14 @@ def mmmerge_test_siglip(pretrained=False, **kwargs):
     return build_model_with_cfg(VisionTransformer, "mmmerge_test_siglip", pretrained, **{**args, **kwargs})
 
 
+@register_model
+def mmmerge_test_clip(pretrained=False, **kwargs):
+    """A tiny `vit_large_patch14_clip_quickgelu_224`: with timm_proj null (as MobileCLIP2-L-14) its head projects."""
+    args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, pre_norm=True,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-5), act_layer="quick_gelu")
+    return build_model_with_cfg(VisionTransformer, "mmmerge_test_clip", pretrained, **{**args, **kwargs})
+
+
 CASES = {
     "gelu": dict(vision_cfg=VISION),
     "quickgelu": dict(vision_cfg=VISION, quick_gelu=True),
@@ -47,11 +55,13 @@ CASES = {
                    text_cfg={**TEXT, "no_causal_mask": True, "proj_bias": True, "pool_type": "last"},
                    extra={"custom_text": True, "init_logit_bias": -10},
                    preprocess_cfg={"mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "squash"}),
+    "timm_clip": dict(vision_cfg={"image_size": 32, "timm_model_name": "mmmerge_test_clip", "timm_pool": "token",
+                                  "timm_proj": None}, zero=("visual.trunk.head.bias",)),
 }
 
 
 def make_folder(path, vision_cfg, quick_gelu=False, text_cfg=TEXT, extra=None, preprocess_cfg=None,
-                weights="open_clip_model.safetensors", dtype=torch.float32, seed=0):
+                weights="open_clip_model.safetensors", dtype=torch.float32, zero=(), seed=0):
     """A random open_clip model saved as a hub folder."""
     path.mkdir(parents=True)
     config = {"model_cfg": {"embed_dim": 16, "quick_gelu": quick_gelu, "vision_cfg": vision_cfg, "text_cfg": text_cfg,
@@ -61,6 +71,8 @@ def make_folder(path, vision_cfg, quick_gelu=False, text_cfg=TEXT, extra=None, p
     (path / "open_clip_config.json").write_text(json.dumps(config))
     (path / "tokenizer_config.json").write_text("{}")
     model = randomize(open_clip.create_model(f"local-dir:{path}"), seed)
+    for name in zero:
+        model.get_parameter(name).data.zero_()
     state = {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}
     if weights.endswith(".safetensors"):
         save_file(state, path / weights)
@@ -98,8 +110,9 @@ def test_vision_tower_matches_open_clip(case, tmp_path):
     vision = ckpt.component("vision")
     assert vision.arch == ("SiglipVisionModel" if case == "siglip" else "CLIPVisionModel")
     assert ckpt.source_config == json.loads((tmp_path / "src/open_clip_config.json").read_text())
-    # nothing dropped silently: every tensor is in the component or in `rest`, which `ignored` explains
-    assert not any(k.startswith("visual.") for k in ckpt.rest)
+    # nothing dropped silently: every tensor is in the component or in `rest`, which `ignored` explains;
+    # only zero tensors of the vision tower (a timm head's bias) stay behind
+    assert all(not k.startswith("visual.") or not ckpt.rest[k].load().any() for k in ckpt.rest)
     assert all(any(k.startswith(p) for p in ckpt.ignored) for k in ckpt.rest)
     assert any(k.startswith("text.") or k.startswith("transformer.") for k in ckpt.rest)
 
@@ -108,7 +121,7 @@ def test_vision_tower_matches_open_clip(case, tmp_path):
     hf, info = transformers.AutoModel.from_pretrained(tmp_path / "hf", output_loading_info=True, dtype=torch.float32)
     assert type(hf).__name__ == vision.arch
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    if case != "siglip":  # an eps change is too small to show in the hidden states
+    if hasattr(model.visual, "ln_pre"):  # an eps change is too small to show in the hidden states
         assert hf.config.layer_norm_eps == model.visual.ln_pre.eps
 
     size = model.visual.image_size[0]
@@ -145,7 +158,7 @@ def test_vision_tower_matches_open_clip(case, tmp_path):
         assert not getattr(processor, "do_center_crop", False)
 
 
-@pytest.mark.parametrize("case", ["gelu", "bin", "fp16", "siglip"])
+@pytest.mark.parametrize("case", ["gelu", "bin", "fp16", "siglip", "timm_clip"])
 def test_write_source_round_trip(case, tmp_path):
     make_folder(tmp_path / "src", **CASES[case])
     ckpt = open_clip_vision.read(tmp_path / "src")
@@ -206,6 +219,12 @@ def test_unsupported_options_are_refused(option, tmp_path):
     message = str(e.value)
     assert "\n" not in message and str(tmp_path / "src") in message
     assert any(k in message for k in option) or "resnet18" in message
+
+
+def test_timm_classifier_head_is_refused(tmp_path):
+    make_folder(tmp_path / "src", **{**CASES["timm_clip"], "zero": ()})
+    with pytest.raises(UnsupportedArchitectureError, match="visual.trunk.head"):
+        open_clip_vision.read(tmp_path / "src")
 
 
 def test_resize_mode_longest_is_refused(tmp_path):

@@ -1,8 +1,9 @@
-"""open_clip hub folders: the vision tower as `CLIPVisionModel` (open_clip ViT) or `SiglipVisionModel` (timm trunk).
+"""open_clip hub folders: the vision tower as `CLIPVisionModel` (open_clip ViT) or via `timm_vision` (timm trunk).
 
 open_clip reads `local-dir:PATH` as `open_clip_config.json` (model_cfg + preprocess_cfg) plus one weight
-file. The vision tower lives under `visual.`; the text tower and the logit scale/bias stay in
-`Checkpoint.rest`, untouched, so `write_source` gives back the same tensors.
+file. The vision tower lives under `visual.`: an open_clip VisionTransformer maps here, a timm trunk
+(`visual.trunk.`, SigLIP or a CLIP-style ViT) through `timm_vision.vit_from_timm`. The text tower and the
+logit scale/bias stay in `Checkpoint.rest`, untouched, so `write_source` gives back the same tensors.
 """
 
 from __future__ import annotations
@@ -26,19 +27,21 @@ DESCRIPTION = "open_clip hub folder (open_clip_config.json + open_clip_model.saf
 CONFIG = "open_clip_config.json"
 WEIGHTS = "open_clip_model.safetensors"  # what write_source writes
 # open_clip's own preference (factory._find_checkpoint_in_dir); otherwise the first weight file, safetensors first.
-PREFERRED_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
-                     "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth",
-                     "model.pth")
+PREFERRED_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                     "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "model.safetensors",
+                     "pytorch_model.bin", "pytorch_model.pth", "model.pth")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".npz")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PROJECTION = "visual_projection.weight"
 # CLIPVisionCfg options that the mapping reads or that do not change eval-time math; any other option must keep
 # open_clip's default.
+# A LayerNorm per token commutes with taking the class token, so final_ln_after_pool is the same math here.
 HANDLED = {"layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size", "patch_dropout", "pos_embed_type",
            "attn_pooler_queries", "attn_pooler_heads", "norm_kwargs", "block_type", "final_ln_after_pool",
            "timm_model_name", "timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop",
            "timm_drop_path"}
+ALLOWED = {"block_type": (None, "default"), "pos_embed_type": ("learnable", "sin_cos_2d")}  # sin-cos: a fixed table
 
 
 def detect(path: Path) -> bool:
@@ -57,24 +60,26 @@ def read(path: Path) -> Checkpoint:
     tensors = read_file(weights)
     visual = {k.removeprefix("visual."): t for k, t in tensors.items() if k.startswith("visual.")}
     rest = {k: t for k, t in tensors.items() if not k.startswith("visual.")}
-    if vision_cfg["timm_model_name"]:
-        vision = _read_timm(folder, weights, vision_cfg, visual, pre)
-    else:
-        vision = _read_vit(folder, weights, model_cfg, vision_cfg, visual, pre)
     ignored = {_prefix(k): ("contrastive loss scale, not part of the vision tower" if k.startswith("logit_")
                             else "text tower: mmmerge reads only the vision tower of an open_clip model")
                for k in rest}
+    if vision_cfg["timm_model_name"]:
+        vision, inert = _read_timm(folder, weights, model_cfg, vision_cfg, visual, pre)
+        rest |= inert
+        ignored |= {k: "zero bias of the timm head; visual_projection.weight holds its weight" for k in inert}
+    else:
+        vision = _read_vit(folder, weights, model_cfg, vision_cfg, visual, pre)
     return Checkpoint(folder, FORMAT, {"vision": vision}, ignored, rest, source_config=config)
 
 
 def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None:
     """The open_clip folder back: its config, non-weight files (tokenizer), one safetensors file."""
     vision = checkpoint.component("vision")
-    if vision.arch == "CLIPVisionModel":
-        visual = vit_to_source(vision.tensors, vision.config["num_hidden_layers"])
-    elif vision.arch == "SiglipVisionModel":
+    if checkpoint.source_config["model_cfg"]["vision_cfg"].get("timm_model_name"):
         from .timm_vision import vit_to_timm
         visual = {f"trunk.{k}": t for k, t in vit_to_timm(vision).items()}
+    elif vision.arch == "CLIPVisionModel":
+        visual = vit_to_source(vision.tensors, vision.config["num_hidden_layers"])
     else:
         raise UnsupportedArchitectureError(f"{checkpoint.path}: cannot write a {vision.arch} vision tower as open_clip")
     tensors = {f"visual.{k}": t for k, t in visual.items()} | dict(checkpoint.rest)
@@ -108,7 +113,8 @@ def preprocess(folder: Path, config: dict, image_size) -> dict:
         raise UnsupportedArchitectureError(f"{folder / CONFIG}: preprocess_cfg resize_mode {cfg['resize_mode']!r} "
                                            "(letterbox padding) has no transformers image processor")
     mean, std = ([x] * 3 if isinstance(x, (int, float)) else x for x in (cfg["mean"], cfg["std"]))
-    interpolation = "bilinear" if cfg["interpolation"] == "bilinear" else "bicubic"  # open_clip: anything else is bicubic
+    # open_clip's eval transform takes anything but 'bilinear' as bicubic
+    interpolation = "bilinear" if cfg["interpolation"] == "bilinear" else "bicubic"
     return make_preprocess(image_size, mean, std, interpolation, cfg["resize_mode"])
 
 
@@ -140,12 +146,12 @@ def _vision_cfg(folder: Path, vision_cfg: dict) -> dict:
         if len(patch) != 2 or patch[0] != patch[1]:
             raise UnsupportedArchitectureError(f"{folder / CONFIG}: vision_cfg patch_size {patch} is not square")
         cfg["patch_size"] = patch[0]
-    if cfg["block_type"] not in (None, "default"):
-        raise UnsupportedArchitectureError(f"{folder / CONFIG}: vision_cfg block_type={cfg['block_type']!r} is not supported")
+    for key, allowed in ALLOWED.items():
+        if cfg[key] not in allowed:
+            raise UnsupportedArchitectureError(f"{folder / CONFIG}: vision_cfg {key}={cfg[key]!r} is not supported")
     if set(cfg["norm_kwargs"] or {}) - {"eps"}:
         raise UnsupportedArchitectureError(f"{folder / CONFIG}: vision_cfg norm_kwargs={cfg['norm_kwargs']} "
                                            "(only eps is supported)")
-    # A LayerNorm per token commutes with taking the class token, so final_ln_after_pool is the same math here.
     return cfg
 
 
@@ -207,56 +213,63 @@ def _read_vit(folder, weights, model_cfg, cfg, visual, pre) -> Component:
     # Shapes the config implies, from transformers' own class, carried back to open_clip names by the mapping.
     implied = {k: LazyTensor(tuple(v.shape), v.dtype, None) for k, v in meta_model(component).state_dict().items()}
     implied[PROJECTION] = LazyTensor((model_cfg["embed_dim"], width), torch.float32, None)
-    _check_shapes(weights, "visual.", {k: t.shape for k, t in vit_to_source(implied, layers).items()}, visual)
+    _check_shapes(weights, {k: t.shape for k, t in vit_to_source(implied, layers).items()}, visual)
     component.tensors = vit_from_source(visual, layers)
     return component
 
 
-# ---- open_clip TimmModel (SigLIP) <-> SiglipVisionModel ----------------------------------------------------------
+# ---- open_clip TimmModel (SigLIP, CLIP-style timm ViT) -----------------------------------------------------------
 
-def _read_timm(folder, weights, cfg, visual, pre) -> Component:
+def _read_timm(folder, weights, model_cfg, cfg, visual, pre) -> tuple[Component, dict[str, LazyTensor]]:
+    """The trunk through `vit_from_timm`; returns the component and the zero tensors it leaves behind."""
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
     name, pool, proj = cfg["timm_model_name"], cfg["timm_pool"], cfg["timm_proj"]
-    if proj != "none" or pool in ("abs_attn", "rot_attn"):
-        raise UnsupportedArchitectureError(f"{folder / CONFIG}: vision_cfg timm_proj={proj!r} timm_pool={pool!r} adds an "
-                                           "open_clip head; only timm_proj 'none' (SigLIP) is supported")
+    if proj in ("linear", "mlp") or pool in ("abs_attn", "rot_attn"):
+        raise UnsupportedArchitectureError(f"{folder / CONFIG}: vision_cfg timm_proj={proj!r} timm_pool={pool!r} adds "
+                                           "an open_clip head that no transformers vision model holds")
     try:
-        with torch.device("meta"):  # as open_clip's TimmModel builds it for timm_proj 'none'
-            trunk = timm.create_model(name, num_classes=0, global_pool=pool)
+        # as open_clip's TimmModel builds it when there is no extra head: timm_proj 'none' (SigLIP) has no
+        # projection, otherwise the trunk's own classifier is the projection
+        with torch.device("meta"):
+            trunk = timm.create_model(name, num_classes=0 if proj == "none" else model_cfg["embed_dim"],
+                                      global_pool=pool)
     except (RuntimeError, ValueError, TypeError) as e:
         raise UnsupportedArchitectureError(f"{folder / CONFIG}: timm cannot build {name!r} ({e})") from e
     if not isinstance(trunk, VisionTransformer):
-        raise UnsupportedArchitectureError(f"{folder / CONFIG}: timm model {name!r} is a {type(trunk).__name__}, not a ViT")
+        raise UnsupportedArchitectureError(f"{folder / CONFIG}: timm model {name!r} is a {type(trunk).__name__}, "
+                                           "not a ViT")
     if tuple(trunk.patch_embed.img_size) != (cfg["image_size"],) * 2:
         raise UnsupportedArchitectureError(f"{folder / CONFIG}: vision_cfg image_size {cfg['image_size']} differs from "
                                            f"{name}'s {tuple(trunk.patch_embed.img_size)}")
     from .timm_vision import vit_from_timm
 
-    _check_shapes(weights, "visual.", {f"trunk.{k}": tuple(v.shape) for k, v in trunk.state_dict().items()}, visual)
+    _check_shapes(weights, {f"trunk.{k}": tuple(v.shape) for k, v in trunk.state_dict().items()}, visual)
     try:
         component, left = vit_from_timm(trunk, {k.removeprefix("trunk."): t for k, t in visual.items()}, pre)
     except UnsupportedArchitectureError as e:
         raise UnsupportedArchitectureError(f"{folder / CONFIG}: timm model {name!r}: {e}") from e
-    if left:
-        raise UnsupportedArchitectureError(f"{weights}: tensor visual.trunk.{next(iter(left))} has no place in "
-                                           f"{component.arch}")
-    return component
+    # a CLIP-style head becomes visual_projection.weight only when its bias is zero; that bias stays behind
+    if set(left) - ({"head.bias"} if PROJECTION in component.extra else set()):
+        raise UnsupportedArchitectureError(f"{weights}: tensor visual.trunk.{sorted(left)[-1]} (a classifier head) has "
+                                           f"no place in {component.arch}")
+    return component, {f"visual.trunk.{k}": t for k, t in left.items()}
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
 
-def _check_shapes(weights: Path, prefix: str, expected: dict[str, tuple], got: dict[str, LazyTensor]) -> None:
+def _check_shapes(weights: Path, expected: dict[str, tuple], visual: dict[str, LazyTensor]) -> None:
+    """The `visual.*` tensors are exactly those the config implies, with its shapes (names without `visual.`)."""
     for k, shape in expected.items():
-        if k not in got:
-            raise UnreadableFileError(f"{weights}: tensor {prefix}{k} is missing (the config implies shape {shape})")
-        if tuple(got[k].shape) != tuple(shape):
-            raise ShapeMismatchError(f"{weights}: tensor {prefix}{k} has shape {tuple(got[k].shape)}, "
-                                     f"open_clip_config.json implies {tuple(shape)}")
-    extra = sorted(set(got) - set(expected))
+        if k not in visual:
+            raise UnreadableFileError(f"{weights}: tensor visual.{k} is missing (the config implies shape {shape})")
+        if tuple(visual[k].shape) != tuple(shape):
+            raise ShapeMismatchError(f"{weights}: tensor visual.{k} has shape {tuple(visual[k].shape)}, "
+                                     f"{CONFIG} implies {tuple(shape)}")
+    extra = sorted(set(visual) - set(expected))
     if extra:
-        raise UnsupportedArchitectureError(f"{weights}: tensor {prefix}{extra[0]} is not part of the configured "
+        raise UnsupportedArchitectureError(f"{weights}: tensor visual.{extra[0]} is not part of the configured "
                                            "vision tower")
 
 
