@@ -101,3 +101,30 @@ def test_convert_without_vision_component_writes_nothing(tmp_path):
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=64)).save_pretrained(tmp_path / "lm")
     one_line_error(run("convert", tmp_path / "lm", "--out", tmp_path / "out"), "has no vision component")
     assert not (tmp_path / "out").exists()
+
+
+def load_examples():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "make_tiny_models.py"
+    spec = importlib.util.spec_from_file_location("make_tiny_models", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("family", ["open_clip", "timm"])
+def test_convert_open_clip_and_timm(family, tmp_path):
+    """The README's example models convert into folders transformers loads, with the source's preprocessing."""
+    examples = load_examples()
+    getattr(examples, f"make_{family}")(tmp_path / "src")
+    r = run("convert", tmp_path / "src", "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    model, info = transformers.AutoModel.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not any(info.values())
+    assert type(model).__name__ == {"open_clip": "CLIPVisionModel", "timm": "SiglipVisionModel"}[family]
+    proc = transformers.AutoImageProcessor.from_pretrained(tmp_path / "out")
+    inspected = json.loads(run("inspect", tmp_path / "src", "--json").stdout)
+    pre = inspected["components"]["vision"]["preprocess"]
+    assert list(proc.image_mean) == pytest.approx(pre["mean"]) and list(proc.image_std) == pytest.approx(pre["std"])
