@@ -123,3 +123,22 @@ def test_writer_checks_produced_shape(tmp_path):
     bad = LazyTensor((2, 2), torch.float32, lambda: torch.zeros(3))
     with pytest.raises(Exception, match="planned"):
         write_safetensors(tmp_path, {"x": bad})
+
+
+def test_truncated_safetensors_is_refused_before_reading(tmp_path):
+    save_file({"a": torch.ones(100), "b": torch.ones(100)}, tmp_path / "t.safetensors")
+    raw = (tmp_path / "t.safetensors").read_bytes()
+    (tmp_path / "t.safetensors").write_bytes(raw[:-10])
+    with pytest.raises(UnreadableFileError, match=r"t.safetensors: tensor \w: its data offsets do not fit"):
+        read_tensors(tmp_path / "t.safetensors")
+
+
+def test_reading_a_tensor_does_not_read_the_others(tmp_path, monkeypatch):
+    import mmmerge.io.reader as reader
+    save_file({f"w{i}": torch.full((256,), float(i)) for i in range(8)}, tmp_path / "m.safetensors")
+    reads = []
+    real = reader._read_range
+    monkeypatch.setattr(reader, "_read_range", lambda *a: reads.append(a[2]) or real(*a))
+    lazy = read_tensors(tmp_path / "m.safetensors")
+    assert torch.equal(lazy["w5"].load(), torch.full((256,), 5.0))
+    assert reads == [256 * 4]

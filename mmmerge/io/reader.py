@@ -1,18 +1,19 @@
 """Lazy readers: every tensor of a file or folder as a `LazyTensor`, without reading tensor data.
 
-safetensors files are memory-mapped and read one tensor at a time; `.bin`/`.pt` files go through
+safetensors files are read one tensor at a time from their header's offsets; `.bin`/`.pt` files go through
 `torch.load(weights_only=True, mmap=True)` only, so a pickle that would run code is refused.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
+import struct
 import warnings
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from ..checkpoint import LazyTensor
 from ..errors import UnreadableFileError, UnsafeCheckpointError
@@ -28,19 +29,48 @@ FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 def read_safetensors(path: Path) -> dict[str, LazyTensor]:
+    """Tensors of a safetensors file, from its header alone.
+
+    Data is read with plain positioned reads rather than a memory map, so a tensor's pages leave the
+    process once the tensor is freed: peak memory stays a few tensors, not the touched part of the file.
+    """
     try:
-        handle = safe_open(str(path), framework="pt")
-        names = list(handle.keys())
-        out = {}
-        for name in names:
-            s = handle.get_slice(name)
-            dtype = SAFETENSORS_DTYPES.get(s.get_dtype())
-            if dtype is None:
-                raise UnreadableFileError(f"{path}: tensor {name} has unsupported dtype {s.get_dtype()}")
-            out[name] = LazyTensor(tuple(s.get_shape()), dtype, lambda n=name: handle.get_tensor(n))
-        return out
-    except (SafetensorError, OSError, ValueError) as e:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError("header length runs past the end of the file")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error) as e:
         raise UnreadableFileError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
+    if not isinstance(header, dict):
+        raise UnreadableFileError(f"{path}: not a readable safetensors file (header is not an object)")
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UnreadableFileError(f"{path}: tensor {name} has an invalid header entry ({_first_line(e)})") from e
+        numel = 1
+        for d in shape:
+            numel *= d
+        if end - begin != numel * dtype.itemsize or begin < 0 or 8 + n + end > size:
+            raise UnreadableFileError(f"{path}: tensor {name}: its data offsets do not fit its shape or the file")
+        out[name] = LazyTensor(shape, dtype, functools.partial(_read_range, path, 8 + n + begin, end - begin, dtype, shape))
+    return out
+
+
+def _read_range(path: Path, offset: int, nbytes: int, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
+    buf = torch.empty(nbytes, dtype=torch.uint8)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        if nbytes and f.readinto(memoryview(buf.numpy())) != nbytes:
+            raise UnreadableFileError(f"{path}: truncated: a tensor's data ends past the end of the file")
+    return buf.view(dtype).reshape(shape)
 
 
 def read_pickle(path: Path) -> dict[str, LazyTensor]:
