@@ -1,0 +1,108 @@
+"""Helpers shared by the method families: task vectors, sparsification, sign consensus, parameter kinds.
+
+The sparsifiers follow mergekit 0.1.5 (mergekit/sparsify.py) exactly, draw order included, so a seeded
+generator reproduces mergekit's masks under the same torch seed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import RecipeError
+from ._registry import Param
+
+# Parameter kinds used by several methods.
+WEIGHT = Param(float, help="scale of this model's contribution")
+DENSITY = Param(float, 1.0, low=0.0, high=1.0, low_open=True, help="fraction of entries kept")
+BOOL_FALSE = Param(bool, False)
+BOOL_TRUE = Param(bool, True)
+
+
+def task_vectors(tensors: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
+    """Stack of differences to the base, shape [n_models, *base.shape]."""
+    return torch.stack([t - base for t in tensors])
+
+
+def rescale_l1(masked: torch.Tensor, original: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Scale ``masked`` so its L1 norm equals the original's (unless either norm is below eps)."""
+    before = original.abs().sum()
+    after = masked.abs().sum()
+    if before < eps or after < eps:
+        return masked
+    return masked * (before / after)
+
+
+def _apply(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
+    kept = delta * mask
+    return rescale_l1(kept, delta) if rescale else kept
+
+
+def keep_largest(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
+    """TIES pruning: keep the max(1, ⌊density·n⌋) entries of largest magnitude."""
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    if n == 0:
+        return delta.clone()
+    order = torch.argsort(delta.abs().reshape(-1), descending=True)
+    mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
+    mask[order[: max(1, int(density * n))]] = 1
+    return _apply(delta, mask.view(delta.shape), rescale)
+
+
+def keep_middle(delta: torch.Tensor, density: float, gamma: float, rescale: bool) -> torch.Tensor:
+    """Breadcrumbs: drop the ⌊gamma·n⌋ largest entries (fewer if needed), then the smallest, keeping ⌊density·n⌋."""
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    keep = int(density * n)
+    drop_small = max(0, n - keep - int(gamma * n))
+    order = torch.sort(delta.abs().reshape(-1), descending=False).indices
+    mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
+    mask[order[drop_small : drop_small + keep]] = 1
+    return _apply(delta, mask.view(delta.shape), rescale)
+
+
+def keep_random(delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """DARE: keep each entry independently with probability ``density`` (one Bernoulli draw per entry)."""
+    if density >= 1:
+        return delta
+    mask = torch.bernoulli(torch.full_like(delta, density), generator=generator)
+    return _apply(delta, mask, rescale)
+
+
+def keep_random_by_rank(
+    delta: torch.Tensor, density: float, epsilon: float, rescale: bool, generator: torch.Generator | None
+) -> torch.Tensor:
+    """DELLA MagPrune: keep probability rises linearly with magnitude rank from density-ε to density+ε.
+
+    Ranks run along dim 1 (a 1-D tensor is one row), as in mergekit. Where that dimension has a single
+    entry mergekit fails (0/0); here the entry gets the middle probability, ``density``.
+    """
+    if density >= 1:
+        return delta
+    rows = delta if delta.dim() >= 2 else delta.unsqueeze(0)
+    ranks = torch.argsort(rows.abs(), dim=1).argsort(dim=1).to(rows.dtype) + 1
+    span = rows.shape[1] - 1
+    rank_frac = ((ranks - 1) / span).clamp(0, 1) if span > 0 else torch.full_like(ranks, 0.5)
+    probs = (density - epsilon) + rank_frac * 2 * epsilon
+    mask = torch.bernoulli(probs, generator=generator)
+    return _apply(rows, mask, rescale).reshape(delta.shape)
+
+
+def check_della_epsilon(params: list[dict], global_params: dict) -> None:
+    for i, p in enumerate(params):
+        d, e = p["density"], p["epsilon"]
+        if d < 1 and not (0 < d - e and d + e < 1):
+            raise RecipeError(
+                f"DELLA pruning: parameter `epsilon` ({e:g}) must keep density ± epsilon inside (0, 1) for model {i} (density {d:g})"
+            )
+
+
+def sign_consensus(deltas: torch.Tensor) -> torch.Tensor:
+    """TIES sign election over dim 0: True where an entry's sign equals the sign of the sum (0 counts as +).
+
+    Zero entries never agree.
+    """
+    elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
+    return deltas.sign() == elected
