@@ -1,0 +1,116 @@
+"""mmmerge against mergekit on the same configs, in the same run: wall time, peak memory, agreement.
+
+Builds a base Llama and three fine-tunes of it (~250M parameters each, bf16; `--layers`/`--hidden` make
+them smaller for a quick look), then runs ties (density 0.5) and linear through `mergekit-yaml` and
+`mmmerge merge`, each in its own process so its peak resident memory can be read from the kernel.
+
+    python benchmarks/merge_vs_mergekit.py [--workdir DIR] [--layers 16] [--hidden 1024] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from mmmerge.checkpoint import LazyTensor
+from mmmerge.io import read_tensors, write_safetensors
+
+
+def build_models(root: Path, layers: int, hidden: int) -> list[Path]:
+    """A random base and three fine-tunes (base + small noise), written as bf16 transformers folders."""
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=int(hidden * 2.75), num_hidden_layers=layers,
+                         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, vocab_size=32000,
+                         tie_word_embeddings=False, dtype="bfloat16")
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
+    paths = []
+    for i, name in enumerate(["base", "ft1", "ft2", "ft3"]):
+        path = root / name
+        paths.append(path)
+        if (path / "model.safetensors.index.json").exists() or (path / "model.safetensors").exists():
+            continue
+        path.mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(path)
+
+        def make(shape, key, i=i):
+            g = torch.Generator().manual_seed(hash(key) % 2**31)
+            base = torch.randn(shape, generator=g) * 0.02
+            if i:
+                base += torch.randn(shape, generator=torch.Generator().manual_seed(i * 7919 + hash(key) % 9973)) * 0.002
+            return base.to(torch.bfloat16)
+
+        tensors = {k: LazyTensor(s, torch.bfloat16, lambda s=s, k=k: make(s, k)) for k, s in shapes.items()}
+        write_safetensors(path, tensors, max_shard_bytes=1 << 30)
+    n = sum(t.numel for t in read_tensors(paths[0]).values())
+    print(f"models: base + 3 fine-tunes, {n / 1e6:.0f}M parameters each, bf16, in {root}")
+    return paths
+
+
+def recipe(method: str, paths: list[Path]) -> dict:
+    base, *fts = [str(p.absolute()) for p in paths]
+    if method == "ties":
+        models = [{"model": p, "parameters": {"weight": w, "density": 0.5}} for p, w in zip(fts, (0.5, 0.3, 0.2))]
+        return {"merge_method": "ties", "base_model": base, "models": models,
+                "parameters": {"normalize": True}, "dtype": "float32", "out_dtype": "bfloat16"}
+    models = [{"model": p, "parameters": {"weight": w}} for p, w in zip(fts, (0.5, 0.3, 0.2))]
+    return {"merge_method": "linear", "models": models, "dtype": "float32", "out_dtype": "bfloat16"}
+
+
+def timed(cmd: list[str], env: dict) -> tuple[float, float]:
+    """(wall seconds, peak resident MiB) of a command run in its own process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def max_difference(a: Path, b: Path) -> float:
+    ta, tb = read_tensors(a), read_tensors(b)
+    if set(ta) != set(tb):
+        return float("inf")
+    return max((ta[k].load().float() - tb[k].load().float()).abs().max().item() for k in ta)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/mmmerge-bench"))
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--methods", default="ties,linear")
+    args = ap.parse_args()
+    paths = build_models(args.workdir / f"models-{args.layers}x{args.hidden}", args.layers, args.hidden)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    bindir = Path(sys.executable).parent
+    rows = []
+    for method in args.methods.split(","):
+        cfg = args.workdir / f"{method}.yml"
+        cfg.write_text(yaml.safe_dump(recipe(method, paths)))
+        out_k, out_m = args.workdir / f"out-mergekit-{method}", args.workdir / f"out-mmmerge-{method}"
+        for d in (out_k, out_m):
+            shutil.rmtree(d, ignore_errors=True)
+        tk, mk = timed([str(bindir / "mergekit-yaml"), str(cfg), str(out_k), "--no-copy-tokenizer", "--quiet"], env)
+        tm, mm = timed([str(bindir / "mmmerge"), "merge", str(cfg), "--out", str(out_m), "--quiet"], env)
+        diff = max_difference(out_k, out_m)
+        rows.append((method, tk, tm, mk, mm, diff))
+    print(f"\n| method | mergekit s | mmmerge s | speed-up | mergekit peak MiB | mmmerge peak MiB | memory ratio | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method, tk, tm, mk, mm, diff in rows:
+        print(f"| {method} | {tk:.1f} | {tm:.1f} | {tk / tm:.2f}x | {mk:.0f} | {mm:.0f} | {mm / mk:.2f} | {diff:.2e} |")
+    print(f"\n{os.cpu_count()} CPUs, torch {torch.__version__}; outputs agree: "
+          f"{all(r[-1] <= 1e-2 for r in rows)} (bf16 outputs; 1e-2 is one bf16 step at these magnitudes)")
+
+
+if __name__ == "__main__":
+    main()
