@@ -15,7 +15,8 @@ MERGEKIT_NAMES = sorted(m.spec.name for m in mk.registered_methods())
 
 
 def test_every_mergekit_method_is_registered():
-    assert sorted(REGISTRY) == MERGEKIT_NAMES
+    # mmmerge also registers methods mergekit lacks (tsv_merge, iso_c, iso_cts: tests/test_methods_datafree.py)
+    assert set(MERGEKIT_NAMES) <= set(REGISTRY)
 
 
 @pytest.mark.parametrize("name", MERGEKIT_NAMES)
