@@ -2,6 +2,8 @@
 
 from .adapters import open_checkpoint as load
 from .checkpoint import Checkpoint, Component, LazyTensor
+from .engine import merge
+from .stitch import stitch
 
 __version__ = "0.1.0"
-__all__ = ["load", "Checkpoint", "Component", "LazyTensor", "__version__"]
+__all__ = ["load", "merge", "stitch", "Checkpoint", "Component", "LazyTensor", "__version__"]

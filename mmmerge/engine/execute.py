@@ -1,0 +1,131 @@
+"""The streaming executor: for each output tensor, read its inputs, merge in float32 on the chosen device,
+check it is finite, cast, write, free. Peak memory is the inputs of one tensor plus its result.
+
+The output is a transformers folder: config.json, sharded safetensors, the side files (tokenizer,
+processor, generation config) of the checkpoint the config comes from, and `mmmerge_recipe.yml`
+recording the recipe and the mmmerge version. It is written into a temporary folder that replaces
+`out` only when everything succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..adapters.hf_common import copy_side_files
+from ..checkpoint import LazyTensor
+from ..errors import MMMergeError
+from ..io import atomic_output_dir, check_output_dir, write_safetensors
+from ..io.writer import DEFAULT_SHARD_BYTES
+from .plan import Plan, Task
+
+SIDE_FILES_SKIPPED = ("config.json", "README.md", "mergekit_config.yml", "mmmerge_recipe.yml")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MMMergeError(f"device {device}: CUDA is not available on this machine; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise MMMergeError(f"device {device}: use cpu or cuda")
+    return dev
+
+
+def run_task(task: Task, device: torch.device) -> torch.Tensor:
+    """The output tensor of one task, on the CPU in the task's dtype."""
+    from ..methods import merge_tensor
+
+    def fetch(t: LazyTensor) -> torch.Tensor:
+        x = t.load().to(device)
+        if task.input_dtype is not None and x.is_floating_point():
+            x = x.to(task.input_dtype)  # the recipe's `dtype`: inputs are rounded to it, the math is float32
+        return x
+
+    with torch.no_grad():
+        if task.method is None:
+            out = fetch(task.tensors[0])
+        else:
+            tensors = [fetch(t) for t in task.tensors]
+            base = fetch(task.base) if task.base is not None else None
+            generator = None
+            if task.seed is not None:
+                generator = torch.Generator(device=device).manual_seed(task.seed)
+            out = merge_tensor(task.method, tensors, base, task.params, task.global_params, generator)
+            del tensors, base
+        if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+            bad = int((~torch.isfinite(out)).sum())
+            raise MMMergeError(f"tensor {task.name}: the merge produced {bad} non-finite value(s) (inf/NaN); "
+                               f"check the weights and parameters for this tensor")
+        if out.is_floating_point():
+            out = out.to(task.dtype)
+            finite = torch.isfinite(out).all() if out.dtype.itemsize < 4 else True
+            if not bool(finite):
+                raise MMMergeError(f"tensor {task.name}: values overflow {str(task.dtype).removeprefix('torch.')}; "
+                                   f"use a wider out_dtype")
+        return out.to("cpu")
+
+
+def _progress(total_bytes: int, n: int, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="merging", disable=quiet,
+                dynamic_ncols=True, leave=False)
+
+
+def recipe_text(plan: Plan) -> str:
+    from .. import __version__
+
+    text = plan.recipe.text if plan.recipe.text else ""
+    return f"# written by mmmerge {__version__}\n" + text + ("" if text.endswith("\n") else "\n")
+
+
+def check_output(plan: Plan, out: Path, force: bool) -> None:
+    """Refuse a non-empty `out` (unless force) and an `out` that is, or holds, an input model."""
+    check_output_dir(out, force)
+    target = Path(out).resolve()
+    for src in plan.inputs:
+        if target == src.resolve() or target in src.resolve().parents:
+            raise MMMergeError(f"{out}: the output folder would replace the input {src}; choose another output folder")
+
+
+def execute(plan: Plan, out: Path, *, device: str = "cpu", force: bool = False, quiet: bool = False,
+            max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
+    """Write the planned output folder; returns its path."""
+    from .. import __version__
+
+    dev = resolve_device(device)
+    out = Path(out)
+    check_output(plan, out, force)
+    names = [t.name for t in plan.tasks]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise MMMergeError(f"tensor {sorted(dupes)[0]} would be written twice")
+    tensors = {t.name: LazyTensor(t.shape, t.dtype, lambda t=t: run_task(t, dev)) for t in plan.tasks}
+    bar = _progress(plan.nbytes, len(tensors), quiet)
+    done = [0]
+
+    def on_tensor(name: str, nbytes: int) -> None:
+        done[0] += 1
+        bar.update(nbytes)
+        bar.set_postfix_str(f"{done[0]}/{len(tensors)} tensors", refresh=False)
+
+    start = time.perf_counter()
+    try:
+        with atomic_output_dir(out, force) as tmp:
+            if plan.side_files_from is not None:
+                copy_side_files(plan.side_files_from, tmp, skip=SIDE_FILES_SKIPPED)
+            write_safetensors(tmp, tensors, max_shard_bytes=max_shard_bytes,
+                              metadata={"mmmerge_version": __version__}, on_tensor=on_tensor)
+            (tmp / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
+            if plan.preprocessor:
+                (tmp / "preprocessor_config.json").write_text(json.dumps(plan.preprocessor, indent=2) + "\n")
+            (tmp / "mmmerge_recipe.yml").write_text(recipe_text(plan))
+    finally:
+        bar.close()
+    if not quiet:
+        secs = time.perf_counter() - start
+        print(f"wrote {len(tensors)} tensors ({plan.nbytes / 2**20:,.1f} MiB) to {out} in {secs:.1f} s")
+    return out

@@ -1,0 +1,439 @@
+"""Recipe -> plan: one task per output tensor, everything validated before any tensor data is read.
+
+Validation covers: model paths open and have a known architecture; every merged component has the same
+tensor names, shapes and architecture in every input (a tensor in only some inputs is an error, never
+dropped); the method takes the inputs given; every parameter resolves to a valid value for every
+tensor. Only headers are read (shapes and dtypes); tensor data is read by the executor, one task at a time.
+
+Parameter values are resolved per tensor as mergekit 0.1.5 does for a ``models:`` config: a model's own
+``parameters`` first, then the global ``parameters``; per-model parameters of the base model are not
+used by methods that need a base; gradients are interpolated at t = layer / (layers - 1) for tensors of
+a numbered layer (t = 1 for a one-layer model) and t = 0 for all other tensors (embeddings, final norm,
+head).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from pydantic import TypeAdapter, ValidationError
+
+from ..adapters import open_checkpoint
+from ..adapters.hf_causal_lm import is_tied, untie
+from ..checkpoint import COMPONENTS, Checkpoint, Component, LazyTensor
+from ..errors import MMMergeError, RecipeError, ShapeMismatchError, UnreadableFileError
+from .recipe import MergeSection, Recipe, SourceSection, dtype_of, evaluate_setting, load_recipe
+
+LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block|resblocks)\.(\d+)\.")
+LLAVA_FORMAT = "transformers-llava"
+CAUSAL_LM_FORMAT = "transformers-causal-lm"
+
+
+@dataclass
+class Task:
+    """How to produce one output tensor."""
+
+    name: str  # the tensor's name in the output file
+    shape: tuple[int, ...]
+    dtype: torch.dtype  # written dtype
+    tensors: list[LazyTensor]  # inputs that are not the base (all inputs when the method ignores the base)
+    base: LazyTensor | None = None
+    method: Any = None  # a methods.MethodSpec; None copies tensors[0]
+    params: list[dict] = field(default_factory=list)
+    global_params: dict = field(default_factory=dict)
+    input_dtype: torch.dtype | None = None  # inputs are rounded to this before merging (recipe `dtype`)
+    seed: int | None = None  # per-tensor seed for random methods
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * self.dtype.itemsize
+
+
+@dataclass
+class ComponentPlan:
+    name: str
+    how: str  # "merge <method>" or "copy"
+    sources: list[str]  # input paths, base first when there is one
+    component: Component  # the output component (config of the reference input); tensors are the tasks' outputs
+    tasks: dict[str, Task]  # keyed by the component's tensor name
+    reference: Checkpoint  # the checkpoint whose config (and side files) the output takes
+    has_base: bool = False  # sources[0] is the base model
+    written: list = field(default_factory=list)  # each source's parameters as the recipe writes them
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    components: dict[str, ComponentPlan]
+    output_format: str  # "hf" | "llava"
+    config: dict  # the output config.json
+    side_files_from: Path | None  # folder whose tokenizer/processor files are copied
+    tasks: list[Task]  # in output order, names as written
+    notes: list[str] = field(default_factory=list)
+    preprocessor: dict | None = None  # preprocessor_config.json to write (vision output from a non-HF source)
+    inputs: list[Path] = field(default_factory=list)  # every checkpoint the plan reads
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tasks)
+
+    def summary(self) -> str:
+        lines = [f"output: {self.output_format}, {len(self.tasks)} tensors, {self.nbytes / 2**20:,.1f} MiB"]
+        for c in self.components.values():
+            dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in c.tasks.values()})
+            lines.append(f"  {c.name}: {c.how} of {len(c.sources)} input(s) -> {c.component.arch}, "
+                         f"{len(c.tasks)} tensors ({', '.join(dtypes)})")
+            for i, s in enumerate(c.sources):
+                given = c.written[i] if i < len(c.written) else None
+                shown = f"  {_compact(given)}" if given else ""
+                lines.append(f"    {'base: ' if i == 0 and c.has_base else ''}{s}{shown}")
+            if c.tasks and c.how != "copy":
+                first = next(iter(c.tasks.values()))
+                if first.global_params:
+                    lines.append(f"    global parameters (first tensor): {_compact(first.global_params)}")
+        for n in self.notes:
+            lines.append(f"note: {n}")
+        return "\n".join(lines)
+
+
+def _compact(params: dict) -> str:
+    def show(v):
+        if hasattr(v, "model_dump"):
+            v = v.model_dump(exclude_none=True)
+        if isinstance(v, list):
+            return "[" + ", ".join(show(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}: {show(x)}" for k, x in v.items()) + "}"
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return show(dict(params))
+
+
+class _Opener:
+    """Open each referenced checkpoint once; paths are relative to the working directory, then to the recipe."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self.cache: dict[Path, Checkpoint] = {}
+
+    def path(self, ref: str) -> Path:
+        p = Path(ref).expanduser()
+        if not p.is_absolute() and not p.exists() and self.folder is not None and (self.folder / p).exists():
+            p = self.folder / p
+        if not p.exists():
+            raise UnreadableFileError(f"{ref}: no such file or folder")
+        return p.absolute()
+
+    def __call__(self, ref: str) -> Checkpoint:
+        p = self.path(ref)
+        if p not in self.cache:
+            self.cache[p] = open_checkpoint(p)
+        return self.cache[p]
+
+
+def layer_position(name: str, num_layers: int) -> float:
+    """mergekit's t for a tensor: layer / (layers - 1) inside numbered layers (1 for one layer), else 0."""
+    m = LAYER_RE.search(name)
+    if not m:
+        return 0.0
+    if num_layers <= 1:
+        return 1.0
+    return int(m.group(1)) / (num_layers - 1)
+
+
+def count_layers(component: Component) -> int:
+    for key in ("num_hidden_layers", "num_layers", "n_layer"):
+        if isinstance(component.config.get(key), int):
+            return component.config[key]
+    found = {int(m.group(1)) for n in component.tensors if (m := LAYER_RE.search(n))}
+    return max(found) + 1 if found else 0
+
+
+def _validator(method: str, pname: str, p) -> Callable[[Any], Any]:
+    """Lax type conversion as mergekit's pydantic does (\"1e-3\" -> 0.001); ranges are checked later."""
+    adapter = TypeAdapter(p.type | None if p.nullable else p.type)
+
+    def validate(v):
+        try:
+            return adapter.validate_python(v)
+        except ValidationError:
+            kind = {bool: "true or false", int: "an integer", float: "a number"}.get(p.type, p.type.__name__)
+            raise RecipeError(f"{method}: parameter `{pname}` must be {kind}, got {v!r}") from None
+
+    return validate
+
+
+def _check_names(spec, section: MergeSection, base_ref: str | None, where: str, notes: list[str]) -> None:
+    """Every parameter name must be one the method reads, at a level where it is read."""
+    known = sorted({*spec.model_params, *spec.global_params})
+    for name in section.parameters or {}:
+        if name not in spec.model_params and name not in spec.global_params:
+            raise RecipeError(f"{where}parameters: {spec.name} has no parameter `{name}` (it takes: {', '.join(known) or 'none'})")
+    for entry in section.models:
+        for name in entry.parameters or {}:
+            if name in spec.global_params:
+                raise RecipeError(f"{where}models[{entry.model}]: parameter `{name}` of {spec.name} applies to all "
+                                  f"models; set it under the global `parameters`")
+            if name not in spec.model_params:
+                raise RecipeError(f"{where}models[{entry.model}]: {spec.name} has no parameter `{name}` "
+                                  f"(it takes: {', '.join(known) or 'none'})")
+        if entry.model == base_ref and entry.parameters:
+            notes.append(f"{where}{spec.name} does not use per-model parameters of the base model {entry.model}")
+
+
+def _same_layout(ref_name: str, ref: Component, other_name: str, other: Component, cname: str) -> None:
+    if other.arch != ref.arch:
+        raise ShapeMismatchError(f"{cname}: {ref_name} is a {ref.arch} but {other_name} is a {other.arch}")
+    missing = [n for n in ref.tensors if n not in other.tensors]
+    if missing:
+        raise ShapeMismatchError(f"{cname}: tensor {missing[0]} is in {ref_name} but not in {other_name}"
+                                 f" ({len(missing)} such tensor{'s' if len(missing) > 1 else ''})")
+    extra = [n for n in other.tensors if n not in ref.tensors]
+    if extra:
+        raise ShapeMismatchError(f"{cname}: tensor {extra[0]} is in {other_name} but not in {ref_name}"
+                                 f" ({len(extra)} such tensor{'s' if len(extra) > 1 else ''}); it cannot be merged")
+    for n, t in ref.tensors.items():
+        if tuple(other.tensors[n].shape) != tuple(t.shape):
+            raise ShapeMismatchError(f"{cname}: tensor {n} has shape {tuple(t.shape)} in {ref_name} "
+                                     f"but {tuple(other.tensors[n].shape)} in {other_name}")
+
+
+def _out_dtype(inputs: list[LazyTensor], dtype: torch.dtype | None, out_dtype: torch.dtype | None) -> torch.dtype:
+    first = inputs[0].dtype
+    if not first.is_floating_point:
+        return first
+    if out_dtype or dtype:
+        return out_dtype or dtype
+    d = first
+    for t in inputs[1:]:
+        d = torch.promote_types(d, t.dtype)
+    return d
+
+
+def _tensor_seed(seed: int | None, cname: str, name: str) -> int | None:
+    if seed is None:
+        return None
+    return (seed * 1_000_003 + zlib.crc32(f"{cname}/{name}".encode())) % 2**63
+
+
+def plan_merge_section(section: MergeSection, cname: str, opener: _Opener, *, dtype=None, out_dtype=None,
+                       seed=None, where: str = "", notes: list[str]) -> ComponentPlan:
+    from ..methods import check_inputs, get_method, validate_params
+
+    dtype = dtype_of(section.dtype) or dtype
+    out_dtype = dtype_of(section.out_dtype) or out_dtype
+    try:
+        spec = get_method(section.merge_method)
+    except RecipeError as e:
+        raise RecipeError(f"{where}merge_method: {e}") from None
+    refs = section.input_models()
+    base_ref = section.base_model if spec.uses_base else None
+    _check_names(spec, section, base_ref, where, notes)
+
+    ckpts = {r: opener(r) for r in refs}
+    paths = {r: str(opener.path(r)) for r in refs}
+    comps = {r: ckpts[r].component(cname) for r in refs}
+    # Tied embeddings: when only some inputs store lm_head, every input gets an explicit one.
+    tied = {r: cname == "language" and is_tied(c) for r, c in comps.items()}
+    if any(tied.values()) and not all(tied.values()):
+        comps = {r: untie(c) for r, c in comps.items()}
+        notes.append(f"{where}{cname}: some inputs tie lm_head to the embeddings and some do not; "
+                     f"the output stores lm_head (tie_word_embeddings: false)")
+    ref_key = section.base_model or refs[0]
+    reference = comps[ref_key]
+    for r in refs:
+        if r != ref_key:
+            _same_layout(paths[ref_key], reference, paths[r], comps[r], cname)
+
+    others = [r for r in refs if r != base_ref]
+    check_inputs(spec, len(others), base_ref is not None)
+    num_layers = count_layers(reference)
+    validators = {n: _validator(spec.name, n, p) for n, p in {**spec.model_params, **spec.global_params}.items()}
+    model_scopes = [[section.model_parameters(r), section.parameters] for r in others]
+    global_scope = [section.parameters]
+
+    tasks = {}
+    for name, ref_t in reference.tensors.items():
+        t = layer_position(name, num_layers)
+        per_model = [_resolve(spec.model_params, scopes, name, t, validators) for scopes in model_scopes]
+        global_raw = _resolve(spec.global_params, global_scope, name, t, validators)
+        try:
+            params, global_params = validate_params(spec, per_model, global_raw)
+        except RecipeError as e:
+            raise RecipeError(f"{where}{cname} tensor {name}: {e}") from None
+        inputs = [comps[r].tensors[name] for r in others]
+        base = comps[base_ref].tensors[name] if base_ref is not None else None
+        all_inputs = inputs + ([base] if base is not None else [])
+        tasks[name] = Task(name, tuple(ref_t.shape), _out_dtype(all_inputs, dtype, out_dtype), inputs, base, spec,
+                           params, global_params, dtype, _tensor_seed(seed, cname, name) if spec.random else None)
+    sources = ([paths[base_ref]] if base_ref else []) + [paths[r] for r in others]
+    written = ([None] if base_ref else []) + [section.model_parameters(r) for r in others]
+    out_component = Component(cname, reference.arch, copy.deepcopy(reference.config),
+                              {n: LazyTensor(t.shape, t.dtype, lambda: None) for n, t in tasks.items()},
+                              reference.preprocess, reference.extra, reference.filled)
+    return ComponentPlan(cname, f"merge {spec.name}", sources, out_component, tasks, ckpts[ref_key], base_ref is not None,
+                         written)
+
+
+def _resolve(schema: dict, scopes: list, tensor_name: str, t: float, validators: dict) -> dict:
+    """Raw values (typed, not range-checked) from the first scope that gives each parameter."""
+    out = {}
+    for pname in schema:
+        for scope in scopes:
+            if scope is not None and pname in scope:
+                try:
+                    value = evaluate_setting(tensor_name, scope[pname], t, validators[pname])
+                except RecipeError as e:
+                    raise RecipeError(f"tensor {tensor_name}: {e}") from None
+                if value is not None:
+                    out[pname] = value
+                    break
+    return out
+
+
+def plan_copy(ckpt: Checkpoint, path: Path, cname: str, *, dtype=None, out_dtype=None) -> ComponentPlan:
+    comp = ckpt.component(cname)
+    tasks = {n: Task(n, tuple(t.shape), _out_dtype([t], dtype, out_dtype), [t]) for n, t in comp.tensors.items()}
+    out = Component(cname, comp.arch, copy.deepcopy(comp.config),
+                    {n: LazyTensor(t.shape, t.dtype, lambda: None) for n, t in tasks.items()},
+                    comp.preprocess, comp.extra, comp.filled)
+    return ComponentPlan(cname, "copy", [str(path)], out, tasks, ckpt)
+
+
+def _set_dtype(cfg: dict, dtype: torch.dtype | None) -> None:
+    if dtype is None:
+        return
+    name = str(dtype).removeprefix("torch.")
+    cfg["dtype"] = name
+    if "torch_dtype" in cfg:
+        cfg["torch_dtype"] = name
+
+
+def _uniform_dtype(tasks: list[Task]) -> torch.dtype | None:
+    floats = {t.dtype for t in tasks if t.dtype.is_floating_point}
+    return floats.pop() if len(floats) == 1 else None
+
+
+def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[Task], Path | None, dict | None]:
+    from ..adapters.hf_export import hf_config_dict
+    from ..adapters.preprocess import image_processor_config
+
+    comp = cp.component
+    if cp.reference.format == CAUSAL_LM_FORMAT and cp.name == "language":
+        cfg = copy.deepcopy(cp.reference.source_config.get("config.json") or hf_config_dict(comp))
+    else:
+        cfg = hf_config_dict(comp)
+    if cp.name == "language" and "lm_head.weight" in cp.tasks and cfg.get("tie_word_embeddings"):
+        cfg["tie_word_embeddings"] = False  # lm_head is stored and may differ from the embeddings
+    tasks = []
+    for n, t in cp.tasks.items():
+        if n in comp.extra:
+            notes.append(f"{cp.name}: tensor {n} is not held by {comp.arch} and is not written")
+            continue
+        tasks.append(t)
+    side = cp.reference.path if cp.reference.format.startswith("transformers") and cp.reference.path.is_dir() else None
+    pre = None
+    if comp.preprocess and side is None:
+        pre = image_processor_config(comp.preprocess)
+    return cfg, tasks, side, pre
+
+
+def _llava_output(components: dict[str, ComponentPlan], opener: _Opener, recipe: Recipe) -> tuple[dict, list[Task], Path]:
+    from ..adapters.hf_llava import llava_tensors
+
+    # The LLaVA config, layout and processor come from a LLaVA checkpoint among the inputs.
+    order = [components["projector"], components["language"], components["vision"]]
+    llava = next((c.reference for c in order if c.reference.format == LLAVA_FORMAT), None)
+    if llava is None:
+        llava = next((ck for ck in opener.cache.values() if ck.format == LLAVA_FORMAT), None)
+    if llava is None:
+        raise RecipeError("output format llava: no LLaVA checkpoint among the inputs to take its config and "
+                          "processor from; build a new LLaVA with `mmmerge stitch`")
+    for cname, cp in components.items():
+        own = llava.components[cname]
+        if cname == "language" and "lm_head.weight" in cp.tasks:
+            own = untie(own)  # an untied output of a tied LLaVA: the config is changed below
+        _same_layout(f"the LLaVA config of {llava.path}", own, f"the {cp.how} output", cp.component, cname)
+    src = llava.source_config
+    cfg = copy.deepcopy(src["config.json"])
+    lang = components["language"]
+    if "lm_head.weight" in lang.tasks:
+        for c in (cfg, cfg.get("text_config") or {}):
+            if c.get("tie_word_embeddings"):
+                c["tie_word_embeddings"] = False
+    comps = {n: Component(n, c.component.arch, c.component.config, dict(c.tasks), extra=c.component.extra)
+             for n, c in components.items()}
+    named = llava_tensors(comps, src["layout"], src["vision_prefix"], src["language_base"])
+    tasks = []
+    for out_name, task in named.items():
+        task = copy.copy(task)
+        task.name = out_name
+        tasks.append(task)
+    return cfg, tasks, llava.path
+
+
+def build_plan(recipe: Recipe, *, seed: int | None = None) -> Plan:
+    notes: list[str] = []
+    opener = _Opener(recipe.folder)
+    components: dict[str, ComponentPlan] = {}
+    if recipe.merge is not None:
+        section = recipe.merge
+        ref = section.base_model or section.models[0].model
+        reference = opener(ref)
+        ckpts = [opener(r) for r in section.input_models()]
+        common = [c for c in COMPONENTS if all(c in ck.components for ck in ckpts)]
+        if not common:
+            raise RecipeError("the models share no component (vision, projector, language) to merge")
+        for cname in COMPONENTS:
+            if cname in common:
+                components[cname] = plan_merge_section(section, cname, opener, seed=seed, notes=notes)
+            elif cname in reference.components:
+                components[cname] = plan_copy(reference, opener.path(ref), cname, dtype=dtype_of(section.dtype),
+                                              out_dtype=dtype_of(section.out_dtype))
+                notes.append(f"{cname}: copied from {opener.path(ref)} (not every model has one)")
+        fmt = "llava" if set(components) == set(COMPONENTS) else "hf"
+        if fmt == "hf" and len(components) != 1:
+            raise RecipeError(f"the models give components {', '.join(components)}; name each in a `components:` recipe")
+    else:
+        mm = recipe.multimodal
+        dtype, out_dtype = dtype_of(mm.dtype), dtype_of(mm.out_dtype)
+        for cname, section in mm.components.items():
+            where = f"components.{cname}."
+            if isinstance(section, SourceSection):
+                components[cname] = plan_copy(opener(section.source), opener.path(section.source), cname,
+                                              dtype=dtype, out_dtype=out_dtype)
+            else:
+                components[cname] = plan_merge_section(section, cname, opener, dtype=dtype, out_dtype=out_dtype,
+                                                       seed=seed, where=where, notes=notes)
+        components = {c: components[c] for c in COMPONENTS if c in components}
+        fmt = mm.output.format
+
+    preprocessor = None
+    if fmt == "hf":
+        (cp,) = components.values()
+        config, tasks, side, preprocessor = _hf_output(cp, notes)
+    else:
+        config, tasks, side = _llava_output(components, opener, recipe)
+    _set_dtype(config, _uniform_dtype(tasks))
+    for ck in opener.cache.values():
+        by_reason: dict[str, list[str]] = {}
+        for prefix, why in ck.ignored.items():
+            by_reason.setdefault(why, []).append(f"{prefix}*")
+        if by_reason:
+            notes.append(f"{ck.path}: not used (outside its components): "
+                         + "; ".join(f"{', '.join(p)} ({why})" for why, p in by_reason.items()))
+    return Plan(recipe, components, fmt, config, side, tasks, notes, preprocessor, list(opener.cache))
+
+
+def plan_merge(recipe, *, seed: int | None = None) -> Plan:
+    """Parse and plan a recipe (path, YAML text, dict) without reading tensor data."""
+    return build_plan(load_recipe(recipe), seed=seed)

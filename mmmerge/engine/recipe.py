@@ -1,0 +1,267 @@
+"""Recipes: a mergekit config as it is, or a multimodal recipe with one section per component.
+
+A mergekit config (``merge_method``, ``base_model``, ``models``, ``parameters``, ``dtype``, ``out_dtype``)
+merges the components every input has. The multimodal form names a section per component::
+
+    components:
+      vision:    {merge_method: linear, models: [...]}     # a mergekit-style section
+      projector: {source: path/to/llava}                   # copy the component as it is
+      language:  {merge_method: ties, base_model: ..., models: [...]}
+    output: {format: llava}
+
+Parameter values follow mergekit 0.1.5: a scalar, a gradient (a list interpolated over the layer index),
+a ``{filter: substring, value: ...}`` condition or a list of them (the first that matches the tensor
+name wins, no ``filter`` or ``"*"`` matches all). ``evaluate_setting`` resolves one value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional, Union
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..checkpoint import COMPONENTS
+from ..errors import RecipeError
+
+Scalar = Union[bool, int, float, str]
+ScalarOrGradient = Union[Scalar, list[Scalar]]
+
+
+class Condition(BaseModel):
+    """A value that applies to tensors whose name contains `filter` (all tensors when it is None or "*")."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: ScalarOrGradient
+    filter: Optional[str] = None
+
+
+Setting = Union[Condition, list[Condition], ScalarOrGradient]
+Parameters = dict[str, Setting]
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def dtype_of(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    return DTYPES[name.removeprefix("torch.")]
+
+
+def _check_dtype(v: str | None) -> str | None:
+    if v is not None and v.removeprefix("torch.") not in DTYPES:
+        raise ValueError(f"unknown dtype {v!r} (use one of: {', '.join(DTYPES)})")
+    return v
+
+
+def _model_ref(v: Any) -> Any:
+    """mergekit also accepts a model as {path: ...} or {model: {path: ...}}; keep the path."""
+    if isinstance(v, dict):
+        inner = v.get("model", v)
+        if isinstance(inner, dict) and set(inner) <= {"path", "revision"} and inner.get("revision") is None:
+            inner = inner.get("path")
+        if isinstance(inner, str) and (set(v) <= {"model", "path", "revision"}) and not v.get("lora"):
+            return inner
+        raise ValueError("only local model paths are supported (no LoRA or hub revisions)")
+    return v
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    parameters: Optional[Parameters] = None
+
+    v_ref = field_validator("model", mode="before")(_model_ref)
+
+
+class MergeSection(BaseModel):
+    """One merge: exactly the fields of a mergekit config that mmmerge runs (and those it refuses, by name)."""
+
+    model_config = ConfigDict(extra="forbid")
+    merge_method: str
+    base_model: Optional[str] = None
+    models: Optional[list[ModelEntry]] = None
+    parameters: Optional[Parameters] = None
+    dtype: Optional[str] = None
+    out_dtype: Optional[str] = None
+    # mergekit fields mmmerge parses but does not run: refused with a message, never ignored.
+    slices: Optional[Any] = None
+    modules: Optional[Any] = None
+    tokenizer_source: Optional[Any] = None
+    tokenizer: Optional[Any] = None
+    chat_template: Optional[Any] = None
+
+    v_ref = field_validator("base_model", mode="before")(_model_ref)
+    v_dtype = field_validator("dtype", "out_dtype")(_check_dtype)
+
+    @model_validator(mode="after")
+    def _supported(self):
+        if self.slices is not None or self.modules is not None:
+            raise ValueError("`slices` and `modules` (layer surgery) are not supported; list whole `models`")
+        if self.tokenizer is not None or self.tokenizer_source not in (None, "base"):
+            raise ValueError("only the base model's tokenizer is supported (tokenizer_source: base); "
+                             "merging vocabularies is not")
+        if self.chat_template is not None:
+            raise ValueError("`chat_template` is not supported; edit tokenizer_config.json of the output instead")
+        if not self.models:
+            raise ValueError("`models` must list at least one model")
+        names = [m.model for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model {dupes[0]} is listed twice")
+        return self
+
+    def input_models(self) -> list[str]:
+        """Models in mergekit's order: the listed ones, then the base model if it is not listed."""
+        names = [m.model for m in self.models]
+        if self.base_model is not None and self.base_model not in names:
+            names.append(self.base_model)
+        return names
+
+    def model_parameters(self, model: str) -> Parameters | None:
+        for m in self.models:
+            if m.model == model:
+                return m.parameters
+        return None
+
+
+class SourceSection(BaseModel):
+    """Copy a component from a checkpoint unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    v_ref = field_validator("source", mode="before")(_model_ref)
+
+
+class OutputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["llava", "hf"] = "hf"
+
+
+class MultimodalRecipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    components: dict[Literal["vision", "projector", "language"], Union[SourceSection, MergeSection]]
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    dtype: Optional[str] = None
+    out_dtype: Optional[str] = None
+
+    v_dtype = field_validator("dtype", "out_dtype")(_check_dtype)
+
+    @model_validator(mode="after")
+    def _formats(self):
+        if not self.components:
+            raise ValueError("`components` is empty")
+        if self.output.format == "llava" and set(self.components) != set(COMPONENTS):
+            missing = [c for c in COMPONENTS if c not in self.components]
+            raise ValueError(f"output format llava needs all three components; missing: {', '.join(missing)}")
+        if self.output.format == "hf" and len(self.components) != 1:
+            raise ValueError("output format hf holds one component; use format: llava for vision+projector+language")
+        return self
+
+
+class Recipe(BaseModel):
+    """A parsed recipe: `merge` for a mergekit config, `multimodal` for the per-component form."""
+
+    merge: Optional[MergeSection] = None
+    multimodal: Optional[MultimodalRecipe] = None
+    text: str = ""  # the recipe as written, recorded in the output
+    folder: Optional[Path] = None  # where a recipe file lives (relative paths fall back to it)
+
+    def sections(self) -> dict[str, MergeSection | SourceSection]:
+        return dict(self.multimodal.components) if self.multimodal else {}
+
+
+def _location(err: dict) -> str:
+    return ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper() or "[" in str(p)))
+
+
+def _one_line(e: ValidationError) -> str:
+    """The most useful error of a pydantic validation failure, as one line."""
+    errors = e.errors()
+    # Unions report a failure per alternative; the one that got furthest names the real problem.
+    best = max(errors, key=lambda x: len(x["loc"]))
+    custom = [x for x in errors if x["type"] == "value_error"]
+    if custom:
+        best = custom[0]
+    msg = best["msg"].removeprefix("Value error, ")
+    loc = _location(best)
+    parts = [str(p) for p in best["loc"]]
+    if "parameters" in parts and best["type"] != "value_error" and len(parts) > parts.index("parameters") + 1:
+        loc = ".".join(parts[: parts.index("parameters") + 2])
+        msg = ("not a valid parameter value (a number, true/false, a list of numbers, or a list of "
+               "{filter, value} conditions)")
+    if best["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif best["type"] == "missing":
+        msg = "required key is missing"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def parse_recipe(data: Any, text: str = "", folder: Path | None = None, where: str = "recipe") -> Recipe:
+    """Validate a recipe given as a dict (already loaded from YAML)."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping of keys (merge_method, models, ... or components)")
+    try:
+        if "components" in data:
+            return Recipe(multimodal=MultimodalRecipe.model_validate(data), text=text, folder=folder)
+        return Recipe(merge=MergeSection.model_validate(data), text=text, folder=folder)
+    except ValidationError as e:
+        raise RecipeError(f"{where}: {_one_line(e)}") from None
+    except RuntimeError as e:  # pragma: no cover - pydantic wraps validator errors; kept for safety
+        raise RecipeError(f"{where}: {e}") from None
+
+
+def load_recipe(recipe: str | Path | dict | Recipe) -> Recipe:
+    """A recipe from a YAML file path, YAML text (a string with a newline), or a dict."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return parse_recipe(recipe, yaml.safe_dump(recipe, sort_keys=False))
+    if isinstance(recipe, str) and "\n" in recipe:
+        text, folder, where = recipe, None, "recipe"
+    else:
+        path = Path(recipe)
+        if not path.is_file():
+            raise RecipeError(f"{path}: no such recipe file")
+        text, folder, where = path.read_text(), path.absolute().parent, str(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()
+        raise RecipeError(f"{where}: not valid YAML ({' '.join(first[:2])})") from None
+    return parse_recipe(data, text, folder, where)
+
+
+def evaluate_setting(tensor_name: str, setting: Setting, t: float, validate: Callable[[Any], Any]) -> Any:
+    """One parameter value for one tensor, with mergekit 0.1.5's semantics.
+
+    `t` in [0, 1] is the position of the tensor's layer. A list of numbers is a gradient: piecewise
+    linear over evenly spaced points; a list holding a bool or a string picks the point at or below `t`.
+    Conditions: the first whose filter is a substring of `tensor_name` (or is absent / "*") gives the
+    value; when none matches the result is None (the next scope is consulted).
+    """
+    if isinstance(setting, Condition):
+        setting = [setting]
+    if isinstance(setting, (bool, int, float, str)):
+        return validate(setting)
+    if not isinstance(setting, list):
+        raise RecipeError(f"unexpected parameter value {setting!r}")
+    if not setting:
+        return None
+    if all(isinstance(e, (bool, int, float, str)) for e in setting):
+        values = [validate(e) for e in setting]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return values[int(t * (len(values) - 1))]
+        scaled = t * (len(values) - 1)
+        i0 = int(scaled)
+        i1 = min(len(values) - 1, i0 + 1)
+        frac = scaled - i0
+        return validate((1 - frac) * values[i0] + frac * values[i1])
+    for cond in setting:
+        if not isinstance(cond, Condition):
+            raise RecipeError(f"a parameter list mixes conditions and plain values: {setting!r}")
+        if cond.filter is None or cond.filter == "*" or (tensor_name and cond.filter in tensor_name):
+            return evaluate_setting(tensor_name, cond.value, t, validate)
+    return None
