@@ -53,11 +53,15 @@ def vision_config(cfg: dict) -> dict:
 
 
 def read_preprocess(path: Path) -> dict | None:
-    """The neutral preprocessing form from a CLIP/SigLIP/ViT-style `preprocessor_config.json`."""
-    file = Path(path) / "preprocessor_config.json"
-    if not file.is_file():
+    """The neutral preprocessing form from a CLIP/SigLIP/ViT-style `preprocessor_config.json` (or the
+    `image_processor` inside a `processor_config.json`, where transformers 5 processors save it)."""
+    file, combined = Path(path) / "preprocessor_config.json", Path(path) / "processor_config.json"
+    if file.is_file():
+        p = read_json(file)
+    elif combined.is_file() and isinstance(read_json(combined).get("image_processor"), dict):
+        p = read_json(combined)["image_processor"]
+    else:
         return None
-    p = read_json(file)
     size, crop = p.get("size") or {}, p.get("crop_size")
     interp = RESAMPLE_NAMES.get(p.get("resample", 3), "bicubic")
     mean, std = p.get("image_mean", [0.5] * 3), p.get("image_std", [0.5] * 3)
