@@ -233,6 +233,52 @@ def test_llava_language_merged_with_a_text_llm(tmp_path):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+@pytest.mark.parametrize("base", ["llava", "llm"])
+def test_llava_extra_vocabulary_rows_are_kept(tmp_path, base):
+    """A LLaVA whose LLM grew rows for `<image>` and padding, merged with a text-only LLM of the same base:
+    the shared rows are merged (mergekit on the cut tables is the oracle), the extra rows copied."""
+    from mmmerge.adapters import open_checkpoint
+    from mmmerge.adapters.hf_export import save_hf
+
+    rows = llama_config().vocab_size
+    llava = randomize(transformers.LlavaForConditionalGeneration(llava_config(text=llama_config(vocab_size=rows + 64))), 0)
+    llava.save_pretrained(tmp_path / "llava")
+    randomize(transformers.LlamaForCausalLM(llama_config()), seed=7).save_pretrained(tmp_path / "llm")
+    # the oracle's input: the LLaVA's language model cut to the shared rows
+    lang = open_checkpoint(tmp_path / "llava").component("language")
+    cut = {n: t.derive(lambda x: x[:rows], (rows, *t.shape[1:])) if t.shape[0] == rows + 64 else t
+           for n, t in lang.tensors.items()}
+    save_hf(type(lang)(lang.name, lang.arch, {**lang.config, "vocab_size": rows}, cut), tmp_path / "llava_lm")
+
+    names = {"llava": str(tmp_path / "llava"), "llm": str(tmp_path / "llm")}
+    other = "llm" if base == "llava" else "llava"
+    section = {"merge_method": "ties", "base_model": names[base],
+               "models": [{"model": names[other], "parameters": {"weight": 0.7, "density": 0.6}}]}
+    recipe = {"components": {"vision": {"source": names["llava"]}, "projector": {"source": names["llava"]},
+                             "language": section}, "output": {"format": "llava"}}
+    out = merge(recipe, tmp_path / "out", quiet=True)
+    merged, info = transformers.LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert merged.config.text_config.vocab_size == rows + 64
+
+    oracle_names = {**names, "llava": str(tmp_path / "llava_lm")}
+    expected = mergekit_merge({**section, "base_model": oracle_names[base],
+                               "models": [{**section["models"][0], "model": oracle_names[other]}]}, tmp_path / "mk")
+    got = {k: t.load() for k, t in open_checkpoint(out).component("language").tensors.items()}
+    for k, want in expected.items():
+        if want.shape[0] == rows:
+            assert torch.equal(got[k][rows:], lang.tensors[k].load()[rows:]), k
+            got[k] = got[k][:rows]
+    assert_same(expected, got)
+
+    # the same LLMs with different vocabularies and no LLaVA among them stay an error
+    randomize(transformers.LlamaForCausalLM(llama_config(vocab_size=rows + 64)), 8).save_pretrained(tmp_path / "big")
+    with pytest.raises(MMMergeError, match="embed_tokens"):
+        merge({**section, "base_model": names["llm"], "models": [{"model": str(tmp_path / "big")}]}, tmp_path / "o2",
+              quiet=True)
+    assert not (tmp_path / "o2").exists()
+
+
 def test_two_llavas_merge_every_component(tmp_path):
     for i in range(2):
         randomize(transformers.LlavaForConditionalGeneration(llava_config()), seed=i).save_pretrained(tmp_path / f"l{i}")

@@ -55,6 +55,8 @@ def run_task(task: Task, device: torch.device) -> torch.Tensor:
                 generator = torch.Generator(device=device).manual_seed(task.seed)
             out = merge_tensor(task.method, tensors, base, task.params, task.global_params, generator)
             del tensors, base
+            if task.extra_rows is not None:
+                out = torch.cat([out, fetch(task.extra_rows).to(out.dtype)])
         if out.is_floating_point() and not bool(torch.isfinite(out).all()):
             bad = int((~torch.isfinite(out)).sum())
             raise MMMergeError(f"tensor {task.name}: the merge produced {bad} non-finite value(s) (inf/NaN); "

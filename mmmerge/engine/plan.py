@@ -49,6 +49,8 @@ class Task:
     global_params: dict = field(default_factory=dict)
     input_dtype: torch.dtype | None = None  # inputs are rounded to this before merging (recipe `dtype`)
     seed: int | None = None  # per-tensor seed for random methods
+    extra_rows: LazyTensor | None = None  # vocabulary rows only some inputs have, appended unmerged
+
 
     @property
     def nbytes(self) -> int:
@@ -207,6 +209,51 @@ def _same_layout(ref_name: str, ref: Component, other_name: str, other: Componen
                                      f"but {tuple(other.tensors[n].shape)} in {other_name}")
 
 
+def _vocab_rows(component: Component) -> int | None:
+    v = component.config.get("vocab_size")
+    return v if isinstance(v, int) else None
+
+
+def align_vocabularies(comps: dict[str, Component], ref_key: str, paths: dict[str, str], formats: dict[str, str],
+                       where: str, notes: list[str]) -> tuple[dict[str, Component], dict[str, LazyTensor], int]:
+    """Inputs whose vocabularies differ only by rows appended at the end (a LLaVA's `<image>` and padding rows
+    beside its text-only LLM): every input is cut to the shared rows, which are merged; the extra rows come
+    unmerged from the reference (base) model or, when it lacks them, from the first input that has them.
+
+    Returns the cut components, the extra rows per tensor name, and the output's row count. Only tensors
+    whose first dimension is the vocabulary size are cut, and only when every larger input is a LLaVA (whose
+    extra rows are the tokens it added); any other difference is left to the layout check, which refuses it.
+    """
+    rows = {r: _vocab_rows(c) for r, c in comps.items()}
+    if None in rows.values() or len(set(rows.values())) != 2:
+        return comps, {}, rows[ref_key] or 0
+    shared, most = min(rows.values()), max(rows.values())
+    if any(formats[r] != LLAVA_FORMAT for r in comps if rows[r] == most):
+        return comps, {}, rows[ref_key]
+    donor = ref_key if rows[ref_key] == most else next(r for r in comps if rows[r] == most)
+    ref = comps[ref_key]
+    vocab_names = [n for n, t in ref.tensors.items() if t.shape and t.shape[0] == rows[ref_key]
+                   and all(n in c.tensors and tuple(c.tensors[n].shape) == (rows[r], *t.shape[1:])
+                           for r, c in comps.items())]
+    if not vocab_names:
+        return comps, {}, rows[ref_key]
+    cut = {}
+    for r, c in comps.items():
+        tensors = dict(c.tensors)
+        for n in vocab_names:
+            t = tensors[n]
+            if t.shape[0] > shared:
+                tensors[n] = t.derive(lambda x: x[:shared], (shared, *t.shape[1:]))
+        cut[r] = Component(c.name, c.arch, {**c.config, "vocab_size": shared}, tensors, c.preprocess, c.extra, c.filled)
+    extra = {}
+    for n in vocab_names:
+        t = comps[donor].tensors[n]
+        extra[n] = t.derive(lambda x: x[shared:], (most - shared, *t.shape[1:]))
+    notes.append(f"{where}language: vocabulary rows {shared}..{most - 1} of {', '.join(vocab_names)} are not in every "
+                 f"input; the first {shared} rows are merged, the rest copied from {paths[donor]}")
+    return cut, extra, most
+
+
 def _out_dtype(inputs: list[LazyTensor], dtype: torch.dtype | None, out_dtype: torch.dtype | None) -> torch.dtype:
     first = inputs[0].dtype
     if not first.is_floating_point:
@@ -249,6 +296,9 @@ def plan_merge_section(section: MergeSection, cname: str, opener: _Opener, *, dt
         notes.append(f"{where}{cname}: some inputs tie lm_head to the embeddings and some do not; "
                      f"the output stores lm_head (tie_word_embeddings: false)")
     ref_key = section.base_model or refs[0]
+    extra_rows: dict[str, LazyTensor] = {}
+    if cname == "language":
+        comps, extra_rows, vocab = align_vocabularies(comps, ref_key, paths, {r: ckpts[r].format for r in refs}, where, notes)
     reference = comps[ref_key]
     for r in refs:
         if r != ref_key:
@@ -273,11 +323,18 @@ def plan_merge_section(section: MergeSection, cname: str, opener: _Opener, *, dt
         inputs = [comps[r].tensors[name] for r in others]
         base = comps[base_ref].tensors[name] if base_ref is not None else None
         all_inputs = inputs + ([base] if base is not None else [])
-        tasks[name] = Task(name, tuple(ref_t.shape), _out_dtype(all_inputs, dtype, out_dtype), inputs, base, spec,
-                           params, global_params, dtype, _tensor_seed(seed, cname, name) if spec.random else None)
+        shape = tuple(ref_t.shape)
+        if name in extra_rows:
+            shape = (shape[0] + extra_rows[name].shape[0], *shape[1:])
+        tasks[name] = Task(name, shape, _out_dtype(all_inputs, dtype, out_dtype), inputs, base, spec,
+                           params, global_params, dtype, _tensor_seed(seed, cname, name) if spec.random else None,
+                           extra_rows.get(name))
     sources = ([paths[base_ref]] if base_ref else []) + [paths[r] for r in others]
     written = ([None] if base_ref else []) + [section.model_parameters(r) for r in others]
-    out_component = Component(cname, reference.arch, copy.deepcopy(reference.config),
+    config = copy.deepcopy(reference.config)
+    if extra_rows:
+        config["vocab_size"] = vocab
+    out_component = Component(cname, reference.arch, config,
                               {n: LazyTensor(t.shape, t.dtype, lambda: None) for n, t in tasks.items()},
                               reference.preprocess, reference.extra, reference.filled)
     return ComponentPlan(cname, f"merge {spec.name}", sources, out_component, tasks, ckpts[ref_key], base_ref is not None,
@@ -332,6 +389,8 @@ def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[Task], P
         cfg = copy.deepcopy(cp.reference.source_config.get("config.json") or hf_config_dict(comp))
     else:
         cfg = hf_config_dict(comp)
+    if cp.name == "language" and "vocab_size" in comp.config:
+        cfg["vocab_size"] = comp.config["vocab_size"]  # grown when some inputs have extra rows
     if cp.name == "language" and "lm_head.weight" in cp.tasks and cfg.get("tie_word_embeddings"):
         cfg["tie_word_embeddings"] = False  # lm_head is stored and may differ from the embeddings
     tasks = []
