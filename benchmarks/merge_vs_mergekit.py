@@ -29,7 +29,7 @@ def build_models(root: Path, layers: int, hidden: int) -> list[Path]:
     """A random base and three fine-tunes (base + small noise), written as bf16 transformers folders."""
     config = LlamaConfig(hidden_size=hidden, intermediate_size=int(hidden * 2.75), num_hidden_layers=layers,
                          num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, vocab_size=32000,
-                         tie_word_embeddings=False, dtype="bfloat16")
+                         tie_word_embeddings=False, dtype="bfloat16", architectures=["LlamaForCausalLM"])
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
     paths = []

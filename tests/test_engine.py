@@ -429,6 +429,30 @@ def test_open_clip_towers_merge_into_a_transformers_vision_model(tmp_path):
     assert all(torch.allclose(got[k], (towers[0][k].load() + 3 * towers[1][k].load()) / 4, atol=1e-6) for k in got)
 
 
+def test_open_clip_and_transformers_towers_merge_in_one_section(tmp_path):
+    """Cross-library: an open_clip fine-tune merged onto a transformers CLIP base. open_clip's projection head,
+    which the transformers tower lacks, is left out with a note instead of failing the merge."""
+    from test_adapter_open_clip import VISION, make_folder
+
+    from mmmerge.adapters import open_checkpoint
+    from mmmerge.adapters.hf_export import save_hf
+
+    for i in range(2):
+        make_folder(tmp_path / f"oc{i}", VISION, quick_gelu=True, seed=i)
+    save_hf(open_checkpoint(tmp_path / "oc0").component("vision"), tmp_path / "hf_base")
+    cfg = {"merge_method": "task_arithmetic", "base_model": str(tmp_path / "hf_base"),
+           "models": [{"model": str(tmp_path / "oc1"), "parameters": {"weight": 0.5}}]}
+    plan = plan_merge(cfg)
+    assert any("visual_projection.weight" in n and "not merged" in n for n in plan.notes)
+    out = merge(cfg, tmp_path / "out", quiet=True)
+    _, info = transformers.CLIPVisionModel.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    base, ft = (open_checkpoint(tmp_path / p).component("vision").tensors for p in ("hf_base", "oc1"))
+    got = load_file(out / "model.safetensors")
+    assert set(got) == set(base)
+    assert all(torch.allclose(got[k], base[k].load() + 0.5 * (ft[k].load() - base[k].load()), atol=1e-6) for k in got)
+
+
 def test_language_only_output_from_a_llava(models, tmp_path):
     randomize(transformers.LlavaForConditionalGeneration(llava_config()), seed=0).save_pretrained(tmp_path / "llava")
     recipe = {"components": {"language": {"merge_method": "linear", "models": [

@@ -126,8 +126,20 @@ class _Opener:
     def __init__(self, folder: Path | None):
         self.folder = folder
         self.cache: dict[Path, Checkpoint] = {}
+        self.loras: dict[Path, tuple[Path, Path]] = {}  # key of a `BASE+LORA` reference -> (base, lora)
 
     def path(self, ref: str) -> Path:
+        """The absolute path of `ref`; for `BASE+LORA` a key `BASE+LORA` of the two absolute paths."""
+        from ..lora import split_model_ref
+
+        parts = split_model_ref(ref, self._plain_path)
+        if parts is None:
+            return self._plain_path(ref)
+        key = Path(f"{parts[0]}+{parts[1]}")
+        self.loras[key] = parts
+        return key
+
+    def _plain_path(self, ref: str) -> Path:
         p = Path(ref).expanduser()
         if not p.is_absolute() and not p.exists() and self.folder is not None and (self.folder / p).exists():
             p = self.folder / p
@@ -138,7 +150,12 @@ class _Opener:
     def __call__(self, ref: str) -> Checkpoint:
         p = self.path(ref)
         if p not in self.cache:
-            self.cache[p] = open_checkpoint(p)
+            if p in self.loras:
+                from ..lora import open_with_lora
+
+                self.cache[p] = open_with_lora(*self.loras[p])
+            else:
+                self.cache[p] = open_checkpoint(p)
         return self.cache[p]
 
 
@@ -254,6 +271,22 @@ def align_vocabularies(comps: dict[str, Component], ref_key: str, paths: dict[st
     return cut, extra, most
 
 
+def drop_partial_extras(comps: dict[str, Component], paths: dict[str, str], where: str, cname: str,
+                        notes: list[str]) -> dict[str, Component]:
+    """Extras (tensors the target class does not hold, e.g. open_clip's projection head) that only some inputs
+    carry cannot be merged and would not be written: leave them out, and say so."""
+    partial = sorted({n for c in comps.values() for n in c.extra if n in c.tensors
+                      and not all(n in o.tensors for o in comps.values())})
+    if not partial:
+        return comps
+    holders = sorted({paths[r] for r, c in comps.items() if any(n in c.tensors for n in partial)})
+    notes.append(f"{where}{cname}: {', '.join(partial)} (not held by the output architecture) is only in "
+                 f"{', '.join(holders)}; not merged")
+    return {r: Component(c.name, c.arch, c.config, {n: t for n, t in c.tensors.items() if n not in partial},
+                         c.preprocess, tuple(n for n in c.extra if n not in partial), c.filled)
+            for r, c in comps.items()}
+
+
 def _out_dtype(inputs: list[LazyTensor], dtype: torch.dtype | None, out_dtype: torch.dtype | None) -> torch.dtype:
     first = inputs[0].dtype
     if not first.is_floating_point:
@@ -296,6 +329,7 @@ def plan_merge_section(section: MergeSection, cname: str, opener: _Opener, *, dt
         notes.append(f"{where}{cname}: some inputs tie lm_head to the embeddings and some do not; "
                      f"the output stores lm_head (tie_word_embeddings: false)")
     ref_key = section.base_model or refs[0]
+    comps = drop_partial_extras(comps, paths, where, cname, notes)
     extra_rows: dict[str, LazyTensor] = {}
     if cname == "language":
         comps, extra_rows, vocab = align_vocabularies(comps, ref_key, paths, {r: ckpts[r].format for r in refs}, where, notes)
