@@ -21,6 +21,7 @@ or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -253,6 +254,21 @@ def _check_layout(cfg, tensors: dict[str, LazyTensor]) -> None:
         raise MMMergeError(f"tensor {extra[0]} has no place in LlavaForConditionalGeneration")
 
 
+@contextlib.contextmanager
+def _transformers_bars(progress: bool):
+    """transformers' own bars ("Loading weights") follow `progress` too, and are restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if was and not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not progress:
+            hf_logging.enable_progress_bar()
+
+
 def _load_state(tensors: dict[str, LazyTensor], dtype=None) -> dict[str, torch.Tensor]:
     return {k: (t.load() if dtype is None else t.load().to(dtype)) for k, t in tensors.items()}
 
@@ -292,7 +308,7 @@ def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = 
     if fit is not None and fit not in FITS:
         raise RecipeError(f"fit {fit!r} is unknown; use one of {', '.join(FITS)}")
     if fit is not None and align_data is None:
-        raise RecipeError(f"fit={fit!r} needs align_data (an image-caption JSONL)")
+        raise RecipeError(f"fit={fit!r} needs align_data (--align-data): an image-caption JSONL")
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise RecipeError(f"dtype {dtype!r} is not a torch dtype (e.g. float16, bfloat16, float32)")
@@ -367,7 +383,10 @@ def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = 
     rows = old_rows if needed <= old_rows else math.ceil(needed / PAD_MULTIPLE) * PAD_MULTIPLE
     lang_out = resize_language(lang, rows, seed)
 
-    proj_comp, act, bias = projector_component(proj, text_hidden)  # validates before any work
+    try:  # validates before any work
+        proj_comp, act, bias = projector_component(proj, text_hidden)
+    except MMMergeError as e:
+        raise type(e)(f"{source.path if source is not None else 'projector_type'}: {e}") from e
 
     def assemble(proj_comp):
         tensors = llava_tensors({"vision": vis, "projector": proj_comp, "language": lang_out}, "legacy")
@@ -386,7 +405,7 @@ def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = 
     import transformers
 
     fit_residual, losses = None, []
-    with atomic_output_dir(out, force) as tmp:
+    with atomic_output_dir(out, force) as tmp, _transformers_bars(progress):
         # processor first: fitting and training use it exactly as a user will
         (tmp / "preprocessor_config.json").write_text(json.dumps(image_processor_config(pre), indent=2) + "\n")
         image_processor = transformers.AutoImageProcessor.from_pretrained(tmp)
