@@ -28,9 +28,9 @@ def _check(params: list[dict], global_params: dict) -> None:
     reference="https://arxiv.org/abs/2203.05482",
 )
 def linear(tensors, base, params, global_params, generator=None) -> torch.Tensor:
-    total = torch.zeros_like(tensors[0])
-    for t, p in zip(tensors, params):
-        total = total + t * p["weight"]
+    total = tensors[0] * params[0]["weight"]
+    for t, p in zip(tensors[1:], params[1:]):
+        total.add_(t * p["weight"])  # in place: one result buffer, not one per model
     if global_params["normalize"]:
-        total = total / sum(p["weight"] for p in params)
+        total.div_(sum(p["weight"] for p in params))
     return total

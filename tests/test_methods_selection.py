@@ -1,0 +1,39 @@
+"""The linear-time selection behind TIES/breadcrumbs pruning, against a sort."""
+
+import pytest
+import torch
+
+from mmmerge.methods._common import keep_largest, keep_middle, top_mask
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 500, 999, 1000, 1200])
+def test_top_mask_equals_the_sorted_top_k_on_distinct_scores(k):
+    scores = torch.randn(1000, generator=torch.Generator().manual_seed(k))
+    want = torch.zeros(1000, dtype=torch.bool)
+    want[torch.argsort(scores, descending=True)[:k]] = True
+    assert torch.equal(top_mask(scores, k), want)
+
+
+def test_ties_at_the_cut_are_taken_in_index_order():
+    scores = torch.tensor([1.0, 3.0, 2.0, 2.0, 0.0, 2.0, 2.0])
+    assert top_mask(scores, 3).tolist() == [False, True, True, True, False, False, False]
+    # a stable descending sort keeps equal scores in index order: the same choice
+    for k in range(8):
+        want = torch.zeros(7, dtype=torch.bool)
+        want[torch.sort(scores, descending=True, stable=True).indices[:k]] = True
+        assert torch.equal(top_mask(scores, k), want), k
+
+
+def test_pruning_keeps_exactly_the_requested_count_when_most_magnitudes_tie():
+    g = torch.Generator().manual_seed(0)
+    sign = torch.randint(0, 2, (4096,), generator=g).float() * 2 - 1
+    delta = sign * torch.randint(1, 20, (4096,), generator=g).float()  # 19 distinct magnitudes, no zeros
+    kept = keep_largest(delta, 0.5, rescale=False)
+    assert int((kept != 0).sum()) == 2048
+    assert kept[kept != 0].abs().min() >= delta.abs()[kept == 0].abs().max()
+    middle = keep_middle(delta, 0.5, 0.1, rescale=False)  # drop the 409 largest, keep the next 2048
+    assert int((middle != 0).sum()) == 2048
+    ranks = torch.sort(delta.abs(), descending=True, stable=True).indices
+    want = torch.zeros(4096, dtype=torch.bool)
+    want[ranks[409:409 + 2048]] = True
+    assert torch.equal(middle != 0, want)
