@@ -53,6 +53,52 @@ def cmd_stitch(args) -> None:
         print("\n".join(report.lines()))
 
 
+def cmd_extract_lora(args) -> None:
+    from .lora.extract import extract_lora, format_table
+
+    rows, missed = extract_lora(args.base, args.model, args.out, rank=args.rank, energy=args.energy,
+                                component=args.component, device=args.device, force=args.force)
+    if not args.quiet:
+        print(format_table(rows))
+    kept = sum(1 for r in rows if r.rank)
+    print(f"wrote a LoRA of {kept} module(s) to {args.out}")
+    if missed:
+        print(f"note: {len(missed)} other tensor(s) differ and are not in the adapter (LoRA holds linear layers "
+              f"only): {', '.join(missed[:5])}{' ...' if len(missed) > 5 else ''}")
+
+
+def cmd_merge_loras(args) -> None:
+    from .lora.combine import merge_loras
+
+    ranks = merge_loras(args.adapters, args.out, method=args.method, weights=args.weights, density=args.density,
+                        rank=args.rank, sign_method=args.majority_sign_method, seed=args.seed, force=args.force)
+    print(f"wrote a {args.method} LoRA of {len(ranks)} module(s), rank {min(ranks.values())}"
+          f"{'-' + str(max(ranks.values())) if max(ranks.values()) != min(ranks.values()) else ''}, to {args.out}")
+
+
+def cmd_eval(args) -> None:
+    import os
+
+    from .eval import evaluate
+
+    metrics = evaluate(args.model, args.task, questions=args.questions, annotations=args.annotations,
+                       images=args.images, out=args.out, batch_size=args.batch_size, limit=args.limit,
+                       device=args.device, max_new_tokens=args.max_new_tokens, prompt=args.prompt,
+                       progress=not args.quiet)
+    if not args.quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        shown = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+        print(json.dumps(shown, indent=2))
+        print(f"wrote predictions.json, metrics.json, samples.jsonl to {args.out}")
+
+
+def cmd_eval_compare(args) -> None:
+    from .eval.compare import compare
+
+    print(compare(args.outs, chart=args.out))
+    if args.out is not None:
+        print(f"\nchart: {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmmerge", description="Merge and stitch models into multimodal LLMs.")
     p.add_argument("--version", action="version", version=f"mmmerge {__version__}")
@@ -107,6 +153,51 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     s.set_defaults(func=cmd_stitch)
+    s = sub.add_parser("extract-lora", help="a peft LoRA for BASE whose update is the truncated SVD of MODEL - BASE")
+    s.add_argument("--base", type=Path, required=True, help="the base model (the adapter is for it)")
+    s.add_argument("--model", type=Path, required=True, help="the fine-tuned or merged model")
+    s.add_argument("--rank", type=int, default=None, help="rank per module (with --energy: the largest rank)")
+    s.add_argument("--energy", type=float, default=None,
+                   help="per module, the smallest rank keeping this fraction of squared singular values")
+    s.add_argument("--component", default="language", choices=["language", "vision"])
+    s.add_argument("--device", default="cpu", help="where the SVDs run: cpu or cuda")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    s.add_argument("--quiet", action="store_true", help="no per-module table")
+    s.set_defaults(func=cmd_extract_lora)
+    s = sub.add_parser("merge-loras", help="one peft LoRA from several with the same base (peft's add_weighted_adapter)")
+    s.add_argument("adapters", type=Path, nargs="+", help="peft LoRA folders")
+    s.add_argument("--method", default="cat", choices=["cat", "linear", "svd", "ties", "dare_ties", "dare_linear",
+                                                       "magnitude_prune", "ties_svd", "dare_ties_svd",
+                                                       "dare_linear_svd", "magnitude_prune_svd"])
+    s.add_argument("--weights", type=float, nargs="+", default=None, help="one per adapter (default: all 1)")
+    s.add_argument("--density", type=float, default=None, help="fraction kept by ties, dare and magnitude_prune")
+    s.add_argument("--rank", type=int, default=None, help="rank of svd methods (default: the largest input rank)")
+    s.add_argument("--majority-sign-method", default="total", choices=["total", "frequency"])
+    s.add_argument("--seed", type=int, default=None, help="seed for the dare methods")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    s.set_defaults(func=cmd_merge_loras)
+
+    s = sub.add_parser("eval", help="answer a VQA set with a LLaVA-style model and score it as the official script does")
+    s.add_argument("model", type=Path, help="a transformers LLaVA-style checkpoint folder with its processor")
+    s.add_argument("--task", required=True, choices=["vqav2", "textvqa", "gqa", "pope", "scienceqa", "jsonl"])
+    s.add_argument("--questions", type=Path, required=True, help="the task's questions file (or JSONL / problems.json)")
+    s.add_argument("--annotations", type=Path, help="VQAv2 annotations JSON (omit for test-dev: predictions only)")
+    s.add_argument("--images", type=Path, help="image folder (jsonl: default the JSONL's folder)")
+    s.add_argument("--out", type=Path, required=True, help="folder for predictions.json, metrics.json, samples.jsonl")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    s.add_argument("--max-new-tokens", type=int, default=16)
+    s.add_argument("--prompt", default=None, help='prompt template with {question} (default: the task\'s LLaVA-1.5 one)')
+    s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("eval-compare", help="a Markdown table and a bar chart of several `mmmerge eval` outputs")
+    s.add_argument("outs", type=Path, nargs="+", help="evaluation output folders")
+    s.add_argument("--out", type=Path, default=None, help="bar chart PNG to write")
+    s.set_defaults(func=cmd_eval_compare)
     return p
 
 

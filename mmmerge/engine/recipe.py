@@ -56,15 +56,24 @@ def _check_dtype(v: str | None) -> str | None:
     return v
 
 
+def _local_path(v: Any) -> Any:
+    """A mergekit ModelPath ({path: ...} without a revision) or a plain string -> the string, else None."""
+    if isinstance(v, dict) and set(v) <= {"path", "revision"} and v.get("revision") is None:
+        v = v.get("path")
+    return v if isinstance(v, str) else None
+
+
 def _model_ref(v: Any) -> Any:
-    """mergekit also accepts a model as {path: ...} or {model: {path: ...}}; keep the path."""
+    """mergekit also accepts a model as {path: ...} or {model: {path: ...}, lora: {path: ...}}; keep the path.
+
+    A LoRA becomes mergekit's string form `BASE+LORA`, which the plan's opener applies while streaming.
+    """
     if isinstance(v, dict):
-        inner = v.get("model", v)
-        if isinstance(inner, dict) and set(inner) <= {"path", "revision"} and inner.get("revision") is None:
-            inner = inner.get("path")
-        if isinstance(inner, str) and (set(v) <= {"model", "path", "revision"}) and not v.get("lora"):
-            return inner
-        raise ValueError("only local model paths are supported (no LoRA or hub revisions)")
+        inner = _local_path(v.get("model", v))
+        lora = _local_path(v.get("lora")) if v.get("lora") is not None else ""
+        if inner is not None and lora is not None and set(v) <= {"model", "path", "revision", "lora"}:
+            return f"{inner}+{lora}" if lora else inner
+        raise ValueError("only local model and LoRA paths are supported (no hub revisions)")
     return v
 
 

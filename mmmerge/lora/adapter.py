@@ -1,0 +1,143 @@
+"""Reading a peft LoRA folder: its config and, per target module, the lazy A and B factors and the scale.
+
+peft saves `adapter_model.safetensors` (or `.bin`) with keys `base_model.model.<module>.lora_A.weight`,
+`...lora_B.weight` (`lora_embedding_A/B` for embeddings, `lora_B.bias` with `lora_bias`), plus whole
+tensors it carries (`modules_to_save`, saved embedding layers as `<module>.base_layer.weight`). The scale
+of a module is alpha / r (alpha / sqrt(r) with rsLoRA), r and alpha taken from `rank_pattern` /
+`alpha_pattern` with peft's own matching rule. Nothing is read beyond the config and the file header.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import LazyTensor
+from ..errors import MMMergeError, ShapeMismatchError, UnreadableFileError
+from ..io.reader import read_file, read_json
+
+CONFIG = "adapter_config.json"
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+PREFIX = "base_model.model."
+
+
+class AdapterMismatchError(MMMergeError):
+    """An adapter does not fit the model it is applied to (or the adapters it is combined with)."""
+
+
+@dataclass
+class LoraModule:
+    """One target module: delta = scale * B @ A, transposed into the weight's layout when `transpose`."""
+
+    name: str  # the module's name in the model peft wrapped (no `base_model.model.`)
+    A: LazyTensor  # (r, in); embeddings: (r, num_embeddings)
+    B: LazyTensor  # (out, r); embeddings: (dim, r)
+    r: int
+    alpha: float
+    scale: float
+    transpose: bool  # fan_in_fan_out (GPT-2 Conv1D) and embeddings store the weight as (in, out)
+    embedding: bool = False
+    bias: LazyTensor | None = None  # lora_B.bias: scale * bias is added to the module's bias
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        out, inp = self.B.shape[0], self.A.shape[1]
+        return (inp, out) if self.transpose else (out, inp)
+
+    def delta(self) -> torch.Tensor:
+        """The float32 update of the module's weight, in the weight's own layout."""
+        d = (self.B.load().float() @ self.A.load().float()) * self.scale
+        return d.T if self.transpose else d
+
+
+@dataclass
+class LoraAdapter:
+    path: Path
+    file: Path
+    config: dict
+    modules: dict[str, LoraModule]
+    whole: dict[str, LazyTensor] = field(default_factory=dict)  # parameter name -> tensor that replaces it
+
+
+def pattern_value(patterns: dict, module: str, default):
+    """peft's `get_pattern_key`: the first key that matches the end of the module name at a dot boundary."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return patterns[key]
+    return default
+
+
+def module_scale(config: dict, r: int, alpha: float) -> float:
+    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+
+
+def adapter_file(path: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise UnreadableFileError(f"{path}: no adapter weights (looked for {', '.join(WEIGHT_FILES)})")
+
+
+def read_config(path: Path) -> dict:
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise UnreadableFileError(f"{path}: not a peft adapter folder (no {CONFIG})")
+    config = read_json(path / CONFIG)
+    kind = config.get("peft_type", "LORA")
+    if str(kind).upper() != "LORA":
+        raise UnreadableFileError(f"{path}/{CONFIG}: peft_type is {kind}; only LoRA adapters are supported")
+    for key, what in (("use_dora", "DoRA"), ("target_parameters", "LoRA on nn.Parameter (target_parameters)"),
+                      ("layer_replication", "layer_replication"), ("megatron_config", "Megatron layers")):
+        if config.get(key):
+            raise UnreadableFileError(f"{path}/{CONFIG}: {what} adapters are not supported")
+    if not isinstance(config.get("r"), int) or config["r"] <= 0:
+        raise UnreadableFileError(f"{path}/{CONFIG}: `r` must be a positive integer")
+    return config
+
+
+def read_adapter(path: Path) -> LoraAdapter:
+    """A peft LoRA folder, lazily; a `.bin` is loaded with torch.load(weights_only=True) only."""
+    path = Path(path)
+    config = read_config(path)
+    file = adapter_file(path)
+    tensors = read_file(file)
+    parts: dict[str, dict[str, LazyTensor]] = {}
+    whole: dict[str, LazyTensor] = {}
+    for key, t in tensors.items():
+        name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        m = re.match(r"(.+)\.(lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B)$", name)
+        if m:
+            parts.setdefault(m.group(1), {})[m.group(2)] = t
+        elif re.search(r"\.lora_\w+", name):
+            raise UnreadableFileError(f"{file}: tensor {key} is a LoRA part mmmerge does not know (DoRA or a newer "
+                                      f"peft variant?)")
+        else:
+            whole[name.replace(".base_layer.", ".")] = t
+    modules = {name: _module(name, p, config, file) for name, p in parts.items()}
+    if not modules and not whole:
+        raise UnreadableFileError(f"{file}: holds no LoRA tensors")
+    return LoraAdapter(path, file, config, modules, whole)
+
+
+def _module(name: str, p: dict[str, LazyTensor], config: dict, file: Path) -> LoraModule:
+    embedding = "lora_embedding_A" in p or "lora_embedding_B" in p
+    a_key, b_key = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A.weight", "lora_B.weight")
+    for k in (a_key, b_key):
+        if k not in p:
+            raise UnreadableFileError(f"{file}: module {name} has no {k} (the adapter file is incomplete)")
+    A, B = p[a_key], p[b_key]
+    if len(A.shape) != 2 or len(B.shape) != 2:
+        raise UnreadableFileError(f"{file}: module {name}: only LoRA on Linear, Conv1D and Embedding layers is "
+                                  f"supported (lora_A has shape {A.shape})")
+    r = int(pattern_value(config.get("rank_pattern") or {}, name, config["r"]))
+    alpha = float(pattern_value(config.get("alpha_pattern") or {}, name, config.get("lora_alpha", 8)))
+    if A.shape[0] != r or B.shape[1] != r:
+        raise ShapeMismatchError(f"{file}: module {name}: factors {tuple(B.shape)} @ {tuple(A.shape)} do not have "
+                                 f"rank r={r} from {CONFIG}")
+    transpose = embedding or bool(config.get("fan_in_fan_out"))
+    return LoraModule(name, A, B, r, alpha, module_scale(config, r, alpha), transpose, embedding,
+                      p.get("lora_B.bias"))

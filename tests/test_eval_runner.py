@@ -1,0 +1,133 @@
+"""`evaluate` end to end on a tiny LLaVA: files written, scores, batch-size invariance, a naive decoder as oracle."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+import eval_data
+from mmmerge import evaluate
+from mmmerge.eval.generate import Generator, build_prompt, load_model
+from mmmerge.eval.tasks import EvalDataError
+from test_eval_metrics import official_report
+from tiny_llava import build_tiny_llava
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def vqa(tmp_path_factory):
+    return eval_data.vqav2(tmp_path_factory.mktemp("vqav2"), n=8)
+
+
+def read_out(out):
+    return (json.loads((out / "predictions.json").read_text()), json.loads((out / "metrics.json").read_text()),
+            [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()])
+
+
+def test_answers_do_not_depend_on_batch_size(model_dir, vqa, tmp_path):
+    evaluate(model_dir, "vqav2", **vqa, out=tmp_path / "b1", batch_size=1, progress=False)
+    evaluate(model_dir, "vqav2", **vqa, out=tmp_path / "b4", batch_size=4, progress=False)
+    p1, m1, s1 = read_out(tmp_path / "b1")
+    p4, m4, s4 = read_out(tmp_path / "b4")
+    assert p1 == p4 and m1 == m4 and [s["raw"] for s in s1] == [s["raw"] for s in s4]
+    assert len({s["raw"] for s in s1}) > 2  # the model says different things, so the comparison means something
+    assert len({len(s["prompt"]) for s in s1}) > 3  # prompts of different lengths: batches are left-padded
+
+
+def test_batched_rows_equal_rows_alone_without_the_guard(model_dir, vqa):
+    """The guard against near ties aside, a left-padded batch computes what each row computes alone."""
+    model, processor = load_model(model_dir, "cpu")
+    gen = Generator(model, processor, max_new_tokens=12, tie_tol=0.0)
+    prompts = [build_prompt(processor, q) for q in eval_data.QUESTIONS]
+    images = [Image.open(p).convert("RGB") for p in sorted(vqa["images"].iterdir())][:4] * 2
+    batched = gen(prompts, images)
+    assert batched == [gen([p], [im])[0] for p, im in zip(prompts, images)]
+    assert gen.reruns == 0
+
+
+def naive_greedy(model, processor, prompt, image, steps):
+    """Greedy decoding by full forward passes (no cache, no padding, no generate())."""
+    enc = processor(images=[image], text=[prompt], return_tensors="pt")
+    ids = enc["input_ids"]
+    eos = model.generation_config.eos_token_id
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(input_ids=ids, pixel_values=enc["pixel_values"], attention_mask=torch.ones_like(ids)).logits
+            nxt = logits[0, -1].argmax()
+            if nxt.item() == eos:
+                break
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+    return processor.tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_raw_outputs_equal_a_naive_decoder(model_dir, vqa, tmp_path):
+    evaluate(model_dir, "vqav2", **vqa, out=tmp_path / "o", batch_size=3, max_new_tokens=6, progress=False)
+    _, _, samples = read_out(tmp_path / "o")
+    model, processor = load_model(model_dir, "cpu")
+    for s in samples[:4]:
+        assert s["raw"] == naive_greedy(model, processor, s["prompt"], Image.open(s["image"]).convert("RGB"), 6)
+
+
+def test_files_and_official_scores(model_dir, vqa, tmp_path):
+    """Ground truth made from the model's own answers for half the questions: the report is the official one."""
+    evaluate(model_dir, "vqav2", **vqa, out=tmp_path / "first", batch_size=8, progress=False)
+    preds, _, _ = read_out(tmp_path / "first")
+    ann = json.loads(vqa["annotations"].read_text())
+    for i, a in enumerate(ann["annotations"]):
+        if i % 2 == 0:
+            a["answers"] = eval_data.ten([preds[i]["answer"]] * 10)
+    annotations = tmp_path / "ann.json"
+    annotations.write_text(json.dumps(ann))
+    metrics = evaluate(model_dir, "vqav2", questions=vqa["questions"], annotations=annotations, images=vqa["images"],
+                       out=tmp_path / "out", batch_size=3, progress=False)
+    preds2, m, samples = read_out(tmp_path / "out")
+    assert m == metrics and preds2 == preds
+    assert set(m) == {"overall", "perAnswerType", "perQuestionType"}
+    gts = [[x["answer"] for x in a["answers"]] for a in ann["annotations"]]
+    assert m == official_report([p["answer"] for p in preds2], gts, [a["answer_type"] for a in ann["annotations"]],
+                                [a["question_type"] for a in ann["annotations"]])
+    assert m["overall"] >= 50.0
+    assert [p["question_id"] for p in preds2] == [a["question_id"] for a in ann["annotations"]]
+    assert set(samples[0]) >= {"question_id", "question", "prompt", "raw", "answer", "score"}
+    assert samples[0]["score"] == 1.0 and samples[0]["prompt"].startswith("USER: <image>\nwhat is the color")
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["task"] == "vqav2" and run["questions"] == 8
+
+
+@pytest.mark.parametrize("task", ["textvqa", "gqa", "pope", "scienceqa", "jsonl"])
+def test_other_tasks(model_dir, task, tmp_path):
+    files = getattr(eval_data, task)(tmp_path / "data")
+    metrics = evaluate(model_dir, task, **files, out=tmp_path / "out", batch_size=4, max_new_tokens=4, progress=False)
+    headline = json.loads((tmp_path / "out" / "run.json").read_text())["headline"]
+    assert 0.0 <= metrics[headline] <= 100.0
+    _, _, samples = read_out(tmp_path / "out")
+    expected = {"scienceqa": "Answer with the option's letter", "pope": "single word"}.get(task, "single word")
+    assert expected in samples[0]["prompt"]
+
+
+def test_prompt_override_and_fallback_template(model_dir, vqa, tmp_path):
+    plain = tmp_path / "plain"
+    shutil.copytree(model_dir, plain)
+    (plain / "chat_template.jinja").unlink()
+    evaluate(plain, "vqav2", **vqa, out=tmp_path / "o", limit=2, prompt="Q: {question} short", progress=False)
+    _, _, samples = read_out(tmp_path / "o")
+    assert samples[0]["prompt"] == "USER: <image>\nQ: what is the color of the dog ? short ASSISTANT:"
+    with pytest.raises(EvalDataError, match="no {question} placeholder"):
+        evaluate(model_dir, "vqav2", **vqa, out=tmp_path / "x", prompt="no placeholder")
+
+
+def test_bad_input_writes_nothing(model_dir, tmp_path):
+    files = eval_data.vqav2(tmp_path / "d", n=4)
+    (files["images"] / "COCO_val2014_000000001001.jpg").write_bytes(b"not an image")
+    with pytest.raises(EvalDataError, match=r"question 1001000: cannot read image"):
+        evaluate(model_dir, "vqav2", **files, out=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(Exception, match="no such model folder"):
+        evaluate(tmp_path / "nope", "vqav2", **eval_data.vqav2(tmp_path / "e", n=2), out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
