@@ -34,13 +34,27 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def _exact_in(dtype: torch.dtype, compute: torch.dtype) -> bool:
+    """Rounding `dtype` values to float32 changes nothing (half precision -> float32): leave them narrow and let
+    the method widen them one at a time, which keeps half the bytes in memory."""
+    return compute == torch.float32 and dtype in (torch.float16, torch.bfloat16)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """True when no entry is inf/NaN. A sum propagates them and, unlike an elementwise test, allocates nothing
+    (15x faster); only a sum that overflows on its own (huge entries) falls back to the elementwise test."""
+    if bool(torch.isfinite(torch.sum(t, dtype=torch.float32))):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
 def run_task(task: Task, device: torch.device) -> torch.Tensor:
     """The output tensor of one task, on the CPU in the task's dtype."""
     from ..methods import merge_tensor
 
     def fetch(t: LazyTensor) -> torch.Tensor:
         x = t.load().to(device)
-        if task.input_dtype is not None and x.is_floating_point():
+        if task.input_dtype is not None and x.is_floating_point() and not _exact_in(x.dtype, task.input_dtype):
             x = x.to(task.input_dtype)  # the recipe's `dtype`: inputs are rounded to it, the math is float32
         return x
 
@@ -53,18 +67,18 @@ def run_task(task: Task, device: torch.device) -> torch.Tensor:
             generator = None
             if task.seed is not None:
                 generator = torch.Generator(device=device).manual_seed(task.seed)
-            out = merge_tensor(task.method, tensors, base, task.params, task.global_params, generator)
+            out = merge_tensor(task.method, tensors, base, task.params, task.global_params, generator,
+                               release_inputs=True)
             del tensors, base
             if task.extra_rows is not None:
                 out = torch.cat([out, fetch(task.extra_rows).to(out.dtype)])
-        if out.is_floating_point() and not bool(torch.isfinite(out).all()):
-            bad = int((~torch.isfinite(out)).sum())
-            raise MMMergeError(f"tensor {task.name}: the merge produced {bad} non-finite value(s) (inf/NaN); "
-                               f"check the weights and parameters for this tensor")
         if out.is_floating_point():
+            if not _all_finite(out):
+                bad = int((~torch.isfinite(out)).sum())
+                raise MMMergeError(f"tensor {task.name}: the merge produced {bad} non-finite value(s) (inf/NaN); "
+                                   f"check the weights and parameters for this tensor")
             out = out.to(task.dtype)
-            finite = torch.isfinite(out).all() if out.dtype.itemsize < 4 else True
-            if not bool(finite):
+            if out.dtype.itemsize < 4 and not _all_finite(out):
                 raise MMMergeError(f"tensor {task.name}: values overflow {str(task.dtype).removeprefix('torch.')}; "
                                    f"use a wider out_dtype")
         return out.to("cpu")

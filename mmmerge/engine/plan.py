@@ -524,7 +524,8 @@ def build_plan(recipe: Recipe, *, seed: int | None = None) -> Plan:
         if by_reason:
             notes.append(f"{ck.path}: not used (outside its components): "
                          + "; ".join(f"{', '.join(p)} ({why})" for why, p in by_reason.items()))
-    return Plan(recipe, components, fmt, config, side, tasks, notes, preprocessor, list(opener.cache))
+    return Plan(recipe, components, fmt, config, side, tasks, notes, preprocessor,
+                [part for key in opener.cache for part in opener.loras.get(key, (key,))])
 
 
 def plan_merge(recipe, *, seed: int | None = None) -> Plan:

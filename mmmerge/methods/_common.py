@@ -23,39 +23,66 @@ def task_vectors(tensors: list[torch.Tensor], base: torch.Tensor) -> torch.Tenso
     return torch.stack([t - base for t in tensors])
 
 
-def rescale_l1(masked: torch.Tensor, original: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Scale ``masked`` so its L1 norm equals the original's (unless either norm is below eps)."""
-    before = original.abs().sum()
-    after = masked.abs().sum()
+def _apply(delta: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: float = 1e-7) -> torch.Tensor:
+    """``delta * mask``, in place (the sparsifiers own the task vector they are given; a boolean mask zeroes
+    without a float copy of it); with ``rescale`` the result is scaled so its L1 norm equals the unmasked one
+    (unless either norm is below eps)."""
+    before = delta.abs().sum() if rescale else None
+    kept = delta.masked_fill_(~mask, 0.0) if mask.dtype == torch.bool else delta.mul_(mask)
+    if not rescale:
+        return kept
+    after = kept.abs().sum()
     if before < eps or after < eps:
-        return masked
-    return masked * (before / after)
+        return kept
+    return kept.mul_(before / after)
 
 
-def _apply(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
-    kept = delta * mask
-    return rescale_l1(kept, delta) if rescale else kept
+# Radix selection: the top 15 bits of a non-negative float's bit pattern order it (32768 buckets).
+_BUCKET_SHIFT = {torch.float32: (torch.int32, 16), torch.float64: (torch.int64, 48)}
+_CHUNK = 1 << 22
+
+
+def _kth_largest(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """(the k-th largest score, positions of the scores in its bucket or None, how many lie above that bucket).
+
+    For non-negative float32/float64 scores, a histogram of bit-pattern buckets finds the bucket holding the
+    k-th largest and only that bucket is searched (`kthvalue` on all n entries is 2x slower). Buckets are
+    computed in chunks so the extra memory is a chunk, not a copy of the tensor."""
+    if scores.dtype not in _BUCKET_SHIFT or scores.numel() < 1 << 16:
+        return torch.kthvalue(scores, scores.numel() - k + 1).values, None, 0
+    itype, shift = _BUCKET_SHIFT[scores.dtype]
+    chunks = scores.view(itype).split(_CHUNK)
+    counts = sum(torch.bincount(c >> shift, minlength=1 << 15) for c in chunks)
+    at_or_above = counts.flip(0).cumsum(0).flip(0)
+    b = int((at_or_above >= k).nonzero()[-1])
+    above = int(at_or_above[b] - counts[b])
+    where = torch.cat([((c >> shift) == b).nonzero().squeeze(1) + i * _CHUNK for i, c in enumerate(chunks)])
+    inside = scores[where]
+    return torch.kthvalue(inside, inside.numel() - (k - above) + 1).values, where, above
 
 
 def top_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the k largest entries of a 1-D tensor, equal scores taken in index order.
+    """Boolean mask of the k largest entries of a 1-D tensor of non-negative scores, equal scores taken in
+    index order.
 
-    A selection, not a sort: the k-th largest value from `kthvalue` (linear time) and one comparison,
-    about 8x faster than `argsort` on large tensors. mergekit sorts with `argsort`, whose choice among equal
-    values is an unspecified detail of the sort; here it is the lowest index. Where scores at the cut are
-    distinct (any continuous data) the two keep the same entries.
+    A selection, not a sort: linear time, about 10x faster than `argsort` on large tensors. mergekit sorts
+    with `argsort`, whose choice among equal values is an unspecified detail of the sort; here it is the
+    lowest index. Where scores at the cut are distinct (any continuous data) the two keep the same entries.
     """
     n = scores.numel()
     if k >= n:
         return torch.ones(n, dtype=torch.bool, device=scores.device)
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool, device=scores.device)
-    cut = torch.kthvalue(scores, n - k + 1).values
+    cut, where, above = _kth_largest(scores, k)
     mask = scores > cut
-    need = k - int(mask.sum())
+    if where is None:
+        where, inside = torch.arange(n, device=scores.device), scores
+    else:
+        inside = scores[where]
+    need = k - above - int((inside > cut).sum())
     if need > 0:
-        tied = scores == cut
-        mask |= tied & (torch.cumsum(tied, 0) <= need)
+        mask[where[inside == cut][:need]] = True
     return mask
 
 
@@ -67,7 +94,7 @@ def keep_largest(delta: torch.Tensor, density: float, rescale: bool) -> torch.Te
     if n == 0:
         return delta.clone()
     mask = top_mask(delta.abs().reshape(-1), max(1, int(density * n)))
-    return _apply(delta, mask.view(delta.shape).to(delta.dtype), rescale)
+    return _apply(delta, mask.view(delta.shape), rescale)
 
 
 def keep_middle(delta: torch.Tensor, density: float, gamma: float, rescale: bool) -> torch.Tensor:
@@ -80,7 +107,7 @@ def keep_middle(delta: torch.Tensor, density: float, gamma: float, rescale: bool
     scores = delta.abs().reshape(-1)
     # ascending positions [drop_small, drop_small + keep) = the top n - drop_small minus the top n - drop_small - keep
     mask = top_mask(scores, n - drop_small) & ~top_mask(scores, n - drop_small - keep)
-    return _apply(delta, mask.view(delta.shape).to(delta.dtype), rescale)
+    return _apply(delta, mask.view(delta.shape), rescale)
 
 
 def keep_random(delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None) -> torch.Tensor:

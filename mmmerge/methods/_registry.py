@@ -97,6 +97,9 @@ class MethodSpec:
     base model, if the recipe names one, is an ordinary input). ``min_models``/``max_models`` count the
     non-base inputs (all inputs when the base is ignored). ``random``: results depend on the generator.
     ``check(params, global_params)`` validates combinations of parameters (raises RecipeError).
+    ``one_pass``: ``fn`` reads ``tensors`` once, in order (iterating, never indexing), so ``merge_tensor``
+    may convert each input to float32 only when it is reached and free it after: one float32 input in
+    memory at a time instead of all of them.
     """
 
     name: str
@@ -109,6 +112,7 @@ class MethodSpec:
     random: bool = False
     check: Callable[[list, dict], None] | None = None
     reference: str = ""
+    one_pass: bool = False
 
     def __post_init__(self):
         if self.base not in BASE_POLICIES:
@@ -224,6 +228,23 @@ def check_inputs(method: str | MethodSpec, n_models: int, has_base: bool) -> Met
     return spec
 
 
+class _Converted:
+    """The inputs, each converted to the compute dtype as iteration reaches it (see MethodSpec.one_pass).
+    With `release`, each is also removed from the caller's list as it is reached, so its memory goes as soon
+    as the method is done with it."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor], dtype: torch.dtype, release: bool):
+        self.tensors, self.dtype, self.release, self.count = tensors, dtype, release, len(tensors)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        if not self.release:
+            return (t.to(self.dtype) for t in self.tensors)
+        return (self.tensors.pop(0).to(self.dtype) for _ in range(self.count))
+
+
 def merge_tensor(
     method: str | MethodSpec,
     tensors: Sequence[torch.Tensor],
@@ -233,8 +254,12 @@ def merge_tensor(
     generator: torch.Generator | None = None,
     *,
     unknown: str = "error",
+    release_inputs: bool = False,
 ) -> torch.Tensor:
     """Merge one output tensor: validate, compute in float32 (float64 if an input is), return that dtype.
+
+    ``release_inputs``: the caller hands over the list ``tensors`` (a list it owns); a one-pass method
+    empties it as it goes, so each input's memory is freed once used (the streaming executor's case).
 
     ``params=None`` means no per-model parameters given. Non-floating tensors (integer buffers) are
     copied when all inputs agree, as mergekit does, and rejected otherwise.
@@ -259,7 +284,8 @@ def merge_tensor(
             return first.clone()
         raise RecipeError(f"{spec.name}: a non-floating tensor differs between inputs and cannot be merged")
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in everything) else torch.float32
-    tensors = [t.to(dtype) for t in tensors]
+    tensors = (_Converted(tensors, dtype, release_inputs and isinstance(tensors, list)) if spec.one_pass
+               else [t.to(dtype) for t in tensors])
     base = base.to(dtype) if base is not None else None
     with torch.no_grad():
         return spec.fn(tensors, base, params, global_params, generator)

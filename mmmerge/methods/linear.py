@@ -26,11 +26,12 @@ def _check(params: list[dict], global_params: dict) -> None:
     min_models=1,
     check=_check,
     reference="https://arxiv.org/abs/2203.05482",
+    one_pass=True,
 )
 def linear(tensors, base, params, global_params, generator=None) -> torch.Tensor:
-    total = tensors[0] * params[0]["weight"]
-    for t, p in zip(tensors[1:], params[1:]):
-        total.add_(t * p["weight"])  # in place: one result buffer, not one per model
+    total = None
+    for t, p in zip(tensors, params):  # one pass, in place: one result buffer, not one per model
+        total = t * p["weight"] if total is None else total.add_(t * p["weight"])
     if global_params["normalize"]:
         total.div_(sum(p["weight"] for p in params))
     return total

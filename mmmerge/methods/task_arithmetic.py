@@ -32,7 +32,6 @@ from ._common import (
     keep_middle,
     keep_random,
     keep_random_by_rank,
-    sign_consensus,
 )
 from ._registry import MethodSpec, Param, register
 
@@ -58,28 +57,48 @@ def _rank(delta, p, rescale, generator):
 
 
 def _merge(tensors, base, params, global_params, generator, *, sparsify, consensus):
-    if not tensors:
+    """One model at a time and in place where the buffers are our own: besides the base, the peak is the
+    task vectors plus one accumulator (a stacked [n, ...] form would need about three times that)."""
+    if not len(tensors):
         return base
     rescale = global_params["rescale"]
+    weights = [p["weight"] for p in params]
+    deltas = []
+    inputs = iter(tensors)  # not zip(): its reused result tuple would keep the last input alive
     # Models are sparsified one after another, in input order: this is mergekit's draw order.
-    deltas = torch.stack([sparsify(t - base, p, rescale, generator) for t, p in zip(tensors, params)])
-    weights = torch.tensor([p["weight"] for p in params], dtype=deltas.dtype, device=deltas.device)
-    weights = weights.reshape(-1, *([1] * base.dim()))
-    deltas = deltas * weights
+    for p in params:
+        delta = next(inputs) - base
+        deltas.append(sparsify(delta, p, rescale, generator).mul_(p["weight"]))
+        del delta
     if consensus:
-        agree = sign_consensus(deltas)
-        mixed = (deltas * agree).sum(dim=0)
-        divisor = (weights * agree).sum(dim=0)
-        divisor = torch.where(divisor == 0, 1.0, divisor)
+        total = deltas[0].clone()
+        for d in deltas[1:]:
+            total.add_(d)
+        positive = total >= 0  # the elected sign (0 counts as +); zero entries never agree
+        del total
+        mixed = divisor = None
+        for w in weights:
+            d = deltas.pop(0)
+            agree = torch.where(positive, d > 0, d < 0)
+            d.masked_fill_(~agree, 0.0)
+            if mixed is None:  # the first task vector's buffer becomes the sum
+                mixed, divisor = d, agree.to(base.dtype).mul_(w)
+            else:
+                mixed.add_(d)
+                divisor.add_(agree, alpha=w)
+            del d, agree
+        divisor.masked_fill_(divisor == 0, 1.0)
     else:
-        mixed = deltas.sum(dim=0)
-        divisor = weights.sum(dim=0)
-        divisor = torch.where(divisor.abs() < 1e-8, 1.0, divisor)
+        mixed = deltas.pop(0)
+        while deltas:
+            mixed.add_(deltas.pop(0))
+        divisor = sum(torch.tensor(w, dtype=base.dtype) for w in weights)
+        divisor = 1.0 if divisor.abs() < 1e-8 else divisor
     if global_params["normalize"]:
-        mixed = mixed / divisor
+        mixed.div_(divisor)
     if global_params["lambda"] != 1:
-        mixed = mixed * global_params["lambda"]
-    return base + mixed
+        mixed.mul_(global_params["lambda"])
+    return mixed.add_(base)
 
 
 def _family_member(name, sparsify, consensus, normalize, rescale, extra=None, check=None, reference=""):
@@ -103,6 +122,7 @@ def _family_member(name, sparsify, consensus, normalize, rescale, extra=None, ch
             },
             base="required",
             random=sparsify in (_random, _rank),
+            one_pass=True,
             check=check,
             reference=reference,
         )
