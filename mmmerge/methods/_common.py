@@ -23,23 +23,18 @@ def task_vectors(tensors: list[torch.Tensor], base: torch.Tensor) -> torch.Tenso
     return torch.stack([t - base for t in tensors])
 
 
-def _apply(delta: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: float = 1e-7) -> torch.Tensor:
-    """``delta * mask``, in place (the sparsifiers own the task vector they are given; a boolean mask zeroes
-    without a float copy of it); with ``rescale`` the result is scaled so its L1 norm equals the unmasked one
-    (unless either norm is below eps)."""
-    before = delta.abs().sum() if rescale else None
-    kept = delta.masked_fill_(~mask, 0.0) if mask.dtype == torch.bool else delta.mul_(mask)
-    if not rescale:
-        return kept
-    after = kept.abs().sum()
-    if before < eps or after < eps:
-        return kept
-    return kept.mul_(before / after)
+def _apply(delta: torch.Tensor, mask: torch.Tensor | None, rescale: bool) -> torch.Tensor:
+    """``delta`` with the entries outside ``mask`` zeroed, in place; with ``rescale``, its L1 norm restored."""
+    if mask is None:
+        return delta
+    scale = l1_rescale(delta, mask) if rescale else None
+    delta.masked_fill_(~mask, 0.0)
+    return delta.mul_(scale) if scale is not None else delta
 
 
 # Radix selection: the top 15 bits of a non-negative float's bit pattern order it (32768 buckets).
 _BUCKET_SHIFT = {torch.float32: (torch.int32, 16), torch.float64: (torch.int64, 48)}
-_CHUNK = 1 << 22
+_CHUNK = 1 << 24  # 16M entries: a 64 MiB temporary; smaller chunks cost more in per-chunk overhead
 
 
 def _kth_largest(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -86,55 +81,66 @@ def top_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
-def keep_largest(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
-    """TIES pruning: keep the max(1, ⌊density·n⌋) entries of largest magnitude."""
-    if density >= 1:
-        return delta
+def largest_mask(delta: torch.Tensor, density: float) -> torch.Tensor | None:
+    """TIES pruning: keep the max(1, ⌊density·n⌋) entries of largest magnitude (None: keep all)."""
     n = delta.numel()
-    if n == 0:
-        return delta.clone()
-    mask = top_mask(delta.abs().reshape(-1), max(1, int(density * n)))
-    return _apply(delta, mask.view(delta.shape), rescale)
+    if density >= 1 or n == 0:
+        return None
+    return top_mask(delta.abs().reshape(-1), max(1, int(density * n))).view(delta.shape)
 
 
-def keep_middle(delta: torch.Tensor, density: float, gamma: float, rescale: bool) -> torch.Tensor:
+def middle_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor | None:
     """Breadcrumbs: drop the ⌊gamma·n⌋ largest entries (fewer if needed), then the smallest, keeping ⌊density·n⌋."""
     if density >= 1:
-        return delta
+        return None
     n = delta.numel()
     keep = int(density * n)
     drop_small = max(0, n - keep - int(gamma * n))
     scores = delta.abs().reshape(-1)
     # ascending positions [drop_small, drop_small + keep) = the top n - drop_small minus the top n - drop_small - keep
-    mask = top_mask(scores, n - drop_small) & ~top_mask(scores, n - drop_small - keep)
-    return _apply(delta, mask.view(delta.shape), rescale)
+    return (top_mask(scores, n - drop_small) & ~top_mask(scores, n - drop_small - keep)).view(delta.shape)
 
 
-def keep_random(delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None) -> torch.Tensor:
+def random_mask(delta: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor | None:
     """DARE: keep each entry independently with probability ``density`` (one Bernoulli draw per entry)."""
     if density >= 1:
-        return delta
-    mask = torch.bernoulli(torch.full_like(delta, density), generator=generator)
-    return _apply(delta, mask, rescale)
+        return None
+    return torch.bernoulli(torch.full_like(delta, density), generator=generator).bool()
 
 
-def keep_random_by_rank(
-    delta: torch.Tensor, density: float, epsilon: float, rescale: bool, generator: torch.Generator | None
-) -> torch.Tensor:
+def rank_mask(delta: torch.Tensor, density: float, epsilon: float, generator: torch.Generator | None) -> torch.Tensor | None:
     """DELLA MagPrune: keep probability rises linearly with magnitude rank from density-ε to density+ε.
 
     Ranks run along dim 1 (a 1-D tensor is one row), as in mergekit. Where that dimension has a single
     entry mergekit fails (0/0); here the entry gets the middle probability, ``density``.
     """
     if density >= 1:
-        return delta
+        return None
     rows = delta if delta.dim() >= 2 else delta.unsqueeze(0)
     ranks = torch.argsort(rows.abs(), dim=1).argsort(dim=1).to(rows.dtype) + 1
     span = rows.shape[1] - 1
     rank_frac = ((ranks - 1) / span).clamp(0, 1) if span > 0 else torch.full_like(ranks, 0.5)
     probs = (density - epsilon) + rank_frac * 2 * epsilon
-    mask = torch.bernoulli(probs, generator=generator)
-    return _apply(rows, mask, rescale).reshape(delta.shape)
+    return torch.bernoulli(probs, generator=generator).bool().reshape(delta.shape)
+
+
+def l1_rescale(delta: torch.Tensor, mask: torch.Tensor | None, eps: float = 1e-7) -> torch.Tensor | None:
+    """The factor that restores the L1 norm of `delta` after masking (None when either norm is below eps)."""
+    if mask is None:
+        return None
+    before = delta.abs().sum()
+    after = delta.abs().masked_fill_(~mask, 0.0).sum()
+    if before < eps or after < eps:
+        return None
+    return before / after
+
+
+def keep_largest(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
+    return _apply(delta, largest_mask(delta, density), rescale)
+
+
+def keep_middle(delta: torch.Tensor, density: float, gamma: float, rescale: bool) -> torch.Tensor:
+    return _apply(delta, middle_mask(delta, density, gamma), rescale)
 
 
 def check_della_epsilon(params: list[dict], global_params: dict) -> None:

@@ -99,7 +99,8 @@ class MethodSpec:
     ``check(params, global_params)`` validates combinations of parameters (raises RecipeError).
     ``one_pass``: ``fn`` reads ``tensors`` once, in order (iterating, never indexing), so ``merge_tensor``
     may convert each input to float32 only when it is reached and free it after: one float32 input in
-    memory at a time instead of all of them.
+    memory at a time instead of all of them. ``widens_inputs``: ``fn`` takes the inputs in the dtype they come
+    in (half precision too) and widens them to the base's dtype itself, slice by slice.
     """
 
     name: str
@@ -113,6 +114,7 @@ class MethodSpec:
     check: Callable[[list, dict], None] | None = None
     reference: str = ""
     one_pass: bool = False
+    widens_inputs: bool = False
 
     def __post_init__(self):
         if self.base not in BASE_POLICIES:
@@ -284,8 +286,12 @@ def merge_tensor(
             return first.clone()
         raise RecipeError(f"{spec.name}: a non-floating tensor differs between inputs and cannot be merged")
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in everything) else torch.float32
-    tensors = (_Converted(tensors, dtype, release_inputs and isinstance(tensors, list)) if spec.one_pass
-               else [t.to(dtype) for t in tensors])
+    if spec.widens_inputs:
+        tensors = list(tensors)
+    elif spec.one_pass:
+        tensors = _Converted(tensors, dtype, release_inputs and isinstance(tensors, list))
+    else:
+        tensors = [t.to(dtype) for t in tensors]
     base = base.to(dtype) if base is not None else None
     with torch.no_grad():
         return spec.fn(tensors, base, params, global_params, generator)

@@ -23,75 +23,83 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (
-    BOOL_FALSE,
-    DENSITY,
-    WEIGHT,
-    check_della_epsilon,
-    keep_largest,
-    keep_middle,
-    keep_random,
-    keep_random_by_rank,
-)
+from ._common import BOOL_FALSE, DENSITY, WEIGHT, check_della_epsilon, l1_rescale, largest_mask, middle_mask, random_mask, rank_mask
 from ._registry import MethodSpec, Param, register
 
-
-def _none(delta, p, rescale, generator):
-    return delta
+CHUNK = 1 << 22  # entries merged at a time in the second pass: 16 MiB per float32 temporary
 
 
-def _magnitude(delta, p, rescale, generator):
-    return keep_largest(delta, p["density"], rescale)
+def _none(delta, p, generator):
+    return None
 
 
-def _random(delta, p, rescale, generator):
-    return keep_random(delta, p["density"], rescale, generator)
+def _magnitude(delta, p, generator):
+    return largest_mask(delta, p["density"])
 
 
-def _outliers(delta, p, rescale, generator):
-    return keep_middle(delta, p["density"], p["gamma"], rescale)
+def _random(delta, p, generator):
+    return random_mask(delta, p["density"], generator)
 
 
-def _rank(delta, p, rescale, generator):
-    return keep_random_by_rank(delta, p["density"], p["epsilon"], rescale, generator)
+def _outliers(delta, p, generator):
+    return middle_mask(delta, p["density"], p["gamma"])
+
+
+def _rank(delta, p, generator):
+    return rank_mask(delta, p["density"], p["epsilon"], generator)
 
 
 def _merge(tensors, base, params, global_params, generator, *, sparsify, consensus):
-    """One model at a time and in place where the buffers are our own: besides the base, the peak is the
-    task vectors plus one accumulator (a stacked [n, ...] form would need about three times that)."""
-    if not len(tensors):
+    """Two passes, so no full-size task vector is kept. First, model by model in input order (mergekit's draw
+    order), the sparsifier's mask and L1 rescale factor from the whole task vector; then the merge itself,
+    slice by slice, from the inputs, the masks and the factors. Peak: the inputs, the masks (one byte per
+    entry) and the output, plus one task vector while its mask is chosen."""
+    n = len(tensors)
+    if not n:
         return base
-    rescale = global_params["rescale"]
+    drops, scales = [], []
+    for i, p in enumerate(params):
+        delta = tensors[i] - base  # a half-precision input is widened exactly by the subtraction
+        mask = sparsify(delta, p, generator)
+        drops.append(None if mask is None else ~mask.reshape(-1))  # kept inverted: the second pass zeroes these
+        scales.append(l1_rescale(delta, mask) if global_params["rescale"] else None)
+        del delta, mask
     weights = [p["weight"] for p in params]
-    deltas = []
-    inputs = iter(tensors)  # not zip(): its reused result tuple would keep the last input alive
-    # Models are sparsified one after another, in input order: this is mergekit's draw order.
-    for p in params:
-        delta = next(inputs) - base
-        deltas.append(sparsify(delta, p, rescale, generator).mul_(p["weight"]))
-        del delta
+    flat_inputs = [t.reshape(-1) for t in tensors]
+    flat_base = base.reshape(-1)
+    out = torch.empty_like(flat_base)
+    for start in range(0, flat_base.numel(), CHUNK):
+        part = slice(start, start + CHUNK)
+        b = flat_base[part]
+        deltas = []
+        for x, drop, scale, w in zip(flat_inputs, drops, scales, weights):
+            d = x[part].to(b.dtype) - b
+            if drop is not None:
+                d.masked_fill_(drop[part], 0.0)
+            if scale is not None:
+                d.mul_(scale)
+            deltas.append(d.mul_(w))
+        out[part] = _combine(deltas, weights, b, global_params, consensus)
+    return out.view(base.shape)
+
+
+def _combine(deltas, weights, base, global_params, consensus):
+    """base + λ · Σ wᵢδᵢ [over the entries agreeing with the elected sign] [/ Σ wᵢ over the same]."""
     if consensus:
         total = deltas[0].clone()
         for d in deltas[1:]:
             total.add_(d)
         positive = total >= 0  # the elected sign (0 counts as +); zero entries never agree
-        del total
-        mixed = divisor = None
-        for w in weights:
-            d = deltas.pop(0)
+        mixed, divisor = torch.zeros_like(base), torch.zeros_like(base)
+        for d, w in zip(deltas, weights):
             agree = torch.where(positive, d > 0, d < 0)
-            d.masked_fill_(~agree, 0.0)
-            if mixed is None:  # the first task vector's buffer becomes the sum
-                mixed, divisor = d, agree.to(base.dtype).mul_(w)
-            else:
-                mixed.add_(d)
-                divisor.add_(agree, alpha=w)
-            del d, agree
+            mixed.add_(d.masked_fill_(~agree, 0.0))
+            divisor.add_(agree, alpha=w)
         divisor.masked_fill_(divisor == 0, 1.0)
     else:
-        mixed = deltas.pop(0)
-        while deltas:
-            mixed.add_(deltas.pop(0))
+        mixed = deltas[0]
+        for d in deltas[1:]:
+            mixed.add_(d)
         divisor = sum(torch.tensor(w, dtype=base.dtype) for w in weights)
         divisor = 1.0 if divisor.abs() < 1e-8 else divisor
     if global_params["normalize"]:
@@ -122,7 +130,7 @@ def _family_member(name, sparsify, consensus, normalize, rescale, extra=None, ch
             },
             base="required",
             random=sparsify in (_random, _rank),
-            one_pass=True,
+            widens_inputs=True,
             check=check,
             reference=reference,
         )
