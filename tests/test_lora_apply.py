@@ -192,6 +192,17 @@ def test_recipe_base_plus_lora_passthrough_and_linear(root, llama, tmp_path):
         assert max_diff(t, (theirs[n] + plain[n]) / 2) <= TOL, n
 
 
+def test_output_over_the_adapter_or_its_base_is_refused(root, llama, tmp_path):
+    lora = make_adapter(transformers.LlamaForCausalLM, llama, root / "llama_out_check", seed=3, r=2,
+                        target_modules=["q_proj"])
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(f"merge_method: passthrough\nmodels:\n  - model: {llama}+{lora}\n")
+    for target in (lora, llama):  # --force must not replace the adapter or the base it is applied to
+        with pytest.raises(MMMergeError, match="would replace the input"):
+            merge(str(recipe), target, quiet=True, force=True)
+    assert (lora / "adapter_config.json").is_file() and (llama / "config.json").is_file()
+
+
 def run_cli(args):
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
