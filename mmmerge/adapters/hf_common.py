@@ -3,6 +3,8 @@ architecture's keys under a prefix, and carrying the folder's side files (tokeni
 
 from __future__ import annotations
 
+import functools
+import json
 import shutil
 from pathlib import Path
 
@@ -22,6 +24,17 @@ def read_config(path: Path) -> dict | None:
     return read_json(cfg_path)
 
 
+@functools.lru_cache(maxsize=32)
+def _layout(arch: str, config_json: str) -> tuple[dict, dict]:
+    return file_layout(meta_model(Component("", arch, json.loads(config_json), {})))
+
+
+def layout_of(component: Component) -> tuple[dict, dict]:
+    """`file_layout` of the component's architecture, built once per (architecture, config) in a process:
+    the inputs of a merge usually share one config, and building the meta model is the slow part of opening."""
+    return _layout(component.arch, json.dumps(component.config, sort_keys=True, default=str))
+
+
 def take_component(name: str, arch: str, config: dict, tensors: dict[str, LazyTensor], prefixes: tuple[str, ...],
                    where: Path, preprocess: dict | None = None) -> tuple[Component, str]:
     """Select the tensors of `arch`, renamed to the architecture's own keys, and the prefix they were under.
@@ -31,7 +44,7 @@ def take_component(name: str, arch: str, config: dict, tensors: dict[str, LazyTe
     is taken when present.
     """
     component = Component(name, arch, config, {}, preprocess)
-    required, optional = file_layout(meta_model(component))
+    required, optional = layout_of(component)
     prefix = max(prefixes, key=lambda p: sum(1 for k in required if p + k in tensors))
     for key, shape in {**required, **optional}.items():
         src = prefix + key
