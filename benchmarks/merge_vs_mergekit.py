@@ -76,11 +76,19 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
-def max_difference(a: Path, b: Path) -> float:
+def differences(a: Path, b: Path) -> tuple[float, float]:
+    """(max abs difference, fraction of entries more than one bf16 step apart) between two outputs."""
     ta, tb = read_tensors(a), read_tensors(b)
     if set(ta) != set(tb):
-        return float("inf")
-    return max((ta[k].load().float() - tb[k].load().float()).abs().max().item() for k in ta)
+        return float("inf"), 1.0
+    worst, far, total = 0.0, 0, 0
+    for k in ta:
+        x, y = ta[k].load().float(), tb[k].load().float()
+        gap = (x - y).abs()
+        worst = max(worst, gap.max().item())
+        far += int((gap > x.abs().clamp_min(1e-30) * 2**-7).sum())
+        total += x.numel()
+    return worst, far / total
 
 
 def main() -> None:
@@ -102,14 +110,16 @@ def main() -> None:
             shutil.rmtree(d, ignore_errors=True)
         tk, mk = timed([str(bindir / "mergekit-yaml"), str(cfg), str(out_k), "--no-copy-tokenizer", "--quiet"], env)
         tm, mm = timed([str(bindir / "mmmerge"), "merge", str(cfg), "--out", str(out_m), "--quiet"], env)
-        diff = max_difference(out_k, out_m)
-        rows.append((method, tk, tm, mk, mm, diff))
-    print(f"\n| method | mergekit s | mmmerge s | speed-up | mergekit peak MiB | mmmerge peak MiB | memory ratio | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|")
-    for method, tk, tm, mk, mm, diff in rows:
-        print(f"| {method} | {tk:.1f} | {tm:.1f} | {tk / tm:.2f}x | {mk:.0f} | {mm:.0f} | {mm / mk:.2f} | {diff:.2e} |")
-    print(f"\n{os.cpu_count()} CPUs, torch {torch.__version__}; outputs agree: "
-          f"{all(r[-1] <= 1e-2 for r in rows)} (bf16 outputs; 1e-2 is one bf16 step at these magnitudes)")
+        rows.append((method, tk, tm, mk, mm, *differences(out_k, out_m)))
+    print("\n| method | mergekit s | mmmerge s | speed-up | mergekit peak MiB | mmmerge peak MiB | memory ratio "
+          "| max abs diff | entries > 1 bf16 step apart |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for method, tk, tm, mk, mm, diff, far in rows:
+        print(f"| {method} | {tk:.1f} | {tm:.1f} | {tk / tm:.2f}x | {mk:.0f} | {mm:.0f} | {mm / mk:.2f} | {diff:.2e} "
+              f"| {far:.4%} |")
+    print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, torch {torch.__version__}. "
+          "Entries apart: for ties, the entries tied in magnitude at the top-k cut, where mergekit's argsort and "
+          "mmmerge's selection pick different ones (see README); otherwise bf16 rounding of float32 sums.")
 
 
 if __name__ == "__main__":
