@@ -99,6 +99,12 @@ def cmd_eval_compare(args) -> None:
         print(f"\nchart: {args.out}")
 
 
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, device=args.device, seed=args.seed, progress=not args.quiet, force=args.force)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmmerge", description="Merge and stitch models into multimodal LLMs.")
     p.add_argument("--version", action="version", version=f"mmmerge {__version__}")
@@ -198,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("outs", type=Path, nargs="+", help="evaluation output folders")
     s.add_argument("--out", type=Path, default=None, help="bar chart PNG to write")
     s.set_defaults(func=cmd_eval_compare)
+
+    s = sub.add_parser("demo", help="the whole pipeline on a synthetic VQA world: base, specialists, merges, report")
+    s.add_argument("--out", type=Path, default=Path("mmmerge-demo"), help="output folder (default: ./mmmerge-demo)")
+    s.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    s.add_argument("--quiet", action="store_true", help="no progress or table")
+    s.set_defaults(func=cmd_demo)
     return p
 
 

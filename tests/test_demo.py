@@ -1,0 +1,140 @@
+"""The demo: its world shows what its answers say, and the whole pipeline meets the issue's promises."""
+
+import json
+import random
+
+import pytest
+
+from mmmerge.demo.world import (BACKGROUND, COLORS, QUESTION_TYPES, SHAPE, SIZE, build_world, make_scene, make_world,
+                                questions_for, render)
+
+
+def pixels(image):
+    return [[image.getpixel((x, y)) for x in range(SIZE)] for y in range(SIZE)]
+
+
+def components(mask):
+    """4-connected components of a boolean grid."""
+    seen, count = set(), 0
+    for y0 in range(SIZE):
+        for x0 in range(SIZE):
+            if mask[y0][x0] and (x0, y0) not in seen:
+                count += 1
+                stack = [(x0, y0)]
+                while stack:
+                    x, y = stack.pop()
+                    if (x, y) in seen or not (0 <= x < SIZE and 0 <= y < SIZE) or not mask[y][x]:
+                        continue
+                    seen.add((x, y))
+                    stack += [(x + 1, y), (x - 1, y), (x, y + 1), (x, y - 1)]
+    return count
+
+
+def test_images_show_what_the_answers_say():
+    rng = random.Random(3)
+    one_shape = {}
+    for i in range(200):
+        scene = make_scene(rng, i)
+        px = pixels(render(scene))
+        coloured = [[p == COLORS[scene.color] for p in row] for row in px]
+        # only the background and the answer's colour appear
+        assert all(p in (BACKGROUND, COLORS[scene.color]) for row in px for p in row)
+        # as many separate blobs as the count answer says
+        assert components(coloured) == scene.count
+        # every coloured pixel lies in the half the position answer names
+        xs = [x for row in coloured for x, c in enumerate(row) if c]
+        assert (max(xs) < SIZE // 2) if scene.side == "left" else (min(xs) >= SIZE // 2)
+        # every copy of a shape has the same pixel count; different shapes differ
+        n = sum(map(sum, coloured))
+        assert n % scene.count == 0
+        one_shape.setdefault(scene.shape, set()).add(n // scene.count)
+    assert all(len(v) == 1 for v in one_shape.values())
+    sizes = {s: v.pop() for s, v in one_shape.items()}
+    assert sizes["square"] == SHAPE * SHAPE and sizes["triangle"] < sizes["circle"] < sizes["square"]
+
+
+def test_questions_have_one_of_each_type_and_true_answers():
+    scenes, questions = make_world(50, seed=1)
+    assert [q.question_type for q in questions[:5]] == list(QUESTION_TYPES)
+    for scene, qs in zip(scenes, (questions[i:i + 5] for i in range(0, len(questions), 5))):
+        a = {q.question_type: q for q in qs}
+        assert a["color"].answer == scene.color and a["shape"].answer == scene.shape
+        assert a["count"].answer == str(scene.count) and a["position"].answer == scene.side
+        q = a["yes/no"].question
+        assert a["yes/no"].answer == ("yes" if scene.color in q and scene.shape in q else "no")
+    assert {q.answer for q in questions if q.question_type == "yes/no"} == {"yes", "no"}
+    assert make_world(50, seed=1) == (scenes, questions) and make_world(50, seed=2) != (scenes, questions)
+
+
+def test_vqav2_files_parse_in_the_official_layout(tmp_path):
+    from PIL import Image
+
+    w = build_world(tmp_path, train_scenes=20, eval_scenes=10, seed=0)
+    qs = json.loads(w.questions.read_text())["questions"]
+    anns = json.loads(w.annotations.read_text())["annotations"]
+    assert len(qs) == len(anns) == 10 * len(QUESTION_TYPES)
+    assert set(qs[0]) == {"image_id", "question", "question_id"}
+    by_id = {a["question_id"]: a for a in anns}
+    for q in qs:
+        a = by_id[q["question_id"]]
+        assert a["image_id"] == q["image_id"] and a["question_type"] in QUESTION_TYPES
+        assert a["answer_type"] in ("yes/no", "number", "other")
+        assert len(a["answers"]) == 10 and all(x["answer"] == a["multiple_choice_answer"] for x in a["answers"])
+        assert {x["answer_id"] for x in a["answers"]} == set(range(1, 11))
+        image = Image.open(w.eval_images / f"COCO_val2014_{q['image_id']:012d}.jpg")
+        assert image.size == (SIZE, SIZE)
+    held = {q["image_id"] for q in qs}
+    train = {json.loads(line)["image"] for line in w.captions.read_text().splitlines()}
+    assert len(train) == 20 and not any(f"{i:012d}" in t for i in held for t in train)
+    qa = [json.loads(line) for line in w.qa.read_text().splitlines()]
+    assert len(qa) == 20 * len(QUESTION_TYPES) and {r["question_type"] for r in qa} == set(QUESTION_TYPES)
+
+
+def test_saved_images_match_the_rendering(tmp_path):
+    from PIL import Image
+
+    scenes, _ = make_world(5, seed=4)
+    w = build_world(tmp_path, train_scenes=1, eval_scenes=5, seed=3)
+    for s in make_world(5, seed=4, first_image_id=2)[0]:
+        saved = Image.open(w.eval_images / f"COCO_val2014_{s.image_id:012d}.jpg").convert("RGB")
+        diff = [abs(a - b) for p, q in zip(saved.getdata(), render(s).getdata()) for a, b in zip(p, q)]
+        assert sum(diff) / len(diff) < 4
+
+
+def test_cli_refuses_a_non_empty_out(tmp_path, capsys):
+    from mmmerge.cli import main
+
+    (tmp_path / "x").write_text("keep me")
+    assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "not empty" in err[0]
+    assert (tmp_path / "x").read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_and_deterministic(tmp_path):
+    import transformers
+
+    from mmmerge.demo import run_demo
+
+    report = run_demo(tmp_path / "a", seed=0, progress=False)
+    assert set(report) == {"accuracy", "specialists", "merged", "checkpoint"}
+    assert len(report["specialists"]) >= 2 and len(report["merged"]) >= 3
+    for name in ["base", *report["specialists"], *report["merged"]]:
+        row = report["accuracy"][name]
+        assert set(row) == {"overall", *QUESTION_TYPES}
+        assert all(0.0 <= v <= 1.0 for v in row.values())
+    assert json.loads((tmp_path / "a" / "report.json").read_text()) == report
+    assert (tmp_path / "a" / "accuracy.png").stat().st_size > 0
+    acc = report["accuracy"]
+    best_merged = max(acc[n]["overall"] for n in report["merged"])
+    best_specialist = max(acc[n]["overall"] for n in report["specialists"])
+    assert acc[report["checkpoint"].split("/")[-1]]["overall"] == best_merged
+    assert best_merged >= best_specialist + 0.10, acc
+
+    model, info = transformers.LlavaForConditionalGeneration.from_pretrained(
+        tmp_path / "a" / report["checkpoint"], output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    transformers.AutoProcessor.from_pretrained(tmp_path / "a" / report["checkpoint"])
+
+    assert run_demo(tmp_path / "b", seed=0, progress=False) == report
