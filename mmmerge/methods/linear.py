@@ -31,7 +31,7 @@ def _check(params: list[dict], global_params: dict) -> None:
 def linear(tensors, base, params, global_params, generator=None) -> torch.Tensor:
     total = None
     for t, p in zip(tensors, params):  # one pass, in place: one result buffer, not one per model
-        total = t * p["weight"] if total is None else total.add_(t * p["weight"])
+        total = t * p["weight"] if total is None else total.add_(t, alpha=p["weight"])
     if global_params["normalize"]:
         total.div_(sum(p["weight"] for p in params))
     return total
