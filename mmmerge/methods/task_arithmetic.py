@@ -68,34 +68,56 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
     flat_inputs = [t.reshape(-1) for t in tensors]
     flat_base = base.reshape(-1)
     out = torch.empty_like(flat_base)
+    work = _Buffers(n, min(CHUNK, flat_base.numel()), base.dtype, base.device)
     for start in range(0, flat_base.numel(), CHUNK):
         part = slice(start, start + CHUNK)
         b = flat_base[part]
-        deltas = []
-        for x, drop, scale, w in zip(flat_inputs, drops, scales, weights):
-            d = x[part].to(b.dtype) - b
+        deltas = work.deltas(b.numel())
+        for d, x, drop, scale, w in zip(deltas, flat_inputs, drops, scales, weights):
+            torch.sub(x[part], b, out=d)
             if drop is not None:
                 d.masked_fill_(drop[part], 0.0)
             if scale is not None:
                 d.mul_(scale)
-            deltas.append(d.mul_(w))
-        out[part] = _combine(deltas, weights, b, global_params, consensus)
+            d.mul_(w)
+        _combine(deltas, weights, b, global_params, consensus, work, out[part])
     return out.view(base.shape)
 
 
-def _combine(deltas, weights, base, global_params, consensus):
-    """base + λ · Σ wᵢδᵢ [over the entries agreeing with the elected sign] [/ Σ wᵢ over the same]."""
+class _Buffers:
+    """The second pass's temporaries, allocated once and reused for every slice: fresh large allocations
+    each slice would page-fault on every use (the allocator returns them to the system), which costs more
+    than the arithmetic."""
+
+    def __init__(self, n: int, size: int, dtype: torch.dtype, device: torch.device):
+        new = lambda dt: torch.empty(size, dtype=dt, device=device)  # noqa: E731
+        self.d = [new(dtype) for _ in range(n)]
+        self.mixed, self.divisor = new(dtype), new(dtype)
+        self.flag, self.other, self.positive = new(torch.bool), new(torch.bool), new(torch.bool)
+
+    def deltas(self, m: int) -> list[torch.Tensor]:
+        return [d[:m] for d in self.d]
+
+
+def _combine(deltas, weights, base, global_params, consensus, work, out):
+    """out = base + λ · Σ wᵢδᵢ [over the entries agreeing with the elected sign] [/ Σ wᵢ over the same]."""
+    m = base.numel()
     if consensus:
-        total = deltas[0].clone()
-        for d in deltas[1:]:
-            total.add_(d)
-        positive = total >= 0  # the elected sign (0 counts as +); zero entries never agree
-        mixed, divisor = torch.zeros_like(base), torch.zeros_like(base)
+        mixed = torch.add(deltas[0], deltas[1], out=work.mixed[:m]) if len(deltas) > 1 else work.mixed[:m].copy_(deltas[0])
+        for d in deltas[2:]:
+            mixed.add_(d)
+        positive = torch.ge(mixed, 0, out=work.positive[:m])  # the elected sign (0 counts as +)
+        mixed.zero_()
+        divisor = work.divisor[:m].zero_()
+        agree, other = work.flag[:m], work.other[:m]
         for d, w in zip(deltas, weights):
-            agree = torch.where(positive, d > 0, d < 0)
-            mixed.add_(d.masked_fill_(~agree, 0.0))
+            torch.gt(d, 0, out=agree)  # agree: the entry's sign is the elected one; zero entries never agree
+            agree.eq_(positive)
+            agree.logical_and_(torch.ne(d, 0, out=other))
+            d.masked_fill_(torch.logical_not(agree, out=other), 0.0)
+            mixed.add_(d)
             divisor.add_(agree, alpha=w)
-        divisor.masked_fill_(divisor == 0, 1.0)
+        divisor.masked_fill_(torch.eq(divisor, 0, out=other), 1.0)
     else:
         mixed = deltas[0]
         for d in deltas[1:]:
@@ -106,7 +128,7 @@ def _combine(deltas, weights, base, global_params, consensus):
         mixed.div_(divisor)
     if global_params["lambda"] != 1:
         mixed.mul_(global_params["lambda"])
-    return mixed.add_(base)
+    torch.add(mixed, base, out=out)
 
 
 def _family_member(name, sparsify, consensus, normalize, rescale, extra=None, check=None, reference=""):
