@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from mmmerge.demo.world import (BACKGROUND, COLORS, QUESTION_TYPES, SHAPE, SIZE, build_world, make_scene, make_world,
-                                questions_for, render)
+from mmmerge.demo.world import (BACKGROUND, COLORS, QUESTION_TYPES, SHAPE, SHAPES, SIDES, SIZE, Scene, build_world,
+                                make_scene, make_world, questions_for, render)
 
 
 def pixels(image):
@@ -60,9 +60,36 @@ def test_questions_have_one_of_each_type_and_true_answers():
         a = {q.question_type: q for q in qs}
         assert a["color"].answer == scene.color and a["shape"].answer == scene.shape
         assert a["count"].answer == str(scene.count) and a["position"].answer == scene.side
-        q = a["yes/no"].question
-        assert a["yes/no"].answer == ("yes" if scene.color in q and scene.shape in q else "no")
-    assert {q.answer for q in questions if q.question_type == "yes/no"} == {"yes", "no"}
+        assert a["yes/no"].answer == yes_no_from_pixels(a["yes/no"].question, render(scene))
+    yes_no = [q for q in questions if q.question_type == "yes/no"]
+    assert {q.answer for q in yes_no} == {"yes", "no"}
+    # the yes/no wording never reads like a count question, and asks about colour, shape and side alike
+    assert not any(q.question.startswith("how") for q in yes_no)
+    asked = {w for q in yes_no for w in q.question.rstrip("?").split() if w in (*COLORS, *SHAPES, *SIDES)}
+    assert asked & set(COLORS) and asked & set(SHAPES) and asked & set(SIDES)
+    _, many = make_world(600, seed=5)
+    answers = [q.answer for q in many if q.question_type == "yes/no"]
+    assert 0.4 < answers.count("yes") / len(answers) < 0.6
+
+
+def shape_areas() -> dict:
+    """The pixel count of one copy of each shape, read off a rendering."""
+    return {s: sum(p != BACKGROUND for p in render(Scene(0, "red", s, 1, "left", ((0, 0),), (0, 0))).getdata())
+            for s in SHAPES}
+
+
+def yes_no_from_pixels(question: str, image) -> str:
+    """The answer to a yes/no question worked out on the image alone (colour present, blob size, which half)."""
+    word = next(w for w in question.rstrip("?").split() if w in (*COLORS, *SHAPES, *SIDES))
+    px = pixels(image)
+    mask = [[p != BACKGROUND for p in row] for row in px]
+    if word in COLORS:
+        return "yes" if any(p == COLORS[word] for row in px for p in row) else "no"
+    if word in SHAPES:
+        area = sum(map(sum, mask)) / components(mask)
+        return "yes" if area == shape_areas()[word] else "no"
+    xs = [x for row in mask for x, c in enumerate(row) if c]
+    return "yes" if (max(xs) < SIZE // 2 if word == "left" else min(xs) >= SIZE // 2) else "no"
     assert make_world(50, seed=1) == (scenes, questions) and make_world(50, seed=2) != (scenes, questions)
 
 

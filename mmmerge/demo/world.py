@@ -32,8 +32,16 @@ TEMPLATES = {
     "shape": ["what shape is in the image?", "which shape is this?"],
     "count": ["how many shapes are there?", "how many {color} shapes are there?"],
     "position": ["where are the shapes?", "which side are the shapes on?"],
-    "yes/no": ["is there a {qcolor} {qshape}?", "is there a {qcolor} {qshape} in the image?"],
 }
+# Yes/no questions ask about one property (colour, shape or side) with a proposed value that is right half
+# of the time; their wording ("is the shape red?", "is there a circle?", "are the shapes on the left?") starts
+# differently from every other type, so a model cannot mistake one for a count question.
+YES_NO_TEMPLATES = {
+    "color": ["is the shape {value}?", "are the shapes {value}?"],
+    "shape": ["is there a {value}?", "is there a {value} in the image?"],
+    "side": ["are the shapes on the {value}?", "is the shape on the {value}?"],
+}
+TEMPLATES["yes/no"] = [t for ts in YES_NO_TEMPLATES.values() for t in ts]
 IMAGE_NAME = "COCO_val2014_{:012d}.jpg"  # VQAv2's image file naming, used for every split
 
 
@@ -90,18 +98,18 @@ def render(scene: Scene):
 
 
 def questions_for(scene: Scene, rng: random.Random, first_id: int) -> list[Question]:
-    """One question of each type about `scene`; yes/no is true half of the time."""
-    if rng.random() < 0.5:
-        qcolor, qshape, yes = scene.color, scene.shape, True
-    elif rng.random() < 0.5:
-        qcolor, qshape, yes = rng.choice([c for c in COLORS if c != scene.color]), scene.shape, False
-    else:
-        qcolor, qshape, yes = scene.color, rng.choice([s for s in SHAPES if s != scene.shape]), False
+    """One question of each type about `scene`; yes/no asks about its colour, shape or side and is true half of
+    the time."""
+    prop = rng.choice(list(YES_NO_TEMPLATES))
+    truth, choices = {"color": (scene.color, COLORS), "shape": (scene.shape, SHAPES), "side": (scene.side, SIDES)}[prop]
+    yes = rng.random() < 0.5
+    value = truth if yes else rng.choice([v for v in choices if v != truth])
     answers = {"color": scene.color, "shape": scene.shape, "count": str(scene.count), "position": scene.side,
                "yes/no": "yes" if yes else "no"}
     out = []
     for i, qtype in enumerate(QUESTION_TYPES):
-        text = rng.choice(TEMPLATES[qtype]).format(shape=scene.shape, color=scene.color, qcolor=qcolor, qshape=qshape)
+        templates = YES_NO_TEMPLATES[prop] if qtype == "yes/no" else TEMPLATES[qtype]
+        text = rng.choice(templates).format(shape=scene.shape, color=scene.color, value=value)
         out.append(Question(first_id + i, scene.image_id, text, answers[qtype], qtype))
     return out
 
@@ -169,7 +177,7 @@ def build_world(folder: Path, *, train_scenes: int = 1500, eval_scenes: int = 10
 
 def vocabulary() -> list[str]:
     """Every word the world's captions, questions and answers use."""
-    words = {w for templates in TEMPLATES.values() for t in templates for w in re.findall(r"\w+|[^\w\s]+", t)}
-    words -= {"{", "}", "}?", "qcolor", "qshape"}
+    words = {w for templates in TEMPLATES.values() for t in templates
+             for w in re.findall(r"\w+|[^\w\s]+", re.sub(r"\{\w+\}", " ", t))}
     words.update(COLORS, SHAPES, (s + "s" for s in SHAPES), SIDES, map(str, COUNTS), ("yes", "no", "on", "the"))
     return sorted(words)
