@@ -4,7 +4,9 @@ architecture's keys under a prefix, and carrying the folder's side files (tokeni
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -24,14 +26,48 @@ def read_config(path: Path) -> dict | None:
     return read_json(cfg_path)
 
 
+def layout_cache_dir() -> Path | None:
+    """Where file layouts are kept between runs: $MMMERGE_CACHE_DIR, else ~/.cache/mmmerge (None: disabled,
+    with MMMERGE_CACHE_DIR set to an empty string)."""
+    root = os.environ.get("MMMERGE_CACHE_DIR")
+    if root == "":
+        return None
+    if root is None:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmmerge"
+    return Path(root) / "layouts"
+
+
 @functools.lru_cache(maxsize=32)
 def _layout(arch: str, config_json: str) -> tuple[dict, dict]:
-    return file_layout(meta_model(Component("", arch, json.loads(config_json), {})))
+    """Importing a transformers model class to build its meta model takes 1.7 s (and 230 MB) per process,
+    more than opening every input; the layout it gives depends only on the transformers version, the class
+    and the config, so it is kept on disk under that key and computed once."""
+    import transformers
+
+    folder = layout_cache_dir()
+    key = hashlib.sha256(f"{transformers.__version__}\n{arch}\n{config_json}".encode()).hexdigest()
+    file = folder / f"{key}.json" if folder is not None else None
+    if file is not None and file.is_file():
+        try:
+            data = json.loads(file.read_text())
+            return tuple({k: tuple(v) for k, v in data[part].items()} for part in ("required", "optional"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # unreadable: computed again and rewritten
+    required, optional = file_layout(meta_model(Component("", arch, json.loads(config_json), {})))
+    if file is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"required": required, "optional": optional}))
+            os.replace(tmp, file)
+        except OSError:
+            pass  # a read-only cache only costs time
+    return required, optional
 
 
 def layout_of(component: Component) -> tuple[dict, dict]:
-    """`file_layout` of the component's architecture, built once per (architecture, config) in a process:
-    the inputs of a merge usually share one config, and building the meta model is the slow part of opening."""
+    """`file_layout` of the component's architecture, built once per (architecture, config) and transformers
+    version (see `_layout`): the inputs of a merge usually share one config."""
     return _layout(component.arch, json.dumps(component.config, sort_keys=True, default=str))
 
 

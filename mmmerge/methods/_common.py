@@ -129,7 +129,7 @@ def l1_rescale(delta: torch.Tensor, mask: torch.Tensor | None, eps: float = 1e-7
     if mask is None:
         return None
     before = delta.abs().sum()
-    after = delta.abs().masked_fill_(~mask, 0.0).sum()
+    after = delta.abs().mul_(mask).sum()
     if before < eps or after < eps:
         return None
     return before / after
