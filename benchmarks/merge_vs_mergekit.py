@@ -10,6 +10,7 @@ them smaller for a quick look), then runs ties (density 0.5) and linear through 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -65,15 +66,37 @@ def recipe(method: str, paths: list[Path]) -> dict:
     return {"merge_method": "linear", "models": models, "dtype": "float32", "out_dtype": "bfloat16"}
 
 
-def timed(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak resident MiB) of a command run in its own process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+# Peak memory is read from the kernel when a command ends (wait4's ru_maxrss). A process forked from this
+# one would start with this process's resident size as its peak (Linux carries the parent's size across
+# fork and exec), so the commands are started by a small runner process instead.
+RUNNER = """
+import json, os, subprocess, sys, tempfile, time
+for line in sys.stdin:
+    cmd, env = json.loads(line)
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        err.seek(0)
+        tail = err.read().decode(errors="replace")[-2000:]
+    print(json.dumps([wall, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), tail]), flush=True)
+"""
+
+
+class Runner:
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+
+    def timed(self, cmd: list[str], env: dict) -> tuple[float, float]:
+        """(wall seconds, peak resident MiB) of a command run in its own process."""
+        self.proc.stdin.write(json.dumps([cmd, env]) + "\n")
+        self.proc.stdin.flush()
+        wall, peak, code, tail = json.loads(self.proc.stdout.readline())
+        if code != 0:
+            sys.exit(f"failed: {' '.join(cmd)}\n{tail}")
+        return wall, peak
 
 
 def differences(a: Path, b: Path) -> tuple[float, float]:
@@ -102,6 +125,7 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "MMMERGE_CACHE_DIR": str(args.workdir / "mmmerge-cache")}
     bindir = Path(sys.executable).parent
+    timed = Runner().timed
     # mmmerge keeps each architecture's file layout on disk (building it imports the transformers model
     # class, 1.7 s per process); warm it as any earlier mmmerge run on this architecture would have.
     shutil.rmtree(args.workdir / "mmmerge-cache", ignore_errors=True)
