@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
                           PreTrainedTokenizerFast)
 
+from mmmerge.demo.models import CHAT_TEMPLATE  # LLaVA-1.5's conversation format, as llava-hf processors carry it
 from tiny import clip_vision_config, llama_config, randomize
 
 WORDS = """what is the color of a an dog cat car bus sky tree man woman how many are there in image this
@@ -22,13 +23,6 @@ using single word or phrase with option's letter from given choices directly con
 kind sport people playing table room food where who does do can you see number 0 1 2 3 4 5 6 7 8 9 a b c d
 . , ? ! ' : user assistant""".split()
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
-# LLaVA-1.5 conversation format ("USER: <image>\n... ASSISTANT:"), as llava-hf's processors carry it.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
-    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}"
-    "{{ c['text'] }}{% endif %}{% endfor %} {% else %}ASSISTANT: {% for c in message['content'] %}"
-    "{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}</s>{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:

@@ -9,8 +9,6 @@ starting point, which keeps task vectors clean for merging.
 
 from __future__ import annotations
 
-import json
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import RecipeError, UnreadableFileError
+from ..io import read_jsonl
 
 VQA_INSTRUCTION = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQAv2 prompt
 PARTS = ("vision", "projector", "language")
@@ -38,10 +37,7 @@ def read_examples(jsonl: Path, image_folder: Path | None = None, question_types=
     jsonl = Path(jsonl)
     folder = Path(image_folder) if image_folder is not None else jsonl.parent
     out = []
-    for n, line in enumerate(jsonl.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for n, row in read_jsonl(jsonl):
         if not all(isinstance(row.get(k), str) for k in ("image", "question", "answer")):
             raise UnreadableFileError(f"{jsonl}:{n}: needs 'image', 'question' and 'answer' strings")
         if question_types is not None and row.get("question_type") not in question_types:
@@ -119,30 +115,25 @@ def trainable(model, train) -> list[torch.nn.Parameter]:
 
 def train_loop(model, data: Batches, params, *, steps: int, lr: float, batch_size: int, seed: int, device: str,
                progress: bool, desc: str) -> list[float]:
-    """AdamW with a short warmup and cosine decay over shuffled epochs; the loss of every step."""
-    from tqdm.auto import tqdm
+    """The shared training loop (`projectors.train.run_steps`, a short warmup and cosine decay) over shuffled
+    epochs of `data`; the loss of every step."""
+    from ..projectors.train import run_steps
 
-    optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
     rng = random.Random(seed)
     order: list[int] = []
-    losses = []
-    model.to(device).train()
-    for _ in tqdm(range(steps), desc=desc, disable=not progress, unit="step", leave=False):
+
+    def next_batch() -> dict:
+        nonlocal order
         while len(order) < batch_size:
             more = list(range(len(data)))
             rng.shuffle(more)
             order += more
         idx, order = order[:batch_size], order[batch_size:]
-        loss = model(**{k: v.to(device) for k, v in data.batch(idx).items()}).loss
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optim.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+        return {k: v.to(device) for k, v in data.batch(idx).items()}
+
+    model.to(device).train()
+    losses = run_steps(model, params, next_batch, steps=steps, lr=lr, warmup_steps=max(1, steps // 20),
+                       progress=progress, desc=desc, leave=False)
     model.eval()
     return losses
 

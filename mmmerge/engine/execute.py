@@ -84,7 +84,7 @@ def run_task(task: Task, device: torch.device) -> torch.Tensor:
         return out.to("cpu")
 
 
-def _progress(total_bytes: int, n: int, quiet: bool):
+def _progress(total_bytes: int, quiet: bool):
     from tqdm import tqdm
 
     return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="merging", disable=quiet,
@@ -120,7 +120,7 @@ def execute(plan: Plan, out: Path, *, device: str = "cpu", force: bool = False, 
     if dupes:
         raise MMMergeError(f"tensor {sorted(dupes)[0]} would be written twice")
     tensors = {t.name: LazyTensor(t.shape, t.dtype, lambda t=t: run_task(t, dev)) for t in plan.tasks}
-    bar = _progress(plan.nbytes, len(tensors), quiet)
+    bar = _progress(plan.nbytes, quiet)
     done = [0]
 
     def on_tensor(name: str, nbytes: int) -> None:

@@ -7,14 +7,13 @@ model loads and writes nothing.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import MMMergeError
-from ..io import read_json
+from ..io import read_json, read_jsonl
 from . import metrics as M
 
 SHORT = "Answer the question using a single word or phrase."
@@ -46,31 +45,8 @@ def _path(p, what: str, task: str) -> Path:
     return p
 
 
-def _json(path: Path, kind=dict):
-    if kind is dict:
-        return read_json(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise EvalDataError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from e
-    if not isinstance(data, kind):
-        raise EvalDataError(f"{path}: expected a JSON {kind.__name__}")
-    return data
-
-
 def _jsonl(path: Path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise EvalDataError(f"{path}: line {n}: not valid JSON ({str(e).splitlines()[0]})") from e
-        if not isinstance(row, dict):
-            raise EvalDataError(f"{path}: line {n}: expected a JSON object")
-        rows.append(row)
-    return rows
+    return [row for _, row in read_jsonl(path, EvalDataError)]
 
 
 def _get(item: dict, key: str, path: Path, qid) -> Any:
@@ -118,13 +94,13 @@ class VQAv2(Task):
     def read(self, questions=None, annotations=None, images=None):
         qpath = _path(questions, "--questions (the questions JSON)", self.name)
         folder = _path(images, "--images (the COCO image folder)", self.name)
-        qdata = _json(qpath)
+        qdata = read_json(qpath)
         subtype = qdata.get("data_subtype", "val2014")
         qs = _get(qdata, "questions", qpath, "-")
         anns = {}
         if annotations is not None:
             apath = _path(annotations, "--annotations", self.name)
-            for i, a in enumerate(_get(_json(apath), "annotations", apath, "-")):
+            for i, a in enumerate(_get(read_json(apath), "annotations", apath, "-")):
                 anns[_get(a, "question_id", apath, f"#{i}")] = (i, a)
         samples = []
         for q in qs:
@@ -170,7 +146,7 @@ class TextVQA(Task):
         qpath = _path(questions, "--questions (TextVQA_0.5.1_val.json)", self.name)
         folder = _path(images, "--images (the TextVQA image folder)", self.name)
         samples = []
-        for i, q in enumerate(_get(_json(qpath), "data", qpath, "-")):
+        for i, q in enumerate(_get(read_json(qpath), "data", qpath, "-")):
             qid = q.get("question_id", i)
             image = folder / f"{_get(q, 'image_id', qpath, qid)}.jpg"
             samples.append(Sample(qid, image, _get(q, "question", qpath, qid), q.get("answers")))
@@ -196,7 +172,7 @@ class GQA(Task):
         qpath = _path(questions, "--questions (e.g. testdev_balanced_questions.json)", self.name)
         folder = _path(images, "--images (the GQA image folder)", self.name)
         samples = []
-        for qid, q in _json(qpath).items():
+        for qid, q in read_json(qpath).items():
             if not isinstance(q, dict):
                 raise EvalDataError(f"{qpath}: question {qid}: expected a JSON object")
             if not q.get("isBalanced", True):
@@ -274,7 +250,7 @@ class ScienceQA(Task):
         qpath = _path(questions, "--questions (problems.json)", self.name)
         folder = _path(images, "--images (the ScienceQA image folder)", self.name)
         samples = []
-        for pid, p in _json(qpath).items():
+        for pid, p in read_json(qpath).items():
             if not isinstance(p, dict):
                 raise EvalDataError(f"{qpath}: question {pid}: expected a JSON object")
             if p.get("split", self.split) != self.split or not p.get("image"):

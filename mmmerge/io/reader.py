@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import LazyTensor
-from ..errors import UnreadableFileError, UnsafeCheckpointError
+from ..errors import MMMergeError, UnreadableFileError, UnsafeCheckpointError
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -166,6 +166,23 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise UnreadableFileError(f"{path}: expected a JSON object")
     return data
+
+
+def read_jsonl(path: Path, error: type[MMMergeError] = UnreadableFileError) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON Lines file; a line that is not a JSON object
+    raises `error` naming the file and the line."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise error(f"{path}: line {n}: not valid JSON ({_first_line(e)})") from e
+        if not isinstance(row, dict):
+            raise error(f"{path}: line {n}: expected a JSON object")
+        rows.append((n, row))
+    return rows
 
 
 def _first_line(e: BaseException) -> str:

@@ -23,15 +23,6 @@ def task_vectors(tensors: list[torch.Tensor], base: torch.Tensor) -> torch.Tenso
     return torch.stack([t - base for t in tensors])
 
 
-def _apply(delta: torch.Tensor, mask: torch.Tensor | None, rescale: bool) -> torch.Tensor:
-    """``delta`` with the entries outside ``mask`` zeroed, in place; with ``rescale``, its L1 norm restored."""
-    if mask is None:
-        return delta
-    scale = l1_rescale(delta, mask) if rescale else None
-    delta.masked_fill_(~mask, 0.0)
-    return delta.mul_(scale) if scale is not None else delta
-
-
 # Radix selection: the top 15 bits of a non-negative float's bit pattern order it (32768 buckets).
 _BUCKET_SHIFT = {torch.float32: (torch.int32, 16), torch.float64: (torch.int64, 48)}
 _CHUNK = 1 << 24  # 16M entries: a 64 MiB temporary; smaller chunks cost more in per-chunk overhead
@@ -133,14 +124,6 @@ def l1_rescale(delta: torch.Tensor, mask: torch.Tensor | None, eps: float = 1e-7
     if before < eps or after < eps:
         return None
     return before / after
-
-
-def keep_largest(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
-    return _apply(delta, largest_mask(delta, density), rescale)
-
-
-def keep_middle(delta: torch.Tensor, density: float, gamma: float, rescale: bool) -> torch.Tensor:
-    return _apply(delta, middle_mask(delta, density, gamma), rescale)
 
 
 def check_della_epsilon(params: list[dict], global_params: dict) -> None:

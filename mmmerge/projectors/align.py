@@ -13,13 +13,13 @@ tokens land, on average, where the caption's tokens are.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import RecipeError, UnreadableFileError
+from ..io import read_jsonl
 from .fit import LinearFit, fit_linear
 from .modules import Projector
 
@@ -51,15 +51,9 @@ def read_pairs(jsonl: Path, image_folder: Path | None = None) -> list[Pair]:
     if not folder.is_dir():
         raise UnreadableFileError(f"{folder}: no such image folder")
     pairs = []
-    for n, line in enumerate(jsonl.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UnreadableFileError(f"{jsonl}:{n}: not JSON ({e.msg})") from e
-        caption = _caption(row) if isinstance(row, dict) else None
-        if not isinstance(row, dict) or not isinstance(row.get("image"), str) or caption is None:
+    for n, row in read_jsonl(jsonl):
+        caption = _caption(row)
+        if not isinstance(row.get("image"), str) or caption is None:
             raise UnreadableFileError(f"{jsonl}:{n}: needs an 'image' path and a 'caption' (or 'text' / LLaVA "
                                       "'conversations')")
         image = Path(row["image"])

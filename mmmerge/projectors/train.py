@@ -8,6 +8,7 @@ while the projector trains in float32 under autocast.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 
@@ -39,12 +40,36 @@ def caption_batch(processor, pairs: list[Pair], prompt: str = PROMPT) -> dict:
     return batch
 
 
+def run_steps(model, params, next_batch, *, steps: int, lr: float, warmup_steps: int, weight_decay: float = 0.0,
+              autocast: bool = False, progress: bool = True, desc: str = "training", leave: bool = True) -> list[float]:
+    """The training loop of the alignment stage and of fine-tuning: AdamW, linear warmup then cosine decay,
+    gradients clipped to norm 1; `next_batch()` gives each step's inputs (with labels). Returns every loss."""
+    from tqdm.auto import tqdm
+
+    optim = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+    losses = []
+    bar = tqdm(range(steps), desc=desc, disable=not progress, unit="step", leave=leave)
+    for _ in bar:
+        batch = next_batch()
+        with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+            loss = model(**batch).loss
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optim.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    return losses
+
+
 def train_projector(model, processor, pairs: list[Pair], *, steps: int = 100, lr: float = 1e-3,
                     batch_size: int = 8, warmup: float = 0.03, weight_decay: float = 0.0, device: str | None = None,
                     seed: int = 0, progress: bool = True) -> list[float]:
     """Train `model.model.multi_modal_projector` in place; return the loss of every step."""
-    from tqdm.auto import tqdm
-
     if steps < 1 or batch_size < 1:
         raise RecipeError(f"training needs steps >= 1 and batch_size >= 1 (got {steps}, {batch_size})")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -57,17 +82,13 @@ def train_projector(model, processor, pairs: list[Pair], *, steps: int = 100, lr
     model.to(device)
     model.train()
     params = [p for p in projector.parameters()]
-    optim = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    warm = max(1, int(steps * warmup))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
     rng = random.Random(seed)
     order: list[int] = []
-    losses = []
     autocast = device.startswith("cuda") and next(model.model.language_model.parameters()).dtype != torch.float32
-    bar = tqdm(range(steps), desc="projector training", disable=not progress, unit="step")
-    torch.manual_seed(seed)
-    for _ in bar:
+    tower_dtype = next(model.model.vision_tower.parameters()).dtype
+
+    def next_batch() -> dict:
+        nonlocal order
         if len(order) < batch_size:
             more = list(range(len(pairs)))
             rng.shuffle(more)
@@ -75,16 +96,12 @@ def train_projector(model, processor, pairs: list[Pair], *, steps: int = 100, lr
         idx, order = order[:batch_size], order[batch_size:]
         batch = {k: v.to(device) for k, v in caption_batch(processor, [pairs[i] for i in idx]).items()}
         if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].to(next(model.model.vision_tower.parameters()).dtype)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            loss = model(**batch).loss
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optim.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            batch["pixel_values"] = batch["pixel_values"].to(tower_dtype)
+        return batch
+
+    torch.manual_seed(seed)
+    losses = run_steps(model, params, next_batch, steps=steps, lr=lr, warmup_steps=max(1, int(steps * warmup)),
+                       weight_decay=weight_decay, autocast=autocast, progress=progress, desc="projector training")
     model.eval()
     for p in projector.parameters():
         p.requires_grad_(False)
