@@ -1,10 +1,27 @@
-"""mmmerge: build multimodal LLMs by merging and stitching existing models."""
+"""mmmerge: build multimodal LLMs by merging and stitching existing models.
 
-from .adapters import open_checkpoint as load
-from .checkpoint import Checkpoint, Component, LazyTensor
-from .engine import merge
-from .eval import evaluate
-from .stitch import stitch
+The names below are imported when first used, so a command pays only for what it runs (transformers
+alone takes 0.7 s to import, and a merge of causal LMs does not need it).
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 __all__ = ["load", "merge", "stitch", "evaluate", "Checkpoint", "Component", "LazyTensor", "__version__"]
+
+_WHERE = {"load": (".adapters", "open_checkpoint"), "merge": (".engine", "merge"), "stitch": (".stitch", "stitch"),
+          "evaluate": (".eval", "evaluate"), "Checkpoint": (".checkpoint", "Checkpoint"),
+          "Component": (".checkpoint", "Component"), "LazyTensor": (".checkpoint", "LazyTensor")}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'mmmerge' has no attribute {name!r}")
+    module, attr = _WHERE[name]
+    value = getattr(importlib.import_module(module, __name__), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

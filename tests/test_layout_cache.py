@@ -1,6 +1,9 @@
 """The on-disk cache of architecture file layouts: equal to computing them, keyed by config, robust to damage."""
 
 import json
+import os
+import subprocess
+import sys
 
 import transformers
 
@@ -15,7 +18,7 @@ def test_cached_layout_equals_the_computed_one_and_survives_damage(tmp_path, mon
     _layout.cache_clear()
     randomize(transformers.LlamaForCausalLM(llama_config()), 0).save_pretrained(tmp_path / "lm")
     first = open_checkpoint(tmp_path / "lm").component("language")
-    files = list(layout_cache_dir().glob("*.json"))
+    files = list(layout_cache_dir().glob("layout-*.json"))
     assert len(files) == 1
     want = file_layout(meta_model(first))
     _layout.cache_clear()  # a new process: the layout comes from the file
@@ -30,7 +33,7 @@ def test_cached_layout_equals_the_computed_one_and_survives_damage(tmp_path, mon
     # another config is another entry
     randomize(transformers.LlamaForCausalLM(llama_config(num_hidden_layers=3)), 0).save_pretrained(tmp_path / "deep")
     assert "model.layers.2.mlp.up_proj.weight" in open_checkpoint(tmp_path / "deep").component("language").tensors
-    assert len(list(layout_cache_dir().glob("*.json"))) == 2
+    assert len(list(layout_cache_dir().glob("layout-*.json"))) == 2
 
 
 def test_an_empty_cache_setting_disables_it(tmp_path, monkeypatch):
@@ -39,3 +42,19 @@ def test_an_empty_cache_setting_disables_it(tmp_path, monkeypatch):
     assert layout_cache_dir() is None
     randomize(transformers.LlamaForCausalLM(llama_config()), 0).save_pretrained(tmp_path / "lm")
     assert open_checkpoint(tmp_path / "lm").component("language").tensors
+
+
+def test_a_warm_cache_opens_and_merges_without_importing_transformers(tmp_path):
+    """transformers takes 0.7 s to import; with the cache warm a causal-LM merge never needs it."""
+    randomize(transformers.LlamaForCausalLM(llama_config()), 0).save_pretrained(tmp_path / "lm")
+    (tmp_path / "r.yml").write_text(f"merge_method: linear\nmodels:\n  - model: {tmp_path / 'lm'}\n"
+                                    f"    parameters: {{weight: 1.0}}\n")
+    env = {**os.environ, "MMMERGE_CACHE_DIR": str(tmp_path / "cache")}
+    script = ("import sys, mmmerge; mmmerge.merge(sys.argv[1], sys.argv[2], quiet=True); "
+              "print('transformers' in sys.modules)")
+    cold = subprocess.run([sys.executable, "-c", script, str(tmp_path / "r.yml"), str(tmp_path / "a")], env=env,
+                          capture_output=True, text=True, check=True)
+    warm = subprocess.run([sys.executable, "-c", script, str(tmp_path / "r.yml"), str(tmp_path / "b")], env=env,
+                          capture_output=True, text=True, check=True)
+    assert cold.stdout.split() == ["True"] and warm.stdout.split() == ["False"]
+    assert (tmp_path / "b" / "model.safetensors").read_bytes() == (tmp_path / "a" / "model.safetensors").read_bytes()

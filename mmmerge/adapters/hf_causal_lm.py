@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
 from ..checkpoint import Checkpoint, Component
 from ..io.atomic import atomic_output_dir
 from ..io.reader import read_folder
 from ..io.writer import write_safetensors
-from .hf_common import copy_side_files, describe_rest, leftovers, read_config, require_model_type, take_component
+from .hf_common import auto_class_names, copy_side_files, describe_rest, leftovers, read_config, require_model_type, take_component
 
 FORMAT = "transformers-causal-lm"
 DESCRIPTION = "transformers causal LM folder (config.json with a *ForCausalLM architecture)"
@@ -26,7 +24,7 @@ def causal_lm_arch(cfg: dict) -> str | None:
     for arch in cfg.get("architectures") or []:
         if arch.endswith("ForCausalLM"):
             return arch
-    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(cfg.get("model_type"))
+    return auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(cfg.get("model_type"))
 
 
 def detect(path: Path) -> bool:

@@ -9,12 +9,13 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from ..checkpoint import Component, LazyTensor
 from ..errors import MMMergeError, UnreadableFileError
 from ..io.reader import read_json
-from .hf_export import file_layout, meta_model
 
+T = TypeVar("T")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 
 
@@ -27,8 +28,8 @@ def read_config(path: Path) -> dict | None:
 
 
 def layout_cache_dir() -> Path | None:
-    """Where file layouts are kept between runs: $MMMERGE_CACHE_DIR, else ~/.cache/mmmerge (None: disabled,
-    with MMMERGE_CACHE_DIR set to an empty string)."""
+    """Where facts about transformers classes are kept between runs: $MMMERGE_CACHE_DIR, else
+    ~/.cache/mmmerge (None: disabled, with MMMERGE_CACHE_DIR set to an empty string)."""
     root = os.environ.get("MMMERGE_CACHE_DIR")
     if root == "":
         return None
@@ -37,38 +38,84 @@ def layout_cache_dir() -> Path | None:
     return Path(root) / "layouts"
 
 
-@functools.lru_cache(maxsize=32)
-def _layout(arch: str, config_json: str) -> tuple[dict, dict]:
-    """Importing a transformers model class to build its meta model takes 1.7 s (and 230 MB) per process,
-    more than opening every input; the layout it gives depends only on the transformers version, the class
-    and the config, so it is kept on disk under that key and computed once."""
-    import transformers
+def transformers_version() -> str:
+    """The installed transformers version, read without importing transformers (0.7 s)."""
+    from importlib.metadata import version
 
+    return version("transformers")
+
+
+def _kept_on_disk(kind: str, key: str, compute: Callable[[], dict], parse: Callable[[dict], T] = dict) -> T:
+    """`parse(compute())`, with the JSON object `compute()` kept on disk under (transformers version, kind, key).
+
+    What is kept here depends only on the installed transformers and the key, and computing it imports
+    transformers and the model class (0.7 s + 1.7 s and 230 MB per process), more than a whole linear merge
+    of a small model spends on its tensors. An entry that does not parse is computed again and rewritten;
+    a read-only cache only costs time."""
     folder = layout_cache_dir()
-    key = hashlib.sha256(f"{transformers.__version__}\n{arch}\n{config_json}".encode()).hexdigest()
-    file = folder / f"{key}.json" if folder is not None else None
+    digest = hashlib.sha256(f"{transformers_version()}\n{kind}\n{key}".encode()).hexdigest()
+    file = folder / f"{kind}-{digest}.json" if folder is not None else None
     if file is not None and file.is_file():
         try:
-            data = json.loads(file.read_text())
-            return tuple({k: tuple(v) for k, v in data[part].items()} for part in ("required", "optional"))
+            return parse(json.loads(file.read_text()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass  # unreadable: computed again and rewritten
-    required, optional = file_layout(meta_model(Component("", arch, json.loads(config_json), {})))
+            pass
+    data = compute()
     if file is not None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             tmp = file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"required": required, "optional": optional}))
+            tmp.write_text(json.dumps(data))
             os.replace(tmp, file)
         except OSError:
-            pass  # a read-only cache only costs time
-    return required, optional
+            pass
+    return parse(data)
+
+
+def _shapes(data: dict) -> tuple[dict, dict]:
+    return tuple({k: tuple(v) for k, v in data[part].items()} for part in ("required", "optional"))
+
+
+@functools.lru_cache(maxsize=32)
+def _layout(arch: str, config_json: str) -> tuple[dict, dict]:
+    def compute() -> dict:
+        from .hf_export import file_layout, meta_model
+
+        required, optional = file_layout(meta_model(Component("", arch, json.loads(config_json), {})))
+        return {"required": required, "optional": optional}
+
+    return _kept_on_disk("layout", f"{arch}\n{config_json}", compute, _shapes)
 
 
 def layout_of(component: Component) -> tuple[dict, dict]:
     """`file_layout` of the component's architecture, built once per (architecture, config) and transformers
-    version (see `_layout`): the inputs of a merge usually share one config."""
+    version (see `_kept_on_disk`): the inputs of a merge usually share one config."""
     return _layout(component.arch, json.dumps(component.config, sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=8)
+def auto_class_names(mapping: str) -> dict[str, str]:
+    """model_type -> class name, from one of transformers' auto mappings (`MODEL_MAPPING_NAMES`,
+    `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`), without importing transformers once kept on disk."""
+
+    def compute() -> dict:
+        from transformers.models.auto import modeling_auto
+
+        return dict(getattr(modeling_auto, mapping))
+
+    return _kept_on_disk("names", mapping, compute)
+
+
+@functools.lru_cache(maxsize=32)
+def base_model_prefix(arch: str) -> str:
+    """The attribute under which a transformers class holds its base model (`model` for most LLMs)."""
+
+    def compute() -> dict:
+        import transformers
+
+        return {"base_model_prefix": getattr(transformers, arch).base_model_prefix}
+
+    return _kept_on_disk("class", arch, compute)["base_model_prefix"]
 
 
 def take_component(name: str, arch: str, config: dict, tensors: dict[str, LazyTensor], prefixes: tuple[str, ...],

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import torch
-import transformers
 
 from ..checkpoint import Component
 from ..errors import MMMergeError, UnsupportedArchitectureError
@@ -24,6 +23,8 @@ from .preprocess import image_processor_config
 
 
 def build_config(component: Component) -> transformers.PretrainedConfig:
+    import transformers
+
     cfg = dict(component.config)
     model_type = cfg.pop("model_type")
     cfg.pop("architectures", None)
@@ -32,6 +33,8 @@ def build_config(component: Component) -> transformers.PretrainedConfig:
 
 def meta_model(component: Component) -> torch.nn.Module:
     """The architecture of `component`, with no memory behind its parameters."""
+    import transformers
+
     cls = getattr(transformers, component.arch, None)
     if cls is None:
         raise UnsupportedArchitectureError(f"transformers has no class {component.arch}")

@@ -13,15 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import transformers
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
-
 from ..checkpoint import Checkpoint, Component, LazyTensor
 from ..errors import UnreadableFileError, UnsupportedArchitectureError
 from ..io.atomic import atomic_output_dir
 from ..io.reader import read_folder
 from ..io.writer import write_safetensors
-from .hf_common import copy_side_files, describe_rest, read_config, take_component
+from .hf_common import auto_class_names, base_model_prefix, copy_side_files, describe_rest, read_config, take_component
 
 FORMAT = "transformers-llava"
 DESCRIPTION = "transformers LLaVA folder (config.json with model_type 'llava')"
@@ -43,7 +40,7 @@ def sub_config(cfg: dict, key: str, where: Path) -> dict:
 
 
 def language_arch(text_cfg: dict, where: Path) -> str:
-    arch = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(text_cfg["model_type"])
+    arch = auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(text_cfg["model_type"])
     if arch is None:
         raise UnsupportedArchitectureError(f"{where}: text model type {text_cfg['model_type']} has no causal LM class")
     return arch
@@ -84,11 +81,12 @@ def read(path: Path) -> Checkpoint:
     tensors = read_folder(path)
     layout, legacy_vision = detect_layout(tensors)
     lang_arch = language_arch(text_cfg, path)
-    base = getattr(transformers, lang_arch).base_model_prefix
+    base = base_model_prefix(lang_arch)
     vision_prefix = "model.vision_tower." if layout == "current" else legacy_vision
     proj_prefix = "model.multi_modal_projector." if layout == "current" else "multi_modal_projector."
 
-    vision, _ = take_component("vision", MODEL_MAPPING_NAMES[vision_cfg["model_type"]], vision_cfg, tensors,
+    vision_arch = auto_class_names("MODEL_MAPPING_NAMES")[vision_cfg["model_type"]]
+    vision, _ = take_component("vision", vision_arch, vision_cfg, tensors,
                                (vision_prefix,), path)
     projector = Component("projector", PROJECTOR_ARCH, projector_config(cfg, vision_cfg, text_cfg),
                           {k[len(proj_prefix):]: v for k, v in tensors.items() if k.startswith(proj_prefix)})
@@ -118,7 +116,7 @@ def llava_tensors(components: dict[str, Component], layout: str = "current", vis
                   language_base: str | None = None) -> dict[str, LazyTensor]:
     """All tensors of a LLaVA checkpoint, named in `layout`, from its three components."""
     language = components["language"]
-    base = language_base or getattr(transformers, language.arch).base_model_prefix
+    base = language_base or base_model_prefix(language.arch)
     if vision_prefix is None:
         vision_prefix = "model.vision_tower." if layout == "current" else "vision_tower."
     proj_prefix = "model.multi_modal_projector." if layout == "current" else "multi_modal_projector."

@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
-
 from ..checkpoint import Checkpoint
 from ..io.atomic import atomic_output_dir
 from ..io.reader import read_folder, read_json
 from ..io.writer import write_safetensors
-from .hf_common import copy_side_files, describe_rest, leftovers, read_config, take_component
+from .hf_common import auto_class_names, copy_side_files, describe_rest, leftovers, read_config, take_component
 from .preprocess import RESAMPLE_NAMES, make_preprocess
 
 FORMAT = "transformers-vision"
@@ -77,7 +75,7 @@ def read(path: Path) -> Checkpoint:
     cfg = read_config(path)
     vcfg = vision_config(cfg)
     _, prefixes, extras = VISION_TYPES[cfg["model_type"]]
-    arch = MODEL_MAPPING_NAMES[vcfg["model_type"]]
+    arch = auto_class_names("MODEL_MAPPING_NAMES")[vcfg["model_type"]]
     tensors = read_folder(path)
     vision, prefix = take_component("vision", arch, vcfg, tensors, prefixes, path, read_preprocess(path))
     used = {prefix + k for k in vision.tensors}
