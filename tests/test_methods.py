@@ -213,3 +213,26 @@ def test_zero_and_tiny_task_vectors_match_mergekit():
     steps = [exact + torch.randint(-2, 3, (10, 10), generator=g).float() / 4 for _ in range(3)]
     for name in ("ram", "ramplus_tl"):
         assert_matches(name, steps, exact, [{}] * 3, {"epsilon": 0.25})
+
+
+SLICED_CASES = [c for c in DETERMINISTIC if c[0] in ("linear", "task_arithmetic", "ties", "breadcrumbs", "breadcrumbs_ties")]
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "bf16-inputs"])
+@pytest.mark.parametrize("case", SLICED_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(SLICED_CASES)])
+def test_slice_wise_methods_on_large_tensors_match_mergekit(case, half, monkeypatch):
+    """Large tensors take the radix selection and are merged in slices (made small and odd here, so the
+    pruning cut and the tie position fall inside slices); bf16 inputs are widened by the method itself."""
+    from mmmerge.methods import _common
+
+    monkeypatch.setattr(_common, "CHUNK", 10007)
+    name, n, uses_base, params, global_params = case
+    models, base = make_inputs((300, 320), n, seed=5)
+    if not uses_base:
+        models, base = models + [base], None
+        params = params + params[:1]
+    if half:
+        models = [m.bfloat16() for m in models]
+    expected = mergekit_result(name, [m.float() for m in models], base, params, global_params)
+    got = merge_tensor(name, models, base, params, global_params)
+    assert got.dtype == torch.float32 and (got - expected).abs().max().item() <= TOL

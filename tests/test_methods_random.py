@@ -90,3 +90,13 @@ def test_same_seed_gives_mergekits_tensor_on_cuda():
         expected = mergekit_result(name, models, base, params, global_params)
         got = merge_tensor(name, models, base, params, global_params, torch.Generator("cuda").manual_seed(9))
         assert (got - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("case", RANDOM[::2], ids=[c[0] for c in RANDOM[::2]])
+def test_same_seed_gives_mergekits_tensor_when_merged_in_slices(case, monkeypatch):
+    from mmmerge.methods import _common
+
+    monkeypatch.setattr(_common, "CHUNK", 10007)
+    name, params, global_params = case
+    models, base = make_inputs((300, 320), len(params), seed=12)
+    assert_matches(name, models, base, params, global_params, seed=3)

@@ -3,12 +3,35 @@
 import pytest
 import torch
 
-from mmmerge.methods._common import largest_mask, middle_mask, top_mask
+from mmmerge.methods._common import largest_keep, middle_keep, top_keep
+
+
+def top_mask(scores, k):
+    n = scores.numel()
+    if k <= 0 or k >= n:
+        return torch.full((n,), k > 0)
+    return top_keep(scores, k).mask(scores)
+
+
+def largest_mask(delta, density):
+    return largest_keep(delta, density).mask(delta)
+
+
+def middle_mask(delta, density, gamma):
+    return middle_keep(delta, density, gamma).mask(delta)
+
+
+def applied(keep, delta):
+    """What the merge keeps, slice by slice as it applies it."""
+    out = delta.reshape(-1).clone()
+    for start in range(0, out.numel(), 4099):
+        keep.apply_(out[start:start + 4099], start)
+    return out.view(delta.shape)
 
 
 @pytest.mark.parametrize("k", [0, 1, 7, 500, 999, 1000, 1200])
 def test_top_mask_equals_the_sorted_top_k_on_distinct_scores(k):
-    scores = torch.randn(1000, generator=torch.Generator().manual_seed(k))
+    scores = torch.rand(1000, generator=torch.Generator().manual_seed(k))
     want = torch.zeros(1000, dtype=torch.bool)
     want[torch.argsort(scores, descending=True)[:k]] = True
     assert torch.equal(top_mask(scores, k), want)
@@ -50,3 +73,26 @@ def test_pruning_keeps_exactly_the_requested_count_when_most_magnitudes_tie():
     want = torch.zeros(4096, dtype=torch.bool)
     want[ranks[409:409 + 2048]] = True
     assert torch.equal(middle != 0, want)
+
+
+def test_large_signed_deltas_select_by_magnitude_as_a_stable_sort_does():
+    """Large float32 tensors take the radix path, which reads |x| from the bit pattern: negative values, zeros
+    and -0.0 must rank as their magnitudes do."""
+    g = torch.Generator().manual_seed(3)
+    base = (torch.randn(200_000, generator=g) * 0.02).bfloat16().float()
+    delta = (base + torch.randn(200_000, generator=g) * 0.002).bfloat16().float() - base
+    delta[:5000] = 0.0
+    delta[5000:10000] = -0.0
+    delta[10000:10010] = -1.0
+    ranks = torch.sort(delta.abs(), descending=True, stable=True).indices
+    for density in (0.001, 0.3, 0.5, 0.97):
+        k = int(density * delta.numel())
+        want = torch.zeros(delta.numel(), dtype=torch.bool)
+        want[ranks[:k]] = True
+        assert torch.equal(largest_mask(delta, density), want), density
+        assert torch.equal(applied(largest_keep(delta, density), delta), delta * want), density
+    n, keep, gamma = delta.numel(), int(0.4 * delta.numel()), 0.05
+    want = torch.zeros(n, dtype=torch.bool)
+    want[ranks[int(gamma * n):int(gamma * n) + keep]] = True
+    assert torch.equal(middle_mask(delta, 0.4, gamma), want)
+    assert torch.equal(applied(middle_keep(delta, 0.4, gamma), delta), delta * want)

@@ -67,20 +67,20 @@ def run_task(task: Task, device: torch.device) -> torch.Tensor:
             generator = None
             if task.seed is not None:
                 generator = torch.Generator(device=device).manual_seed(task.seed)
-            out = merge_tensor(task.method, tensors, base, task.params, task.global_params, generator,
-                               release_inputs=True)
+            out = merge_tensor(task.method, tensors, base, task.params, task.global_params, generator)
             del tensors, base
             if task.extra_rows is not None:
                 out = torch.cat([out, fetch(task.extra_rows).to(out.dtype)])
         if out.is_floating_point():
-            if not _all_finite(out):
-                bad = int((~torch.isfinite(out)).sum())
-                raise MMMergeError(f"tensor {task.name}: the merge produced {bad} non-finite value(s) (inf/NaN); "
-                                   f"check the weights and parameters for this tensor")
-            out = out.to(task.dtype)
-            if out.dtype.itemsize < 4 and not _all_finite(out):
+            cast = out.to(task.dtype)
+            if not _all_finite(cast):  # one check on what is written; the cause is looked up only on failure
+                if not _all_finite(out):
+                    bad = int((~torch.isfinite(out)).sum())
+                    raise MMMergeError(f"tensor {task.name}: the merge produced {bad} non-finite value(s) (inf/NaN); "
+                                       f"check the weights and parameters for this tensor")
                 raise MMMergeError(f"tensor {task.name}: values overflow {str(task.dtype).removeprefix('torch.')}; "
                                    f"use a wider out_dtype")
+            out = cast
         return out.to("cpu")
 
 

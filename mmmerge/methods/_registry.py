@@ -97,10 +97,9 @@ class MethodSpec:
     base model, if the recipe names one, is an ordinary input). ``min_models``/``max_models`` count the
     non-base inputs (all inputs when the base is ignored). ``random``: results depend on the generator.
     ``check(params, global_params)`` validates combinations of parameters (raises RecipeError).
-    ``one_pass``: ``fn`` reads ``tensors`` once, in order (iterating, never indexing), so ``merge_tensor``
-    may convert each input to float32 only when it is reached and free it after: one float32 input in
-    memory at a time instead of all of them. ``widens_inputs``: ``fn`` takes the inputs in the dtype they come
-    in (half precision too) and widens them to the base's dtype itself, slice by slice.
+    ``widens_inputs``: ``fn`` takes the inputs in the dtype they come in (half precision too) and widens them
+    itself, slice by slice, to the compute dtype (the base's, else float32 or float64 if an input is): no
+    full-size float32 copy of any input is made.
     """
 
     name: str
@@ -113,7 +112,6 @@ class MethodSpec:
     random: bool = False
     check: Callable[[list, dict], None] | None = None
     reference: str = ""
-    one_pass: bool = False
     widens_inputs: bool = False
 
     def __post_init__(self):
@@ -230,23 +228,6 @@ def check_inputs(method: str | MethodSpec, n_models: int, has_base: bool) -> Met
     return spec
 
 
-class _Converted:
-    """The inputs, each converted to the compute dtype as iteration reaches it (see MethodSpec.one_pass).
-    With `release`, each is also removed from the caller's list as it is reached, so its memory goes as soon
-    as the method is done with it."""
-
-    def __init__(self, tensors: Sequence[torch.Tensor], dtype: torch.dtype, release: bool):
-        self.tensors, self.dtype, self.release, self.count = tensors, dtype, release, len(tensors)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self):
-        if not self.release:
-            return (t.to(self.dtype) for t in self.tensors)
-        return (self.tensors.pop(0).to(self.dtype) for _ in range(self.count))
-
-
 def merge_tensor(
     method: str | MethodSpec,
     tensors: Sequence[torch.Tensor],
@@ -256,12 +237,8 @@ def merge_tensor(
     generator: torch.Generator | None = None,
     *,
     unknown: str = "error",
-    release_inputs: bool = False,
 ) -> torch.Tensor:
     """Merge one output tensor: validate, compute in float32 (float64 if an input is), return that dtype.
-
-    ``release_inputs``: the caller hands over the list ``tensors`` (a list it owns); a one-pass method
-    empties it as it goes, so each input's memory is freed once used (the streaming executor's case).
 
     ``params=None`` means no per-model parameters given. Non-floating tensors (integer buffers) are
     copied when all inputs agree, as mergekit does, and rejected otherwise.
@@ -288,8 +265,6 @@ def merge_tensor(
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in everything) else torch.float32
     if spec.widens_inputs:
         tensors = list(tensors)
-    elif spec.one_pass:
-        tensors = _Converted(tensors, dtype, release_inputs and isinstance(tensors, list))
     else:
         tensors = [t.to(dtype) for t in tensors]
     base = base.to(dtype) if base is not None else None

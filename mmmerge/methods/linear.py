@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import RecipeError
-from ._common import WEIGHT
+from . import _common
+from ._common import WEIGHT, compute_dtype, widened
 from ._registry import Param, method
 
 
@@ -26,12 +27,25 @@ def _check(params: list[dict], global_params: dict) -> None:
     min_models=1,
     check=_check,
     reference="https://arxiv.org/abs/2203.05482",
-    one_pass=True,
+    widens_inputs=True,
 )
 def linear(tensors, base, params, global_params, generator=None) -> torch.Tensor:
-    total = None
-    for t, p in zip(tensors, params):  # one pass, in place: one result buffer, not one per model
-        total = t * p["weight"] if total is None else total.add_(t, alpha=p["weight"])
-    if global_params["normalize"]:
-        total.div_(sum(p["weight"] for p in params))
-    return total
+    """Slice by slice into one result: each input is widened a cache-sized slice at a time, so no full-size
+    float32 copy of an input is made (converting whole bf16 inputs took a third of a merge's time)."""
+    dtype = compute_dtype(tensors)
+    flat = [t.reshape(-1) for t in tensors]
+    weights = [p["weight"] for p in params]
+    out = torch.empty(flat[0].numel(), dtype=dtype, device=flat[0].device)
+    chunk = _common.CHUNK
+    buffer = torch.empty(min(chunk, out.numel()), dtype=dtype, device=out.device)
+    for start in range(0, out.numel(), chunk):
+        part = out[start:start + chunk]
+        for i, (x, w) in enumerate(zip(flat, weights)):
+            x = widened(x[start:start + chunk], buffer)
+            if i == 0:
+                torch.mul(x, w, out=part)
+            else:
+                part.add_(x, alpha=w)
+        if global_params["normalize"]:
+            part.div_(sum(weights))
+    return out.view(tensors[0].shape)

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import torch
 
-from ._common import BOOL_FALSE, DENSITY, WEIGHT, check_della_epsilon, l1_rescale, largest_mask, middle_mask, random_mask, rank_mask
+from . import _common
+from ._common import (BOOL_FALSE, DENSITY, WEIGHT, check_della_epsilon, l1_rescale, largest_keep, middle_keep, random_keep,
+                      rank_keep)
 from ._registry import MethodSpec, Param, register
 
-CHUNK = 1 << 22  # entries merged at a time in the second pass: 16 MiB per float32 temporary
 
 
 def _none(delta, p, generator):
@@ -34,54 +35,65 @@ def _none(delta, p, generator):
 
 
 def _magnitude(delta, p, generator):
-    return largest_mask(delta, p["density"])
+    return largest_keep(delta, p["density"])
 
 
 def _random(delta, p, generator):
-    return random_mask(delta, p["density"], generator)
+    return random_keep(delta, p["density"], generator)
 
 
 def _outliers(delta, p, generator):
-    return middle_mask(delta, p["density"], p["gamma"])
+    return middle_keep(delta, p["density"], p["gamma"])
 
 
 def _rank(delta, p, generator):
-    return rank_mask(delta, p["density"], p["epsilon"], generator)
+    return rank_keep(delta, p["density"], p["epsilon"], generator)
 
 
 def _merge(tensors, base, params, global_params, generator, *, sparsify, consensus):
     """Two passes, so no full-size task vector is kept. First, model by model in input order (mergekit's draw
-    order), the sparsifier's mask and L1 rescale factor from the whole task vector; then the merge itself,
-    slice by slice, from the inputs, the masks and the factors. Peak: the inputs, the masks (one byte per
-    entry) and the output, plus one task vector while its mask is chosen."""
+    order), what the sparsifier keeps and the L1 rescale factor, from the whole task vector; then the merge
+    itself, slice by slice, from the inputs, what is kept and the factors. Peak: the inputs and the output,
+    one task vector, the random sparsifiers' masks (a byte per entry), and the slice buffers.
+
+    Every step is an elementwise operation on float32 operands: a half-precision or boolean operand sends
+    torch through a path 2-6x slower, so inputs are widened by a copy and masks are 1.0/0.0."""
     n = len(tensors)
     if not n:
         return base
+    flat_base = base.reshape(-1)
+    chunk = _common.CHUNK
+    work = _Buffers(n, min(chunk, flat_base.numel()), base.dtype, base.device)
     keeps, scales = [], []
-    for i, p in enumerate(params):
-        delta = tensors[i] - base  # a half-precision input is widened exactly by the subtraction
-        mask = sparsify(delta, p, generator)
-        keeps.append(None if mask is None else mask.reshape(-1))
-        scales.append(l1_rescale(delta, mask) if global_params["rescale"] else None)
-        del delta, mask
+    delta = torch.empty_like(base)
+    for x, p in zip(tensors, params):
+        _task_vector(x, base, delta)
+        keep = sparsify(delta, p, generator)
+        keeps.append(keep)
+        scales.append(l1_rescale(delta, keep) if global_params["rescale"] else None)
+        del keep
+    del delta
     weights = [p["weight"] for p in params]
     flat_inputs = [t.reshape(-1) for t in tensors]
-    flat_base = base.reshape(-1)
     out = torch.empty_like(flat_base)
-    work = _Buffers(n, min(CHUNK, flat_base.numel()), base.dtype, base.device)
-    for start in range(0, flat_base.numel(), CHUNK):
-        part = slice(start, start + CHUNK)
+    for start in range(0, flat_base.numel(), chunk):
+        part = slice(start, start + chunk)
         b = flat_base[part]
         deltas = work.deltas(b.numel())
         for d, x, keep, scale, w in zip(deltas, flat_inputs, keeps, scales, weights):
-            torch.sub(x[part], b, out=d)
+            _task_vector(x[part], b, d)  # bit for bit the first pass's values
             if keep is not None:
-                d.mul_(keep[part])  # as mergekit masks; a multiply by a bool tensor is 3x faster than masked_fill_
+                keep.apply_(d, start)
             if scale is not None:
                 d.mul_(scale)
             d.mul_(w)
         _combine(deltas, weights, b, global_params, consensus, work, out[part])
     return out.view(base.shape)
+
+
+def _task_vector(x: torch.Tensor, base: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = x - base, widening x exactly by a copy (a mixed-dtype subtraction is 2x slower)."""
+    return torch.sub(x, base, out=out) if x.dtype == out.dtype else out.copy_(x).sub_(base)
 
 
 class _Buffers:
@@ -90,10 +102,9 @@ class _Buffers:
     than the arithmetic."""
 
     def __init__(self, n: int, size: int, dtype: torch.dtype, device: torch.device):
-        new = lambda dt: torch.empty(size, dtype=dt, device=device)  # noqa: E731
-        self.d = [new(dtype) for _ in range(n)]
-        self.mixed, self.divisor, self.sign, self.signed = new(dtype), new(dtype), new(dtype), new(dtype)
-        self.flag, self.other, self.positive = new(torch.bool), new(torch.bool), new(torch.bool)
+        new = lambda: torch.empty(size, dtype=dtype, device=device)  # noqa: E731
+        self.d = [new() for _ in range(n)]
+        self.mixed, self.divisor, self.sign, self.signed, self.agree = new(), new(), new(), new(), new()
 
     def deltas(self, m: int) -> list[torch.Tensor]:
         return [d[:m] for d in self.d]
@@ -106,16 +117,16 @@ def _combine(deltas, weights, base, global_params, consensus, work, out):
         mixed = torch.add(deltas[0], deltas[1], out=work.mixed[:m]) if len(deltas) > 1 else work.mixed[:m].copy_(deltas[0])
         for d in deltas[2:]:
             mixed.add_(d)
-        # the elected sign, +1 or -1 (a zero sum counts as +)
-        sign = work.sign[:m].copy_(torch.ge(mixed, 0, out=work.positive[:m])).mul_(2).sub_(1)
+        # the elected sign, +1.0 or -1.0 (a zero sum counts as +); comparisons write 1.0/0.0
+        sign = torch.ge(mixed, 0, out=work.sign[:m]).mul_(2).sub_(1)
         mixed.zero_()
         divisor = work.divisor[:m].zero_()
-        agree, other, signed = work.flag[:m], work.other[:m], work.signed[:m]
+        agree, signed = work.agree[:m], work.signed[:m]
         for d, w in zip(deltas, weights):
             torch.gt(torch.mul(d, sign, out=signed), 0, out=agree)  # the elected sign; zero entries never agree
             mixed.add_(d.mul_(agree))
             divisor.add_(agree, alpha=w)
-        divisor.add_(torch.eq(divisor, 0, out=other))  # a zero divisor counts as 1
+        divisor.add_(torch.eq(divisor, 0, out=agree))  # a zero divisor counts as 1
     else:
         mixed = deltas[0]
         for d in deltas[1:]:
