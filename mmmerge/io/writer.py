@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -57,13 +58,26 @@ def _tensor_bytes(name: str, t: LazyTensor, value: torch.Tensor) -> memoryview:
 
 def write_shard(path: Path, names: list[str], tensors: Mapping[str, LazyTensor], metadata: dict | None = None,
                 on_tensor: Callable[[str, int], None] | None = None) -> None:
-    with open(path, "wb") as f:
+    """Write one safetensors file. Each tensor is written by a second thread while the next one is computed:
+    writing is the kernel's work and can stall on the disk, so it need not hold up the computation. One
+    write is in flight at a time, in order, which costs one tensor of memory."""
+    with open(path, "wb") as f, ThreadPoolExecutor(1) as writer:
         f.write(_header(names, tensors, metadata))
+        in_flight = None
         for name in names:
             t = tensors[name]
-            f.write(_tensor_bytes(name, t, t.load()))
-            if on_tensor:
-                on_tensor(name, t.nbytes)
+            data = _tensor_bytes(name, t, t.load())
+            if in_flight is not None:
+                _finish(*in_flight, on_tensor)
+            in_flight = (writer.submit(f.write, data), name, t.nbytes)
+        if in_flight is not None:
+            _finish(*in_flight, on_tensor)
+
+
+def _finish(write: Future, name: str, nbytes: int, on_tensor: Callable[[str, int], None] | None) -> None:
+    write.result()  # raises the write's error, if any, here
+    if on_tensor:
+        on_tensor(name, nbytes)
 
 
 def write_safetensors(folder: Path, tensors: Mapping[str, LazyTensor], *, prefix: str = "model",
