@@ -4,7 +4,10 @@ Builds a base Llama and three fine-tunes of it (~250M parameters each, bf16; `--
 them smaller for a quick look), then runs ties (density 0.5) and linear through `mergekit-yaml` and
 `mmmerge merge`, each in its own process so its peak resident memory can be read from the kernel.
 
-    python benchmarks/merge_vs_mergekit.py [--workdir DIR] [--layers 16] [--hidden 1024] [--repeat 1]
+    python benchmarks/merge_vs_mergekit.py [--workdir DIR] [--layers 16] [--hidden 1024] [--repeat 3]
+
+Each command runs `--repeat` times, the two tools alternating; the table gives the median wall time and the
+largest peak of each.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -73,6 +77,7 @@ RUNNER = """
 import json, os, subprocess, sys, tempfile, time
 for line in sys.stdin:
     cmd, env = json.loads(line)
+    os.sync()  # no command starts behind the previous one's unwritten output
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -99,6 +104,11 @@ class Runner:
         return wall, peak
 
 
+def summary(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """(median wall seconds, largest peak MiB) of repeated runs."""
+    return statistics.median(t for t, _ in runs), max(m for _, m in runs)
+
+
 def differences(a: Path, b: Path) -> tuple[float, float]:
     """(max abs difference, fraction of entries more than one bf16 step apart) between two outputs."""
     ta, tb = read_tensors(a), read_tensors(b)
@@ -120,6 +130,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--methods", default="ties,linear")
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     paths = build_models(args.workdir / f"models-{args.layers}x{args.hidden}", args.layers, args.hidden)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -136,10 +147,15 @@ def main() -> None:
         cfg = args.workdir / f"{method}.yml"
         cfg.write_text(yaml.safe_dump(recipe(method, paths)))
         out_k, out_m = args.workdir / f"out-mergekit-{method}", args.workdir / f"out-mmmerge-{method}"
-        for d in (out_k, out_m):
-            shutil.rmtree(d, ignore_errors=True)
-        tk, mk = timed([str(bindir / "mergekit-yaml"), str(cfg), str(out_k), "--no-copy-tokenizer", "--quiet"], env)
-        tm, mm = timed([str(bindir / "mmmerge"), "merge", str(cfg), "--out", str(out_m), "--quiet"], env)
+        runs_k, runs_m = [], []
+        for _ in range(args.repeat):
+            for d in (out_k, out_m):
+                shutil.rmtree(d, ignore_errors=True)
+            runs_k.append(timed([str(bindir / "mergekit-yaml"), str(cfg), str(out_k), "--no-copy-tokenizer", "--quiet"], env))
+            runs_m.append(timed([str(bindir / "mmmerge"), "merge", str(cfg), "--out", str(out_m), "--quiet"], env))
+        (tk, mk), (tm, mm) = summary(runs_k), summary(runs_m)
+        print(f"{method}: mergekit {', '.join(f'{t:.1f}' for t, _ in runs_k)} s; "
+              f"mmmerge {', '.join(f'{t:.1f}' for t, _ in runs_m)} s", flush=True)
         rows.append((method, tk, tm, mk, mm, *differences(out_k, out_m)))
     print("\n| method | mergekit s | mmmerge s | speed-up | mergekit peak MiB | mmmerge peak MiB | memory ratio "
           "| max abs diff | entries > 1 bf16 step apart |")

@@ -303,6 +303,19 @@ def test_non_finite_result_is_an_error_naming_the_tensor(models, tmp_path):
     with pytest.raises(MMMergeError, match=r"tensor model\.layers\.1\.mlp\.up_proj\.weight: .*non-finite"):
         merge(cfg, tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()
+    for method in ("ties", "task_arithmetic"):  # the slice-wise methods, written straight in the output dtype
+        section = {**cfg, "merge_method": method, "base_model": models["base"], "out_dtype": "bfloat16"}
+        with pytest.raises(MMMergeError, match=r"tensor model\.layers\.1\.mlp\.up_proj\.weight: .*non-finite"):
+            merge(section, tmp_path / "out", quiet=True)
+        assert not (tmp_path / "out").exists()
+
+
+def test_values_beyond_the_output_dtype_are_an_error_naming_the_tensor(models, tmp_path):
+    cfg = {"merge_method": "linear", "out_dtype": "float16", "parameters": {"normalize": False},
+           "models": [{"model": models["ft1"], "parameters": {"weight": 1e6}}]}
+    with pytest.raises(MMMergeError, match=r"tensor \S+: values overflow float16; use a wider out_dtype"):
+        merge(cfg, tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()
 
 
 # --- the command line -------------------------------------------------------------------------------

@@ -99,7 +99,8 @@ class MethodSpec:
     ``check(params, global_params)`` validates combinations of parameters (raises RecipeError).
     ``widens_inputs``: ``fn`` takes the inputs in the dtype they come in (half precision too) and widens them
     itself, slice by slice, to the compute dtype (the base's, else float32 or float64 if an input is): no
-    full-size float32 copy of any input is made.
+    full-size float32 copy of any input is made. It also takes ``out_dtype`` and writes each finished slice
+    in that dtype, so no full-size float32 result is made either.
     """
 
     name: str
@@ -237,8 +238,10 @@ def merge_tensor(
     generator: torch.Generator | None = None,
     *,
     unknown: str = "error",
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Merge one output tensor: validate, compute in float32 (float64 if an input is), return that dtype.
+    """Merge one output tensor: validate, compute in float32 (float64 if an input is), return that dtype
+    (or ``out_dtype``: the same values, rounded once).
 
     ``params=None`` means no per-model parameters given. Non-floating tensors (integer buffers) are
     copied when all inputs agree, as mergekit does, and rejected otherwise.
@@ -269,4 +272,8 @@ def merge_tensor(
         tensors = [t.to(dtype) for t in tensors]
     base = base.to(dtype) if base is not None else None
     with torch.no_grad():
-        return spec.fn(tensors, base, params, global_params, generator)
+        if spec.widens_inputs:
+            out = spec.fn(tensors, base, params, global_params, generator, out_dtype=out_dtype or dtype)
+        else:
+            out = spec.fn(tensors, base, params, global_params, generator)
+    return out if out_dtype is None else out.to(out_dtype)

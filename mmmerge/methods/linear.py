@@ -29,23 +29,27 @@ def _check(params: list[dict], global_params: dict) -> None:
     reference="https://arxiv.org/abs/2203.05482",
     widens_inputs=True,
 )
-def linear(tensors, base, params, global_params, generator=None) -> torch.Tensor:
-    """Slice by slice into one result: each input is widened a cache-sized slice at a time, so no full-size
-    float32 copy of an input is made (converting whole bf16 inputs took a third of a merge's time)."""
+def linear(tensors, base, params, global_params, generator=None, out_dtype=None) -> torch.Tensor:
+    """Slice by slice: each input is widened a cache-sized slice at a time and each finished slice is written
+    in `out_dtype`, so no full-size float32 copy of an input or of the result is made (converting whole bf16
+    inputs took a third of a merge's time)."""
     dtype = compute_dtype(tensors)
     flat = [t.reshape(-1) for t in tensors]
     weights = [p["weight"] for p in params]
-    out = torch.empty(flat[0].numel(), dtype=dtype, device=flat[0].device)
+    out = torch.empty(flat[0].numel(), dtype=out_dtype or dtype, device=flat[0].device)
     chunk = _common.CHUNK
-    buffer = torch.empty(min(chunk, out.numel()), dtype=dtype, device=out.device)
+    buffer, total = (torch.empty(min(chunk, out.numel()), dtype=dtype, device=out.device) for _ in range(2))
     for start in range(0, out.numel(), chunk):
         part = out[start:start + chunk]
+        acc = part if part.dtype == dtype else total[:part.numel()]
         for i, (x, w) in enumerate(zip(flat, weights)):
             x = widened(x[start:start + chunk], buffer)
             if i == 0:
-                torch.mul(x, w, out=part)
+                torch.mul(x, w, out=acc)
             else:
-                part.add_(x, alpha=w)
+                acc.add_(x, alpha=w)
         if global_params["normalize"]:
-            part.div_(sum(weights))
+            acc.div_(sum(weights))
+        if acc is not part:
+            part.copy_(acc)
     return out.view(tensors[0].shape)

@@ -50,7 +50,7 @@ def _rank(delta, p, generator):
     return rank_keep(delta, p["density"], p["epsilon"], generator)
 
 
-def _merge(tensors, base, params, global_params, generator, *, sparsify, consensus):
+def _merge(tensors, base, params, global_params, generator, *, sparsify, consensus, out_dtype=None):
     """Two passes, so no full-size task vector is kept. First, model by model in input order (mergekit's draw
     order), what the sparsifier keeps and the L1 rescale factor, from the whole task vector; then the merge
     itself, slice by slice, from the inputs, what is kept and the factors. Peak: the inputs and the output,
@@ -75,7 +75,7 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
     del delta
     weights = [p["weight"] for p in params]
     flat_inputs = [t.reshape(-1) for t in tensors]
-    out = torch.empty_like(flat_base)
+    out = torch.empty(flat_base.shape, dtype=out_dtype or base.dtype, device=base.device)
     for start in range(0, flat_base.numel(), chunk):
         part = slice(start, start + chunk)
         b = flat_base[part]
@@ -137,12 +137,16 @@ def _combine(deltas, weights, base, global_params, consensus, work, out):
         mixed.div_(divisor)
     if global_params["lambda"] != 1:
         mixed.mul_(global_params["lambda"])
-    torch.add(mixed, base, out=out)
+    if out.dtype == mixed.dtype:
+        torch.add(mixed, base, out=out)
+    else:
+        out.copy_(mixed.add_(base))  # rounded once, from the float32 sum
 
 
 def _family_member(name, sparsify, consensus, normalize, rescale, extra=None, check=None, reference=""):
-    def fn(tensors, base, params, global_params, generator=None):
-        return _merge(tensors, base, params, global_params, generator, sparsify=sparsify, consensus=consensus)
+    def fn(tensors, base, params, global_params, generator=None, out_dtype=None):
+        return _merge(tensors, base, params, global_params, generator, sparsify=sparsify, consensus=consensus,
+                      out_dtype=out_dtype)
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = f"{name}: task-vector merge (see mmmerge.methods.task_arithmetic)."
