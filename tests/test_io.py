@@ -142,3 +142,36 @@ def test_reading_a_tensor_does_not_read_the_others(tmp_path, monkeypatch):
     lazy = read_tensors(tmp_path / "m.safetensors")
     assert torch.equal(lazy["w5"].load(), torch.full((256,), 5.0))
     assert reads == [256 * 4]
+
+
+def test_mapped_tensors_are_private_copies_and_equal_safetensors_own_reader(tmp_path):
+    want = {"a": torch.randn(3, 5), "b": torch.arange(7, dtype=torch.int16), "c": torch.randn(4).bfloat16(),
+            "empty": torch.zeros(0, 3)}
+    save_file(want, tmp_path / "m.safetensors")
+    before = (tmp_path / "m.safetensors").read_bytes()
+    got = {k: t.load() for k, t in read_tensors(tmp_path / "m.safetensors").items()}
+    assert all(torch.equal(got[k], load_file(tmp_path / "m.safetensors")[k]) for k in want)
+    got["a"].mul_(0)  # writable, and the write stays in this process
+    assert (tmp_path / "m.safetensors").read_bytes() == before
+
+
+def test_a_file_that_cannot_be_mapped_is_read_instead(tmp_path, monkeypatch):
+    import mmap
+
+    save_file({"a": torch.randn(50)}, tmp_path / "m.safetensors")
+    lazy = read_tensors(tmp_path / "m.safetensors")
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    assert torch.equal(lazy["a"].load(), load_file(tmp_path / "m.safetensors")["a"])
+
+
+def test_a_file_truncated_after_opening_names_the_file(tmp_path):
+    save_file({"a": torch.ones(100), "b": torch.ones(100)}, tmp_path / "t.safetensors")
+    lazy = read_tensors(tmp_path / "t.safetensors")
+    raw = (tmp_path / "t.safetensors").read_bytes()
+    (tmp_path / "t.safetensors").write_bytes(raw[:-10])
+    with pytest.raises(UnreadableFileError, match=r"t.safetensors: truncated"):
+        lazy["b"].load()

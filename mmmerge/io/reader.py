@@ -70,7 +70,8 @@ def _read_range(path: Path, offset: int, nbytes: int, dtype: torch.dtype, shape:
 
     Each tensor gets its own private mapping, released with the tensor, so its pages leave the process when
     it is freed and peak memory stays a few tensors, not the touched part of the file; writes to the tensor
-    stay in the process (copy-on-write)."""
+    stay in the process (copy-on-write). Where a file cannot be mapped (some file systems, or the process's
+    limit on mappings) the bytes are read instead."""
     if not nbytes:
         return torch.empty(shape, dtype=dtype)
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
@@ -78,7 +79,14 @@ def _read_range(path: Path, offset: int, nbytes: int, dtype: torch.dtype, shape:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size < offset + nbytes:
                 raise UnreadableFileError(f"{path}: truncated: a tensor's data ends past the end of the file")
-            mapped = mmap.mmap(f.fileno(), offset + nbytes - start, access=mmap.ACCESS_COPY, offset=start)
+            try:
+                mapped = mmap.mmap(f.fileno(), offset + nbytes - start, access=mmap.ACCESS_COPY, offset=start)
+            except (OSError, ValueError):
+                data = torch.empty(nbytes, dtype=torch.uint8)
+                f.seek(offset)
+                if f.readinto(memoryview(data.numpy())) != nbytes:
+                    raise UnreadableFileError(f"{path}: truncated: a tensor's data ends past the end of the file")
+                return data.view(dtype).reshape(shape)
     except OSError as e:
         raise UnreadableFileError(f"{path}: cannot read tensor data ({_first_line(e)})") from e
     return torch.frombuffer(mapped, dtype=torch.uint8, count=nbytes, offset=offset - start).view(dtype).reshape(shape)
