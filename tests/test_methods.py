@@ -236,3 +236,6 @@ def test_slice_wise_methods_on_large_tensors_match_mergekit(case, half, monkeypa
     expected = mergekit_result(name, [m.float() for m in models], base, params, global_params)
     got = merge_tensor(name, models, base, params, global_params)
     assert got.dtype == torch.float32 and (got - expected).abs().max().item() <= TOL
+    # written straight in the output dtype: the float32 result rounded once
+    assert torch.equal(merge_tensor(name, models, base, params, global_params, out_dtype=torch.bfloat16),
+                       got.bfloat16())

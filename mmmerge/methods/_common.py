@@ -23,11 +23,6 @@ BOOL_TRUE = Param(bool, True)
 CHUNK = 1 << 18  # entries merged at a time by the slice-wise methods: 1 MiB per float32 buffer, cache-sized
 
 
-def compute_dtype(tensors: list[torch.Tensor]) -> torch.dtype:
-    """float32, or float64 when an input is float64: what the methods compute in."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 def widened(x: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
     """`x` in the buffer's dtype: itself, or copied into the buffer's first entries (a copy, then same-dtype
     arithmetic, is 2x faster than arithmetic on mixed dtypes)."""

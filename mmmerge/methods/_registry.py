@@ -229,6 +229,11 @@ def check_inputs(method: str | MethodSpec, n_models: int, has_base: bool) -> Met
     return spec
 
 
+def compute_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    """float32, or float64 when an input is float64: what the methods compute in."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def merge_tensor(
     method: str | MethodSpec,
     tensors: Sequence[torch.Tensor],
@@ -265,7 +270,7 @@ def merge_tensor(
         if all(t.dtype == first.dtype and torch.equal(t, first) for t in everything[1:]):
             return first.clone()
         raise RecipeError(f"{spec.name}: a non-floating tensor differs between inputs and cannot be merged")
-    dtype = torch.float64 if any(t.dtype == torch.float64 for t in everything) else torch.float32
+    dtype = compute_dtype(everything)
     if spec.widens_inputs:
         tensors = list(tensors)
     else:

@@ -10,8 +10,8 @@ import torch
 
 from ..errors import RecipeError
 from . import _common
-from ._common import WEIGHT, compute_dtype, widened
-from ._registry import Param, method
+from ._common import WEIGHT, widened
+from ._registry import Param, compute_dtype, method
 
 
 def _check(params: list[dict], global_params: dict) -> None:
