@@ -21,7 +21,6 @@ or not at all.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .adapters.hf_common import transformers_bars
 from .checkpoint import Component, LazyTensor
 from .errors import MMMergeError, RecipeError, ShapeMismatchError, UnsupportedArchitectureError
 
@@ -254,21 +254,6 @@ def _check_layout(cfg, tensors: dict[str, LazyTensor]) -> None:
         raise MMMergeError(f"tensor {extra[0]} has no place in LlavaForConditionalGeneration")
 
 
-@contextlib.contextmanager
-def _transformers_bars(progress: bool):
-    """transformers' own bars ("Loading weights") follow `progress` too, and are restored afterwards."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    if was and not progress:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was and not progress:
-            hf_logging.enable_progress_bar()
-
-
 def _load_state(tensors: dict[str, LazyTensor], dtype=None) -> dict[str, torch.Tensor]:
     return {k: (t.load() if dtype is None else t.load().to(dtype)) for k, t in tensors.items()}
 
@@ -405,7 +390,7 @@ def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = 
     import transformers
 
     fit_residual, losses = None, []
-    with atomic_output_dir(out, force) as tmp, _transformers_bars(progress):
+    with atomic_output_dir(out, force) as tmp, transformers_bars(progress):
         # processor first: fitting and training use it exactly as a user will
         (tmp / "preprocessor_config.json").write_text(json.dumps(image_processor_config(pre), indent=2) + "\n")
         image_processor = transformers.AutoImageProcessor.from_pretrained(tmp)

@@ -3,6 +3,7 @@ architecture's keys under a prefix, and carrying the folder's side files (tokeni
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -169,3 +170,18 @@ def require_model_type(cfg: dict, where: Path) -> str:
     if not isinstance(model_type, str):
         raise MMMergeError(f"{where}/config.json: has no model_type")
     return model_type
+
+
+@contextlib.contextmanager
+def transformers_bars(show: bool):
+    """transformers' own progress bars ("Loading weights") on or off for the block, restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if was and not show:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not show:
+            hf_logging.enable_progress_bar()

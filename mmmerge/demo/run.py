@@ -95,6 +95,7 @@ def run_demo(out: str | Path = "mmmerge-demo", *, device: str | None = None, see
              force: bool = False, config: DemoConfig | None = None) -> dict:
     """Run the whole demo into `out` and return the report (also written to OUT/report.json)."""
     from .. import merge, stitch
+    from ..adapters.hf_common import transformers_bars
     from ..io import check_output_dir
 
     config = config or DemoConfig()
@@ -114,7 +115,7 @@ def run_demo(out: str | Path = "mmmerge-demo", *, device: str | None = None, see
         if progress:
             print(f"[{done[0]}/{stages}] {text} ({time.time() - start:.0f}s)", flush=True)
 
-    with reproducible(seed, device):
+    with reproducible(seed, device), transformers_bars(False):  # the demo's own stages and bars say enough
         world = build_world(out / "world", train_scenes=config.train_scenes, eval_scenes=config.eval_scenes, seed=seed)
         stage(f"world: {config.train_scenes} training scenes, {config.eval_scenes * len(QUESTION_TYPES)} held-out "
               f"questions in VQAv2 files")

@@ -26,23 +26,19 @@ class ModelLoadError(MMMergeError):
 def load_model(path, device: str, progress: bool = True):
     """A LLaVA-style checkpoint and its processor, from a local folder only, in float32 on `device`."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from transformers.utils import logging as hf_logging
+
+    from ..adapters.hf_common import transformers_bars
 
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"{path}: no such model folder")
-    bars = hf_logging.is_progress_bar_enabled()
-    if not progress:
-        hf_logging.disable_progress_bar()
     try:
-        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        with transformers_bars(progress):
+            processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+            model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"{path}: cannot load a LLaVA-style model with its processor ({first})") from e
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
         raise ModelLoadError(f"{path}: the processor has no tokenizer or image processor")
     processor.tokenizer.padding_side = "left"
