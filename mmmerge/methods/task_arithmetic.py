@@ -57,7 +57,8 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
     one task vector, the random sparsifiers' masks (a byte per entry), and the slice buffers.
 
     Every step is an elementwise operation on float32 operands: a half-precision or boolean operand sends
-    torch through a path 2-6x slower, so inputs are widened by a copy and masks are 1.0/0.0."""
+    torch through a path 2-6x slower, so inputs are widened by a copy, magnitude pruning is a threshold
+    (`TopKeep`) and the sign-agreement masks are 1.0/0.0."""
     n = len(tensors)
     if not n:
         return base
