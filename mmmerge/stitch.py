@@ -21,6 +21,7 @@ or not at all.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -186,12 +187,11 @@ def grow(t: LazyTensor, rows: int, seed: int) -> LazyTensor:
     return t.derive(lambda x: torch.cat([x, new_rows(x, rows - x.shape[0], seed)]), (rows, t.shape[1]))
 
 
-def resize_language(language: Component, rows: int, seed: int) -> Component:
-    """The language component with its embedding (and untied lm_head) rows grown and vocab_size updated."""
-    from .adapters.hf_export import file_layout, meta_model
-    from .projectors.language import embedding_names
+def resize_language(language: Component, rows: int, seed: int, emb_in: str, emb_out: str | None) -> Component:
+    """The language component with its embedding `emb_in` (and untied lm_head `emb_out`) rows grown and
+    vocab_size updated."""
+    from .adapters.hf_common import layout_of
 
-    emb_in, emb_out = embedding_names(language)
     tensors = dict(language.tensors)
     old = tensors[emb_in].shape[0]
     if rows != old:
@@ -201,9 +201,9 @@ def resize_language(language: Component, rows: int, seed: int) -> Component:
                 raise ShapeMismatchError(f"{emb_out} has {tensors[emb_out].shape[0]} rows, {emb_in} {old}")
             tensors[emb_out] = grow(tensors[emb_out], rows, seed + 2)
     config = {**language.config, "vocab_size": rows}
-    out = Component(language.name, language.arch, config, tensors, language.preprocess, language.extra, language.filled)
+    out = dataclasses.replace(language, config=config, tensors=tensors)
     # a tied duplicate (lm_head of tied embeddings) is optional: drop it rather than keep a stale copy
-    _, optional = file_layout(meta_model(out))
+    _, optional = layout_of(out)
     out.tensors = {k: v for k, v in tensors.items() if k not in optional}
     return out
 
@@ -311,7 +311,7 @@ def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = 
     lckpt = open_checkpoint(language)
     lang = lckpt.component("language")
     tokenizer = load_tokenizer(language)
-    emb_in, _ = embedding_names(lang)
+    emb_in, emb_out = embedding_names(lang)
     text_hidden = lang.tensors[emb_in].shape[1]
 
     # projector source: what it was made for decides the defaults
@@ -366,7 +366,7 @@ def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = 
     old_rows = lang.tensors[emb_in].shape[0]
     needed = max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
     rows = old_rows if needed <= old_rows else math.ceil(needed / PAD_MULTIPLE) * PAD_MULTIPLE
-    lang_out = resize_language(lang, rows, seed)
+    lang_out = resize_language(lang, rows, seed, emb_in, emb_out)
 
     try:  # validates before any work
         proj_comp, act, bias = projector_component(proj, text_hidden)

@@ -5,12 +5,9 @@ agree within 1e-5. Configs use gradients, filters, global and per-model paramete
 and outside the model list, so parameter resolution and layer positions are checked end to end.
 """
 
-import contextlib
-import io
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
 import torch
@@ -19,10 +16,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from mmmerge import merge
-from mmmerge.cli import main
 from mmmerge.engine import evaluate_setting, load_recipe, plan_merge
 from mmmerge.engine.plan import layer_position
 from mmmerge.errors import MMMergeError, RecipeError
+from test_cli import one_line_error, run
 from tiny import llama_config, llava_config, randomize
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -320,13 +317,6 @@ def test_values_beyond_the_output_dtype_are_an_error_naming_the_tensor(models, t
 
 # --- the command line -------------------------------------------------------------------------------
 
-def run(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
 def write_recipe(tmp_path, cfg):
     path = tmp_path / "recipe.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -345,15 +335,6 @@ def test_cli_merge_and_dry_run(models, tmp_path):
     r = run("merge", recipe, "--out", tmp_path / "out", "--quiet")
     assert r.returncode == 2 and "not empty" in r.stderr
     assert run("merge", recipe, "--out", tmp_path / "out", "--quiet", "--force").returncode == 0
-
-
-def one_line_error(r, *fragments):
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    assert "Traceback" not in r.stderr
 
 
 def invalid_recipes(p):

@@ -1,7 +1,5 @@
 """`mmmerge eval` and `mmmerge eval-compare` as a user runs them; two processes under torchrun on CPU."""
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -12,25 +10,10 @@ import pytest
 
 import eval_data
 from mmmerge import evaluate
-from mmmerge.cli import main
+from test_cli import one_line_error, run
 from tiny_llava import build_tiny_llava
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
-def one_line_error(r, *needles):
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 import pytest
 
 import eval_data
+from mmmerge.errors import UnreadableFileError
 from mmmerge.eval import metrics as M
 from mmmerge.eval.tasks import EvalDataError, get_task, read_task
 
@@ -42,6 +43,7 @@ def test_vqav2_metrics_follow_annotation_order(tmp_path):
     # by hand: yes (7 yes) -> 1; 2 (4x"2" + 2x"two" -> 6) -> 1; 3 (4) -> 1; no (3) -> 0.9; two -> 1; 1 -> 0
     assert rep["overall"] == pytest.approx(round(100 * 4.9 / 6, 2))
     assert rep["perAnswerType"] == {"yes/no": 95.0, "number": 75.0}
+    assert list(rep["perAnswerType"]) == ["yes/no", "number"]  # the order of the annotation file
 
 
 def test_textvqa_reader(tmp_path):
@@ -131,7 +133,7 @@ def test_missing_image(tmp_path):
 def test_malformed_json(tmp_path):
     files = eval_data.vqav2(tmp_path, n=2)
     files["questions"].write_text('{"questions": [')
-    with pytest.raises(Exception, match=r"questions.json: not valid JSON"):
+    with pytest.raises(UnreadableFileError, match=r"questions.json: not valid JSON"):
         read_task(get_task("vqav2"), **files)
     files = eval_data.pope(tmp_path, n=2)
     files["questions"].write_text('{"question_id": 1}\n{oops\n')

@@ -56,10 +56,10 @@ def read_preprocess(path: Path) -> dict | None:
     file, combined = Path(path) / "preprocessor_config.json", Path(path) / "processor_config.json"
     if file.is_file():
         p = read_json(file)
-    elif combined.is_file() and isinstance(read_json(combined).get("image_processor"), dict):
-        p = read_json(combined)["image_processor"]
     else:
-        return None
+        p = read_json(combined).get("image_processor") if combined.is_file() else None
+        if not isinstance(p, dict):
+            return None
     size, crop = p.get("size") or {}, p.get("crop_size")
     interp = RESAMPLE_NAMES.get(p.get("resample", 3), "bicubic")
     mean, std = p.get("image_mean", [0.5] * 3), p.get("image_std", [0.5] * 3)

@@ -10,7 +10,6 @@ and results then do not depend on the machine's core count), deterministic algor
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,8 +85,6 @@ def evaluate_model(model: Path, world, out: Path, *, batch_size: int, device: st
     result = evaluate(str(model), "vqav2", questions=str(world.questions), annotations=str(world.annotations),
                       images=str(world.eval_images), out=str(out), batch_size=batch_size, device=device,
                       max_new_tokens=4, progress=progress)
-    if not isinstance(result, dict) or "overall" not in result:
-        result = json.loads((Path(out) / "metrics.json").read_text())
     return result
 
 
@@ -128,8 +125,7 @@ def run_demo(out: str | Path = "mmmerge-demo", *, device: str | None = None, see
                batch_size=config.batch_size, device=device, seed=seed, progress=progress)
         stage("stitched a CLIP encoder and a Llama LM into a LLaVA; projector aligned on captions")
 
-        captions = [Example(e.image, CAPTION_REQUEST, e.answer, "caption", None) for e in
-                    read_examples_captions(world.captions)]
+        captions = read_examples_captions(world.captions)
         finetune(m / "aligned", m / "captioner", captions, steps=config.pretrain_steps, lr=config.pretrain_lr,
                  batch_size=config.batch_size, device=device, seed=seed, progress=progress, desc="captioning")
         base = m / "captioner"

@@ -48,8 +48,8 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-def run_task(task: Task, device: torch.device, out_dtype: bool = True) -> torch.Tensor:
-    """The output tensor of one task, on the CPU in the task's dtype (`out_dtype=False`: in the compute dtype,
+def run_task(task: Task, device: torch.device, rounded: bool = True) -> torch.Tensor:
+    """The output tensor of one task, on the CPU in the task's dtype (`rounded=False`: in the compute dtype,
     to tell apart the two causes of a non-finite output)."""
     from ..methods import merge_tensor
 
@@ -69,11 +69,11 @@ def run_task(task: Task, device: torch.device, out_dtype: bool = True) -> torch.
             if task.seed is not None:
                 generator = torch.Generator(device=device).manual_seed(task.seed)
             out = merge_tensor(task.method, tensors, base, task.params, task.global_params, generator,
-                               out_dtype=task.dtype if out_dtype and task.dtype.is_floating_point else None)
+                               out_dtype=task.dtype if rounded and task.dtype.is_floating_point else None)
             del tensors, base
             if task.extra_rows is not None:
                 out = torch.cat([out, fetch(task.extra_rows).to(out.dtype)])
-        if out_dtype and out.is_floating_point():
+        if rounded and out.is_floating_point():
             out = out.to(task.dtype)
             if not _all_finite(out):
                 raise _non_finite(task, device)
@@ -83,7 +83,7 @@ def run_task(task: Task, device: torch.device, out_dtype: bool = True) -> torch.
 def _non_finite(task: Task, device: torch.device) -> MMMergeError:
     """The error for a task whose output holds inf/NaN: a merge that produced them, or values beyond the range
     of the output dtype (told apart by merging again without rounding to it)."""
-    wide = run_task(task, device, out_dtype=False)
+    wide = run_task(task, device, rounded=False)
     bad = int((~torch.isfinite(wide)).sum())
     if bad:
         return MMMergeError(f"tensor {task.name}: the merge produced {bad} non-finite value(s) (inf/NaN); "
@@ -123,10 +123,6 @@ def execute(plan: Plan, out: Path, *, device: str = "cpu", force: bool = False, 
     dev = resolve_device(device)
     out = Path(out)
     check_output(plan, out, force)
-    names = [t.name for t in plan.tasks]
-    dupes = {n for n in names if names.count(n) > 1}
-    if dupes:
-        raise MMMergeError(f"tensor {sorted(dupes)[0]} would be written twice")
     tensors = {t.name: LazyTensor(t.shape, t.dtype, lambda t=t: run_task(t, dev)) for t in plan.tasks}
     bar = _progress(plan.nbytes, quiet)
     done = [0]

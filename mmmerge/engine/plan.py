@@ -15,6 +15,8 @@ head).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -25,14 +27,14 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 
 from ..adapters import open_checkpoint
+from ..adapters.hf_causal_lm import FORMAT as CAUSAL_LM_FORMAT
 from ..adapters.hf_causal_lm import is_tied, untie
+from ..adapters.hf_llava import FORMAT as LLAVA_FORMAT
 from ..checkpoint import COMPONENTS, Checkpoint, Component, LazyTensor
 from ..errors import MMMergeError, RecipeError, ShapeMismatchError, UnreadableFileError
 from .recipe import MergeSection, Recipe, SourceSection, dtype_of, evaluate_setting, load_recipe
 
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block|resblocks)\.(\d+)\.")
-LLAVA_FORMAT = "transformers-llava"
-CAUSAL_LM_FORMAT = "transformers-causal-lm"
 
 
 @dataclass
@@ -51,13 +53,9 @@ class Task:
     seed: int | None = None  # per-tensor seed for random methods
     extra_rows: LazyTensor | None = None  # vocabulary rows only some inputs have, appended unmerged
 
-
     @property
     def nbytes(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 @dataclass
@@ -261,7 +259,7 @@ def align_vocabularies(comps: dict[str, Component], ref_key: str, paths: dict[st
             t = tensors[n]
             if t.shape[0] > shared:
                 tensors[n] = t.derive(lambda x: x[:shared], (shared, *t.shape[1:]))
-        cut[r] = Component(c.name, c.arch, {**c.config, "vocab_size": shared}, tensors, c.preprocess, c.extra, c.filled)
+        cut[r] = dataclasses.replace(c, config={**c.config, "vocab_size": shared}, tensors=tensors)
     extra = {}
     for n in vocab_names:
         t = comps[donor].tensors[n]
@@ -282,8 +280,8 @@ def drop_partial_extras(comps: dict[str, Component], paths: dict[str, str], wher
     holders = sorted({paths[r] for r, c in comps.items() if any(n in c.tensors for n in partial)})
     notes.append(f"{where}{cname}: {', '.join(partial)} (not held by the output architecture) is only in "
                  f"{', '.join(holders)}; not merged")
-    return {r: Component(c.name, c.arch, c.config, {n: t for n, t in c.tensors.items() if n not in partial},
-                         c.preprocess, tuple(n for n in c.extra if n not in partial), c.filled)
+    return {r: dataclasses.replace(c, tensors={n: t for n, t in c.tensors.items() if n not in partial},
+                                   extra=tuple(n for n in c.extra if n not in partial))
             for r, c in comps.items()}
 
 
@@ -368,10 +366,7 @@ def plan_merge_section(section: MergeSection, cname: str, opener: _Opener, *, dt
     config = copy.deepcopy(reference.config)
     if extra_rows:
         config["vocab_size"] = vocab
-    out_component = Component(cname, reference.arch, config,
-                              {n: LazyTensor(t.shape, t.dtype, lambda: None) for n, t in tasks.items()},
-                              reference.preprocess, reference.extra, reference.filled)
-    return ComponentPlan(cname, f"merge {spec.name}", sources, out_component, tasks, ckpts[ref_key], base_ref is not None,
+    return ComponentPlan(cname, f"merge {spec.name}", sources, _planned(reference, cname, config, tasks), tasks, ckpts[ref_key], base_ref is not None,
                          written)
 
 
@@ -394,10 +389,13 @@ def _resolve(schema: dict, scopes: list, tensor_name: str, t: float, validators:
 def plan_copy(ckpt: Checkpoint, path: Path, cname: str, *, dtype=None, out_dtype=None) -> ComponentPlan:
     comp = ckpt.component(cname)
     tasks = {n: Task(n, tuple(t.shape), _out_dtype([t], dtype, out_dtype), [t]) for n, t in comp.tensors.items()}
-    out = Component(cname, comp.arch, copy.deepcopy(comp.config),
-                    {n: LazyTensor(t.shape, t.dtype, lambda: None) for n, t in tasks.items()},
-                    comp.preprocess, comp.extra, comp.filled)
-    return ComponentPlan(cname, "copy", [str(path)], out, tasks, ckpt)
+    return ComponentPlan(cname, "copy", [str(path)], _planned(comp, cname, copy.deepcopy(comp.config), tasks), tasks, ckpt)
+
+
+def _planned(source: Component, name: str, config: dict, tasks: dict[str, Task]) -> Component:
+    """The output component as planned: `source`'s architecture, with the tasks' shapes and dtypes, no data."""
+    return dataclasses.replace(source, name=name, config=config,
+                               tensors={n: LazyTensor(t.shape, t.dtype, lambda: None) for n, t in tasks.items()})
 
 
 def _set_dtype(cfg: dict, dtype: torch.dtype | None) -> None:
@@ -425,8 +423,8 @@ def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[Task], P
         cfg = hf_config_dict(comp)
     if cp.name == "language" and "vocab_size" in comp.config:
         cfg["vocab_size"] = comp.config["vocab_size"]  # grown when some inputs have extra rows
-    if cp.name == "language" and "lm_head.weight" in cp.tasks and cfg.get("tie_word_embeddings"):
-        cfg["tie_word_embeddings"] = False  # lm_head is stored and may differ from the embeddings
+    if cp.name == "language" and "lm_head.weight" in cp.tasks:
+        _untie_config(cfg)
     tasks = []
     for n, t in cp.tasks.items():
         if n in comp.extra:
@@ -440,7 +438,14 @@ def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[Task], P
     return cfg, tasks, side, pre
 
 
-def _llava_output(components: dict[str, ComponentPlan], opener: _Opener, recipe: Recipe) -> tuple[dict, list[Task], Path]:
+def _untie_config(cfg: dict) -> None:
+    """lm_head is stored and may differ from the embeddings: the config (and a LLaVA's text config) says so."""
+    for c in (cfg, cfg.get("text_config") or {}):
+        if c.get("tie_word_embeddings"):
+            c["tie_word_embeddings"] = False
+
+
+def _llava_output(components: dict[str, ComponentPlan], opener: _Opener) -> tuple[dict, list[Task], Path]:
     from ..adapters.hf_llava import llava_tensors
 
     # The LLaVA config, layout and processor come from a LLaVA checkpoint among the inputs.
@@ -458,11 +463,8 @@ def _llava_output(components: dict[str, ComponentPlan], opener: _Opener, recipe:
         _same_layout(f"the LLaVA config of {llava.path}", own, f"the {cp.how} output", cp.component, cname)
     src = llava.source_config
     cfg = copy.deepcopy(src["config.json"])
-    lang = components["language"]
-    if "lm_head.weight" in lang.tasks:
-        for c in (cfg, cfg.get("text_config") or {}):
-            if c.get("tie_word_embeddings"):
-                c["tie_word_embeddings"] = False
+    if "lm_head.weight" in components["language"].tasks:
+        _untie_config(cfg)
     comps = {n: Component(n, c.component.arch, c.component.config, dict(c.tasks), extra=c.component.extra)
              for n, c in components.items()}
     named = llava_tensors(comps, src["layout"], src["vision_prefix"], src["language_base"])
@@ -515,7 +517,7 @@ def build_plan(recipe: Recipe, *, seed: int | None = None) -> Plan:
         (cp,) = components.values()
         config, tasks, side, preprocessor = _hf_output(cp, notes)
     else:
-        config, tasks, side = _llava_output(components, opener, recipe)
+        config, tasks, side = _llava_output(components, opener)
     _set_dtype(config, _uniform_dtype(tasks))
     for ck in opener.cache.values():
         by_reason: dict[str, list[str]] = {}

@@ -178,9 +178,6 @@ class Recipe(BaseModel):
     text: str = ""  # the recipe as written, recorded in the output
     folder: Optional[Path] = None  # where a recipe file lives (relative paths fall back to it)
 
-    def sections(self) -> dict[str, MergeSection | SourceSection]:
-        return dict(self.multimodal.components) if self.multimodal else {}
-
 
 def _location(err: dict) -> str:
     return ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper() or "[" in str(p)))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import MMMergeError
+from ..io import read_json
 
 # Columns shown per run: every top-level number of metrics.json and the per-answer-type scores (the
 # per-question-type ones, 65 for VQAv2, stay in metrics.json). Counts are not scores.
@@ -15,13 +15,10 @@ _SKIP = {"tp", "fp", "tn", "fn", "questions"}
 def load_run(out) -> dict:
     out = Path(out)
     path = out / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MMMergeError(f"{path}: not found; is {out} an `mmmerge eval` output folder?") from None
-    except ValueError as e:
-        raise MMMergeError(f"{path}: not valid JSON ({e})") from e
-    run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+    if not path.is_file():
+        raise MMMergeError(f"{path}: not found; is {out} an `mmmerge eval` output folder?")
+    metrics = read_json(path)
+    run = read_json(out / "run.json") if (out / "run.json").is_file() else {}
     scores = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in _SKIP}
     scores.update(metrics.get("perAnswerType", {}))
     headline = run.get("headline") or next((k for k in ("overall", "accuracy", "f1") if k in metrics), None)

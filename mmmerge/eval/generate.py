@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from ..errors import MMMergeError
+from ..io.reader import first_line
 
 
 class ModelLoadError(MMMergeError):
@@ -37,8 +38,7 @@ def load_model(path, device: str, progress: bool = True):
             processor = AutoProcessor.from_pretrained(path, local_files_only=True)
             model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"{path}: cannot load a LLaVA-style model with its processor ({first})") from e
+        raise ModelLoadError(f"{path}: cannot load a LLaVA-style model with its processor ({first_line(e)})") from e
     if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
         raise ModelLoadError(f"{path}: the processor has no tokenizer or image processor")
     processor.tokenizer.padding_side = "left"
@@ -92,9 +92,10 @@ class Generator:
         new = out.sequences[:, enc["input_ids"].shape[1]:].cpu()
         texts = self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)
         ties = []
+        top2 = torch.stack(out.scores, 1).float().topk(2, -1).values.cpu()  # [batch, step, 2], one transfer
         for i in range(len(prompts)):
-            for step, scores in enumerate(out.scores):
-                top = scores[i].float().topk(2).values
+            for step in range(top2.shape[1]):
+                top = top2[i, step]
                 if top[0] - top[1] < self.tie_tol * max(1.0, abs(top[0].item())):
                     ties.append(i)
                     break

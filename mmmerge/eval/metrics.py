@@ -142,7 +142,6 @@ def vqa_aggregate(scores: list[float], answer_types: list[str], question_types: 
 
 # ----------------------------------------------------------------------------------------------------------
 # EvalAI's answer processor (MMF / LLaVA m4c_evaluator / lmms-eval): always applied, Python 3 regexes.
-_COMMA_RUN_BETWEEN_DIGITS = re.compile(r"(?<=\d),+(?=\d)")
 
 
 def vqa_answer_processor(text: str) -> str:
@@ -150,8 +149,8 @@ def vqa_answer_processor(text: str) -> str:
     off, whitespace cleaned, then the VQA punctuation, number, article and contraction rules."""
     text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     text = _clean(text)
-    strip_all = _COMMA_RUN_BETWEEN_DIGITS.search(text) is not None  # commas are gone already: never true
-    return _digits_articles(_punctuation(text, strip_all, _PERIOD_UNICODE))
+    # EvalAI also tests for commas between digits here, which the first line has already removed
+    return _digits_articles(_punctuation(text, False, _PERIOD_UNICODE))
 
 
 def textvqa_accuracy(prediction: str, answers: list[str]) -> float:

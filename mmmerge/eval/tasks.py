@@ -111,7 +111,7 @@ class VQAv2(Task):
                 if qid not in anns:
                     raise EvalDataError(f"{annotations}: question {qid} has no annotation")
                 order, a = anns[qid]
-                answers = [_get(x, "answer", Path(annotations), qid) for x in _get(a, "answers", Path(annotations), qid)]
+                answers = [_get(x, "answer", apath, qid) for x in _get(a, "answers", apath, qid)]
                 if not answers:
                     raise EvalDataError(f"{annotations}: question {qid} has no answers")
                 s.target = answers

@@ -43,7 +43,7 @@ def read_safetensors(path: Path) -> dict[str, LazyTensor]:
                 raise ValueError("header length runs past the end of the file")
             header = json.loads(f.read(n))
     except (OSError, ValueError, struct.error) as e:
-        raise UnreadableFileError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
+        raise UnreadableFileError(f"{path}: not a readable safetensors file ({first_line(e)})") from e
     if not isinstance(header, dict):
         raise UnreadableFileError(f"{path}: not a readable safetensors file (header is not an object)")
     out = {}
@@ -55,7 +55,7 @@ def read_safetensors(path: Path) -> dict[str, LazyTensor]:
             shape = tuple(int(d) for d in info["shape"])
             begin, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError) as e:
-            raise UnreadableFileError(f"{path}: tensor {name} has an invalid header entry ({_first_line(e)})") from e
+            raise UnreadableFileError(f"{path}: tensor {name} has an invalid header entry ({first_line(e)})") from e
         numel = 1
         for d in shape:
             numel *= d
@@ -88,7 +88,7 @@ def _read_range(path: Path, offset: int, nbytes: int, dtype: torch.dtype, shape:
                     raise UnreadableFileError(f"{path}: truncated: a tensor's data ends past the end of the file")
                 return data.view(dtype).reshape(shape)
     except OSError as e:
-        raise UnreadableFileError(f"{path}: cannot read tensor data ({_first_line(e)})") from e
+        raise UnreadableFileError(f"{path}: cannot read tensor data ({first_line(e)})") from e
     return torch.frombuffer(mapped, dtype=torch.uint8, count=nbytes, offset=offset - start).view(dtype).reshape(shape)
 
 
@@ -106,10 +106,10 @@ def read_pickle(path: Path) -> dict[str, LazyTensor]:
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
             f"{path}: refused to unpickle: it holds objects other than tensors, which could run code "
-            f"({_first_line(e)}); convert it to safetensors with a tool you trust"
+            f"({first_line(e)}); convert it to safetensors with a tool you trust"
         ) from e
     except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise UnreadableFileError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from e
+        raise UnreadableFileError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from e
     obj = _unwrap_state_dict(obj)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UnreadableFileError(f"{path}: holds no flat dictionary of tensors")
@@ -142,7 +142,7 @@ def read_index(index_path: Path) -> dict[str, LazyTensor]:
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UnreadableFileError(f"{index_path}: not a valid shard index ({_first_line(e)})") from e
+        raise UnreadableFileError(f"{index_path}: not a valid shard index ({first_line(e)})") from e
     out: dict[str, LazyTensor] = {}
     for shard in sorted(set(weight_map.values())):
         tensors = read_file(index_path.parent / shard)
@@ -181,7 +181,7 @@ def read_json(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
-        raise UnreadableFileError(f"{path}: not valid JSON ({_first_line(e)})") from e
+        raise UnreadableFileError(f"{path}: not valid JSON ({first_line(e)})") from e
     if not isinstance(data, dict):
         raise UnreadableFileError(f"{path}: expected a JSON object")
     return data
@@ -197,13 +197,13 @@ def read_jsonl(path: Path, error: type[MMMergeError] = UnreadableFileError) -> l
         try:
             row = json.loads(line)
         except ValueError as e:
-            raise error(f"{path}: line {n}: not valid JSON ({_first_line(e)})") from e
+            raise error(f"{path}: line {n}: not valid JSON ({first_line(e)})") from e
         if not isinstance(row, dict):
             raise error(f"{path}: line {n}: expected a JSON object")
         rows.append((n, row))
     return rows
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__

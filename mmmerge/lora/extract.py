@@ -34,12 +34,12 @@ class Row:
     energy: float  # retained fraction of squared singular values
 
 
-def linear_modules(component: Component) -> dict[str, bool]:
+def linear_modules(component: Component, model: torch.nn.Module) -> dict[str, bool]:
     """{module name: is Conv1D (weight stored (in, out))} for the Linear-like layers of the component."""
     from transformers.pytorch_utils import Conv1D
 
     out = {}
-    for name, mod in meta_model(component).named_modules():
+    for name, mod in model.named_modules():
         if name.split(".")[-1] in EXCLUDED or f"{name}.weight" not in component.tensors:
             continue
         if isinstance(mod, torch.nn.Linear) or isinstance(mod, Conv1D):
@@ -90,7 +90,8 @@ def extract_lora(base: Path, model: Path, out: Path, *, rank: int | None = None,
     check_output_dir(out, force)
     bck, mck = open_checkpoint(base), open_checkpoint(model)
     bc, mc = bck.component(component), mck.component(component)
-    modules = linear_modules(bc)
+    meta = meta_model(bc)
+    modules = linear_modules(bc, meta)
     if not modules:
         raise ShapeMismatchError(f"{base}: the {component} component has no linear layers")
     if len(set(modules.values())) > 1:
@@ -118,7 +119,7 @@ def extract_lora(base: Path, model: Path, out: Path, *, rank: int | None = None,
     if not factors:
         raise ShapeMismatchError(f"{model}: no linear layer of the {component} component differs from {base}; "
                                  f"there is nothing to extract")
-    all_modules = [peft_name(bck, component, n) for n, _ in meta_model(bc).named_modules() if n]
+    all_modules = [peft_name(bck, component, n) for n, _ in meta.named_modules() if n]
     targets = target_modules(list(factors), all_modules, component_prefix(bck, component))
     config = lora_config(ranks, targets, str(Path(base).absolute()), fan_in_fan_out=conv1d)
     with atomic_output_dir(out, force) as tmp:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..methods._common import sign_consensus
+
 METHODS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 
 
@@ -39,7 +41,5 @@ def combine(method: str, tensors: list[torch.Tensor], weights: list[float], dens
     weighted = stacked * w
     if method not in ("ties", "dare_ties"):
         return weighted.sum(0)
-    sign = stacked.sign()
-    magnitude = stacked.sum(0) if sign_method == "total" else sign.sum(0)
-    agree = sign == torch.where(magnitude >= 0, 1.0, -1.0)
+    agree = sign_consensus(stacked if sign_method == "total" else stacked.sign())
     return (weighted * agree).sum(0) / agree.sum(0).clamp(min=1)

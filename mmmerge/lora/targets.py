@@ -10,9 +10,9 @@ below rewrites a prefix; a module is found when the rewritten name's `.weight` i
 
 from __future__ import annotations
 
+from ..adapters.hf_llava import FORMAT as LLAVA_FORMAT
+from ..adapters.hf_llava import language_key_to_llava
 from ..checkpoint import Checkpoint
-
-LLAVA_FORMAT = "transformers-llava"
 
 
 def rules(ckpt: Checkpoint) -> list[tuple[str, str, str]]:
@@ -60,10 +60,9 @@ def peft_name(ckpt: Checkpoint, cname: str, module: str) -> str:
     (the inverse of `locate`, for the in-memory names of the installed transformers)."""
     if ckpt.format != LLAVA_FORMAT:
         return module
-    base = ckpt.source_config.get("language_base", "model")
     if cname == "language":
-        return "model.language_model." + module[len(base) + 1:] if module.startswith(f"{base}.") else module
-    return {"vision": "model.vision_tower.", "projector": "model.multi_modal_projector."}[cname] + module
+        return language_key_to_llava(module, "current", ckpt.source_config.get("language_base", "model"))
+    return component_prefix(ckpt, cname) + module
 
 
 def component_prefix(ckpt: Checkpoint, cname: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ._registry import Param, method
-from .tsv import ALPHA, SVD, is_matrix, mean_task_vector, polar
+from .tsv import ALPHA, SVD, is_matrix, mean_task_vector, polar, task_sum
 
 
 def subspace_sizes(rows: int, cols: int, n_tasks: int, common_space_fraction: float) -> tuple[int, int]:
@@ -50,9 +50,7 @@ def iso_c(tensors, base, params, global_params, generator=None) -> torch.Tensor:
     alpha = global_params["alpha"]
     if not is_matrix(base, global_params):
         return base + alpha * mean_task_vector(tensors, base)
-    total = torch.zeros_like(base)
-    for t in tensors:
-        total += t - base
+    total = task_sum(tensors, base)
     u, s, vh = torch.linalg.svd(total, full_matrices=False)
     return base + (alpha * s.mean()) * (u @ vh)
 
@@ -88,9 +86,7 @@ def iso_cts(tensors, base, params, global_params, generator=None) -> torch.Tenso
     if not is_matrix(base, global_params):
         return base + alpha * mean_task_vector(tensors, base)
     deltas = [t - base for t in tensors]
-    total = torch.zeros_like(base)
-    for d in deltas:
-        total += d
+    total = sum(deltas, torch.zeros_like(base))
     c, d_per_task = subspace_sizes(*base.shape, len(deltas), global_params["common_space_fraction"])
     u, s, vh = torch.linalg.svd(total, full_matrices=False)
     u_c, s_c, vh_c = u[:, :c], s[:c], vh[:c, :]

@@ -38,12 +38,17 @@ def is_matrix(base: torch.Tensor, global_params: dict) -> bool:
     return base.dim() == 2 and base.numel() > 0 and global_params["svd"]
 
 
-def mean_task_vector(tensors: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
-    """(1/T)·Σᵢ (θᵢ − base): what the reference code keeps for every tensor it does not decompose."""
+def task_sum(tensors: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
+    """Σᵢ (θᵢ − base), added in input order."""
     total = torch.zeros_like(base)
     for t in tensors:
         total += t - base
-    return total / len(tensors)
+    return total
+
+
+def mean_task_vector(tensors: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
+    """(1/T)·Σᵢ (θᵢ − base): what the reference code keeps for every tensor it does not decompose."""
+    return task_sum(tensors, base) / len(tensors)
 
 
 def tsv_components(

@@ -24,9 +24,6 @@ class LinearFit:
     method: str
     pairs: int
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float() @ self.weight.T + self.bias
-
 
 def _check(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
