@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -105,6 +105,7 @@ class Checkpoint:
     ignored: Mapping[str, str] = field(default_factory=dict)  # tensor-name prefix -> why no component holds it
     rest: dict[str, LazyTensor] = field(default_factory=dict)  # those tensors, kept as-is for `write_source`
     source_config: dict = field(default_factory=dict)  # the source's own config files, for `write_source`
+    family: Any = None  # the multimodal family row (adapters.families.Family) of a whole MLLM, else None
 
     def component(self, name: str) -> Component:
         from .errors import MMMergeError

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from ..checkpoint import Checkpoint
 from ..errors import UnknownFormatError, UnreadableFileError
-from . import hf_llava, hf_causal_lm, hf_vision, open_clip_vision, timm_vision
+from . import hf_causal_lm, hf_multimodal, hf_vision, open_clip_vision, timm_vision
 
-ADAPTERS = [open_clip_vision, timm_vision, hf_llava, hf_vision, hf_causal_lm]
+ADAPTERS = [open_clip_vision, timm_vision, hf_multimodal, hf_vision, hf_causal_lm]
 
 
 def detect_adapter(path: Path):

@@ -88,6 +88,42 @@ def _layout(arch: str, config_json: str) -> tuple[dict, dict]:
     return _kept_on_disk("layout", f"{arch}\n{config_json}", compute, _shapes)
 
 
+@functools.lru_cache(maxsize=32)
+def _class_layout(cls: str, config_json: str) -> dict:
+    def compute() -> dict:
+        from .hf_export import memory_layout, model_class
+
+        config = dict(json.loads(config_json))
+        config.pop("architectures", None)
+        klass = model_class(cls)
+        with torch_meta():
+            model = klass._from_config(klass.config_class.from_dict(config))
+        required, optional = memory_layout(model)
+        modules = {name: type(module).__name__ for name, module in model.named_modules()}
+        return {"required": required, "optional": optional, "modules": modules}
+
+    def parse(data: dict) -> dict:
+        required, optional = _shapes(data)
+        return {"required": required, "optional": optional, "modules": dict(data["modules"])}
+
+    return _kept_on_disk("class-layout", f"{cls}\n{config_json}", compute, parse)
+
+
+def class_layout(cls: str, config: dict) -> dict:
+    """The in-memory layout of a whole transformers class built from `config` (a config.json dict):
+    {"required": name -> shape, "optional": tied duplicates, "modules": module name -> class name}; kept on
+    disk per transformers version like `layout_of`."""
+    return _class_layout(cls, json.dumps(config, sort_keys=True, default=str))
+
+
+@contextlib.contextmanager
+def torch_meta():
+    import torch
+
+    with torch.device("meta"):
+        yield
+
+
 def layout_of(component: Component) -> tuple[dict, dict]:
     """`file_layout` of the component's architecture, built once per (architecture, config) and transformers
     version (see `_kept_on_disk`): the inputs of a merge usually share one config."""

@@ -22,24 +22,52 @@ from ..io.writer import DEFAULT_SHARD_BYTES, write_safetensors
 from .preprocess import image_processor_config
 
 
+def model_class(arch: str) -> type:
+    """A transformers model class by name: exported at the top level, or defined in a family's modeling
+    module (Qwen2-VL's vision class is not exported)."""
+    import importlib
+
+    import transformers
+
+    from .families import FAMILIES
+
+    cls = getattr(transformers, arch, None)
+    modules = {f.vision_module for f in FAMILIES.values() if f.vision_arch == arch and f.vision_module}
+    for module in modules:
+        if cls is None:
+            cls = getattr(importlib.import_module(f"transformers.models.{module}.modeling_{module}"), arch, None)
+    if cls is None:
+        raise UnsupportedArchitectureError(f"transformers has no class {arch}")
+    return cls
+
+
 def build_config(component: Component) -> transformers.PretrainedConfig:
+    """The component's config object: its class's own config class where it has one (so a text config of a
+    multimodal family builds its text-only class), else the auto class of its model_type."""
     import transformers
 
     cfg = dict(component.config)
     model_type = cfg.pop("model_type")
     cfg.pop("architectures", None)
+    config_class = getattr(model_class(component.arch), "config_class", None)
+    if config_class is not None and getattr(config_class, "model_type", None) == model_type:
+        return config_class(**cfg)
     return transformers.AutoConfig.for_model(model_type, **cfg)
 
 
 def meta_model(component: Component) -> torch.nn.Module:
     """The architecture of `component`, with no memory behind its parameters."""
-    import transformers
-
-    cls = getattr(transformers, component.arch, None)
-    if cls is None:
-        raise UnsupportedArchitectureError(f"transformers has no class {component.arch}")
+    cls = model_class(component.arch)
     with torch.device("meta"):
         return cls._from_config(build_config(component))
+
+
+def memory_layout(model: torch.nn.Module) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """(required, optional): the model's in-memory tensor names -> shapes; optional are tied duplicates."""
+    dupes = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    state = model.state_dict()
+    return ({k: tuple(v.shape) for k, v in state.items() if k not in dupes},
+            {k: tuple(v.shape) for k, v in state.items() if k in dupes})
 
 
 def file_layout(model: torch.nn.Module) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:

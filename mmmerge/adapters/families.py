@@ -1,0 +1,140 @@
+"""The multimodal families mmmerge reads, as data: one row per transformers image-text-to-text family.
+
+A row says, for the family's transformers class:
+- `parts`: where each component lives in the class's in-memory state dict (the names transformers 5 uses in
+  memory and peft uses for module names), as (component, memory prefix, canonical prefix). The longest
+  matching prefix wins, so a projector inside the vision class (Qwen2-VL's `visual.merger`) is listed beside
+  the vision prefix that holds it. Canonical names are the component class's own keys: the vision class's,
+  the projector's, and the text-only `*ForCausalLM`'s (`model.*`, `lm_head.*`) for the language model;
+- `layouts`: the key layouts that occur in files, each a list of (file prefix, memory prefix) renamings:
+  `saved` is what transformers 5's `save_pretrained` writes, `hub` what the checkpoints published in the
+  transformers 4 era hold. A layout whose renamings are empty is the in-memory layout itself (always tried);
+- `outside`: tensors of the class that belong to no component, and why; they are kept and written back;
+- `vision_arch` / `language_type`: where the vision class or the text-only language model type cannot be
+  read from transformers' auto mappings (Qwen2-VL's vision class; Qwen-VL text models as `qwen2`/`qwen3`);
+  `language_arch` names a language class outright when no text-only type fits (mllama's cross-attention LM).
+
+Side files (tokenizer, processor, chat template, generation config) travel for every family: they are the
+non-weight files of the folder, copied by `copy_side_files`.
+
+Adding a family is one row here and one entry in tests/tiny_families.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Renames = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    cls: str  # the transformers image-text-to-text class
+    parts: tuple[tuple[str, str, str], ...]  # (component, memory prefix, canonical prefix)
+    layouts: dict[str, Renames] = field(default_factory=dict)  # layout name -> (file prefix, memory prefix)
+    outside: dict[str, str] = field(default_factory=dict)  # memory prefix -> why no component holds it
+    vision_arch: str | None = None  # the vision class, where transformers' MODEL_MAPPING does not name it
+    vision_module: str | None = None  # the transformers.models submodule that defines vision_arch
+    language_type: str | None = None  # the text-only model_type whose *ForCausalLM holds the language model
+    language_arch: str | None = None  # the language class, when no text-only model type fits
+    text_config: str = "text_config"
+    vision_config: str = "vision_config"
+
+    def layout(self, name: str) -> Renames:
+        return self.layouts.get(name, ())
+
+
+# In memory (transformers 5): the usual wrapper of a vision tower, a projector and a decoder.
+LANGUAGE = (("language", "model.language_model.", "model."), ("language", "lm_head.", "lm_head."))
+WRAPPED = (("vision", "model.vision_tower.", ""), ("projector", "model.multi_modal_projector.", ""), *LANGUAGE)
+
+# Files of that wrapper: transformers 5 saves the transformers 4 names; hub checkpoints of a CLIP or SigLIP
+# tower also keep the tower's own `vision_model.` level.
+_WRAPPED_REST = (("multi_modal_projector.", "model.multi_modal_projector."),
+                 ("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."),
+                 ("image_newline", "model.image_newline"))
+WRAPPED_SAVED = (("vision_tower.", "model.vision_tower."), *_WRAPPED_REST)
+WRAPPED_HUB = (("vision_tower.vision_model.", "model.vision_tower."), *_WRAPPED_REST)
+WRAPPED_LAYOUTS = {"saved": WRAPPED_SAVED, "hub": WRAPPED_HUB}
+
+# Qwen2-VL and Qwen2.5-VL files (saved and on the hub alike): `visual.*` and the decoder at the top level as a
+# Qwen2 causal LM holds it.
+QWEN_VISUAL = (("projector", "model.visual.merger.", "merger."), ("vision", "model.visual.", ""), *LANGUAGE)
+QWEN_SAVED = (("visual.", "model.visual."), ("model.", "model.language_model."), ("lm_head.", "lm_head."))
+
+IMAGE_NEWLINE = {"model.image_newline": "the separator embedding between rows of image tiles, used by the "
+                                        "family's own class"}
+
+FAMILIES: dict[str, Family] = {f.model_type: f for f in [
+    Family("llava", "LlavaForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
+    Family("llava_next", "LlavaNextForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS, IMAGE_NEWLINE),
+    Family("llava_onevision", "LlavaOnevisionForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS, IMAGE_NEWLINE),
+    Family("qwen2_vl", "Qwen2VLForConditionalGeneration", QWEN_VISUAL, {"saved": QWEN_SAVED},
+           vision_arch="Qwen2VisionTransformerPretrainedModel", vision_module="qwen2_vl", language_type="qwen2"),
+    Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", QWEN_VISUAL,
+           {"saved": QWEN_SAVED}, language_type="qwen2"),
+    Family("qwen3_vl", "Qwen3VLForConditionalGeneration",
+           (*QWEN_VISUAL, ("projector", "model.visual.deepstack_merger_list.", "deepstack_merger_list.")),
+           language_type="qwen3"),
+    Family("gemma3", "Gemma3ForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
+    Family("paligemma", "PaliGemmaForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
+    Family("idefics3", "Idefics3ForConditionalGeneration",
+           (("vision", "model.vision_model.", ""), ("projector", "model.connector.", ""),
+            ("language", "model.text_model.", "model."), ("language", "lm_head.", "lm_head."))),
+    Family("smolvlm", "SmolVLMForConditionalGeneration",
+           (("vision", "model.vision_model.", ""), ("projector", "model.connector.", ""),
+            ("language", "model.text_model.", "model."), ("language", "lm_head.", "lm_head."))),
+    Family("mistral3", "Mistral3ForConditionalGeneration", WRAPPED, {"saved": WRAPPED_SAVED}),
+    Family("internvl", "InternVLForConditionalGeneration", WRAPPED, {"saved": WRAPPED_SAVED}),
+    Family("aya_vision", "AyaVisionForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
+    Family("mllama", "MllamaForConditionalGeneration",
+           (("vision", "model.vision_model.", ""), ("projector", "model.multi_modal_projector.", ""), *LANGUAGE),
+           {"saved": (("vision_model.", "model.vision_model."),
+                      ("multi_modal_projector.", "model.multi_modal_projector."),
+                      ("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."))},
+           vision_arch="MllamaVisionModel", language_arch="MllamaForCausalLM"),
+    Family("glm4v", "Glm4vForConditionalGeneration",
+           (*QWEN_VISUAL, ("projector", "model.visual.downsample.", "downsample.")), language_type="glm4"),
+]}
+
+
+def family_of(config: dict | None) -> Family | None:
+    """The row for a config.json, or None when it is no multimodal family mmmerge reads."""
+    if not isinstance(config, dict):
+        return None
+    return FAMILIES.get(config.get("model_type"))
+
+
+def split_name(family: Family, memory_name: str) -> tuple[str, str] | None:
+    """(component, canonical name) of an in-memory tensor name, or None when no component holds it."""
+    best = None
+    for cname, prefix, canonical in family.parts:
+        if memory_name.startswith(prefix) and (best is None or len(prefix) > len(best[1])):
+            best = (cname, prefix, canonical)
+    if best is None:
+        return None
+    cname, prefix, canonical = best
+    return cname, canonical + memory_name[len(prefix):]
+
+
+def join_name(family: Family, cname: str, canonical_name: str) -> str:
+    """The in-memory name of a component's tensor (the inverse of `split_name`)."""
+    best = None
+    for c, prefix, canonical in family.parts:
+        if c == cname and canonical_name.startswith(canonical) and (best is None or len(canonical) > len(best[1])):
+            best = (prefix, canonical)
+    if best is None:
+        raise KeyError(f"{family.model_type}: no {cname} prefix holds {canonical_name}")
+    prefix, canonical = best
+    name = prefix + canonical_name[len(canonical):]
+    if split_name(family, name) != (cname, canonical_name):  # a longer prefix of another component claims it
+        raise KeyError(f"{family.model_type}: {cname} tensor {canonical_name} has no name of its own")
+    return name
+
+
+def rename(name: str, renames: Renames, *, to_memory: bool) -> str:
+    """A file name to its in-memory name (`to_memory`) or back, by the longest matching prefix."""
+    pairs = renames if to_memory else tuple((m, f) for f, m in renames)
+    best = max((p for p in pairs if name.startswith(p[0])), key=lambda p: len(p[0]), default=None)
+    return name if best is None else best[1] + name[len(best[0]):]

@@ -1,0 +1,145 @@
+"""transformers image-text-to-text checkpoints of every family in `families.FAMILIES`, split into vision,
+projector and language components.
+
+Reading is renaming: file keys are renamed to the class's in-memory names by the first of the row's layouts
+(in memory, as transformers 5 saves, as hub checkpoints hold) that explains the most of them; the whole
+class's layout (built on the meta device from config.json) says what must be there and with which shape;
+each tensor then goes to the component whose prefix holds it, under the component class's own names. What
+no component holds is kept and written back. A checkpoint is written back in the layout it was read in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..checkpoint import Checkpoint, Component, LazyTensor
+from ..errors import UnreadableFileError, UnsupportedArchitectureError
+from ..io.atomic import atomic_output_dir
+from ..io.reader import read_folder
+from ..io.writer import write_safetensors
+from .families import Family, family_of, join_name, rename, split_name
+from .hf_common import auto_class_names, class_layout, copy_side_files, read_config
+from .hf_vision import read_preprocess
+
+FORMAT = "transformers-multimodal"
+DESCRIPTION = "transformers image-text-to-text folder (config.json with model_type " + \
+              "llava, llava_next, qwen2_5_vl, gemma3, ... : see `mmmerge families`)"
+MEMORY = "memory"
+
+
+def detect(path: Path) -> bool:
+    return Path(path).is_dir() and family_of(read_config(path)) is not None
+
+
+def sub_config(cfg: dict, key: str, where: Path) -> dict:
+    sub = cfg.get(key)
+    if not isinstance(sub, dict) or "model_type" not in sub:
+        raise UnreadableFileError(f"{where}/config.json: {key} is missing or has no model_type")
+    return dict(sub)
+
+
+def vision_arch(family: Family, vision_cfg: dict, where: Path) -> str:
+    arch = family.vision_arch or auto_class_names("MODEL_MAPPING_NAMES").get(vision_cfg["model_type"])
+    if arch is None:
+        raise UnsupportedArchitectureError(f"{where}: vision model type {vision_cfg['model_type']} has no model class")
+    return arch
+
+
+def language_arch_and_config(family: Family, text_cfg: dict, tied: bool, where: Path) -> tuple[str, dict]:
+    """The text-only class that holds the language model, and its config: the text config, renamed to the
+    text-only model type where the family's text type has no causal LM of its own (Qwen2-VL's -> qwen2)."""
+    cfg = {**text_cfg, "tie_word_embeddings": tied}
+    if family.language_type:
+        cfg["model_type"] = family.language_type
+    arch = family.language_arch or auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(cfg["model_type"])
+    if arch is None:
+        raise UnsupportedArchitectureError(f"{where}: text model type {cfg['model_type']} has no causal LM class")
+    return arch, cfg
+
+
+def projector_config(cfg: dict, family: Family, vision_cfg: dict, text_cfg: dict) -> dict:
+    """The top-level settings of the family config (projector activation, feature layer, ...) and both sides'
+    widths: what a projector needs to be rebuilt or checked."""
+    out = {k: v for k, v in cfg.items() if not isinstance(v, (dict, list)) or k.startswith("vision_feature")}
+    out.pop("architectures", None)
+    out.update(vision_hidden_size=vision_cfg.get("hidden_size"), text_hidden_size=text_cfg.get("hidden_size"))
+    return out
+
+
+def choose_layout(family: Family, names: list[str], expected: set[str]) -> str:
+    """The layout under which the most file keys are names of the class."""
+    candidates = {MEMORY: (), **family.layouts}
+    return max(candidates, key=lambda n: sum(rename(k, candidates[n], to_memory=True) in expected for k in names))
+
+
+def read(path: Path) -> Checkpoint:
+    path = Path(path)
+    cfg = read_config(path)
+    family = family_of(cfg)
+    vision_cfg = sub_config(cfg, family.vision_config, path)
+    text_cfg = sub_config(cfg, family.text_config, path)
+    layout = class_layout(family.cls, cfg)
+    required, optional = layout["required"], layout["optional"]
+    files = read_folder(path)
+    layout_name = choose_layout(family, list(files), {*required, *optional})
+    renames = family.layout(layout_name)
+    memory = {rename(k, renames, to_memory=True): k for k in files}
+    for name, shape in required.items():
+        if name not in memory:
+            raise UnreadableFileError(f"{path}: tensor {rename(name, renames, to_memory=False)} is missing "
+                                      f"({family.cls} needs it)")
+    parts: dict[str, dict[str, LazyTensor]] = {"vision": {}, "projector": {}, "language": {}}
+    rest, why = {}, {}
+    for name, file_name in memory.items():
+        tensor = files[file_name]
+        shape = required.get(name) or optional.get(name)
+        if shape is not None and tuple(tensor.shape) != shape:
+            raise UnreadableFileError(f"{path}: tensor {file_name} has shape {tuple(tensor.shape)}, "
+                                      f"config.json implies {shape}")
+        outside = next((reason for prefix, reason in family.outside.items() if name.startswith(prefix)), None)
+        where = split_name(family, name) if shape is not None and outside is None else None
+        if where is None:
+            rest[file_name] = tensor
+            reason = outside or (f"not held by {family.cls}" if shape is None else "held by no component")
+            why[file_name if outside else file_name.split(".")[0]] = reason
+            continue
+        parts[where[0]][where[1]] = tensor
+
+    tied = any(split_name(family, n) == ("language", "lm_head.weight") for n in optional)
+    lang_arch, lang_cfg = language_arch_and_config(family, text_cfg, tied, path)
+    modules = layout["modules"]
+    proj_prefix = next(p for c, p, _ in family.parts if c == "projector")
+    components = {
+        "vision": Component("vision", vision_arch(family, vision_cfg, path), vision_cfg, parts["vision"],
+                            read_preprocess(path)),
+        "projector": Component("projector", modules.get(proj_prefix.rstrip("."), "projector"),
+                               projector_config(cfg, family, vision_cfg, text_cfg), parts["projector"]),
+        "language": Component("language", lang_arch, lang_cfg, parts["language"]),
+    }
+    source = {"config.json": cfg, "layout": layout_name}
+    return Checkpoint(path, FORMAT, components, why, rest, source, family=family)
+
+
+def family_tensors(family: Family, components: dict[str, Component], layout: str = "saved") -> dict[str, LazyTensor]:
+    """All component tensors of a `family` checkpoint, named as files of `layout` hold them. Tensors a
+    component carries but its class does not hold (`extra`) are not written."""
+    renames = family.layout(layout)
+    out = {}
+    for cname, comp in components.items():
+        for name, tensor in comp.tensors.items():
+            if name not in comp.extra:
+                out[rename(join_name(family, cname, name), renames, to_memory=False)] = tensor
+    return out
+
+
+def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None:
+    """The folder again, in the layout it was read in, with the tensors outside the components and the side
+    files (tokenizer, processor, chat template, generation config)."""
+    src = checkpoint.source_config
+    tensors = family_tensors(checkpoint.family, checkpoint.components, src["layout"])
+    with atomic_output_dir(out, force) as tmp:
+        (tmp / "config.json").write_text(json.dumps(src["config.json"], indent=2) + "\n")
+        write_safetensors(tmp, {**tensors, **checkpoint.rest})
+        if checkpoint.path.is_dir():
+            copy_side_files(checkpoint.path, tmp)
