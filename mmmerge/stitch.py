@@ -41,6 +41,7 @@ INIT_SCALE = 1e-5  # LLaVA's conversion: MultivariateNormal(mu, 1e-5 * sigma)
 COVARIANCE_ROWS = 32768  # rows used to estimate the covariance of a larger table (all rows give the mean)
 DEFAULT_FEATURE_LAYER = -2  # LLaVA-1.5
 FITS = ("ridge", "procrustes", "train")
+LLAVA_PROJECTOR = "LlavaMultiModalProjector"
 OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SIDE_FILES = ("generation_config.json",)
@@ -211,11 +212,10 @@ def resize_language(language: Component, rows: int, seed: int, emb_in: str, emb_
 # ---- the projector ---------------------------------------------------------------------------------------------
 
 def projector_component(projector, text_hidden: int) -> tuple[Component, str, bool]:
-    from .adapters.hf_llava import PROJECTOR_ARCH
     from .projectors.modules import to_llava
 
     tensors, act, bias = to_llava(projector, text_hidden)
-    return Component("projector", PROJECTOR_ARCH, {}, {k: LazyTensor.of(v) for k, v in tensors.items()}), act, bias
+    return Component("projector", LLAVA_PROJECTOR, {}, {k: LazyTensor.of(v) for k, v in tensors.items()}), act, bias
 
 
 def _llava_config(vision: Component, language: Component, *, image_token_id: int, seq_len: int, act: str, bias: bool,
@@ -280,7 +280,8 @@ def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = 
 
     from .adapters import open_checkpoint
     from .adapters.hf_export import build_config
-    from .adapters.hf_llava import llava_tensors
+    from .adapters.families import FAMILIES
+    from .adapters.hf_multimodal import family_tensors
     from .adapters.preprocess import image_processor_config
     from .io.atomic import atomic_output_dir, check_output_dir
     from .io.writer import write_safetensors
@@ -304,6 +305,9 @@ def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = 
     # vision encoder
     vckpt = open_checkpoint(vision)
     vis = vckpt.component("vision")
+    if vckpt.family is not None and vckpt.family.not_in_llava:
+        raise UnsupportedArchitectureError(f"{vision}: the {vis.arch} vision tower of {vckpt.family.model_type} "
+                                           f"{vckpt.family.not_in_llava}; a LLaVA checkpoint cannot hold it")
     pre, note = vision_preprocess(vision, vis)
     notes += [note] if note else []
 
@@ -374,7 +378,7 @@ def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = 
         raise type(e)(f"{source.path if source is not None else 'projector_type'}: {e}") from e
 
     def assemble(proj_comp):
-        tensors = llava_tensors({"vision": vis, "projector": proj_comp, "language": lang_out}, "legacy")
+        tensors = family_tensors(FAMILIES["llava"], {"vision": vis, "projector": proj_comp, "language": lang_out})
         if dtype is not None:
             tensors = {k: v if v.dtype == dtype or not v.dtype.is_floating_point
                        else LazyTensor(v.shape, dtype, (lambda v=v: v.load().to(dtype))) for k, v in tensors.items()}

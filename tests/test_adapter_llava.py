@@ -5,7 +5,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from mmmerge.adapters import detect_adapter, hf_llava, open_checkpoint
+from mmmerge.adapters import detect_adapter, hf_multimodal, open_checkpoint
 from mmmerge.adapters.hf_export import save_hf
 from tiny import llava_config, max_diff, randomize, rename_keys
 
@@ -39,7 +39,7 @@ def test_llava_components_run_like_the_llava(layout, llava, tmp_path):
     llava.save_pretrained(src)
     if LAYOUTS[layout]:
         rename_keys(src / "model.safetensors", LAYOUTS[layout])
-    assert detect_adapter(src) is hf_llava
+    assert detect_adapter(src) is hf_multimodal
     ckpt = open_checkpoint(src)
     assert set(ckpt.components) == {"vision", "projector", "language"} and not ckpt.rest
     vision, projector, language = (ckpt.component(c) for c in ("vision", "projector", "language"))
@@ -69,12 +69,12 @@ def test_llava_components_run_like_the_llava(layout, llava, tmp_path):
         assert max_diff(lm(ids).logits, llava(input_ids=ids).logits) <= 1e-5
 
     # exact round trip in the layout it came in, which transformers still loads
-    hf_llava.write_source(ckpt, tmp_path / "back")
+    hf_multimodal.write_source(ckpt, tmp_path / "back")
     original, again = load_file(src / "model.safetensors"), load_file(tmp_path / "back/model.safetensors")
     assert set(original) == set(again) and all(torch.equal(original[k], again[k]) for k in original)
 
 
-@pytest.mark.parametrize("layout", ["current", "legacy"])
+@pytest.mark.parametrize("layout", ["memory", "saved", "hub"])
 def test_llava_tensors_from_components_load_in_transformers(layout, llava, tmp_path):
     import json
     from mmmerge.io import write_safetensors
@@ -83,7 +83,7 @@ def test_llava_tensors_from_components_load_in_transformers(layout, llava, tmp_p
     ckpt = open_checkpoint(tmp_path / "src")
     out = tmp_path / "out"
     out.mkdir()
-    write_safetensors(out, hf_llava.llava_tensors(ckpt.components, layout))
+    write_safetensors(out, hf_multimodal.family_tensors(ckpt.family, ckpt.components, layout))
     (out / "config.json").write_text(json.dumps(ckpt.source_config["config.json"]))
     loaded, info = transformers.LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]

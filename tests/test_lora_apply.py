@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from mmmerge import merge
 from mmmerge.adapters import open_checkpoint
-from mmmerge.adapters.hf_llava import llava_tensors
+from mmmerge.adapters.hf_multimodal import family_tensors
 from mmmerge.cli import main
 from mmmerge.errors import MMMergeError
 from mmmerge.lora import open_with_lora, read_adapter
@@ -144,7 +144,7 @@ def llava(root):
 
 
 def llava_state(ckpt) -> dict:
-    return {n: t.load() for n, t in llava_tensors(ckpt.components, "current").items()}
+    return {n: t.load() for n, t in family_tensors(ckpt.family, ckpt.components, "memory").items()}
 
 
 @pytest.mark.parametrize("legacy_names", [False, True])

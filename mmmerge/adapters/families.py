@@ -40,6 +40,7 @@ class Family:
     language_arch: str | None = None  # the language class, when no text-only model type fits
     text_config: str = "text_config"
     vision_config: str = "vision_config"
+    not_in_llava: str | None = None  # why a LLaVA cannot hold this family's vision tower (stitch refuses it)
 
     def layout(self, name: str) -> Renames:
         return self.layouts.get(name, ())
@@ -63,6 +64,7 @@ WRAPPED_LAYOUTS = {"saved": WRAPPED_SAVED, "hub": WRAPPED_HUB}
 QWEN_VISUAL = (("projector", "model.visual.merger.", "merger."), ("vision", "model.visual.", ""), *LANGUAGE)
 QWEN_SAVED = (("visual.", "model.visual."), ("model.", "model.language_model."), ("lm_head.", "lm_head."))
 
+QWEN_TOWER = "takes flattened patches with their grid sizes, not images"
 IMAGE_NEWLINE = {"model.image_newline": "the separator embedding between rows of image tiles, used by the "
                                         "family's own class"}
 
@@ -71,12 +73,13 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in [
     Family("llava_next", "LlavaNextForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS, IMAGE_NEWLINE),
     Family("llava_onevision", "LlavaOnevisionForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS, IMAGE_NEWLINE),
     Family("qwen2_vl", "Qwen2VLForConditionalGeneration", QWEN_VISUAL, {"saved": QWEN_SAVED},
-           vision_arch="Qwen2VisionTransformerPretrainedModel", vision_module="qwen2_vl", language_type="qwen2"),
+           vision_arch="Qwen2VisionTransformerPretrainedModel", vision_module="qwen2_vl", language_type="qwen2",
+           not_in_llava=QWEN_TOWER),
     Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", QWEN_VISUAL,
-           {"saved": QWEN_SAVED}, language_type="qwen2"),
+           {"saved": QWEN_SAVED}, language_type="qwen2", not_in_llava=QWEN_TOWER),
     Family("qwen3_vl", "Qwen3VLForConditionalGeneration",
            (*QWEN_VISUAL, ("projector", "model.visual.deepstack_merger_list.", "deepstack_merger_list.")),
-           language_type="qwen3"),
+           language_type="qwen3", not_in_llava=QWEN_TOWER),
     Family("gemma3", "Gemma3ForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
     Family("paligemma", "PaliGemmaForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
     Family("idefics3", "Idefics3ForConditionalGeneration",
@@ -93,9 +96,11 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in [
            {"saved": (("vision_model.", "model.vision_model."),
                       ("multi_modal_projector.", "model.multi_modal_projector."),
                       ("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."))},
-           vision_arch="MllamaVisionModel", language_arch="MllamaForCausalLM"),
+           vision_arch="MllamaVisionModel", language_arch="MllamaForCausalLM",
+           not_in_llava="takes image tiles with their aspect ratios and feeds cross-attention layers"),
     Family("glm4v", "Glm4vForConditionalGeneration",
-           (*QWEN_VISUAL, ("projector", "model.visual.downsample.", "downsample.")), language_type="glm4"),
+           (*QWEN_VISUAL, ("projector", "model.visual.downsample.", "downsample.")), language_type="glm4",
+           not_in_llava=QWEN_TOWER),
 ]}
 
 

@@ -22,7 +22,7 @@ from .families import Family, family_of, join_name, rename, split_name
 from .hf_common import auto_class_names, class_layout, copy_side_files, read_config
 from .hf_vision import read_preprocess
 
-FORMAT = "transformers-multimodal"
+FORMAT = "transformers-<model_type>"  # e.g. transformers-llava, transformers-qwen2_5_vl
 DESCRIPTION = "transformers image-text-to-text folder (config.json with model_type " + \
               "llava, llava_next, qwen2_5_vl, gemma3, ... : see `mmmerge families`)"
 MEMORY = "memory"
@@ -118,7 +118,7 @@ def read(path: Path) -> Checkpoint:
         "language": Component("language", lang_arch, lang_cfg, parts["language"]),
     }
     source = {"config.json": cfg, "layout": layout_name}
-    return Checkpoint(path, FORMAT, components, why, rest, source, family=family)
+    return Checkpoint(path, f"transformers-{family.model_type}", components, why, rest, source, family=family)
 
 
 def family_tensors(family: Family, components: dict[str, Component], layout: str = "saved") -> dict[str, LazyTensor]:

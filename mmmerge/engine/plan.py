@@ -27,9 +27,8 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 
 from ..adapters import open_checkpoint
-from ..adapters.hf_causal_lm import FORMAT as CAUSAL_LM_FORMAT
+from ..adapters.families import FAMILIES
 from ..adapters.hf_causal_lm import is_tied, untie
-from ..adapters.hf_llava import FORMAT as LLAVA_FORMAT
 from ..checkpoint import COMPONENTS, Checkpoint, Component, LazyTensor
 from ..errors import MMMergeError, RecipeError, ShapeMismatchError, UnreadableFileError
 from .recipe import MergeSection, Recipe, SourceSection, dtype_of, evaluate_setting, load_recipe
@@ -74,7 +73,7 @@ class ComponentPlan:
 class Plan:
     recipe: Recipe
     components: dict[str, ComponentPlan]
-    output_format: str  # "hf" | "llava"
+    output_format: str  # "hf" | a family's model_type ("llava", "qwen2_5_vl", ...)
     config: dict  # the output config.json
     side_files_from: Path | None  # folder whose tokenizer/processor files are copied
     tasks: list[Task]  # in output order, names as written
@@ -229,21 +228,22 @@ def _vocab_rows(component: Component) -> int | None:
     return v if isinstance(v, int) else None
 
 
-def align_vocabularies(comps: dict[str, Component], ref_key: str, paths: dict[str, str], formats: dict[str, str],
+def align_vocabularies(comps: dict[str, Component], ref_key: str, paths: dict[str, str], multimodal: dict[str, bool],
                        where: str, notes: list[str]) -> tuple[dict[str, Component], dict[str, LazyTensor], int]:
-    """Inputs whose vocabularies differ only by rows appended at the end (a LLaVA's `<image>` and padding rows
+    """Inputs whose vocabularies differ only by rows appended at the end (a VLM's `<image>` and padding rows
     beside its text-only LLM): every input is cut to the shared rows, which are merged; the extra rows come
     unmerged from the reference (base) model or, when it lacks them, from the first input that has them.
 
     Returns the cut components, the extra rows per tensor name, and the output's row count. Only tensors
-    whose first dimension is the vocabulary size are cut, and only when every larger input is a LLaVA (whose
-    extra rows are the tokens it added); any other difference is left to the layout check, which refuses it.
+    whose first dimension is the vocabulary size are cut, and only when every larger input is a multimodal
+    checkpoint (whose extra rows are the tokens it added); any other difference is left to the layout check,
+    which refuses it.
     """
     rows = {r: _vocab_rows(c) for r, c in comps.items()}
     if None in rows.values() or len(set(rows.values())) != 2:
         return comps, {}, rows[ref_key] or 0
     shared, most = min(rows.values()), max(rows.values())
-    if any(formats[r] != LLAVA_FORMAT for r in comps if rows[r] == most):
+    if not all(multimodal[r] for r in comps if rows[r] == most):
         return comps, {}, rows[ref_key]
     donor = ref_key if rows[ref_key] == most else next(r for r in comps if rows[r] == most)
     ref = comps[ref_key]
@@ -330,7 +330,8 @@ def plan_merge_section(section: MergeSection, cname: str, opener: _Opener, *, dt
     comps = drop_partial_extras(comps, paths, where, cname, notes)
     extra_rows: dict[str, LazyTensor] = {}
     if cname == "language":
-        comps, extra_rows, vocab = align_vocabularies(comps, ref_key, paths, {r: ckpts[r].format for r in refs}, where, notes)
+        comps, extra_rows, vocab = align_vocabularies(comps, ref_key, paths,
+                                                      {r: ckpts[r].family is not None for r in refs}, where, notes)
     reference = comps[ref_key]
     for r in refs:
         if r != ref_key:
@@ -417,8 +418,9 @@ def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[Task], P
     from ..adapters.preprocess import image_processor_config
 
     comp = cp.component
-    if cp.reference.format == CAUSAL_LM_FORMAT and cp.name == "language":
-        cfg = copy.deepcopy(cp.reference.source_config.get("config.json") or hf_config_dict(comp))
+    own = cp.reference.source_config.get("config.json") if cp.reference.family is None else None
+    if cp.name == "language" and own and own.get("model_type") == comp.config.get("model_type"):
+        cfg = copy.deepcopy(own)  # a causal LM's own config.json, as it was
     else:
         cfg = hf_config_dict(comp)
     if cp.name == "language" and "vocab_size" in comp.config:
@@ -445,35 +447,47 @@ def _untie_config(cfg: dict) -> None:
             c["tie_word_embeddings"] = False
 
 
-def _llava_output(components: dict[str, ComponentPlan], opener: _Opener) -> tuple[dict, list[Task], Path]:
-    from ..adapters.hf_llava import llava_tensors
+def family_reference(components: dict[str, ComponentPlan], opener: _Opener, fmt: str) -> Checkpoint:
+    """The multimodal checkpoint whose config, layout and processor the output takes: the first input of the
+    family `fmt` names, or, for `family`, the first input that holds all three components (the projector's
+    source first, then the language model's, then the vision tower's, then any other input)."""
+    order = [components["projector"].reference, components["language"].reference, components["vision"].reference]
+    order += list(opener.cache.values())
+    wanted = (lambda ck: ck.family is not None) if fmt == "family" else (lambda ck: ck.family is FAMILIES[fmt])
+    found = next((ck for ck in order if wanted(ck)), None)
+    if found is None:
+        what = "multimodal checkpoint" if fmt == "family" else f"{fmt} checkpoint"
+        hint = "; build a new LLaVA with `mmmerge stitch`" if fmt in ("family", "llava") else ""
+        raise RecipeError(f"output format {fmt}: no {what} among the inputs to take its config and processor "
+                          f"from{hint}")
+    return found
 
-    # The LLaVA config, layout and processor come from a LLaVA checkpoint among the inputs.
-    order = [components["projector"], components["language"], components["vision"]]
-    llava = next((c.reference for c in order if c.reference.format == LLAVA_FORMAT), None)
-    if llava is None:
-        llava = next((ck for ck in opener.cache.values() if ck.format == LLAVA_FORMAT), None)
-    if llava is None:
-        raise RecipeError("output format llava: no LLaVA checkpoint among the inputs to take its config and "
-                          "processor from; build a new LLaVA with `mmmerge stitch`")
+
+def _family_output(components: dict[str, ComponentPlan], opener: _Opener, fmt: str) -> tuple[dict, list[Task], Path, str]:
+    from ..adapters.hf_multimodal import family_tensors
+
+    ref = family_reference(components, opener, fmt)
     for cname, cp in components.items():
-        own = llava.components[cname]
+        own = ref.components[cname]
         if cname == "language" and "lm_head.weight" in cp.tasks:
-            own = untie(own)  # an untied output of a tied LLaVA: the config is changed below
-        _same_layout(f"the LLaVA config of {llava.path}", own, f"the {cp.how} output", cp.component, cname)
-    src = llava.source_config
-    cfg = copy.deepcopy(src["config.json"])
+            own = untie(own)  # an untied output of a tied model: the config is changed below
+        _same_layout(f"the {ref.family.model_type} config of {ref.path}", own, f"the {cp.how} output",
+                     cp.component, cname)
+    cfg = copy.deepcopy(ref.source_config["config.json"])
     if "lm_head.weight" in components["language"].tasks:
         _untie_config(cfg)
     comps = {n: Component(n, c.component.arch, c.component.config, dict(c.tasks), extra=c.component.extra)
              for n, c in components.items()}
-    named = llava_tensors(comps, src["layout"], src["vision_prefix"], src["language_base"])
     tasks = []
-    for out_name, task in named.items():
+    for out_name, task in family_tensors(ref.family, comps, ref.source_config["layout"]).items():
         task = copy.copy(task)
         task.name = out_name
         tasks.append(task)
-    return cfg, tasks, llava.path
+    dtype = _uniform_dtype(tasks)
+    for out_name, tensor in ref.rest.items():  # outside every component: kept as the reference holds it
+        out_dtype = dtype if dtype is not None and tensor.dtype.is_floating_point else tensor.dtype
+        tasks.append(Task(out_name, tuple(tensor.shape), out_dtype, [tensor]))
+    return cfg, tasks, ref.path, ref.family.model_type
 
 
 def build_plan(recipe: Recipe, *, seed: int | None = None) -> Plan:
@@ -495,7 +509,7 @@ def build_plan(recipe: Recipe, *, seed: int | None = None) -> Plan:
                 components[cname] = plan_copy(reference, opener.path(ref), cname, dtype=dtype_of(section.dtype),
                                               out_dtype=dtype_of(section.out_dtype))
                 notes.append(f"{cname}: copied from {opener.path(ref)} (not every model has one)")
-        fmt = "llava" if set(components) == set(COMPONENTS) else "hf"
+        fmt = "family" if set(components) == set(COMPONENTS) else "hf"
         if fmt == "hf" and len(components) != 1:
             raise RecipeError(f"the models give components {', '.join(components)}; name each in a `components:` recipe")
     else:
@@ -513,18 +527,21 @@ def build_plan(recipe: Recipe, *, seed: int | None = None) -> Plan:
         fmt = mm.output.format
 
     preprocessor = None
+    kept_from = None
     if fmt == "hf":
         (cp,) = components.values()
         config, tasks, side, preprocessor = _hf_output(cp, notes)
     else:
-        config, tasks, side = _llava_output(components, opener)
+        config, tasks, side, fmt = _family_output(components, opener, fmt)
+        kept_from = side
     _set_dtype(config, _uniform_dtype(tasks))
     for ck in opener.cache.values():
         by_reason: dict[str, list[str]] = {}
         for prefix, why in ck.ignored.items():
             by_reason.setdefault(why, []).append(f"{prefix}*")
         if by_reason:
-            notes.append(f"{ck.path}: not used (outside its components): "
+            how = "copied to the output as they are" if ck.path == kept_from else "not used"
+            notes.append(f"{ck.path}: outside its components, {how}: "
                          + "; ".join(f"{', '.join(p)} ({why})" for why, p in by_reason.items()))
     return Plan(recipe, components, fmt, config, side, tasks, notes, preprocessor,
                 [part for key in opener.cache for part in opener.loras.get(key, (key,))])

@@ -23,6 +23,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..adapters.families import FAMILIES
 from ..checkpoint import COMPONENTS
 from ..errors import RecipeError
 
@@ -145,8 +146,18 @@ class SourceSection(BaseModel):
 
 
 class OutputSpec(BaseModel):
+    """`hf`: one component as its own transformers folder; a family's model_type (`llava`, `qwen2_5_vl`, ...):
+    one checkpoint of that family; `family`: the family of the first input that holds all three components."""
+
     model_config = ConfigDict(extra="forbid")
-    format: Literal["llava", "hf"] = "hf"
+    format: str = "hf"
+
+    @field_validator("format")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in ("hf", "family") and v not in FAMILIES:
+            raise ValueError(f"unknown output format {v!r} (hf, family, or a family: {', '.join(FAMILIES)})")
+        return v
 
 
 class MultimodalRecipe(BaseModel):
@@ -162,11 +173,13 @@ class MultimodalRecipe(BaseModel):
     def _formats(self):
         if not self.components:
             raise ValueError("`components` is empty")
-        if self.output.format == "llava" and set(self.components) != set(COMPONENTS):
+        if self.output.format != "hf" and set(self.components) != set(COMPONENTS):
             missing = [c for c in COMPONENTS if c not in self.components]
-            raise ValueError(f"output format llava needs all three components; missing: {', '.join(missing)}")
+            raise ValueError(f"output format {self.output.format} needs all three components; "
+                             f"missing: {', '.join(missing)}")
         if self.output.format == "hf" and len(self.components) != 1:
-            raise ValueError("output format hf holds one component; use format: llava for vision+projector+language")
+            raise ValueError("output format hf holds one component; use format: family (or a family such as "
+                             "llava) for vision+projector+language")
         return self
 
 

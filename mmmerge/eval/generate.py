@@ -24,8 +24,13 @@ class ModelLoadError(MMMergeError):
     """The model folder is not a transformers image-text-to-text checkpoint with its processor."""
 
 
+class ProcessorError(MMMergeError):
+    """The model's processor cannot encode the prompts with their images (an image placeholder too many or
+    missing, an image its image processor rejects)."""
+
+
 def load_model(path, device: str, progress: bool = True):
-    """A LLaVA-style checkpoint and its processor, from a local folder only, in float32 on `device`."""
+    """An image-text-to-text checkpoint and its processor, from a local folder only, in float32 on `device`."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from ..adapters.hf_common import transformers_bars
@@ -37,8 +42,10 @@ def load_model(path, device: str, progress: bool = True):
         with transformers_bars(progress):
             processor = AutoProcessor.from_pretrained(path, local_files_only=True)
             model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelLoadError(f"{path}: cannot load a LLaVA-style model with its processor ({first_line(e)})") from e
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as e:
+        # ImportError: a processor's optional dependency (SmolVLM's needs num2words).
+        raise ModelLoadError(f"{path}: cannot load an image-text-to-text model with its processor "
+                             f"({first_line(e)})") from e
     if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
         raise ModelLoadError(f"{path}: the processor has no tokenizer or image processor")
     processor.tokenizer.padding_side = "left"
@@ -47,12 +54,57 @@ def load_model(path, device: str, progress: bool = True):
     return model.to(device).eval(), processor
 
 
+def _probe_image() -> Image.Image:
+    return Image.new("RGB", (64, 64), (127, 127, 127))
+
+
+def _places_image_itself(processor) -> bool:
+    """Whether the processor puts the image placeholders into a prompt that has none (PaliGemma's does: its
+    prompts are `<image>...<bos>prefix\n`), asked once by encoding a prompt without a placeholder."""
+    cached = getattr(processor, "_mmmerge_places_image", None)
+    if cached is None:
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the probe's own warning about the missing placeholder
+        try:
+            processor(images=[[_probe_image()]], text=["probe"], add_special_tokens=False)
+            cached = True
+        except Exception:  # noqa: BLE001  (any refusal means: the prompt must carry the placeholder)
+            cached = False
+        finally:
+            hf_logging.set_verbosity(level)
+        try:
+            processor._mmmerge_places_image = cached
+        except AttributeError:
+            pass
+    return cached
+
+
 def build_prompt(processor, text: str) -> str:
-    """The processor's chat template with one image and the text; LLaVA-1.5's format when it has none."""
+    """The processor's chat template with one image and the text. Without a template: the image placeholder
+    and the text where the processor completes the prompt itself (PaliGemma), else LLaVA-1.5's format."""
     if getattr(processor, "chat_template", None):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
         return processor.apply_chat_template(messages, add_generation_prompt=True)
-    return f"USER: {getattr(processor, 'image_token', '<image>')}\n{text} ASSISTANT:"
+    image_token = getattr(processor, "image_token", None) or "<image>"
+    if _places_image_itself(processor):
+        return f"{image_token}{text}"
+    return f"USER: {image_token}\n{text} ASSISTANT:"
+
+
+def adds_special_tokens(tokenizer, prompts: list[str]) -> bool:
+    """`add_special_tokens` for encoding `prompts`: False where the chat template already wrote the BOS (Gemma,
+    Llama 3, Idefics3, SmolVLM templates do), True otherwise (templates without it, LLaVA-1.5's format), so a
+    prompt holds the BOS once either way. One rule for the prompt lengths and for the model's inputs."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and all(p.startswith(bos) for p in prompts))
+
+
+def prompt_lengths(processor, prompts: list[str]) -> list[int]:
+    """Token counts of the prompts before the image placeholders are expanded (to sort by length)."""
+    tok = processor.tokenizer
+    return [len(ids) for ids in tok(prompts, add_special_tokens=adds_special_tokens(tok, prompts))["input_ids"]]
 
 
 @contextmanager
@@ -67,13 +119,15 @@ def exact_float32():
 
 
 class Generator:
-    """`gen(prompts, images) -> texts`: greedy answers for one batch."""
+    """`gen(prompts, images) -> texts`: greedy answers for one batch. `images[i]` is prompt i's image (or a
+    list of its images). `name` (the model folder) starts the message of a ProcessorError."""
 
-    def __init__(self, model, processor, max_new_tokens: int = 16, tie_tol: float = 1e-3):
+    def __init__(self, model, processor, max_new_tokens: int = 16, tie_tol: float = 1e-3, name=None):
         from transformers import GenerationConfig
 
         tok = processor.tokenizer
         self.model, self.processor, self.tie_tol = model, processor, tie_tol
+        self.name = str(name if name is not None else getattr(model, "name_or_path", "") or type(model).__name__)
         eos = model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos if eos is not None else tok.eos_token_id])
         self.config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
@@ -81,11 +135,50 @@ class Generator:
                                        bos_token_id=model.generation_config.bos_token_id, output_scores=True,
                                        return_dict_in_generate=True)
         self.reruns = 0  # rows generated again alone (near ties)
+        self.per_prompt_images = None  # the processor takes one list of images per prompt; found on first use
+
+    def _layout(self, images: list[list[Image.Image]], per_prompt: bool):
+        return images if per_prompt else [im for ims in images for im in ims]
+
+    def _call_processor(self, prompts, images, per_prompt: bool):
+        return self.processor(images=self._layout(images, per_prompt), text=prompts, return_tensors="pt",
+                              padding=True, add_special_tokens=adds_special_tokens(self.processor.tokenizer, prompts))
+
+    def _find_layout(self, prompt: str, images: list[Image.Image]) -> bool:
+        """Whether the processor takes images as one list per prompt (Gemma 3, Idefics3/SmolVLM, mllama need it;
+        most others take it too) or only as one flat list: asked once with a batch of two."""
+        try:
+            self._call_processor([prompt, prompt], [images, images], True)
+            return True
+        except Exception as nested:  # noqa: BLE001
+            try:
+                self._call_processor([prompt, prompt], [images, images], False)
+                return False
+            except Exception:  # noqa: BLE001
+                raise self._error(nested) from nested
+
+    def _error(self, e: BaseException) -> ProcessorError:
+        return ProcessorError(f"{self.name}: the processor cannot encode the prompts with their images "
+                              f"({type(e).__name__}: {first_line(e)})")
+
+    def encode(self, prompts: list[str], images) -> dict:
+        """The processor's inputs for a batch: the chat template tokenized once (one BOS), images per prompt."""
+        images = [list(im) if isinstance(im, (list, tuple)) else [im] for im in images]
+        if len(images) != len(prompts):
+            raise ProcessorError(f"{self.name}: {len(prompts)} prompts but {len(images)} image lists")
+        if self.per_prompt_images is None:
+            self.per_prompt_images = self._find_layout(prompts[0], images[0])
+        try:
+            enc = self._call_processor(prompts, images, self.per_prompt_images)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            raise self._error(e) from e
+        enc.pop("labels", None)  # PaliGemma's processor returns training labels
+        return enc
 
     @torch.inference_mode()
-    def _run(self, prompts: list[str], images: list[Image.Image]) -> tuple[list[str], list[int]]:
+    def _run(self, prompts: list[str], images) -> tuple[list[str], list[int]]:
         device = self.model.device
-        enc = self.processor(images=images, text=prompts, return_tensors="pt", padding=True).to(device)
+        enc = self.encode(prompts, images).to(device)
         if "pixel_values" in enc:
             enc["pixel_values"] = enc["pixel_values"].to(torch.float32)
         out = self.model.generate(**enc, generation_config=self.config)
@@ -103,11 +196,11 @@ class Generator:
                     break
         return [t.strip() for t in texts], ties
 
-    def __call__(self, prompts: list[str], images: list[Image.Image]) -> list[str]:
+    def __call__(self, prompts: list[str], images) -> list[str]:
         with exact_float32():
             texts, ties = self._run(prompts, images)
             if len(prompts) > 1:
                 for i in ties:
-                    texts[i] = self._run([prompts[i]], [images[i]])[0][0]
+                    texts[i] = self._run([prompts[i]], [images[i]])[0][0]  # prompt i with its own image(s)
                     self.reruns += 1
         return texts

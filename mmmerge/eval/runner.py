@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import distributed as D
-from .generate import Generator, build_prompt, load_model
+from .generate import Generator, build_prompt, load_model, prompt_lengths
 from .tasks import EvalDataError, Task, get_task, read_task
 
 
@@ -51,9 +51,10 @@ def _fill(template: str, question: str) -> str:
 
 def evaluate(model, task, *, questions=None, annotations=None, images=None, data=None, out, batch_size=8,
              limit=None, device=None, max_new_tokens=16, prompt=None, progress=True) -> dict:
-    """Evaluate a LLaVA-style checkpoint folder `model` on `task` ("vqav2", "textvqa", "gqa", "pope",
-    "scienceqa", "jsonl"); write OUT/predictions.json, metrics.json, samples.jsonl (and run.json, for
-    eval-compare) and return the metrics. `data` is another name for the task's main file (`questions`).
+    """Evaluate an image-text-to-text checkpoint folder `model` (LLaVA, LLaVA-NeXT, Qwen2-VL, Gemma 3, PaliGemma,
+    Idefics3/SmolVLM, mllama, ...: each through its own processor and chat template) on `task` ("vqav2",
+    "textvqa", "gqa", "pope", "scienceqa", "jsonl"); write OUT/predictions.json, metrics.json, samples.jsonl
+    (and run.json, for eval-compare) and return the metrics. `data` is another name for the task's main file (`questions`).
     `prompt` replaces the task's template; it must contain "{question}". Under torchrun the questions are
     sharded over the ranks and rank 0 writes the files; every rank returns the metrics."""
     t = get_task(task) if isinstance(task, str) else task
@@ -79,9 +80,10 @@ def evaluate(model, task, *, questions=None, annotations=None, images=None, data
         prompts = [build_prompt(processor, _fill(template, s.question)) for s in samples]
         # Longest first, so a batch holds prompts of similar length (little padding); ranks take every
         # world-th one, so their shares are alike.
-        lengths = [len(ids) for ids in processor.tokenizer(prompts)["input_ids"]]
+        # (Counted as the prompts are encoded: a BOS the chat template wrote is not added again.)
+        lengths = prompt_lengths(processor, prompts)
         order = sorted(range(len(samples)), key=lambda i: -lengths[i])[ranks.rank::ranks.world]
-        gen = Generator(model_obj, processor, max_new_tokens=max_new_tokens)
+        gen = Generator(model_obj, processor, max_new_tokens=max_new_tokens, name=model)
         raw = {}
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         for batch in tqdm(batches, desc=f"eval {t.name}", unit="batch", disable=not progress or not ranks.main):

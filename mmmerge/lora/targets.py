@@ -1,51 +1,33 @@
 """Where a peft module name lives in our components.
 
 peft names modules as the model it wrapped names them. For a causal LM or a vision tower that is our
-canonical name already (older CLIP saves add `vision_model.`). A LLaVA wrapped by peft uses the in-memory
-names of the transformers version it was trained with: `model.language_model.*` / `lm_head` /
-`model.vision_tower.*` / `model.multi_modal_projector.*` today, `language_model.model.*` /
-`language_model.lm_head` / `vision_tower.vision_model.*` / `multi_modal_projector.*` before. Each rule
-below rewrites a prefix; a module is found when the rewritten name's `.weight` is a tensor of the component.
+canonical name already (older CLIP saves add `vision_model.`). A multimodal model wrapped by peft uses the
+in-memory names of the transformers version it was trained with: today's (`model.language_model.*`,
+`lm_head`, `model.vision_tower.*`, `model.visual.*`, ...) or, before transformers 5, the names its files
+hold (`language_model.model.*`, `vision_tower.vision_model.*`, `visual.*`, ...). The family table knows
+both: a name is renamed from each of the family's layouts to the in-memory name, which the table splits into
+(component, canonical name); a module is found when that `.weight` is a tensor of the component.
 """
 
 from __future__ import annotations
 
-from ..adapters.hf_llava import FORMAT as LLAVA_FORMAT
-from ..adapters.hf_llava import language_key_to_llava
+from ..adapters.families import join_name, rename, split_name
 from ..checkpoint import Checkpoint
-
-
-def rules(ckpt: Checkpoint) -> list[tuple[str, str, str]]:
-    """(peft name prefix, component, canonical prefix), most specific first."""
-    if ckpt.format == LLAVA_FORMAT:
-        base = ckpt.source_config.get("language_base", "model")
-        return [
-            ("model.language_model.", "language", f"{base}."),
-            ("language_model.model.", "language", f"{base}."),
-            ("language_model.lm_head.", "language", "lm_head."),
-            ("lm_head.", "language", "lm_head."),
-            ("language_model.", "language", ""),
-            ("model.vision_tower.vision_model.", "vision", ""),
-            ("model.vision_tower.", "vision", ""),
-            ("vision_tower.vision_model.", "vision", ""),
-            ("vision_tower.", "vision", ""),
-            ("model.multi_modal_projector.", "projector", ""),
-            ("multi_modal_projector.", "projector", ""),
-        ]
-    out = []
-    for cname in ckpt.components:
-        out += [("", cname, ""), ("vision_model.", cname, "")]
-    return out
 
 
 def locate(ckpt: Checkpoint, name: str, suffix: str = ".weight") -> tuple[str, str] | None:
     """(component, canonical tensor name) of peft parameter `name + suffix`, or None when the base lacks it."""
-    for prefix, cname, canonical in rules(ckpt):
-        if not name.startswith(prefix) or cname not in ckpt.components:
-            continue
-        tensor = canonical + name[len(prefix):] + suffix
-        if tensor in ckpt.components[cname].tensors:
-            return cname, tensor
+    family = ckpt.family
+    if family is None:
+        for cname in ckpt.components:
+            for prefix in ("", "vision_model."):
+                if name.startswith(prefix) and name[len(prefix):] + suffix in ckpt.components[cname].tensors:
+                    return cname, name[len(prefix):] + suffix
+        return None
+    for layout in ((), *family.layouts.values()):
+        where = split_name(family, rename(name + suffix, layout, to_memory=True))
+        if where is not None and where[0] in ckpt.components and where[1] in ckpt.components[where[0]].tensors:
+            return where
     return None
 
 
@@ -58,16 +40,13 @@ def locate_tensor(ckpt: Checkpoint, name: str) -> tuple[str, str] | None:
 def peft_name(ckpt: Checkpoint, cname: str, module: str) -> str:
     """The name peft gives the module `module` of component `cname` when it wraps the model at ckpt.path
     (the inverse of `locate`, for the in-memory names of the installed transformers)."""
-    if ckpt.format != LLAVA_FORMAT:
+    if ckpt.family is None:
         return module
-    if cname == "language":
-        return language_key_to_llava(module, "current", ckpt.source_config.get("language_base", "model"))
-    return component_prefix(ckpt, cname) + module
+    return join_name(ckpt.family, cname, module + ".weight").removesuffix(".weight")
 
 
 def component_prefix(ckpt: Checkpoint, cname: str) -> str:
-    """The peft-name prefix all of a component's modules share ('' when the component is the whole model)."""
-    if ckpt.format != LLAVA_FORMAT:
+    """The peft-name prefix of the component's main part ('' when the component is the whole model)."""
+    if ckpt.family is None:
         return ""
-    return {"language": "model.language_model.", "vision": "model.vision_tower.",
-            "projector": "model.multi_modal_projector."}[cname]
+    return next(prefix for c, prefix, _ in ckpt.family.parts if c == cname)

@@ -84,9 +84,9 @@ def load_projector(path: Path) -> ProjectorSource:
     if not path.exists():
         raise UnreadableFileError(f"{path}: no such file or folder")
     if path.is_dir():
-        from ..adapters import hf_llava
+        from ..adapters import hf_multimodal
 
-        if hf_llava.detect(path):
+        if hf_multimodal.detect(path):
             return _from_llava(path)
         for name in (FILE_NAME, *ORIGINAL_NAMES):
             if (path / name).is_file():
