@@ -65,13 +65,14 @@ QWEN_VISUAL = (("projector", "model.visual.merger.", "merger."), ("vision", "mod
 QWEN_SAVED = (("visual.", "model.visual."), ("model.", "model.language_model."), ("lm_head.", "lm_head."))
 
 QWEN_TOWER = "takes flattened patches with their grid sizes, not images"
-IMAGE_NEWLINE = {"model.image_newline": "the separator embedding between rows of image tiles, used by the "
-                                        "family's own class"}
+# LLaVA-NeXT / OneVision's learned separator between rows of image tiles is trained with the projector (stage 1)
+# and merged with it.
+WRAPPED_NEWLINE = (("projector", "model.image_newline", "image_newline"), *WRAPPED)
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in [
     Family("llava", "LlavaForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
-    Family("llava_next", "LlavaNextForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS, IMAGE_NEWLINE),
-    Family("llava_onevision", "LlavaOnevisionForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS, IMAGE_NEWLINE),
+    Family("llava_next", "LlavaNextForConditionalGeneration", WRAPPED_NEWLINE, WRAPPED_LAYOUTS),
+    Family("llava_onevision", "LlavaOnevisionForConditionalGeneration", WRAPPED_NEWLINE, WRAPPED_LAYOUTS),
     Family("qwen2_vl", "Qwen2VLForConditionalGeneration", QWEN_VISUAL, {"saved": QWEN_SAVED},
            vision_arch="Qwen2VisionTransformerPretrainedModel", vision_module="qwen2_vl", language_type="qwen2",
            not_in_llava=QWEN_TOWER),

@@ -505,10 +505,13 @@ def build_plan(recipe: Recipe, *, seed: int | None = None) -> Plan:
         for cname in COMPONENTS:
             if cname in common:
                 components[cname] = plan_merge_section(section, cname, opener, seed=seed, notes=notes)
-            elif cname in reference.components:
-                components[cname] = plan_copy(reference, opener.path(ref), cname, dtype=dtype_of(section.dtype),
-                                              out_dtype=dtype_of(section.out_dtype))
-                notes.append(f"{cname}: copied from {opener.path(ref)} (not every model has one)")
+            else:  # from the base model, or else the first input that holds it (a VLM beside text-only LLMs)
+                holder = next((r for r in [ref, *section.input_models()] if cname in opener(r).components), None)
+                if holder is None:
+                    continue
+                components[cname] = plan_copy(opener(holder), opener.path(holder), cname,
+                                              dtype=dtype_of(section.dtype), out_dtype=dtype_of(section.out_dtype))
+                notes.append(f"{cname}: copied from {opener.path(holder)} (not every model has one)")
         fmt = "family" if set(components) == set(COMPONENTS) else "hf"
         if fmt == "hf" and len(components) != 1:
             raise RecipeError(f"the models give components {', '.join(components)}; name each in a `components:` recipe")

@@ -108,8 +108,8 @@ class MergeSection(BaseModel):
 
     @model_validator(mode="after")
     def _supported(self):
-        if self.slices is not None or self.modules is not None:
-            raise ValueError("`slices` and `modules` (layer surgery) are not supported; list whole `models`")
+        if self.slices is not None:
+            raise ValueError("`slices` (layer surgery) are not supported; list whole `models`")
         if self.tokenizer is not None or self.tokenizer_source not in (None, "base"):
             raise ValueError("only the base model's tokenizer is supported (tokenizer_source: base); "
                              "merging vocabularies is not")
@@ -218,10 +218,50 @@ def _one_line(e: ValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
+# mergekit's module names (its multimodal architecture definitions) -> mmmerge's components
+MERGEKIT_MODULES = {"text_decoder": "language", "language_model": "language", "vision_tower": "vision",
+                    "vision_model": "vision", "multi_modal_projector": "projector"}
+SHARED_KEYS = ("merge_method", "base_model", "dtype", "out_dtype", "tokenizer_source", "tokenizer", "chat_template")
+
+
+def from_mergekit_modules(data: dict, where: str) -> dict:
+    """mergekit's multimodal form (`modules:` with one section per module) as a `components:` recipe: each
+    module's section takes the top-level keys, its parameters over the global ones as mergekit resolves them;
+    a component no module names is copied from the base model; the output is the base model's family."""
+    modules = data.get("modules")
+    if not isinstance(modules, dict) or not modules:
+        raise RecipeError(f"{where}: modules: expected a mapping of module name to section")
+    if data.get("models") is not None or data.get("slices") is not None:
+        raise RecipeError(f"{where}: give one of `models`, `slices` or `modules`")
+    components = {}
+    for name, section in modules.items():
+        if name not in MERGEKIT_MODULES:
+            raise RecipeError(f"{where}: modules.{name}: unknown module (known: {', '.join(MERGEKIT_MODULES)})")
+        if not isinstance(section, dict):
+            raise RecipeError(f"{where}: modules.{name}: expected a section with `models`")
+        merged = {k: data[k] for k in SHARED_KEYS if k in data}
+        merged.update({k: v for k, v in section.items() if k != "parameters"})
+        if data.get("parameters") is not None or section.get("parameters") is not None:
+            merged["parameters"] = {**(data.get("parameters") or {}), **(section.get("parameters") or {})}
+        components[MERGEKIT_MODULES[name]] = merged
+    unknown = sorted(set(data) - {"modules", "parameters", "models", "slices", *SHARED_KEYS})
+    if unknown:
+        raise RecipeError(f"{where}: {unknown[0]}: unknown key")
+    base = data.get("base_model")
+    for cname in COMPONENTS:
+        if cname not in components:
+            if base is None:
+                raise RecipeError(f"{where}: modules: no section for the {cname} and no base_model to copy it from")
+            components[cname] = {"source": base}
+    return {"components": components, "output": {"format": "family"}}
+
+
 def parse_recipe(data: Any, text: str = "", folder: Path | None = None, where: str = "recipe") -> Recipe:
     """Validate a recipe given as a dict (already loaded from YAML)."""
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a mapping of keys (merge_method, models, ... or components)")
+    if "modules" in data:
+        data = from_mergekit_modules(data, where)
     try:
         if "components" in data:
             return Recipe(multimodal=MultimodalRecipe.model_validate(data), text=text, folder=folder)

@@ -181,7 +181,11 @@ class Generator:
         enc = self.encode(prompts, images).to(device)
         if "pixel_values" in enc:
             enc["pixel_values"] = enc["pixel_values"].to(torch.float32)
-        out = self.model.generate(**enc, generation_config=self.config)
+        try:
+            out = self.model.generate(**enc, generation_config=self.config)
+        except ValueError as e:  # e.g. "Image features and image tokens do not match": processor and model disagree
+            raise ProcessorError(f"{self.name}: the model rejects the inputs its processor made "
+                                 f"({type(e).__name__}: {first_line(e)})") from e
         new = out.sequences[:, enc["input_ids"].shape[1]:].cpu()
         texts = self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)
         ties = []

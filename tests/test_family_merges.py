@@ -1,0 +1,125 @@
+"""Merges of every multimodal family, written in the family's own format, checked against the formula, the
+transformers loader and (on the families mergekit 0.1.5 defines) mergekit itself."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tiny_families as F
+from mmmerge import merge
+from mmmerge.adapters import open_checkpoint
+from mmmerge.adapters.families import FAMILIES
+from mmmerge.adapters.hf_export import build_config, model_class
+from mmmerge.errors import MMMergeError
+
+ALL = sorted(F.CONFIGS)
+# VLMs whose language model people merge with a text-only LLM of the same base (mergekit #618, #576, ...)
+WITH_TEXT_ONLY = ["qwen2_5_vl", "mistral3", "gemma3", "llava_onevision", "llava_next", "qwen3_vl"]
+TEXT_VOCAB = 150  # the text-only LLM lacks the VLM's image-token rows
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """(model_type, seed) -> a saved tiny model folder with a chat template beside it."""
+    made = {}
+
+    def get(model_type, seed):
+        if (model_type, seed) not in made:
+            path = tmp_path_factory.mktemp(f"{model_type}-{seed}")
+            F.save_tiny(model_type, path, seed=seed)
+            (path / "chat_template.jinja").write_text(f"{{{{ messages }}}} {model_type}")
+            made[model_type, seed] = path
+        return made[model_type, seed]
+
+    return get
+
+
+def text_only(vlm, out, seed=7):
+    """A text-only causal LM of the VLM's language architecture with its own weights and a smaller vocabulary."""
+    lang = open_checkpoint(vlm).component("language")
+    lang.config["vocab_size"] = TEXT_VOCAB
+    torch.manual_seed(seed)
+    model = model_class(lang.arch)._from_config(build_config(lang))
+    model.save_pretrained(out)
+    return out
+
+
+def loads_strictly(model_type, folder):
+    model, info = model_class(FAMILIES[model_type].cls).from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("model_type", ALL)
+def test_whole_checkpoints_merge_in_their_family(model_type, folders, tmp_path):
+    a, b = folders(model_type, 0), folders(model_type, 1)
+    out = merge({"merge_method": "linear", "models": [{"model": str(a), "parameters": {"weight": 0.3}},
+                                                      {"model": str(b), "parameters": {"weight": 0.7}}]},
+                tmp_path / "out", quiet=True)
+    assert json.loads((out / "config.json").read_text())["model_type"] == model_type
+    assert (out / "chat_template.jinja").read_text().endswith(model_type)  # side files travel
+    assert (out / "generation_config.json").is_file()
+    got = loads_strictly(model_type, out)
+    sa, sb = (loads_strictly(model_type, p) for p in (a, b))
+    assert set(got) == set(sa)
+    for k, v in got.items():
+        torch.testing.assert_close(v, 0.3 * sa[k] + 0.7 * sb[k], rtol=0, atol=1e-6, msg=k)
+    # the file layout is the one transformers saves, and every file tensor is written
+    assert set(load_file(out / "model.safetensors")) == set(load_file(a / "model.safetensors"))
+
+
+@pytest.mark.parametrize("model_type", WITH_TEXT_ONLY)
+@pytest.mark.parametrize("vlm_first", [True, False])
+def test_vlm_language_merges_with_a_text_only_llm(model_type, vlm_first, folders, tmp_path):
+    vlm = folders(model_type, 0)
+    llm = text_only(vlm, tmp_path / "llm")
+    entries = [{"model": str(vlm), "parameters": {"weight": 0.5}}, {"model": str(llm), "parameters": {"weight": 0.5}}]
+    out = merge({"merge_method": "linear", "models": entries if vlm_first else entries[::-1]}, tmp_path / "out",
+                quiet=True)
+    got, want = loads_strictly(model_type, out), loads_strictly(model_type, vlm)
+    text = {k: v for k, v in open_checkpoint(llm).component("language").tensors.items()}
+    merged_lang = open_checkpoint(out).component("language").tensors
+    vlm_lang = open_checkpoint(vlm).component("language").tensors
+    assert merged_lang.keys() == vlm_lang.keys()
+    for name, t in merged_lang.items():
+        mine, theirs = vlm_lang[name].load(), (text[name] if name in text else text["model.embed_tokens.weight"]).load()
+        rows = min(mine.shape[0], theirs.shape[0])
+        expect = mine.clone()
+        expect[:rows] = 0.5 * mine[:rows] + 0.5 * theirs[:rows]  # shared rows merged, image-token rows kept
+        torch.testing.assert_close(t.load(), expect, rtol=0, atol=1e-6, msg=name)
+        assert mine.shape[0] == theirs.shape[0] or mine.shape[0] == F.TEXT["vocab_size"]
+    vision_and_projector = {k for k in want if ".language_model." not in k and not k.startswith("lm_head")}
+    assert vision_and_projector and all(torch.equal(got[k], want[k]) for k in vision_and_projector)
+
+
+def test_components_recipe_names_the_output_family(folders, tmp_path):
+    a, b = folders("qwen2_5_vl", 0), folders("qwen2_5_vl", 1)
+    recipe = {"components": {"vision": {"source": str(b)}, "projector": {"source": str(b)},
+                             "language": {"merge_method": "linear", "parameters": {"weight": 1.0},
+                                          "models": [{"model": str(a)}, {"model": str(b)}]}},
+              "output": {"format": "qwen2_5_vl"}}
+    out = merge(recipe, tmp_path / "out", quiet=True)
+    got, sa, sb = loads_strictly("qwen2_5_vl", out), loads_strictly("qwen2_5_vl", a), loads_strictly("qwen2_5_vl", b)
+    for k, v in got.items():
+        want = (sa[k] + sb[k]) / 2 if ".language_model." in k or k.startswith("lm_head") else sb[k]
+        torch.testing.assert_close(v, want, rtol=0, atol=1e-6, msg=k)
+    with pytest.raises(MMMergeError, match="output format gemma3: no gemma3 checkpoint among the inputs"):
+        merge({**recipe, "output": {"format": "gemma3"}}, tmp_path / "other", quiet=True)
+    with pytest.raises(MMMergeError, match="unknown output format"):
+        merge({**recipe, "output": {"format": "qwen9"}}, tmp_path / "other", quiet=True)
+
+
+def test_mergekit_modules_section_is_a_components_recipe(folders, tmp_path):
+    """mergekit's own multimodal form: one section per module; modules not named are copied from the base."""
+    a, b = folders("gemma3", 0), folders("gemma3", 1)
+    recipe = {"merge_method": "linear", "base_model": str(a), "parameters": {"weight": 0.5},
+              "modules": {"text_decoder": {"models": [{"model": str(a)}, {"model": str(b), "parameters": {"weight": 1.5}}]}}}
+    out = merge(recipe, tmp_path / "out", quiet=True)
+    got, sa, sb = loads_strictly("gemma3", out), loads_strictly("gemma3", a), loads_strictly("gemma3", b)
+    for k, v in got.items():
+        want = (0.5 * sa[k] + 1.5 * sb[k]) / 2 if ".language_model." in k or k.startswith("lm_head") else sa[k]
+        torch.testing.assert_close(v, want, rtol=0, atol=1e-6, msg=k)
+    with pytest.raises(MMMergeError, match="modules.audio_tower: unknown module"):
+        merge({**recipe, "modules": {"audio_tower": {"models": [{"model": str(a)}]}}}, tmp_path / "x", quiet=True)
