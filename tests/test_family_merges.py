@@ -123,3 +123,46 @@ def test_mergekit_modules_section_is_a_components_recipe(folders, tmp_path):
         torch.testing.assert_close(v, want, rtol=0, atol=1e-6, msg=k)
     with pytest.raises(MMMergeError, match="modules.audio_tower: unknown module"):
         merge({**recipe, "modules": {"audio_tower": {"models": [{"model": str(a)}]}}}, tmp_path / "x", quiet=True)
+
+
+def hub_folder(model_type, seed, path):
+    """A tiny model written in the layout its published checkpoints use (mergekit's definitions expect it)."""
+    from mmmerge.adapters.hf_multimodal import family_tensors
+    from mmmerge.io.writer import write_safetensors
+
+    F.save_tiny(model_type, path.with_name(path.name + "-saved"), seed=seed)
+    ckpt = open_checkpoint(path.with_name(path.name + "-saved"))
+    path.mkdir()
+    (path / "config.json").write_text((ckpt.path / "config.json").read_text())
+    write_safetensors(path, family_tensors(ckpt.family, ckpt.components, "hub" if "hub" in ckpt.family.layouts else "saved"))
+    return path
+
+
+# the families mergekit 0.1.5 defines and runs on these tiny models (its qwen2_vl definition rejects the config,
+# its qwen3_vl one expects three deepstack mergers)
+MERGEKIT_FAMILIES = ["gemma3", "mistral3", "qwen2_5_vl"]
+
+
+@pytest.mark.parametrize("model_type", MERGEKIT_FAMILIES)
+@pytest.mark.parametrize("method", ["linear", "ties"])
+def test_same_tensors_as_mergekit_and_nothing_dropped(model_type, method, tmp_path, monkeypatch):
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base, a, b = (hub_folder(model_type, seed, tmp_path / name) for seed, name in ((0, "base"), (1, "a"), (2, "b")))
+    cfg = {"merge_method": method, "models": [{"model": str(a), "parameters": {"weight": 0.3, "density": 0.5}},
+                                               {"model": str(b), "parameters": {"weight": 0.7, "density": 0.5}}],
+           "dtype": "float32"}
+    if method == "linear":
+        cfg["models"] = [{"model": m["model"], "parameters": {"weight": m["parameters"]["weight"]}} for m in cfg["models"]]
+    else:
+        cfg["base_model"] = str(base)
+    run_merge(MergeConfiguration.model_validate(cfg), str(tmp_path / "mergekit"),
+              options=MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False))
+    theirs = load_file(tmp_path / "mergekit" / "model.safetensors")
+    ours = load_file(merge(cfg, tmp_path / "mmmerge", quiet=True) / "model.safetensors")
+    assert set(ours) == set(load_file(a / "model.safetensors"))  # every input tensor is written
+    assert set(theirs) <= set(ours)
+    for k, v in theirs.items():
+        torch.testing.assert_close(ours[k], v, rtol=0, atol=1e-6, msg=k)
