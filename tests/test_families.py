@@ -165,3 +165,54 @@ def test_language_component_is_the_text_only_model(model_type, saved):
     if model_type == "aya_vision":  # AyaVision's own head skips Cohere2's logit_scale (transformers 5.24)
         want = want * ckpt.components["language"].config["logit_scale"]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ---- inspect and bad input, through the command a user runs ------------------------------------------------------
+
+from test_cli import one_line_error, run  # noqa: E402
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "mllama", "gemma3"])
+def test_inspect_shows_three_components(model_type, saved):
+    path, _ = saved(model_type)
+    r = run("inspect", path, "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["format"] == f"transformers-{model_type}"
+    assert set(s["components"]) == {"vision", "projector", "language"}
+    ckpt = open_checkpoint(path)
+    assert {c: v["parameters"] for c, v in s["components"].items()} == \
+           {c: x.num_params for c, x in ckpt.components.items()}
+    assert s["components"]["language"]["architecture"] == ckpt.components["language"].arch
+
+
+def test_a_family_without_a_row_is_refused_by_name(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma4", "vision_config": {"model_type": "x"},
+                                                      "text_config": {"model_type": "y"}}))
+    one_line_error(run("inspect", tmp_path), "model_type gemma4 is an image-text-to-text family with no row")
+
+
+def test_an_unknown_model_type_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen9_vl", "vision_config": {}}))
+    one_line_error(run("inspect", tmp_path), "recognised formats")
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava"])
+def test_tensors_that_do_not_fit_the_row_are_named(model_type, saved, tmp_path):
+    path, _ = saved(model_type)
+    tensors = load_file(path / "model.safetensors")
+    (tmp_path / "config.json").write_text((path / "config.json").read_text())
+    victim = sorted(k for k in tensors if "layers.1." in k)[0]
+    save_file({k: v for k, v in tensors.items() if k != victim}, tmp_path / "model.safetensors")
+    one_line_error(run("inspect", tmp_path), f"tensor {victim} is missing")
+    tensors[victim] = torch.zeros(3, 3)
+    save_file(tensors, tmp_path / "model.safetensors")
+    one_line_error(run("merge", "--dry-run", "--out", tmp_path / "o", write_recipe(tmp_path)),
+                   f"tensor {victim} has shape (3, 3)")
+    assert not (tmp_path / "o").exists()
+
+
+def write_recipe(folder):
+    recipe = folder.parent / f"{folder.name}.yml"
+    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {folder}\n    parameters: {{weight: 1.0}}\n")
+    return recipe

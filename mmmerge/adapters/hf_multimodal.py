@@ -18,18 +18,27 @@ from ..errors import UnreadableFileError, UnsupportedArchitectureError
 from ..io.atomic import atomic_output_dir
 from ..io.reader import read_folder
 from ..io.writer import write_safetensors
-from .families import Family, family_of, join_name, rename, split_name
+from .families import FAMILIES, Family, family_of, join_name, rename, split_name
 from .hf_common import auto_class_names, class_layout, copy_side_files, read_config
 from .hf_vision import read_preprocess
 
 FORMAT = "transformers-<model_type>"  # e.g. transformers-llava, transformers-qwen2_5_vl
-DESCRIPTION = "transformers image-text-to-text folder (config.json with model_type " + \
-              "llava, llava_next, qwen2_5_vl, gemma3, ... : see `mmmerge families`)"
+DESCRIPTION = "transformers image-text-to-text folder (config.json with model_type " + ", ".join(FAMILIES) + ")"
 MEMORY = "memory"
 
 
 def detect(path: Path) -> bool:
-    return Path(path).is_dir() and family_of(read_config(path)) is not None
+    """A folder of a family in the table, or of an image-text-to-text family that is not (refused by `read`
+    with its name, rather than read as a causal LM that some of them also register as)."""
+    if not Path(path).is_dir():
+        return False
+    cfg = read_config(path)
+    return family_of(cfg) is not None or unknown_family(cfg)
+
+
+def unknown_family(cfg: dict | None) -> bool:
+    return (isinstance(cfg, dict) and isinstance(cfg.get("vision_config"), dict)
+            and cfg.get("model_type") in auto_class_names("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"))
 
 
 def sub_config(cfg: dict, key: str, where: Path) -> dict:
@@ -77,6 +86,10 @@ def read(path: Path) -> Checkpoint:
     path = Path(path)
     cfg = read_config(path)
     family = family_of(cfg)
+    if family is None:
+        raise UnsupportedArchitectureError(
+            f"{path}/config.json: model_type {cfg.get('model_type')} is an image-text-to-text family with no row in "
+            f"mmmerge's family table yet (it reads: {', '.join(FAMILIES)})")
     vision_cfg = sub_config(cfg, family.vision_config, path)
     text_cfg = sub_config(cfg, family.text_config, path)
     layout = class_layout(family.cls, cfg)

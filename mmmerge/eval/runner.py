@@ -54,7 +54,8 @@ def evaluate(model, task, *, questions=None, annotations=None, images=None, data
     """Evaluate an image-text-to-text checkpoint folder `model` (LLaVA, LLaVA-NeXT, Qwen2-VL, Gemma 3, PaliGemma,
     Idefics3/SmolVLM, mllama, ...: each through its own processor and chat template) on `task` ("vqav2",
     "textvqa", "gqa", "pope", "scienceqa", "jsonl"); write OUT/predictions.json, metrics.json, samples.jsonl
-    (and run.json, for eval-compare) and return the metrics. `data` is another name for the task's main file (`questions`).
+    (and run.json, for eval-compare) and return the metrics. `data` is another name for the task's main file
+    (`questions`).
     `prompt` replaces the task's template; it must contain "{question}". Under torchrun the questions are
     sharded over the ranks and rank 0 writes the files; every rank returns the metrics."""
     t = get_task(task) if isinstance(task, str) else task
