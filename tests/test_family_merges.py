@@ -166,3 +166,35 @@ def test_same_tensors_as_mergekit_and_nothing_dropped(model_type, method, tmp_pa
     assert set(theirs) <= set(ours)
     for k, v in theirs.items():
         torch.testing.assert_close(ours[k], v, rtol=0, atol=1e-6, msg=k)
+
+
+LORA_TARGETS = r".*(language_model|text_model).*\.(q_proj|v_proj)|.*(vision_tower|visual|vision_model).*\.(fc2|qkv)"
+
+
+@pytest.mark.parametrize("model_type,legacy", [("qwen2_5_vl", False), ("qwen2_5_vl", True), ("gemma3", False),
+                                               ("idefics3", False), ("mllama", False)])
+def test_base_plus_lora_on_family_module_names_matches_peft(model_type, legacy, folders, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = folders(model_type, 0)
+    cls = model_class(FAMILIES[model_type].cls)
+    torch.manual_seed(3)
+    peft_model = get_peft_model(cls.from_pretrained(base), LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                                                      target_modules=LORA_TARGETS))
+    peft_model.save_pretrained(tmp_path / "lora")
+    theirs = PeftModel.from_pretrained(cls.from_pretrained(base), tmp_path / "lora").merge_and_unload().state_dict()
+    if legacy:  # an adapter trained with transformers 4 names Qwen2.5-VL's modules as its files do
+        f = tmp_path / "lora" / "adapter_model.safetensors"
+        sd = {k.replace("model.model.language_model.", "model.model.").replace("model.model.visual.", "model.visual."): v
+              for k, v in load_file(f).items()}
+        assert any(k.startswith("base_model.model.visual.") for k in sd)
+        from safetensors.torch import save_file
+        save_file(sd, f, metadata={"format": "pt"})
+    out = merge({"merge_method": "passthrough", "dtype": "float32", "models": [{"model": f"{base}+{tmp_path / 'lora'}"}]},
+                tmp_path / "out", quiet=True)
+    ours, plain = loads_strictly(model_type, out), loads_strictly(model_type, base)
+    changed = {k for k in ours if not torch.equal(ours[k], plain[k])}
+    assert any("language_model" in k or "text_model" in k for k in changed)
+    assert any(k.startswith(("model.visual", "model.vision")) for k in changed)
+    for k, v in ours.items():
+        torch.testing.assert_close(v, theirs[k], rtol=0, atol=1e-5, msg=k)
