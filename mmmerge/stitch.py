@@ -87,18 +87,24 @@ class StitchReport:
 
 # ---- the vision side -------------------------------------------------------------------------------------------
 
+# vision towers a LLaVA holds -> class tokens before the patch tokens (DINOv2 with registers adds its registers)
+CLASS_TOKENS = {"SiglipVisionModel": 0, "Idefics3VisionTransformer": 0, "SmolVLMVisionTransformer": 0,
+                "CLIPVisionModel": 1, "Dinov2Model": 1, "ViTModel": 1, "Dinov2WithRegistersModel": 1,
+                "InternVLVisionModel": 1}
+
+
 def feature_selection(vision: Component, projector_strategy: str | None = None) -> tuple[str, int]:
     """(vision_feature_select_strategy, num_additional_image_tokens) for the encoder's tokens.
 
     A class token is dropped ("default") unless the projector was made for "full"; SigLIP has none.
     """
     arch = vision.arch
-    if arch == "SiglipVisionModel":
+    if arch not in CLASS_TOKENS:
+        raise UnsupportedArchitectureError(f"a {arch} vision tower has no LLaVA feature selection mmmerge knows")
+    if CLASS_TOKENS[arch] == 0:
         return "full", 0
-    if arch in ("CLIPVisionModel", "Dinov2Model", "ViTModel", "Dinov2WithRegistersModel"):
-        extra = 1 + int(vision.config.get("num_register_tokens", 0) if arch == "Dinov2WithRegistersModel" else 0)
-        return ("full" if projector_strategy == "full" else "default"), extra
-    raise UnsupportedArchitectureError(f"a {arch} vision tower has no LLaVA feature selection mmmerge knows")
+    extra = 1 + int(vision.config.get("num_register_tokens", 0) if arch == "Dinov2WithRegistersModel" else 0)
+    return ("full" if projector_strategy == "full" else "default"), extra
 
 
 def vision_preprocess(path: Path, vision: Component) -> tuple[dict, str | None]:
@@ -112,6 +118,7 @@ def vision_preprocess(path: Path, vision: Component) -> tuple[dict, str | None]:
     if found:
         return found, None
     size = vision.config.get("image_size", 224)
+    size = tuple(size) if isinstance(size, list) else size
     if vision.arch == "SiglipVisionModel":
         pre = make_preprocess(size, (0.5,) * 3, (0.5,) * 3, "bicubic", "squash")
     elif vision.arch == "CLIPVisionModel":
@@ -138,9 +145,10 @@ def image_seq_length(pre: dict, vision: Component, strategy: str, additional: in
     p = vision.config["patch_size"]
     p = p if isinstance(p, int) else p[0]
     size = vision.config.get("image_size")
-    # CLIP, SigLIP and ViT towers have a fixed position table (LLaVA does not interpolate it); DINOv2 interpolates
-    if vision.arch in ("CLIPVisionModel", "SiglipVisionModel", "ViTModel") and (h, w) != (size, size):
-        raise ShapeMismatchError(f"the image processor gives {h}x{w} images, the {vision.arch} takes {size}x{size}")
+    size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    # only DINOv2 interpolates its position table; the other towers take the size they were made for
+    if vision.arch not in ("Dinov2Model", "Dinov2WithRegistersModel") and (h, w) != size:
+        raise ShapeMismatchError(f"the image processor gives {h}x{w} images, the {vision.arch} takes {size[0]}x{size[1]}")
     return (h // p) * (w // p) + additional - (1 if strategy == "default" else 0)
 
 

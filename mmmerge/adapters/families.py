@@ -89,7 +89,9 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in [
     Family("smolvlm", "SmolVLMForConditionalGeneration",
            (("vision", "model.vision_model.", ""), ("projector", "model.connector.", ""),
             ("language", "model.text_model.", "model."), ("language", "lm_head.", "lm_head."))),
-    Family("mistral3", "Mistral3ForConditionalGeneration", WRAPPED, {"saved": WRAPPED_SAVED}),
+    Family("mistral3", "Mistral3ForConditionalGeneration", WRAPPED, {"saved": WRAPPED_SAVED},
+           not_in_llava="takes images of any size with their sizes (Pixtral), which a fixed-size LLaVA processor "
+                        "cannot describe"),
     Family("internvl", "InternVLForConditionalGeneration", WRAPPED, {"saved": WRAPPED_SAVED}),
     Family("aya_vision", "AyaVisionForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
     Family("mllama", "MllamaForConditionalGeneration",
