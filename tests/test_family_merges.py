@@ -198,3 +198,24 @@ def test_base_plus_lora_on_family_module_names_matches_peft(model_type, legacy, 
     assert any(k.startswith(("model.visual", "model.vision")) for k in changed)
     for k, v in ours.items():
         torch.testing.assert_close(v, theirs[k], rtol=0, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("model_type,component", [("qwen2_5_vl", "vision"), ("gemma3", "language")])
+def test_extracted_lora_applies_to_the_family_model_in_peft(model_type, component, folders, tmp_path):
+    """`extract-lora --component` on two checkpoints of a family writes an adapter peft applies to the family's
+    own class: at full rank it turns the base's linear layers of that component into the model's, and nothing
+    outside the component (the projector inside Qwen's vision class included) changes."""
+    from peft import PeftModel
+
+    from mmmerge.lora.extract import extract_lora
+
+    base, model = folders(model_type, 0), folders(model_type, 1)
+    extract_lora(base, model, tmp_path / "lora", rank=64, component=component)
+    cls = model_class(FAMILIES[model_type].cls)
+    adapted = PeftModel.from_pretrained(cls.from_pretrained(base), tmp_path / "lora").merge_and_unload().state_dict()
+    sb, sm = loads_strictly(model_type, base), loads_strictly(model_type, model)
+    changed = [k for k in adapted if not torch.equal(adapted[k], sb[k])]
+    prefix = {"vision": "model.visual.blocks.", "language": "model.language_model.layers."}[component]
+    assert changed and all(k.startswith(prefix) for k in changed)
+    for k in changed:
+        torch.testing.assert_close(adapted[k], sm[k], rtol=0, atol=1e-5, msg=k)

@@ -126,8 +126,10 @@ def split_name(family: Family, memory_name: str) -> tuple[str, str] | None:
     return cname, canonical + memory_name[len(prefix):]
 
 
-def join_name(family: Family, cname: str, canonical_name: str) -> str:
-    """The in-memory name of a component's tensor (the inverse of `split_name`)."""
+def join_name(family: Family, cname: str, canonical_name: str, *, owned: bool = True) -> str:
+    """The in-memory name of a component's tensor (the inverse of `split_name`). With `owned=False` a name the
+    component's class holds but another component owns (Qwen-VL's `merger` inside the vision class) is named
+    too, under the component's prefix."""
     best = None
     for c, prefix, canonical in family.parts:
         if c == cname and canonical_name.startswith(canonical) and (best is None or len(canonical) > len(best[1])):
@@ -136,7 +138,7 @@ def join_name(family: Family, cname: str, canonical_name: str) -> str:
         raise KeyError(f"{family.model_type}: no {cname} prefix holds {canonical_name}")
     prefix, canonical = best
     name = prefix + canonical_name[len(canonical):]
-    if split_name(family, name) != (cname, canonical_name):  # a longer prefix of another component claims it
+    if owned and split_name(family, name) != (cname, canonical_name):  # another component's longer prefix claims it
         raise KeyError(f"{family.model_type}: {cname} tensor {canonical_name} has no name of its own")
     return name
 

@@ -42,7 +42,7 @@ def peft_name(ckpt: Checkpoint, cname: str, module: str) -> str:
     (the inverse of `locate`, for the in-memory names of the installed transformers)."""
     if ckpt.family is None:
         return module
-    return join_name(ckpt.family, cname, module + ".weight").removesuffix(".weight")
+    return join_name(ckpt.family, cname, module + ".weight", owned=False).removesuffix(".weight")
 
 
 def component_prefix(ckpt: Checkpoint, cname: str) -> str:
