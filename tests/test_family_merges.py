@@ -219,3 +219,38 @@ def test_extracted_lora_applies_to_the_family_model_in_peft(model_type, componen
     assert changed and all(k.startswith(prefix) for k in changed)
     for k in changed:
         torch.testing.assert_close(adapted[k], sm[k], rtol=0, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("model_type", ALL)
+def test_language_alone_is_a_text_only_llm(model_type, folders, tmp_path):
+    """A `components:` recipe with only the language model writes the text-only class that holds it."""
+    path = folders(model_type, 0)
+    out = merge({"components": {"language": {"merge_method": "passthrough", "models": [{"model": str(path)}]}}},
+                tmp_path / "out", quiet=True)
+    arch = json.loads((out / "config.json").read_text())["architectures"][0]
+    assert arch == open_checkpoint(path).component("language").arch and arch.endswith("ForCausalLM")
+    lm, info = model_class(arch).from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    full = model_class(FAMILIES[model_type].cls).from_pretrained(path)
+    ids = torch.tensor([[1, 5, 9, 17, 33, 65]])
+    with torch.no_grad():
+        want, got = full(input_ids=ids).logits, lm(input_ids=ids).logits
+    if model_type == "aya_vision":  # AyaVision's own head skips Cohere2's logit_scale (transformers 5.24)
+        want = want * lm.config.logit_scale
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type,holds_projector", [("gemma3", False), ("mllama", False), ("qwen2_5_vl", True),
+                                                         ("glm4v", True)])
+def test_vision_alone_is_written_only_where_its_class_holds_exactly_it(model_type, holds_projector, folders, tmp_path):
+    path = folders(model_type, 0)
+    recipe = {"components": {"vision": {"merge_method": "passthrough", "models": [{"model": str(path)}]}}}
+    if holds_projector:  # Qwen-style vision classes hold the projector too: a vision-only folder would lack it
+        with pytest.raises(MMMergeError, match="class also holds tensor (merger|downsample)"):
+            merge(recipe, tmp_path / "out", quiet=True)
+        assert not (tmp_path / "out").exists()
+        return
+    out = merge(recipe, tmp_path / "out", quiet=True)
+    arch = json.loads((out / "config.json").read_text())["architectures"][0]
+    _, info = model_class(arch).from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]

@@ -28,6 +28,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ..adapters import open_checkpoint
 from ..adapters.families import FAMILIES
+from ..adapters.hf_common import layout_of
 from ..adapters.hf_causal_lm import is_tied, untie
 from ..checkpoint import COMPONENTS, Checkpoint, Component, LazyTensor
 from ..errors import MMMergeError, RecipeError, ShapeMismatchError, UnreadableFileError
@@ -433,6 +434,12 @@ def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[Task], P
             notes.append(f"{cp.name}: tensor {n} is not held by {comp.arch} and is not written")
             continue
         tasks.append(t)
+    required, _ = layout_of(comp)
+    missing = [n for n in required if n not in cp.tasks]
+    if missing:  # e.g. Qwen-VL's vision class also holds the projector (`merger`)
+        raise RecipeError(f"{cp.name}: the {comp.arch} class also holds tensor {missing[0]} ({len(missing)} such), "
+                          f"which the {cp.name} component does not; write the whole model in its family's format "
+                          f"(a `components:` recipe with all three components and output: {{format: family}})")
     side = cp.reference.path if cp.reference.format.startswith("transformers") and cp.reference.path.is_dir() else None
     pre = None
     if comp.preprocess and side is None:
