@@ -145,7 +145,7 @@ class Generator:
                               padding=True, add_special_tokens=adds_special_tokens(self.processor.tokenizer, prompts))
 
     def _find_layout(self, prompt: str, images: list[Image.Image]) -> bool:
-        """Whether the processor takes images as one list per prompt (Gemma 3, Idefics3/SmolVLM, mllama need it;
+        """Whether the processor takes images as one list per prompt (Gemma 3, SmolVLM and mllama need it;
         most others take it too) or only as one flat list: asked once with a batch of two."""
         try:
             self._call_processor([prompt, prompt], [images, images], True)
