@@ -164,4 +164,16 @@ def test_demo_end_to_end_and_deterministic(tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"]
     transformers.AutoProcessor.from_pretrained(tmp_path / "a" / report["checkpoint"])
 
-    assert run_demo(tmp_path / "b", seed=0, progress=False) == report
+
+
+def test_demo_is_deterministic(tmp_path):
+    """The same seed gives the same report, on a small configuration (the full one takes minutes per run)."""
+    from mmmerge.demo import run_demo
+    from mmmerge.demo.run import DemoConfig
+
+    small = DemoConfig(train_scenes=60, eval_scenes=6, align_steps=4, pretrain_steps=8, general_steps=4,
+                       specialist_steps=4, batch_size=8, eval_batch_size=30,
+                       specialists={"color-only": ("color",), "count-only": ("count",)})
+    report = run_demo(tmp_path / "a", seed=1, progress=False, config=small)
+    assert run_demo(tmp_path / "b", seed=1, progress=False, config=small) == report
+    assert run_demo(tmp_path / "c", seed=2, progress=False, config=small) != report
