@@ -185,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     s.set_defaults(func=cmd_merge_loras)
 
-    s = sub.add_parser("eval", help="answer a VQA set with a LLaVA-style model and score it as the official script does")
-    s.add_argument("model", type=Path, help="a transformers LLaVA-style checkpoint folder with its processor")
+    s = sub.add_parser("eval", help="answer a VQA set with an image-text-to-text model and score it as the official script does")
+    s.add_argument("model", type=Path, help="a transformers image-text-to-text checkpoint folder (any family) with its processor")
     s.add_argument("--task", required=True, choices=["vqav2", "textvqa", "gqa", "pope", "scienceqa", "jsonl"])
     s.add_argument("--questions", type=Path, required=True, help="the task's questions file (or JSONL / problems.json)")
     s.add_argument("--annotations", type=Path, help="VQAv2 annotations JSON (omit for test-dev: predictions only)")

@@ -10,7 +10,7 @@ from mmmerge import stitch
 from mmmerge.errors import MMMergeError
 from test_stitch import PROMPT, image, make_lm
 
-HELD = ["gemma3", "llava_onevision", "idefics3", "smolvlm", "internvl"]
+HELD = ["llava", "llava_next", "llava_onevision", "gemma3", "paligemma", "aya_vision", "idefics3", "smolvlm", "internvl"]
 REFUSED = {"qwen2_5_vl": "flattened patches", "qwen3_vl": "flattened patches", "glm4v": "flattened patches",
            "mllama": "aspect ratios", "mistral3": "images of any size"}
 
