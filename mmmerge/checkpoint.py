@@ -106,6 +106,7 @@ class Checkpoint:
     rest: dict[str, LazyTensor] = field(default_factory=dict)  # those tensors, kept as-is for `write_source`
     source_config: dict = field(default_factory=dict)  # the source's own config files, for `write_source`
     family: Any = None  # the multimodal family row (adapters.families.Family) of a whole MLLM, else None
+    side_files: Path | None = None  # a transformers folder whose tokenizer, processor, ... travel with it
 
     def component(self, name: str) -> Component:
         from .errors import MMMergeError

@@ -43,7 +43,7 @@ def read(path: Path) -> Checkpoint:
     language, _ = take_component("language", arch, cfg, tensors, ("",), path)
     rest = leftovers(tensors, set(language.tensors))
     return Checkpoint(path, FORMAT, {"language": language}, describe_rest(rest, f"not held by {arch}"), rest,
-                      {"config.json": cfg})
+                      {"config.json": cfg}, side_files=path)
 
 
 def is_tied(component: Component) -> bool:

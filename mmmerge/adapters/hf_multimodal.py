@@ -131,7 +131,8 @@ def read(path: Path) -> Checkpoint:
         "language": Component("language", lang_arch, lang_cfg, parts["language"]),
     }
     source = {"config.json": cfg, "layout": layout_name}
-    return Checkpoint(path, f"transformers-{family.model_type}", components, why, rest, source, family=family)
+    return Checkpoint(path, f"transformers-{family.model_type}", components, why, rest, source, family=family,
+                      side_files=path)
 
 
 def family_tensors(family: Family, components: dict[str, Component], layout: str = "saved") -> dict[str, LazyTensor]:

@@ -86,7 +86,8 @@ def read(path: Path) -> Checkpoint:
             used.add(name)
     rest = leftovers(tensors, used)
     source = {"config.json": cfg, "prefix": prefix}
-    return Checkpoint(path, FORMAT, {"vision": vision}, describe_rest(rest, f"not part of the {arch} tower"), rest, source)
+    return Checkpoint(path, FORMAT, {"vision": vision}, describe_rest(rest, f"not part of the {arch} tower"), rest, source,
+                      side_files=path)
 
 
 def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None:

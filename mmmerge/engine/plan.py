@@ -440,7 +440,7 @@ def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[Task], P
         raise RecipeError(f"{cp.name}: the {comp.arch} class also holds tensor {missing[0]} ({len(missing)} such), "
                           f"which the {cp.name} component does not; write the whole model in its family's format "
                           f"(a `components:` recipe with all three components and output: {{format: family}})")
-    side = cp.reference.path if cp.reference.format.startswith("transformers") and cp.reference.path.is_dir() else None
+    side = cp.reference.side_files
     pre = None
     if comp.preprocess and side is None:
         pre = image_processor_config(comp.preprocess)
