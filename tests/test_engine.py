@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from mmmerge import merge
 from mmmerge.engine import evaluate_setting, load_recipe, plan_merge
-from mmmerge.engine.plan import layer_position
+from mmmerge.engine.parameters import layer_position
 from mmmerge.errors import MMMergeError, RecipeError
 from test_cli import one_line_error, run
 from tiny import llama_config, llava_config, randomize

@@ -17,24 +17,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from pydantic import TypeAdapter, ValidationError
 
-from ..adapters import open_checkpoint
 from ..adapters.families import FAMILIES
 from ..adapters.hf_common import layout_of
 from ..adapters.hf_causal_lm import is_tied, untie
 from ..checkpoint import COMPONENTS, Checkpoint, Component, LazyTensor
-from ..errors import MMMergeError, RecipeError, ShapeMismatchError, UnreadableFileError
-from .recipe import MergeSection, Recipe, SourceSection, dtype_of, evaluate_setting, load_recipe
-
-LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block|resblocks)\.(\d+)\.")
+from ..errors import RecipeError, ShapeMismatchError
+from .opener import Opener
+from .parameters import check_names, count_layers, layer_position, make_validator, resolve
+from .recipe import MergeSection, Recipe, SourceSection, dtype_of, load_recipe
+from .vocab import align_vocabularies, drop_partial_extras
 
 
 @dataclass
@@ -118,95 +116,6 @@ def _compact(params: dict) -> str:
     return show(dict(params))
 
 
-class _Opener:
-    """Open each referenced checkpoint once; paths are relative to the working directory, then to the recipe."""
-
-    def __init__(self, folder: Path | None):
-        self.folder = folder
-        self.cache: dict[Path, Checkpoint] = {}
-        self.loras: dict[Path, tuple[Path, Path]] = {}  # key of a `BASE+LORA` reference -> (base, lora)
-
-    def path(self, ref: str) -> Path:
-        """The absolute path of `ref`; for `BASE+LORA` a key `BASE+LORA` of the two absolute paths."""
-        from ..lora import split_model_ref
-
-        parts = split_model_ref(ref, self._plain_path)
-        if parts is None:
-            return self._plain_path(ref)
-        key = Path(f"{parts[0]}+{parts[1]}")
-        self.loras[key] = parts
-        return key
-
-    def _plain_path(self, ref: str) -> Path:
-        p = Path(ref).expanduser()
-        if not p.is_absolute() and not p.exists() and self.folder is not None and (self.folder / p).exists():
-            p = self.folder / p
-        if not p.exists():
-            raise UnreadableFileError(f"{ref}: no such file or folder")
-        return p.absolute()
-
-    def __call__(self, ref: str) -> Checkpoint:
-        p = self.path(ref)
-        if p not in self.cache:
-            if p in self.loras:
-                from ..lora import open_with_lora
-
-                self.cache[p] = open_with_lora(*self.loras[p])
-            else:
-                self.cache[p] = open_checkpoint(p)
-        return self.cache[p]
-
-
-def layer_position(name: str, num_layers: int) -> float:
-    """mergekit's t for a tensor: layer / (layers - 1) inside numbered layers (1 for one layer), else 0."""
-    m = LAYER_RE.search(name)
-    if not m:
-        return 0.0
-    if num_layers <= 1:
-        return 1.0
-    return int(m.group(1)) / (num_layers - 1)
-
-
-def count_layers(component: Component) -> int:
-    for key in ("num_hidden_layers", "num_layers", "n_layer"):
-        if isinstance(component.config.get(key), int):
-            return component.config[key]
-    found = {int(m.group(1)) for n in component.tensors if (m := LAYER_RE.search(n))}
-    return max(found) + 1 if found else 0
-
-
-def _validator(method: str, pname: str, p) -> Callable[[Any], Any]:
-    """Lax type conversion as mergekit's pydantic does (\"1e-3\" -> 0.001); ranges are checked later."""
-    adapter = TypeAdapter(p.type | None if p.nullable else p.type)
-
-    def validate(v):
-        try:
-            return adapter.validate_python(v)
-        except ValidationError:
-            kind = {bool: "true or false", int: "an integer", float: "a number"}.get(p.type, p.type.__name__)
-            raise RecipeError(f"{method}: parameter `{pname}` must be {kind}, got {v!r}") from None
-
-    return validate
-
-
-def _check_names(spec, section: MergeSection, base_ref: str | None, where: str, notes: list[str]) -> None:
-    """Every parameter name must be one the method reads, at a level where it is read."""
-    known = sorted({*spec.model_params, *spec.global_params})
-    for name in section.parameters or {}:
-        if name not in spec.model_params and name not in spec.global_params:
-            raise RecipeError(f"{where}parameters: {spec.name} has no parameter `{name}` (it takes: {', '.join(known) or 'none'})")
-    for entry in section.models:
-        for name in entry.parameters or {}:
-            if name in spec.global_params:
-                raise RecipeError(f"{where}models[{entry.model}]: parameter `{name}` of {spec.name} applies to all "
-                                  f"models; set it under the global `parameters`")
-            if name not in spec.model_params:
-                raise RecipeError(f"{where}models[{entry.model}]: {spec.name} has no parameter `{name}` "
-                                  f"(it takes: {', '.join(known) or 'none'})")
-        if entry.model == base_ref and entry.parameters:
-            notes.append(f"{where}{spec.name} does not use per-model parameters of the base model {entry.model}")
-
-
 def _same_layout(ref_name: str, ref: Component, other_name: str, other: Component, cname: str) -> None:
     if other.arch != ref.arch:
         raise ShapeMismatchError(f"{cname}: {ref_name} is a {ref.arch} but {other_name} is a {other.arch}")
@@ -222,68 +131,6 @@ def _same_layout(ref_name: str, ref: Component, other_name: str, other: Componen
         if tuple(other.tensors[n].shape) != tuple(t.shape):
             raise ShapeMismatchError(f"{cname}: tensor {n} has shape {tuple(t.shape)} in {ref_name} "
                                      f"but {tuple(other.tensors[n].shape)} in {other_name}")
-
-
-def _vocab_rows(component: Component) -> int | None:
-    v = component.config.get("vocab_size")
-    return v if isinstance(v, int) else None
-
-
-def align_vocabularies(comps: dict[str, Component], ref_key: str, paths: dict[str, str], multimodal: dict[str, bool],
-                       where: str, notes: list[str]) -> tuple[dict[str, Component], dict[str, LazyTensor], int]:
-    """Inputs whose vocabularies differ only by rows appended at the end (a VLM's `<image>` and padding rows
-    beside its text-only LLM): every input is cut to the shared rows, which are merged; the extra rows come
-    unmerged from the reference (base) model or, when it lacks them, from the first input that has them.
-
-    Returns the cut components, the extra rows per tensor name, and the output's row count. Only tensors
-    whose first dimension is the vocabulary size are cut, and only when every larger input is a multimodal
-    checkpoint (whose extra rows are the tokens it added); any other difference is left to the layout check,
-    which refuses it.
-    """
-    rows = {r: _vocab_rows(c) for r, c in comps.items()}
-    if None in rows.values() or len(set(rows.values())) != 2:
-        return comps, {}, rows[ref_key] or 0
-    shared, most = min(rows.values()), max(rows.values())
-    if not all(multimodal[r] for r in comps if rows[r] == most):
-        return comps, {}, rows[ref_key]
-    donor = ref_key if rows[ref_key] == most else next(r for r in comps if rows[r] == most)
-    ref = comps[ref_key]
-    vocab_names = [n for n, t in ref.tensors.items() if t.shape and t.shape[0] == rows[ref_key]
-                   and all(n in c.tensors and tuple(c.tensors[n].shape) == (rows[r], *t.shape[1:])
-                           for r, c in comps.items())]
-    if not vocab_names:
-        return comps, {}, rows[ref_key]
-    cut = {}
-    for r, c in comps.items():
-        tensors = dict(c.tensors)
-        for n in vocab_names:
-            t = tensors[n]
-            if t.shape[0] > shared:
-                tensors[n] = t.derive(lambda x: x[:shared], (shared, *t.shape[1:]))
-        cut[r] = dataclasses.replace(c, config={**c.config, "vocab_size": shared}, tensors=tensors)
-    extra = {}
-    for n in vocab_names:
-        t = comps[donor].tensors[n]
-        extra[n] = t.derive(lambda x: x[shared:], (most - shared, *t.shape[1:]))
-    notes.append(f"{where}language: vocabulary rows {shared}..{most - 1} of {', '.join(vocab_names)} are not in every "
-                 f"input; the first {shared} rows are merged, the rest copied from {paths[donor]}")
-    return cut, extra, most
-
-
-def drop_partial_extras(comps: dict[str, Component], paths: dict[str, str], where: str, cname: str,
-                        notes: list[str]) -> dict[str, Component]:
-    """Extras (tensors the target class does not hold, e.g. open_clip's projection head) that only some inputs
-    carry cannot be merged and would not be written: leave them out, and say so."""
-    partial = sorted({n for c in comps.values() for n in c.extra if n in c.tensors
-                      and not all(n in o.tensors for o in comps.values())})
-    if not partial:
-        return comps
-    holders = sorted({paths[r] for r, c in comps.items() if any(n in c.tensors for n in partial)})
-    notes.append(f"{where}{cname}: {', '.join(partial)} (not held by the output architecture) is only in "
-                 f"{', '.join(holders)}; not merged")
-    return {r: dataclasses.replace(c, tensors={n: t for n, t in c.tensors.items() if n not in partial},
-                                   extra=tuple(n for n in c.extra if n not in partial))
-            for r, c in comps.items()}
 
 
 def _out_dtype(inputs: list[LazyTensor], dtype: torch.dtype | None, out_dtype: torch.dtype | None) -> torch.dtype:
@@ -304,7 +151,7 @@ def _tensor_seed(seed: int | None, cname: str, name: str) -> int | None:
     return (seed * 1_000_003 + zlib.crc32(f"{cname}/{name}".encode())) % 2**63
 
 
-def plan_merge_section(section: MergeSection, cname: str, opener: _Opener, *, dtype=None, out_dtype=None,
+def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dtype=None, out_dtype=None,
                        seed=None, where: str = "", notes: list[str]) -> ComponentPlan:
     from ..methods import check_inputs, get_method, validate_params
 
@@ -316,7 +163,7 @@ def plan_merge_section(section: MergeSection, cname: str, opener: _Opener, *, dt
         raise RecipeError(f"{where}merge_method: {e}") from None
     refs = section.input_models()
     base_ref = section.base_model if spec.uses_base else None
-    _check_names(spec, section, base_ref, where, notes)
+    check_names(spec, section, base_ref, where, notes)
 
     ckpts = {r: opener(r) for r in refs}
     paths = {r: str(opener.path(r)) for r in refs}
@@ -341,15 +188,15 @@ def plan_merge_section(section: MergeSection, cname: str, opener: _Opener, *, dt
     others = [r for r in refs if r != base_ref]
     check_inputs(spec, len(others), base_ref is not None)
     num_layers = count_layers(reference)
-    validators = {n: _validator(spec.name, n, p) for n, p in {**spec.model_params, **spec.global_params}.items()}
+    validators = {n: make_validator(spec.name, n, p) for n, p in {**spec.model_params, **spec.global_params}.items()}
     model_scopes = [[section.model_parameters(r), section.parameters] for r in others]
     global_scope = [section.parameters]
 
     tasks = {}
     for name, ref_t in reference.tensors.items():
         t = layer_position(name, num_layers)
-        per_model = [_resolve(spec.model_params, scopes, name, t, validators) for scopes in model_scopes]
-        global_raw = _resolve(spec.global_params, global_scope, name, t, validators)
+        per_model = [resolve(spec.model_params, scopes, name, t, validators) for scopes in model_scopes]
+        global_raw = resolve(spec.global_params, global_scope, name, t, validators)
         try:
             params, global_params = validate_params(spec, per_model, global_raw)
         except RecipeError as e:
@@ -370,22 +217,6 @@ def plan_merge_section(section: MergeSection, cname: str, opener: _Opener, *, dt
         config["vocab_size"] = vocab
     return ComponentPlan(cname, f"merge {spec.name}", sources, _planned(reference, cname, config, tasks), tasks, ckpts[ref_key], base_ref is not None,
                          written)
-
-
-def _resolve(schema: dict, scopes: list, tensor_name: str, t: float, validators: dict) -> dict:
-    """Raw values (typed, not range-checked) from the first scope that gives each parameter."""
-    out = {}
-    for pname in schema:
-        for scope in scopes:
-            if scope is not None and pname in scope:
-                try:
-                    value = evaluate_setting(tensor_name, scope[pname], t, validators[pname])
-                except RecipeError as e:
-                    raise RecipeError(f"tensor {tensor_name}: {e}") from None
-                if value is not None:
-                    out[pname] = value
-                    break
-    return out
 
 
 def plan_copy(ckpt: Checkpoint, path: Path, cname: str, *, dtype=None, out_dtype=None) -> ComponentPlan:
@@ -454,7 +285,7 @@ def _untie_config(cfg: dict) -> None:
             c["tie_word_embeddings"] = False
 
 
-def family_reference(components: dict[str, ComponentPlan], opener: _Opener, fmt: str) -> Checkpoint:
+def family_reference(components: dict[str, ComponentPlan], opener: Opener, fmt: str) -> Checkpoint:
     """The multimodal checkpoint whose config, layout and processor the output takes: the first input of the
     family `fmt` names, or, for `family`, the first input that holds all three components (the projector's
     source first, then the language model's, then the vision tower's, then any other input)."""
@@ -470,7 +301,7 @@ def family_reference(components: dict[str, ComponentPlan], opener: _Opener, fmt:
     return found
 
 
-def _family_output(components: dict[str, ComponentPlan], opener: _Opener, fmt: str) -> tuple[dict, list[Task], Path, str]:
+def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: str) -> tuple[dict, list[Task], Path, str]:
     from ..adapters.hf_multimodal import family_tensors
 
     ref = family_reference(components, opener, fmt)
@@ -499,13 +330,12 @@ def _family_output(components: dict[str, ComponentPlan], opener: _Opener, fmt: s
 
 def build_plan(recipe: Recipe, *, seed: int | None = None) -> Plan:
     notes: list[str] = []
-    opener = _Opener(recipe.folder)
+    opener = Opener(recipe.folder)
     components: dict[str, ComponentPlan] = {}
     if recipe.merge is not None:
         section = recipe.merge
         ref = section.base_model or section.models[0].model
-        reference = opener(ref)
-        ckpts = [opener(r) for r in section.input_models()]
+        ckpts = [opener(r) for r in section.input_models()]  # opened (and checked) before anything is planned
         common = [c for c in COMPONENTS if all(c in ck.components for ck in ckpts)]
         if not common:
             raise RecipeError("the models share no component (vision, projector, language) to merge")

@@ -1,0 +1,87 @@
+"""Recipe parameters, resolved per tensor as mergekit 0.1.5 resolves them.
+
+A value comes from the first scope that gives it (for a `models:` config: the model's own `parameters`, then
+the global ones; for `slices:`: the source's, the slice's, then the global ones). Gradients are interpolated
+at t = layer / (layers - 1) inside numbered layers (t = 1 for a one-layer model, or a one-layer slice) and t = 0
+for all other tensors (embeddings, final norm, head). Values are typed leniently as mergekit's pydantic types
+them ("1e-3" -> 0.001); ranges are checked by the method's schema.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from pydantic import TypeAdapter, ValidationError
+
+from ..checkpoint import Component
+from ..errors import RecipeError
+from .recipe import MergeSection, evaluate_setting
+
+LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block|resblocks)\.(\d+)\.")
+
+
+def layer_position(name: str, num_layers: int) -> float:
+    """mergekit's t for a tensor: layer / (layers - 1) inside numbered layers (1 for one layer), else 0."""
+    m = LAYER_RE.search(name)
+    if not m:
+        return 0.0
+    if num_layers <= 1:
+        return 1.0
+    return int(m.group(1)) / (num_layers - 1)
+
+
+def count_layers(component: Component) -> int:
+    for key in ("num_hidden_layers", "num_layers", "n_layer"):
+        if isinstance(component.config.get(key), int):
+            return component.config[key]
+    found = {int(m.group(1)) for n in component.tensors if (m := LAYER_RE.search(n))}
+    return max(found) + 1 if found else 0
+
+
+def make_validator(method: str, pname: str, p) -> Callable[[Any], Any]:
+    """Lax type conversion as mergekit's pydantic does (\"1e-3\" -> 0.001); ranges are checked later."""
+    adapter = TypeAdapter(p.type | None if p.nullable else p.type)
+
+    def validate(v):
+        try:
+            return adapter.validate_python(v)
+        except ValidationError:
+            kind = {bool: "true or false", int: "an integer", float: "a number"}.get(p.type, p.type.__name__)
+            raise RecipeError(f"{method}: parameter `{pname}` must be {kind}, got {v!r}") from None
+
+    return validate
+
+
+def check_names(spec, section: MergeSection, base_ref: str | None, where: str, notes: list[str]) -> None:
+    """Every parameter name must be one the method reads, at a level where it is read."""
+    known = sorted({*spec.model_params, *spec.global_params})
+    for name in section.parameters or {}:
+        if name not in spec.model_params and name not in spec.global_params:
+            raise RecipeError(f"{where}parameters: {spec.name} has no parameter `{name}` (it takes: {', '.join(known) or 'none'})")
+    for entry in section.models:
+        for name in entry.parameters or {}:
+            if name in spec.global_params:
+                raise RecipeError(f"{where}models[{entry.model}]: parameter `{name}` of {spec.name} applies to all "
+                                  f"models; set it under the global `parameters`")
+            if name not in spec.model_params:
+                raise RecipeError(f"{where}models[{entry.model}]: {spec.name} has no parameter `{name}` "
+                                  f"(it takes: {', '.join(known) or 'none'})")
+        if entry.model == base_ref and entry.parameters:
+            notes.append(f"{where}{spec.name} does not use per-model parameters of the base model {entry.model}")
+
+
+def resolve(schema: dict, scopes: list, tensor_name: str, t: float, validators: dict) -> dict:
+    """Raw values (typed, not range-checked) from the first scope that gives each parameter."""
+    out = {}
+    for pname in schema:
+        for scope in scopes:
+            if scope is not None and pname in scope:
+                try:
+                    value = evaluate_setting(tensor_name, scope[pname], t, validators[pname])
+                except RecipeError as e:
+                    raise RecipeError(f"tensor {tensor_name}: {e}") from None
+                if value is not None:
+                    out[pname] = value
+                    break
+    return out
