@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .execute import execute
@@ -33,6 +34,8 @@ def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", se
     check_output_dir(Path(out), force)
     plan = plan_merge(recipe, seed=seed)
     check_output(plan, Path(out), force)
+    for warning in plan.warnings:  # likely mistakes: shown even when quiet
+        print(f"warning: {warning}", file=sys.stderr)
     if dry_run:
         if not quiet:
             print(plan.summary())

@@ -9,6 +9,7 @@ them ("1e-3" -> 0.001); ranges are checked by the method's schema.
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any, Callable
 
@@ -53,22 +54,38 @@ def make_validator(method: str, pname: str, p) -> Callable[[Any], Any]:
     return validate
 
 
-def check_names(spec, section: MergeSection, base_ref: str | None, where: str, notes: list[str]) -> None:
-    """Every parameter name must be one the method reads, at a level where it is read."""
+def check_names(spec, section: MergeSection, base_ref: str | None, where: str, notes: list[str],
+                warnings: list[str]) -> None:
+    """Parameters the method does not read where they are given are ignored, as mergekit 0.1.5 ignores them
+    (a name it does not know anywhere; a shared parameter such as `normalize` given per model): each is noted,
+    and a name that looks like a misspelling of one the method reads is warned about."""
     known = sorted({*spec.model_params, *spec.global_params})
-    for name in section.parameters or {}:
-        if name not in spec.model_params and name not in spec.global_params:
-            raise RecipeError(f"{where}parameters: {spec.name} has no parameter `{name}` (it takes: {', '.join(known) or 'none'})")
-    for entry in section.models:
-        for name in entry.parameters or {}:
+
+    def unknown(name: str, at: str) -> None:
+        notes.append(f"{at}: parameter `{name}` is ignored: {spec.name} does not read it "
+                     f"(it takes: {', '.join(known) or 'none'}); mergekit ignores it too")
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        if close:
+            warnings.append(f"{at}: parameter `{name}` is not one {spec.name} reads; did you mean `{close[0]}`?")
+
+    shared_scopes = [(f"{where}parameters", section.parameters)]
+    model_scopes = [(f"{where}models[{e.model}]", e.model, e.parameters) for e in section.models or []]
+    for i, sl in enumerate(section.slices or []):
+        shared_scopes.append((f"{where}slices[{i}].parameters", sl.parameters))
+        model_scopes += [(f"{where}slices[{i}].sources[{src.model}]", src.model, src.parameters) for src in sl.sources]
+    for at, scope in shared_scopes:
+        for name in scope or {}:
+            if name not in spec.model_params and name not in spec.global_params:
+                unknown(name, at)
+    for at, model, scope in model_scopes:
+        for name in scope or {}:
             if name in spec.global_params:
-                raise RecipeError(f"{where}models[{entry.model}]: parameter `{name}` of {spec.name} applies to all "
-                                  f"models; set it under the global `parameters`")
-            if name not in spec.model_params:
-                raise RecipeError(f"{where}models[{entry.model}]: {spec.name} has no parameter `{name}` "
-                                  f"(it takes: {', '.join(known) or 'none'})")
-        if entry.model == base_ref and entry.parameters:
-            notes.append(f"{where}{spec.name} does not use per-model parameters of the base model {entry.model}")
+                notes.append(f"{at}: parameter `{name}` is ignored: {spec.name} reads it for all models from the "
+                             f"global (or slice) `parameters` only, as mergekit does")
+            elif name not in spec.model_params:
+                unknown(name, at)
+        if model == base_ref and scope:
+            notes.append(f"{where}{spec.name} does not use per-model parameters of the base model {model}")
 
 
 def resolve(schema: dict, scopes: list, tensor_name: str, t: float, validators: dict) -> dict:

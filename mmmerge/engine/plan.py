@@ -15,57 +15,23 @@ head).
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..adapters.families import FAMILIES
-from ..adapters.hf_common import layout_of
+from ..adapters.families import rename
+from ..adapters.hf_common import class_layout, layout_of
 from ..adapters.hf_causal_lm import is_tied, untie
 from ..checkpoint import COMPONENTS, Checkpoint, Component, LazyTensor
 from ..errors import RecipeError, ShapeMismatchError
 from .opener import Opener
+from .slices import plan_slices
+from .tasks import ComponentPlan, Task, planned, tensor_seed, written_dtype
 from .parameters import check_names, count_layers, layer_position, make_validator, resolve
-from .recipe import MergeSection, Recipe, SourceSection, dtype_of, load_recipe
+from .recipe import MergeSection, Recipe, SourceSection, dtype_of, ignored_keys, load_recipe
 from .vocab import align_vocabularies, drop_partial_extras
-
-
-@dataclass
-class Task:
-    """How to produce one output tensor."""
-
-    name: str  # the tensor's name in the output file
-    shape: tuple[int, ...]
-    dtype: torch.dtype  # written dtype
-    tensors: list[LazyTensor]  # inputs that are not the base (all inputs when the method ignores the base)
-    base: LazyTensor | None = None
-    method: Any = None  # a methods.MethodSpec; None copies tensors[0]
-    params: list[dict] = field(default_factory=list)
-    global_params: dict = field(default_factory=dict)
-    input_dtype: torch.dtype | None = None  # inputs are rounded to this before merging (recipe `dtype`)
-    seed: int | None = None  # per-tensor seed for random methods
-    extra_rows: LazyTensor | None = None  # vocabulary rows only some inputs have, appended unmerged
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
-
-
-@dataclass
-class ComponentPlan:
-    name: str
-    how: str  # "merge <method>" or "copy"
-    sources: list[str]  # input paths, base first when there is one
-    component: Component  # the output component (config of the reference input); tensors are the tasks' outputs
-    tasks: dict[str, Task]  # keyed by the component's tensor name
-    reference: Checkpoint  # the checkpoint whose config (and side files) the output takes
-    has_base: bool = False  # sources[0] is the base model
-    written: list = field(default_factory=list)  # each source's parameters as the recipe writes them
 
 
 @dataclass
@@ -77,6 +43,7 @@ class Plan:
     side_files_from: Path | None  # folder whose tokenizer/processor files are copied
     tasks: list[Task]  # in output order, names as written
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # likely mistakes that do not stop the merge (misspelt keys)
     preprocessor: dict | None = None  # preprocessor_config.json to write (vision output from a non-HF source)
     inputs: list[Path] = field(default_factory=list)  # every checkpoint the plan reads
 
@@ -100,6 +67,7 @@ class Plan:
                     lines.append(f"    global parameters (first tensor): {_compact(first.global_params)}")
         for n in self.notes:
             lines.append(f"note: {n}")
+
         return "\n".join(lines)
 
 
@@ -133,28 +101,13 @@ def _same_layout(ref_name: str, ref: Component, other_name: str, other: Componen
                                      f"but {tuple(other.tensors[n].shape)} in {other_name}")
 
 
-def _out_dtype(inputs: list[LazyTensor], dtype: torch.dtype | None, out_dtype: torch.dtype | None) -> torch.dtype:
-    first = inputs[0].dtype
-    if not first.is_floating_point:
-        return first
-    if out_dtype or dtype:
-        return out_dtype or dtype
-    d = first
-    for t in inputs[1:]:
-        d = torch.promote_types(d, t.dtype)
-    return d
-
-
-def _tensor_seed(seed: int | None, cname: str, name: str) -> int | None:
-    if seed is None:
-        return None
-    return (seed * 1_000_003 + zlib.crc32(f"{cname}/{name}".encode())) % 2**63
-
-
 def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dtype=None, out_dtype=None,
-                       seed=None, where: str = "", notes: list[str]) -> ComponentPlan:
+                       seed=None, where: str = "", notes: list[str], warnings: list[str]) -> ComponentPlan:
     from ..methods import check_inputs, get_method, validate_params
 
+    if section.slices is not None:
+        return plan_slices(section, cname, opener, dtype=dtype, out_dtype=out_dtype, seed=seed, where=where,
+                           notes=notes, warnings=warnings)
     dtype = dtype_of(section.dtype) or dtype
     out_dtype = dtype_of(section.out_dtype) or out_dtype
     try:
@@ -163,7 +116,7 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
         raise RecipeError(f"{where}merge_method: {e}") from None
     refs = section.input_models()
     base_ref = section.base_model if spec.uses_base else None
-    check_names(spec, section, base_ref, where, notes)
+    check_names(spec, section, base_ref, where, notes, warnings)
 
     ckpts = {r: opener(r) for r in refs}
     paths = {r: str(opener.path(r)) for r in refs}
@@ -207,28 +160,22 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
         shape = tuple(ref_t.shape)
         if name in extra_rows:
             shape = (shape[0] + extra_rows[name].shape[0], *shape[1:])
-        tasks[name] = Task(name, shape, _out_dtype(all_inputs, dtype, out_dtype), inputs, base, spec,
-                           params, global_params, dtype, _tensor_seed(seed, cname, name) if spec.random else None,
+        tasks[name] = Task(name, shape, written_dtype(all_inputs, dtype, out_dtype), inputs, base, spec,
+                           params, global_params, dtype, tensor_seed(seed, cname, name) if spec.random else None,
                            extra_rows.get(name))
     sources = ([paths[base_ref]] if base_ref else []) + [paths[r] for r in others]
     written = ([None] if base_ref else []) + [section.model_parameters(r) for r in others]
     config = copy.deepcopy(reference.config)
     if extra_rows:
         config["vocab_size"] = vocab
-    return ComponentPlan(cname, f"merge {spec.name}", sources, _planned(reference, cname, config, tasks), tasks, ckpts[ref_key], base_ref is not None,
+    return ComponentPlan(cname, f"merge {spec.name}", sources, planned(reference, cname, config, tasks), tasks, ckpts[ref_key], base_ref is not None,
                          written)
 
 
 def plan_copy(ckpt: Checkpoint, path: Path, cname: str, *, dtype=None, out_dtype=None) -> ComponentPlan:
     comp = ckpt.component(cname)
-    tasks = {n: Task(n, tuple(t.shape), _out_dtype([t], dtype, out_dtype), [t]) for n, t in comp.tensors.items()}
-    return ComponentPlan(cname, "copy", [str(path)], _planned(comp, cname, copy.deepcopy(comp.config), tasks), tasks, ckpt)
-
-
-def _planned(source: Component, name: str, config: dict, tasks: dict[str, Task]) -> Component:
-    """The output component as planned: `source`'s architecture, with the tasks' shapes and dtypes, no data."""
-    return dataclasses.replace(source, name=name, config=config,
-                               tensors={n: LazyTensor(t.shape, t.dtype, lambda: None) for n, t in tasks.items()})
+    tasks = {n: Task(n, tuple(t.shape), written_dtype([t], dtype, out_dtype), [t]) for n, t in comp.tensors.items()}
+    return ComponentPlan(cname, "copy", [str(path)], planned(comp, cname, copy.deepcopy(comp.config), tasks), tasks, ckpt)
 
 
 def _set_dtype(cfg: dict, dtype: torch.dtype | None) -> None:
@@ -255,6 +202,7 @@ def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[Task], P
         cfg = copy.deepcopy(own)  # a causal LM's own config.json, as it was
     else:
         cfg = hf_config_dict(comp)
+    cfg.update(cp.config_updates)
     if cp.name == "language" and "vocab_size" in comp.config:
         cfg["vocab_size"] = comp.config["vocab_size"]  # grown when some inputs have extra rows
     if cp.name == "language" and "lm_head.weight" in cp.tasks:
@@ -306,12 +254,15 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
 
     ref = family_reference(components, opener, fmt)
     for cname, cp in components.items():
+        if cp.config_updates:  # a new layer count: checked against the class built from the new config below
+            continue
         own = ref.components[cname]
         if cname == "language" and "lm_head.weight" in cp.tasks:
             own = untie(own)  # an untied output of a tied model: the config is changed below
         _same_layout(f"the {ref.family.model_type} config of {ref.path}", own, f"the {cp.how} output",
                      cp.component, cname)
     cfg = copy.deepcopy(ref.source_config["config.json"])
+    cfg[ref.family.text_config].update(components["language"].config_updates)
     if "lm_head.weight" in components["language"].tasks:
         _untie_config(cfg)
     comps = {n: Component(n, c.component.arch, c.component.config, dict(c.tasks), extra=c.component.extra)
@@ -321,6 +272,8 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
         task = copy.copy(task)
         task.name = out_name
         tasks.append(task)
+    if any(cp.config_updates for cp in components.values()):
+        _check_class_layout(ref, cfg, tasks)
     dtype = _uniform_dtype(tasks)
     for out_name, tensor in ref.rest.items():  # outside every component: kept as the reference holds it
         out_dtype = dtype if dtype is not None and tensor.dtype.is_floating_point else tensor.dtype
@@ -328,20 +281,42 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
     return cfg, tasks, ref.path, ref.family.model_type
 
 
+def _check_class_layout(ref: Checkpoint, cfg: dict, tasks: list[Task]) -> None:
+    """Every tensor the family's class builds from `cfg` has a task, and no task writes a tensor it lacks."""
+    layout = class_layout(ref.family.cls, cfg)
+    renames = ref.family.layout(ref.source_config["layout"])
+    names = {rename(t.name, renames, to_memory=True): t for t in tasks}
+    for name, shape in layout["required"].items():
+        if name not in names:
+            raise RecipeError(f"output: {ref.family.cls} with this config needs tensor "
+                              f"{rename(name, renames, to_memory=False)}, which no input gives")
+        if tuple(names[name].shape) != shape:
+            raise ShapeMismatchError(f"output: tensor {names[name].name} has shape {tuple(names[name].shape)}, "
+                                     f"the output config implies {shape}")
+    extra = [t.name for n, t in names.items() if n not in layout["required"] and n not in layout["optional"]]
+    if extra:
+        raise RecipeError(f"output: tensor {extra[0]} has no place in {ref.family.cls} with this config")
+
+
 def build_plan(recipe: Recipe, *, seed: int | None = None) -> Plan:
     notes: list[str] = []
+    warnings: list[str] = []
+    ignored_keys(recipe, notes, warnings)
     opener = Opener(recipe.folder)
     components: dict[str, ComponentPlan] = {}
     if recipe.merge is not None:
         section = recipe.merge
-        ref = section.base_model or section.models[0].model
+        ref = section.base_model or section.input_models()[0]
         ckpts = [opener(r) for r in section.input_models()]  # opened (and checked) before anything is planned
         common = [c for c in COMPONENTS if all(c in ck.components for ck in ckpts)]
         if not common:
             raise RecipeError("the models share no component (vision, projector, language) to merge")
+        if section.slices is not None and len(common) > 1:  # layer ranges name the language model's layers
+            common = ["language"]
         for cname in COMPONENTS:
             if cname in common:
-                components[cname] = plan_merge_section(section, cname, opener, seed=seed, notes=notes)
+                components[cname] = plan_merge_section(section, cname, opener, seed=seed, notes=notes,
+                                                       warnings=warnings)
             else:  # from the base model, or else the first input that holds it (a VLM beside text-only LLMs)
                 holder = next((r for r in [ref, *section.input_models()] if cname in opener(r).components), None)
                 if holder is None:
@@ -362,7 +337,7 @@ def build_plan(recipe: Recipe, *, seed: int | None = None) -> Plan:
                                               dtype=dtype, out_dtype=out_dtype)
             else:
                 components[cname] = plan_merge_section(section, cname, opener, dtype=dtype, out_dtype=out_dtype,
-                                                       seed=seed, where=where, notes=notes)
+                                                       seed=seed, where=where, notes=notes, warnings=warnings)
         components = {c: components[c] for c in COMPONENTS if c in components}
         fmt = mm.output.format
 
@@ -383,7 +358,7 @@ def build_plan(recipe: Recipe, *, seed: int | None = None) -> Plan:
             how = "copied to the output as they are" if ck.path == kept_from else "not used"
             notes.append(f"{ck.path}: outside its components, {how}: "
                          + "; ".join(f"{', '.join(p)} ({why})" for why, p in by_reason.items()))
-    return Plan(recipe, components, fmt, config, side, tasks, notes, preprocessor,
+    return Plan(recipe, components, fmt, config, side, tasks, notes, warnings, preprocessor,
                 [part for key in opener.cache for part in opener.loras.get(key, (key,))])
 
 

@@ -16,6 +16,7 @@ name wins, no ``filter`` or ``"*"`` matches all). ``evaluate_setting`` resolves 
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -78,26 +79,74 @@ def _model_ref(v: Any) -> Any:
     return v
 
 
+# The mergekit config forms below take unknown keys as mergekit 0.1.5's pydantic models do (it ignores them);
+# `ignored_keys` lists them for the plan's notes, with the known key each looks like a misspelling of.
+LENIENT = ConfigDict(extra="allow")
+
+
 class ModelEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = LENIENT
     model: str
     parameters: Optional[Parameters] = None
 
     v_ref = field_validator("model", mode="before")(_model_ref)
 
 
-class MergeSection(BaseModel):
-    """One merge: exactly the fields of a mergekit config that mmmerge runs (and those it refuses, by name)."""
+class InputSlice(BaseModel):
+    """Layers [start, end) of one model, as one source of an output slice."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = LENIENT
+    model: str
+    layer_range: tuple[int, int]
+    parameters: Optional[Parameters] = None
+
+    v_ref = field_validator("model", mode="before")(_model_ref)
+
+    @model_validator(mode="after")
+    def _range(self):
+        start, end = self.layer_range
+        if not 0 <= start < end:
+            raise ValueError(f"layer_range [{start}, {end}] of {self.model} is empty or negative")
+        return self
+
+
+class OutputSlice(BaseModel):
+    """Consecutive output layers, each merged from the same-offset layer of every source."""
+
+    model_config = LENIENT
+    sources: list[InputSlice]
+    base_model: Optional[str] = None
+    residual_weight: Optional[float] = None  # accepted and unused, as in mergekit 0.1.5
+    parameters: Optional[Parameters] = None
+
+    v_ref = field_validator("base_model", mode="before")(_model_ref)
+
+    @model_validator(mode="after")
+    def _sources(self):
+        if not self.sources:
+            raise ValueError("a slice needs at least one source")
+        lengths = {s.layer_range[1] - s.layer_range[0] for s in self.sources}
+        if len(lengths) > 1:
+            raise ValueError(f"the sources of a slice must hold as many layers each (they hold {sorted(lengths)})")
+        return self
+
+    @property
+    def num_layers(self) -> int:
+        return self.sources[0].layer_range[1] - self.sources[0].layer_range[0]
+
+
+class MergeSection(BaseModel):
+    """One merge: the fields of a mergekit config (`models:` or `slices:`), and those mmmerge refuses by name."""
+
+    model_config = LENIENT
     merge_method: str
     base_model: Optional[str] = None
     models: Optional[list[ModelEntry]] = None
+    slices: Optional[list[OutputSlice]] = None
     parameters: Optional[Parameters] = None
     dtype: Optional[str] = None
     out_dtype: Optional[str] = None
     # mergekit fields mmmerge parses but does not run: refused with a message, never ignored.
-    slices: Optional[Any] = None
     modules: Optional[Any] = None
     tokenizer_source: Optional[Any] = None
     tokenizer: Optional[Any] = None
@@ -108,30 +157,42 @@ class MergeSection(BaseModel):
 
     @model_validator(mode="after")
     def _supported(self):
-        if self.slices is not None:
-            raise ValueError("`slices` (layer surgery) are not supported; list whole `models`")
+        if self.modules is not None:
+            raise ValueError("`modules` sections are read only at the top level of a recipe")
         if self.tokenizer is not None or self.tokenizer_source not in (None, "base"):
             raise ValueError("only the base model's tokenizer is supported (tokenizer_source: base); "
                              "merging vocabularies is not")
         if self.chat_template is not None:
             raise ValueError("`chat_template` is not supported; edit tokenizer_config.json of the output instead")
-        if not self.models:
+        if (self.models is None) == (self.slices is None):
+            close = [f"; {k}: unknown key, did you mean `{m[0]}`?" for k in self.model_extra or {}
+                     if (m := difflib.get_close_matches(str(k), ["models", "slices"], n=1, cutoff=0.75))]
+            raise ValueError("give exactly one of `models` and `slices`" + "".join(close[:1]))
+        if self.models is not None and not self.models:
             raise ValueError("`models` must list at least one model")
-        names = [m.model for m in self.models]
+        if self.slices is not None and not self.slices:
+            raise ValueError("`slices` must list at least one slice")
+        names = [m.model for m in self.models or []]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model {dupes[0]} is listed twice")
         return self
 
     def input_models(self) -> list[str]:
-        """Models in mergekit's order: the listed ones, then the base model if it is not listed."""
-        names = [m.model for m in self.models]
-        if self.base_model is not None and self.base_model not in names:
-            names.append(self.base_model)
+        """Models in mergekit's order: the listed ones (every slice's sources), then the base model(s) if not
+        listed."""
+        if self.slices is not None:
+            names = list(dict.fromkeys(src.model for sl in self.slices for src in sl.sources))
+            bases = [sl.base_model for sl in self.slices if sl.base_model] + [self.base_model]
+        else:
+            names, bases = [m.model for m in self.models], [self.base_model]
+        for base in bases:
+            if base is not None and base not in names:
+                names.append(base)
         return names
 
     def model_parameters(self, model: str) -> Parameters | None:
-        for m in self.models:
+        for m in self.models or []:
             if m.model == model:
                 return m.parameters
         return None
@@ -254,6 +315,32 @@ def from_mergekit_modules(data: dict, where: str) -> dict:
                 raise RecipeError(f"{where}: modules: no section for the {cname} and no base_model to copy it from")
             components[cname] = {"source": base}
     return {"components": components, "output": {"format": "family"}}
+
+
+def ignored_keys(recipe: "Recipe", notes: list[str], warnings: list[str]) -> None:
+    """Keys the mergekit forms of a recipe carry but nothing reads (a top-level `name:`, `int8_mask` beside a
+    model): noted as ignored, as mergekit ignores them; one that looks like a misspelling of a key read at
+    the same place (`dype`, `nomalize`) is warned about too."""
+
+    def walk(model: BaseModel, where: str) -> None:
+        known = list(type(model).model_fields)
+        for key in model.model_extra or {}:
+            notes.append(f"{where}{key}: ignored (mergekit 0.1.5 ignores it too)")
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+            if close:
+                warnings.append(f"{where}{key}: unknown key, ignored; did you mean `{close[0]}`?")
+        for name in known:
+            value = getattr(model, name)
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                if isinstance(item, BaseModel):
+                    walk(item, f"{where}{name}{f'[{i}]' if isinstance(value, list) else ''}.")
+
+    if recipe.merge is not None:
+        walk(recipe.merge, "")
+    else:
+        for cname, section in recipe.multimodal.components.items():
+            walk(section, f"components.{cname}.")
 
 
 def parse_recipe(data: Any, text: str = "", folder: Path | None = None, where: str = "recipe") -> Recipe:

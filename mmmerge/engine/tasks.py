@@ -1,0 +1,71 @@
+"""What a plan is made of: one `Task` per output tensor, grouped per component in a `ComponentPlan`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..checkpoint import Checkpoint, Component, LazyTensor
+
+
+@dataclass
+class Task:
+    """How to produce one output tensor."""
+
+    name: str  # the tensor's name in the output file
+    shape: tuple[int, ...]
+    dtype: torch.dtype  # written dtype
+    tensors: list[LazyTensor]  # inputs that are not the base (all inputs when the method ignores the base)
+    base: LazyTensor | None = None
+    method: Any = None  # a methods.MethodSpec; None copies tensors[0]
+    params: list[dict] = field(default_factory=list)
+    global_params: dict = field(default_factory=dict)
+    input_dtype: torch.dtype | None = None  # inputs are rounded to this before merging (recipe `dtype`)
+    seed: int | None = None  # per-tensor seed for random methods
+    extra_rows: LazyTensor | None = None  # vocabulary rows only some inputs have, appended unmerged
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass
+class ComponentPlan:
+    name: str
+    how: str  # "merge <method>" or "copy"
+    sources: list[str]  # input paths, base first when there is one
+    component: Component  # the output component (config of the reference input); tensors are the tasks' outputs
+    tasks: dict[str, Task]  # keyed by the component's tensor name
+    reference: Checkpoint  # the checkpoint whose config (and side files) the output takes
+    has_base: bool = False  # sources[0] is the base model
+    written: list = field(default_factory=list)  # each source's parameters as the recipe writes them
+    config_updates: dict = field(default_factory=dict)  # output config keys the plan changes (layer count)
+
+
+def written_dtype(inputs: list[LazyTensor], dtype: torch.dtype | None, out_dtype: torch.dtype | None) -> torch.dtype:
+    first = inputs[0].dtype
+    if not first.is_floating_point:
+        return first
+    if out_dtype or dtype:
+        return out_dtype or dtype
+    d = first
+    for t in inputs[1:]:
+        d = torch.promote_types(d, t.dtype)
+    return d
+
+
+def tensor_seed(seed: int | None, cname: str, name: str) -> int | None:
+    if seed is None:
+        return None
+    return (seed * 1_000_003 + zlib.crc32(f"{cname}/{name}".encode())) % 2**63
+
+
+def planned(source: Component, name: str, config: dict, tasks: dict[str, Task]) -> Component:
+    """The output component as planned: `source`'s architecture, with the tasks' shapes and dtypes, no data."""
+    return dataclasses.replace(source, name=name, config=config,
+                               tensors={n: LazyTensor(t.shape, t.dtype, lambda: None) for n, t in tasks.items()})
