@@ -17,21 +17,22 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..adapters.families import FAMILIES
 from ..adapters.families import rename
 from ..adapters.hf_common import class_layout, layout_of
-from ..adapters.hf_causal_lm import is_tied, untie
-from ..checkpoint import COMPONENTS, Checkpoint, Component, LazyTensor
+from ..adapters.hf_causal_lm import untie
+from ..checkpoint import COMPONENTS, Checkpoint, Component
 from ..errors import RecipeError, ShapeMismatchError
+from .inputs import section_inputs
 from .opener import Opener
 from .slices import plan_slices
 from .tasks import ComponentPlan, Task, planned, tensor_seed, written_dtype
 from .parameters import check_names, count_layers, layer_position, make_validator, resolve
 from .recipe import MergeSection, Recipe, SourceSection, dtype_of, ignored_keys, load_recipe
-from .vocab import align_vocabularies, drop_partial_extras
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Plan:
     tasks: list[Task]  # in output order, names as written
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # likely mistakes that do not stop the merge (misspelt keys)
+    tokenizer: Any = None  # engine.tokenizer.TokenizerPlan: the output's tokenizer, when the recipe builds one
     preprocessor: dict | None = None  # preprocessor_config.json to write (vision output from a non-HF source)
     inputs: list[Path] = field(default_factory=list)  # every checkpoint the plan reads
 
@@ -118,21 +120,9 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
     base_ref = section.base_model if spec.uses_base else None
     check_names(spec, section, base_ref, where, notes, warnings)
 
-    ckpts = {r: opener(r) for r in refs}
-    paths = {r: str(opener.path(r)) for r in refs}
-    comps = {r: ckpts[r].component(cname) for r in refs}
-    # Tied embeddings: when only some inputs store lm_head, every input gets an explicit one.
-    tied = {r: cname == "language" and is_tied(c) for r, c in comps.items()}
-    if any(tied.values()) and not all(tied.values()):
-        comps = {r: untie(c) for r, c in comps.items()}
-        notes.append(f"{where}{cname}: some inputs tie lm_head to the embeddings and some do not; "
-                     f"the output stores lm_head (tie_word_embeddings: false)")
     ref_key = section.base_model or refs[0]
-    comps = drop_partial_extras(comps, paths, where, cname, notes)
-    extra_rows: dict[str, LazyTensor] = {}
-    if cname == "language":
-        comps, extra_rows, vocab = align_vocabularies(comps, ref_key, paths,
-                                                      {r: ckpts[r].family is not None for r in refs}, where, notes)
+    inputs = section_inputs(section, cname, opener, refs, ref_key, where, notes)
+    ckpts, paths, comps, extra_rows = inputs.ckpts, inputs.paths, inputs.comps, inputs.extra_rows
     reference = comps[ref_key]
     for r in refs:
         if r != ref_key:
@@ -154,22 +144,22 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
             params, global_params = validate_params(spec, per_model, global_raw)
         except RecipeError as e:
             raise RecipeError(f"{where}{cname} tensor {name}: {e}") from None
-        inputs = [comps[r].tensors[name] for r in others]
+        merged = [comps[r].tensors[name] for r in others]
         base = comps[base_ref].tensors[name] if base_ref is not None else None
-        all_inputs = inputs + ([base] if base is not None else [])
+        all_inputs = merged + ([base] if base is not None else [])
         shape = tuple(ref_t.shape)
         if name in extra_rows:
             shape = (shape[0] + extra_rows[name].shape[0], *shape[1:])
-        tasks[name] = Task(name, shape, written_dtype(all_inputs, dtype, out_dtype), inputs, base, spec,
+        tasks[name] = Task(name, shape, written_dtype(all_inputs, dtype, out_dtype), merged, base, spec,
                            params, global_params, dtype, tensor_seed(seed, cname, name) if spec.random else None,
                            extra_rows.get(name))
     sources = ([paths[base_ref]] if base_ref else []) + [paths[r] for r in others]
     written = ([None] if base_ref else []) + [section.model_parameters(r) for r in others]
     config = copy.deepcopy(reference.config)
-    if extra_rows:
-        config["vocab_size"] = vocab
-    return ComponentPlan(cname, f"merge {spec.name}", sources, planned(reference, cname, config, tasks), tasks, ckpts[ref_key], base_ref is not None,
-                         written)
+    updates = {"vocab_size": inputs.vocab} if inputs.vocab is not None else {}
+    config.update(updates)
+    return ComponentPlan(cname, f"merge {spec.name}", sources, planned(reference, cname, config, tasks), tasks,
+                         ckpts[ref_key], base_ref is not None, written, updates, inputs.tokenizer)
 
 
 def plan_copy(ckpt: Checkpoint, path: Path, cname: str, *, dtype=None, out_dtype=None) -> ComponentPlan:
@@ -358,7 +348,8 @@ def build_plan(recipe: Recipe, *, seed: int | None = None) -> Plan:
             how = "copied to the output as they are" if ck.path == kept_from else "not used"
             notes.append(f"{ck.path}: outside its components, {how}: "
                          + "; ".join(f"{', '.join(p)} ({why})" for why, p in by_reason.items()))
-    return Plan(recipe, components, fmt, config, side, tasks, notes, warnings, preprocessor,
+    tokenizer = components["language"].tokenizer if "language" in components else None
+    return Plan(recipe, components, fmt, config, side, tasks, notes, warnings, tokenizer, preprocessor,
                 [part for key in opener.cache for part in opener.loras.get(key, (key,))])
 
 

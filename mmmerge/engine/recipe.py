@@ -135,6 +135,60 @@ class OutputSlice(BaseModel):
         return self.sources[0].layer_range[1] - self.sources[0].layer_range[0]
 
 
+class TokenSource(BaseModel):
+    """Where one output token's embedding row comes from: `{kind: zero}`, or `{kind: model_token, model, token |
+    token_id}` (a row of that model's own vocabulary)."""
+
+    model_config = LENIENT
+    kind: Literal["zero", "model_token"]
+    model: Optional[str] = None
+    token: Optional[str] = None
+    token_id: Optional[int] = None
+
+    v_ref = field_validator("model", mode="before")(_model_ref)
+
+    @model_validator(mode="after")
+    def _one(self):
+        if self.kind == "model_token":
+            if self.model is None:
+                raise ValueError("a model_token source needs a `model`")
+            if (self.token is None) == (self.token_id is None):
+                raise ValueError("a model_token source needs exactly one of `token` and `token_id`")
+        return self
+
+
+class TokenSetting(BaseModel):
+    """An output token's row: from `source` (a model, or a TokenSource), even where every model has the token
+    when `force` is set."""
+
+    model_config = LENIENT
+    source: Union[TokenSource, str, None] = None
+    force: bool = False
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _model(cls, v):
+        return _model_ref(v) if not (isinstance(v, dict) and "kind" in v) else v
+
+
+class TokenizerSection(BaseModel):
+    """mergekit's `tokenizer:` section: the output vocabulary, tokens to add or place, padding of the rows."""
+
+    model_config = LENIENT
+    source: str = "union"
+    tokens: Optional[dict[str, TokenSetting]] = None
+    pad_to_multiple_of: Optional[int] = None
+
+    v_ref = field_validator("source", mode="before")(_model_ref)
+
+    @field_validator("pad_to_multiple_of")
+    @classmethod
+    def _positive(cls, v):
+        if v is not None and v < 1:
+            raise ValueError(f"pad_to_multiple_of must be at least 1, got {v}")
+        return v
+
+
 class MergeSection(BaseModel):
     """One merge: the fields of a mergekit config (`models:` or `slices:`), and those mmmerge refuses by name."""
 
@@ -146,24 +200,20 @@ class MergeSection(BaseModel):
     parameters: Optional[Parameters] = None
     dtype: Optional[str] = None
     out_dtype: Optional[str] = None
-    # mergekit fields mmmerge parses but does not run: refused with a message, never ignored.
-    modules: Optional[Any] = None
-    tokenizer_source: Optional[Any] = None
-    tokenizer: Optional[Any] = None
-    chat_template: Optional[Any] = None
+    tokenizer_source: Optional[str] = None  # base | union | a model
+    tokenizer: Optional[TokenizerSection] = None
+    chat_template: Optional[str] = None  # a name (chatml, llama3, alpaca, mistral, exaone, auto) or a Jinja template
+    modules: Optional[Any] = None  # read at the top level of a recipe (`from_mergekit_modules`), refused here
 
-    v_ref = field_validator("base_model", mode="before")(_model_ref)
+    v_ref = field_validator("base_model", "tokenizer_source", mode="before")(_model_ref)
     v_dtype = field_validator("dtype", "out_dtype")(_check_dtype)
 
     @model_validator(mode="after")
     def _supported(self):
         if self.modules is not None:
             raise ValueError("`modules` sections are read only at the top level of a recipe")
-        if self.tokenizer is not None or self.tokenizer_source not in (None, "base"):
-            raise ValueError("only the base model's tokenizer is supported (tokenizer_source: base); "
-                             "merging vocabularies is not")
-        if self.chat_template is not None:
-            raise ValueError("`chat_template` is not supported; edit tokenizer_config.json of the output instead")
+        if self.tokenizer is not None and self.tokenizer_source is not None:
+            raise ValueError("give `tokenizer_source` or a `tokenizer` section, not both")
         if (self.models is None) == (self.slices is None):
             close = [f"; {k}: unknown key, did you mean `{m[0]}`?" for k in self.model_extra or {}
                      if (m := difflib.get_close_matches(str(k), ["models", "slices"], n=1, cutoff=0.75))]

@@ -15,6 +15,7 @@ import copy
 
 from ..checkpoint import Component
 from ..errors import RecipeError, ShapeMismatchError
+from .inputs import section_inputs
 from .opener import Opener
 from .parameters import LAYER_RE, check_names, count_layers, make_validator, resolve
 from .recipe import MergeSection, OutputSlice, dtype_of
@@ -47,10 +48,10 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, *, dtype=None
         raise RecipeError(f"{where}merge_method: {e}") from None
     check_names(spec, section, section.base_model if spec.uses_base else None, where, notes, warnings)
     refs = section.input_models()
-    ckpts = {r: opener(r) for r in refs}
-    comps = {r: ckpts[r].component(cname) for r in refs}
-    layers = {r: layer_names(c) for r, c in comps.items()}
     reference_ref = section.base_model or section.slices[0].sources[0].model
+    inputs = section_inputs(section, cname, opener, refs, reference_ref, where, notes)
+    ckpts, comps = inputs.ckpts, inputs.comps
+    layers = {r: layer_names(c) for r, c in comps.items()}
     reference = comps[reference_ref]
     validators = {n: make_validator(spec.name, n, p) for n, p in {**spec.model_params, **spec.global_params}.items()}
     tasks: dict[str, Task] = {}
@@ -75,15 +76,19 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, *, dtype=None
             params, global_params = validate_params(spec, per_model, shared)
         except RecipeError as e:
             raise RecipeError(f"{at} ({out_name}): {e}") from None
-        inputs = [tensors[s.model] for s in others]
+        merged = [tensors[s.model] for s in others]
         base = tensors[base_ref] if base_ref is not None else None
         shapes = {tuple(x.shape) for x in tensors.values()}
         if len(shapes) > 1:
             raise ShapeMismatchError(f"{at}: tensor {out_name} has shapes {sorted(shapes)} in its sources")
-        all_inputs = inputs + ([base] if base is not None else [])
-        tasks[out_name] = Task(out_name, shapes.pop(), written_dtype(all_inputs, dtype, out_dtype), inputs, base, spec,
+        all_inputs = merged + ([base] if base is not None else [])
+        shape = shapes.pop()
+        extra = inputs.extra_rows.get(out_name)
+        if extra is not None:
+            shape = (shape[0] + extra.shape[0], *shape[1:])
+        tasks[out_name] = Task(out_name, shape, written_dtype(all_inputs, dtype, out_dtype), merged, base, spec,
                                params, global_params, dtype,
-                               tensor_seed(seed, cname, out_name) if spec.random else None)
+                               tensor_seed(seed, cname, out_name) if spec.random else None, extra)
 
     outside = [n for n in reference.tensors if not LAYER_RE.search(n)]
     first, last = section.slices[0], section.slices[-1]
@@ -118,12 +123,14 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, *, dtype=None
             add(name, {s.model: name for s in last.sources}, last, f"{where}slices[{len(section.slices) - 1}]", 0.0)
 
     updates = layer_config(reference.config, comps, sources_of_layer)
+    if inputs.vocab is not None:
+        updates["vocab_size"] = inputs.vocab
     config = {**copy.deepcopy(reference.config), **updates}
     bases = [r for r in refs if r == section.base_model]
     sources = [str(opener.path(r)) for r in bases + [r for r in refs if r not in bases]]
     cp = ComponentPlan(cname, f"merge {spec.name} over {len(section.slices)} slice(s), {out_layer} layers", sources,
                        planned(reference, cname, config, tasks), tasks, ckpts[reference_ref], bool(bases),
-                       [None] * len(sources), updates)
+                       [None] * len(sources), updates, inputs.tokenizer)
     if out_layer != count_layers(reference):
         notes.append(f"{where}{cname}: {out_layer} output layers from {count_layers(reference)}-layer inputs; "
                      f"num_hidden_layers is {out_layer}")

@@ -44,7 +44,8 @@ class ComponentPlan:
     reference: Checkpoint  # the checkpoint whose config (and side files) the output takes
     has_base: bool = False  # sources[0] is the base model
     written: list = field(default_factory=list)  # each source's parameters as the recipe writes them
-    config_updates: dict = field(default_factory=dict)  # output config keys the plan changes (layer count)
+    config_updates: dict = field(default_factory=dict)  # output config keys the plan changes (layers, vocabulary)
+    tokenizer: Any = None  # an engine.tokenizer.TokenizerPlan when the recipe builds the output's tokenizer
 
 
 def written_dtype(inputs: list[LazyTensor], dtype: torch.dtype | None, out_dtype: torch.dtype | None) -> torch.dtype:

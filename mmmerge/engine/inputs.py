@@ -1,0 +1,50 @@
+"""The inputs of one merge section, made mergeable by named steps before any task is planned:
+open each model's component, make tied heads explicit where only some inputs tie them, leave out extras
+only some inputs carry, then give every input the output's vocabulary (the recipe's tokenizer) or, without
+one, cut vocabularies that differ only by appended rows (a VLM's image tokens) to the shared rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..adapters.hf_causal_lm import is_tied, untie
+from ..checkpoint import Checkpoint, Component, LazyTensor
+from .opener import Opener
+from .recipe import MergeSection
+from .tokenizer import TokenizerPlan, plan_tokenizer
+from .vocab import align_vocabularies, drop_partial_extras
+
+
+@dataclass
+class SectionInputs:
+    ckpts: dict[str, Checkpoint]
+    paths: dict[str, str]
+    comps: dict[str, Component]
+    tokenizer: TokenizerPlan | None = None
+    extra_rows: dict[str, LazyTensor] = field(default_factory=dict)  # appended vocabulary rows, copied unmerged
+    vocab: int | None = None  # the output's vocabulary rows, where the steps changed them
+
+
+def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list[str], ref_key: str, where: str,
+                   notes: list[str]) -> SectionInputs:
+    ckpts = {r: opener(r) for r in refs}
+    paths = {r: str(opener.path(r)) for r in refs}
+    comps = {r: ckpts[r].component(cname) for r in refs}
+    tied = {r: cname == "language" and is_tied(c) for r, c in comps.items()}
+    if any(tied.values()) and not all(tied.values()):
+        comps = {r: untie(c) for r, c in comps.items()}
+        notes.append(f"{where}{cname}: some inputs tie lm_head to the embeddings and some do not; "
+                     f"the output stores lm_head (tie_word_embeddings: false)")
+    comps = drop_partial_extras(comps, paths, where, cname, notes)
+    out = SectionInputs(ckpts, paths, comps)
+    if cname != "language":
+        return out
+    out.comps, out.tokenizer = plan_tokenizer(section, refs, {r: ckpts[r].side_files for r in refs}, comps,
+                                              section.base_model, where, notes)
+    if out.tokenizer is not None and out.tokenizer.tokenizer is not None:
+        out.vocab = out.comps[ref_key].config["vocab_size"]
+        return out
+    out.comps, out.extra_rows, vocab = align_vocabularies(out.comps, ref_key, paths,
+                                                          {r: ckpts[r].family is not None for r in refs}, where, notes)
+    out.vocab = vocab if out.extra_rows else None
+    return out
