@@ -137,12 +137,15 @@ def execute(plan: Plan, out: Path, *, device: str = "cpu", force: bool = False, 
         with atomic_output_dir(out, force) as tmp:
             if plan.side_files_from is not None:
                 copy_side_files(plan.side_files_from, tmp, skip=SIDE_FILES_SKIPPED)
+            if plan.tokenizer is not None:  # the recipe's tokenizer and chat template replace the copied ones
+                plan.tokenizer.write(tmp)
             write_safetensors(tmp, tensors, max_shard_bytes=max_shard_bytes,
                               metadata={"mmmerge_version": __version__}, on_tensor=on_tensor)
             (tmp / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
             if plan.preprocessor:
                 (tmp / "preprocessor_config.json").write_text(json.dumps(plan.preprocessor, indent=2) + "\n")
             (tmp / "mmmerge_recipe.yml").write_text(recipe_text(plan))
+            (tmp / "README.md").write_text(model_card(plan, out))
     finally:
         bar.close()
     if not quiet:
