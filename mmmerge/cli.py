@@ -35,7 +35,7 @@ def cmd_merge(args) -> None:
     from .engine import merge
 
     merge(args.recipe, args.out, device=args.device, seed=args.seed, dry_run=args.dry_run, force=args.force,
-          quiet=args.quiet, threads=args.threads)
+          quiet=args.quiet, threads=args.threads, offline=True if args.offline else None)
 
 
 def cmd_stitch(args) -> None:
@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="where the math runs: cpu or cuda (default: cpu)")
     s.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     s.add_argument("--seed", type=int, default=None, help="seed for random methods (dare, della)")
+    s.add_argument("--offline", action="store_true",
+                   help="models named by hub ID come from the local Hugging Face cache only (as HF_HUB_OFFLINE=1)")
     s.add_argument("--dry-run", action="store_true", help="validate and print the plan; write nothing")
     s.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")

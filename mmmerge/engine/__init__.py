@@ -16,13 +16,15 @@ from .recipe import Recipe, evaluate_setting, load_recipe
 
 
 def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", seed: int | None = None,
-          dry_run: bool = False, force: bool = False, quiet: bool = False, threads: int | None = None) -> Path | None:
+          dry_run: bool = False, force: bool = False, quiet: bool = False, threads: int | None = None,
+          offline: bool | None = None) -> Path | None:
     """Merge the models a recipe names into the transformers folder `out`.
 
     `recipe`: a YAML file path, YAML text, or a dict (a mergekit config as it is, or a multimodal recipe).
     `device`: where the math runs (cpu | cuda). `seed`: makes random methods (dare, della) reproducible,
     per tensor. `dry_run`: validate everything and print the plan, write nothing (returns None).
-    `force`: replace a non-empty `out`. `threads`: torch CPU threads while merging.
+    `force`: replace a non-empty `out`. `threads`: torch CPU threads while merging. `offline`: models named by hub
+    ID come from the local Hugging Face cache only (default: HF_HUB_OFFLINE); otherwise missing files download.
     Returns the output folder. Raises an `MMMergeError` (one line) on any invalid input.
     """
     import torch
@@ -32,7 +34,7 @@ def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", se
 
     resolve_device(device)
     check_output_dir(Path(out), force)
-    plan = plan_merge(recipe, seed=seed)
+    plan = plan_merge(recipe, seed=seed, offline=offline)
     check_output(plan, Path(out), force)
     for warning in plan.warnings:  # likely mistakes: shown even when quiet
         print(f"warning: {warning}", file=sys.stderr)

@@ -288,11 +288,11 @@ def _check_class_layout(ref: Checkpoint, cfg: dict, tasks: list[Task]) -> None:
         raise RecipeError(f"output: tensor {extra[0]} has no place in {ref.family.cls} with this config")
 
 
-def build_plan(recipe: Recipe, *, seed: int | None = None) -> Plan:
+def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None = None) -> Plan:
     notes: list[str] = []
     warnings: list[str] = []
     ignored_keys(recipe, notes, warnings)
-    opener = Opener(recipe.folder)
+    opener = Opener(recipe.folder, offline=offline)
     components: dict[str, ComponentPlan] = {}
     if recipe.merge is not None:
         section = recipe.merge
@@ -353,6 +353,7 @@ def build_plan(recipe: Recipe, *, seed: int | None = None) -> Plan:
                 [part for key in opener.cache for part in opener.loras.get(key, (key,))])
 
 
-def plan_merge(recipe, *, seed: int | None = None) -> Plan:
-    """Parse and plan a recipe (path, YAML text, dict) without reading tensor data."""
-    return build_plan(load_recipe(recipe), seed=seed)
+def plan_merge(recipe, *, seed: int | None = None, offline: bool | None = None) -> Plan:
+    """Parse and plan a recipe (path, YAML text, dict) without reading tensor data. `offline`: hub IDs resolve
+    from the local cache only (default: HF_HUB_OFFLINE)."""
+    return build_plan(load_recipe(recipe), seed=seed, offline=offline)

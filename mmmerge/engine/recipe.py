@@ -59,9 +59,10 @@ def _check_dtype(v: str | None) -> str | None:
 
 
 def _local_path(v: Any) -> Any:
-    """A mergekit ModelPath ({path: ...} without a revision) or a plain string -> the string, else None."""
-    if isinstance(v, dict) and set(v) <= {"path", "revision"} and v.get("revision") is None:
-        v = v.get("path")
+    """A mergekit ModelPath ({path: ..., revision: ...}) or a plain string -> the string (`path@revision`), else
+    None."""
+    if isinstance(v, dict) and set(v) <= {"path", "revision"}:
+        v = v.get("path") if v.get("revision") is None else f"{v.get('path')}@{v['revision']}"
     return v if isinstance(v, str) else None
 
 
@@ -75,7 +76,7 @@ def _model_ref(v: Any) -> Any:
         lora = _local_path(v.get("lora")) if v.get("lora") is not None else ""
         if inner is not None and lora is not None and set(v) <= {"model", "path", "revision", "lora"}:
             return f"{inner}+{lora}" if lora else inner
-        raise ValueError("only local model and LoRA paths are supported (no hub revisions)")
+        raise ValueError("a model is a path, a hub ID, {path: ..., revision: ...} or {model: ..., lora: ...}")
     return v
 
 
