@@ -30,7 +30,7 @@ from ..errors import RecipeError, ShapeMismatchError
 from .inputs import section_inputs
 from .opener import Opener
 from .slices import plan_slices
-from .tasks import ComponentPlan, Task, planned, tensor_seed, written_dtype
+from .tasks import ComponentPlan, Task, native_dtype, planned, tensor_seed, written_dtype
 from .parameters import check_names, count_layers, layer_position, make_validator, resolve
 from .recipe import MergeSection, Recipe, SourceSection, dtype_of, ignored_keys, load_recipe
 
@@ -152,7 +152,7 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
             shape = (shape[0] + extra_rows[name].shape[0], *shape[1:])
         tasks[name] = Task(name, shape, written_dtype(all_inputs, dtype, out_dtype), merged, base, spec,
                            params, global_params, dtype, tensor_seed(seed, cname, name) if spec.random else None,
-                           extra_rows.get(name))
+                           extra_rows.get(name), native_dtype(all_inputs, dtype, section.compute_dtype))
     sources = ([paths[base_ref]] if base_ref else []) + [paths[r] for r in others]
     written = ([None] if base_ref else []) + [section.model_parameters(r) for r in others]
     config = copy.deepcopy(reference.config)

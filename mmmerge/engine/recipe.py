@@ -201,6 +201,8 @@ class MergeSection(BaseModel):
     parameters: Optional[Parameters] = None
     dtype: Optional[str] = None
     out_dtype: Optional[str] = None
+    # mmmerge's own: `float32` computes half-precision merges in float32 (rounded once) instead of as mergekit does
+    compute_dtype: Optional[Literal["float32"]] = None
     tokenizer_source: Optional[str] = None  # base | union | a model
     tokenizer: Optional[TokenizerSection] = None
     chat_template: Optional[str] = None  # a name (chatml, llama3, alpaca, mistral, exaone, auto) or a Jinja template

@@ -19,7 +19,7 @@ from .inputs import section_inputs
 from .opener import Opener
 from .parameters import LAYER_RE, check_names, count_layers, make_validator, resolve
 from .recipe import MergeSection, OutputSlice, dtype_of
-from .tasks import ComponentPlan, Task, planned, tensor_seed, written_dtype
+from .tasks import ComponentPlan, Task, native_dtype, planned, tensor_seed, written_dtype
 
 # Tensors outside the layers that come before them (from the first slice's sources); the rest come after.
 PRE_LAYER_MARKERS = ("embed_tokens", "embed_positions", "wte", "wpe", "word_embeddings", "embed_in")
@@ -88,7 +88,8 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, *, dtype=None
             shape = (shape[0] + extra.shape[0], *shape[1:])
         tasks[out_name] = Task(out_name, shape, written_dtype(all_inputs, dtype, out_dtype), merged, base, spec,
                                params, global_params, dtype,
-                               tensor_seed(seed, cname, out_name) if spec.random else None, extra)
+                               tensor_seed(seed, cname, out_name) if spec.random else None, extra,
+                               native_dtype(all_inputs, dtype, section.compute_dtype))
 
     outside = [n for n in reference.tensors if not LAYER_RE.search(n)]
     first, last = section.slices[0], section.slices[-1]
@@ -128,7 +129,8 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, *, dtype=None
     config = {**copy.deepcopy(reference.config), **updates}
     bases = [r for r in refs if r == section.base_model]
     sources = [str(opener.path(r)) for r in bases + [r for r in refs if r not in bases]]
-    cp = ComponentPlan(cname, f"merge {spec.name} over {len(section.slices)} slice(s), {out_layer} layers", sources,
+    notes.append(f"{where}{cname}: {len(section.slices)} slice(s), {out_layer} output layers")
+    cp = ComponentPlan(cname, f"merge {spec.name}", sources,
                        planned(reference, cname, config, tasks), tasks, ckpts[reference_ref], bool(bases),
                        [None] * len(sources), updates, inputs.tokenizer)
     if out_layer != count_layers(reference):

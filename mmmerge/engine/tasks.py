@@ -28,6 +28,7 @@ class Task:
     input_dtype: torch.dtype | None = None  # inputs are rounded to this before merging (recipe `dtype`)
     seed: int | None = None  # per-tensor seed for random methods
     extra_rows: LazyTensor | None = None  # vocabulary rows only some inputs have, appended unmerged
+    native_dtype: torch.dtype | None = None  # half precision the method computes in, as mergekit does
 
     @property
     def nbytes(self) -> int:
@@ -70,3 +71,22 @@ def planned(source: Component, name: str, config: dict, tasks: dict[str, Task]) 
     """The output component as planned: `source`'s architecture, with the tasks' shapes and dtypes, no data."""
     return dataclasses.replace(source, name=name, config=config,
                                tensors={n: LazyTensor(t.shape, t.dtype, lambda: None) for n, t in tasks.items()})
+
+
+HALF = (torch.bfloat16, torch.float16)
+
+
+def native_dtype(inputs: list[LazyTensor], dtype: torch.dtype | None, compute_dtype: str | None) -> torch.dtype | None:
+    """The half precision a merge computes in, as mergekit computes it: the recipe's `dtype`, else the inputs'
+    (promoted); None for float32/float64 or when the recipe asks for `compute_dtype: float32`."""
+    if compute_dtype == "float32":
+        return None
+    d = dtype
+    if d is None:
+        floats = [t.dtype for t in inputs if t.dtype.is_floating_point]
+        if not floats:
+            return None
+        d = floats[0]
+        for f in floats[1:]:
+            d = torch.promote_types(d, f)
+    return d if d in HALF else None

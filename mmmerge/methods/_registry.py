@@ -114,6 +114,8 @@ class MethodSpec:
     check: Callable[[list, dict], None] | None = None
     reference: str = ""
     widens_inputs: bool = False
+    # computes in the inputs' own half precision, rounding where mergekit does (see methods.native)
+    native: Callable[..., torch.Tensor] | None = None
 
     def __post_init__(self):
         if self.base not in BASE_POLICIES:
@@ -244,6 +246,7 @@ def merge_tensor(
     *,
     unknown: str = "error",
     out_dtype: torch.dtype | None = None,
+    native_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Merge one output tensor: validate, compute in float32 (float64 if an input is), return that dtype
     (or ``out_dtype``: the same values, rounded once).
@@ -270,6 +273,11 @@ def merge_tensor(
         if all(t.dtype == first.dtype and torch.equal(t, first) for t in everything[1:]):
             return first.clone()
         raise RecipeError(f"{spec.name}: a non-floating tensor differs between inputs and cannot be merged")
+    if native_dtype is not None and spec.native is not None:  # mergekit's half-precision arithmetic
+        with torch.no_grad():
+            out = spec.native([t.to(native_dtype) for t in tensors], base.to(native_dtype) if base is not None
+                              else None, params, global_params, generator)
+        return out if out_dtype is None else out.to(out_dtype)
     dtype = compute_dtype(everything)
     if spec.widens_inputs:
         tensors = list(tensors)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _common
+from . import _common, native
 from ._common import (BOOL_FALSE, DENSITY, WEIGHT, check_della_epsilon, l1_rescale, largest_keep, middle_keep, random_keep,
                       rank_keep)
 from ._registry import MethodSpec, Param, register
@@ -144,10 +144,18 @@ def _combine(deltas, weights, base, global_params, consensus, work, out):
         out.copy_(mixed.add_(base))  # rounded once, from the float32 sum
 
 
+NATIVE_KEEP = {_none: None, _magnitude: native.keep_largest, _random: native.keep_random,
+               _outliers: native.keep_middle, _rank: native.keep_by_rank}
+
+
 def _family_member(name, sparsify, consensus, normalize, rescale, extra=None, check=None, reference=""):
     def fn(tensors, base, params, global_params, generator=None, out_dtype=None):
         return _merge(tensors, base, params, global_params, generator, sparsify=sparsify, consensus=consensus,
                       out_dtype=out_dtype)
+
+    def in_native_dtype(tensors, base, params, global_params, generator=None):
+        return native.task_vector_merge(tensors, base, params, global_params, generator,
+                                        keep=NATIVE_KEEP[sparsify], consensus=consensus)
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = f"{name}: task-vector merge (see mmmerge.methods.task_arithmetic)."
@@ -169,6 +177,7 @@ def _family_member(name, sparsify, consensus, normalize, rescale, extra=None, ch
             widens_inputs=True,
             check=check,
             reference=reference,
+            native=in_native_dtype,
         )
     )
     return fn
