@@ -30,7 +30,7 @@ from ..errors import RecipeError, ShapeMismatchError
 from .inputs import section_inputs
 from .opener import Opener
 from .slices import plan_slices
-from .tasks import ComponentPlan, Task, native_dtype, planned, tensor_seed, written_dtype
+from .tasks import ComponentPlan, SharedStream, Task, native_dtype, planned, tensor_seed, written_dtype
 from .parameters import check_names, count_layers, layer_position, make_validator, resolve
 from .recipe import MergeSection, Recipe, SourceSection, dtype_of, ignored_keys, load_recipe
 
@@ -152,7 +152,7 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
             shape = (shape[0] + extra_rows[name].shape[0], *shape[1:])
         tasks[name] = Task(name, shape, written_dtype(all_inputs, dtype, out_dtype), merged, base, spec,
                            params, global_params, dtype, tensor_seed(seed, cname, name) if spec.random else None,
-                           extra_rows.get(name), native_dtype(all_inputs, dtype, section.compute_dtype))
+                           extra_rows.get(name), native_dtype(all_inputs, dtype, section.compute_dtype), name)
     sources = ([paths[base_ref]] if base_ref else []) + [paths[r] for r in others]
     written = ([None] if base_ref else []) + [section.model_parameters(r) for r in others]
     config = copy.deepcopy(reference.config)
@@ -288,6 +288,22 @@ def _check_class_layout(ref: Checkpoint, cfg: dict, tasks: list[Task]) -> None:
         raise RecipeError(f"output: tensor {extra[0]} has no place in {ref.family.cls} with this config")
 
 
+def sections(recipe: Recipe) -> list:
+    return [recipe.merge] if recipe.merge is not None else list(recipe.multimodal.components.values())
+
+
+def one_random_stream(tasks: list[Task], seed: int) -> list[Task]:
+    """The tasks in mergekit's order (by label), the random ones drawing from one stream seeded once, as
+    mergekit draws them; `random_stream: per_tensor` keeps a stream per tensor (seeded from its name)."""
+    random = [t for t in tasks if t.method is not None and t.method.random]
+    if not random:
+        return tasks
+    stream = SharedStream(seed)
+    for t in random:
+        t.stream = stream
+    return sorted(tasks, key=lambda t: t.label or t.name)
+
+
 def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None = None) -> Plan:
     notes: list[str] = []
     warnings: list[str] = []
@@ -348,6 +364,8 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
             how = "copied to the output as they are" if ck.path == kept_from else "not used"
             notes.append(f"{ck.path}: outside its components, {how}: "
                          + "; ".join(f"{', '.join(p)} ({why})" for why, p in by_reason.items()))
+    if seed is not None and not any(getattr(sec, "random_stream", None) == "per_tensor" for sec in sections(recipe)):
+        tasks = one_random_stream(tasks, seed)
     tokenizer = components["language"].tokenizer if "language" in components else None
     return Plan(recipe, components, fmt, config, side, tasks, notes, warnings, tokenizer, preprocessor,
                 [part for key in opener.cache for part in opener.loras.get(key, (key,))])

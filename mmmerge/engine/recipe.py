@@ -203,6 +203,9 @@ class MergeSection(BaseModel):
     out_dtype: Optional[str] = None
     # mmmerge's own: `float32` computes half-precision merges in float32 (rounded once) instead of as mergekit does
     compute_dtype: Optional[Literal["float32"]] = None
+    # mmmerge's own: `per_tensor` seeds each tensor's random draws from the seed and its name, instead of
+    # drawing from one stream in mergekit's order
+    random_stream: Optional[Literal["mergekit", "per_tensor"]] = None
     tokenizer_source: Optional[str] = None  # base | union | a model
     tokenizer: Optional[TokenizerSection] = None
     chat_template: Optional[str] = None  # a name (chatml, llama3, alpaca, mistral, exaone, auto) or a Jinja template

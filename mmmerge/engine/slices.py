@@ -89,7 +89,7 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, *, dtype=None
         tasks[out_name] = Task(out_name, shape, written_dtype(all_inputs, dtype, out_dtype), merged, base, spec,
                                params, global_params, dtype,
                                tensor_seed(seed, cname, out_name) if spec.random else None, extra,
-                               native_dtype(all_inputs, dtype, section.compute_dtype))
+                               native_dtype(all_inputs, dtype, section.compute_dtype), max(names.values()))
 
     outside = [n for n in reference.tensors if not LAYER_RE.search(n)]
     first, last = section.slices[0], section.slices[-1]

@@ -29,6 +29,8 @@ class Task:
     seed: int | None = None  # per-tensor seed for random methods
     extra_rows: LazyTensor | None = None  # vocabulary rows only some inputs have, appended unmerged
     native_dtype: torch.dtype | None = None  # half precision the method computes in, as mergekit does
+    label: str = ""  # mergekit's name for the task (its largest input tensor name), which orders its random draws
+    stream: "SharedStream | None" = None  # the merge's one random stream, when the random draws follow mergekit's
 
     @property
     def nbytes(self) -> int:
@@ -71,6 +73,22 @@ def planned(source: Component, name: str, config: dict, tasks: dict[str, Task]) 
     """The output component as planned: `source`'s architecture, with the tasks' shapes and dtypes, no data."""
     return dataclasses.replace(source, name=name, config=config,
                                tensors={n: LazyTensor(t.shape, t.dtype, lambda: None) for n, t in tasks.items()})
+
+
+class SharedStream:
+    """One random stream for a whole merge, seeded once and drawn from task after task in mergekit's order (by
+    task label), so a seeded dare/della config gives mergekit's model (mergekit seeds torch once and runs its
+    tasks in that order)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.generators: dict[str, torch.Generator] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self.generators:
+            self.generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+        return self.generators[key]
 
 
 HALF = (torch.bfloat16, torch.float16)
