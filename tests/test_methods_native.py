@@ -40,3 +40,38 @@ def test_native_half_precision_is_mergekits_bit_for_bit(name, dtype):
     wide = merge_tensor(name, models, base, params, global_params, torch.Generator().manual_seed(11), out_dtype=dtype)
     if name in ("task_arithmetic", "ties", "della"):  # the test can fail: float32 math rounds elsewhere
         assert not torch.equal(wide, theirs)
+
+
+# method: (non-base models, base given, per-model parameters, global parameters)
+OTHERS = {
+    "slerp": (1, True, {}, {"t": 0.3}),
+    "model_stock": (3, True, {}, {}),
+    "sce": (3, True, {}, {"select_topk": 0.5}),
+    "nearswap": (1, True, {}, {"t": 0.01}),
+    "nuslerp": (2, True, {"weight": None}, {}),
+    "multislerp": (3, True, {"weight": None}, {}),
+    "karcher": (3, False, {}, {}),
+    "ram": (2, True, {}, {}),
+    "ramplus_tl": (3, True, {}, {}),
+    "arcee_fusion": (1, True, {}, {}),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", sorted(OTHERS))
+def test_other_methods_in_half_precision_are_mergekits(name, dtype):
+    n, has_base, per_model, global_params = OTHERS[name]
+    models, base = make_inputs((48, 80), n, seed=3)
+    models, base = [m.to(dtype) for m in models], base.to(dtype)
+    params = [{k: 0.3 + 0.2 * i for k in per_model} for i in range(n)]
+    parameters = dict(global_params)
+    for key in per_model:
+        parameters[key] = [p[key] for p in params]
+    inputs = models + ([base] if has_base else [])
+    theirs = mergekit_merge_tensors(inputs, name, parameters=parameters, base_index=n if has_base else None)
+    ours = merge_tensor(name, models, base if has_base else None, params, global_params, native_dtype=dtype,
+                        out_dtype=dtype)
+    # float32 intermediates (arcee_fusion's mask, ramplus_tl's boost) make mergekit's result float32; mmmerge
+    # rounds it to the output dtype like every other tensor
+    assert torch.equal(ours, theirs.to(dtype))
+    assert name in ("arcee_fusion", "ramplus_tl") or theirs.dtype == dtype

@@ -126,6 +126,10 @@ class OutputSlice(BaseModel):
     def _sources(self):
         if not self.sources:
             raise ValueError("a slice needs at least one source")
+        models = [s.model for s in self.sources]
+        twice = sorted({m for m in models if models.count(m) > 1})
+        if twice:  # its ranges would be one input under one name (mergekit refuses it too)
+            raise ValueError(f"model {twice[0]} is a source of one slice twice; a slice takes each model once")
         lengths = {s.layer_range[1] - s.layer_range[0] for s in self.sources}
         if len(lengths) > 1:
             raise ValueError(f"the sources of a slice must hold as many layers each (they hold {sorted(lengths)})")
@@ -336,9 +340,8 @@ def _one_line(e: ValidationError) -> str:
 
 
 # mergekit's module names (its multimodal architecture definitions) -> mmmerge's components
-MERGEKIT_MODULES = {"text_decoder": "language", "language_model": "language", "vision_tower": "vision",
-                    "vision_model": "vision", "multi_modal_projector": "projector"}
-SHARED_KEYS = ("merge_method", "base_model", "dtype", "out_dtype", "tokenizer_source", "tokenizer", "chat_template")
+MERGEKIT_MODULES = {"default": "language", "text_decoder": "language", "language_model": "language",
+                    "vision_tower": "vision", "vision_model": "vision", "multi_modal_projector": "projector"}
 
 
 def from_mergekit_modules(data: dict, where: str) -> dict:
@@ -351,19 +354,19 @@ def from_mergekit_modules(data: dict, where: str) -> dict:
     if data.get("models") is not None or data.get("slices") is not None:
         raise RecipeError(f"{where}: give one of `models`, `slices` or `modules`")
     components = {}
+    # top-level keys go into every section (keys mergekit ignores too: they are noted there as ignored)
+    shared = {k: v for k, v in data.items() if k not in ("modules", "parameters", "models", "slices")}
     for name, section in modules.items():
         if name not in MERGEKIT_MODULES:
             raise RecipeError(f"{where}: modules.{name}: unknown module (known: {', '.join(MERGEKIT_MODULES)})")
         if not isinstance(section, dict):
-            raise RecipeError(f"{where}: modules.{name}: expected a section with `models`")
-        merged = {k: data[k] for k in SHARED_KEYS if k in data}
-        merged.update({k: v for k, v in section.items() if k != "parameters"})
+            raise RecipeError(f"{where}: modules.{name}: expected a section with `models` or `slices`")
+        merged = {**shared, **{k: v for k, v in section.items() if k != "parameters"}}
         if data.get("parameters") is not None or section.get("parameters") is not None:
             merged["parameters"] = {**(data.get("parameters") or {}), **(section.get("parameters") or {})}
         components[MERGEKIT_MODULES[name]] = merged
-    unknown = sorted(set(data) - {"modules", "parameters", "models", "slices", *SHARED_KEYS})
-    if unknown:
-        raise RecipeError(f"{where}: {unknown[0]}: unknown key")
+    if set(modules) == {"default"}:  # a single-module (text-only) architecture: a plain causal LM comes out
+        return components["language"]
     base = data.get("base_model")
     for cname in COMPONENTS:
         if cname not in components:
