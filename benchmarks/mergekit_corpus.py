@@ -34,13 +34,14 @@ def main(filters: list[str]) -> None:
         counts[o.status] += 1
         print(f"| {o.config} | {o.status} | {o.detail} | {len(o.mergekit_dropped)} | ({time.time() - start:.1f} s)",
               flush=True)
-    both = sum(counts[s] for s in ("identical", "within 1 ulp", "differs"))
+    merged = ("identical", "same values, other dtype", "same values, other layout", "within 1 ulp", "differs")
+    both = sum(counts[s] for s in merged)
     print()
     print(", ".join(f"{k}: {v}" for k, v in counts.most_common()))
     if both:
-        print(f"of the {both} configs both tools merged: {counts['identical']} identical "
-              f"({100 * counts['identical'] / both:.0f}%), {counts['within 1 ulp']} within one ulp, "
-              f"{counts['differs']} differ")
+        print(f"of the {both} configs both tools merged: {counts['identical']} identical bit for bit "
+              f"({100 * counts['identical'] / both:.0f}%), "
+              + ", ".join(f"{counts[s]} {s}" for s in merged[1:]))
 
 
 if __name__ == "__main__":

@@ -267,7 +267,10 @@ def run_config(path: Path, workdir: Path) -> Outcome:
 
 def run_mergekit(cfg: dict, out: Path):
     from mergekit.config import MergeConfiguration
+    from mergekit.io.tasks import LoaderCache
     from mergekit.merge import MergeOptions, run_merge
+
+    LoaderCache().loaders.clear()  # it keeps models by reference across runs: a name reused must be read again
 
     logging.disable(logging.WARNING)
     try:
