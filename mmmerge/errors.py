@@ -31,3 +31,32 @@ class ShapeMismatchError(MMMergeError):
 
 class RecipeError(MMMergeError):
     """A recipe or a parameter is invalid."""
+
+
+class MMMergeWarning(UserWarning):
+    """Base class of warnings: the CLI prints `warning: <message>` on stderr, whatever --quiet says."""
+
+
+class UntrainedProjectorWarning(MMMergeWarning):
+    """A stitched model's projector is new and was neither loaded nor fitted: its answers are noise."""
+
+
+class UnsafeOutputError(MMMergeError):
+    """Writing the output folder would destroy or change something that must be kept (an input, the working
+    folder, a folder mmmerge did not write)."""
+
+
+class OutputBusyError(MMMergeError):
+    """Another mmmerge run holds the lock on the same output folder."""
+
+
+class NonFiniteError(MMMergeError):
+    """An input tensor (or a value given for the merge) holds NaN or inf."""
+
+
+class ImageTooLargeError(UnreadableFileError):
+    """An image's header declares more pixels than the limit: it is refused before it is decoded."""
+
+
+class DeviceError(MMMergeError):
+    """A device name torch does not know, or one this machine does not have."""

@@ -115,7 +115,7 @@ def test_atomic_output_dir(tmp_path):
             pass
     with atomic_output_dir(out, force=True) as tmp:
         (tmp / "b").write_text("2")
-    assert sorted(p.name for p in out.iterdir()) == ["b"]
+    assert sorted(p.name for p in out.iterdir()) == [".mmmerge-output", "b"]  # the marker --force looks for
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

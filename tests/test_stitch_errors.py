@@ -73,9 +73,14 @@ def test_existing_output_is_left_alone_without_force(parts, tmp_path):
     refused(tmp_path, *args, needles=(str(tmp_path / "out"), "not empty", "--force"))
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["mine.txt"]
     assert (tmp_path / "out" / "mine.txt").read_text() == "keep me"
-    r = run("stitch", *args, "--out", tmp_path / "out", "--quiet", "--force")
-    assert r.returncode == 0 and r.stdout == "" and "writing LLaVA" not in r.stderr and "Loading" not in r.stderr
-    assert not (tmp_path / "out" / "mine.txt").exists() and (tmp_path / "out" / "config.json").is_file()
+    # --force replaces only a folder mmmerge wrote: a user's folder is left alone with it too
+    refused(tmp_path, *args, "--force", needles=(str(tmp_path / "out"), "--force replaces only", ".mmmerge-output"))
+    assert (tmp_path / "out" / "mine.txt").read_text() == "keep me"
+    (tmp_path / "out" / "mine.txt").unlink()  # an empty folder may be written
+    for _ in range(2):  # and a previous mmmerge output replaced
+        r = run("stitch", *args, "--out", tmp_path / "out", "--quiet", "--force")
+        assert r.returncode == 0 and r.stdout == "" and "writing LLaVA" not in r.stderr and "Loading" not in r.stderr
+        assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out" / ".mmmerge-output").is_file()
 
 
 @pytest.mark.parametrize("args, needles", [

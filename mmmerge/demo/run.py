@@ -90,18 +90,39 @@ def evaluate_model(model: Path, world, out: Path, *, batch_size: int, device: st
 
 def run_demo(out: str | Path = "mmmerge-demo", *, device: str | None = None, seed: int = 0, progress: bool = True,
              force: bool = False, config: DemoConfig | None = None) -> dict:
-    """Run the whole demo into `out` and return the report (also written to OUT/report.json)."""
-    from .. import merge, stitch
-    from ..adapters.hf_common import transformers_bars
-    from ..io import check_output_dir
+    """Run the whole demo into `out` and return the report (also written to OUT/report.json).
+
+    The demo writes many folders inside `out`, so `out` is not renamed into place at the end: it is claimed for
+    the run (checked and locked, like every output), marked as an mmmerge output from the start, and removed
+    again if the run fails or is stopped. `force` replaces a previous mmmerge output only."""
+    import shutil
+
+    from ..device import resolve_device
+    from ..io import claim_output
+    from ..io.guard import write_marker
+    from ..signals import deferred_signals
 
     config = config or DemoConfig()
-    out = Path(out).absolute()
-    check_output_dir(out, force)
-    if force and out.exists():
-        import shutil
+    resolve_device(device)  # `cuda` on a machine without it: one line now, not a traceback minutes later
+    with claim_output(out, force=force):  # `out` as given: '' and '.' are refused
+        out = Path(out).absolute()
+        with deferred_signals():  # a Ctrl-C here would leave half a folder without its marker
+            if out.exists():
+                shutil.rmtree(out)  # empty, or a previous mmmerge output with force: the claim checked
+            out.mkdir()
+            write_marker(out)
+        try:
+            return _run_stages(out, device=device, seed=seed, progress=progress, config=config)
+        except BaseException:
+            with deferred_signals():
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
-        shutil.rmtree(out)
+
+def _run_stages(out: Path, *, device: str | None, seed: int, progress: bool, config: DemoConfig) -> dict:
+    from .. import merge, stitch
+    from ..adapters.hf_common import transformers_bars
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.time()
     stages = 7

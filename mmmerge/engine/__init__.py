@@ -10,11 +10,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..io.claim import writes_output
 from .execute import execute
 from .plan import Plan, Task, plan_merge
 from .recipe import Recipe, evaluate_setting, load_recipe
 
 
+@writes_output(unless="dry_run", deferred_check=True)  # locked; checked once the plan names the inputs
 def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", seed: int | None = None,
           dry_run: bool = False, force: bool = False, quiet: bool = False, threads: int | None = None,
           offline: bool | None = None) -> Path | None:
@@ -29,11 +31,10 @@ def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", se
     """
     import torch
 
-    from ..io import check_output_dir
     from .execute import check_output, resolve_device
 
     resolve_device(device)
-    check_output_dir(Path(out), force)
+    check_recipe_encoding(recipe)
     plan = plan_merge(recipe, seed=seed, offline=offline)
     check_output(plan, Path(out), force)
     for warning in plan.warnings:  # likely mistakes: shown even when quiet
@@ -45,17 +46,30 @@ def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", se
         return None
     old_threads = torch.get_num_threads()
     if threads is not None:
-        if threads < 1:
-            from ..errors import MMMergeError
+        from ..validate import integer
 
-            raise MMMergeError(f"threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
+        torch.set_num_threads(integer("threads", threads, low=1))
     try:
         if not quiet:
             print(plan.summary())
         return execute(plan, Path(out), device=device, force=force, quiet=quiet)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def check_recipe_encoding(recipe) -> None:
+    """A recipe file that is not UTF-8 text stops with one line naming it (not a UnicodeDecodeError traceback)."""
+    if not isinstance(recipe, (str, Path)) or (isinstance(recipe, str) and "\n" in recipe):
+        return  # a dict, or YAML text
+    if not Path(recipe).is_file():
+        return
+    try:
+        Path(recipe).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        from ..errors import RecipeError
+
+        raise RecipeError(f"{recipe}: not UTF-8 text ({e.reason} at byte {e.start}); save the recipe as "
+                          "UTF-8") from None
 
 
 __all__ = ["merge", "plan_merge", "execute", "load_recipe", "evaluate_setting", "Plan", "Task", "Recipe"]

@@ -17,21 +17,15 @@ import torch
 
 from ..adapters.hf_common import copy_side_files
 from ..checkpoint import LazyTensor
-from ..errors import MMMergeError
+from ..device import resolve_device  # re-exported: callers import it from here
+from ..errors import MMMergeError, NonFiniteError
 from ..io import atomic_output_dir, check_output_dir, write_safetensors
 from ..io.writer import DEFAULT_SHARD_BYTES
+from ..model_card import model_card
+from .finite import input_sources, non_finite_input
 from .plan import Plan, Task
 
 SIDE_FILES_SKIPPED = ("config.json", "README.md", "mergekit_config.yml", "mmmerge_recipe.yml")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MMMergeError(f"device {device}: CUDA is not available on this machine; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise MMMergeError(f"device {device}: use cpu or cuda")
-    return dev
 
 
 def _exact_in(dtype: torch.dtype, compute: torch.dtype) -> bool:
@@ -48,9 +42,11 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-def run_task(task: Task, device: torch.device, rounded: bool = True) -> torch.Tensor:
+def run_task(task: Task, device: torch.device, rounded: bool = True, *,
+             sources: dict[int, str] | None = None) -> torch.Tensor:
     """The output tensor of one task, on the CPU in the task's dtype (`rounded=False`: in the compute dtype,
-    to tell apart the two causes of a non-finite output)."""
+    to tell apart the two causes of a non-finite output). `sources` names the inputs in errors
+    (finite.input_sources)."""
     from ..methods import merge_tensor
 
     def fetch(t: LazyTensor) -> torch.Tensor:
@@ -66,29 +62,38 @@ def run_task(task: Task, device: torch.device, rounded: bool = True) -> torch.Te
             tensors = [fetch(t) for t in task.tensors]
             base = fetch(task.base) if task.base is not None else None
             generator = None
-            if task.seed is not None:
+            if task.stream is not None:
+                generator = task.stream.generator(device)
+            elif task.seed is not None:
                 generator = torch.Generator(device=device).manual_seed(task.seed)
-            out = merge_tensor(task.method, tensors, base, task.params, task.global_params, generator,
-                               out_dtype=task.dtype if rounded and task.dtype.is_floating_point else None)
+            try:
+                out = merge_tensor(task.method, tensors, base, task.params, task.global_params, generator,
+                                   out_dtype=task.dtype if rounded and task.dtype.is_floating_point else None,
+                                   native_dtype=task.native_dtype)
+            except NonFiniteError:  # a method that cannot work on NaN/inf inputs (TIES' top-k): name the input
+                raise _non_finite(task, device, sources) from None
             del tensors, base
             if task.extra_rows is not None:
                 out = torch.cat([out, fetch(task.extra_rows).to(out.dtype)])
         if rounded and out.is_floating_point():
             out = out.to(task.dtype)
             if not _all_finite(out):
-                raise _non_finite(task, device)
+                raise _non_finite(task, device, sources)
         return out.to("cpu")
 
 
-def _non_finite(task: Task, device: torch.device) -> MMMergeError:
-    """The error for a task whose output holds inf/NaN: a merge that produced them, or values beyond the range
-    of the output dtype (told apart by merging again without rounding to it)."""
+def _non_finite(task: Task, device: torch.device, sources: dict[int, str] | None = None) -> MMMergeError:
+    """The error for a task whose output holds inf/NaN: an input that holds them, a merge that produced them, or
+    values beyond the range of the output dtype (told apart by merging again without rounding to it)."""
+    bad_input = non_finite_input(task, sources or {})
+    if bad_input is not None:
+        return bad_input
     wide = run_task(task, device, rounded=False)
     bad = int((~torch.isfinite(wide)).sum())
     if bad:
-        return MMMergeError(f"tensor {task.name}: the merge produced {bad} non-finite value(s) (inf/NaN); "
+        return NonFiniteError(f"tensor {task.name}: the merge produced {bad} non-finite value(s) (inf/NaN); "
                             f"check the weights and parameters for this tensor")
-    return MMMergeError(f"tensor {task.name}: values overflow {str(task.dtype).removeprefix('torch.')}; "
+    return NonFiniteError(f"tensor {task.name}: values overflow {str(task.dtype).removeprefix('torch.')}; "
                         f"use a wider out_dtype")
 
 
@@ -107,12 +112,9 @@ def recipe_text(plan: Plan) -> str:
 
 
 def check_output(plan: Plan, out: Path, force: bool) -> None:
-    """Refuse a non-empty `out` (unless force) and an `out` that is, or holds, an input model."""
-    check_output_dir(out, force)
-    target = Path(out).resolve()
-    for src in plan.inputs:
-        if target == src.resolve() or target in src.resolve().parents:
-            raise MMMergeError(f"{out}: the output folder would replace the input {src}; choose another output folder")
+    """Refuse an `out` this plan must not write: not empty (unless force), or the same as, holding or inside an
+    input model (io/guard.py)."""
+    check_output_dir(out, force, inputs=plan.inputs)
 
 
 def execute(plan: Plan, out: Path, *, device: str = "cpu", force: bool = False, quiet: bool = False,
@@ -123,7 +125,8 @@ def execute(plan: Plan, out: Path, *, device: str = "cpu", force: bool = False, 
     dev = resolve_device(device)
     out = Path(out)
     check_output(plan, out, force)
-    tensors = {t.name: LazyTensor(t.shape, t.dtype, lambda t=t: run_task(t, dev)) for t in plan.tasks}
+    sources = input_sources(plan)
+    tensors = {t.name: LazyTensor(t.shape, t.dtype, lambda t=t: run_task(t, dev, sources=sources)) for t in plan.tasks}
     bar = _progress(plan.nbytes, quiet)
     done = [0]
 

@@ -1,40 +1,93 @@
-"""Output folders that appear whole or not at all."""
+"""Output folders that appear whole or not at all, and never over something they must not replace.
+
+The output is written into `.<name>.tmp-XXXXXXXX` beside it (created with the user's umask) and renamed into
+place only when everything is written; on any error, Ctrl-C or SIGTERM the temporary folder is removed. The
+final rename never replaces a folder that appeared meanwhile (rename.py). The run holds the output's claim
+(claim.py: checks, lock, leftovers of dead runs) throughout.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import OutputExistsError
+from .claim import claim_output
+from .guard import check_output_dir, is_previous_output, write_marker
+from .rename import rename_noreplace
+from ..signals import deferred_signals
+
+__all__ = ["atomic_output_dir", "check_output_dir"]
+
+NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the output's fault, not an input's
 
 
-def check_output_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty output folder (or a file in its place) unless `force`; call before any work."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputExistsError(f"{out}: output folder is not empty; pass --force (force=True) to replace it")
+def _make_temp(target: Path) -> Path:
+    """A new empty folder `.<name>.tmp-XXXXXXXX` beside `target`, mode 0777 less the umask (mkdtemp's is 0700)."""
+    while True:
+        suffix = "".join(secrets.choice(NAME_CHARS) for _ in range(8))
+        tmp = target.parent / f".{target.name}.tmp-{suffix}"
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _appeared(out: Path) -> OutputExistsError:
+    return OutputExistsError(f"{out}: something was created there while this run was writing; it was left as it "
+                             "is and this run's output was removed")
+
+
+def _commit(tmp: Path, target: Path, out: Path, *, was: str) -> None:
+    """Put `tmp` in place of `target`. `was`: what `target` was when the run began ("absent", "empty" or
+    "previous", a marked mmmerge output it may replace); anything else there now is left alone."""
+    old = None
+    if was == "empty":
+        try:
+            os.rmdir(target)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            raise _appeared(out) from None
+    elif was == "previous" and target.is_dir() and not target.is_symlink() and is_previous_output(target):
+        old = target.with_name(f".{target.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+        rename_noreplace(target, old)
+    try:
+        rename_noreplace(tmp, target)
+    except FileExistsError:
+        raise _appeared(out) from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: Path, force: bool = False):
-    """Yield a temporary folder beside `out`; on success it replaces `out`, on any error it is removed."""
-    out = Path(out).absolute()
-    check_output_dir(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def atomic_output_dir(out: Path, force: bool = False, *, inputs=(), data=()):
+    """Yield a temporary folder beside `out`; on success it replaces `out`, on any error it is removed.
+
+    `force`: replace a previous mmmerge output (guard.py says what may be replaced); `inputs` / `data`: paths
+    the run reads, which the output must not replace."""
+    with claim_output(Path(out), force=force, inputs=inputs, data=data) as target:
+        was = ("absent" if not target.exists() else
+               "previous" if any(target.iterdir()) else "empty")
+        tmp = None
+        try:
+            with deferred_signals():
+                tmp = _make_temp(target)
+                write_marker(tmp)
+            yield tmp
+            with deferred_signals():
+                _commit(tmp, target, Path(out), was=was)
+                tmp = None
+        except BaseException as e:
+            if tmp is not None:
+                with deferred_signals():
+                    shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+                e.filename, e.filename2 = str(out), None  # not the temporary file's name: the output it was for
+            raise

@@ -11,7 +11,6 @@ import json
 import mmap
 import os
 import pickle
-import struct
 import warnings
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import torch
 
 from ..checkpoint import LazyTensor
 from ..errors import MMMergeError, UnreadableFileError, UnsafeCheckpointError
+from ..terminal import printable
+from .safetensors_header import read_header
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -31,37 +32,16 @@ FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 def read_safetensors(path: Path) -> dict[str, LazyTensor]:
-    """Tensors of a safetensors file, from its header alone.
+    """Tensors of a safetensors file, from its header alone, checked completely (safetensors_header.py).
 
     Each tensor's data is mapped when it is loaded (see `_read_range`).
     """
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                raise ValueError("header length runs past the end of the file")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error) as e:
-        raise UnreadableFileError(f"{path}: not a readable safetensors file ({first_line(e)})") from e
-    if not isinstance(header, dict):
-        raise UnreadableFileError(f"{path}: not a readable safetensors file (header is not an object)")
+    data_start, entries = read_header(path)
     out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = SAFETENSORS_DTYPES[info["dtype"]]
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise UnreadableFileError(f"{path}: tensor {name} has an invalid header entry ({first_line(e)})") from e
-        numel = 1
-        for d in shape:
-            numel *= d
-        if end - begin != numel * dtype.itemsize or begin < 0 or 8 + n + end > size:
-            raise UnreadableFileError(f"{path}: tensor {name}: its data offsets do not fit its shape or the file")
-        out[name] = LazyTensor(shape, dtype, functools.partial(_read_range, path, 8 + n + begin, end - begin, dtype, shape))
+    for e in entries:
+        dtype = SAFETENSORS_DTYPES[e.dtype]
+        out[e.name] = LazyTensor(e.shape, dtype, functools.partial(_read_range, path, data_start + e.begin,
+                                                                   e.end - e.begin, dtype, e.shape))
     return out
 
 
@@ -143,6 +123,7 @@ def read_index(index_path: Path) -> dict[str, LazyTensor]:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UnreadableFileError(f"{index_path}: not a valid shard index ({first_line(e)})") from e
+    check_weight_map(index_path, weight_map)
     out: dict[str, LazyTensor] = {}
     for shard in sorted(set(weight_map.values())):
         tensors = read_file(index_path.parent / shard)
@@ -153,6 +134,20 @@ def read_index(index_path: Path) -> dict[str, LazyTensor]:
     if missing:
         raise UnreadableFileError(f"{index_path}: tensor {missing[0]} is listed but not in its shard")
     return out
+
+
+def check_weight_map(index_path: Path, weight_map) -> None:
+    """A shard index maps tensor names (strings) to file names (strings) in the index's own folder: a path
+    elsewhere (`../other/model.safetensors`, `/etc/...`) would make one checkpoint read another's files."""
+    if not isinstance(weight_map, dict):
+        raise UnreadableFileError(f"{index_path}: not a valid shard index (weight_map is not an object)")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise UnreadableFileError(f"{index_path}: tensor {printable(name)}: its shard is {type(shard).__name__} "
+                                      f"{printable(repr(shard))[:40]}, not a file name")
+        if shard in ("", ".", "..") or "/" in shard or "\\" in shard or Path(shard).name != shard:
+            raise UnreadableFileError(f"{index_path}: tensor {printable(name)}: shard {printable(shard)} is not a "
+                                      "file in the index's own folder")
 
 
 def read_folder(folder: Path, names: tuple[str, ...] = FOLDER_WEIGHTS) -> dict[str, LazyTensor]:

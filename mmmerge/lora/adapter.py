@@ -133,11 +133,23 @@ def _module(name: str, p: dict[str, LazyTensor], config: dict, file: Path) -> Lo
     if len(A.shape) != 2 or len(B.shape) != 2:
         raise UnreadableFileError(f"{file}: module {name}: only LoRA on Linear, Conv1D and Embedding layers is "
                                   f"supported (lora_A has shape {A.shape})")
-    r = int(pattern_value(config.get("rank_pattern") or {}, name, config["r"]))
-    alpha = float(pattern_value(config.get("alpha_pattern") or {}, name, config.get("lora_alpha", 8)))
+    r, alpha = _rank_and_alpha(config, name, file)
     if A.shape[0] != r or B.shape[1] != r:
         raise ShapeMismatchError(f"{file}: module {name}: factors {tuple(B.shape)} @ {tuple(A.shape)} do not have "
                                  f"rank r={r} from {CONFIG}")
     transpose = embedding or bool(config.get("fan_in_fan_out"))
     return LoraModule(name, A, B, r, alpha, module_scale(config, r, alpha), transpose, embedding,
                       p.get("lora_B.bias"))
+
+
+def _rank_and_alpha(config: dict, name: str, file: Path) -> tuple[int, float]:
+    """The module's rank and lora_alpha (its pattern entry, else the global one): a positive integer and a finite
+    number (JSON allows NaN and Infinity, which would scale the update into NaN)."""
+    r = pattern_value(config.get("rank_pattern") or {}, name, config["r"])
+    alpha = pattern_value(config.get("alpha_pattern") or {}, name, config.get("lora_alpha", 8))
+    where = f"{file.parent / CONFIG}: module {name}"
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r != int(r) or r < 1:
+        raise UnreadableFileError(f"{where}: rank {r!r} is not a positive integer")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise UnreadableFileError(f"{where}: lora_alpha {alpha!r} is not a finite number")
+    return int(r), float(alpha)

@@ -11,12 +11,15 @@ The result has scale 1 (lora_alpha = r) and exact per-module ranks in rank_patte
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
-from ..errors import RecipeError
+from ..errors import NonFiniteError, RecipeError
 from ..io.atomic import atomic_output_dir, check_output_dir
+from ..io.claim import writes_output
+from ..validate import integer
 from .adapter import AdapterMismatchError, LoraAdapter, LoraModule, read_adapter
 from .save import lora_config, save_adapter
 from .sparsify import METHODS, combine
@@ -80,6 +83,7 @@ def combine_module(method: str, mods: list[LoraModule], weights: list[float], *,
             combine(method, Bs, wb, density, sign_method, generator))
 
 
+@writes_output(inputs=("paths",))
 def merge_loras(paths: list[Path], out: Path, *, method: str = "cat", weights: list[float] | None = None,
                 density: float | None = None, rank: int | None = None, sign_method: str = "total",
                 seed: int | None = None, force: bool = False) -> dict[str, int]:
@@ -89,10 +93,15 @@ def merge_loras(paths: list[Path], out: Path, *, method: str = "cat", weights: l
     weights = [1.0] * len(paths) if weights is None else list(weights)
     if len(weights) != len(paths):
         raise RecipeError(f"{len(paths)} adapters but {len(weights)} weights")
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise RecipeError(f"weights must be finite numbers, got {w!r}")
+    if density is not None and (isinstance(density, bool) or not isinstance(density, (int, float))):
+        raise RecipeError(f"density must be a number, got {density!r}")
     if method.removesuffix("_svd") in NEEDS_DENSITY and (density is None or not 0 <= density <= 1):
         raise RecipeError(f"{method} needs --density in [0, 1]")
-    if rank is not None and rank < 1:
-        raise RecipeError(f"rank must be at least 1, got {rank}")
+    if rank is not None:
+        integer("rank", rank, low=1)
     check_output_dir(out, force)
     adapters = [read_adapter(p) for p in paths]
     check_compatible(adapters)
@@ -107,8 +116,14 @@ def merge_loras(paths: list[Path], out: Path, *, method: str = "cat", weights: l
     for name in names:
         present = [(a.modules[name], w) for a, w in zip(adapters, weights) if name in a.modules]
         mods = [m for m, _ in present]
+        bad = non_finite_error(name, mods, adapters)  # factors are small: checked before the SVDs and top-k rules
+        if bad is not None:
+            raise bad
         A, B = combine_module(method, mods, [w for _, w in present], density=density, rank=svd_rank,
                               sign_method=sign_method, generator=generator)
+        if not (_finite(A) and _finite(B)):
+            raise NonFiniteError(f"module {name}: the {method} combination overflowed to non-finite values (NaN/inf); "
+                                 "check the weights")
         factors[name], ranks[name] = (A, B), A.shape[0]
         if mods[0].embedding:
             embeddings.add(name)
@@ -119,6 +134,23 @@ def merge_loras(paths: list[Path], out: Path, *, method: str = "cat", weights: l
     with atomic_output_dir(out, force) as tmp:
         save_adapter(tmp, config, factors, embeddings)
     return ranks
+
+
+def _finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+def non_finite_error(name: str, mods: list[LoraModule], adapters: list[LoraAdapter]) -> NonFiniteError | None:
+    """The error naming the adapter whose factors for module `name` hold NaN/inf, or None when none does."""
+    files = {id(m): a.file for a in adapters for m in a.modules.values()}
+    for m in mods:
+        for part, t in (("lora_A", m.A), ("lora_B", m.B)):
+            x = t.load()
+            n = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+            if n:
+                return NonFiniteError(f"module {name}: {files.get(id(m), 'an adapter')} holds {n} non-finite "
+                                      f"value(s) (NaN/inf) in {part}; repair or leave out that adapter")
+    return None
 
 
 def _union_targets(targets: list, names: list[str]):

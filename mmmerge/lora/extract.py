@@ -17,8 +17,11 @@ import torch
 from ..adapters import open_checkpoint
 from ..adapters.hf_export import meta_model
 from ..checkpoint import Component
-from ..errors import RecipeError, ShapeMismatchError
+from ..device import resolve_device
+from ..errors import NonFiniteError, RecipeError, ShapeMismatchError
 from ..io.atomic import atomic_output_dir, check_output_dir
+from ..io.claim import writes_output
+from ..validate import integer
 from .save import lora_config, save_adapter, target_modules
 from .targets import component_prefix, peft_name
 
@@ -75,6 +78,7 @@ def factorize(delta: torch.Tensor, rank: int | None, energy: float | None):
     return A, B, k, err, kept
 
 
+@writes_output(inputs=("base", "model"))
 def extract_lora(base: Path, model: Path, out: Path, *, rank: int | None = None, energy: float | None = None,
                  component: str = "language", device: str = "cpu", force: bool = False) -> tuple[list[Row], list[str]]:
     """Write a peft adapter for `base` that turns it into (an approximation of) `model`.
@@ -83,10 +87,11 @@ def extract_lora(base: Path, model: Path, out: Path, *, rank: int | None = None,
     """
     if rank is None and energy is None:
         raise RecipeError("give a rank, an energy fraction, or both")
-    if rank is not None and rank < 1:
-        raise RecipeError(f"rank must be at least 1, got {rank}")
-    if energy is not None and not 0 < energy <= 1:
+    if rank is not None:
+        integer("rank", rank, low=1)
+    if energy is not None and not (isinstance(energy, (int, float)) and 0 < energy <= 1):
         raise RecipeError(f"energy must be in (0, 1], got {energy}")
+    resolve_device(device)
     check_output_dir(out, force)
     bck, mck = open_checkpoint(base), open_checkpoint(model)
     bc, mc = bck.component(component), mck.component(component)
@@ -108,6 +113,12 @@ def extract_lora(base: Path, model: Path, out: Path, *, rank: int | None = None,
     for name in modules:
         w = f"{name}.weight"
         delta = mc.tensors[w].load().to(device, torch.float32) - bc.tensors[w].load().to(device, torch.float32)
+        if not torch.isfinite(delta).all():  # an SVD would fail on it with a LinAlgError
+            for who, t in ((base, bc.tensors[w]), (model, mc.tensors[w])):
+                n = int((~torch.isfinite(t.load().float())).sum())
+                if n:
+                    raise NonFiniteError(f"tensor {w}: {who} holds {n} non-finite value(s) (NaN/inf); repair it")
+            raise NonFiniteError(f"tensor {w}: {model} minus {base} overflows float32")
         if conv1d:
             delta = delta.T
         A, B, k, err, kept = factorize(delta, rank, energy)

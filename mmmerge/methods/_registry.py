@@ -23,6 +23,7 @@ generator seeded with s gives the tensor mergekit gives after ``torch.manual_see
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -101,6 +102,9 @@ class MethodSpec:
     itself, slice by slice, to the compute dtype (the base's, else float32 or float64 if an input is): no
     full-size float32 copy of any input is made. It also takes ``out_dtype`` and writes each finished slice
     in that dtype, so no full-size float32 result is made either.
+    ``finite_inputs``: the method runs an SVD; LAPACK fails on NaN/inf and prints its own complaint on stdout
+    first, so the inputs are checked for them before it runs (a cost small next to the SVD). For the other
+    methods they are looked for only after a failure or a non-finite result.
     """
 
     name: str
@@ -116,6 +120,7 @@ class MethodSpec:
     widens_inputs: bool = False
     # computes in the inputs' own half precision, rounding where mergekit does (see methods.native)
     native: Callable[..., torch.Tensor] | None = None
+    finite_inputs: bool = False
 
     def __post_init__(self):
         if self.base not in BASE_POLICIES:
@@ -274,7 +279,7 @@ def merge_tensor(
             return first.clone()
         raise RecipeError(f"{spec.name}: a non-floating tensor differs between inputs and cannot be merged")
     if native_dtype is not None and spec.native is not None:  # mergekit's half-precision arithmetic
-        with torch.no_grad():
+        with torch.no_grad(), _naming_non_finite(spec.name, everything, has_base=base is not None):
             out = spec.native([t.to(native_dtype) for t in tensors], base.to(native_dtype) if base is not None
                               else None, params, global_params, generator)
         return out if out_dtype is None else out.to(out_dtype)
@@ -284,9 +289,41 @@ def merge_tensor(
     else:
         tensors = [t.to(dtype) for t in tensors]
     base = base.to(dtype) if base is not None else None
-    with torch.no_grad():
+    if spec.finite_inputs:
+        bad = _non_finite_input(spec.name, everything, has_base=base is not None)
+        if bad is not None:
+            raise bad
+    with torch.no_grad(), _naming_non_finite(spec.name, everything, has_base=base is not None):
         if spec.widens_inputs:
             out = spec.fn(tensors, base, params, global_params, generator, out_dtype=out_dtype or dtype)
         else:
             out = spec.fn(tensors, base, params, global_params, generator)
     return out if out_dtype is None else out.to(out_dtype)
+
+
+@contextlib.contextmanager
+def _naming_non_finite(method: str, everything: Sequence[torch.Tensor], *, has_base: bool):
+    """A method that fails may have failed on NaN/inf in an input (TIES cannot rank them): then the error is
+    NonFiniteError naming that input, not the method's IndexError."""
+    try:
+        yield
+    except RecipeError:
+        raise
+    except Exception as e:
+        bad = _non_finite_input(method, everything, has_base=has_base)
+        if bad is None:
+            raise
+        raise bad from e
+
+
+def _non_finite_input(method: str, everything: Sequence[torch.Tensor], *, has_base: bool):
+    """The error naming the first input that holds NaN/inf, else None (looked for after a failure, or first for
+    the `finite_inputs` methods: a healthy merge never pays for it)."""
+    from ..errors import NonFiniteError
+
+    for i, t in enumerate(everything):
+        n = int((~torch.isfinite(t)).sum())
+        if n:
+            who = "the base model" if has_base and i == len(everything) - 1 else f"input {i}"
+            return NonFiniteError(f"{method}: {who} holds {n} non-finite value(s) (NaN/inf)")
+    return None

@@ -36,6 +36,7 @@ def subspace_sizes(rows: int, cols: int, n_tasks: int, common_space_fraction: fl
     base="required",
     min_models=1,
     reference="https://arxiv.org/abs/2502.04959",
+    finite_inputs=True,
 )
 def iso_c(tensors, base, params, global_params, generator=None) -> torch.Tensor:
     """Iso-C: isotropic merging in the common subspace.
@@ -67,6 +68,7 @@ def iso_c(tensors, base, params, global_params, generator=None) -> torch.Tensor:
     base="required",
     min_models=1,
     reference="https://arxiv.org/abs/2502.04959",
+    finite_inputs=True,
 )
 def iso_cts(tensors, base, params, global_params, generator=None) -> torch.Tensor:
     """Iso-CTS: isotropic merging in common and task-specific subspaces.

@@ -102,6 +102,7 @@ def _check(params: list[dict], global_params: dict) -> None:
     min_models=1,
     check=_check,
     reference="https://arxiv.org/abs/2412.00081",
+    finite_inputs=True,
 )
 def tsv_merge(tensors, base, params, global_params, generator=None) -> torch.Tensor:
     """TSV-Merge (TSV-M).

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import RecipeError, UnreadableFileError
 from ..io import read_jsonl
+from ..images import DEFAULT_MAX_PIXELS, image_size, open_rgb
 from .fit import LinearFit, fit_linear
 from .modules import Projector
 
@@ -42,8 +43,10 @@ def _caption(row: dict) -> str | None:
     return None
 
 
-def read_pairs(jsonl: Path, image_folder: Path | None = None) -> list[Pair]:
-    """Every (image, caption) pair of the file; a bad line or a missing image names the file and line."""
+def read_pairs(jsonl: Path, image_folder: Path | None = None, *,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[Pair]:
+    """Every (image, caption) pair of the file; a bad line, a missing image or an image over `max_pixels` (read
+    from its header, nothing is decoded) names the file and line."""
     jsonl = Path(jsonl)
     if not jsonl.is_file():
         raise UnreadableFileError(f"{jsonl}: no such alignment file (one JSON object per line: image, caption)")
@@ -60,6 +63,10 @@ def read_pairs(jsonl: Path, image_folder: Path | None = None) -> list[Pair]:
         image = image if image.is_absolute() else folder / image
         if not image.is_file():
             raise UnreadableFileError(f"{jsonl}:{n}: image {image} does not exist")
+        try:
+            image_size(image, max_pixels=max_pixels)
+        except UnreadableFileError as e:
+            raise type(e)(f"{jsonl}:{n}: {e}") from e
         pairs.append(Pair(image, caption.replace("<image>", "").strip()))
     if not pairs:
         raise UnreadableFileError(f"{jsonl}: holds no image-caption pairs")
@@ -67,13 +74,8 @@ def read_pairs(jsonl: Path, image_folder: Path | None = None) -> list[Pair]:
 
 
 def load_image(path: Path):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as e:
-        raise UnreadableFileError(f"{path}: not a readable image ({e})") from e
+    """The image as RGB; its size was checked when the pairs were read (`read_pairs`)."""
+    return open_rgb(path, max_pixels=None)
 
 
 def select_features(hidden_states, layer: int | list[int], strategy: str) -> torch.Tensor:
