@@ -1,21 +1,38 @@
-"""Build tiny random models offline, one per source family, to try the commands on.
+"""Write everything the README's commands read into one folder, offline, in a few seconds.
 
     python examples/make_tiny_models.py tiny
-    mmmerge inspect tiny/llava
-    mmmerge convert tiny/open_clip --out tiny/open_clip-as-transformers
+    cd tiny && mmmerge inspect llava
 
-Nothing is downloaded: every model is built from a config with random weights.
+Nothing is downloaded: every model is built from a config with random weights, every image is drawn.
+
+    llava/                 a tiny LLaVA with its processor and chat template (the README's main model)
+    llava-a/, llava-b/     two "fine-tunes" of it (its weights plus small changes), for merge and extract-lora
+    recipe.yml             a ties merge of llava-a and llava-b on llava, written as a LLaVA
+    families/TYPE/         a tiny checkpoint with its processor of each of the 15 multimodal families
+    clip/ siglip/ dinov2/ vit/          transformers vision encoders with their image processors
+    open_clip/ timm_siglip/ timm_vit/   vision encoders in open_clip's and timm's hub layouts
+    llama/                 a causal LM with its tokenizer and chat template (its words cover the captions)
+    world/captions.jsonl   image-caption pairs (images in world/train/) for `stitch --align-data`
+    world/questions.json, world/annotations.json, world/val/   a small VQA set in the official VQAv2 files
 """
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
-import open_clip
-import timm
 import torch
-import transformers
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, however this file is run
+
+import open_clip  # noqa: E402
+import timm  # noqa: E402
+import transformers  # noqa: E402
+
+from mmmerge.demo import build_world  # noqa: E402
+from mmmerge.demo.models import build_language, build_vision  # noqa: E402
+from tiny_family_checkpoints import BUILDERS, build_tiny_vlm  # noqa: E402
 
 OPEN_CLIP_CFG = {
     "embed_dim": 16,
@@ -23,15 +40,34 @@ OPEN_CLIP_CFG = {
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "head_width": 8},
     "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 4, "layers": 1},
 }
+VIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+           patch_size=8)
+RECIPE = """\
+# ties: keep the largest half of each fine-tune's change, elect a sign per entry, add what agrees
+merge_method: ties
+base_model: llava
+models:
+  - model: llava-a
+    parameters: {weight: 1.0, density: 0.5}
+  - model: llava-b
+    parameters: {weight: 1.0, density: 0.5}
+"""
+WORLD = dict(train_scenes=32, eval_scenes=2)  # 32 captioned images; 10 questions of five types
 
 
 def make_llava(out: Path) -> None:
-    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                           num_attention_heads=4, image_size=32, patch_size=8)
-    text = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                    num_key_value_heads=2, vocab_size=128)
-    config = transformers.LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=127)
-    transformers.LlavaForConditionalGeneration(config).save_pretrained(out)
+    build_tiny_vlm("llava", out, seed=0)
+
+
+def make_finetune(base: Path, out: Path, seed: int, scale: float = 0.02) -> None:
+    """A copy of `base` whose every floating-point weight moved a little (a stand-in for a fine-tune)."""
+    shutil.copytree(base, out)
+    g = torch.Generator().manual_seed(seed)
+    for file in out.glob("*.safetensors"):
+        tensors = load_file(file)
+        moved = {k: v + scale * torch.randn(v.shape, generator=g).to(v.dtype) if v.is_floating_point() else v
+                 for k, v in tensors.items()}
+        save_file(moved, file, metadata={"format": "pt"})
 
 
 def make_open_clip(out: Path) -> None:
@@ -41,18 +77,65 @@ def make_open_clip(out: Path) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "open_clip_model.safetensors")
 
 
-def make_timm(out: Path) -> None:
+def _timm(name: str, out: Path) -> None:
     args = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 4}
-    model = timm.create_model("vit_base_patch16_siglip_224", pretrained=False, **args)
+    model = timm.create_model(name, pretrained=False, **args)
     timm.models.save_for_hf(model, out, model_config={"model_args": args}, safe_serialization=True)
 
 
-def main(root: str = "tiny") -> None:
+def make_timm(out: Path) -> None:
+    _timm("vit_base_patch16_siglip_224", out)
+
+
+def make_timm_vit(out: Path) -> None:
+    _timm("vit_base_patch16_224", out)
+
+
+def make_hf_vision(kind: str, out: Path) -> None:
+    """A transformers vision encoder and its image processor (`clip` is the demo's, sized for world images)."""
+    T = transformers
+    if kind == "clip":
+        build_vision(out, seed=0)
+        return
+    model, processor = {
+        "siglip": (lambda: T.SiglipVisionModel(T.SiglipVisionConfig(**VIT)),
+                   lambda: T.SiglipImageProcessor(size={"height": 32, "width": 32})),
+        "dinov2": (lambda: T.Dinov2Model(T.Dinov2Config(**VIT)),
+                   lambda: T.BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})),
+        "vit": (lambda: T.ViTModel(T.ViTConfig(**VIT)),
+                lambda: T.ViTImageProcessor(size={"height": 32, "width": 32})),
+    }[kind]
+    model().save_pretrained(out)
+    processor().save_pretrained(out)
+
+
+def make_world(out: Path) -> None:
+    build_world(out, seed=0, **WORLD)
+
+
+def main(root: str = "tiny") -> Path:
     torch.manual_seed(0)
     root = Path(root)
-    for name, make in [("llava", make_llava), ("open_clip", make_open_clip), ("timm_siglip", make_timm)]:
-        make(root / name)
-        print(f"wrote {root / name}")
+    root.mkdir(parents=True, exist_ok=True)
+    steps = [("llava", make_llava), ("llava-a", lambda p: make_finetune(root / "llava", p, seed=1)),
+             ("llava-b", lambda p: make_finetune(root / "llava", p, seed=2)),
+             *[(f"families/{t}", lambda p, t=t: build_tiny_vlm(t, p)) for t in BUILDERS],
+             *[(k, lambda p, k=k: make_hf_vision(k, p)) for k in ("clip", "siglip", "dinov2", "vit")],
+             ("open_clip", make_open_clip), ("timm_siglip", make_timm), ("timm_vit", make_timm_vit),
+             ("llama", lambda p: build_language(p, seed=0)), ("world", make_world)]
+    with transformers_quiet():
+        for name, make in steps:
+            make(root / name)
+    (root / "recipe.yml").write_text(RECIPE)
+    print(f"wrote {len(steps)} models and data sets and recipe.yml to {root}")
+    return root
+
+
+def transformers_quiet():
+    """transformers' "Writing model shards" bars off: forty of them say nothing."""
+    from mmmerge.adapters.hf_common import transformers_bars
+
+    return transformers_bars(False)
 
 
 if __name__ == "__main__":

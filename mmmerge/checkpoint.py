@@ -22,6 +22,9 @@ class LazyTensor:
     dtype: torch.dtype
     load: Callable[[], torch.Tensor]
 
+    def __repr__(self) -> str:  # the read handle says nothing to a person
+        return f"LazyTensor(shape={tuple(self.shape)}, dtype={str(self.dtype).removeprefix('torch.')})"
+
     @property
     def numel(self) -> int:
         n = 1
@@ -94,6 +97,12 @@ class Component:
             out[key] = out.get(key, 0) + t.numel
         return out
 
+    def __repr__(self) -> str:
+        """One line (`print(component)` in a notebook): what it is and how big, not every tensor's read handle."""
+        dtypes = ", ".join(self.dtypes())
+        return (f"Component({self.name!r}, arch={self.arch!r}, {len(self.tensors)} tensors, "
+                f"{self.num_params:,} parameters, {dtypes or 'no tensors'})")
+
 
 @dataclass
 class Checkpoint:
@@ -107,6 +116,11 @@ class Checkpoint:
     source_config: dict = field(default_factory=dict)  # the source's own config files, for `write_source`
     family: Any = None  # the multimodal family row (adapters.families.Family) of a whole MLLM, else None
     side_files: Path | None = None  # a transformers folder whose tokenizer, processor, ... travel with it
+
+    def __repr__(self) -> str:
+        """One line: the path, the format and each component's architecture."""
+        parts = ", ".join(f"{n}={c.arch}" for n, c in self.components.items())
+        return f"Checkpoint({str(self.path)!r}, format={self.format!r}, {parts or 'no components'})"
 
     def component(self, name: str) -> Component:
         from .errors import MMMergeError

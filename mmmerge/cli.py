@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
 from .errors import MMMergeError
+from .signals import Terminated
 
 
 def cmd_inspect(args) -> None:
@@ -23,9 +25,12 @@ def cmd_convert(args) -> None:
     from .adapters import open_checkpoint
     from .adapters.hf_export import save_hf
 
-    ckpt = open_checkpoint(args.path)
-    vision = ckpt.component(args.component)
-    left_out = save_hf(vision, args.out, force=args.force)
+    from .io import claim_output
+
+    with claim_output(args.out, force=args.force, inputs=[args.path]):  # locked; never over the input
+        ckpt = open_checkpoint(args.path)
+        vision = ckpt.component(args.component)
+        left_out = save_hf(vision, args.out, force=args.force)
     print(f"wrote {vision.arch} ({vision.num_params:,} parameters) from {ckpt.format} to {args.out}")
     for name in left_out:
         print(f"  not written (not held by {vision.arch}): {name}")
@@ -48,7 +53,7 @@ def cmd_stitch(args) -> None:
                     transfer=args.transfer, projector_language=args.projector_language,
                     transfer_method=args.transfer_method, train_steps=args.train_steps, lr=args.lr,
                     batch_size=args.batch_size, device=args.device, dtype=args.dtype, seed=args.seed,
-                    force=args.force, progress=not args.quiet)
+                    force=args.force, progress=not args.quiet, max_image_pixels=args.max_image_pixels)
     if not args.quiet:
         print("\n".join(report.lines()))
 
@@ -84,7 +89,7 @@ def cmd_eval(args) -> None:
     metrics = evaluate(args.model, args.task, questions=args.questions, annotations=args.annotations,
                        images=args.images, out=args.out, batch_size=args.batch_size, limit=args.limit,
                        device=args.device, max_new_tokens=args.max_new_tokens, prompt=args.prompt,
-                       progress=not args.quiet)
+                       progress=not args.quiet, force=args.force, max_image_pixels=args.max_image_pixels)
     if not args.quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         shown = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
         print(json.dumps(shown, indent=2))
@@ -94,15 +99,30 @@ def cmd_eval(args) -> None:
 def cmd_eval_compare(args) -> None:
     from .eval.compare import compare
 
-    print(compare(args.outs, chart=args.out))
+    print(compare(args.outs, chart=args.out, baseline=args.baseline, by=args.by, level=args.level,
+                  resamples=args.resamples, seed=args.seed))
     if args.out is not None:
         print(f"\nchart: {args.out}")
+
+
+def cmd_generate(args) -> None:
+    from .eval.ask import generate
+
+    print(generate(args.model, args.image, args.prompt, max_new_tokens=args.max_new_tokens, device=args.device,
+                   stop_strings=["\n"] if args.one_line else ()))
 
 
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
     run_demo(args.out, device=args.device, seed=args.seed, progress=not args.quiet, force=args.force)
+
+
+def add_image_limit(s: argparse.ArgumentParser) -> None:
+    from .images import DEFAULT_MAX_PIXELS
+
+    s.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse larger images before decoding them (default: {DEFAULT_MAX_PIXELS:,})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", type=Path)
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--component", default="vision", choices=["vision", "language"])
-    s.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
     s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("merge", help="merge models from a recipe (a mergekit config, or one section per component)")
@@ -132,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--offline", action="store_true",
                    help="models named by hub ID come from the local Hugging Face cache only (as HF_HUB_OFFLINE=1)")
     s.add_argument("--dry-run", action="store_true", help="validate and print the plan; write nothing")
-    s.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     s.set_defaults(func=cmd_merge)
 
@@ -158,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default=None, help="cast all weights (float16, bfloat16, float32); default: keep")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    add_image_limit(s)
     s.set_defaults(func=cmd_stitch)
     s = sub.add_parser("extract-lora", help="a peft LoRA for BASE whose update is the truncated SVD of MODEL - BASE")
     s.add_argument("--base", type=Path, required=True, help="the base model (the adapter is for it)")
@@ -170,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--component", default="language", choices=["language", "vision"])
     s.add_argument("--device", default="cpu", help="where the SVDs run: cpu or cuda")
     s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
     s.add_argument("--quiet", action="store_true", help="no per-module table")
     s.set_defaults(func=cmd_extract_lora)
     s = sub.add_parser("merge-loras", help="one peft LoRA from several with the same base (peft's add_weighted_adapter)")
@@ -184,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--majority-sign-method", default="total", choices=["total", "frequency"])
     s.add_argument("--seed", type=int, default=None, help="seed for the dare methods")
     s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
     s.set_defaults(func=cmd_merge_loras)
 
     s = sub.add_parser("eval", help="answer a VQA set with an image-text-to-text model and score it as the official script does")
@@ -200,32 +221,88 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, default=16)
     s.add_argument("--prompt", default=None, help='prompt template with {question} (default: the task\'s LLaVA-1.5 one)')
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
+    add_image_limit(s)
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("eval-compare", help="a Markdown table and a bar chart of several `mmmerge eval` outputs")
+    s = sub.add_parser("eval-compare", help="scores of several `mmmerge eval` outputs with bootstrap intervals, "
+                       "paired tests against a baseline, and a bar chart")
     s.add_argument("outs", type=Path, nargs="+", help="evaluation output folders")
+    s.add_argument("--baseline", help="the folder (or its name) every other run is tested against (default: the first)")
+    s.add_argument("--by", help="a samples.jsonl field to break scores down by: answer_type, question_type, category ...")
+    s.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default: 0.95)")
+    s.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples (default: 10000)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     s.add_argument("--out", type=Path, default=None, help="bar chart PNG to write")
     s.set_defaults(func=cmd_eval_compare)
+
+    s = sub.add_parser("generate", help="ask a model one question about one image (its own processor and chat template)")
+    s.add_argument("model", type=Path, help="an image-text-to-text checkpoint folder (any family `eval` runs)")
+    s.add_argument("--image", type=Path, required=True, help="the image file")
+    s.add_argument("--prompt", required=True, help="the question or instruction")
+    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--one-line", action="store_true", help="stop at the end of the first line, as `eval` does")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("demo", help="the whole pipeline on a synthetic VQA world: base, specialists, merges, report")
     s.add_argument("--out", type=Path, default=Path("mmmerge-demo"), help="output folder (default: ./mmmerge-demo)")
     s.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
     s.add_argument("--quiet", action="store_true", help="no progress or table")
     s.set_defaults(func=cmd_demo)
+    for command in sub.choices.values():  # `mmmerge eval ... --debug` works as well as `mmmerge --debug eval ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return p
 
 
+@contextmanager
+def warnings_as_lines():
+    """mmmerge's own warnings as `warning: <message>` lines on stderr, each time; other warnings as Python shows them."""
+    import warnings
+
+    from .errors import MMMergeWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", MMMergeWarning)
+        show = warnings.showwarning
+
+        def line(message, category, *args, **kwargs):
+            if issubclass(category, MMMergeWarning):
+                print(f"warning: {message}", file=sys.stderr)
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = line
+        yield
+
+
+def cli_message(e: MMMergeError) -> str:
+    """The error as the command line says it: the API's keyword spelling beside a flag, "(force=True)", goes."""
+    import re
+
+    return re.sub(r" \(\w+=True\)", "", str(e))
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .failures import report
+    from .signals import sigterm_raises
+    from .terminal import printable
+
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        with warnings_as_lines(), sigterm_raises():
+            args.func(args)
     except MMMergeError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(cli_message(e))}", file=sys.stderr)
         return 2
+    except (Exception, KeyboardInterrupt, Terminated) as e:  # environment faults and interrupts: one line; bugs
+        if args.debug:
+            raise
+        return report(e)
     return 0
 
 

@@ -50,3 +50,12 @@ def format_summary(s: dict) -> str:
         lines.append(f"  outside components ({s['not_in_components_parameters']:,} parameters, kept as they are):")
         lines.extend(f"    {prefix}*: {why}" for prefix, why in s["not_in_components"].items())
     return "\n".join(lines)
+
+
+def describe(checkpoint) -> str:
+    """What `mmmerge inspect` prints, for a checkpoint folder or file or a loaded `Checkpoint` (`mmmerge.load`)."""
+    if not isinstance(checkpoint, Checkpoint):
+        from .adapters import open_checkpoint
+
+        checkpoint = open_checkpoint(checkpoint)
+    return format_summary(summary(checkpoint))

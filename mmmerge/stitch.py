@@ -32,7 +32,11 @@ import torch
 
 from .adapters.hf_common import transformers_bars
 from .checkpoint import Component, LazyTensor
+from .device import resolve_device
 from .errors import MMMergeError, RecipeError, ShapeMismatchError, UnsupportedArchitectureError
+from .io.claim import writes_output
+from .images import DEFAULT_MAX_PIXELS
+from .validate import finite_number, floating_dtype, integer
 
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
@@ -65,6 +69,7 @@ class StitchReport:
     fit_residual: float | None = None
     losses: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # also raised as Python warnings (MMMergeWarning)
 
     def lines(self) -> list[str]:
         out = [f"wrote LLaVA to {self.out}: {self.vision} + {self.projector_type} projector + {self.language}",
@@ -268,12 +273,15 @@ def _load_state(tensors: dict[str, LazyTensor], dtype=None) -> dict[str, torch.T
 
 # ---- stitch ----------------------------------------------------------------------------------------------------
 
+@writes_output(inputs=("vision", "language", "projector", "projector_language"),
+               data=("align_data", "image_folder"))
 def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = None, projector_type: str | None = None,
            align_data: Path | None = None, image_folder: Path | None = None,
            vision_feature_layer: int | list[int] | None = None, fit: str | None = None, transfer: bool = False,
            projector_language: Path | None = None, transfer_method: str = "ridge", alpha: float = 1e-4,
            train_steps: int = 100, lr: float = 1e-3, batch_size: int = 8, device: str | None = None,
-           dtype: torch.dtype | str | None = None, seed: int = 0, force: bool = False, progress: bool = True) -> StitchReport:
+           dtype: torch.dtype | str | None = None, seed: int = 0, force: bool = False, progress: bool = True,
+           max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> StitchReport:
     """Write a LLaVA checkpoint made of the vision encoder at `vision`, a projector and the LLM at `language`.
 
     projector: a LLaVA folder, a projector file (`projectors.save_projector`) or an `mm_projector.bin`;
@@ -283,6 +291,7 @@ def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = 
     transfer / projector_language: re-target the projector at this LLM through shared token embeddings;
     the source LLM is `projector_language`, or the LLaVA the projector comes from.
     dtype: cast every tensor (e.g. "bfloat16"); default keeps each source tensor's dtype.
+    max_image_pixels: align_data images larger than this are refused before they are decoded (None: no limit).
     """
     from tqdm.auto import tqdm
 
@@ -307,6 +316,14 @@ def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = 
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise RecipeError(f"dtype {dtype!r} is not a torch dtype (e.g. float16, bfloat16, float32)")
         dtype = getattr(torch, dtype)
+    if dtype is not None:
+        floating_dtype("dtype", dtype)
+    finite_number("lr", lr, low=0, low_open=True)
+    finite_number("alpha", alpha, low=0)
+    integer("train_steps", train_steps, low=0)
+    integer("batch_size", batch_size, low=1)
+    if device is not None:
+        resolve_device(device)
     check_output_dir(out, force)
     notes: list[str] = []
 
@@ -370,7 +387,7 @@ def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = 
     if align_data is not None:
         from .projectors.align import read_pairs
 
-        pairs = read_pairs(align_data, image_folder)
+        pairs = read_pairs(align_data, image_folder, max_pixels=max_image_pixels)
 
     # tokenizer and embedding rows
     added = prepare_tokenizer(tokenizer)
@@ -402,7 +419,7 @@ def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = 
     import transformers
 
     fit_residual, losses = None, []
-    with atomic_output_dir(out, force) as tmp, transformers_bars(progress):
+    with atomic_output_dir(out, force) as tmp, transformers_bars(False):  # our own bars say enough
         # processor first: fitting and training use it exactly as a user will
         (tmp / "preprocessor_config.json").write_text(json.dumps(image_processor_config(pre), indent=2) + "\n")
         image_processor = transformers.AutoImageProcessor.from_pretrained(tmp)
@@ -457,6 +474,39 @@ def stitch(vision: Path, language: Path, out: Path, *, projector: Path | None = 
             if (language / name).is_file():
                 shutil.copy2(language / name, tmp / name)
 
-    return StitchReport(out, f"{vckpt.format} {vis.arch}", f"{lang.arch}", how, proj.projector_type, layer, strategy,
-                        additional, seq_len, image_token_id, added, (old_rows, rows), transfer_report, fit_residual,
-                        losses, notes)
+    report = StitchReport(out, f"{vckpt.format} {vis.arch}", f"{lang.arch}", how, proj.projector_type, layer,
+                          strategy, additional, seq_len, image_token_id, added, (old_rows, rows), transfer_report,
+                          fit_residual, losses, notes)
+    if source is None and fit is None:
+        report.warnings.append(untrained_projector_warning(out))
+    return report
+
+
+def untrained_projector_warning(out: Path) -> str:
+    """Warn (Python warning, returned for the report) that `out` holds a random projector: it answers noise."""
+    import warnings
+
+    from .errors import UntrainedProjectorWarning
+
+    message = (f"{out}: the projector is new and untrained (no projector source, no --align-data): the model sees "
+               "random image features and will answer noise; fit it with --align-data CAPTIONS.jsonl or take one "
+               "with --projector")
+    warnings.warn(message, UntrainedProjectorWarning, stacklevel=_outside_mmmerge())
+    return message
+
+
+def _outside_mmmerge() -> int:
+    """The `stacklevel` (for the function calling this) of the first caller outside mmmerge: a warning names the
+    user's line, not a wrapper's."""
+    import sys
+
+    root = str(Path(__file__).resolve().parent)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(root):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+from .callable_module import make_callable  # noqa: E402
+
+make_callable(__name__, "stitch")  # `mmmerge.stitch(...)` works after `import mmmerge.stitch` (the CLI's) too

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from ..errors import RecipeError, UnreadableFileError
-from ..io import read_jsonl
+from ..io import read_jsonl, writes_output
+from ..validate import finite_number
 
 VQA_INSTRUCTION = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQAv2 prompt
 PARTS = ("vision", "projector", "language")
@@ -46,6 +47,17 @@ def read_examples(jsonl: Path, image_folder: Path | None = None, question_types=
         out.append(Example(image if image.is_absolute() else folder / image, row["question"], row["answer"],
                            row.get("question_type", "")))
     return out
+
+
+CAPTION_REQUEST = "describe the image."
+
+
+def caption_examples(jsonl: Path, image_folder: Path | None = None, request: str = CAPTION_REQUEST) -> list[Example]:
+    """Fine-tuning examples from an image-caption JSONL (the `stitch --align-data` file): `request` as the question,
+    the caption as the answer, no VQA instruction; LLaVA's captioning stage in the form `finetune` takes."""
+    from ..projectors.align import read_pairs
+
+    return [Example(p.image, request, p.caption, "caption", None) for p in read_pairs(jsonl, image_folder)]
 
 
 def qa_prompt(processor, question: str, instruction: str | None = VQA_INSTRUCTION) -> str:
@@ -138,6 +150,7 @@ def train_loop(model, data: Batches, params, *, steps: int, lr: float, batch_siz
     return losses
 
 
+@writes_output(inputs=("llava",))
 def finetune(llava: Path, out: Path, examples: list[Example], *, steps: int = 200, lr: float = 1e-3,
              batch_size: int = 32, train=("projector", "language"), device: str | None = None, seed: int = 0, force: bool = False, progress: bool = True,
              desc: str = "fine-tuning") -> list[float]:
@@ -150,6 +163,7 @@ def finetune(llava: Path, out: Path, examples: list[Example], *, steps: int = 20
     if steps < 1 or batch_size < 1 or not examples:
         raise RecipeError(f"fine-tuning needs steps >= 1, batch_size >= 1 and examples (got {steps}, {batch_size}, "
                           f"{len(examples)} examples)")
+    finite_number("lr", lr, low=0, low_open=True)
     check_output_dir(Path(out), force)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     processor = AutoProcessor.from_pretrained(llava)

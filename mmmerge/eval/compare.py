@@ -1,15 +1,32 @@
-"""Compare evaluation folders: a Markdown table of their scores and a bar chart."""
+"""Compare evaluation folders: their metrics, how sure each score is, and whether a model beats a baseline.
+
+Three Markdown tables: each run's metrics.json scores; the mean per-question score (samples.jsonl `score`, the
+official per-question accuracy) with its question count and bootstrap interval, overall and by any field of
+samples.jsonl (`--by answer_type`, `question_type`, a POPE category, the demo's question types); and each run
+minus the baseline on the same questions, with a paired interval and a p-value (statistics in `stats.py`).
+A difference of a few points on a few hundred questions is often noise; these say when it is not.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MMMergeError
-from ..io import read_json
+from ..io import read_json, read_jsonl
+from . import stats
 
 # Columns shown per run: every top-level number of metrics.json and the per-answer-type scores (the
 # per-question-type ones, 65 for VQAv2, stay in metrics.json). Counts are not scores.
 _SKIP = {"tp", "fp", "tn", "fn", "questions"}
+# samples.jsonl fields that describe an answer, not a group of questions
+SAMPLE_FIELDS = {"question_id", "image", "question", "prompt", "raw", "answer", "score", "target"}
+ALL = "all"
+
+
+class CompareError(MMMergeError):
+    """The evaluation folders cannot be compared as asked (no per-question scores, an unknown field or baseline)."""
 
 
 def load_run(out) -> dict:
@@ -24,8 +41,10 @@ def load_run(out) -> dict:
     headline = run.get("headline") or next((k for k in ("overall", "accuracy", "f1") if k in metrics), None)
     if headline not in scores:
         raise MMMergeError(f"{path}: no score to compare")
-    return {"name": out.name, "task": run.get("task", "?"), "model": run.get("model", "?"), "headline": headline,
-            "scores": scores}
+    samples = out / "samples.jsonl"
+    rows = [row for _, row in read_jsonl(samples, CompareError)] if samples.is_file() else []
+    return {"name": out.name, "path": out, "task": run.get("task", "?"), "model": run.get("model", "?"),
+            "headline": headline, "scores": scores, "samples": rows}
 
 
 def markdown_table(runs: list[dict]) -> str:
@@ -37,37 +56,185 @@ def markdown_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def bar_chart(runs: list[dict], path) -> Path:
-    """Grouped bars: one group per score all runs have (the headline first), one bar per run."""
-    import matplotlib
+# ---- per-question statistics -------------------------------------------------------------------------------
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shared = [c for c in [runs[0]["headline"], *runs[0]["scores"]] if all(c in r["scores"] for r in runs)]
-    shared = list(dict.fromkeys(shared))[:8] or [runs[0]["headline"]]
-    width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(shared) * max(1, len(runs) / 2)), 3.5))
-    for i, r in enumerate(runs):
-        xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(shared))]
-        ax.bar(xs, [r["scores"].get(c, 0.0) for c in shared], width, label=r["name"])
-    ax.set_xticks(range(len(shared)), shared, rotation=20, ha="right")
-    ax.set_ylabel("score (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def _key(question_id) -> str:
+    return json.dumps(question_id)
 
 
-def compare(outs, chart=None) -> str:
-    """The Markdown table for the evaluation folders `outs`; also writes the chart PNG when `chart` is given."""
+def _label(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def scored(run: dict, by: str | None) -> dict[str, tuple[float, str]]:
+    """question id -> (score, group) for the run's scored questions; the group is the `by` field's value."""
+    out = {}
+    for row in run["samples"]:
+        if row.get("score") is None:
+            continue
+        if by is not None and by not in row:
+            fields = sorted(set(row) - SAMPLE_FIELDS)
+            raise CompareError(f"{run['path']}/samples.jsonl: no field {by!r} to break scores down by (fields: "
+                               f"{', '.join(fields) if fields else 'none; evaluate again to record them'})")
+        out[_key(row.get("question_id"))] = (float(row["score"]), _label(row[by]) if by is not None else ALL)
+    return out
+
+
+@dataclass
+class Analysis:
+    runs: list[dict]
+    groups: list[str]  # ALL first, then the `by` field's values in order of appearance
+    by: str | None
+    baseline: dict | None
+    level: float
+    resamples: int
+    cells: dict = field(default_factory=dict)  # run name -> group -> (mean, low, high, n), fractions
+    paired: dict = field(default_factory=dict)  # run name -> group -> stats.Paired (runs other than the baseline)
+    unscored: list = field(default_factory=list)  # runs without per-question scores
+
+
+def choose_baseline(runs: list[dict], baseline) -> dict | None:
+    """The run named `baseline` (its folder, or the folder's name); the first run when not given."""
+    if baseline is None:
+        return runs[0] if len(runs) > 1 else None
+    for r in runs:
+        if str(baseline) in (r["name"], str(r["path"])) or Path(baseline).resolve() == r["path"].resolve():
+            return r
+    raise CompareError(f"baseline {baseline}: not among the compared folders ({', '.join(r['name'] for r in runs)})")
+
+
+def analyse(runs: list[dict], *, by: str | None = None, baseline=None, level: float = stats.LEVEL,
+            resamples: int = stats.RESAMPLES, seed: int = 0) -> Analysis:
+    """Per run and group: mean score, bootstrap interval, count; per run and group: the paired test against the
+    baseline on the questions both answered."""
+    if not 0 < level < 1 or resamples < 100:
+        raise CompareError(f"level must lie in (0, 1) and resamples be at least 100 (got {level}, {resamples})")
+    base = choose_baseline(runs, baseline)
+    table = {r["name"]: scored(r, by) for r in runs}
+    groups = [ALL] + list(dict.fromkeys(g for r in runs for _, g in table[r["name"]].values())) if by else [ALL]
+    a = Analysis(runs, groups, by, base, level, resamples)
+    for r in runs:
+        rows = table[r["name"]]
+        if not rows:
+            a.unscored.append(r["name"])
+            continue
+        a.cells[r["name"]] = {}
+        for g in groups:
+            xs = [s for s, grp in rows.values() if g == ALL or grp == g]
+            if xs:
+                lo, hi = stats.bootstrap_ci(xs, level=level, resamples=resamples, seed=seed)
+                a.cells[r["name"]][g] = (sum(xs) / len(xs), lo, hi, len(xs))
+    if base is not None and base["name"] in a.cells:
+        ref = table[base["name"]]
+        for r in runs:
+            if r is base or r["name"] not in a.cells:
+                continue
+            rows = table[r["name"]]
+            a.paired[r["name"]] = {}
+            for g in groups:
+                both = [q for q, (_, grp) in ref.items() if (g == ALL or grp == g) and q in rows]
+                if both:
+                    a.paired[r["name"]][g] = stats.paired_test([rows[q][0] for q in both], [ref[q][0] for q in both],
+                                                               level=level, resamples=resamples, seed=seed)
+    return a
+
+
+def _p(p: float, resamples: int, test: str) -> str:
+    if p == 0.0 and test != "McNemar exact":
+        return f"p<{1 / resamples:g}"
+    return f"p={p:.1e}" if p < 1e-3 else f"p={p:.3f}"
+
+
+def score_table(a: Analysis) -> str:
+    """Rows: overall and each group; columns: the question count and each run's mean score [interval], in %."""
+    names = [r["name"] for r in a.runs if r["name"] in a.cells]
+    lines = [f"mean score per question (%) with its {a.level:.0%} bootstrap interval ({a.resamples:,} resamples)"
+             + (f", by {a.by}" if a.by else "") + ":", "",
+             f"| {a.by or 'questions'} | n | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+    for g in a.groups:
+        counts = {a.cells[n][g][3] for n in names if g in a.cells[n]}
+        n_text = str(counts.pop()) if len(counts) == 1 else "varies"
+        cells = []
+        for n in names:
+            c = a.cells[n].get(g)
+            cells.append("–" if c is None else f"{100 * c[0]:.1f} [{100 * c[1]:.1f}, {100 * c[2]:.1f}]"
+                         + ("" if n_text != "varies" else f" (n={c[3]})"))
+        lines.append(f"| {g} | {n_text} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(a: Analysis) -> str:
+    """Rows: overall and each group; columns: each run minus the baseline, in points, [interval], p-value."""
+    names = list(a.paired)
+    tests = {n: ", ".join(sorted({p.test for p in a.paired[n].values()})) for n in names}
+    used = set(tests.values())
+    how = used.pop() if len(used) == 1 else "; ".join(f"{n}: {t}" for n, t in tests.items())
+    lines = [f"difference to the baseline {a.baseline['name']} on the same questions (points), "
+             f"{a.level:.0%} paired bootstrap interval, p-value ({how}):", "",
+             f"| {a.by or 'questions'} | " + " | ".join(f"{n} − {a.baseline['name']}" for n in names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for g in a.groups:
+        cells = []
+        for n in names:
+            p = a.paired[n].get(g)
+            cells.append("–" if p is None else f"{100 * p.difference:+.1f} [{100 * p.low:+.1f}, {100 * p.high:+.1f}] "
+                         f"{_p(p.p_value, a.resamples, p.test)} (n={p.questions})")
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(a: Analysis) -> str:
+    parts = []
+    if a.cells:
+        parts.append(score_table(a))
+    if a.paired:
+        parts.append(paired_table(a))
+    if a.unscored:
+        parts.append(f"no per-question scores (no samples.jsonl, or no answers to score against) in: "
+                     f"{', '.join(a.unscored)}")
+    return "\n\n".join(parts)
+
+
+# ---- the chart -------------------------------------------------------------------------------------------------
+
+def write_chart(runs: list[dict], a: Analysis, path) -> Path:
+    """Per-question means with intervals and significance stars where every run has scores; else each run's
+    metrics.json scores (the headline first), as bars without intervals."""
+    from . import chart
+
+    names = [r["name"] for r in runs]
+    base = a.baseline["name"] if a.baseline is not None else None
+    if not a.unscored:
+        groups = a.groups[:chart.MAX_GROUPS + 1]
+        values = {n: {g: 100 * c[0] for g, c in a.cells[n].items()} for n in names}
+        intervals = {n: {g: (100 * c[1], 100 * c[2]) for g, c in a.cells[n].items()} for n in names}
+        significant = {n: {g: p.p_value < chart.SIGNIFICANCE for g, p in a.paired.get(n, {}).items()} for n in names}
+        fig = chart.draw(groups, names, values, intervals=intervals, baseline=base, significant=significant,
+                         ylabel="mean score per question (%)", level=a.level)
+    else:
+        shared = [c for c in [runs[0]["headline"], *runs[0]["scores"]] if all(c in r["scores"] for r in runs)]
+        shared = list(dict.fromkeys(shared))[:chart.MAX_GROUPS] or [runs[0]["headline"]]
+        values = {r["name"]: {c: r["scores"].get(c) for c in shared} for r in runs}
+        fig = chart.draw(shared, names, values, baseline=base)
+    return chart.save(fig, path)
+
+
+def compare(outs, chart=None, *, baseline=None, by: str | None = None, level: float = stats.LEVEL,
+            resamples: int = stats.RESAMPLES, seed: int = 0) -> str:
+    """The Markdown report for the evaluation folders `outs`: metrics, per-question scores with intervals (by the
+    samples.jsonl field `by` too), each run against `baseline` (a folder or its name; default the first run).
+    Writes the bar chart PNG when `chart` is given. Deterministic for a `seed`."""
     runs = [load_run(o) for o in outs]
     if not runs:
         raise MMMergeError("give at least one evaluation folder")
+    if len({r["name"] for r in runs}) < len(runs):  # folders of one name in different places: name them by path
+        for r in runs:
+            r["name"] = str(r["path"])
+    a = analyse(runs, by=by, baseline=baseline, level=level, resamples=resamples, seed=seed)
+    if (by is not None or baseline is not None) and a.unscored:
+        raise CompareError(f"{a.unscored[0]}: no per-question scores to break down or test (samples.jsonl missing, "
+                           "or questions without answers)")
     if chart is not None:
-        bar_chart(runs, chart)
-    return markdown_table(runs)
+        write_chart(runs, a, chart)
+    parts = [markdown_table(runs), report(a)]
+    return "\n\n".join(p for p in parts if p)

@@ -118,15 +118,38 @@ def exact_float32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+def config_stop_strings(model) -> tuple[str, ...]:
+    """The stop strings the model's own generation config names (`stop_strings`), if any."""
+    stops = getattr(model.generation_config, "stop_strings", None) or ()
+    return (stops,) if isinstance(stops, str) else tuple(stops)
+
+
+@contextmanager
+def own_stop_strings(model):
+    """The model's generation config without its stop_strings while generating (restored afterwards): the Generator
+    applies them itself, with a rule that works for every tokenizer (transformers' own fails on some)."""
+    config = model.generation_config
+    stops = getattr(config, "stop_strings", None)
+    config.stop_strings = None
+    try:
+        yield
+    finally:
+        config.stop_strings = stops
+
+
 class Generator:
     """`gen(prompts, images) -> texts`: greedy answers for one batch. `images[i]` is prompt i's image (or a
-    list of its images). `name` (the model folder) starts the message of a ProcessorError."""
+    list of its images). `name` (the model folder) starts the message of a ProcessorError. A row stops at an
+    end-of-sequence token of the model's generation config, or once its text holds one of `stop_strings`
+    (e.g. "\n" for one-line answers; the config's own `stop_strings` are added), where its text is cut."""
 
-    def __init__(self, model, processor, max_new_tokens: int = 16, tie_tol: float = 1e-3, name=None):
+    def __init__(self, model, processor, max_new_tokens: int = 16, tie_tol: float = 1e-3, name=None,
+                 stop_strings=()):
         from transformers import GenerationConfig
 
         tok = processor.tokenizer
         self.model, self.processor, self.tie_tol = model, processor, tie_tol
+        self.stops = tuple(dict.fromkeys((*stop_strings, *config_stop_strings(model))))
         self.name = str(name if name is not None else getattr(model, "name_or_path", "") or type(model).__name__)
         eos = model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos if eos is not None else tok.eos_token_id])
@@ -181,8 +204,17 @@ class Generator:
         enc = self.encode(prompts, images).to(device)
         if "pixel_values" in enc:
             enc["pixel_values"] = enc["pixel_values"].to(torch.float32)
+        criteria = None
+        if self.stops:
+            from transformers import StoppingCriteriaList
+
+            from .answer_end import AnswerEnd
+
+            start = enc["input_ids"].shape[1]
+            criteria = StoppingCriteriaList([AnswerEnd(self.processor.tokenizer, start, self.stops)])
         try:
-            out = self.model.generate(**enc, generation_config=self.config)
+            with own_stop_strings(self.model):
+                out = self.model.generate(**enc, generation_config=self.config, stopping_criteria=criteria)
         except ValueError as e:  # e.g. "Image features and image tokens do not match": processor and model disagree
             raise ProcessorError(f"{self.name}: the model rejects the inputs its processor made "
                                  f"({type(e).__name__}: {first_line(e)})") from e
@@ -196,9 +228,21 @@ class Generator:
                 if top[0] - top[1] < self.tie_tol * max(1.0, abs(top[0].item())):
                     ties.append(i)
                     break
-                if new[i, step].item() in self.eos:
+                if new[i, step].item() in self.eos or self._ended(new[i, :step + 1]):
                     break
-        return [t.strip() for t in texts], ties
+        return [self._cut(t) for t in texts], ties
+
+    def _ended(self, ids) -> bool:
+        if not self.stops:
+            return False
+        from .answer_end import answer_ended
+
+        return answer_ended(self.processor.tokenizer.decode(ids, skip_special_tokens=True), self.stops)
+
+    def _cut(self, text: str) -> str:
+        from .answer_end import cut_answer
+
+        return cut_answer(text, self.stops)
 
     def __call__(self, prompts: list[str], images) -> list[str]:
         with exact_float32():

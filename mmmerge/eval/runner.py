@@ -13,6 +13,11 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from ..device import resolve_device
+from ..errors import UnreadableFileError
+from ..io import atomic_output_dir, writes_output
+from ..images import DEFAULT_MAX_PIXELS, image_size, open_rgb
+from ..model_card import record_eval
 from . import distributed as D
 from .generate import Generator, build_prompt, load_model, prompt_lengths
 from .tasks import EvalDataError, Task, get_task, read_task
@@ -20,23 +25,21 @@ from .tasks import EvalDataError, Task, get_task, read_task
 
 def _open_image(path: Path, source, qid) -> Image.Image:
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as e:
-        raise EvalDataError(f"{source}: question {qid}: cannot read image {path} ({e})") from e
+        return open_rgb(path, max_pixels=None)  # its size passed the limit before the model loaded
+    except UnreadableFileError as e:
+        raise EvalDataError(f"{source}: question {qid}: {e}") from e
 
 
-def _check_images_readable(samples, source) -> None:
-    """Read every image header once (cheap), so a broken file stops the run before the model loads."""
+def _check_images_readable(samples, source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Read every image header once (cheap), so a broken or oversized file stops the run before the model loads."""
     seen = set()
     for s in samples:
         if s.image not in seen:
             seen.add(s.image)
             try:
-                with Image.open(s.image) as im:
-                    im.size  # noqa: B018  (the header is parsed)
-            except OSError as e:
-                raise EvalDataError(f"{source}: question {s.question_id}: cannot read image {s.image} ({e})") from e
+                image_size(s.image, max_pixels=max_pixels)
+            except UnreadableFileError as e:
+                raise EvalDataError(f"{source}: question {s.question_id}: {e}") from e
 
 
 def _write(path: Path, text: str) -> None:
@@ -45,19 +48,43 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+INTERNAL_INFO = ("order",)  # Sample.info keys that are bookkeeping, not fields to break scores down by
+
+
+class RunningScore:
+    """The mean per-question score (in %) of the answers so far, for the progress bar; none without targets."""
+
+    def __init__(self, task: Task):
+        self.task, self.total, self.count = task, 0.0, 0
+
+    def add(self, samples, raws) -> bool:
+        for s, r in zip(samples, raws):
+            sc = self.task.score(self.task.answer(r), s)
+            if sc is not None:
+                self.total, self.count = self.total + sc, self.count + 1
+        return self.count > 0
+
+    def text(self) -> str:
+        return f"score {100 * self.total / self.count:.1f}% of {self.count}"
+
+
 def _fill(template: str, question: str) -> str:
     return template.replace("{question}", question)
 
 
+@writes_output(inputs=("model",), data=("questions", "annotations", "images", "data"))
 def evaluate(model, task, *, questions=None, annotations=None, images=None, data=None, out, batch_size=8,
-             limit=None, device=None, max_new_tokens=16, prompt=None, progress=True) -> dict:
+             limit=None, device=None, max_new_tokens=16, prompt=None, progress=True, force=False,
+             max_image_pixels=DEFAULT_MAX_PIXELS) -> dict:
     """Evaluate an image-text-to-text checkpoint folder `model` (LLaVA, LLaVA-NeXT, Qwen2-VL, Gemma 3, PaliGemma,
     Idefics3/SmolVLM, mllama, ...: each through its own processor and chat template) on `task` ("vqav2",
     "textvqa", "gqa", "pope", "scienceqa", "jsonl"); write OUT/predictions.json, metrics.json, samples.jsonl
     (and run.json, for eval-compare) and return the metrics. `data` is another name for the task's main file
     (`questions`).
     `prompt` replaces the task's template; it must contain "{question}". Under torchrun the questions are
-    sharded over the ranks and rank 0 writes the files; every rank returns the metrics."""
+    sharded over the ranks and rank 0 writes the files; every rank returns the metrics.
+    `force`: replace a previous mmmerge output in OUT. `max_image_pixels`: larger images are refused before
+    they are decoded (None: no limit)."""
     t = get_task(task) if isinstance(task, str) else task
     if not isinstance(t, Task):
         raise EvalDataError(f"task must be a name or a Task, not {type(task).__name__}")
@@ -70,35 +97,43 @@ def evaluate(model, task, *, questions=None, annotations=None, images=None, data
     if batch_size < 1 or max_new_tokens < 1 or (limit is not None and limit < 1):
         raise EvalDataError("batch_size, max_new_tokens and limit must be at least 1")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise EvalDataError(f"{out}: exists and is not a folder")
+    if device is not None:
+        resolve_device(device)
 
     samples = read_task(t, questions, annotations, images, limit)
-    _check_images_readable(samples, questions)
+    _check_images_readable(samples, questions, max_image_pixels)
     ranks = D.setup(device)
     try:
-        model_obj, processor = load_model(model, ranks.device, progress=progress and ranks.main)
+        model_obj, processor = load_model(model, ranks.device, progress=False)  # our own bar says enough
         prompts = [build_prompt(processor, _fill(template, s.question)) for s in samples]
         # Longest first, so a batch holds prompts of similar length (little padding); ranks take every
         # world-th one, so their shares are alike.
         # (Counted as the prompts are encoded: a BOS the chat template wrote is not added again.)
         lengths = prompt_lengths(processor, prompts)
         order = sorted(range(len(samples)), key=lambda i: -lengths[i])[ranks.rank::ranks.world]
-        gen = Generator(model_obj, processor, max_new_tokens=max_new_tokens, name=model)
+        gen = Generator(model_obj, processor, max_new_tokens=max_new_tokens, name=model,
+                        stop_strings=("\n",) if t.one_line else ())
         raw = {}
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        for batch in tqdm(batches, desc=f"eval {t.name}", unit="batch", disable=not progress or not ranks.main):
+        score = RunningScore(t)
+        bar = tqdm(batches, desc=f"eval {t.name}", unit="batch", disable=not progress or not ranks.main)
+        for batch in bar:
             ims = [_open_image(samples[i].image, questions, samples[i].question_id) for i in batch]
-            raw.update(zip(batch, gen([prompts[i] for i in batch], ims)))
+            answers = gen([prompts[i] for i in batch], ims)
+            raw.update(zip(batch, answers))
+            if score.add([samples[i] for i in batch], answers):
+                bar.set_postfix_str(score.text(), refresh=False)
         shards = D.gather(raw, ranks)
         metrics = None
         if ranks.main:
             for shard in shards:
                 raw.update(shard)
-            metrics = _score_and_write(t, samples, prompts, [raw[i] for i in range(len(samples))], out,
-                                       dict(model=str(model), task=t.name, questions=len(samples),
-                                            batch_size=batch_size, max_new_tokens=max_new_tokens, prompt=template,
-                                            world_size=ranks.world, headline=t.headline))
+            with atomic_output_dir(out, force) as tmp:
+                metrics = _score_and_write(t, samples, prompts, [raw[i] for i in range(len(samples))], tmp,
+                                           dict(model=str(model), task=t.name, questions=len(samples),
+                                                questions_file=str(questions),
+                                                batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                                prompt=template, world_size=ranks.world, headline=t.headline))
         return D.broadcast(metrics, ranks)
     finally:
         D.teardown(ranks)
@@ -113,8 +148,10 @@ def _score_and_write(task: Task, samples, prompts, raws, out: Path, run: dict) -
                                                  for s, a in zip(samples, answers)]))
     _write(out / "samples.jsonl", "".join(
         json.dumps({"question_id": s.question_id, "image": str(s.image), "question": s.question, "prompt": p,
-                    "raw": r, "answer": a, "score": sc, "target": s.target}) + "\n"
+                    "raw": r, "answer": a, "score": sc, "target": s.target,
+                    **{k: v for k, v in s.info.items() if k not in INTERNAL_INFO}}) + "\n"
         for s, p, r, a, sc in zip(samples, prompts, raws, answers, scores)))
     _write(out / "metrics.json", json.dumps(metrics, indent=2))
     _write(out / "run.json", json.dumps(run, indent=2))
+    record_eval(run["model"], run, metrics)  # a model folder mmmerge merged: its card gets this result
     return metrics

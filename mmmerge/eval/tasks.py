@@ -68,6 +68,7 @@ class Task:
     name = ""
     prompt = "{question}\n" + SHORT  # LLaVA-1.5's short-answer instruction
     headline = "overall"  # the metrics.json key eval-compare reports
+    one_line = True  # answers are one line: generation stops at the line end (short answers, letters, yes/no)
 
     def read(self, questions=None, annotations=None, images=None) -> list[Sample]:
         raise NotImplementedError
@@ -325,14 +326,24 @@ def get_task(name: str) -> Task:
 
 
 def read_task(task: Task, questions=None, annotations=None, images=None, limit: int | None = None) -> list[Sample]:
-    """Read, cut to the first `limit` questions, check every image exists, and refuse duplicate ids."""
-    samples = task.read(questions, annotations, images)
+    """Read, cut to the first `limit` questions, check every image exists, and refuse duplicate ids. A file of
+    the right kind but the wrong shape (a number where a list belongs, an unhashable id, a non-numeric image id)
+    is one EvalDataError naming the file, not a traceback from deep inside the reader."""
+    try:
+        samples = task.read(questions, annotations, images)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        files = " / ".join(str(f) for f in (questions, annotations) if f is not None)
+        raise EvalDataError(f"{files}: not laid out as {task.name} files are ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'malformed'})") from e
     if limit is not None:
         samples = samples[:limit]
     if not samples:
         raise EvalDataError(f"{questions}: no questions to evaluate")
     seen = set()
     for s in samples:
+        if not isinstance(s.question, str) or isinstance(s.question_id, (list, dict)):
+            raise EvalDataError(f"{questions}: question {s.question_id!r}: the question must be text and its id a "
+                                "number or a string")
         if s.question_id in seen:
             raise EvalDataError(f"{questions}: question {s.question_id} appears twice")
         seen.add(s.question_id)

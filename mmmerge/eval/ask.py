@@ -1,0 +1,46 @@
+"""One question about one image, answered by a model folder: a look at a merged or stitched model by eye.
+
+It is the evaluation runner's path (`load_model`, `build_prompt`, `Generator`) for a single prompt: the model's
+own processor and chat template, greedy decoding in float32, so what it answers here is what `eval` scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UnreadableFileError
+
+
+def open_image(image):
+    """A PIL image from a path (or a PIL image as it is), in RGB."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image)
+    if not path.is_file():
+        raise UnreadableFileError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except OSError as e:
+        raise UnreadableFileError(f"{path}: cannot read the image ({e})") from e
+
+
+def generate(model, image, prompt: str, *, max_new_tokens: int = 64, device: str | None = None,
+             stop_strings=()) -> str:
+    """The answer of the image-text-to-text checkpoint folder `model` (any family `evaluate` runs) to `prompt`
+    about `image` (a path or a PIL image). Generation stops at the model's end-of-sequence token, at the
+    generation config's `stop_strings`, at `stop_strings` (e.g. ("\\n",)), or after `max_new_tokens`."""
+    from .distributed import default_device
+    from .generate import Generator, build_prompt, load_model
+    from .tasks import EvalDataError
+
+    if max_new_tokens < 1:
+        raise EvalDataError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise EvalDataError("give a prompt: the question or instruction about the image")
+    picture = open_image(image)
+    model_obj, processor = load_model(model, default_device(device), progress=False)
+    gen = Generator(model_obj, processor, max_new_tokens=max_new_tokens, name=model, stop_strings=stop_strings)
+    return gen([build_prompt(processor, prompt)], [picture])[0]

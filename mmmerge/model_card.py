@@ -1,0 +1,163 @@
+"""The model card (README.md) of a merged model, in the form the Hugging Face hub shows.
+
+A merged folder without a card says nothing about where it came from once it is copied or uploaded. The card
+has the hub's YAML front matter (`base_model`, `library_name: transformers`, `tags: [merge, mmmerge, METHOD]`),
+then the method with its paper, each component's inputs (hub ID and revision where the folder is a hub
+download), the recipe as written and the mmmerge version. `mmmerge eval` adds a row per task to the card's
+evaluation table, so the results travel with the model.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+EVAL_START, EVAL_END = "<!-- mmmerge-eval:start -->", "<!-- mmmerge-eval:end -->"
+EVAL_HEADER = "| task | questions | n | metric | score |\n|---|---|---:|---|---:|"
+# Paper titles for the methods' references (the registry holds the links).
+TITLES = {
+    "linear": "Model soups (Wortsman et al., ICML 2022)",
+    "task_arithmetic": "Editing Models with Task Arithmetic (Ilharco et al., ICLR 2023)",
+    "ties": "TIES-Merging: Resolving Interference When Merging Models (Yadav et al., NeurIPS 2023)",
+    "dare_ties": "Language Models are Super Mario (DARE; Yu et al., ICML 2024)",
+    "dare_linear": "Language Models are Super Mario (DARE; Yu et al., ICML 2024)",
+    "breadcrumbs": "Model Breadcrumbs (Davari and Belilovsky, ECCV 2024)",
+    "breadcrumbs_ties": "Model Breadcrumbs (Davari and Belilovsky, ECCV 2024)",
+    "della": "DELLA-Merging (Deep et al., 2024)",
+    "della_linear": "DELLA-Merging (Deep et al., 2024)",
+    "model_stock": "Model Stock (Jang et al., ECCV 2024)",
+    "sce": "FuseChat: SCE merging (Wan et al., 2024)",
+    "tsv_merge": "Task Singular Vectors: Reducing Task Interference in Model Merging (Gargiulo et al., CVPR 2025)",
+    "iso_c": "No Task Left Behind: Isotropic Model Merging (Marczak et al., ICML 2025)",
+    "iso_cts": "No Task Left Behind: Isotropic Model Merging (Marczak et al., ICML 2025)",
+    "slerp": "spherical linear interpolation (Shoemake, SIGGRAPH 1985)",
+}
+HUB_CACHE = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<rev>[0-9a-f]{7,40})")
+
+
+def hub_origin(path: str) -> tuple[str | None, str | None]:
+    """(hub repo ID, revision) of a folder downloaded from the hub, where its location tells: a snapshot in the
+    hub cache (`models--ORG--NAME/snapshots/REV`), or a `local_dir` download (its metadata holds the commit)."""
+    m = HUB_CACHE.search(Path(path).absolute().as_posix())
+    if m:
+        return f"{m['org']}/{m['name']}", m["rev"]
+    meta = sorted((Path(path) / ".cache" / "huggingface" / "download").glob("*.metadata")) if Path(path).is_dir() else []
+    if meta:
+        first = meta[0].read_text().splitlines()
+        return None, first[0].strip() if first else None
+    return None, None
+
+
+def _inputs(source: str) -> list[str]:
+    """The folders of one input: `BASE+LORA` names two."""
+    return [s for s in source.split("+") if s] if not Path(source).exists() else [source]
+
+
+def describe_input(source: str) -> str:
+    parts = []
+    for folder in _inputs(source):
+        repo, rev = hub_origin(folder)
+        where = f"[{repo}](https://huggingface.co/{repo})" if repo else f"`{folder}`"
+        parts.append(where + (f" (revision `{rev}`)" if rev else ""))
+    return " + LoRA ".join(parts)
+
+
+def method_line(method: str) -> str:
+    from .methods import get_method
+
+    reference = get_method(method).reference
+    title = TITLES.get(method)
+    if title and reference:
+        return f"`{method}`: [{title}]({reference})"
+    return f"`{method}`" + (f": {reference}" if reference else " (mergekit)")
+
+
+def _recipe_yaml(plan) -> str:
+    text = plan.recipe.text
+    if not text:
+        text = yaml.safe_dump(plan.recipe.model_dump(exclude_none=True, exclude={"text", "folder"}), sort_keys=False)
+    return text.rstrip("\n")
+
+
+def front_matter(plan) -> dict:
+    bases = []
+    for c in plan.components.values():
+        for source in c.sources:
+            for folder in _inputs(source):
+                repo, _ = hub_origin(folder)
+                bases.append(repo or folder)
+    methods = [c.how.removeprefix("merge ") for c in plan.components.values() if c.how.startswith("merge ")]
+    meta = {"base_model": list(dict.fromkeys(bases)), "library_name": "transformers",
+            "tags": list(dict.fromkeys(["merge", "mmmerge", *methods]))}
+    if plan.output_format != "hf":
+        meta["pipeline_tag"] = "image-text-to-text"
+    return meta
+
+
+def model_card(plan, out) -> str:
+    """The README.md text of the merge `plan` written to `out`."""
+    from . import __version__
+
+    lines = ["---", yaml.safe_dump(front_matter(plan), sort_keys=False).rstrip("\n"), "---", "",
+             f"# {Path(out).name}", "",
+             f"A merge made with [mmmerge](https://pypi.org/project/mmmerge/) {__version__}"
+             + ("" if plan.output_format == "hf" else f", written as a `{plan.output_format}` checkpoint") + ".", ""]
+    same: dict[tuple, list[str]] = {}  # components made the same way from the same inputs are listed once
+    for c in plan.components.values():
+        same.setdefault((c.how, tuple(c.sources), c.has_base), []).append(c.name)
+    for (how, sources, has_base), names in same.items():
+        what = ", ".join(f"**{n}**" for n in names)
+        if how == "copy":
+            lines.append(f"- {what}: copied from {describe_input(sources[0])}")
+            continue
+        lines.append(f"- {what}: {method_line(how.removeprefix('merge '))} of")
+        for i, source in enumerate(sources):
+            lines.append(f"  - {'base: ' if i == 0 and has_base else ''}{describe_input(source)}")
+    lines += ["", "## Recipe", "", "```yaml", _recipe_yaml(plan), "```", "", "## Evaluation", "", EVAL_START,
+              "No evaluation yet: `mmmerge eval` adds a row per task here.", EVAL_END, ""]
+    return "\n".join(lines)
+
+
+def is_mmmerge_card(text: str) -> bool:
+    return EVAL_START in text and EVAL_END in text
+
+
+def with_eval(text: str, run: dict, metrics: dict) -> str:
+    """The card with the row of this evaluation (task and questions file) added or replaced."""
+    headline = run.get("headline")
+    score = metrics.get(headline)
+    if not isinstance(score, (int, float)):
+        return text
+    row = (f"| {run.get('task', '?')} | `{Path(str(run.get('questions_file', '?'))).name}` | "
+           f"{run.get('questions', '?')} | {headline} | {score:.2f} |")
+    start, end = text.index(EVAL_START) + len(EVAL_START), text.index(EVAL_END)
+    key = row.split(" | ")[:2]
+    rows = [r for r in text[start:end].splitlines() if r.startswith("| ") and not r.startswith("| task |")
+            and r.split(" | ")[:2] != key]
+    return text[:start] + "\n" + EVAL_HEADER + "\n" + "\n".join(rows + [row]) + "\n" + text[end:]
+
+
+def record_eval(model, run: dict, metrics: dict) -> bool:
+    """Add an evaluation to the card of a model folder mmmerge wrote (other folders are left alone); True when
+    the card was updated. A card that cannot be written gives a warning, never an error."""
+    import warnings
+
+    from .errors import MMMergeWarning
+
+    card = Path(model) / "README.md"
+    try:
+        text = card.read_text()
+    except OSError:
+        return False
+    if not is_mmmerge_card(text):
+        return False
+    try:
+        tmp = card.with_name(".README.md.tmp")
+        tmp.write_text(with_eval(text, run, metrics))
+        tmp.replace(card)
+    except OSError as e:
+        warnings.warn(f"{card}: could not add the evaluation to the model card ({e})", MMMergeWarning, stacklevel=2)
+        return False
+    return True
