@@ -10,6 +10,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import MMMergeError
+from .eval.tasks import TASKS
+from .lora.combine import ALL_METHODS
 from .signals import Terminated
 
 
@@ -34,6 +36,12 @@ def cmd_convert(args) -> None:
     print(f"wrote {vision.arch} ({vision.num_params:,} parameters) from {ckpt.format} to {args.out}")
     for name in left_out:
         print(f"  not written (not held by {vision.arch}): {name}")
+
+
+def cmd_methods(args) -> None:
+    from .methods._describe import describe, summary
+
+    print(describe(args.name) if args.name else summary())
 
 
 def cmd_merge(args) -> None:
@@ -194,11 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
     s.add_argument("--quiet", action="store_true", help="no per-module table")
     s.set_defaults(func=cmd_extract_lora)
+    s = sub.add_parser("methods", help="the merge methods, or one method's parameters (defaults, ranges) and paper")
+    s.add_argument("name", nargs="?", help="a method's name (default: list them all)")
+    s.set_defaults(func=cmd_methods)
+
     s = sub.add_parser("merge-loras", help="one peft LoRA from several with the same base (peft's add_weighted_adapter)")
     s.add_argument("adapters", type=Path, nargs="+", help="peft LoRA folders")
-    s.add_argument("--method", default="cat", choices=["cat", "linear", "svd", "ties", "dare_ties", "dare_linear",
-                                                       "magnitude_prune", "ties_svd", "dare_ties_svd",
-                                                       "dare_linear_svd", "magnitude_prune_svd"])
+    s.add_argument("--method", default="cat", choices=ALL_METHODS)
     s.add_argument("--weights", type=float, nargs="+", default=None, help="one per adapter (default: all 1)")
     s.add_argument("--density", type=float, default=None, help="fraction kept by ties, dare and magnitude_prune")
     s.add_argument("--rank", type=int, default=None, help="rank of svd methods (default: the largest input rank)")
@@ -210,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="answer a VQA set with an image-text-to-text model and score it as the official script does")
     s.add_argument("model", type=Path, help="a transformers image-text-to-text checkpoint folder (any family) with its processor")
-    s.add_argument("--task", required=True, choices=["vqav2", "textvqa", "gqa", "pope", "scienceqa", "jsonl"])
+    s.add_argument("--task", required=True, choices=list(TASKS))
     s.add_argument("--questions", type=Path, required=True, help="the task's questions file (or JSONL / problems.json)")
     s.add_argument("--annotations", type=Path, help="VQAv2 annotations JSON (omit for test-dev: predictions only)")
     s.add_argument("--images", type=Path, help="image folder (jsonl: default the JSONL's folder)")

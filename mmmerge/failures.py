@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 import traceback
 
@@ -66,6 +67,12 @@ def report(e: BaseException) -> int:
     """Print what `e` means on stderr (one line, or a traceback and a plea for a bug report); the exit code."""
     from . import __version__
 
+    if isinstance(e, BrokenPipeError):  # the reader stopped reading (`| head`): not a failure, nothing to say
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second complaint at exit
+        except (OSError, ValueError):
+            pass
+        return 0
     known = describe(e)
     if known is not None:
         line, code = known

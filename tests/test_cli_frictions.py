@@ -84,3 +84,18 @@ def test_api_names_stay_functions_after_their_modules_are_imported(parts, tmp_pa
         importlib.import_module(f"mmmerge.{name}")
     assert mmmerge.convert(vision, tmp_path / "out") == []
     assert callable(mmmerge.stitch) and mmmerge.describe(tmp_path / "out").startswith(str(tmp_path / "out"))
+
+
+def test_methods_lists_every_method_and_describes_one():
+    from mmmerge.methods import REGISTRY
+    from test_cli import run
+
+    r = run("methods")
+    assert r.returncode == 0
+    assert {line.split()[0] for line in r.stdout.splitlines()} == set(REGISTRY)
+    r = run("methods", "ties")
+    assert r.returncode == 0 and "https://arxiv.org/abs/2306.01708" in r.stdout
+    assert "density (per model, number, default 1.0, in (0, 1])" in r.stdout
+    assert "weight (per model, number, required)" in r.stdout
+    r = run("methods", "tiez")
+    assert r.returncode == 2 and "unknown merge method 'tiez'" in r.stderr and r.stderr.count("\n") == 1

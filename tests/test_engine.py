@@ -451,6 +451,12 @@ def test_language_only_output_from_a_llava(models, tmp_path):
     model, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     assert type(model).__name__ == "LlamaForCausalLM"
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    # the values: the mean of the LLaVA's language model (its own in-memory names) and the text-only LLM
+    llava = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").state_dict()
+    text = transformers.AutoModelForCausalLM.from_pretrained(models["ft1"]).state_dict()
+    for name, merged in model.state_dict().items():
+        own = llava[name.replace("model.", "model.language_model.", 1) if name.startswith("model.") else name]
+        torch.testing.assert_close(merged, (own + text[name]) / 2, rtol=0, atol=1e-6, msg=name)
 
 
 def test_output_over_an_input_is_refused(models, tmp_path):

@@ -37,11 +37,20 @@ def test_cached_layout_equals_the_computed_one_and_survives_damage(tmp_path, mon
 
 
 def test_an_empty_cache_setting_disables_it(tmp_path, monkeypatch):
+    """With MMMERGE_CACHE_DIR empty, reading a model that needs a layout writes nothing to any cache folder."""
     monkeypatch.setenv("MMMERGE_CACHE_DIR", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # where the default cache would go
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     _layout.cache_clear()
     assert layout_cache_dir() is None
-    randomize(transformers.LlamaForCausalLM(llama_config()), 0).save_pretrained(tmp_path / "lm")
+    cfg = llama_config(num_hidden_layers=3, hidden_size=48)  # a config no earlier test computed a layout for
+    randomize(transformers.LlamaForCausalLM(cfg), 0).save_pretrained(tmp_path / "lm")
     assert open_checkpoint(tmp_path / "lm").component("language").tensors
+    assert not (tmp_path / "xdg").exists() and not (tmp_path / "home").exists()
+    monkeypatch.setenv("MMMERGE_CACHE_DIR", str(tmp_path / "on"))  # the same read with the cache on writes it
+    _layout.cache_clear()
+    open_checkpoint(tmp_path / "lm")
+    assert any((tmp_path / "on").rglob("*.json"))
 
 
 def test_a_warm_cache_opens_and_merges_without_importing_transformers(tmp_path):
