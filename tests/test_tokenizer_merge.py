@@ -155,3 +155,30 @@ def test_bad_tokenizer_settings_stop_before_writing(models, tmp_path):
     with pytest.raises(MMMergeError, match="give `tokenizer_source` or a `tokenizer` section, not both"):
         merge({**base, "tokenizer_source": "union", "tokenizer": {"source": "union"}}, tmp_path / "o", quiet=True)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_vlm_keeps_its_image_token_under_a_union_tokenizer(tmp_path):
+    """A LLaVA's language model merged with a text-only LLM of another vocabulary under `tokenizer_source:
+    union`: the output is a LLaVA whose tokenizer holds both vocabularies, whose <image> token keeps its id and
+    row, and which transformers loads with its processor."""
+    from tiny_llava import build_tiny_llava
+
+    llava = build_tiny_llava(tmp_path / "llava", seed=1)
+    tok = make_tokenizer(tmp_path / "lm", SENTENCES + ["a zebra sings"])
+    cfg = json.loads((llava / "config.json").read_text())["text_config"]
+    lm = randomize(transformers.LlamaForCausalLM(llama_config(vocab_size=len(tok), hidden_size=cfg["hidden_size"],
+                                                              intermediate_size=cfg["intermediate_size"])), 4)
+    lm.save_pretrained(tmp_path / "lm")
+    out = merge({"merge_method": "linear", "tokenizer_source": "union",
+                 "models": [{"model": str(llava), "parameters": {"weight": 0.5}},
+                            {"model": str(tmp_path / "lm"), "parameters": {"weight": 0.5}}]}, tmp_path / "out",
+                quiet=True)
+    before = transformers.AutoTokenizer.from_pretrained(llava).get_vocab()
+    after = transformers.AutoTokenizer.from_pretrained(out).get_vocab()
+    assert after["<image>"] == before["<image>"] and "zebra" in after
+    merged = transformers.LlavaForConditionalGeneration.from_pretrained(out)
+    own = transformers.LlavaForConditionalGeneration.from_pretrained(llava)
+    i = before["<image>"]  # only the LLaVA has it: its row, unmerged
+    assert torch.equal(merged.model.language_model.embed_tokens.weight[i], own.model.language_model.embed_tokens.weight[i])
+    assert merged.config.text_config.vocab_size == len(after)
+    transformers.AutoProcessor.from_pretrained(out)
