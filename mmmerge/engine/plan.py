@@ -150,9 +150,11 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
         shape = tuple(ref_t.shape)
         if name in extra_rows:
             shape = (shape[0] + extra_rows[name].shape[0], *shape[1:])
-        tasks[name] = Task(name, shape, written_dtype(all_inputs, dtype, out_dtype), merged, base, spec,
-                           params, global_params, dtype, tensor_seed(seed, cname, name) if spec.random else None,
-                           extra_rows.get(name), native_dtype(all_inputs, dtype, section.compute_dtype), name)
+        tasks[name] = Task(name=name, shape=shape, dtype=written_dtype(all_inputs, dtype, out_dtype), tensors=merged,
+                           base=base, method=spec, params=params, global_params=global_params, input_dtype=dtype,
+                           seed=tensor_seed(seed, cname, name) if spec.random else None,
+                           extra_rows=extra_rows.get(name),
+                           native_dtype=native_dtype(all_inputs, dtype, section.compute_dtype), label=name)
     sources = ([paths[base_ref]] if base_ref else []) + [paths[r] for r in others]
     written = ([None] if base_ref else []) + [section.model_parameters(r) for r in others]
     config = copy.deepcopy(reference.config)
@@ -164,7 +166,8 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
 
 def plan_copy(ckpt: Checkpoint, path: Path, cname: str, *, dtype=None, out_dtype=None) -> ComponentPlan:
     comp = ckpt.component(cname)
-    tasks = {n: Task(n, tuple(t.shape), written_dtype([t], dtype, out_dtype), [t]) for n, t in comp.tensors.items()}
+    tasks = {n: Task(name=n, shape=tuple(t.shape), dtype=written_dtype([t], dtype, out_dtype), tensors=[t])
+             for n, t in comp.tensors.items()}
     return ComponentPlan(cname, "copy", [str(path)], planned(comp, cname, copy.deepcopy(comp.config), tasks), tasks, ckpt)
 
 
@@ -267,7 +270,7 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
     dtype = _uniform_dtype(tasks)
     for out_name, tensor in ref.rest.items():  # outside every component: kept as the reference holds it
         out_dtype = dtype if dtype is not None and tensor.dtype.is_floating_point else tensor.dtype
-        tasks.append(Task(out_name, tuple(tensor.shape), out_dtype, [tensor]))
+        tasks.append(Task(name=out_name, shape=tuple(tensor.shape), dtype=out_dtype, tensors=[tensor]))
     return cfg, tasks, ref.path, ref.family.model_type
 
 

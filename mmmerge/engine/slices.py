@@ -86,10 +86,11 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, *, dtype=None
         extra = inputs.extra_rows.get(out_name)
         if extra is not None:
             shape = (shape[0] + extra.shape[0], *shape[1:])
-        tasks[out_name] = Task(out_name, shape, written_dtype(all_inputs, dtype, out_dtype), merged, base, spec,
-                               params, global_params, dtype,
-                               tensor_seed(seed, cname, out_name) if spec.random else None, extra,
-                               native_dtype(all_inputs, dtype, section.compute_dtype), max(names.values()))
+        tasks[out_name] = Task(name=out_name, shape=shape, dtype=written_dtype(all_inputs, dtype, out_dtype),
+                               tensors=merged, base=base, method=spec, params=params, global_params=global_params,
+                               input_dtype=dtype, seed=tensor_seed(seed, cname, out_name) if spec.random else None,
+                               extra_rows=extra, native_dtype=native_dtype(all_inputs, dtype, section.compute_dtype),
+                               label=max(names.values()))
 
     outside = [n for n in reference.tensors if not LAYER_RE.search(n)]
     first, last = section.slices[0], section.slices[-1]

@@ -13,9 +13,9 @@ import torch
 from ..checkpoint import Checkpoint, Component, LazyTensor
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Task:
-    """How to produce one output tensor."""
+    """How to produce one output tensor (built with keywords: it has many fields)."""
 
     name: str  # the tensor's name in the output file
     shape: tuple[int, ...]
