@@ -148,7 +148,7 @@ NATIVE_KEEP = {_none: None, _magnitude: native.keep_largest, _random: native.kee
                _outliers: native.keep_middle, _rank: native.keep_by_rank}
 
 
-def _family_member(name, sparsify, consensus, normalize, rescale, extra=None, check=None, reference=""):
+def _family_member(name, *, sparsify, consensus, normalize, rescale, extra=None, check=None, reference=""):
     def fn(tensors, base, params, global_params, generator=None, out_dtype=None):
         return _merge(tensors, base, params, global_params, generator, sparsify=sparsify, consensus=consensus,
                       out_dtype=out_dtype)
@@ -186,19 +186,22 @@ def _family_member(name, sparsify, consensus, normalize, rescale, extra=None, ch
 GAMMA = Param(float, 0.01, low=0.0, high=1.0, help="fraction of largest-magnitude entries dropped")
 EPSILON = Param(float, 0.15, low=0.0, high=1.0, high_open=True, help="spread of keep probabilities around density")
 
-task_arithmetic = _family_member("task_arithmetic", _none, False, False, False, reference="https://arxiv.org/abs/2212.04089")
-ties = _family_member("ties", _magnitude, True, True, False, reference="https://arxiv.org/abs/2306.01708")
-dare_ties = _family_member("dare_ties", _random, True, False, True, reference="https://arxiv.org/abs/2311.03099")
-dare_linear = _family_member("dare_linear", _random, False, False, True, reference="https://arxiv.org/abs/2311.03099")
-breadcrumbs = _family_member(
-    "breadcrumbs", _outliers, False, False, False, {"gamma": GAMMA}, reference="https://arxiv.org/abs/2312.06795"
-)
-breadcrumbs_ties = _family_member(
-    "breadcrumbs_ties", _outliers, True, False, False, {"gamma": GAMMA}, reference="https://arxiv.org/abs/2312.06795"
-)
-della = _family_member(
-    "della", _rank, True, True, True, {"epsilon": EPSILON}, check_della_epsilon, "https://arxiv.org/abs/2406.11617"
-)
-della_linear = _family_member(
-    "della_linear", _rank, False, False, True, {"epsilon": EPSILON}, check_della_epsilon, "https://arxiv.org/abs/2406.11617"
-)
+# One row per member: its sparsifier, sign election and defaults (the table in the module docstring).
+task_arithmetic = _family_member("task_arithmetic", sparsify=_none, consensus=False, normalize=False, rescale=False,
+                                 reference="https://arxiv.org/abs/2212.04089")
+ties = _family_member("ties", sparsify=_magnitude, consensus=True, normalize=True, rescale=False,
+                      reference="https://arxiv.org/abs/2306.01708")
+dare_ties = _family_member("dare_ties", sparsify=_random, consensus=True, normalize=False, rescale=True,
+                           reference="https://arxiv.org/abs/2311.03099")
+dare_linear = _family_member("dare_linear", sparsify=_random, consensus=False, normalize=False, rescale=True,
+                             reference="https://arxiv.org/abs/2311.03099")
+breadcrumbs = _family_member("breadcrumbs", sparsify=_outliers, consensus=False, normalize=False, rescale=False,
+                             extra={"gamma": GAMMA}, reference="https://arxiv.org/abs/2312.06795")
+breadcrumbs_ties = _family_member("breadcrumbs_ties", sparsify=_outliers, consensus=True, normalize=False,
+                                  rescale=False, extra={"gamma": GAMMA}, reference="https://arxiv.org/abs/2312.06795")
+della = _family_member("della", sparsify=_rank, consensus=True, normalize=True, rescale=True,
+                       extra={"epsilon": EPSILON}, check=check_della_epsilon,
+                       reference="https://arxiv.org/abs/2406.11617")
+della_linear = _family_member("della_linear", sparsify=_rank, consensus=False, normalize=False, rescale=True,
+                              extra={"epsilon": EPSILON}, check=check_della_epsilon,
+                              reference="https://arxiv.org/abs/2406.11617")
