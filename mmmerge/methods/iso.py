@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ._registry import Param, method
-from .tsv import ALPHA, SVD, is_matrix, mean_task_vector, polar, task_sum
+from ._spectral import ALPHA, SVD, is_matrix, mean_task_vector, polar, task_sum
 
 
 def subspace_sizes(rows: int, cols: int, n_tasks: int, common_space_fraction: float) -> tuple[int, int]:
