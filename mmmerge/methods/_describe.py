@@ -10,7 +10,7 @@ BASE_TEXT = {"required": "needs a base_model", "optional": "uses a base_model wh
 
 def param_line(name: str, p: Param, scope: str) -> str:
     default = "required" if p.required else f"default {p.default}"
-    kind = {bool: "true/false", int: "integer", float: "number"}.get(p.type, p.type.__name__)
+    kind = {bool: "true/false", int: "integer", float: "number", str: "path"}.get(p.type, p.type.__name__)
     rng = f", in {p.range_text()}" if p.type in (int, float) and (p.low is not None or p.high is not None) else ""
     return f"    {name} ({scope}, {kind}, {default}{rng}){': ' + p.help if p.help else ''}"
 

@@ -69,6 +69,10 @@ class Param:
         where = f"{method}: parameter `{name}`"
         if value is None and self.nullable:
             return None
+        if self.type is str:  # a file path (the data-aware methods' statistics)
+            if isinstance(value, str) and value:
+                return value
+            raise RecipeError(f"{where} must be a path, got {value!r}")
         if self.type is bool:
             if isinstance(value, bool):
                 return value
@@ -102,6 +106,8 @@ class MethodSpec:
     itself, slice by slice, to the compute dtype (the base's, else float32 or float64 if an input is): no
     full-size float32 copy of any input is made. It also takes ``out_dtype`` and writes each finished slice
     in that dtype, so no full-size float32 result is made either.
+    ``takes_name``: ``fn`` also takes ``name``, the name the merge writes the tensor under (or None when the caller
+    does not know it), to look up per-tensor statistics collected beforehand (regmean, fisher: mmmerge/calibration.py).
     ``finite_inputs``: the method runs an SVD; LAPACK fails on NaN/inf and prints its own complaint on stdout
     first, so the inputs are checked for them before it runs (a cost small next to the SVD). For the other
     methods they are looked for only after a failure or a non-finite result.
@@ -121,6 +127,7 @@ class MethodSpec:
     # computes in the inputs' own half precision, rounding where mergekit does (see methods.native)
     native: Callable[..., torch.Tensor] | None = None
     finite_inputs: bool = False
+    takes_name: bool = False
 
     def __post_init__(self):
         if self.base not in BASE_POLICIES:
@@ -252,9 +259,10 @@ def merge_tensor(
     unknown: str = "error",
     out_dtype: torch.dtype | None = None,
     native_dtype: torch.dtype | None = None,
+    name: str | None = None,
 ) -> torch.Tensor:
     """Merge one output tensor: validate, compute in float32 (float64 if an input is), return that dtype
-    (or ``out_dtype``: the same values, rounded once).
+    (or ``out_dtype``: the same values, rounded once). ``name``: the tensor's name, for ``takes_name`` methods.
 
     ``params=None`` means no per-model parameters given. Non-floating tensors (integer buffers) are
     copied when all inputs agree, as mergekit does, and rejected otherwise.
@@ -296,6 +304,8 @@ def merge_tensor(
     with torch.no_grad(), _naming_non_finite(spec.name, everything, has_base=base is not None):
         if spec.widens_inputs:
             out = spec.fn(tensors, base, params, global_params, generator, out_dtype=out_dtype or dtype)
+        elif spec.takes_name:
+            out = spec.fn(tensors, base, params, global_params, generator, name=name)
         else:
             out = spec.fn(tensors, base, params, global_params, generator)
     return out if out_dtype is None else out.to(out_dtype)
