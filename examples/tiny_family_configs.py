@@ -82,16 +82,15 @@ def _paligemma():
                              image_token_index=IMAGE_TOKEN, projection_dim=32)
 
 
-def _idefics3():
-    return T.Idefics3Config(text_config=_text(T.LlamaConfig),
-                            vision_config=T.Idefics3VisionConfig(**VIT, image_size=32, patch_size=8).to_dict(),
-                            image_token_id=IMAGE_TOKEN, scale_factor=2)
+def _idefics_like(config_cls, vision_cls):
+    """Idefics3 and SmolVLM (a Llama, a SigLIP-style tower, a pixel-shuffle connector) differ only by class."""
+    return lambda: config_cls(text_config=_text(T.LlamaConfig),
+                              vision_config=vision_cls(**VIT, image_size=32, patch_size=8).to_dict(),
+                              image_token_id=IMAGE_TOKEN, scale_factor=2)
 
 
-def _smolvlm():
-    return T.SmolVLMConfig(text_config=_text(T.LlamaConfig),
-                           vision_config=T.SmolVLMVisionConfig(**VIT, image_size=32, patch_size=8).to_dict(),
-                           image_token_id=IMAGE_TOKEN, scale_factor=2)
+_idefics3 = _idefics_like(T.Idefics3Config, T.Idefics3VisionConfig)
+_smolvlm = _idefics_like(T.SmolVLMConfig, T.SmolVLMVisionConfig)
 
 
 def _mistral3():

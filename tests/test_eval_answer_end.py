@@ -5,24 +5,12 @@ import json
 import re
 import shutil
 
-import pytest
 from PIL import Image
 
 import eval_data
 from mmmerge import evaluate
 from mmmerge.eval.answer_end import answer_ended, cut_answer
 from mmmerge.eval.generate import Generator, build_prompt, load_model
-from tiny_llava import build_tiny_llava
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"), seed=3)
-
-
-@pytest.fixture(scope="module")
-def vqa(tmp_path_factory):
-    return eval_data.vqav2(tmp_path_factory.mktemp("vqav2"), n=8)
 
 
 def samples(out):

@@ -21,11 +21,6 @@ def model_dir(tmp_path_factory):
     return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"), seed=5)
 
 
-@pytest.fixture(scope="module")
-def vqa(tmp_path_factory):
-    return eval_data.vqav2(tmp_path_factory.mktemp("vqav2"), n=8)
-
-
 def vqa_args(vqa):
     return ["--task", "vqav2", "--questions", vqa["questions"], "--annotations", vqa["annotations"],
             "--images", vqa["images"]]

@@ -12,17 +12,6 @@ from mmmerge import evaluate
 from mmmerge.eval.generate import Generator, ModelLoadError, build_prompt, load_model
 from mmmerge.eval.tasks import EvalDataError
 from test_eval_metrics import official_report
-from tiny_llava import build_tiny_llava
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"), seed=3)
-
-
-@pytest.fixture(scope="module")
-def vqa(tmp_path_factory):
-    return eval_data.vqav2(tmp_path_factory.mktemp("vqav2"), n=8)
 
 
 def read_out(out):

@@ -91,12 +91,14 @@ def _layout(arch: str, config_json: str) -> tuple[dict, dict]:
 @functools.lru_cache(maxsize=32)
 def _class_layout(cls: str, config_json: str) -> dict:
     def compute() -> dict:
+        import torch
+
         from .hf_export import memory_layout, model_class
 
         config = dict(json.loads(config_json))
         config.pop("architectures", None)
         klass = model_class(cls)
-        with torch_meta():
+        with torch.device("meta"):
             model = klass._from_config(klass.config_class.from_dict(config))
         required, optional = memory_layout(model)
         modules = {name: type(module).__name__ for name, module in model.named_modules()}
@@ -114,14 +116,6 @@ def class_layout(cls: str, config: dict) -> dict:
     {"required": name -> shape, "optional": tied duplicates, "modules": module name -> class name}; kept on
     disk per transformers version like `layout_of`."""
     return _class_layout(cls, json.dumps(config, sort_keys=True, default=str))
-
-
-@contextlib.contextmanager
-def torch_meta():
-    import torch
-
-    with torch.device("meta"):
-        yield
 
 
 def layout_of(component: Component) -> tuple[dict, dict]:

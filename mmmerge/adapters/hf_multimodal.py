@@ -67,7 +67,7 @@ def language_arch_and_config(family: Family, text_cfg: dict, tied: bool, where: 
     return arch, cfg
 
 
-def projector_config(cfg: dict, family: Family, vision_cfg: dict, text_cfg: dict) -> dict:
+def projector_config(cfg: dict, vision_cfg: dict, text_cfg: dict) -> dict:
     """The top-level settings of the family config (projector activation, feature layer, ...) and both sides'
     widths: what a projector needs to be rebuilt or checked."""
     out = {k: v for k, v in cfg.items() if not isinstance(v, (dict, list)) or k.startswith("vision_feature")}
@@ -127,7 +127,7 @@ def read(path: Path) -> Checkpoint:
         "vision": Component("vision", vision_arch(family, vision_cfg, path), vision_cfg, parts["vision"],
                             read_preprocess(path)),
         "projector": Component("projector", modules.get(proj_prefix.rstrip("."), "projector"),
-                               projector_config(cfg, family, vision_cfg, text_cfg), parts["projector"]),
+                               projector_config(cfg, vision_cfg, text_cfg), parts["projector"]),
         "language": Component("language", lang_arch, lang_cfg, parts["language"]),
     }
     source = {"config.json": cfg, "layout": layout_name}

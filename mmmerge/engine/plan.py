@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-from ..adapters.families import FAMILIES
-from ..adapters.families import rename
+from ..adapters.families import FAMILIES, rename
 from ..adapters.hf_common import class_layout, layout_of
 from ..adapters.hf_causal_lm import untie
 from ..checkpoint import COMPONENTS, Checkpoint, Component
@@ -107,18 +106,18 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
                        seed=None, where: str = "", notes: list[str], warnings: list[str]) -> ComponentPlan:
     from ..methods import check_inputs, get_method, validate_params
 
-    if section.slices is not None:
-        return plan_slices(section, cname, opener, dtype=dtype, out_dtype=out_dtype, seed=seed, where=where,
-                           notes=notes, warnings=warnings)
     dtype = dtype_of(section.dtype) or dtype
     out_dtype = dtype_of(section.out_dtype) or out_dtype
     try:
         spec = get_method(section.merge_method)
     except RecipeError as e:
         raise RecipeError(f"{where}merge_method: {e}") from None
-    refs = section.input_models()
     base_ref = section.base_model if spec.uses_base else None
     check_names(spec, section, base_ref, where, notes, warnings)
+    if section.slices is not None:
+        return plan_slices(section, cname, opener, spec, dtype=dtype, out_dtype=out_dtype, seed=seed, where=where,
+                           notes=notes)
+    refs = section.input_models()
 
     ref_key = section.base_model or refs[0]
     inputs = section_inputs(section, cname, opener, refs, ref_key, where, notes)

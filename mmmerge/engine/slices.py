@@ -17,8 +17,8 @@ from ..checkpoint import Component
 from ..errors import RecipeError, ShapeMismatchError
 from .inputs import section_inputs
 from .opener import Opener
-from .parameters import LAYER_RE, check_names, count_layers, make_validator, resolve
-from .recipe import MergeSection, OutputSlice, dtype_of
+from .parameters import LAYER_RE, count_layers, make_validator, resolve
+from .recipe import MergeSection, OutputSlice
 from .tasks import ComponentPlan, Task, native_dtype, planned, tensor_seed, written_dtype
 
 # Tensors outside the layers that come before them (from the first slice's sources); the rest come after.
@@ -36,17 +36,12 @@ def layer_names(component: Component) -> dict[int, dict[str, str]]:
     return out
 
 
-def plan_slices(section: MergeSection, cname: str, opener: Opener, *, dtype=None, out_dtype=None, seed=None,
-                where: str = "", notes: list[str], warnings: list[str]) -> ComponentPlan:
-    from ..methods import check_inputs, get_method, validate_params
+def plan_slices(section: MergeSection, cname: str, opener: Opener, spec, *, dtype=None, out_dtype=None, seed=None,
+                where: str = "", notes: list[str]) -> ComponentPlan:
+    """The tasks of a `slices:` section whose method (`spec`), dtypes and parameter names plan_merge_section has
+    already looked up and checked."""
+    from ..methods import check_inputs, validate_params
 
-    dtype = dtype_of(section.dtype) or dtype
-    out_dtype = dtype_of(section.out_dtype) or out_dtype
-    try:
-        spec = get_method(section.merge_method)
-    except RecipeError as e:
-        raise RecipeError(f"{where}merge_method: {e}") from None
-    check_names(spec, section, section.base_model if spec.uses_base else None, where, notes, warnings)
     refs = section.input_models()
     reference_ref = section.base_model or section.slices[0].sources[0].model
     inputs = section_inputs(section, cname, opener, refs, reference_ref, where, notes)

@@ -57,7 +57,12 @@ def written_dtype(inputs: list[LazyTensor], dtype: torch.dtype | None, out_dtype
         return first
     if out_dtype or dtype:
         return out_dtype or dtype
-    d = first
+    return promoted(inputs)
+
+
+def promoted(inputs: list[LazyTensor]) -> torch.dtype:
+    """The dtype that holds every input's values (torch's promotion)."""
+    d = inputs[0].dtype
     for t in inputs[1:]:
         d = torch.promote_types(d, t.dtype)
     return d
@@ -99,12 +104,6 @@ def native_dtype(inputs: list[LazyTensor], dtype: torch.dtype | None, compute_dt
     (promoted); None for float32/float64 or when the recipe asks for `compute_dtype: float32`."""
     if compute_dtype == "float32":
         return None
-    d = dtype
-    if d is None:
-        floats = [t.dtype for t in inputs if t.dtype.is_floating_point]
-        if not floats:
-            return None
-        d = floats[0]
-        for f in floats[1:]:
-            d = torch.promote_types(d, f)
+    floats = [t for t in inputs if t.dtype.is_floating_point]
+    d = dtype or (promoted(floats) if floats else None)
     return d if d in HALF else None

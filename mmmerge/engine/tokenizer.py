@@ -12,6 +12,7 @@ the real rows. The chat template (`chat_template:`) is written with the output t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ class TokenizerPlan:
     tokenizer: Any = None  # a transformers tokenizer to save (None: keep the copied one)
     chat_template: str | None = None
 
-    def write(self, folder: Path, notes: list[str] | None = None) -> None:
+    def write(self, folder: Path) -> None:
         tokenizer = self.tokenizer
         if tokenizer is None:
             tokenizer = load_tokenizer(folder)
@@ -119,8 +120,6 @@ def plan_tokenizer(section: MergeSection, refs: list[str], folders: dict[str, Pa
 
 def output_tokenizer(source: str, base_ref: str, refs: list[str], tokenizers: dict, vocabs: dict, where: str):
     """A fresh copy of the output tokenizer (the inputs' stay untouched)."""
-    import copy
-
     if source == "base":
         return copy.deepcopy(tokenizers[base_ref])
     if source != "union":
