@@ -72,9 +72,9 @@ class Component:
     `arch` is the transformers class whose state dict these names belong to (e.g. `CLIPVisionModel`),
     `config` that class's config as a dict (with `model_type`), `preprocess` the image preprocessing of a
     vision encoder (size, crop_size, mean, std, interpolation, resize_mode). `extra` lists tensors that
-    travel with the component but that `arch` does not hold (e.g. an open_clip projection head). `filled`
-    lists tensors `arch` needs but the source lacks, made up so that it loads with no missing keys (e.g.
-    DINOv2's unused mask token from a timm checkpoint); writing back to the source drops them.
+    travel with the component but that `arch` does not hold (e.g. an open_clip projection head).
+    `placeholders` lists tensors `arch` needs but the source lacks, made up so that it loads with no missing
+    keys (e.g. DINOv2's unused mask token from a timm checkpoint); writing back to the source drops them.
     """
 
     name: str
@@ -83,7 +83,7 @@ class Component:
     tensors: dict[str, LazyTensor]
     preprocess: dict | None = None
     extra: tuple[str, ...] = ()
-    filled: tuple[str, ...] = ()
+    placeholders: tuple[str, ...] = ()  # made up for keys the source lacks; see above
 
     @property
     def num_params(self) -> int:
@@ -111,8 +111,10 @@ class Checkpoint:
     path: Path
     format: str
     components: dict[str, Component]
-    ignored: Mapping[str, str] = field(default_factory=dict)  # tensor-name prefix -> why no component holds it
-    rest: dict[str, LazyTensor] = field(default_factory=dict)  # those tensors, kept as-is for `write_source`
+    # tensor name (or name prefix) -> why no component holds it
+    outside_reasons: Mapping[str, str] = field(default_factory=dict)
+    # the tensors no component holds (text tower, task heads, logit scale), kept as they are for `write_source`
+    outside: dict[str, LazyTensor] = field(default_factory=dict)
     source_config: dict = field(default_factory=dict)  # the source's own config files, for `write_source`
     family: Any = None  # the multimodal family row (adapters.families.Family) of a whole MLLM, else None
     side_files: Path | None = None  # a transformers folder whose tokenizer, processor, ... travel with it

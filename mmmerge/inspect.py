@@ -28,8 +28,8 @@ def summary(ckpt: Checkpoint) -> dict:
         "path": str(ckpt.path),
         "format": ckpt.format,
         "components": {name: component_summary(c) for name, c in ckpt.components.items()},
-        "not_in_components": dict(ckpt.ignored),
-        "not_in_components_parameters": sum(t.numel for t in ckpt.rest.values()),
+        "not_in_components": dict(ckpt.outside_reasons),
+        "not_in_components_parameters": sum(t.numel for t in ckpt.outside.values()),
     }
 
 

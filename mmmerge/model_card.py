@@ -10,9 +10,15 @@ evaluation table, so the results travel with the model.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import yaml
+
+from . import __version__
+from .errors import MMMergeWarning
+from .io.atomic import atomic_write_text
+from .methods import get_method
 
 EVAL_START, EVAL_END = "<!-- mmmerge-eval:start -->", "<!-- mmmerge-eval:end -->"
 EVAL_HEADER = "| task | questions | n | metric | score |\n|---|---|---:|---|---:|"
@@ -65,8 +71,6 @@ def describe_input(source: str) -> str:
 
 
 def method_line(method: str) -> str:
-    from .methods import get_method
-
     reference = get_method(method).reference
     title = TITLES.get(method)
     if title and reference:
@@ -98,8 +102,6 @@ def front_matter(plan) -> dict:
 
 def model_card(plan, out) -> str:
     """The README.md text of the merge `plan` written to `out`."""
-    from . import __version__
-
     lines = ["---", yaml.safe_dump(front_matter(plan), sort_keys=False).rstrip("\n"), "---", "",
              f"# {Path(out).name}", "",
              f"A merge made with [mmmerge](https://pypi.org/project/mmmerge/) {__version__}"
@@ -142,10 +144,6 @@ def with_eval(text: str, run: dict, metrics: dict) -> str:
 def record_eval(model, run: dict, metrics: dict) -> bool:
     """Add an evaluation to the card of a model folder mmmerge wrote (other folders are left alone); True when
     the card was updated. A card that cannot be written gives a warning, never an error."""
-    import warnings
-
-    from .errors import MMMergeWarning
-
     card = Path(model) / "README.md"
     try:
         text = card.read_text()
@@ -154,9 +152,7 @@ def record_eval(model, run: dict, metrics: dict) -> bool:
     if not is_mmmerge_card(text):
         return False
     try:
-        tmp = card.with_name(".README.md.tmp")
-        tmp.write_text(with_eval(text, run, metrics))
-        tmp.replace(card)
+        atomic_write_text(card, with_eval(text, run, metrics))
     except OSError as e:
         warnings.warn(f"{card}: could not add the evaluation to the model card ({e})", MMMergeWarning, stacklevel=2)
         return False

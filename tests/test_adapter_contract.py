@@ -88,7 +88,7 @@ def test_contract(case, built, tmp_path, monkeypatch):
         out = tmp_path / "family"
         out.mkdir()
         (out / "config.json").write_text(json.dumps(ckpt.source_config["config.json"]))
-        write_safetensors(out, {**hf_multimodal.family_tensors(ckpt.family, ckpt.components), **ckpt.rest})
+        write_safetensors(out, {**hf_multimodal.family_tensors(ckpt.family, ckpt.components), **ckpt.outside})
         folders = {ckpt.family.cls: out}
     else:
         folders = {}

@@ -37,7 +37,7 @@ def test_language_model_reads_writes_and_runs_the_same(family, tmp_path):
     assert detect_adapter(src) is hf_causal_lm
     ckpt = open_checkpoint(src)
     lang = ckpt.component("language")
-    assert lang.arch == type(model).__name__ and not ckpt.rest
+    assert lang.arch == type(model).__name__ and not ckpt.outside
     assert lang.num_params == sum(p.numel() for p in model.parameters())
 
     out = tmp_path / "out"
@@ -100,6 +100,6 @@ def test_extra_tensors_are_kept_and_reported(tmp_path):
     tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
     save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
     ckpt = open_checkpoint(src)
-    assert list(ckpt.rest) == ["model.layers.0.self_attn.rotary_emb.inv_freq"] and "model" in ckpt.ignored
+    assert list(ckpt.outside) == ["model.layers.0.self_attn.rotary_emb.inv_freq"] and "model" in ckpt.outside_reasons
     hf_causal_lm.write_source(ckpt, tmp_path / "back")
     assert set(read_tensors(tmp_path / "back")) == set(tensors)

@@ -47,7 +47,7 @@ def test_vision_tower_hidden_states_survive(kind, tmp_path):
     ckpt = open_checkpoint(tmp_path / "src")
     vision = ckpt.component("vision")
     assert vision.arch == cls.__name__
-    assert vision.num_params - sum(ckpt.rest[k].numel for k in ()) >= sum(p.numel() for p in tower.parameters())
+    assert vision.num_params - sum(ckpt.outside[k].numel for k in ()) >= sum(p.numel() for p in tower.parameters())
 
     left_out = save_hf(vision, tmp_path / "out")
     assert left_out == (["visual_projection.weight"] if kind == "clip_full" else [])

@@ -41,7 +41,7 @@ def test_llava_components_run_like_the_llava(layout, llava, tmp_path):
         rename_keys(src / "model.safetensors", LAYOUTS[layout])
     assert detect_adapter(src) is hf_multimodal
     ckpt = open_checkpoint(src)
-    assert set(ckpt.components) == {"vision", "projector", "language"} and not ckpt.rest
+    assert set(ckpt.components) == {"vision", "projector", "language"} and not ckpt.outside
     vision, projector, language = (ckpt.component(c) for c in ("vision", "projector", "language"))
     assert (vision.arch, language.arch) == ("CLIPVisionModel", "LlamaForCausalLM")
 

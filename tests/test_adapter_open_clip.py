@@ -112,9 +112,9 @@ def test_vision_tower_matches_open_clip(case, tmp_path):
     assert ckpt.source_config == json.loads((tmp_path / "src/open_clip_config.json").read_text())
     # nothing dropped silently: every tensor is in the component or in `rest`, which `ignored` explains;
     # only zero tensors of the vision tower (a timm head's bias) stay behind
-    assert all(not k.startswith("visual.") or not ckpt.rest[k].load().any() for k in ckpt.rest)
-    assert all(any(k.startswith(p) for p in ckpt.ignored) for k in ckpt.rest)
-    assert any(k.startswith("text.") or k.startswith("transformer.") for k in ckpt.rest)
+    assert all(not k.startswith("visual.") or not ckpt.outside[k].load().any() for k in ckpt.outside)
+    assert all(any(k.startswith(p) for p in ckpt.outside_reasons) for k in ckpt.outside)
+    assert any(k.startswith("text.") or k.startswith("transformer.") for k in ckpt.outside)
 
     left_out = save_hf(vision, tmp_path / "hf")
     assert left_out == list(vision.extra)

@@ -143,11 +143,11 @@ def test_what_no_component_holds_is_kept_and_named(tmp_path):
         ckpt[name] = timm_vision.read(tmp_path / name)
     clip = ckpt["clip_gelu"]
     assert clip.components["vision"].extra == ("visual_projection.weight",)
-    assert set(clip.rest) == set(clip.ignored) == {"head.bias"}
-    assert set(ckpt["siglip"].rest) == set(ckpt["siglip"].ignored) == {"head.weight", "head.bias"}
-    assert "classifier" in ckpt["siglip"].ignored["head.weight"]
+    assert set(clip.outside) == set(clip.outside_reasons) == {"head.bias"}
+    assert set(ckpt["siglip"].outside) == set(ckpt["siglip"].outside_reasons) == {"head.weight", "head.bias"}
+    assert "classifier" in ckpt["siglip"].outside_reasons["head.weight"]
     dino = ckpt["dinov2"].components["vision"]
-    assert dino.filled == ("embeddings.mask_token",) and not dino.tensors["embeddings.mask_token"].load().any()
+    assert dino.placeholders == ("embeddings.mask_token",) and not dino.tensors["embeddings.mask_token"].load().any()
     assert dino.config["mlp_ratio"] == 4 and dino.config["layer_norm_eps"] == 1e-6
 
 

@@ -342,13 +342,14 @@ def invalid_recipes(p):
     ta = lambda *models, **kw: {"merge_method": "ties", "base_model": B, "models": list(models), **kw}
     return {
         "shape": (ta({"model": A1, "parameters": {"weight": 1}}, {"model": p["vocab130"], "parameters": {"weight": 1}}),
-                  ["tensor model.embed_tokens.weight has shape (128, 32) in", "but (130, 32) in", "vocab130"]),
+                  ["tensor model.embed_tokens.weight has shape (130, 32) in", "vocab130 but (128, 32) in", "base;",
+                   "2 wrongly shaped"]),
         "missing_file": (ta({"model": str(A1) + "_nope", "parameters": {"weight": 1}}), ["ft1_nope: no such file or folder"]),
         "density": (ta({"model": A1, "parameters": {"weight": 1, "density": 1.5}}), ["density", "1.5", "(0, 1]"]),
         "density_in_one_layer": (ta({"model": A1, "parameters": {"weight": 1, "density": [0.5, 1.5]}}),
                                  ["tensor model.layers.1.", "density", "1.5"]),
         "missing_tensor": (ta({"model": A1, "parameters": {"weight": 1}}, {"model": p["deep"], "parameters": {"weight": 1}}),
-                           ["tensor model.layers.2.", "is in", "deep", "but not in"]),
+                           ["tensor model.layers.2.", "is in", "deep but not in", "unexpected"]),
         "missing_weight": (ta({"model": A1}), ["weight", "required"]),
         "unknown_method": ({"merge_method": "average", "models": [{"model": A1}]}, ["unknown merge method 'average'"]),
         "unknown_key": ({"merge_method": "linear", "modles": [{"model": A1}]},

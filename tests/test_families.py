@@ -52,7 +52,7 @@ def test_read_keeps_every_tensor(model_type, saved):
     ckpt = open_checkpoint(path)
     assert set(ckpt.components) == {"vision", "projector", "language"}
     assert all(c.tensors for c in ckpt.components.values())
-    held = sum(c.num_params for c in ckpt.components.values()) + sum(t.numel for t in ckpt.rest.values())
+    held = sum(c.num_params for c in ckpt.components.values()) + sum(t.numel for t in ckpt.outside.values())
     assert held == sum(t.numel() for t in load_file(path / "model.safetensors").values())
     assert ckpt.components["language"].arch.endswith("ForCausalLM")
 
@@ -64,7 +64,7 @@ def test_written_checkpoint_loads_strictly_with_equal_weights(model_type, saved,
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.json").write_text((path / "config.json").read_text())
-    write_safetensors(out, {**hf_multimodal.family_tensors(ckpt.family, ckpt.components), **ckpt.rest})
+    write_safetensors(out, {**hf_multimodal.family_tensors(ckpt.family, ckpt.components), **ckpt.outside})
     again, info = loaded(FAMILIES[model_type].cls, out)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     ref = model.state_dict()
@@ -99,7 +99,7 @@ def test_hub_layout_is_one_transformers_loads(model_type, saved, tmp_path):
     hub = tmp_path / "hub"
     hub.mkdir()
     (hub / "config.json").write_text((path / "config.json").read_text())
-    write_safetensors(hub, {**hf_multimodal.family_tensors(family, ckpt.components, "hub"), **ckpt.rest})
+    write_safetensors(hub, {**hf_multimodal.family_tensors(family, ckpt.components, "hub"), **ckpt.outside})
     names = load_file(hub / "model.safetensors").keys()
     assert any(n.startswith(("vision_tower.vision_model.", "visual.", "model.layers.")) for n in names)
     again = open_checkpoint(hub)

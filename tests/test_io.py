@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from mmmerge.checkpoint import LazyTensor, chunk, concat
 from mmmerge.errors import OutputExistsError, ShapeMismatchError, UnreadableFileError, UnsafeCheckpointError
 from mmmerge.io import atomic_output_dir, read_tensors, write_safetensors
+from mmmerge.io.check import check_tensors
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int8, torch.bool, torch.float8_e4m3fn]
 
@@ -123,6 +124,25 @@ def test_writer_checks_produced_shape(tmp_path):
     bad = LazyTensor((2, 2), torch.float32, lambda: torch.zeros(3))
     with pytest.raises(ShapeMismatchError, match=r"tensor x: produced shape \(3,\), planned \(2, 2\)"):
         write_safetensors(tmp_path, {"x": bad})
+
+
+def test_check_tensors_names_the_first_problem_and_counts_them():
+    expected = {"a": (2, 3), "b": (4,), "c": (1,)}
+    check_tensors(expected, {"a": torch.zeros(2, 3), "b": (4,), "c": (1,)}, "f")  # tensors or shapes
+    check_tensors(expected, {"a": (2, 3), "b": (4,), "c": (1,), "d": (9,)}, "f", allow_unexpected=True)
+    check_tensors(expected, {"a": (2, 3), "b": (4,), "c": (1,), "t": (5,)}, "f", optional={"t": (5,), "u": (6,)})
+    cases = [
+        ({"a": (2, 3), "d": (9,), "b": (5,)}, {},
+         "f: tensor c is missing from W (C has it with shape (1,)); 1 of 3 missing, 1 wrongly shaped, 1 unexpected"),
+        ({"a": (3, 2), "b": (4,), "c": (1,), "t": (6,)}, {"t": (5,)},
+         "f: tensor a has shape (3, 2) in W but (2, 3) in C; 2 wrongly shaped"),
+        ({"a": (2, 3), "b": (4,), "c": (1,), "d": (9,), "e": (1,)}, {},
+         "f: tensor d is in W but not in C; 2 unexpected"),
+    ]
+    for got, optional, message in cases:
+        with pytest.raises(ShapeMismatchError) as e:
+            check_tensors(expected, got, "f", optional=optional, expected_from="C", got_from="W")
+        assert str(e.value) == message
 
 
 def test_truncated_safetensors_is_refused_before_reading(tmp_path):

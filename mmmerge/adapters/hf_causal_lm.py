@@ -7,14 +7,12 @@ stored; `untie` makes it explicit when a merge needs both matrices.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..checkpoint import Checkpoint, Component
-from ..io.atomic import atomic_output_dir
+from ..io.folder import write_model_folder
 from ..io.reader import read_folder
-from ..io.writer import write_safetensors
-from .hf_common import auto_class_names, copy_side_files, describe_rest, leftovers, read_config, require_model_type, take_component
+from .hf_common import auto_class_names, describe_outside, leftovers, read_config, require_model_type, take_component
 
 FORMAT = "transformers-causal-lm"
 DESCRIPTION = "transformers causal LM folder (config.json with a *ForCausalLM architecture)"
@@ -41,8 +39,8 @@ def read(path: Path) -> Checkpoint:
     arch = causal_lm_arch(cfg)
     tensors = read_folder(path)
     language, _ = take_component("language", arch, cfg, tensors, ("",), path)
-    rest = leftovers(tensors, set(language.tensors))
-    return Checkpoint(path, FORMAT, {"language": language}, describe_rest(rest, f"not held by {arch}"), rest,
+    outside = leftovers(tensors, set(language.tensors))
+    return Checkpoint(path, FORMAT, {"language": language}, describe_outside(outside, f"not held by {arch}"), outside,
                       {"config.json": cfg}, side_files=path)
 
 
@@ -63,8 +61,5 @@ def untie(component: Component, embed_key: str = "model.embed_tokens.weight") ->
 def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None:
     """A transformers folder again: config, the language tensors plus the kept-aside ones, side files."""
     language = checkpoint.component("language")
-    with atomic_output_dir(out, force) as tmp:
-        (tmp / "config.json").write_text(json.dumps(checkpoint.source_config["config.json"], indent=2) + "\n")
-        write_safetensors(tmp, {**language.tensors, **checkpoint.rest})
-        if checkpoint.path.is_dir():
-            copy_side_files(checkpoint.path, tmp)
+    write_model_folder(out, {**language.tensors, **checkpoint.outside}, checkpoint.source_config["config.json"],
+                       force=force, side_files=checkpoint.path)

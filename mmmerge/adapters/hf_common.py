@@ -8,16 +8,17 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from ..checkpoint import Component, LazyTensor
-from ..errors import MMMergeError, UnreadableFileError
+from ..errors import MMMergeError
+from ..io.atomic import atomic_write_text
+from ..io.check import check_tensors
+from ..io.folder import copy_side_files  # noqa: F401  (search/candidate.py imports it from here)
 from ..io.reader import read_json
 
 T = TypeVar("T")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 
 
 def read_config(path: Path) -> dict | None:
@@ -65,9 +66,7 @@ def _kept_on_disk(kind: str, key: str, compute: Callable[[], dict], parse: Calla
     if file is not None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, file)
+            atomic_write_text(file, json.dumps(data))
         except OSError:
             pass
     return parse(data)
@@ -160,16 +159,10 @@ def take_component(name: str, arch: str, config: dict, tensors: dict[str, LazyTe
     component = Component(name, arch, config, {}, preprocess)
     required, optional = layout_of(component)
     prefix = max(prefixes, key=lambda p: sum(1 for k in required if p + k in tensors))
-    for key, shape in {**required, **optional}.items():
-        src = prefix + key
-        if src not in tensors:
-            if key in required:
-                raise UnreadableFileError(f"{where}: tensor {src} is missing ({arch} needs it)")
-            continue
-        if tuple(tensors[src].shape) != shape:
-            raise UnreadableFileError(
-                f"{where}: tensor {src} has shape {tuple(tensors[src].shape)}, the config implies {shape}")
-        component.tensors[key] = tensors[src]
+    check_tensors({prefix + k: s for k, s in required.items()}, tensors, str(where),
+                  optional={prefix + k: s for k, s in optional.items()}, allow_unexpected=True,
+                  expected_from=f"{arch} with this config")
+    component.tensors = {k: tensors[prefix + k] for k in {**required, **optional} if prefix + k in tensors}
     return component, prefix
 
 
@@ -177,22 +170,12 @@ def leftovers(tensors: dict[str, LazyTensor], used: set[str]) -> dict[str, LazyT
     return {k: v for k, v in tensors.items() if k not in used}
 
 
-def describe_rest(rest: dict[str, LazyTensor], why: str) -> dict[str, str]:
-    """Group leftover tensor names by their first name part, for `Checkpoint.ignored`."""
+def describe_outside(outside: dict[str, LazyTensor], why: str) -> dict[str, str]:
+    """Group leftover tensor names by their first name part, for `Checkpoint.outside_reasons`."""
     groups: dict[str, str] = {}
-    for k in rest:
+    for k in outside:
         groups.setdefault(k.split(".")[0], why)
     return groups
-
-
-def copy_side_files(src: Path, dst: Path, skip: tuple[str, ...] = ("config.json",)) -> list[str]:
-    """Copy a model folder's non-weight files (tokenizer, generation config, chat template...)."""
-    copied = []
-    for f in sorted(Path(src).iterdir()):
-        if f.is_file() and f.name not in skip and not f.name.endswith(WEIGHT_SUFFIXES):
-            shutil.copy2(f, Path(dst) / f.name)
-            copied.append(f.name)
-    return copied
 
 
 def require_model_type(cfg: dict, where: Path) -> str:

@@ -10,15 +10,15 @@ the class cannot hold is left out and reported to the caller.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import Component
-from ..errors import MMMergeError, UnsupportedArchitectureError
-from ..io.atomic import atomic_output_dir
-from ..io.writer import DEFAULT_SHARD_BYTES, write_safetensors
+from ..errors import UnsupportedArchitectureError
+from ..io.check import check_tensors
+from ..io.folder import write_model_folder
+from ..io.writer import DEFAULT_SHARD_BYTES
 from .preprocess import image_processor_config
 
 
@@ -103,19 +103,11 @@ def save_hf(component: Component, out: Path, *, force: bool = False, max_shard_b
             metadata: dict | None = None) -> list[str]:
     """Write config, weights and (for vision) the image processor config; return the names left out."""
     required, optional = file_layout(meta_model(component))
-    missing = [k for k in required if k not in component.tensors]
-    if missing:
-        raise MMMergeError(f"{component.arch}: tensor {missing[0]} is missing from the {component.name} component"
-                           f" ({len(missing)} missing)")
-    for k, shape in required.items():
-        if tuple(component.tensors[k].shape) != shape:
-            raise MMMergeError(f"{component.arch}: tensor {k} has shape {tuple(component.tensors[k].shape)},"
-                               f" the config implies {shape}")
+    check_tensors(required, component.tensors, component.arch, optional=optional, allow_unexpected=True,
+                  expected_from=f"{component.arch} with this config", got_from=f"the {component.name} component")
     keep = {k: component.tensors[k] for k in required}
     left_out = [k for k in component.tensors if k not in required and k not in optional]
-    with atomic_output_dir(out, force) as tmp:
-        (tmp / "config.json").write_text(json.dumps(hf_config_dict(component), indent=2) + "\n")
-        write_safetensors(tmp, keep, max_shard_bytes=max_shard_bytes, metadata=metadata)
-        if component.preprocess:
-            (tmp / "preprocessor_config.json").write_text(json.dumps(image_processor_config(component.preprocess), indent=2) + "\n")
+    files = {"preprocessor_config.json": image_processor_config(component.preprocess)} if component.preprocess else {}
+    write_model_folder(out, keep, hf_config_dict(component), force=force, files=files, max_shard_bytes=max_shard_bytes,
+                       metadata=metadata)
     return left_out

@@ -10,16 +10,15 @@ no component holds is kept and written back. A checkpoint is written back in the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..checkpoint import Checkpoint, Component, LazyTensor
 from ..errors import UnreadableFileError, UnsupportedArchitectureError
-from ..io.atomic import atomic_output_dir
+from ..io.check import check_tensors
+from ..io.folder import write_model_folder
 from ..io.reader import read_folder
-from ..io.writer import write_safetensors
 from .families import FAMILIES, Family, family_of, join_name, rename, split_name
-from .hf_common import auto_class_names, class_layout, copy_side_files, read_config
+from .hf_common import auto_class_names, class_layout, read_config
 from .hf_vision import read_preprocess
 
 FORMAT = "transformers-<model_type>"  # e.g. transformers-llava, transformers-qwen2_5_vl
@@ -98,24 +97,23 @@ def read(path: Path) -> Checkpoint:
     layout_name = choose_layout(family, list(files), {*required, *optional})
     renames = family.layout(layout_name)
     memory = {rename(k, renames, to_memory=True): k for k in files}
-    for name, shape in required.items():
-        if name not in memory:
-            raise UnreadableFileError(f"{path}: tensor {rename(name, renames, to_memory=False)} is missing "
-                                      f"({family.cls} needs it)")
+
+    def in_files(shapes: dict) -> dict:
+        return {rename(n, renames, to_memory=False): s for n, s in shapes.items()}
+
+    check_tensors(in_files(required), files, str(path), optional=in_files(optional), allow_unexpected=True,
+                  expected_from=f"{family.cls} with this config.json")
     parts: dict[str, dict[str, LazyTensor]] = {"vision": {}, "projector": {}, "language": {}}
-    rest, why = {}, {}
+    outside, why = {}, {}
     for name, file_name in memory.items():
         tensor = files[file_name]
         shape = required.get(name) or optional.get(name)
-        if shape is not None and tuple(tensor.shape) != shape:
-            raise UnreadableFileError(f"{path}: tensor {file_name} has shape {tuple(tensor.shape)}, "
-                                      f"config.json implies {shape}")
-        outside = next((reason for prefix, reason in family.outside.items() if name.startswith(prefix)), None)
-        where = split_name(family, name) if shape is not None and outside is None else None
+        kept = next((reason for prefix, reason in family.outside.items() if name.startswith(prefix)), None)
+        where = split_name(family, name) if shape is not None and kept is None else None
         if where is None:
-            rest[file_name] = tensor
-            reason = outside or (f"not held by {family.cls}" if shape is None else "held by no component")
-            why[file_name if outside else file_name.split(".")[0]] = reason
+            outside[file_name] = tensor
+            reason = kept or (f"not held by {family.cls}" if shape is None else "held by no component")
+            why[file_name if kept else file_name.split(".")[0]] = reason
             continue
         parts[where[0]][where[1]] = tensor
 
@@ -131,7 +129,7 @@ def read(path: Path) -> Checkpoint:
         "language": Component("language", lang_arch, lang_cfg, parts["language"]),
     }
     source = {"config.json": cfg, "layout": layout_name}
-    return Checkpoint(path, f"transformers-{family.model_type}", components, why, rest, source, family=family,
+    return Checkpoint(path, f"transformers-{family.model_type}", components, why, outside, source, family=family,
                       side_files=path)
 
 
@@ -152,8 +150,5 @@ def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None
     files (tokenizer, processor, chat template, generation config)."""
     src = checkpoint.source_config
     tensors = family_tensors(checkpoint.family, checkpoint.components, src["layout"])
-    with atomic_output_dir(out, force) as tmp:
-        (tmp / "config.json").write_text(json.dumps(src["config.json"], indent=2) + "\n")
-        write_safetensors(tmp, {**tensors, **checkpoint.rest})
-        if checkpoint.path.is_dir():
-            copy_side_files(checkpoint.path, tmp)
+    write_model_folder(out, {**tensors, **checkpoint.outside}, src["config.json"], force=force,
+                       side_files=checkpoint.path)

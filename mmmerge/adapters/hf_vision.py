@@ -9,14 +9,12 @@ heads are kept aside and reported.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..checkpoint import Checkpoint
-from ..io.atomic import atomic_output_dir
+from ..io.folder import write_model_folder
 from ..io.reader import read_folder, read_json
-from ..io.writer import write_safetensors
-from .hf_common import auto_class_names, copy_side_files, describe_rest, leftovers, read_config, take_component
+from .hf_common import auto_class_names, describe_outside, leftovers, read_config, take_component
 from .preprocess import RESAMPLE_NAMES, make_preprocess
 
 FORMAT = "transformers-vision"
@@ -84,9 +82,9 @@ def read(path: Path) -> Checkpoint:
             vision.tensors[name] = tensors[name]
             vision.extra += (name,)
             used.add(name)
-    rest = leftovers(tensors, used)
+    outside = leftovers(tensors, used)
     source = {"config.json": cfg, "prefix": prefix}
-    return Checkpoint(path, FORMAT, {"vision": vision}, describe_rest(rest, f"not part of the {arch} tower"), rest, source,
+    return Checkpoint(path, FORMAT, {"vision": vision}, describe_outside(outside, f"not part of the {arch} tower"), outside, source,
                       side_files=path)
 
 
@@ -95,8 +93,5 @@ def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None
     vision = checkpoint.component("vision")
     prefix = checkpoint.source_config["prefix"]
     tensors = {(k if k in vision.extra else prefix + k): v for k, v in vision.tensors.items()}
-    with atomic_output_dir(out, force) as tmp:
-        (tmp / "config.json").write_text(json.dumps(checkpoint.source_config["config.json"], indent=2) + "\n")
-        write_safetensors(tmp, {**tensors, **checkpoint.rest})
-        if checkpoint.path.is_dir():
-            copy_side_files(checkpoint.path, tmp)
+    write_model_folder(out, {**tensors, **checkpoint.outside}, checkpoint.source_config["config.json"], force=force,
+                       side_files=checkpoint.path)

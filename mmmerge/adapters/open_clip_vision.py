@@ -3,22 +3,22 @@
 open_clip reads `local-dir:PATH` as `open_clip_config.json` (model_cfg + preprocess_cfg) plus one weight
 file. The vision tower lives under `visual.`: an open_clip VisionTransformer maps here, a timm trunk
 (`visual.trunk.`, SigLIP or a CLIP-style ViT) through `timm_vision.vit_from_timm`. The text tower and the
-logit scale/bias stay in `Checkpoint.rest`, untouched, so `write_source` gives back the same tensors.
+logit scale/bias stay in `Checkpoint.outside`, untouched, so `write_source` gives back the same tensors.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
-import sys
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import Checkpoint, Component, LazyTensor, chunk, concat
-from ..errors import ShapeMismatchError, UnreadableFileError, UnsupportedArchitectureError
-from ..io import atomic_output_dir, read_file, read_json, write_safetensors
+from ..errors import UnreadableFileError, UnsupportedArchitectureError
+from ..io import read_file, read_json
+from ..io.check import check_tensors
+from ..io.folder import write_model_folder
+from ..io.writer import ONE_FILE
 from .preprocess import make_preprocess
 
 FORMAT = "open_clip"
@@ -30,7 +30,6 @@ WEIGHTS = "open_clip_model.safetensors"  # what write_source writes
 PREFERRED_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                      "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "model.safetensors",
                      "pytorch_model.bin", "pytorch_model.pth", "model.pth")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".npz")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PROJECTION = "visual_projection.weight"
@@ -59,17 +58,17 @@ def read(path: Path) -> Checkpoint:
     weights = weights_file(folder)
     tensors = read_file(weights)
     visual = {k.removeprefix("visual."): t for k, t in tensors.items() if k.startswith("visual.")}
-    rest = {k: t for k, t in tensors.items() if not k.startswith("visual.")}
-    ignored = {_prefix(k): ("contrastive loss scale, not part of the vision tower" if k.startswith("logit_")
+    outside = {k: t for k, t in tensors.items() if not k.startswith("visual.")}
+    reasons = {_prefix(k): ("contrastive loss scale, not part of the vision tower" if k.startswith("logit_")
                             else "text tower: mmmerge reads only the vision tower of an open_clip model")
-               for k in rest}
+               for k in outside}
     if vision_cfg["timm_model_name"]:
         vision, inert = _read_timm(folder, weights, model_cfg, vision_cfg, visual, pre)
-        rest |= inert
-        ignored |= {k: "zero bias of the timm head; visual_projection.weight holds its weight" for k in inert}
+        outside |= inert
+        reasons |= {k: "zero bias of the timm head; visual_projection.weight holds its weight" for k in inert}
     else:
         vision = _read_vit(folder, weights, model_cfg, vision_cfg, visual, pre)
-    return Checkpoint(folder, FORMAT, {"vision": vision}, ignored, rest, source_config=config)
+    return Checkpoint(folder, FORMAT, {"vision": vision}, reasons, outside, source_config=config)
 
 
 def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None:
@@ -82,16 +81,9 @@ def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None
         visual = vit_to_source(vision.tensors, vision.config["num_hidden_layers"])
     else:
         raise UnsupportedArchitectureError(f"{checkpoint.path}: cannot write a {vision.arch} vision tower as open_clip")
-    tensors = {f"visual.{k}": t for k, t in visual.items()} | dict(checkpoint.rest)
-    source = Path(checkpoint.path)
-    with atomic_output_dir(out, force) as tmp:
-        if source.is_dir():
-            for f in source.iterdir():
-                if f.is_file() and not f.name.startswith(".") and f.suffix not in WEIGHT_SUFFIXES:
-                    shutil.copy2(f, tmp / f.name)
-        (tmp / CONFIG).write_text(json.dumps(checkpoint.source_config, indent=2) + "\n")
-        # open_clip reads a single file, never shards.
-        write_safetensors(tmp, tensors, prefix=WEIGHTS.removesuffix(".safetensors"), max_shard_bytes=sys.maxsize)
+    tensors = {f"visual.{k}": t for k, t in visual.items()} | dict(checkpoint.outside)
+    write_model_folder(out, tensors, checkpoint.source_config, force=force, config_name=CONFIG,
+                       side_files=checkpoint.path, prefix=WEIGHTS.removesuffix(".safetensors"), max_shard_bytes=ONE_FILE)
 
 
 def weights_file(folder: Path) -> Path:
@@ -261,19 +253,11 @@ def _read_timm(folder, weights, model_cfg, cfg, visual, pre) -> tuple[Component,
 
 def _check_shapes(weights: Path, expected: dict[str, tuple], visual: dict[str, LazyTensor]) -> None:
     """The `visual.*` tensors are exactly those the config implies, with its shapes (names without `visual.`)."""
-    for k, shape in expected.items():
-        if k not in visual:
-            raise UnreadableFileError(f"{weights}: tensor visual.{k} is missing (the config implies shape {shape})")
-        if tuple(visual[k].shape) != tuple(shape):
-            raise ShapeMismatchError(f"{weights}: tensor visual.{k} has shape {tuple(visual[k].shape)}, "
-                                     f"{CONFIG} implies {tuple(shape)}")
-    extra = sorted(set(visual) - set(expected))
-    if extra:
-        raise UnsupportedArchitectureError(f"{weights}: tensor visual.{extra[0]} is not part of the configured "
-                                           "vision tower")
+    check_tensors({f"visual.{k}": s for k, s in expected.items()}, {f"visual.{k}": t for k, t in visual.items()},
+                  str(weights), expected_from=f"the vision tower {CONFIG} configures")
 
 
 def _prefix(name: str) -> str:
-    """Group names for `Checkpoint.ignored`: `text.transformer.x` -> `text.`, `logit_scale` -> `logit_scale`."""
+    """Group names for `Checkpoint.outside_reasons`: `text.transformer.x` -> `text.`, `logit_scale` -> `logit_scale`."""
     head, dot, _ = name.partition(".")
     return head + dot

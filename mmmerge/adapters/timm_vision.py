@@ -11,18 +11,21 @@ invertible operation, so `vit_from_timm` and `vit_to_timm` read the same table i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint, Component, LazyTensor, chunk, combine, concat
-from ..errors import MMMergeError, ShapeMismatchError, UnreadableFileError, UnsupportedArchitectureError
-from ..io import atomic_output_dir, read_folder, read_json, write_safetensors
+from ..errors import MMMergeError, UnreadableFileError, UnsupportedArchitectureError
+from ..io import read_folder, read_json
+from ..io.check import check_tensors
+from ..io.folder import write_model_folder
+from ..io.writer import ONE_FILE
 from .preprocess import from_timm_data_config
 
 FORMAT = "timm"
+_BUILT = "the timm model config.json builds"
 DESCRIPTION = "timm hub folder (config.json with 'architecture' + model.safetensors)"
 
 # A rule: (timm names, transformers names, kind). In the tables below `*` stands for `weight` and `bias`
@@ -135,7 +138,7 @@ def _to_timm(kind: str, parts: list[LazyTensor]) -> list[LazyTensor]:
     return parts
 
 
-def _filled(arch: str, dim: int, dtype: torch.dtype) -> dict[str, LazyTensor]:
+def _placeholders(arch: str, dim: int, dtype: torch.dtype) -> dict[str, LazyTensor]:
     """Tensors `arch` holds that a timm model has no counterpart for.
 
     DINOv2's mask token is used only for masked-image training, so zeros change no output. `ViTModel`
@@ -233,15 +236,6 @@ def _inspect(model: nn.Module) -> tuple[str, dict]:
     return arch, config
 
 
-def _check_shapes(expected: dict[str, tuple], tensors: dict[str, LazyTensor]) -> None:
-    for name, shape in expected.items():
-        if name not in tensors:
-            raise UnreadableFileError(f"tensor {name} is missing from the weights")
-        if tuple(tensors[name].shape) != shape:
-            raise ShapeMismatchError(
-                f"tensor {name} has shape {tuple(tensors[name].shape)}, the config implies {shape}")
-
-
 def vit_from_timm(model: nn.Module, tensors: dict[str, LazyTensor],
                   preprocess: dict | None) -> tuple[Component, dict[str, LazyTensor]]:
     """The canonical vision component of a timm VisionTransformer, and the tensors no component holds.
@@ -253,7 +247,8 @@ def vit_from_timm(model: nn.Module, tensors: dict[str, LazyTensor],
     """
     arch, config = _inspect(model)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    _check_shapes(expected, tensors)
+    # tensors the model does not hold are returned to the caller, who keeps them aside
+    check_tensors(expected, tensors, "timm state dict", allow_unexpected=True, expected_from=_BUILT)
     projection = (arch == "CLIPVisionModel" and isinstance(model.head, nn.Linear)
                   and not tensors["head.bias"].load().any())
     if projection:
@@ -269,16 +264,16 @@ def vit_from_timm(model: nn.Module, tensors: dict[str, LazyTensor],
     out: dict[str, LazyTensor] = {}
     for timm_names, hf_names, kind in rules:
         out.update(zip(hf_names, _to_hf(kind, [tensors[n] for n in timm_names])))
-    filled = _filled(arch, model.embed_dim, tensors["pos_embed"].dtype)
-    component = Component("vision", arch, config, {**out, **filled}, preprocess,
-                          extra=("visual_projection.weight",) if projection else (), filled=tuple(filled))
+    placeholders = _placeholders(arch, model.embed_dim, tensors["pos_embed"].dtype)
+    component = Component("vision", arch, config, {**out, **placeholders}, preprocess,
+                          extra=("visual_projection.weight",) if projection else (), placeholders=tuple(placeholders))
     return component, {k: v for k, v in tensors.items() if k not in used}
 
 
 def vit_to_timm(component: Component) -> dict[str, LazyTensor]:
     """The timm state dict of a vision component that `vit_from_timm` made (or one of the same layout).
 
-    Filled tensors are dropped; any other tensor timm has no place for is an error, never dropped.
+    Placeholder tensors are dropped; any other tensor timm has no place for is an error, never dropped.
     """
     if component.arch not in _LAYOUTS:
         raise UnsupportedArchitectureError(f"{component.arch}: timm's VisionTransformer has no layout for it")
@@ -289,7 +284,7 @@ def vit_to_timm(component: Component) -> dict[str, LazyTensor]:
     missing = [n for n in hf_used if n not in t]
     if missing:
         raise MMMergeError(f"{component.arch}: tensor {missing[0]} is missing from the {component.name} component")
-    unplaced = [n for n in t if n not in hf_used and n not in component.filled]
+    unplaced = [n for n in t if n not in hf_used and n not in component.placeholders]
     if unplaced:
         raise UnsupportedArchitectureError(
             f"{component.arch}: tensor {unplaced[0]} has no place in a timm VisionTransformer")
@@ -333,24 +328,22 @@ def read(path: Path) -> Checkpoint:
     tensors = read_folder(path)
     preprocess = from_timm_data_config(timm.data.resolve_data_config({}, model=model))
     try:
-        component, rest = vit_from_timm(model, tensors, preprocess)
+        component, outside = vit_from_timm(model, tensors, preprocess)
     except MMMergeError as e:
         raise type(e)(f"{path}: {e}") from e
-    ignored = {name: "zero bias of the CLIP projection head (visual_projection.weight)"
+    reasons = {name: "zero bias of the CLIP projection head (visual_projection.weight)"
                if component.extra and name == "head.bias" else
                "timm classifier head" if name.startswith("head.") else
-               f"not a parameter of timm {config['architecture']}" for name in rest}
-    return Checkpoint(path, FORMAT, {"vision": component}, ignored=ignored, rest=rest, source_config=config)
+               f"not a parameter of timm {config['architecture']}" for name in outside}
+    return Checkpoint(path, FORMAT, {"vision": component}, outside_reasons=reasons, outside=outside, source_config=config)
 
 
 def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None:
     """config.json as read and one model.safetensors (timm's local-dir loader reads no shard index)."""
-    tensors = {**vit_to_timm(checkpoint.component("vision")), **checkpoint.rest}
-    with atomic_output_dir(out, force) as tmp:
-        (tmp / "config.json").write_text(json.dumps(checkpoint.source_config, indent=2) + "\n")
-        model = _meta_model(tmp, shown=out)
-        try:
-            _check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()}, tensors)
-        except MMMergeError as e:
-            raise type(e)(f"{out}: {e}") from e
-        write_safetensors(tmp, tensors, max_shard_bytes=2**62)
+    tensors = {**vit_to_timm(checkpoint.component("vision")), **checkpoint.outside}
+
+    def check(folder: Path) -> None:  # the model timm builds from the config about to be written
+        check_tensors(_meta_model(folder, shown=out).state_dict(), tensors, str(out), allow_unexpected=True,
+                      expected_from=_BUILT, got_from="the tensors to write")
+
+    write_model_folder(out, tensors, checkpoint.source_config, force=force, max_shard_bytes=ONE_FILE, check=check)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..io.claim import writes_output
 from .execute import execute
-from .plan import Plan, Task, plan_merge
+from .plan import Plan, TensorTask, plan_merge
 from .recipe import Recipe, evaluate_setting, load_recipe
 
 
@@ -72,4 +72,4 @@ def check_recipe_encoding(recipe) -> None:
                           "UTF-8") from None
 
 
-__all__ = ["merge", "plan_merge", "execute", "load_recipe", "evaluate_setting", "Plan", "Task", "Recipe"]
+__all__ = ["merge", "plan_merge", "execute", "load_recipe", "evaluate_setting", "Plan", "TensorTask", "Recipe"]

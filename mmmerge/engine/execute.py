@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
-from ..adapters.hf_common import copy_side_files
 from ..checkpoint import LazyTensor
 from ..device import resolve_device  # re-exported: callers import it from here
 from ..errors import MMMergeError, NonFiniteError
 from ..io import atomic_output_dir, check_output_dir, write_safetensors
+from ..io.folder import copy_side_files
 from ..io.writer import DEFAULT_SHARD_BYTES
 from ..model_card import model_card
 from .finite import input_sources, non_finite_input
-from .plan import Plan, Task
+from .plan import Plan, TensorTask
 
 SIDE_FILES_SKIPPED = ("config.json", "README.md", "mergekit_config.yml", "mmmerge_recipe.yml")
 
@@ -42,7 +42,7 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-def run_task(task: Task, device: torch.device, rounded: bool = True, *,
+def run_task(task: TensorTask, device: torch.device, rounded: bool = True, *,
              sources: dict[int, str] | None = None) -> torch.Tensor:
     """The output tensor of one task, on the CPU in the task's dtype (`rounded=False`: in the compute dtype,
     to tell apart the two causes of a non-finite output). `sources` names the inputs in errors
@@ -82,7 +82,7 @@ def run_task(task: Task, device: torch.device, rounded: bool = True, *,
         return out.to("cpu")
 
 
-def _non_finite(task: Task, device: torch.device, sources: dict[int, str] | None = None) -> MMMergeError:
+def _non_finite(task: TensorTask, device: torch.device, sources: dict[int, str] | None = None) -> MMMergeError:
     """The error for a task whose output holds inf/NaN: an input that holds them, a merge that produced them, or
     values beyond the range of the output dtype (told apart by merging again without rounding to it)."""
     bad_input = non_finite_input(task, sources or {})

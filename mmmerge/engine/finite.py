@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import NonFiniteError
-from .plan import Plan, Task
+from .plan import Plan, TensorTask
 
 
 def input_sources(plan: Plan) -> dict[int, str]:
@@ -30,7 +30,7 @@ def count_non_finite(t: torch.Tensor) -> int:
     return int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
 
 
-def non_finite_input(task: Task, sources: dict[int, str]) -> NonFiniteError | None:
+def non_finite_input(task: TensorTask, sources: dict[int, str]) -> NonFiniteError | None:
     """The error for the first input of `task` that holds NaN/inf, as stored or once rounded to the recipe's
     `dtype`; None when every input is finite."""
     inputs = list(task.tensors) + ([task.base] if task.base is not None else [])

@@ -26,10 +26,11 @@ from ..adapters.hf_common import class_layout, layout_of
 from ..adapters.hf_causal_lm import untie
 from ..checkpoint import COMPONENTS, Checkpoint, Component
 from ..errors import RecipeError, ShapeMismatchError
+from ..io.check import check_tensors
 from .inputs import section_inputs
 from .opener import Opener
 from .slices import plan_slices
-from .tasks import ComponentPlan, SharedStream, Task, native_dtype, planned, tensor_seed, written_dtype
+from .tasks import ComponentPlan, SharedStream, TensorTask, native_dtype, planned, tensor_seed, written_dtype
 from .parameters import check_names, count_layers, layer_position, make_validator, resolve
 from .recipe import MergeSection, Recipe, SourceSection, dtype_of, ignored_keys, load_recipe
 
@@ -41,7 +42,7 @@ class Plan:
     output_format: str  # "hf" | a family's model_type ("llava", "qwen2_5_vl", ...)
     config: dict  # the output config.json
     side_files_from: Path | None  # folder whose tokenizer/processor files are copied
-    tasks: list[Task]  # in output order, names as written
+    tasks: list[TensorTask]  # in output order, names as written
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # likely mistakes that do not stop the merge (misspelt keys)
     tokenizer: Any = None  # engine.tokenizer.TokenizerPlan: the output's tokenizer, when the recipe builds one
@@ -88,18 +89,7 @@ def _compact(params: dict) -> str:
 def _same_layout(ref_name: str, ref: Component, other_name: str, other: Component, cname: str) -> None:
     if other.arch != ref.arch:
         raise ShapeMismatchError(f"{cname}: {ref_name} is a {ref.arch} but {other_name} is a {other.arch}")
-    missing = [n for n in ref.tensors if n not in other.tensors]
-    if missing:
-        raise ShapeMismatchError(f"{cname}: tensor {missing[0]} is in {ref_name} but not in {other_name}"
-                                 f" ({len(missing)} such tensor{'s' if len(missing) > 1 else ''})")
-    extra = [n for n in other.tensors if n not in ref.tensors]
-    if extra:
-        raise ShapeMismatchError(f"{cname}: tensor {extra[0]} is in {other_name} but not in {ref_name}"
-                                 f" ({len(extra)} such tensor{'s' if len(extra) > 1 else ''}); it cannot be merged")
-    for n, t in ref.tensors.items():
-        if tuple(other.tensors[n].shape) != tuple(t.shape):
-            raise ShapeMismatchError(f"{cname}: tensor {n} has shape {tuple(t.shape)} in {ref_name} "
-                                     f"but {tuple(other.tensors[n].shape)} in {other_name}")
+    check_tensors(ref.tensors, other.tensors, cname, expected_from=ref_name, got_from=other_name)
 
 
 def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dtype=None, out_dtype=None,
@@ -149,7 +139,7 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
         shape = tuple(ref_t.shape)
         if name in extra_rows:
             shape = (shape[0] + extra_rows[name].shape[0], *shape[1:])
-        tasks[name] = Task(name=name, shape=shape, dtype=written_dtype(all_inputs, dtype, out_dtype), tensors=merged,
+        tasks[name] = TensorTask(name=name, shape=shape, dtype=written_dtype(all_inputs, dtype, out_dtype), tensors=merged,
                            base=base, method=spec, params=params, global_params=global_params, input_dtype=dtype,
                            seed=tensor_seed(seed, cname, name) if spec.random else None,
                            extra_rows=extra_rows.get(name),
@@ -165,7 +155,7 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
 
 def plan_copy(ckpt: Checkpoint, path: Path, cname: str, *, dtype=None, out_dtype=None) -> ComponentPlan:
     comp = ckpt.component(cname)
-    tasks = {n: Task(name=n, shape=tuple(t.shape), dtype=written_dtype([t], dtype, out_dtype), tensors=[t])
+    tasks = {n: TensorTask(name=n, shape=tuple(t.shape), dtype=written_dtype([t], dtype, out_dtype), tensors=[t])
              for n, t in comp.tensors.items()}
     return ComponentPlan(cname, "copy", [str(path)], planned(comp, cname, copy.deepcopy(comp.config), tasks), tasks, ckpt)
 
@@ -179,12 +169,12 @@ def _set_dtype(cfg: dict, dtype: torch.dtype | None) -> None:
         cfg["torch_dtype"] = name
 
 
-def _uniform_dtype(tasks: list[Task]) -> torch.dtype | None:
+def _uniform_dtype(tasks: list[TensorTask]) -> torch.dtype | None:
     floats = {t.dtype for t in tasks if t.dtype.is_floating_point}
     return floats.pop() if len(floats) == 1 else None
 
 
-def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[Task], Path | None, dict | None]:
+def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[TensorTask], Path | None, dict | None]:
     from ..adapters.hf_export import hf_config_dict
     from ..adapters.preprocess import image_processor_config
 
@@ -241,7 +231,7 @@ def family_reference(components: dict[str, ComponentPlan], opener: Opener, fmt: 
     return found
 
 
-def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: str) -> tuple[dict, list[Task], Path, str]:
+def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: str) -> tuple[dict, list[TensorTask], Path, str]:
     from ..adapters.hf_multimodal import family_tensors
 
     ref = family_reference(components, opener, fmt)
@@ -267,34 +257,27 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
     if any(cp.config_updates for cp in components.values()):
         _check_class_layout(ref, cfg, tasks)
     dtype = _uniform_dtype(tasks)
-    for out_name, tensor in ref.rest.items():  # outside every component: kept as the reference holds it
+    for out_name, tensor in ref.outside.items():  # outside every component: kept as the reference holds it
         out_dtype = dtype if dtype is not None and tensor.dtype.is_floating_point else tensor.dtype
-        tasks.append(Task(name=out_name, shape=tuple(tensor.shape), dtype=out_dtype, tensors=[tensor]))
+        tasks.append(TensorTask(name=out_name, shape=tuple(tensor.shape), dtype=out_dtype, tensors=[tensor]))
     return cfg, tasks, ref.path, ref.family.model_type
 
 
-def _check_class_layout(ref: Checkpoint, cfg: dict, tasks: list[Task]) -> None:
+def _check_class_layout(ref: Checkpoint, cfg: dict, tasks: list[TensorTask]) -> None:
     """Every tensor the family's class builds from `cfg` has a task, and no task writes a tensor it lacks."""
     layout = class_layout(ref.family.cls, cfg)
     renames = ref.family.layout(ref.source_config["layout"])
-    names = {rename(t.name, renames, to_memory=True): t for t in tasks}
-    for name, shape in layout["required"].items():
-        if name not in names:
-            raise RecipeError(f"output: {ref.family.cls} with this config needs tensor "
-                              f"{rename(name, renames, to_memory=False)}, which no input gives")
-        if tuple(names[name].shape) != shape:
-            raise ShapeMismatchError(f"output: tensor {names[name].name} has shape {tuple(names[name].shape)}, "
-                                     f"the output config implies {shape}")
-    extra = [t.name for n, t in names.items() if n not in layout["required"] and n not in layout["optional"]]
-    if extra:
-        raise RecipeError(f"output: tensor {extra[0]} has no place in {ref.family.cls} with this config")
+    on_disk = {part: {rename(n, renames, to_memory=False): s for n, s in layout[part].items()}
+               for part in ("required", "optional")}
+    check_tensors(on_disk["required"], {t.name: t for t in tasks}, "output", optional=on_disk["optional"],
+                  expected_from=f"{ref.family.cls} with the output config", got_from="the merge tasks")
 
 
 def sections(recipe: Recipe) -> list:
     return [recipe.merge] if recipe.merge is not None else list(recipe.multimodal.components.values())
 
 
-def one_random_stream(tasks: list[Task], seed: int) -> list[Task]:
+def one_random_stream(tasks: list[TensorTask], seed: int) -> list[TensorTask]:
     """The tasks in mergekit's order (by label), the random ones drawing from one stream seeded once, as
     mergekit draws them; `random_stream: per_tensor` keeps a stream per tensor (seeded from its name)."""
     random = [t for t in tasks if t.method is not None and t.method.random]
@@ -360,7 +343,7 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
     _set_dtype(config, _uniform_dtype(tasks))
     for ck in opener.cache.values():
         by_reason: dict[str, list[str]] = {}
-        for prefix, why in ck.ignored.items():
+        for prefix, why in ck.outside_reasons.items():
             by_reason.setdefault(why, []).append(f"{prefix}*")
         if by_reason:
             how = "copied to the output as they are" if ck.path == kept_from else "not used"

@@ -19,7 +19,7 @@ from .inputs import section_inputs
 from .opener import Opener
 from .parameters import LAYER_RE, count_layers, make_validator, resolve
 from .recipe import MergeSection, OutputSlice
-from .tasks import ComponentPlan, Task, native_dtype, planned, tensor_seed, written_dtype
+from .tasks import ComponentPlan, TensorTask, native_dtype, planned, tensor_seed, written_dtype
 
 # Tensors outside the layers that come before them (from the first slice's sources); the rest come after.
 PRE_LAYER_MARKERS = ("embed_tokens", "embed_positions", "wte", "wpe", "word_embeddings", "embed_in")
@@ -49,7 +49,7 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, spec, *, dtyp
     layers = {r: layer_names(c) for r, c in comps.items()}
     reference = comps[reference_ref]
     validators = {n: make_validator(spec.name, n, p) for n, p in {**spec.model_params, **spec.global_params}.items()}
-    tasks: dict[str, Task] = {}
+    tasks: dict[str, TensorTask] = {}
     sources_of_layer: list[tuple[str, int]] = []  # output layer -> (model, layer) it follows in the config
 
     def add(out_name: str, names: dict[str, str], sl: OutputSlice, at: str, t: float) -> None:
@@ -81,7 +81,7 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, spec, *, dtyp
         extra = inputs.extra_rows.get(out_name)
         if extra is not None:
             shape = (shape[0] + extra.shape[0], *shape[1:])
-        tasks[out_name] = Task(name=out_name, shape=shape, dtype=written_dtype(all_inputs, dtype, out_dtype),
+        tasks[out_name] = TensorTask(name=out_name, shape=shape, dtype=written_dtype(all_inputs, dtype, out_dtype),
                                tensors=merged, base=base, method=spec, params=params, global_params=global_params,
                                input_dtype=dtype, seed=tensor_seed(seed, cname, out_name) if spec.random else None,
                                extra_rows=extra, native_dtype=native_dtype(all_inputs, dtype, section.compute_dtype),

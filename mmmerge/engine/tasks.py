@@ -1,4 +1,4 @@
-"""What a plan is made of: one `Task` per output tensor, grouped per component in a `ComponentPlan`."""
+"""What a plan is made of: one `TensorTask` per output tensor, grouped per component in a `ComponentPlan`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..checkpoint import Checkpoint, Component, LazyTensor
 
 
 @dataclass(kw_only=True)
-class Task:
+class TensorTask:
     """How to produce one output tensor (built with keywords: it has many fields)."""
 
     name: str  # the tensor's name in the output file
@@ -43,7 +43,7 @@ class ComponentPlan:
     how: str  # "merge <method>" or "copy"
     sources: list[str]  # input paths, base first when there is one
     component: Component  # the output component (config of the reference input); tensors are the tasks' outputs
-    tasks: dict[str, Task]  # keyed by the component's tensor name
+    tasks: dict[str, TensorTask]  # keyed by the component's tensor name
     reference: Checkpoint  # the checkpoint whose config (and side files) the output takes
     has_base: bool = False  # sources[0] is the base model
     written: list = field(default_factory=list)  # each source's parameters as the recipe writes them
@@ -74,7 +74,7 @@ def tensor_seed(seed: int | None, cname: str, name: str) -> int | None:
     return (seed * 1_000_003 + zlib.crc32(f"{cname}/{name}".encode())) % 2**63
 
 
-def planned(source: Component, name: str, config: dict, tasks: dict[str, Task]) -> Component:
+def planned(source: Component, name: str, config: dict, tasks: dict[str, TensorTask]) -> Component:
     """The output component as planned: `source`'s architecture, with the tasks' shapes and dtypes, no data."""
     return dataclasses.replace(source, name=name, config=config,
                                tensors={n: LazyTensor(t.shape, t.dtype, lambda: None) for n, t in tasks.items()})

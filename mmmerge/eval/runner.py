@@ -7,7 +7,6 @@ first file is written, so a failed run leaves OUT as it was.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from PIL import Image
@@ -16,11 +15,12 @@ from tqdm import tqdm
 from ..device import resolve_device
 from ..errors import UnreadableFileError
 from ..io import atomic_output_dir, writes_output
+from ..io.atomic import atomic_write_text
 from ..images import DEFAULT_MAX_PIXELS, image_size, open_rgb
 from ..model_card import record_eval
 from . import distributed as D
 from .generate import Generator, build_prompt, load_model, prompt_lengths
-from .tasks import EvalDataError, Task, get_task, read_task
+from .tasks import EvalDataError, EvalTask, get_task, read_task
 
 
 def _open_image(path: Path, source, qid) -> Image.Image:
@@ -42,19 +42,13 @@ def _check_images_readable(samples, source, max_pixels: int | None = DEFAULT_MAX
                 raise EvalDataError(f"{source}: question {s.question_id}: {e}") from e
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 INTERNAL_INFO = ("order",)  # Sample.info keys that are bookkeeping, not fields to break scores down by
 
 
 class RunningScore:
     """The mean per-question score (in %) of the answers so far, for the progress bar; none without targets."""
 
-    def __init__(self, task: Task):
+    def __init__(self, task: EvalTask):
         self.task, self.total, self.count = task, 0.0, 0
 
     def add(self, samples, raws) -> bool:
@@ -86,8 +80,8 @@ def evaluate(model, task, *, questions=None, annotations=None, images=None, data
     `force`: replace a previous mmmerge output in OUT. `max_image_pixels`: larger images are refused before
     they are decoded (None: no limit)."""
     t = get_task(task) if isinstance(task, str) else task
-    if not isinstance(t, Task):
-        raise EvalDataError(f"task must be a name or a Task, not {type(task).__name__}")
+    if not isinstance(t, EvalTask):
+        raise EvalDataError(f"task must be a name or an EvalTask, not {type(task).__name__}")
     if questions is not None and data is not None:
         raise EvalDataError("give the task's file as `questions` or as `data`, not both")
     questions = questions if questions is not None else data
@@ -139,19 +133,19 @@ def evaluate(model, task, *, questions=None, annotations=None, images=None, data
         D.teardown(ranks)
 
 
-def _score_and_write(task: Task, samples, prompts, raws, out: Path, run: dict) -> dict:
+def _score_and_write(task: EvalTask, samples, prompts, raws, out: Path, run: dict) -> dict:
     answers = [task.answer(r) for r in raws]
     scores = [task.score(a, s) for a, s in zip(answers, samples)]
     metrics = task.metrics(samples, answers, scores)
     out.mkdir(parents=True, exist_ok=True)
-    _write(out / "predictions.json", json.dumps([{"question_id": s.question_id, "answer": a}
+    atomic_write_text(out / "predictions.json", json.dumps([{"question_id": s.question_id, "answer": a}
                                                  for s, a in zip(samples, answers)]))
-    _write(out / "samples.jsonl", "".join(
+    atomic_write_text(out / "samples.jsonl", "".join(
         json.dumps({"question_id": s.question_id, "image": str(s.image), "question": s.question, "prompt": p,
                     "raw": r, "answer": a, "score": sc, "target": s.target,
                     **{k: v for k, v in s.info.items() if k not in INTERNAL_INFO}}) + "\n"
         for s, p, r, a, sc in zip(samples, prompts, raws, answers, scores)))
-    _write(out / "metrics.json", json.dumps(metrics, indent=2))
-    _write(out / "run.json", json.dumps(run, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out / "run.json", json.dumps(run, indent=2))
     record_eval(run["model"], run, metrics)  # a model folder mmmerge merged: its card gets this result
     return metrics

@@ -62,7 +62,7 @@ def _check_images(samples: list[Sample], source: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ tasks
-class Task:
+class EvalTask:
     """A task family: `read` its files into samples; `answer` turns generated text into the answer written to
     predictions.json; `score` is the per-question score in [0, 1]; `metrics` the report of the official script."""
     name = ""
@@ -83,7 +83,7 @@ class Task:
         raise NotImplementedError
 
 
-class VQAv2(Task):
+class VQAv2(EvalTask):
     """VQAv2 (and VQA v1 / VizWiz-style files in the same layout): questions JSON {"questions": [...]},
     annotations JSON {"annotations": [...]}, images named COCO_<data_subtype>_<image_id:012d>.jpg.
 
@@ -136,7 +136,7 @@ class VQAv2(Task):
                                [s.info["question_type"] for s, _ in rows])
 
 
-class TextVQA(Task):
+class TextVQA(EvalTask):
     """TextVQA_0.5.1_*.json ({"data": [...]}, ten answers per question), images <image_id>.jpg in --images.
     Scored as LLaVA and MMF score it (m4c_evaluator's TextVQAAccuracyEvaluator). The default prompt has no
     OCR tokens (LLaVA's 58.2 used Rosetta OCR tokens in the prompt)."""
@@ -162,7 +162,7 @@ class TextVQA(Task):
         return {"accuracy": M.mean_percent(scores), "questions": len(scores)}
 
 
-class GQA(Task):
+class GQA(EvalTask):
     """GQA balanced questions JSON ({question id: {...}}), images <imageId>.jpg. Answers converted as LLaVA's
     convert_gqa_for_eval.py does; accuracy, binary/open and per-type accuracy as the official eval.py computes
     them over the balanced questions (questions with isBalanced false are not read)."""
@@ -197,7 +197,7 @@ class GQA(Task):
                              [s.info["semantic"] for s in samples])
 
 
-class POPE(Task):
+class POPE(EvalTask):
     """POPE JSONL ({"question_id", "image", "text", "label"}, one file per split or LLaVA's merged file with
     "category"); a file named like coco_pope_<category>.json gives its category. Scored by POPE's rule."""
     name = "pope"
@@ -238,7 +238,7 @@ class POPE(Task):
         return out
 
 
-class ScienceQA(Task):
+class ScienceQA(EvalTask):
     """ScienceQA problems.json, the IMG subset of the test split (split "test" and an image); images at
     --images/<pid>/<image> or --images/test/<pid>/<image>. The question shows "Context: <hint>", the question
     and lettered choices, as LLaVA-1.5's CQM-A file; parsed and scored as eval_science_qa.py does."""
@@ -280,7 +280,7 @@ class ScienceQA(Task):
         return M.scienceqa_metrics([s == 1.0 for s in scores], [s.info["subject"] for s in samples])
 
 
-class JSONL(Task):
+class JSONL(EvalTask):
     """Plain JSONL: {"image", "question", "answers"} (+ optional "question_id", "answer_type", "question_type");
     images relative to --images, else to the JSONL's folder. Ten answers are scored with the VQA accuracy;
     fewer (a list or one string) by exact match after the VQA normalisation against any of them."""
@@ -319,13 +319,13 @@ class JSONL(Task):
 TASKS = {t.name: t for t in (VQAv2, TextVQA, GQA, POPE, ScienceQA, JSONL)}
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str) -> EvalTask:
     if name not in TASKS:
         raise EvalDataError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
     return TASKS[name]()
 
 
-def read_task(task: Task, questions=None, annotations=None, images=None, limit: int | None = None) -> list[Sample]:
+def read_task(task: EvalTask, questions=None, annotations=None, images=None, limit: int | None = None) -> list[Sample]:
     """Read, cut to the first `limit` questions, check every image exists, and refuse duplicate ids. A file of
     the right kind but the wrong shape (a number where a list belongs, an unhashable id, a non-numeric image id)
     is one EvalDataError naming the file, not a traceback from deep inside the reader."""

@@ -21,7 +21,7 @@ from .guard import check_output_dir, is_previous_output, write_marker
 from .rename import rename_noreplace
 from ..signals import deferred_signals
 
-__all__ = ["atomic_output_dir", "check_output_dir"]
+__all__ = ["atomic_output_dir", "atomic_write_text", "check_output_dir"]
 
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)  # the output's fault, not an input's
@@ -91,3 +91,16 @@ def atomic_output_dir(out: Path, force: bool = False, *, inputs=(), data=()):
             if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
                 e.filename, e.filename2 = str(out), None  # not the temporary file's name: the output it was for
             raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader finds the old content or the new, never half of it: into a hidden
+    file beside it (one per process), then renamed over it; on any error the hidden file is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -20,6 +20,7 @@ from .reader import SAFETENSORS_DTYPES
 
 DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 DEFAULT_SHARD_BYTES = 5 * 1024**3
+ONE_FILE = 2**62  # max_shard_bytes that never shards: for readers of one file only (open_clip, timm, peft)
 
 
 def plan_shards(tensors: Mapping[str, LazyTensor], max_shard_bytes: int) -> list[list[str]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import LazyTensor
-from ..io.writer import write_safetensors
+from ..io.writer import ONE_FILE, write_safetensors
 from .adapter import CONFIG, PREFIX
 
 
@@ -50,5 +50,5 @@ def save_adapter(folder: Path, config: dict, factors: dict[str, tuple[torch.Tens
         a, b = ("lora_embedding_A", "lora_embedding_B") if name in embeddings else ("lora_A.weight", "lora_B.weight")
         tensors[f"{PREFIX}{name}.{a}"] = LazyTensor.of(A.contiguous())
         tensors[f"{PREFIX}{name}.{b}"] = LazyTensor.of(B.contiguous())
-    write_safetensors(folder, tensors, prefix="adapter_model", max_shard_bytes=2**62)  # peft reads one file
+    write_safetensors(folder, tensors, prefix="adapter_model", max_shard_bytes=ONE_FILE)  # peft reads one file
     (Path(folder) / CONFIG).write_text(json.dumps(config, indent=2) + "\n")

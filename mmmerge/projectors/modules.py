@@ -21,6 +21,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..errors import RecipeError, ShapeMismatchError, UnsupportedArchitectureError
+from ..io.check import check_tensors
 
 TYPE_PATTERN = re.compile(r"^mlp(\d+)x_(\w+)$")
 
@@ -117,14 +118,7 @@ def from_state_dict(tensors: dict[str, torch.Tensor], projector_type: str | None
     module = Projector(projector_type, first.shape[1], last.shape[0], bias=bias,
                        hidden_features=first.shape[0] if depth > 1 else None)
     own = module.state_dict()
-    for k, v in own.items():
-        if k not in tensors:
-            raise ShapeMismatchError(f"projector tensor {k} is missing")
-        if tuple(tensors[k].shape) != tuple(v.shape):
-            raise ShapeMismatchError(f"projector tensor {k} has shape {tuple(tensors[k].shape)}, expected {tuple(v.shape)}")
-    extra = sorted(set(tensors) - set(own))
-    if extra:
-        raise ShapeMismatchError(f"projector tensor {extra[0]} has no place in a {projector_type} projector")
+    check_tensors(own, tensors, "projector", expected_from=f"a {projector_type} projector of these sizes")
     module.load_state_dict({k: tensors[k].float() for k in own})
     return module
 
