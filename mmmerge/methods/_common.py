@@ -16,8 +16,7 @@ from ._registry import Param
 # Parameter kinds used by several methods.
 WEIGHT = Param(float, help="scale of this model's contribution")
 DENSITY = Param(float, 1.0, low=0.0, high=1.0, low_open=True, help="fraction of entries kept")
-BOOL_FALSE = Param(bool, False)
-BOOL_TRUE = Param(bool, True)
+INT8_MASK = Param(bool, False, help="accepted for mergekit compatibility; changes nothing (masks are not stored)")
 
 
 CHUNK = 1 << 18  # entries merged at a time by the slice-wise methods: 1 MiB per float32 buffer, cache-sized

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import BOOL_FALSE, sign_consensus, task_vectors
+from ._common import INT8_MASK, sign_consensus, task_vectors
 from ._registry import Param, method
 
 
@@ -37,7 +37,7 @@ def _energy_weights(deltas: torch.Tensor) -> torch.Tensor:
     "sce",
     global_params={
         "select_topk": Param(float, 1.0, low=0.0, high=1.0, low_open=True, help="fraction of entries kept by variance"),
-        "int8_mask": BOOL_FALSE,
+        "int8_mask": INT8_MASK,
     },
     base="required",
     reference="https://arxiv.org/abs/2408.07990",

@@ -90,7 +90,7 @@ def nuslerp(tensors, base, params, global_params, generator=None) -> torch.Tenso
     model_params={"weight": WEIGHT},
     global_params={
         "normalize_weights": Param(bool, True, help="divide weights by their sum"),
-        "eps": Param(float, 1e-8, low=0.0, low_open=True),
+        "eps": Param(float, 1e-8, low=0.0, low_open=True, help="added to norms before dividing; a mean norm below it is zero"),
     },
     base="optional",
     min_models=1,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from . import _common, native
-from ._common import (BOOL_FALSE, DENSITY, WEIGHT, check_della_epsilon, l1_rescale, largest_keep, middle_keep, random_keep,
+from ._common import (DENSITY, INT8_MASK, WEIGHT, check_della_epsilon, l1_rescale, largest_keep, middle_keep, random_keep,
                       rank_keep)
 from ._registry import MethodSpec, Param, register
 
@@ -170,7 +170,7 @@ def _family_member(name, *, sparsify, consensus, normalize, rescale, extra=None,
                 "normalize": Param(bool, normalize, help="divide by the sum of weights"),
                 "rescale": Param(bool, rescale, help="restore each task vector's L1 norm after sparsifying"),
                 "lambda": Param(float, 1.0, help="scale of the merged task vector"),
-                "int8_mask": BOOL_FALSE,
+                "int8_mask": INT8_MASK,
             },
             base="required",
             random=sparsify in (_random, _rank),
