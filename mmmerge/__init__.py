@@ -7,11 +7,13 @@ alone takes 0.7 s to import, and a merge of causal LMs does not need it).
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["load", "describe", "convert", "merge", "stitch", "generate", "evaluate", "compare", "finetune",
-           "read_examples", "caption_examples", "Example", "Checkpoint", "Component", "LazyTensor", "__version__"]
+__all__ = ["load", "describe", "convert", "merge", "stitch", "StitchOptions", "generate", "evaluate", "compare",
+           "finetune", "read_examples", "caption_examples", "Example", "Checkpoint", "Component", "LazyTensor",
+           "__version__"]
 
 _WHERE = {"load": (".adapters", "open_checkpoint"), "describe": (".inspect", "describe"),
-          "convert": (".convert", "convert"), "merge": (".engine", "merge"), "stitch": (".stitch", "stitch"),
+          "convert": (".convert", "convert"), "merge": (".engine", "merge"), "stitch": (".stitching", "stitch"),
+          "StitchOptions": (".stitching", "StitchOptions"),
           "generate": (".eval.ask", "generate"), "evaluate": (".eval", "evaluate"),
           "compare": (".eval.compare", "compare"), "finetune": (".demo.finetune", "finetune"),
           "read_examples": (".demo.finetune", "read_examples"), "caption_examples": (".demo.finetune", "caption_examples"),

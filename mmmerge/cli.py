@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from contextlib import contextmanager
@@ -12,7 +13,10 @@ from . import __version__
 from .errors import MMMergeError
 from .eval.tasks import TASKS
 from .lora.combine import ALL_METHODS
+from .projectors.fit import METHODS as LINEAR_FITS
 from .signals import Terminated
+from .stitching.fitting import FITS
+from .stitching.options import StitchOptions, doc
 
 
 def cmd_inspect(args) -> None:
@@ -51,17 +55,18 @@ def cmd_merge(args) -> None:
           quiet=args.quiet, threads=args.threads, offline=True if args.offline else None)
 
 
-def cmd_stitch(args) -> None:
-    from .stitch import stitch
+def stitch_options(args):
+    """The StitchOptions of a `stitch` command line: one flag per field (`--quiet` is `progress=False`)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(StitchOptions) if f.name != "progress"}
+    layer = values["vision_feature_layer"]
+    values["vision_feature_layer"] = layer[0] if layer and len(layer) == 1 else layer
+    return StitchOptions(**values, progress=not args.quiet)
 
-    layer = args.vision_feature_layer
-    report = stitch(args.vision, args.language, args.out, projector=args.projector, projector_type=args.projector_type,
-                    align_data=args.align_data, image_folder=args.image_folder,
-                    vision_feature_layer=layer[0] if layer and len(layer) == 1 else layer, fit=args.fit,
-                    transfer=args.transfer, projector_language=args.projector_language,
-                    transfer_method=args.transfer_method, train_steps=args.train_steps, lr=args.lr,
-                    batch_size=args.batch_size, device=args.device, dtype=args.dtype, seed=args.seed,
-                    force=args.force, progress=not args.quiet, max_image_pixels=args.max_image_pixels)
+
+def cmd_stitch(args) -> None:
+    from .stitching import stitch
+
+    report = stitch(args.vision, args.language, args.out, options=stitch_options(args))
     if not args.quiet:
         print("\n".join(report.lines()))
 
@@ -168,28 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vision", type=Path, required=True, help="vision encoder: open_clip, timm, transformers or a LLaVA")
     s.add_argument("--language", type=Path, required=True, help="causal LM folder with its tokenizer")
     g = s.add_mutually_exclusive_group(required=True)
-    g.add_argument("--projector", type=Path, help="a LLaVA folder, a projector file, or LLaVA's mm_projector.bin")
-    g.add_argument("--projector-type", help="a new projector: linear, identity, mlp2x_gelu, ...")
-    s.add_argument("--align-data", type=Path, help="image-caption JSONL to fit or train the projector on")
-    s.add_argument("--image-folder", type=Path, help="where the JSONL's images are (default: the JSONL's folder)")
-    s.add_argument("--fit", choices=["ridge", "procrustes", "train"],
-                   help="with --align-data: closed-form fit (linear) or training (default: ridge for linear, else train)")
-    s.add_argument("--vision-feature-layer", type=int, nargs="+", help="hidden state(s) fed to the projector (default: "
-                   "the projector's own, else -2)")
-    s.add_argument("--transfer", action="store_true", help="re-target the projector at this LLM via shared tokens")
-    s.add_argument("--projector-language", type=Path, help="the LLM the projector was made for (implies --transfer)")
-    s.add_argument("--transfer-method", default="ridge", choices=["ridge", "procrustes"])
-    s.add_argument("--train-steps", type=int, default=100)
-    s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    s.add_argument("--dtype", default=None, help="cast all weights (float16, bfloat16, float32); default: keep")
-    s.add_argument("--seed", type=int, default=0)
+    g.add_argument("--projector", type=Path, help=doc("projector"))
+    g.add_argument("--projector-type", help=doc("projector_type"))
+    s.add_argument("--align-data", type=Path, help=doc("align_data"))
+    s.add_argument("--image-folder", type=Path, help=doc("image_folder"))
+    s.add_argument("--fit", choices=list(FITS), help=doc("fit"))
+    s.add_argument("--vision-feature-layer", type=int, nargs="+", help=doc("vision_feature_layer"))
+    s.add_argument("--transfer", action="store_true", help=doc("transfer"))
+    s.add_argument("--projector-language", type=Path, help=doc("projector_language"))
+    s.add_argument("--transfer-method", choices=LINEAR_FITS, help=doc("transfer_method"))
+    s.add_argument("--alpha", type=float, help=doc("alpha"))
+    s.add_argument("--train-steps", type=int, help=doc("train_steps"))
+    s.add_argument("--lr", type=float, help=doc("lr"))
+    s.add_argument("--batch-size", type=int, help=doc("batch_size"))
+    s.add_argument("--device", help=doc("device"))
+    s.add_argument("--dtype", help=doc("dtype"))
+    s.add_argument("--seed", type=int, help=doc("seed"))
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     add_image_limit(s)
-    s.set_defaults(func=cmd_stitch)
+    s.set_defaults(func=cmd_stitch, **{f.name: f.default for f in dataclasses.fields(StitchOptions)
+                                       if f.name != "progress"})  # the defaults are the options'
     s = sub.add_parser("extract-lora", help="a peft LoRA for BASE whose update is the truncated SVD of MODEL - BASE")
     s.add_argument("--base", type=Path, required=True, help="the base model (the adapter is for it)")
     s.add_argument("--model", type=Path, required=True, help="the fine-tuned or merged model")

@@ -80,7 +80,7 @@ def test_api_names_stay_functions_after_their_modules_are_imported(parts, tmp_pa
     import importlib
 
     vision, _, _ = parts
-    for name in ("stitch", "convert", "inspect"):
+    for name in ("stitching", "convert", "inspect"):
         importlib.import_module(f"mmmerge.{name}")
     assert mmmerge.convert(vision, tmp_path / "out") == []
     assert callable(mmmerge.stitch) and mmmerge.describe(tmp_path / "out").startswith(str(tmp_path / "out"))

@@ -112,7 +112,7 @@ def test_outputs_follow_the_umask(world, tmp_path):
 def test_api_refuses_the_same(world, tmp_path):
     """The Python API: the same guard, MMMergeError subclasses."""
     from mmmerge.engine import merge
-    from mmmerge.stitch import stitch  # (`mmmerge.stitch` is the module once it is imported)
+    from mmmerge.stitching import stitch
     from mmmerge.errors import UnsafeOutputError
     from mmmerge.lora.combine import merge_loras
     from mmmerge.lora.extract import extract_lora

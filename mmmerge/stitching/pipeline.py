@@ -1,0 +1,53 @@
+"""`stitch`: options -> plan (everything checked) -> the folder written, the projector fitted on the way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io.claim import claim_output
+from .fitting import FITS
+from .options import StitchOptions, options_from
+from .plan import plan_stitch
+from .report import StitchReport, untrained_projector_warning
+from .writer import llava_folder, write_model, write_processor
+
+
+def stitch(vision: Path | str, language: Path | str, out: Path | str, *, options: StitchOptions | None = None,
+           **kwargs) -> StitchReport:
+    """Write a LLaVA checkpoint made of the vision encoder at `vision`, a projector and the LLM at `language`.
+
+    The options are a `StitchOptions`, keyword arguments of the same names, or both (the keywords win):
+    projector: a LLaVA folder, a projector file (`projectors.save_projector`) or an `mm_projector.bin`;
+    projector_type: a fresh projector instead (linear, identity, mlp2x_gelu ...).
+    align_data (+ image_folder): image-caption JSONL to fit (`fit`: ridge / procrustes, linear only) or
+    train (`fit="train"`, default for MLPs and for a given projector) the projector on.
+    transfer / projector_language: re-target the projector at this LLM through shared token embeddings;
+    the source LLM is `projector_language`, or the LLaVA the projector comes from.
+    dtype: cast every tensor (e.g. "bfloat16"); default keeps each source tensor's dtype.
+    max_image_pixels: align_data images larger than this are refused before they are decoded (None: no limit).
+    See `StitchOptions` for every option and its default.
+    """
+    o = options_from(options, kwargs)
+    vision, language, out = Path(vision), Path(language), Path(out)
+    # the output is locked for the whole run, and may not be, hold or sit inside what the run reads
+    with claim_output(out, force=o.force, inputs=[vision, language, o.projector, o.projector_language],
+                      data=[o.align_data, o.image_folder]):
+        plan = plan_stitch(vision, language, out, o)
+        fitted = None
+        with llava_folder(out, o.force) as tmp:
+            # processor first: fitting and training use it exactly as a user will
+            image_processor, processor = write_processor(tmp, plan.preprocess, plan.tokenizer, plan.vision,
+                                                         plan.strategy, plan.additional)
+            if plan.fit is not None:
+                fitted = FITS[plan.fit](plan, image_processor, processor)
+                plan.with_projector(fitted.projector)
+            write_model(tmp, plan.config, plan.tensors, language, o.progress)
+
+    report = StitchReport(
+        out, f"{plan.vision_format} {plan.vision.arch}", plan.language.arch, fitted.how if fitted else plan.how,
+        plan.projector.projector_type, plan.layer, plan.strategy, plan.additional, plan.seq_len, plan.image_token_id,
+        plan.added_tokens, plan.vocab_size, plan.transfer, fitted.residual if fitted else None,
+        fitted.losses if fitted else [], plan.notes)
+    if plan.source is None and plan.fit is None:
+        report.warnings.append(untrained_projector_warning(out))
+    return report
