@@ -1,6 +1,7 @@
 """`evaluate` end to end on a tiny LLaVA: files written, scores, batch-size invariance, a naive decoder as oracle."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -88,15 +89,87 @@ def test_files_and_official_scores(model_dir, vqa, tmp_path):
     assert run["task"] == "vqav2" and run["questions"] == 8
 
 
+NEVER = "never said"  # an answer the tiny model does not give
+
+
+def science_choice(answer: str, n: int) -> int:
+    """LLaVA's eval_science_qa.py, written out again: a letter A-E, a letter and ". ", or one "The answer is X."."""
+    letters = "ABCDE"[:n]
+    if answer in letters:
+        return letters.index(answer)
+    if len(answer) >= 3 and answer[0] in letters and answer[1:3] == ". ":
+        return letters.index(answer[0])
+    found = re.findall(r"The answer is ([A-Z]).", answer)
+    return letters.index(found[0]) if len(found) == 1 and found[0] in letters else -1
+
+
+def regold(task: str, files: dict, preds: dict) -> float:
+    """Rewrite the gold answers of `files` so that the model's own answer is right for the even-numbered
+    questions and wrong for the odd ones; return the headline score the official script gives then."""
+    q = files["questions"]
+    if task == "textvqa":
+        data = json.loads(q.read_text())
+        for i, d in enumerate(data["data"]):
+            d["answers"] = [preds[d["question_id"]] if i % 2 == 0 else NEVER] * 10  # ten equal answers: 1 or 0
+        q.write_text(json.dumps(data))
+        return 100.0 * sum(i % 2 == 0 for i in range(len(data["data"]))) / len(data["data"])
+    if task == "gqa":
+        data = json.loads(q.read_text())
+        asked = [qid for qid, d in data.items() if d["isBalanced"]]  # the balanced questions are the test set
+        for i, qid in enumerate(asked):
+            data[qid]["answer"] = preds[qid] if i % 2 == 0 else NEVER
+        q.write_text(json.dumps(data))
+        return 100.0 * sum(i % 2 == 0 for i in range(len(asked))) / len(asked)
+    if task == "pope":
+        lines = [json.loads(x) for x in q.read_text().splitlines()]
+        tp = fp = fn = 0
+        for i, d in enumerate(lines):
+            said = preds[d["question_id"]]
+            d["label"] = said if i % 2 == 0 else {"yes": "no", "no": "yes"}[said]
+            tp += said == "yes" and d["label"] == "yes"
+            fp += said == "yes" and d["label"] == "no"
+            fn += said == "no" and d["label"] == "yes"
+        q.write_text("".join(json.dumps(d) + "\n" for d in lines))
+        return 100.0 * 2 * tp / (2 * tp + fp + fn) if tp else 0.0  # F1 = 2PR / (P + R)
+    if task == "scienceqa":
+        data = json.loads(q.read_text())
+        asked = [pid for pid, p in data.items() if p["split"] == "test" and p["image"]]
+        right = 0
+        for i, pid in enumerate(asked):
+            n = len(data[pid]["choices"])
+            chosen = science_choice(preds[pid], n)
+            if i % 2 == 0 and chosen >= 0:
+                data[pid]["answer"], right = chosen, right + 1
+            else:  # any other option than the one chosen (or none)
+                data[pid]["answer"] = (max(chosen, 0) + 1) % n
+        q.write_text(json.dumps(data))
+        return 100.0 * right / len(asked)
+    lines = [json.loads(x) for x in q.read_text().splitlines()]  # jsonl: one answer, exact match
+    for i, d in enumerate(lines):
+        d["answers"] = preds[d["question_id"]] if i % 2 == 0 else NEVER
+    q.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    return round(100.0 * sum(i % 2 == 0 for i in range(len(lines))) / len(lines), 2)
+
+
 @pytest.mark.parametrize("task", ["textvqa", "gqa", "pope", "scienceqa", "jsonl"])
 def test_other_tasks(model_dir, task, tmp_path):
+    """The model's own answers made gold for half the questions and wrong for the others: the headline is what
+    the official script gives (computed here by hand), and the model answers the same both times."""
     files = getattr(eval_data, task)(tmp_path / "data")
-    metrics = evaluate(model_dir, task, **files, out=tmp_path / "out", batch_size=4, max_new_tokens=4, progress=False)
+    evaluate(model_dir, task, **files, out=tmp_path / "first", batch_size=4, max_new_tokens=4, progress=False)
+    first, _, _ = read_out(tmp_path / "first")
+    preds = {p["question_id"]: p["answer"] for p in first}
+    assert NEVER not in preds.values()
+    expected = regold(task, files, preds)
+    metrics = evaluate(model_dir, task, **files, out=tmp_path / "out", batch_size=3, max_new_tokens=4, progress=False)
+    again, m, samples = read_out(tmp_path / "out")
+    assert again == first and m == metrics
     headline = json.loads((tmp_path / "out" / "run.json").read_text())["headline"]
-    assert 0.0 <= metrics[headline] <= 100.0
-    _, _, samples = read_out(tmp_path / "out")
-    expected = {"scienceqa": "Answer with the option's letter", "pope": "single word"}.get(task, "single word")
-    assert expected in samples[0]["prompt"]
+    assert metrics[headline] == pytest.approx(expected, abs=1e-9)
+    if task != "scienceqa":  # the tiny model names no option letter, so no ScienceQA answer can be right
+        assert metrics[headline] > 0
+    instruction = {"scienceqa": "Answer with the option's letter"}.get(task, "single word")
+    assert instruction in samples[0]["prompt"]
 
 
 def test_prompt_override_and_fallback_template(model_dir, vqa, tmp_path):
