@@ -12,7 +12,7 @@ __all__ = ["load", "describe", "convert", "merge", "stitch", "StitchOptions", "g
            "__version__"]
 
 _WHERE = {"load": (".adapters", "open_checkpoint"), "describe": (".inspect", "describe"),
-          "convert": (".convert", "convert"), "merge": (".engine", "merge"), "stitch": (".stitching", "stitch"),
+          "convert": (".conversion", "convert"), "merge": (".engine", "merge"), "stitch": (".stitching", "stitch"),
           "StitchOptions": (".stitching", "StitchOptions"),
           "generate": (".eval.ask", "generate"), "evaluate": (".eval", "evaluate"),
           "compare": (".eval.compare", "compare"), "finetune": (".demo.finetune", "finetune"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .callable_module import make_callable
 from .io.claim import writes_output
 
 
@@ -22,6 +21,3 @@ def convert(path, out, *, component: str = "vision", force: bool = False) -> lis
     from .adapters.hf_export import save_hf
 
     return save_hf(open_checkpoint(Path(path)).component(component), Path(out), force=force)
-
-
-make_callable(__name__, "convert")  # `mmmerge.convert(...)` works after `import mmmerge.convert` too
