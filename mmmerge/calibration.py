@@ -8,8 +8,8 @@ then, in a recipe: ``parameters: {statistics: ft_model.stats.safetensors}`` on t
 
 The calibration JSONL holds one example per line: ``{"image": ..., "question": ...}`` as eval's ``jsonl`` task
 reads it (the model is then loaded as an image-text-to-text model with its processor), or text only,
-``{"question": ...}`` (a causal LM with its tokenizer); an ``answers``/``answer`` field, when present, is
-appended to the text the Fisher's loss is computed on.
+``{"question": ...}`` or ``{"text": ...}`` (a causal LM with its tokenizer); an ``answers``/``answer`` field, when
+present, is appended to the text the Fisher's loss is computed on.
 
 The file holds, for each weight name ``W`` of the transformers model:
 - ``gram:W``: (1/N) XᵀX over the N (non-padding) input rows X [N, in] of every ``nn.Linear`` (RegMean's inner
@@ -21,33 +21,50 @@ The file holds, for each weight name ``W`` of the transformers model:
 Names are those a merge of the folder writes (what a merge method is told, MethodSpec.takes_name): the running
 model's parameter names where the merge writes the same names (a causal LM), else the names of the tensors with
 equal values in the engine's plan of a merge of the folder alone (a LLaVA whose checkpoint keeps an older layout).
+
+The command line: ``mmmerge calibrate MODEL --data CALIB.jsonl --out MODEL.stats.safetensors``. The file appears
+whole or not at all: it is written beside ``out`` under a temporary name and renamed into place, with a lock on
+``out`` for the whole run; an existing file is replaced only with ``force`` and only when mmmerge wrote it.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import secrets
 from pathlib import Path
 
 import torch
 
-from .errors import UnreadableFileError
+from .errors import OutputExistsError, RecipeError, UnreadableFileError, UnsafeOutputError
 from .io import read_jsonl
 
 KINDS = ("gram", "fisher")
+WRITTEN_BY = "written_by"  # metadata key of a statistics file mmmerge wrote (what `force` may replace)
 
 
-def read_examples(path: Path) -> list[dict]:
-    """Lines with ``question`` (text) and optionally ``image`` (resolved against the JSONL's folder)."""
+def read_examples(path: Path, image_folder: Path | None = None) -> list[dict]:
+    """Lines with ``question`` (text) and optionally ``image`` (resolved against ``image_folder``, by default the
+    JSONL's folder)."""
+    if not Path(path).is_file():
+        raise UnreadableFileError(f"{path}: no such calibration file" if not Path(path).is_dir() else
+                                  f"{path}: is a folder; the calibration data is a JSONL file")
+    folder = Path(path).parent if image_folder is None else Path(image_folder)
     rows = []
     for line, row in read_jsonl(Path(path), UnreadableFileError):
-        if not isinstance(row.get("question"), str):
-            raise UnreadableFileError(f"{path}: line {line}: a calibration example needs a 'question' string")
+        question = row.get("question", row.get("text"))
+        if not isinstance(question, str) or not question.strip():
+            raise UnreadableFileError(f"{path}: line {line}: a calibration example needs a 'question' (or 'text') "
+                                      "string")
+        if row.get("image") is not None and not (isinstance(row["image"], str) and row["image"]):
+            raise UnreadableFileError(f"{path}: line {line}: 'image' must be an image file's path")
         answers = row.get("answers", row.get("answer"))
         if isinstance(answers, list):
             answers = answers[0] if answers else ""
         answer = answers if isinstance(answers, str) else ""
         image = row.get("image")
-        rows.append({"question": row["question"], "answer": answer,
-                     "image": None if image is None else Path(path).parent / image})
+        rows.append({"question": question, "answer": answer,
+                     "image": None if image is None else folder / image, "line": line})
     if not rows:
         raise UnreadableFileError(f"{path}: no calibration examples")
     if len({r["image"] is None for r in rows}) > 1:
@@ -68,12 +85,15 @@ class _Model:
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
+            from .adapters.hf_common import transformers_bars
             from .eval.generate import ModelLoadError
             from .io.reader import first_line
 
             try:
                 self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-                self.model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+                with transformers_bars(False):  # calibrate's own bar counts the examples
+                    self.model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
+                                                                      dtype=torch.float32)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise ModelLoadError(f"{folder}: cannot load a causal LM with its tokenizer ({first_line(e)})") from e
             self.model.to(device).eval()
@@ -103,7 +123,7 @@ class _Model:
         return batch
 
 
-def _gram(m: _Model, examples: list[dict], batch_size: int) -> dict[str, torch.Tensor]:
+def _gram(m: _Model, examples: list[dict], batch_size: int, bar=None) -> dict[str, torch.Tensor]:
     """(1/N) XᵀX of each nn.Linear's input rows, padding rows left out where the rows are the text's tokens."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -128,13 +148,15 @@ def _gram(m: _Model, examples: list[dict], batch_size: int) -> dict[str, torch.T
                 mask[0] = batch["attention_mask"]
                 batch.pop("labels")
                 m.model(**batch)
+                if bar is not None:
+                    bar.update(len(examples[start:start + batch_size]))
     finally:
         for h in handles:
             h.remove()
     return {f"gram:{n}": (s / max(counts[n], 1)).float().cpu() for n, s in sums.items()}
 
 
-def _fisher(m: _Model, examples: list[dict]) -> dict[str, torch.Tensor]:
+def _fisher(m: _Model, examples: list[dict], bar=None) -> dict[str, torch.Tensor]:
     """Mean over examples of each parameter's squared gradient of that example's LM loss."""
     params = {n: p for n, p in m.model.named_parameters() if p.is_floating_point()}
     for p in params.values():
@@ -147,6 +169,8 @@ def _fisher(m: _Model, examples: list[dict]) -> dict[str, torch.Tensor]:
             for n, p in params.items():
                 if p.grad is not None:
                     sums[n] += p.grad.float().square()
+            if bar is not None:
+                bar.update(1)
     m.model.zero_grad(set_to_none=True)
     return {f"fisher:{n}": (s / len(examples)).cpu() for n, s in sums.items()}
 
@@ -186,30 +210,171 @@ def _closest(name: str, candidates: list[str]) -> list[str]:
     return [c for c in candidates if shared(c) == best]
 
 
-def collect_statistics(model: str | Path, calibration: str | Path, out: str | Path, *, device: str = "cpu",
-                       batch_size: int = 8, kinds: tuple[str, ...] = KINDS, max_examples: int | None = None) -> Path:
-    """Run ``model`` (a transformers folder) on the calibration JSONL and write its statistics to ``out``
-    (safetensors, keys ``gram:<weight name>`` and ``fisher:<parameter name>``). Returns ``out``."""
+def parse_kinds(kinds) -> tuple[str, ...]:
+    """``"gram,fisher"`` or a sequence of kinds -> the kinds in KINDS order; RecipeError for an unknown or empty one."""
+    given = [k.strip() for k in (kinds.split(",") if isinstance(kinds, str) else map(str, kinds)) if k.strip()]
+    unknown = [k for k in given if k not in KINDS]
+    if unknown or not given:
+        what = f"{unknown[0]!r} is not a kind of statistics" if unknown else "no kind of statistics given"
+        raise RecipeError(f"kinds: {what}; use {' or '.join(KINDS)}, or both: {','.join(KINDS)}")
+    return tuple(k for k in KINDS if k in given)
+
+
+def is_statistics_file(path: Path) -> bool:
+    """True when ``path`` is a safetensors file of statistics that mmmerge wrote (its metadata says so)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (OSError, SafetensorError, ValueError):
+        return False
+    return meta.get(WRITTEN_BY, "").startswith("mmmerge") or {"model", "calibration", "examples"} <= set(meta)
+
+
+def check_statistics_output(out: Path, *, force: bool = False, inputs=(), data=()) -> Path:
+    """Refuse an output file this run must not write, before any work; returns its absolute path. Not empty
+    text, not a folder, not inside an input model's folder, not a file the run reads; an existing file only
+    with ``force`` and only a statistics file mmmerge wrote."""
+    if not isinstance(out, (str, os.PathLike)) or str(out) in ("", "."):
+        raise UnsafeOutputError(f"the statistics output must be a file path (e.g. model.stats.safetensors), "
+                                f"got {out!r}")
+    target = Path(out).resolve()
+    if target.is_dir():
+        raise OutputExistsError(f"{out}: is a folder; the statistics output is a file (e.g. model.stats.safetensors)")
+    for src in inputs:
+        real = Path(src).resolve()
+        if target == real or real in target.parents:
+            raise UnsafeOutputError(f"{out}: the statistics file would be written into the input model {src}; "
+                                    "write it outside the model's folder")
+    for src in data:
+        if src is not None and target == Path(src).resolve():
+            raise UnsafeOutputError(f"{out}: the statistics file would replace {src}, which this run reads; choose "
+                                    "another output file")
+    if target.exists() or target.is_symlink():
+        if not force:
+            raise OutputExistsError(f"{out}: exists; pass --force (force=True) to replace it")
+        if target.is_symlink() or not is_statistics_file(target):
+            raise UnsafeOutputError(f"{out}: --force replaces only a statistics file written by mmmerge, and this "
+                                    "file is not one; move it away or choose another output file")
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _temp_name(target: Path) -> Path:
+    """``.<name>.tmp-XXXXXXXX`` beside ``target``: the form io/stale.py knows as a dead run's leftover."""
+    from .io.atomic import NAME_CHARS
+
+    return target.parent / f".{target.name}.tmp-{''.join(secrets.choice(NAME_CHARS) for _ in range(8))}"
+
+
+def _clear_stale_temps(target: Path) -> None:
+    """Remove half-written statistics of dead runs on ``target`` (call with the output's lock held)."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.tmp-[a-z0-9_]{{8}}")
+    if target.parent.is_dir():
+        for p in target.parent.iterdir():
+            if pattern.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+
+
+def write_statistics(stats: dict[str, torch.Tensor], target: Path, metadata: dict[str, str], *,
+                     force: bool = False) -> Path:
+    """Write ``stats`` to a temporary file beside ``target`` and rename it into place (never over a file that
+    appeared meanwhile, unless ``force``); on any error, Ctrl-C or SIGTERM the temporary file is removed."""
     from safetensors.torch import save_file
 
-    unknown = sorted(set(kinds) - set(KINDS))
-    if unknown:
-        raise ValueError(f"unknown statistics {unknown}; known: {', '.join(KINDS)}")
-    examples = read_examples(Path(calibration))[:max_examples]
-    m = _Model(Path(model), multimodal=examples[0]["image"] is not None, device=device)
-    collected: dict[str, torch.Tensor] = {}
-    if "gram" in kinds:
-        collected.update(_gram(m, examples, batch_size))
-    if "fisher" in kinds:
-        collected.update(_fisher(m, examples))
-    names = merge_names(Path(model), m.model)
-    stats = {}
-    for key, value in collected.items():
-        kind, name = key.split(":", 1)
-        for written in names.get(name, [name]):
-            stats.setdefault(f"{kind}:{written}", value)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in stats.items()}, str(out),
-              metadata={"model": str(model), "calibration": str(calibration), "examples": str(len(examples))})
-    return out
+    from .io.rename import rename_noreplace
+    from .signals import deferred_signals
+
+    tmp = None
+    try:
+        with deferred_signals():
+            tmp = _temp_name(target)
+        save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files 0600; an output gets the user's umask
+        with deferred_signals():
+            if force and target.exists():
+                os.replace(tmp, target)
+            else:
+                try:
+                    rename_noreplace(tmp, target)
+                except FileExistsError:
+                    raise OutputExistsError(f"{target}: a file was created there while this run was writing; it "
+                                            "was left as it is and this run's output was removed") from None
+            tmp = None
+    finally:
+        if tmp is not None:
+            with deferred_signals():
+                tmp.unlink(missing_ok=True)
+    return target
+
+
+def collect_statistics(model: str | Path, calibration: str | Path, out: str | Path, *, device: str | None = None,
+                       batch_size: int = 8, kinds=KINDS, max_examples: int | None = None,
+                       image_folder: str | Path | None = None, force: bool = False, progress: bool = False) -> Path:
+    """Run ``model`` (a transformers folder) on the calibration JSONL and write its statistics to the file ``out``
+    (safetensors, keys ``gram:<weight name>`` and ``fisher:<parameter name>``). Returns ``out``.
+
+    ``kinds``: "gram" (RegMean), "fisher" (Fisher merging) or both (a sequence, or text such as "gram,fisher");
+    ``max_examples``: only the first N examples; ``image_folder``: where the images are (default: the JSONL's
+    folder); ``device``: cpu or cuda (None: cuda when available); ``force``: replace a statistics file mmmerge
+    wrote before. Everything is checked before the model loads; the file appears whole or not at all."""
+    from tqdm.auto import tqdm
+
+    from .device import resolve_device
+    from .images import image_size
+    from .io.lock import output_lock
+
+    kinds = parse_kinds(kinds)
+    for name, value in (("batch size (batch_size)", batch_size), ("example limit (max_examples)", max_examples)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise RecipeError(f"the {name} must be a positive integer, got {value!r}")
+    target = check_statistics_output(Path(out), force=force, inputs=[model], data=[calibration])
+    dev = str(resolve_device(device))
+    examples = read_examples(Path(calibration), None if image_folder is None else Path(image_folder))[:max_examples]
+    for e in examples:  # every image readable before the model loads
+        if e["image"] is not None:
+            if not e["image"].is_file():
+                raise UnreadableFileError(f"{calibration}: line {e['line']}: no such image file {e['image']}")
+            try:
+                image_size(e["image"])
+            except UnreadableFileError as err:
+                raise UnreadableFileError(f"{calibration}: line {e['line']}: {err}") from None
+    created = [p for p in target.parents if not p.exists()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with output_lock(target):
+            _clear_stale_temps(target)
+            check_statistics_output(Path(out), force=force, inputs=[model], data=[calibration])
+            m = _Model(Path(model), multimodal=examples[0]["image"] is not None, device=dev)
+            collected: dict[str, torch.Tensor] = {}
+            total = len(examples) * len(kinds)
+            with tqdm(total=total, desc="calibrate", unit="example", disable=not progress) as bar:
+                if "gram" in kinds:
+                    collected.update(_gram(m, examples, batch_size, bar))
+                if "fisher" in kinds:
+                    collected.update(_fisher(m, examples, bar))
+            names = merge_names(Path(model), m.model)
+            stats = {}
+            for key, value in collected.items():
+                kind, name = key.split(":", 1)
+                for written in names.get(name, [name]):
+                    stats.setdefault(f"{kind}:{written}", value)
+            from . import __version__
+
+            metadata = {WRITTEN_BY: f"mmmerge {__version__}", "model": str(model), "calibration": str(calibration),
+                        "examples": str(len(examples)), "kinds": ",".join(kinds)}
+            write_statistics(stats, target, metadata, force=force)
+    except BaseException:
+        for folder in created:  # innermost first; only empty ones go
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+    return Path(out)

@@ -197,12 +197,74 @@ def test_calibration_errors_are_one_line(tmp_path):
     from mmmerge.errors import MMMergeError
 
     bad = tmp_path / "bad.jsonl"
-    for text, message in (("", "no calibration examples"), ('{"image": "x.png"}\n', "needs a 'question' string"),
+    for text, message in (("", "no calibration examples"), ('{"image": "x.png"}\n', r"needs a 'question' \(or 'text'\) string"),
                           ('{"question": "a"}\n{"question": "b", "image": "x.png"}\n', "either every")):
         bad.write_text(text)
         with pytest.raises(MMMergeError, match=message) as err:
-            collect_statistics(tmp_path, bad, tmp_path / "s.safetensors")
+            collect_statistics(tmp_path / "model", bad, tmp_path / "s.safetensors")
         assert "\n" not in str(err.value)
     bad.write_text('{"question": "a"}\n')
     with pytest.raises(MMMergeError, match="cannot load a causal LM"):
         collect_statistics(tmp_path / "nowhere", bad, tmp_path / "s.safetensors")
+
+
+# ---------------------------------------------------------------- slices that renumber layers
+
+
+@pytest.mark.parametrize("method", ["regmean", "fisher"])
+def test_slices_read_each_sources_statistics_under_its_own_layer(tmp_path, method):
+    """Output layers 0-2 from input layers 2-4: each output layer's statistics are its input layer's (the file is
+    keyed by the input's names), checked against the formula on those input tensors and statistics."""
+    import transformers
+
+    from tiny import llama_config, randomize
+    from tiny_tokenizer import make_tokenizer
+
+    models = []
+    for i in range(2):
+        tok = make_tokenizer(tmp_path / f"m{i}")
+        lm = transformers.LlamaForCausalLM(llama_config(vocab_size=len(tok), num_hidden_layers=5))
+        randomize(lm, seed=10 + i).save_pretrained(tmp_path / f"m{i}")
+        models.append(tmp_path / f"m{i}")
+    (tmp_path / "calib.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in
+                                                  ("what color is the shape ?", "is there a circle ? yes")))
+    kind = "gram" if method == "regmean" else "fisher"
+    stats = [collect_statistics(m, tmp_path / "calib.jsonl", tmp_path / f"s{i}.safetensors", kinds=[kind],
+                                device="cpu") for i, m in enumerate(models)]
+    recipe = {"merge_method": method, "dtype": "float32",
+              "slices": [{"sources": [{"model": str(m), "layer_range": [2, 5], "parameters": {"statistics": str(s)}}
+                                      for m, s in zip(models, stats)]}]}
+    merge(recipe, tmp_path / "out", quiet=True)
+    out = load_file(tmp_path / "out" / "model.safetensors")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 3
+    thetas = [load_file(m / "model.safetensors") for m in models]
+    s = [load_file(f) for f in stats]
+
+    def formula(name, key):
+        ws = [t[name].double().numpy() for t in thetas]
+        if method == "regmean":
+            return np_regmean(ws, [sym_sqrt(x[f"gram:{key}"].double().numpy()) for x in s], 0.9)
+        return np_fisher(ws, [x[f"fisher:{key}"].double().numpy() for x in s], [1.0, 1.0], 1e-6)
+
+    for out_layer, in_layer in ((0, 2), (2, 4)):
+        for module in ("self_attn.q_proj", "mlp.down_proj"):
+            out_name = f"model.layers.{out_layer}.{module}.weight"
+            in_name = f"model.layers.{in_layer}.{module}.weight"
+            np.testing.assert_allclose(out[out_name].double().numpy(), formula(in_name, in_name), atol=1e-4,
+                                       rtol=1e-3)
+            # the output layer's own number names another input layer, whose statistics would give another result
+            assert not np.allclose(out[out_name].double().numpy(), formula(in_name, out_name), atol=1e-4, rtol=1e-3)
+
+
+def test_statistics_names_follow_a_renamed_prefix():
+    """A multimodal output writes the planned name under its layout's prefix; the input's name gets the same one."""
+    from mmmerge.methods._statistics import StatisticsFile
+
+    f = StatisticsFile("/s.safetensors", "model.layers.2.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight")
+    assert f.key_name("model.language_model.layers.0.mlp.up_proj.weight") == \
+        "model.language_model.layers.2.mlp.up_proj.weight"
+    assert f.key_name("language_model.model.layers.0.mlp.up_proj.weight") == \
+        "language_model.model.layers.2.mlp.up_proj.weight"
+    assert f.key_name("model.layers.0.mlp.up_proj.weight") == "model.layers.2.mlp.up_proj.weight"
+    same = StatisticsFile("/s.safetensors", "model.norm.weight", "model.norm.weight")
+    assert same.key_name("model.language_model.norm.weight") == "model.language_model.norm.weight"

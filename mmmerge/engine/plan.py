@@ -95,6 +95,7 @@ def _same_layout(ref_name: str, ref: Component, other_name: str, other: Componen
 def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dtype=None, out_dtype=None,
                        seed=None, where: str = "", notes: list[str], warnings: list[str]) -> ComponentPlan:
     from ..methods import check_inputs, get_method, validate_params
+    from ..methods._statistics import plan_statistics
 
     dtype = dtype_of(section.dtype) or dtype
     out_dtype = dtype_of(section.out_dtype) or out_dtype
@@ -133,6 +134,8 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
             params, global_params = validate_params(spec, per_model, global_raw)
         except RecipeError as e:
             raise RecipeError(f"{where}{cname} tensor {name}: {e}") from None
+        params = plan_statistics(spec, params, others, [name] * len(others), name, opener.folder,
+                                 f"{where}{cname}: ")
         merged = [comps[r].tensors[name] for r in others]
         base = comps[base_ref].tensors[name] if base_ref is not None else None
         all_inputs = merged + ([base] if base is not None else [])

@@ -3,7 +3,8 @@
 Output layers are numbered in slice order. Layer `i` of a slice is merged from layer `start + i` of each
 source (sources may start at different layers); gradients run over the slice's layers (t = i / (n - 1), 1
 for a one-layer slice). A value comes from the source's `parameters`, then the slice's, then the global ones;
-per-model values are read with the source's own tensor name, shared ones with the output's. The embeddings
+per-model values are read with the source's own tensor name, shared ones with the output's; so are the entries
+of a source's `statistics` file (regmean, fisher). The embeddings
 come from the first slice's sources and the other tensors outside the layers (final norm, head) from the
 last slice's, at t = 0. The output config gets the new layer count, and per-layer config lists (such as
 `layer_types`) follow the layers they came from.
@@ -41,6 +42,7 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, spec, *, dtyp
     """The tasks of a `slices:` section whose method (`spec`), dtypes and parameter names plan_merge_section has
     already looked up and checked."""
     from ..methods import check_inputs, validate_params
+    from ..methods._statistics import plan_statistics
 
     refs = section.input_models()
     reference_ref = section.base_model or section.slices[0].sources[0].model
@@ -71,6 +73,9 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, spec, *, dtyp
             params, global_params = validate_params(spec, per_model, shared)
         except RecipeError as e:
             raise RecipeError(f"{at} ({out_name}): {e}") from None
+        # statistics files are keyed by each input's own tensor names, not the output's renumbered ones
+        params = plan_statistics(spec, params, [s.model for s in others], [names[s.model] for s in others],
+                                 out_name, opener.folder, f"{at}: ")
         merged = [tensors[s.model] for s in others]
         base = tensors[base_ref] if base_ref is not None else None
         shapes = {tuple(x.shape) for x in tensors.values()}
