@@ -8,12 +8,14 @@ Nothing is downloaded: every model is built from a config with random weights, e
     llava/                 a tiny LLaVA with its processor and chat template (the README's main model)
     llava-a/, llava-b/     two "fine-tunes" of it (its weights plus small changes), for merge and extract-lora
     recipe.yml             a ties merge of llava-a and llava-b on llava, written as a LLaVA
+    regmean.yml            a regmean merge of llava-a and llava-b with the statistics `mmmerge calibrate` writes
     families/TYPE/         a tiny checkpoint with its processor of each of the 15 multimodal families
     clip/ siglip/ dinov2/ vit/          transformers vision encoders with their image processors
     open_clip/ timm_siglip/ timm_vit/   vision encoders in open_clip's and timm's hub layouts
     llama/                 a causal LM with its tokenizer and chat template (its words cover the captions)
     world/captions.jsonl   image-caption pairs (images in world/train/) for `stitch --align-data`
     world/questions.json, world/annotations.json, world/val/   a small VQA set in the official VQAv2 files
+    world/qa.jsonl         image questions with answers (images in world/train/), calibration data for `calibrate`
 """
 
 import json
@@ -51,6 +53,15 @@ models:
     parameters: {weight: 1.0, density: 0.5}
   - model: llava-b
     parameters: {weight: 1.0, density: 0.5}
+"""
+REGMEAN = """\
+# regmean: each linear layer's least-squares merge from its inputs' statistics (`mmmerge calibrate`)
+merge_method: regmean
+models:
+  - model: llava-a
+    parameters: {statistics: stats/llava-a.safetensors}
+  - model: llava-b
+    parameters: {statistics: stats/llava-b.safetensors}
 """
 WORLD = dict(train_scenes=32, eval_scenes=2)  # 32 captioned images; 10 questions of five types
 
@@ -127,7 +138,8 @@ def main(root: str = "tiny") -> Path:
         for name, make in steps:
             make(root / name)
     (root / "recipe.yml").write_text(RECIPE)
-    print(f"wrote {len(steps)} models and data sets and recipe.yml to {root}")
+    (root / "regmean.yml").write_text(REGMEAN)
+    print(f"wrote {len(steps)} models and data sets, recipe.yml and regmean.yml to {root}")
     return root
 
 

@@ -55,6 +55,16 @@ def cmd_merge(args) -> None:
           quiet=args.quiet, threads=args.threads, offline=True if args.offline else None)
 
 
+def cmd_calibrate(args) -> None:
+    from .calibration import collect_statistics
+
+    out = collect_statistics(args.model, args.data, args.out, device=args.device, batch_size=args.batch_size,
+                             kinds=args.kinds, max_examples=args.limit, image_folder=args.image_folder,
+                             force=args.force, progress=not args.quiet)
+    if not args.quiet:
+        print(f"wrote {args.kinds} statistics of {args.model} to {out}")
+
+
 def stitch_options(args):
     """The StitchOptions of a `stitch` command line: one flag per field (`--quiet` is `progress=False`)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(StitchOptions) if f.name != "progress"}
@@ -168,6 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     s.set_defaults(func=cmd_merge)
+
+    s = sub.add_parser("calibrate", help="statistics of a model on calibration data for the regmean and fisher merges")
+    s.add_argument("model", type=Path, help="a transformers folder: a causal LM (text data) or an image-text-to-text "
+                   "model with its processor (image questions)")
+    s.add_argument("--data", type=Path, required=True, help="calibration JSONL: {\"image\", \"question\"} per line "
+                   "(as eval's jsonl task) or text only ({\"question\"} or {\"text\"}); an answer is appended")
+    s.add_argument("--out", type=Path, required=True, help="statistics file to write (safetensors), named by "
+                   "`statistics:` in a recipe")
+    s.add_argument("--kinds", default="gram,fisher", help="gram (regmean), fisher (fisher) or both (default: gram,fisher)")
+    s.add_argument("--batch-size", type=int, default=8, help="examples per forward pass of the gram pass")
+    s.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    s.add_argument("--image-folder", type=Path, help="where the JSONL's images are (default: the JSONL's folder)")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    s.add_argument("--force", action="store_true", help="replace a statistics file mmmerge wrote (nothing else)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("stitch", help="vision encoder + projector + causal LLM -> one LLaVA checkpoint with its processor")
     s.add_argument("--vision", type=Path, required=True, help="vision encoder: open_clip, timm, transformers or a LLaVA")
