@@ -15,8 +15,8 @@ from mmmerge.adapters.families import FAMILIES
 from mmmerge.adapters.hf_export import model_class, save_hf
 from mmmerge.io import reader
 from mmmerge.io.writer import write_safetensors
-from test_adapter_open_clip import VISION, make_folder
-from test_adapter_timm import SMALL, make_timm
+from open_clip_sources import VISION, make_folder
+from timm_sources import SMALL, make_timm
 from tiny import clip_vision_config, llama_config, randomize
 
 

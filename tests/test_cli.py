@@ -1,7 +1,5 @@
 """The `mmmerge` command as a user runs it: output, exit codes, one-line errors, nothing half-written."""
 
-import contextlib
-import io
 import json
 import pickle
 import subprocess
@@ -11,16 +9,8 @@ import pytest
 import torch
 import transformers
 
-from mmmerge.cli import main
+from cli_run import one_line_error, run
 from tiny import clip_vision_config, llava_config, randomize
-
-
-def run(*args):
-    """The command in this process (importing torch in a new one costs seconds); `test_real_process` covers that path."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_real_process(tmp_path):
@@ -63,13 +53,6 @@ def test_convert_writes_a_loadable_tower(tmp_path):
     r = run("convert", tmp_path / "clip", "--out", tmp_path / "out")
     assert r.returncode == 2 and "not empty" in r.stderr and "--force" in r.stderr
     assert run("convert", tmp_path / "clip", "--out", tmp_path / "out", "--force").returncode == 0
-
-
-def one_line_error(r, *needles):
-    assert r.returncode == 2
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-    for n in needles:
-        assert n in r.stderr, r.stderr
 
 
 def test_unknown_input_is_one_line(tmp_path):

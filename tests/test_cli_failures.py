@@ -10,7 +10,7 @@ import yaml
 
 import mmmerge.cli as cli
 from mmmerge.signals import Terminated
-from test_cli import one_line_error, run
+from cli_run import one_line_error, run
 from tiny_world import build_world
 
 

@@ -9,7 +9,7 @@ import mmmerge
 from mmmerge.cli import main
 from mmmerge.demo import build_language, build_vision, build_world
 from mmmerge.errors import MMMergeError, UntrainedProjectorWarning
-from test_cli import one_line_error, run
+from cli_run import one_line_error, run
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,6 @@ def test_api_names_stay_functions_after_their_modules_are_imported(parts, tmp_pa
 
 def test_methods_lists_every_method_and_describes_one():
     from mmmerge.methods import REGISTRY
-    from test_cli import run
 
     r = run("methods")
     assert r.returncode == 0

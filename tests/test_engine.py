@@ -19,7 +19,7 @@ from mmmerge import merge
 from mmmerge.engine import evaluate_setting, load_recipe, plan_merge
 from mmmerge.engine.parameters import layer_position
 from mmmerge.errors import MMMergeError, RecipeError
-from test_cli import one_line_error, run
+from cli_run import one_line_error, run
 from tiny import llama_config, llava_config, randomize
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -401,7 +401,7 @@ def test_cuda_unavailable_is_one_line(models, tmp_path, monkeypatch):
 
 
 def test_open_clip_towers_merge_into_a_transformers_vision_model(tmp_path):
-    from test_adapter_open_clip import VISION, make_folder
+    from open_clip_sources import VISION, make_folder  # open_clip costs seconds to import: only here
 
     from mmmerge.adapters import open_checkpoint
 
@@ -423,7 +423,7 @@ def test_open_clip_towers_merge_into_a_transformers_vision_model(tmp_path):
 def test_open_clip_and_transformers_towers_merge_in_one_section(tmp_path):
     """Cross-library: an open_clip fine-tune merged onto a transformers CLIP base. open_clip's projection head,
     which the transformers tower lacks, is left out with a note instead of failing the merge."""
-    from test_adapter_open_clip import VISION, make_folder
+    from open_clip_sources import VISION, make_folder  # open_clip costs seconds to import: only here
 
     from mmmerge.adapters import open_checkpoint
     from mmmerge.adapters.hf_export import save_hf

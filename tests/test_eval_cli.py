@@ -10,7 +10,7 @@ import pytest
 
 import eval_data
 from mmmerge import evaluate
-from test_cli import one_line_error, run
+from cli_run import one_line_error, run
 from tiny_llava import build_tiny_llava
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 from mmmerge.eval import chart
 from mmmerge.eval.compare import CompareError, analyse, compare, load_run
 from mmmerge.eval.stats import bootstrap_ci, mcnemar_exact, paired_test
-from test_cli import one_line_error, run
+from cli_run import one_line_error, run
 
 
 def test_mcnemar_by_hand():

@@ -12,7 +12,7 @@ import eval_data
 from mmmerge import evaluate
 from mmmerge.eval.generate import Generator, ModelLoadError, build_prompt, load_model
 from mmmerge.eval.tasks import EvalDataError
-from test_eval_metrics import official_report
+from official_vqa import official_report
 
 
 def read_out(out):

@@ -161,7 +161,7 @@ def test_language_component_is_the_text_only_model(model_type, saved):
 
 # ---- inspect and bad input, through the command a user runs ------------------------------------------------------
 
-from test_cli import one_line_error, run  # noqa: E402
+from cli_run import one_line_error, run  # noqa: E402
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_5_vl", "mllama", "gemma3"])

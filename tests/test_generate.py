@@ -8,7 +8,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import eval_data
 import mmmerge
-from test_cli import one_line_error, run
+from cli_run import one_line_error, run
 from tiny_vlm_processors import build_tiny_vlm
 
 QUESTION = "what is the color of the dog ?"

@@ -17,7 +17,7 @@ from mmmerge.images import DEFAULT_MAX_PIXELS, image_size
 from mmmerge.io import read_tensors
 from mmmerge.io.reader import SAFETENSORS_DTYPES
 from mmmerge.io.safetensors_header import DTYPE_BYTES
-from test_cli import one_line_error, run
+from cli_run import one_line_error, run
 from tiny_world import build_world
 
 

@@ -7,7 +7,7 @@ import torch
 from mergekit.merge_methods import merge_tensors as mergekit_merge_tensors
 
 from mmmerge.methods import merge_tensor
-from test_methods import make_inputs
+from mergekit_oracle import make_inputs
 
 CASES = {
     "task_arithmetic": ({}, {"lambda": 0.7}),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmmerge.methods import REGISTRY, merge_tensor
-from test_methods import SHAPES, WD, assert_matches, make_inputs, mergekit_result
+from mergekit_oracle import SHAPES, WD, assert_matches, make_inputs, mergekit_result
 
 RANDOM = [
     ("dare_linear", WD([(0.2, 0.3), (0.5, 0.5), (1.0, 0.9)]), {}),

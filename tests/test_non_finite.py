@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from mmmerge.engine import merge
 from mmmerge.errors import NonFiniteError
 from mmmerge.methods import REGISTRY, merge_tensor
-from test_cli import one_line_error, run
+from cli_run import one_line_error, run
 from tiny_world import build_world, make_lora, snapshot
 
 BAD_TENSOR = "model.layers.0.mlp.up_proj.weight"

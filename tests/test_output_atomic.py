@@ -18,7 +18,7 @@ import yaml
 
 from mmmerge.errors import OutputExistsError
 from mmmerge.io import atomic_output_dir
-from test_cli import one_line_error, run
+from cli_run import one_line_error, run
 from tiny_world import build_world, snapshot
 
 

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from test_cli import one_line_error, run
+from cli_run import one_line_error, run
 from tiny_world import build_world, snapshot
 
 

@@ -12,31 +12,12 @@ import timm.data
 import torch
 import torch.nn.functional as F
 import transformers
-from PIL import Image
 
 from mmmerge import stitch
-from tiny import llama_config, max_diff, randomize
-from tiny_tokenizer import make_tokenizer
-from test_adapter_open_clip import VISION, make_folder, open_clip_states
-from test_adapter_timm import SMALL, make_timm, timm_forward
-
-PROMPT = "<image>\nwhat color is the shape ?"
-
-
-def make_lm(folder, tied=False, seed=0):
-    tok = make_tokenizer(folder)
-    torch.manual_seed(seed)
-    lm = randomize(transformers.LlamaForCausalLM(llama_config(vocab_size=len(tok), tie_word_embeddings=tied)), seed)
-    lm.save_pretrained(folder)
-    return folder
-
-
-def image(size, seed=0):
-    """A smooth random RGB image (resampling differences stay small)."""
-    g = torch.Generator().manual_seed(seed)
-    small = (torch.rand(3, 6, 6, generator=g) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(small).resize(size, Image.BILINEAR)
-
+from tiny import max_diff, randomize
+from open_clip_sources import VISION, make_folder, open_clip_states
+from stitch_parts import PROMPT, image, make_lm
+from timm_sources import SMALL, make_timm, timm_forward
 
 # ---- source encoders: (hidden states as the source library computes them, its own preprocessing) ----------------
 

@@ -13,8 +13,7 @@ from PIL import Image
 from scipy.linalg import orthogonal_procrustes
 
 from mmmerge import stitch
-from test_stitch import image, make_lm
-from test_stitch_sources import load_checked, make_vision
+from stitch_parts import image, load_checked, make_lm, make_vision
 from tiny_tokenizer import SENTENCES
 
 PAIRS = 40  # more than the 33 unknowns per output of an affine map from 32 features: an overdetermined fit

@@ -5,9 +5,8 @@ import pytest
 import torch
 import transformers
 
-from test_cli import one_line_error, run
-from test_stitch import PROMPT, image, make_lm
-from test_stitch_sources import load_checked, make_vision
+from cli_run import one_line_error, run
+from stitch_parts import PROMPT, image, load_checked, make_lm, make_vision
 from tiny import llama_config, max_diff
 from tiny_llava import build_tiny_llava
 

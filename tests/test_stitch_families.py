@@ -8,7 +8,7 @@ import transformers
 import tiny_families as F
 from mmmerge import stitch
 from mmmerge.errors import MMMergeError
-from test_stitch import PROMPT, image, make_lm
+from stitch_parts import PROMPT, image, make_lm
 
 HELD = ["llava", "llava_next", "llava_onevision", "gemma3", "paligemma", "aya_vision", "idefics3", "smolvlm", "internvl"]
 REFUSED = {"qwen2_5_vl": "flattened patches", "qwen3_vl": "flattened patches", "glm4v": "flattened patches",

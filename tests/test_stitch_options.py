@@ -11,8 +11,7 @@ import mmmerge
 from mmmerge.cli import build_parser, stitch_options
 from mmmerge.errors import UntrainedProjectorWarning
 from mmmerge.stitching import StitchOptions
-from test_stitch import make_lm
-from test_stitch_sources import make_vision
+from stitch_parts import make_lm, make_vision
 
 REQUIRED = ["stitch", "--vision", "v", "--language", "l", "--projector-type", "linear", "--out", "o"]
 NOT_OPTIONS = {"command", "func", "debug", "vision", "language", "out", "quiet"}  # inputs, and the CLI's own flags

@@ -12,21 +12,12 @@ import transformers
 
 from mmmerge import stitch
 from mmmerge.projectors import build, from_state_dict, save_projector
-from test_stitch import PROMPT, image, make_lm
-from tiny import clip_vision_config, llama_config, max_diff, randomize
+from stitch_parts import PROMPT, image, load_checked, make_lm, make_vision
+from tiny import llama_config, max_diff, randomize
 from tiny_llava import build_tiny_llava
 from tiny_tokenizer import SENTENCES, make_tokenizer
 
 PX = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-
-
-def make_vision(folder, seed=0, hidden_size=32):
-    """A transformers CLIP vision tower with its image processor (32x32 images, 16 patches + a class token)."""
-    torch.manual_seed(seed)
-    randomize(transformers.CLIPVisionModel(clip_vision_config(hidden_size=hidden_size)), seed).save_pretrained(folder)
-    processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor.save_pretrained(folder)
-    return folder
 
 
 def tower_states(folder, px=PX):
@@ -40,12 +31,6 @@ def image_features(folder, px=PX):
     model = transformers.LlavaForConditionalGeneration.from_pretrained(folder).eval()
     with torch.no_grad():
         return torch.stack(model.model.get_image_features(pixel_values=px).pooler_output)
-
-
-def load_checked(folder):
-    model, info = transformers.LlavaForConditionalGeneration.from_pretrained(folder, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-    return model.eval(), transformers.AutoProcessor.from_pretrained(folder)
 
 
 def generates(model, processor):
