@@ -8,6 +8,7 @@ Nothing is downloaded: every model is built from a config with random weights, e
     llava/                 a tiny LLaVA with its processor and chat template (the README's main model)
     llava-a/, llava-b/     two "fine-tunes" of it (its weights plus small changes), for merge and extract-lora
     recipe.yml             a ties merge of llava-a and llava-b on llava, written as a LLaVA
+    search.yml             a search of the ties merge's weights and densities, scored on world/'s questions
     regmean.yml            a regmean merge of llava-a and llava-b with the statistics `mmmerge calibrate` writes
     families/TYPE/         a tiny checkpoint with its processor of each of the 15 multimodal families
     clip/ siglip/ dinov2/ vit/          transformers vision encoders with their image processors
@@ -62,6 +63,23 @@ models:
     parameters: {statistics: stats/llava-a.safetensors}
   - model: llava-b
     parameters: {statistics: stats/llava-b.safetensors}
+"""
+SEARCH = """\
+# search: optuna chooses each fine-tune's weight and the density; every candidate is merged in memory
+# and scored on the VQA questions (half of them choose, the other half are the held-out test)
+merge_method: ties
+base_model: llava
+models:
+  - model: llava-a
+    parameters: {weight: {search: [0.0, 1.0]}, density: {search: [0.2, 1.0]}}
+  - model: llava-b
+    parameters: {weight: {search: [0.0, 1.0]}, density: {search: [0.2, 1.0]}}
+search:
+  trials: 8
+  objective: score
+  tasks:
+    - {task: vqav2, questions: world/questions.json, annotations: world/annotations.json, images: world/val,
+       split: 0.5}
 """
 WORLD = dict(train_scenes=32, eval_scenes=2)  # 32 captioned images; 10 questions of five types
 
@@ -139,6 +157,7 @@ def main(root: str = "tiny") -> Path:
             make(root / name)
     (root / "recipe.yml").write_text(RECIPE)
     (root / "regmean.yml").write_text(REGMEAN)
+    (root / "search.yml").write_text(SEARCH)
     print(f"wrote {len(steps)} models and data sets, recipe.yml and regmean.yml to {root}")
     return root
 

@@ -8,12 +8,12 @@ import importlib
 
 __version__ = "0.1.0"
 __all__ = ["load", "describe", "convert", "merge", "stitch", "StitchOptions", "generate", "evaluate", "compare",
-           "finetune", "read_examples", "caption_examples", "Example", "Checkpoint", "Component", "LazyTensor",
+           "search", "finetune", "read_examples", "caption_examples", "Example", "Checkpoint", "Component", "LazyTensor",
            "__version__"]
 
 _WHERE = {"load": (".adapters", "open_checkpoint"), "describe": (".inspect", "describe"),
           "convert": (".conversion", "convert"), "merge": (".engine", "merge"), "stitch": (".stitching", "stitch"),
-          "StitchOptions": (".stitching", "StitchOptions"),
+          "StitchOptions": (".stitching", "StitchOptions"), "search": (".searching", "search"),
           "generate": (".eval.ask", "generate"), "evaluate": (".eval", "evaluate"),
           "compare": (".eval.compare", "compare"), "finetune": (".demo.finetune", "finetune"),
           "read_examples": (".demo.finetune", "read_examples"), "caption_examples": (".demo.finetune", "caption_examples"),

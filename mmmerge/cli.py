@@ -141,6 +141,14 @@ def cmd_demo(args) -> None:
     run_demo(args.out, device=args.device, seed=args.seed, progress=not args.quiet, force=args.force)
 
 
+def cmd_search(args) -> None:
+    from .searching import search
+
+    search(args.spec, args.out, device=args.device, trials=args.trials, timeout=args.timeout, storage=args.storage,
+           worker=args.worker, write_model=args.write_model, force=args.force, quiet=args.quiet,
+           offline=True if args.offline else None)
+
+
 def add_image_limit(s: argparse.ArgumentParser) -> None:
     from .images import DEFAULT_MAX_PIXELS
 
@@ -285,6 +293,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--one-line", action="store_true", help="stop at the end of the first line, as `eval` does")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("search", help="merge coefficients chosen by optuna, each candidate merged in memory and scored "
+                                      "on a dev split; run again to resume")
+    s.add_argument("spec", help="a recipe whose searched values are {search: [LOW, HIGH]} or {choice: [...]}, "
+                                "with a `search:` section (tasks, budget, objective)")
+    s.add_argument("--out", type=Path, required=True, help="output folder: study.db, best_recipe.yml, trials.csv, "
+                                                          "history.png, importance.png, result.json")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank its own GPU)")
+    s.add_argument("--trials", type=int, default=None, help="finished trials in all (overrides the spec's)")
+    s.add_argument("--timeout", type=float, default=None, help="seconds this process takes trials for")
+    s.add_argument("--storage", default=None, help="an optuna storage URL other processes share (default: "
+                                                   "SQLite in --out)")
+    s.add_argument("--worker", action="store_true", help="only take trials of the study in --storage (or --out); "
+                                                        "another process writes the outputs")
+    s.add_argument("--write-model", action="store_true", help="also write the best candidate to OUT/model")
+    s.add_argument("--offline", action="store_true", help="hub IDs from the local Hugging Face cache only")
+    s.add_argument("--force", action="store_true", help="start again in a previous mmmerge output (nothing else)")
+    s.add_argument("--quiet", action="store_true", help="no line per trial")
+    s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("demo", help="the whole pipeline on a synthetic VQA world: base, specialists, merges, report")
     s.add_argument("--out", type=Path, default=Path("mmmerge-demo"), help="output folder (default: ./mmmerge-demo)")

@@ -292,11 +292,13 @@ def one_random_stream(tasks: list[TensorTask], seed: int) -> list[TensorTask]:
     return sorted(tasks, key=lambda t: t.label or t.name)
 
 
-def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None = None) -> Plan:
+def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None = None,
+               opener: Opener | None = None) -> Plan:
+    """`opener`: checkpoints already opened (a search plans many candidates over the same inputs)."""
     notes: list[str] = []
     warnings: list[str] = []
     ignored_keys(recipe, notes, warnings)
-    opener = Opener(recipe.folder, offline=offline)
+    opener = opener or Opener(recipe.folder, offline=offline)
     components: dict[str, ComponentPlan] = {}
     if recipe.merge is not None:
         section = recipe.merge

@@ -31,17 +31,29 @@ class ProcessorError(MMMergeError):
 
 def load_model(path, device: str, progress: bool = True):
     """An image-text-to-text checkpoint and its processor, from a local folder only, in float32 on `device`."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     from ..adapters.hf_common import transformers_bars
 
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"{path}: no such model folder")
+    processor = load_processor(path)
     try:
         with transformers_bars(progress):
-            processor = AutoProcessor.from_pretrained(path, local_files_only=True)
             model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as e:
+        raise ModelLoadError(f"{path}: cannot load an image-text-to-text model with its processor "
+                             f"({first_line(e)})") from e
+    return model.to(device).eval(), processor
+
+
+def load_processor(path: Path):
+    """A model folder's processor, set up for batched generation (left padding, a pad token)."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError, ImportError) as e:
         # ImportError: a processor's optional dependency (SmolVLM's needs num2words).
         raise ModelLoadError(f"{path}: cannot load an image-text-to-text model with its processor "
@@ -51,7 +63,7 @@ def load_model(path, device: str, progress: bool = True):
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token_id is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    return model.to(device).eval(), processor
+    return processor
 
 
 def _probe_image() -> Image.Image:

@@ -62,7 +62,7 @@ class RunningScore:
         return f"score {100 * self.total / self.count:.1f}% of {self.count}"
 
 
-def _fill(template: str, question: str) -> str:
+def fill_prompt(template: str, question: str) -> str:
     return template.replace("{question}", question)
 
 
@@ -99,24 +99,10 @@ def evaluate(model, task, *, questions=None, annotations=None, images=None, data
     ranks = D.setup(device)
     try:
         model_obj, processor = load_model(model, ranks.device, progress=False)  # our own bar says enough
-        prompts = [build_prompt(processor, _fill(template, s.question)) for s in samples]
-        # Longest first, so a batch holds prompts of similar length (little padding); ranks take every
-        # world-th one, so their shares are alike.
-        # (Counted as the prompts are encoded: a BOS the chat template wrote is not added again.)
-        lengths = prompt_lengths(processor, prompts)
-        order = sorted(range(len(samples)), key=lambda i: -lengths[i])[ranks.rank::ranks.world]
-        gen = Generator(model_obj, processor, max_new_tokens=max_new_tokens, name=model,
-                        stop_strings=("\n",) if t.one_line else ())
-        raw = {}
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        score = RunningScore(t)
-        bar = tqdm(batches, desc=f"eval {t.name}", unit="batch", disable=not progress or not ranks.main)
-        for batch in bar:
-            ims = [_open_image(samples[i].image, questions, samples[i].question_id) for i in batch]
-            answers = gen([prompts[i] for i in batch], ims)
-            raw.update(zip(batch, answers))
-            if score.add([samples[i] for i in batch], answers):
-                bar.set_postfix_str(score.text(), refresh=False)
+        prompts = [build_prompt(processor, fill_prompt(template, s.question)) for s in samples]
+        raw = answer_samples(model_obj, processor, t, samples, prompts, batch_size=batch_size,
+                             max_new_tokens=max_new_tokens, source=questions, name=model, share=(ranks.rank, ranks.world),
+                             progress=progress and ranks.main)
         shards = D.gather(raw, ranks)
         metrics = None
         if ranks.main:
@@ -131,6 +117,31 @@ def evaluate(model, task, *, questions=None, annotations=None, images=None, data
         return D.broadcast(metrics, ranks)
     finally:
         D.teardown(ranks)
+
+
+def answer_samples(model, processor, task: EvalTask, samples, prompts: list[str], *, batch_size: int, max_new_tokens: int,
+                   source, name, share: tuple[int, int] = (0, 1), progress: bool = False) -> dict[int, str]:
+    """Raw answers of a loaded model (sample index -> text) to this process's share (rank, world) of the
+    samples: the runner's loop, also used on models merged in memory (search)."""
+    # Longest first, so a batch holds prompts of similar length (little padding); ranks take every
+    # world-th one, so their shares are alike.
+    # (Counted as the prompts are encoded: a BOS the chat template wrote is not added again.)
+    lengths = prompt_lengths(processor, prompts)
+    rank, world = share
+    order = sorted(range(len(samples)), key=lambda i: -lengths[i])[rank::world]
+    gen = Generator(model, processor, max_new_tokens=max_new_tokens, name=name,
+                    stop_strings=("\n",) if task.one_line else ())
+    raw = {}
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    score = RunningScore(task)
+    bar = tqdm(batches, desc=f"eval {task.name}", unit="batch", disable=not progress)
+    for batch in bar:
+        ims = [_open_image(samples[i].image, source, samples[i].question_id) for i in batch]
+        answers = gen([prompts[i] for i in batch], ims)
+        raw.update(zip(batch, answers))
+        if score.add([samples[i] for i in batch], answers):
+            bar.set_postfix_str(score.text(), refresh=False)
+    return raw
 
 
 def _score_and_write(task: EvalTask, samples, prompts, raws, out: Path, run: dict) -> dict:

@@ -1,0 +1,247 @@
+"""`mmmerge search`: merge coefficients chosen by optuna, each candidate scored with vision-language questions.
+
+    from mmmerge import search
+    result = search("search.yml", "search-out/")      # best_recipe.yml, trials.csv, plots, result.json
+    result.best_params, result.test_scores
+
+A spec is a recipe in which some values are ranges or choices (space.py) plus a `search:` section (spec.py).
+Candidates are merged in memory into one model (candidate.py) and scored on the dev split (objectives.py);
+the study lives in optuna's storage, so it resumes and takes trials from several processes (study.py). The
+best candidate is written as a plain recipe; its test score is computed once, after the search.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import optuna
+
+from ..errors import MMMergeError, RecipeError
+from ..io.atomic import atomic_write_text
+from ..io.claim import claim_output
+from ..io.guard import MARKER, is_previous_output, write_marker
+from ..signals import deferred_signals
+from . import outputs, study as S
+from .candidate import Candidates
+from .objectives import Scorer, agreement
+from .space import Dimension, active, bind
+from .spec import Spec, load_spec
+
+
+@dataclass
+class SearchResult:
+    out: Path | None
+    best_params: dict
+    best_value: float
+    best_recipe: dict
+    dev_scores: dict = field(default_factory=dict)
+    test_scores: dict = field(default_factory=dict)
+    trials: int = 0
+
+
+def _ranks() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def neighbour(values: dict, dims: list[Dimension], step: float) -> dict:
+    """The candidate a small step away: every searched range moved by `step` of its width (inwards at an end)."""
+    out = dict(values)
+    for d in dims:
+        if d.name not in values or d.choices is not None:
+            continue
+        delta = step * (d.high - d.low)
+        if d.integer:
+            delta = max(1, round(delta))
+        moved = values[d.name] + delta
+        out[d.name] = moved if moved <= d.high else values[d.name] - delta
+    return out
+
+
+def lowest(dims: list[Dimension]) -> dict:
+    """Every searched value at the low end of its range (or its first choice)."""
+    return {d.name: d.choices[0] if d.choices is not None else (int(d.low) if d.integer else d.low) for d in dims}
+
+
+def check_space(spec: Spec, candidates: Candidates) -> None:
+    """Every end of every range and every choice plans (the method accepts it) before any trial runs: all
+    values at their low ends, then each one at its other ends."""
+    low = lowest(spec.dimensions)
+
+    def plans(values: dict, what: str) -> None:
+        try:
+            candidates.plan(bind(spec.recipe, spec.dimensions, values))
+        except MMMergeError as e:
+            raise RecipeError(f"{spec.where}: {what} does not make a valid recipe: {e}") from None
+
+    plans(low, "the searched values at the low ends of their ranges")
+    for d in spec.dimensions:
+        ends = list(d.choices[1:]) if d.choices is not None else [int(d.high) if d.integer else d.high]
+        for p in ends:
+            plans({**low, d.name: p}, f"searched value {d.name} = {p!r}")
+
+
+class Objective:
+    """One trial: the candidate's values, its merge in memory, its score."""
+
+    def __init__(self, spec: Spec, candidates: Candidates, scorer: Scorer | None, *, say, custom=None,
+                 budget: int | None = None):
+        self.spec, self.candidates, self.scorer, self.say, self.custom = spec, candidates, scorer, say, custom
+        self.budget = budget
+
+    def values(self, trial) -> dict:
+        dims = self.spec.dimensions
+        chosen = {d.name: d.suggest(trial) for d in dims if d.parameter is None}  # methods first: they decide the rest
+        for d in active(dims, self.spec.recipe, chosen):
+            if d.name not in chosen:
+                chosen[d.name] = d.suggest(trial)
+        return chosen
+
+    def __call__(self, trial) -> float:
+        if self.budget is not None and S.finished(trial.study) >= self.budget:
+            trial.study.stop()  # met by other processes while this one asked for a trial: run no more
+            raise optuna.TrialPruned("the study had its trials")
+        start = time.perf_counter()
+        values = self.values(trial)
+        recipe = bind(self.spec.recipe, self.spec.dimensions, values)
+        self.candidates.load(recipe)
+        kind = self.spec.settings.objective
+        trial.set_user_attr("process", f"{socket.gethostname()}:{os.getpid()}")
+        if self.custom is not None:
+            value = float(self.custom(self.candidates.model, self.candidates.processor))
+        elif kind == "score":
+            scores = self.scorer.task_scores("dev")
+            for task, v in scores.items():
+                trial.set_user_attr(f"dev_{task}", v)
+            value = sum(scores.values()) / len(scores)
+        elif kind == "entropy":
+            value = -self.scorer.entropy()
+            trial.set_user_attr("entropy", -value)
+        else:
+            first = self.scorer.all_answers()
+            near = neighbour(values, self.spec.dimensions, self.spec.settings.agreement_step)
+            self.candidates.load(bind(self.spec.recipe, self.spec.dimensions, near))
+            value = agreement(first, self.scorer.all_answers())
+        trial.set_user_attr("merge_seconds_and_score", round(time.perf_counter() - start, 3))
+        self.say(f"trial {trial.number}: {value:.4g}  " + ", ".join(f"{k}={_short(v)}" for k, v in values.items()))
+        return value
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", trials: int | None = None,
+           timeout: float | None = None, storage: str | None = None, worker: bool = False, write_model: bool = False,
+           force: bool = False, quiet: bool = False, offline: bool | None = None,
+           objective: Callable | None = None) -> SearchResult | None:
+    """Search the spec's ranges; write OUT/best_recipe.yml, trials.csv, history.png, importance.png, result.json
+    (and OUT/model with `write_model`). Run again on the same OUT to resume. `storage`: an optuna storage URL
+    that other processes share (default: SQLite in OUT); `worker`: only take trials of that study (another
+    process writes the outputs). Under torchrun every rank takes trials and rank 0 writes. Returns the result
+    (None for a worker or a rank other than 0).
+    `objective(model, processor) -> float` (Python only) replaces the spec's objective: the search maximises it
+    over the candidates, each merged into `model` in memory."""
+    parsed = load_spec(spec, custom_objective=objective is not None)
+    rank, world = _ranks()
+    if device == "cuda" and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    out = Path(out)
+    say = (lambda text: None) if quiet or rank else (lambda text: print(text, flush=True))
+    S.quiet_optuna()
+    url = storage or S.default_storage(out)
+    helper = worker or rank != 0
+    if helper:
+        candidates = Candidates(parsed.folder, device=device, seed=parsed.settings.merge_seed, offline=offline)
+        candidates.build(bind(parsed.recipe, parsed.dimensions, lowest(parsed.dimensions)))
+        scorer = _scorer(parsed, candidates)
+        if storage is None:  # the main process makes OUT and the study in it
+            S.wait_for_file(out / "study.db", also=out / MARKER)
+        study = S.open_study(parsed.settings, url, rank=rank or 1, create=False)
+        S.run_trials(study, Objective(parsed, candidates, scorer, say=say, custom=objective,
+                                         budget=trials or parsed.settings.trials), parsed.settings, trials=trials,
+                     timeout=timeout)
+        return None
+    resuming = out.is_dir() and is_previous_output(out) and (out / "study.db").is_file() and not force
+    data = [spec] if isinstance(spec, (str, Path)) else []
+    with claim_output(out, force=force and not resuming, data=data, deferred_check=resuming) as target:
+        candidates = Candidates(parsed.folder, device=device, seed=parsed.settings.merge_seed, offline=offline)
+        check_space(parsed, candidates)
+        candidates.build(bind(parsed.recipe, parsed.dimensions, lowest(parsed.dimensions)))
+        for w in candidates.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        scorer = _scorer(parsed, candidates)
+        if not resuming:
+            with deferred_signals():
+                if target.exists():
+                    shutil.rmtree(target)
+                target.mkdir(parents=True)
+                write_marker(target)
+        study = S.open_study(parsed.settings, url, rank=0, create=True)
+        if resuming and world == 1 and storage is None:
+            abandoned = S.fail_abandoned(study)
+            say(f"resuming: {S.finished(study)} finished trial(s) kept" +
+                (f", {abandoned} left running by a stopped run failed" if abandoned else ""))
+        S.run_trials(study, Objective(parsed, candidates, scorer, say=say, custom=objective,
+                                         budget=trials or parsed.settings.trials), parsed.settings, trials=trials,
+                     timeout=timeout)
+        S.wait_for_others(study)
+        return _write_outputs(parsed, study, candidates, scorer, target, write_model=write_model, device=device,
+                              say=say, quiet=quiet)
+
+
+def _scorer(spec: Spec, candidates: Candidates) -> Scorer | None:
+    if not spec.splits:
+        return None
+    return Scorer(candidates.model, candidates.processor, spec.splits, batch_size=spec.settings.batch_size,
+                  max_new_tokens=spec.settings.max_new_tokens)
+
+
+def _write_outputs(spec: Spec, study, candidates: Candidates, scorer: Scorer, out: Path, *, write_model: bool,
+                   device: str, say, quiet: bool) -> SearchResult:
+    from .. import __version__
+
+    if S.finished(study) == 0:
+        raise RecipeError(f"{out}: the search finished no trial (budget too small?)")
+    best = study.best_trial
+    recipe = outputs.portable_recipe(bind(spec.recipe, spec.dimensions, best.params), spec.folder)
+    candidates.load(recipe)
+    labelled = scorer is not None and any(s.dev[0].target is not None for s in spec.splits)
+    dev = scorer.task_scores("dev") if labelled else {}
+    test = scorer.task_scores("test") if scorer is not None and any(s.test for s in spec.splits) else {}
+    header = (f"# written by mmmerge {__version__} search: trial {best.number} of {len(study.trials)}, "
+              f"{spec.settings.objective} {best.value:.6g} on the dev split\n")
+    atomic_write_text(out / "best_recipe.yml", outputs.recipe_yaml(recipe, header))
+    atomic_write_text(out / "trials.csv", outputs.trials_csv(study))
+    outputs.plot_history(study, out / "history.png", spec.settings.objective)
+    why_no_importance = outputs.plot_importance(study, out / "importance.png")
+    result = {
+        "objective": spec.settings.objective, "sampler": spec.settings.sampler, "seed": spec.settings.seed,
+        "trials": {s.name.lower(): n for s in S.TrialState
+                   if (n := len(study.get_trials(deepcopy=False, states=(s,))))},
+        "best_trial": best.number, "best_value": best.value, "best_params": best.params,
+        "dev_scores": dev, "test_scores": test,
+        "questions": {s.task.name: {"dev": len(s.dev), "test": len(s.test)} for s in spec.splits},
+        "searched": [{"name": d.name, **({"choice": list(d.choices)} if d.choices else
+                                         {"low": d.low, "high": d.high, "log": d.log})} for d in spec.dimensions],
+        "importance": None if why_no_importance else "importance.png",
+        "importance_note": why_no_importance, "mmmerge": __version__,
+    }
+    atomic_write_text(out / "result.json", outputs.result_json(result))
+    if write_model:
+        from ..engine import merge
+
+        merge(recipe, out / "model", device=device, seed=spec.settings.merge_seed, quiet=True, force=True)
+    say(f"best: trial {best.number}, {spec.settings.objective} {best.value:.4g} (dev)"
+        + (f"; test {', '.join(f'{k} {v:.4g}' for k, v in test.items())}" if test else "")
+        + f"; wrote {out / 'best_recipe.yml'}")
+    return SearchResult(out, dict(best.params), float(best.value), recipe, dev, test, S.finished(study))
+
+
+__all__ = ["search", "SearchResult", "load_spec"]

@@ -1,0 +1,82 @@
+"""What a candidate scores: the tasks' own score on the dev split, or a label-free criterion.
+
+- `score`: the mean of each task's headline metric (VQAv2's `overall`, ...) on its dev questions, computed as
+  `mmmerge eval` computes it.
+- `agreement` (AdaMMS, Du et al. 2025): the share of dev questions a candidate answers the same as its
+  neighbour, a candidate a small step away in every searched range. Merges whose answers hold still under
+  small changes of the coefficients are the good ones; no answer key is needed.
+- `entropy` (AdaMerging, Yang et al. 2024): the mean entropy of the next-token distribution at the first
+  answer token, over the dev questions; less is better (reported negated, so every objective is maximised).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..eval.generate import Generator, build_prompt, exact_float32
+from ..eval.runner import _open_image, answer_samples, fill_prompt
+from .spec import Split
+
+
+class Scorer:
+    """Scores the model in memory on the splits of a search (prompts built once)."""
+
+    def __init__(self, model, processor, splits: list[Split], *, batch_size: int, max_new_tokens: int):
+        self.model, self.processor, self.splits = model, processor, splits
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.prompts = {id(s): ([build_prompt(processor, fill_prompt(s.prompt, q.question)) for q in s.dev],
+                                [build_prompt(processor, fill_prompt(s.prompt, q.question)) for q in s.test])
+                        for s in splits}
+
+    def answers(self, split: Split, part: str = "dev") -> list[str]:
+        """The processed answers to one split's dev (or test) questions, in question order."""
+        samples = split.dev if part == "dev" else split.test
+        prompts = self.prompts[id(split)][0 if part == "dev" else 1]
+        source = split.source if part == "dev" else split.test_source
+        raw = answer_samples(self.model, self.processor, split.task, samples, prompts, batch_size=self.batch_size,
+                             max_new_tokens=self.max_new_tokens, source=source, name="candidate")
+        return [split.task.answer(raw[i]) for i in range(len(samples))]
+
+    def metrics(self, split: Split, part: str = "dev", answers: list[str] | None = None) -> dict:
+        samples = split.dev if part == "dev" else split.test
+        answers = answers if answers is not None else self.answers(split, part)
+        scores = [split.task.score(a, s) for a, s in zip(answers, samples)]
+        return split.task.metrics(samples, answers, scores)
+
+    def task_scores(self, part: str = "dev") -> dict[str, float]:
+        """Each task's headline score on its dev (or test) questions."""
+        out = {}
+        for split in self.splits:
+            if part == "test" and not split.test:
+                continue
+            out[split.task.name] = float(self.metrics(split, part)[split.task.headline])
+        return out
+
+    def all_answers(self) -> dict[str, list[str]]:
+        return {s.task.name: self.answers(s) for s in self.splits}
+
+    @torch.inference_mode()
+    def entropy(self) -> float:
+        """Mean entropy (nats) of the first answer token's distribution over every dev question."""
+        total, count = 0.0, 0
+        gen = Generator(self.model, self.processor, name="candidate")
+        with exact_float32():
+            for split in self.splits:
+                prompts = self.prompts[id(split)][0]
+                for i in range(0, len(prompts), self.batch_size):
+                    batch = list(range(i, min(i + self.batch_size, len(prompts))))
+                    ims = [_open_image(split.dev[j].image, split.source, split.dev[j].question_id) for j in batch]
+                    enc = gen.encode([prompts[j] for j in batch], ims).to(self.model.device)
+                    if "pixel_values" in enc:
+                        enc["pixel_values"] = enc["pixel_values"].to(torch.float32)
+                    logits = self.model(**enc).logits[:, -1].float()  # left padding: the last position is the prompt's end
+                    logp = torch.log_softmax(logits, -1)
+                    total += float(-(logp.exp() * logp).sum(-1).sum())
+                    count += len(batch)
+        return total / count
+
+
+def agreement(first: dict[str, list[str]], second: dict[str, list[str]]) -> float:
+    """Percent of questions (all tasks together) answered the same by two candidates."""
+    same = sum(a == b for task in first for a, b in zip(first[task], second[task]))
+    return 100.0 * same / sum(len(v) for v in first.values())

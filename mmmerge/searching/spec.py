@@ -1,0 +1,131 @@
+"""A search spec: a recipe with searched values plus a `search:` section that says how to search.
+
+    search:
+      trials: 30                 # the budget: trials (all processes together), and/or `timeout` in seconds
+      sampler: tpe               # tpe | cmaes | random
+      seed: 0
+      objective: score           # score (dev-split task score) | agreement | entropy (label-free)
+      tasks:
+        - task: vqav2
+          questions: dev/questions.json
+          annotations: dev/annotations.json
+          images: dev/images
+          test: {questions: test/questions.json, annotations: test/annotations.json, images: test/images}
+        # or one file split in two: `split: 0.5` (that share of the questions is dev, the rest test)
+
+Paths are relative to the spec file's folder. The test split never chooses: it is scored once, for the best
+candidate, after the search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import RecipeError
+from ..eval.tasks import TASKS, get_task, read_task
+from .space import Dimension, find_dimensions
+
+
+class Files(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    questions: str
+    annotations: Optional[str] = None
+    images: Optional[str] = None
+
+
+class TaskSpec(Files):
+    task: str
+    prompt: Optional[str] = None
+    limit: Optional[int] = Field(None, ge=1)
+    split: Optional[float] = Field(None, gt=0, lt=1)
+    test: Optional[Files] = None
+
+
+class SearchSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    trials: Optional[int] = Field(None, ge=1)
+    timeout: Optional[float] = Field(None, gt=0)
+    sampler: Literal["tpe", "cmaes", "random"] = "tpe"
+    seed: int = 0
+    objective: Literal["score", "agreement", "entropy"] = "score"
+    agreement_step: float = Field(0.05, gt=0, le=0.5)  # the neighbour's offset, as a share of each range
+    tasks: list[TaskSpec] = Field(default_factory=list)
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(16, ge=1)
+    study: str = "mmmerge-search"
+    merge_seed: Optional[int] = None  # the seed of random merge methods (dare, della), as `mmmerge merge --seed`
+
+
+class Split:
+    """One task's dev and test questions."""
+
+    def __init__(self, spec: TaskSpec, folder: Path | None):
+        def at(p):
+            return None if p is None else str(Path(folder, p) if folder is not None else Path(p))
+
+        if spec.task not in TASKS:
+            raise RecipeError(f"search.tasks: unknown task {spec.task!r}; choose one of {', '.join(TASKS)}")
+        if spec.test is not None and spec.split is not None:
+            raise RecipeError(f"search.tasks[{spec.task}]: give `test` files or a `split`, not both")
+        self.task = get_task(spec.task)
+        self.prompt = spec.prompt if spec.prompt is not None else self.task.prompt
+        if "{question}" not in self.prompt:
+            raise RecipeError(f"search.tasks[{spec.task}]: prompt {self.prompt!r} has no {{question}} placeholder")
+        self.source = at(spec.questions)
+        samples = read_task(self.task, self.source, at(spec.annotations), at(spec.images), spec.limit)
+        self.test_source = self.source
+        if spec.split is not None:
+            ranked = sorted(samples, key=lambda s: hashlib.sha256(str(s.question_id).encode()).hexdigest())
+            dev_ids = {id(s) for s in ranked[:max(1, round(spec.split * len(samples)))]}
+            self.dev = [s for s in samples if id(s) in dev_ids]
+            self.test = [s for s in samples if id(s) not in dev_ids]
+        else:
+            self.dev = samples
+            self.test = []
+            if spec.test is not None:
+                self.test_source = at(spec.test.questions)
+                self.test = read_task(self.task, self.test_source, at(spec.test.annotations), at(spec.test.images))
+        if not self.dev:
+            raise RecipeError(f"search.tasks[{spec.task}]: no dev questions")
+
+
+class Spec:
+    """The parsed spec: the recipe with its searched values, the settings, and the tasks' splits."""
+
+    def __init__(self, data: dict, folder: Path | None, where: str, *, custom_objective: bool = False):
+        if not isinstance(data, dict) or not isinstance(data.get("search"), dict):
+            raise RecipeError(f"{where}: a search spec is a recipe with a `search:` section (tasks, budget, objective)")
+        data = dict(data)
+        try:
+            self.settings = SearchSettings.model_validate(data.pop("search"))
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise RecipeError(f"{where}: search.{loc}: {err['msg']}") from None
+        if self.settings.trials is None and self.settings.timeout is None:
+            raise RecipeError(f"{where}: search: give a budget, `trials` or `timeout` (seconds)")
+        self.recipe, self.folder, self.where = data, folder, where
+        self.dimensions: list[Dimension] = find_dimensions(data)
+        self.splits = [Split(t, folder) for t in self.settings.tasks]
+        if not self.splits and not custom_objective:
+            raise RecipeError(f"{where}: search.tasks: name at least one evaluation task with its dev questions")
+
+
+def load_spec(spec: str | Path | dict, *, custom_objective: bool = False) -> Spec:
+    """A spec from a YAML file (paths relative to its folder) or a dict (relative to the working folder).
+    `custom_objective`: the caller scores candidates itself, so the spec needs no tasks."""
+    if isinstance(spec, dict):
+        return Spec(spec, None, "spec", custom_objective=custom_objective)
+    path = Path(spec)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such search spec file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{path}: not a valid YAML file ({str(e).splitlines()[0]})") from None
+    return Spec(data, path.absolute().parent, str(path), custom_objective=custom_objective)

@@ -1,0 +1,112 @@
+"""The optuna side of a search: the sampler, the study in its storage, and the trial budget shared by every
+process that works on the study.
+
+The study lives in its storage (SQLite in the output folder unless another URL is given), so a search that
+was stopped resumes where it was: finished trials are kept, and the budget counts them. Several processes
+(torchrun ranks, or other machines given the same storage) each take trials until the study as a whole has
+its `trials` finished ones.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from ..errors import RecipeError
+from .spec import SearchSettings
+
+HEARTBEAT_SECONDS = 30  # a trial whose process stopped beating for twice this is failed and its budget freed
+
+
+def quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{Path(out).absolute() / 'study.db'}"
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith(("sqlite:", "postgresql", "mysql")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
+                                              grace_period=2 * HEARTBEAT_SECONDS)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+
+
+def make_sampler(settings: SearchSettings, *, rank: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler the spec names, seeded (each parallel process with its own seed, so they do not propose the
+    same points)."""
+    seed = settings.seed + 1000 * rank
+    if settings.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, (settings.trials or 20) // 4)))
+
+
+def open_study(settings: SearchSettings, storage_url: str, *, rank: int = 0, create: bool = True,
+               wait_seconds: float = 600) -> optuna.Study:
+    """The study in its storage: created (or loaded) by the main process; other processes wait for it."""
+    storage = make_storage(storage_url)
+    sampler = make_sampler(settings, rank=rank)
+    if create:
+        return optuna.create_study(storage=storage, study_name=settings.study, direction="maximize", sampler=sampler,
+                                   load_if_exists=True)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return optuna.load_study(storage=storage, study_name=settings.study, sampler=sampler)
+        except KeyError:  # created in a moment by the main process
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def wait_for_file(path: Path, *, also: Path, seconds: float = 600) -> None:
+    """Until the main process has made the study's file (a helper process starts at the same time)."""
+    deadline = time.monotonic() + seconds
+    while not (path.is_file() and also.is_file()):
+        if time.monotonic() > deadline:
+            raise RecipeError(f"{path}: no study appeared within {seconds:.0f} s; start the main search first")
+        time.sleep(0.5)
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def fail_abandoned(study: optuna.Study) -> int:
+    """Trials left running by a process that was killed (the study is resumed by its only process): failed, so
+    their budget is taken again. Returns how many."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in running:
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return len(running)
+
+
+def wait_for_others(study: optuna.Study, *, poll: float = 1.0) -> None:
+    """Until no trial of the study is running (other processes finish theirs; dead ones are failed by their
+    missing heartbeat)."""
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(poll)
+
+
+def run_trials(study: optuna.Study, objective, settings: SearchSettings, *, trials: int | None = None,
+               timeout: float | None = None) -> None:
+    """Take trials until the study has `trials` finished ones (all processes together) or `timeout` passed. A
+    process finishes the trial it started, so N processes may finish up to N - 1 trials beyond the budget."""
+    trials = trials if trials is not None else settings.trials
+    timeout = timeout if timeout is not None else settings.timeout
+    callbacks = []
+    if trials is not None:
+        if finished(study) >= trials:
+            return
+        callbacks.append(optuna.study.MaxTrialsCallback(trials, states=(TrialState.COMPLETE,)))
+    study.optimize(objective, timeout=timeout, callbacks=callbacks, catch=(), gc_after_trial=False)
