@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from .errors import MMMergeError
+
 COMPONENTS = ("vision", "projector", "language")
 
 
@@ -125,8 +127,6 @@ class Checkpoint:
         return f"Checkpoint({str(self.path)!r}, format={self.format!r}, {parts or 'no components'})"
 
     def component(self, name: str) -> Component:
-        from .errors import MMMergeError
-
         if name not in self.components:
             have = ", ".join(self.components) or "none"
             raise MMMergeError(f"{self.path}: has no {name} component (it has: {have})")

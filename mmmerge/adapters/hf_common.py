@@ -8,6 +8,7 @@ import functools
 import hashlib
 import json
 import os
+from importlib.metadata import version
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -42,8 +43,6 @@ def layout_cache_dir() -> Path | None:
 
 def transformers_version() -> str:
     """The installed transformers version, read without importing transformers (0.7 s)."""
-    from importlib.metadata import version
-
     return version("transformers")
 
 
@@ -79,7 +78,7 @@ def _shapes(data: dict) -> tuple[dict, dict]:
 @functools.lru_cache(maxsize=32)
 def _layout(arch: str, config_json: str) -> tuple[dict, dict]:
     def compute() -> dict:
-        from .hf_export import file_layout, meta_model
+        from .hf_export import file_layout, meta_model  # imports torch: only when the layout is not on disk
 
         required, optional = file_layout(meta_model(Component("", arch, json.loads(config_json), {})))
         return {"required": required, "optional": optional}

@@ -10,6 +10,7 @@ the class cannot hold is left out and reported to the caller.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -19,17 +20,14 @@ from ..errors import UnsupportedArchitectureError
 from ..io.check import check_tensors
 from ..io.folder import write_model_folder
 from ..io.writer import DEFAULT_SHARD_BYTES
+from .families import FAMILIES
 from .preprocess import image_processor_config
 
 
 def model_class(arch: str) -> type:
     """A transformers model class by name: exported at the top level, or defined in a family's modeling
     module (Qwen2-VL's vision class is not exported)."""
-    import importlib
-
     import transformers
-
-    from .families import FAMILIES
 
     cls = getattr(transformers, arch, None)
     modules = {f.vision_module for f in FAMILIES.values() if f.vision_arch == arch and f.vision_module}

@@ -19,7 +19,9 @@ from ..io import read_file, read_json
 from ..io.check import check_tensors
 from ..io.folder import write_model_folder
 from ..io.writer import ONE_FILE
+from .hf_export import meta_model
 from .preprocess import make_preprocess
+from .timm_vision import vit_from_timm, vit_to_timm
 
 FORMAT = "open_clip"
 DESCRIPTION = "open_clip hub folder (open_clip_config.json + open_clip_model.safetensors or open_clip_pytorch_model.bin)"
@@ -75,7 +77,6 @@ def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None
     """The open_clip folder back: its config, non-weight files (tokenizer), one safetensors file."""
     vision = checkpoint.component("vision")
     if checkpoint.source_config["model_cfg"]["vision_cfg"].get("timm_model_name"):
-        from .timm_vision import vit_to_timm
         visual = {f"trunk.{k}": t for k, t in vit_to_timm(vision).items()}
     elif vision.arch == "CLIPVisionModel":
         visual = vit_to_source(vision.tensors, vision.config["num_hidden_layers"])
@@ -191,8 +192,6 @@ def vit_to_source(tensors: dict[str, LazyTensor], layers: int) -> dict[str, Lazy
 
 
 def _read_vit(folder, weights, model_cfg, cfg, visual, pre) -> Component:
-    from .hf_export import meta_model
-
     width, layers = cfg["width"], cfg["layers"]
     config = {
         "model_type": "clip_vision_model", "hidden_size": width, "intermediate_size": int(width * cfg["mlp_ratio"]),
@@ -235,8 +234,6 @@ def _read_timm(folder, weights, model_cfg, cfg, visual, pre) -> tuple[Component,
     if tuple(trunk.patch_embed.img_size) != (cfg["image_size"],) * 2:
         raise UnsupportedArchitectureError(f"{folder / CONFIG}: vision_cfg image_size {cfg['image_size']} differs from "
                                            f"{name}'s {tuple(trunk.patch_embed.img_size)}")
-    from .timm_vision import vit_from_timm
-
     _check_shapes(weights, {f"trunk.{k}": tuple(v.shape) for k, v in trunk.state_dict().items()}, visual)
     try:
         component, left = vit_from_timm(trunk, {k.removeprefix("trunk."): t for k, t in visual.items()}, pre)

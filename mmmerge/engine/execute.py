@@ -14,13 +14,16 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from .. import __version__
 from ..checkpoint import LazyTensor
 from ..device import resolve_device  # re-exported: callers import it from here
 from ..errors import MMMergeError, NonFiniteError
 from ..io import atomic_output_dir, check_output_dir, write_safetensors
 from ..io.folder import copy_side_files
 from ..io.writer import DEFAULT_SHARD_BYTES
+from ..methods import merge_tensor
 from ..model_card import model_card
 from .finite import input_sources, non_finite_input
 from .plan import Plan, TensorTask
@@ -47,8 +50,6 @@ def run_task(task: TensorTask, device: torch.device, rounded: bool = True, *,
     """The output tensor of one task, on the CPU in the task's dtype (`rounded=False`: in the compute dtype,
     to tell apart the two causes of a non-finite output). `sources` names the inputs in errors
     (finite.input_sources)."""
-    from ..methods import merge_tensor
-
     def fetch(t: LazyTensor) -> torch.Tensor:
         x = t.load().to(device)
         if task.input_dtype is not None and x.is_floating_point() and not _exact_in(x.dtype, task.input_dtype):
@@ -98,15 +99,11 @@ def _non_finite(task: TensorTask, device: torch.device, sources: dict[int, str] 
 
 
 def _progress(total_bytes: int, quiet: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="merging", disable=quiet,
                 dynamic_ncols=True, leave=False)
 
 
 def recipe_text(plan: Plan) -> str:
-    from .. import __version__
-
     text = plan.recipe.text if plan.recipe.text else ""
     return f"# written by mmmerge {__version__}\n" + text + ("" if text.endswith("\n") else "\n")
 
@@ -120,8 +117,6 @@ def check_output(plan: Plan, out: Path, force: bool) -> None:
 def execute(plan: Plan, out: Path, *, device: str = "cpu", force: bool = False, quiet: bool = False,
             max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
     """Write the planned output folder; returns its path."""
-    from .. import __version__
-
     dev = resolve_device(device)
     out = Path(out)
     check_output(plan, out, force)

@@ -24,6 +24,9 @@ import torch
 from ..adapters.families import FAMILIES, rename
 from ..adapters.hf_common import class_layout, layout_of
 from ..adapters.hf_causal_lm import untie
+from ..adapters.hf_export import hf_config_dict
+from ..adapters.hf_multimodal import family_tensors
+from ..adapters.preprocess import image_processor_config
 from ..checkpoint import COMPONENTS, Checkpoint, Component
 from ..errors import RecipeError, ShapeMismatchError
 from ..io.check import check_tensors
@@ -178,9 +181,6 @@ def _uniform_dtype(tasks: list[TensorTask]) -> torch.dtype | None:
 
 
 def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[TensorTask], Path | None, dict | None]:
-    from ..adapters.hf_export import hf_config_dict
-    from ..adapters.preprocess import image_processor_config
-
     comp = cp.component
     own = cp.reference.source_config.get("config.json") if cp.reference.family is None else None
     if cp.name == "language" and own and own.get("model_type") == comp.config.get("model_type"):
@@ -235,8 +235,6 @@ def family_reference(components: dict[str, ComponentPlan], opener: Opener, fmt: 
 
 
 def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: str) -> tuple[dict, list[TensorTask], Path, str]:
-    from ..adapters.hf_multimodal import family_tensors
-
     ref = family_reference(components, opener, fmt)
     for cname, cp in components.items():
         if cp.config_updates:  # a new layer count: checked against the class built from the new config below

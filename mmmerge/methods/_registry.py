@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..errors import RecipeError
+from ..errors import NonFiniteError, RecipeError, ShapeMismatchError
 
 REQUIRED = object()  # marks a parameter without a default
 BASE_POLICIES = ("required", "optional", "ignored")
@@ -278,8 +278,6 @@ def merge_tensor(
         raise RecipeError(f"{spec.name} got no input tensors")
     shape = everything[0].shape
     if any(t.shape != shape for t in everything):
-        from ..errors import ShapeMismatchError
-
         raise ShapeMismatchError(f"{spec.name}: input shapes differ: {[tuple(t.shape) for t in everything]}")
     if not all(t.is_floating_point() for t in everything):
         first = everything[0]
@@ -329,8 +327,6 @@ def _naming_non_finite(method: str, everything: Sequence[torch.Tensor], *, has_b
 def _non_finite_input(method: str, everything: Sequence[torch.Tensor], *, has_base: bool):
     """The error naming the first input that holds NaN/inf, else None (looked for after a failure, or first for
     the `finite_inputs` methods: a healthy merge never pays for it)."""
-    from ..errors import NonFiniteError
-
     for i, t in enumerate(everything):
         n = int((~torch.isfinite(t)).sum())
         if n:
