@@ -16,7 +16,7 @@ from ..checkpoint import Component, LazyTensor
 from ..errors import MMMergeError
 from ..io.atomic import atomic_write_text
 from ..io.check import check_tensors
-from ..io.folder import copy_side_files  # noqa: F401  (search/candidate.py imports it from here)
+from ..io.folder import copy_side_files  # noqa: F401  (searching/candidate.py imports it from here)
 from ..io.reader import read_json
 
 T = TypeVar("T")
