@@ -246,3 +246,30 @@ def test_bad_specs_are_one_line(world, tmp_path, capsys, change, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_per_component_and_per_layer_group_values(world, tmp_path):
+    """A `components:` recipe: the language model's attention and other tensors get their own searched weight
+    (filters), the vision tower and projector come from the base; the best recipe merges to the candidate."""
+    root, files = world
+    group = [{"filter": "self_attn", "value": {"search": [0.0, 1.0], "name": "attention"}},
+             {"value": {"search": [0.0, 1.0], "name": "rest"}}]
+    spec = {"components": {"vision": {"source": "base"}, "projector": {"source": "base"},
+                           "language": {"merge_method": "linear", "models": [
+                               {"model": "a", "parameters": {"weight": group}},
+                               {"model": "b", "parameters": {"weight": 1.0}}]}},
+            "output": {"format": "llava"},
+            "search": {"trials": 2, "sampler": "random", "tasks": [{"task": "vqav2", **files["dev"]}]}}
+    path = root / "spec-components.yml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    seen = []
+    result = search(path, tmp_path / "out", quiet=True,
+                    objective=lambda model, processor: seen.append(model.state_dict()[PROBE].clone()) or 0.0)
+    assert set(result.best_params) == {"attention", "rest"}
+    best = yaml.safe_load((tmp_path / "out" / "best_recipe.yml").read_text())
+    assert best["components"]["language"]["models"][0]["parameters"]["weight"][0]["value"] == result.best_params["attention"]
+    merge(tmp_path / "out" / "best_recipe.yml", tmp_path / "merged", quiet=True)
+    assert torch.equal(_weights(tmp_path / "merged")[PROBE], seen[0])  # trial 0 is the best of equal scores
+    w = result.best_params["attention"]
+    a, b = (_weights(root / n)[PROBE] for n in ("a", "b"))
+    torch.testing.assert_close(seen[0], (w * a + b) / (w + 1))
