@@ -23,7 +23,7 @@ from .generate import Generator, build_prompt, load_model, prompt_lengths
 from .tasks import EvalDataError, EvalTask, get_task, read_task
 
 
-def _open_image(path: Path, source, qid) -> Image.Image:
+def open_sample_image(path: Path, source, qid) -> Image.Image:
     try:
         return open_rgb(path, max_pixels=None)  # its size passed the limit before the model loaded
     except UnreadableFileError as e:
@@ -136,7 +136,7 @@ def answer_samples(model, processor, task: EvalTask, samples, prompts: list[str]
     score = RunningScore(task)
     bar = tqdm(batches, desc=f"eval {task.name}", unit="batch", disable=not progress)
     for batch in bar:
-        ims = [_open_image(samples[i].image, source, samples[i].question_id) for i in batch]
+        ims = [open_sample_image(samples[i].image, source, samples[i].question_id) for i in batch]
         answers = gen([prompts[i] for i in batch], ims)
         raw.update(zip(batch, answers))
         if score.add([samples[i] for i in batch], answers):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..eval.generate import Generator, build_prompt, exact_float32
-from ..eval.runner import _open_image, answer_samples, fill_prompt
+from ..eval.runner import open_sample_image, answer_samples, fill_prompt
 from .spec import Split
 
 
@@ -65,7 +65,7 @@ class Scorer:
                 prompts = self.prompts[id(split)][0]
                 for i in range(0, len(prompts), self.batch_size):
                     batch = list(range(i, min(i + self.batch_size, len(prompts))))
-                    ims = [_open_image(split.dev[j].image, split.source, split.dev[j].question_id) for j in batch]
+                    ims = [open_sample_image(split.dev[j].image, split.source, split.dev[j].question_id) for j in batch]
                     enc = gen.encode([prompts[j] for j in batch], ims).to(self.model.device)
                     if "pixel_values" in enc:
                         enc["pixel_values"] = enc["pixel_values"].to(torch.float32)
