@@ -6,7 +6,7 @@ import random
 import pytest
 
 from mmmerge.demo.world import (BACKGROUND, COLORS, QUESTION_TYPES, SHAPE, SHAPES, SIDES, SIZE, Scene, build_world,
-                                make_scene, make_world, questions_for, render)
+                                held_out_world, make_scene, make_world, questions_for, render, scene_content)
 
 
 def pixels(image):
@@ -128,6 +128,61 @@ def test_saved_images_match_the_rendering(tmp_path):
         assert sum(diff) / len(diff) < 4
 
 
+def test_validation_split_never_shows_a_test_scene(tmp_path):
+    """Settings are chosen on a validation split (benchmarks/demo_settings.py): same training files as the demo's
+    world, held-out scenes of their own, none equal to a test scene of the same seed."""
+    for seed in range(3):
+        test, _ = held_out_world(1000, seed, 1501)
+        validation, questions = held_out_world(300, seed, 1501, "validation")
+        assert len(validation) == 300 and len(questions) == 300 * len(QUESTION_TYPES)
+        assert not {scene_content(s) for s in test} & {scene_content(s) for s in validation}
+        # without the exclusion the same random stream does draw test scenes: the check above can fail
+        drawn, _ = make_world(300, f"validation-{seed}")
+        assert {scene_content(s) for s in test} & {scene_content(s) for s in drawn}
+    a = build_world(tmp_path / "test", train_scenes=20, eval_scenes=10, seed=0)
+    b = build_world(tmp_path / "validation", train_scenes=20, eval_scenes=10, seed=0, held_out="validation")
+    assert a.qa.read_text() == b.qa.read_text() and a.captions.read_text() == b.captions.read_text()
+    assert a.questions.read_text() != b.questions.read_text()
+    with pytest.raises(ValueError):
+        held_out_world(10, 0, 1, "dev")
+
+
+def test_report_names_every_merge_below_the_base_with_its_reason(tmp_path):
+    from mmmerge.demo.report import format_table, make_report, plot
+
+    def row(overall, **types):
+        return {"overall": overall, **{t: types.get(t.replace("/", ""), overall) for t in QUESTION_TYPES}}
+
+    acc = {"base": row(0.46), "color-only": row(0.24, shape=0.0), "ta": row(0.50), "ties": row(0.36, shape=0.0),
+           "multitask": row(0.80)}
+    recipes = {"ta": {"merge_method": "task_arithmetic", "base_model": str(tmp_path / "m" / "base"),
+                      "parameters": {"lambda": 0.3}, "models": [{"model": str(tmp_path / "s" / "a"),
+                                                                  "parameters": {"weight": 1.0}}]},
+               "ties": {"merge_method": "ties", "base_model": str(tmp_path / "m" / "base"), "parameters": {"lambda": 1},
+                        "models": [{"model": str(tmp_path / "s" / "a"), "parameters": {"weight": 1, "density": 0.3}}]}}
+    paths = {"ta": tmp_path / "merged" / "ta", "ties": tmp_path / "merged" / "ties"}
+    validation = {n: {"seeds": [0, 1, 2], "accuracy": [0.5, 0.4, 0.5], "base": [0.45, 0.45, 0.45], "beats_base": 2}
+                  for n in ("ta", "ties")}
+    report = make_report(acc, ["color-only"], ["ta", "ties"], tmp_path, paths, recipes=recipes,
+                         upper_bound="multitask", questions={t: 100 for t in QUESTION_TYPES} | {"total": 500},
+                         validation=validation)
+    assert report["against_base"]["ta"] == {"beats_base": True, "difference": pytest.approx(0.04), "reason": None,
+                                            "validation": validation["ta"]}
+    why = report["against_base"]["ties"]
+    assert not why["beats_base"] and "36.0" in why["reason"] and "46.0" in why["reason"]
+    assert "shape 0 vs 46" in why["reason"] and "30%" in why["reason"]  # measured shortfall and the mechanism
+    assert "beat the base on 2 of 3 seeds (50.0 vs 45.0, 40.0 vs 45.0" in why["reason"]
+    assert report["recipes"]["ties"]["base_model"] == "m/base" and report["recipes"]["ta"]["models"][0]["model"] == "s/a"
+    text = format_table(report)
+    assert "merges that do not beat the base" in text and "ties scores 36.0" in text.replace("\n  ", " ")
+    assert "upper bound" in text and "baseline" in text
+    assert "ta beats the base here, but on the validation world" in text  # a win that validation did not promise
+    plot(report, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").stat().st_size > 0
+    acc["ties"] = row(0.47)
+    assert "every merge beats the base" in format_table(make_report(acc, ["color-only"], ["ta", "ties"], tmp_path, paths))
+
+
 def test_cli_refuses_a_non_empty_out(tmp_path, capsys):
     from mmmerge.cli import main
 
@@ -144,10 +199,19 @@ def test_demo_end_to_end_and_deterministic(tmp_path):
 
     from mmmerge.demo import run_demo
 
+    import platform
+
+    import torch
+
+    import mmmerge
+    from mmmerge.demo.report import format_table
+
     report = run_demo(tmp_path / "a", seed=0, progress=False)
-    assert set(report) == {"accuracy", "specialists", "merged", "checkpoint"}
+    assert set(report) == {"accuracy", "baseline", "specialists", "merged", "upper_bound", "checkpoint", "against_base",
+                           "recipes", "settings_chosen_by", "seeds", "questions", "training_steps", "versions"}
     assert len(report["specialists"]) >= 2 and len(report["merged"]) >= 3
-    for name in ["base", *report["specialists"], *report["merged"]]:
+    assert report["baseline"] == "base" and report["upper_bound"] == "multitask"
+    for name in ["base", *report["specialists"], *report["merged"], "multitask"]:
         row = report["accuracy"][name]
         assert set(row) == {"overall", *QUESTION_TYPES}
         assert all(0.0 <= v <= 1.0 for v in row.values())
@@ -158,6 +222,27 @@ def test_demo_end_to_end_and_deterministic(tmp_path):
     best_specialist = max(acc[n]["overall"] for n in report["specialists"])
     assert acc[report["checkpoint"].split("/")[-1]]["overall"] == best_merged
     assert best_merged >= best_specialist + 0.10, acc
+    # the multi-task model, with the specialists' steps combined, is the upper bound: above every merge
+    steps = report["training_steps"]
+    assert steps["multitask"] == steps["specialist"] * len(report["specialists"])
+    assert acc["multitask"]["overall"] > best_merged, acc
+    # every merge beats the base overall, or the report and the printout name it with the reason
+    text = " ".join(format_table(report).split())
+    for name in report["merged"]:
+        verdict = report["against_base"][name]
+        assert verdict["beats_base"] == (acc[name]["overall"] > acc["base"]["overall"])
+        if not verdict["beats_base"]:
+            assert verdict["reason"].startswith(f"{name} scores") and " ".join(verdict["reason"].split()) in text
+    # recipes (paths relative to the report's folder), seeds, question counts, versions
+    for name in report["merged"]:
+        recipe = report["recipes"][name]
+        assert recipe["merge_method"] in name and (tmp_path / "a" / recipe["base_model"]).is_dir()
+        assert [m["model"] for m in recipe["models"]] == [f"specialists/{n}" for n in report["specialists"]]
+    assert "validation" in report["settings_chosen_by"] and "benchmarks/demo_settings.py" in report["settings_chosen_by"]
+    assert report["seeds"]["demo"] == 0 and set(report["specialists"]) <= set(report["seeds"])
+    assert report["questions"] == {**{t: 100 for t in QUESTION_TYPES}, "total": 500}
+    assert report["versions"] == {"mmmerge": mmmerge.__version__, "torch": torch.__version__,
+                                  "transformers": transformers.__version__, "python": platform.python_version()}
 
     model, info = transformers.LlavaForConditionalGeneration.from_pretrained(
         tmp_path / "a" / report["checkpoint"], output_loading_info=True)

@@ -22,6 +22,17 @@ from .report import accuracy_entry, format_table, make_report, plot, write_repor
 from .world import QUESTION_TYPES, build_world
 
 
+# Written from the output of `python benchmarks/demo_settings.py` (its table is in the commit that set them).
+SETTINGS_CHOSEN_BY = ("benchmarks/demo_settings.py: a small grid per method on a validation world (held-out scenes "
+                      "drawn from a random stream of their own, none equal to a test scene), seeds 0-2, best mean "
+                      "accuracy; the held-out questions never chose")
+CHOSEN_MERGES = {
+    "task_arithmetic": {"parameters": {"lambda": 0.3}, "model": {"weight": 1.0}},
+    "ties": {"parameters": {"lambda": 1.0}, "model": {"weight": 1.0, "density": 0.3}},
+    "iso_c": {"parameters": {"alpha": 1.0}},
+}
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """Sizes and schedules; the defaults finish in about a minute on two CPU cores."""
@@ -38,6 +49,9 @@ class DemoConfig:
     general_lr: float = 1e-3
     specialist_steps: int = 100
     specialist_lr: float = 3e-4
+    # The multi-task model: fine-tuned from the base on every question type together, the upper bound merging
+    # approaches. None: the specialists' steps combined (the same training budget as all the specialists).
+    multitask_steps: int | None = None
     batch_size: int = 32
     eval_batch_size: int = 50
     # One specialist per question type: each learns its type and forgets much of the rest, so no specialist
@@ -45,13 +59,14 @@ class DemoConfig:
     specialists: dict = field(default_factory=lambda: {
         "color-only": ("color",), "shape-only": ("shape",), "count-only": ("count",),
         "position-only": ("position",), "yesno-only": ("yes/no",)})
-    # Merge settings were chosen on a validation world (scenes drawn with other seeds than the held-out ones),
-    # for seeds 0-2; iso_c keeps the most of every specialist there, ties the least.
-    merges: dict = field(default_factory=lambda: {
-        "task_arithmetic": {"parameters": {"lambda": 0.3}, "model": {"weight": 1.0}},
-        "ties": {"parameters": {"lambda": 1.0}, "model": {"weight": 1.0, "density": 0.3}},
-        "iso_c": {"parameters": {"alpha": 1.0}},
-    })
+    # Merge settings: chosen by benchmarks/demo_settings.py on a validation world (held-out scenes drawn from a
+    # random stream of their own, none equal to a test scene), for seeds 0-2; never on the held-out questions.
+    merges: dict = field(default_factory=lambda: dict(CHOSEN_MERGES))
+
+    @property
+    def multitask_budget(self) -> int:
+        return self.multitask_steps if self.multitask_steps is not None else \
+            self.specialist_steps * len(self.specialists)
 
 
 CAPTION_REQUEST = "describe the image."
@@ -79,7 +94,7 @@ def reproducible(seed: int, device: str):
 
 
 def evaluate_model(model: Path, world, out: Path, *, batch_size: int, device: str, progress: bool) -> dict:
-    """VQAv2 metrics (official percent form) of one LLaVA folder on the held-out files."""
+    """VQAv2 metrics (official percent form) of one LLaVA folder on the world's held-out files."""
     from ..eval import evaluate
 
     result = evaluate(str(model), "vqav2", questions=str(world.questions), annotations=str(world.annotations),
@@ -119,13 +134,111 @@ def run_demo(out: str | Path = "mmmerge-demo", *, device: str | None = None, see
             raise
 
 
+@dataclass
+class Trained:
+    """The models the demo trains, as LLaVA folders."""
+
+    base: Path
+    specialists: dict  # name -> folder
+    multitask: Path | None = None
+    seeds: dict = field(default_factory=dict)  # what -> seed of its training run
+
+
+def train_models(out: Path, world, *, config: DemoConfig, seed: int, device: str, progress: bool,
+                 multitask: bool = True, stage=lambda text: None) -> Trained:
+    """Stitch the base LLaVA, train it (captioning, instruction tuning), then the specialists and (if `multitask`)
+    the multi-task model, all into `out/models`, `out/specialists`, `out/multitask`. `stage(text)` is told
+    when each step is done. The same seed and config give the same models whatever the world's held-out split."""
+    from .. import stitch
+
+    m = out / "models"
+    build_vision(m / "vision", seed)
+    build_language(m / "language", seed)
+    stitch(m / "vision", m / "language", m / "aligned", projector_type="mlp2x_gelu", align_data=world.captions,
+           fit="train", vision_feature_layer=-1, train_steps=config.align_steps, lr=3e-3,
+           batch_size=config.batch_size, device=device, seed=seed, progress=progress)
+    stage("stitched a CLIP encoder and a Llama LM into a LLaVA; projector aligned on captions")
+
+    captions = read_examples_captions(world.captions)
+    finetune(m / "aligned", m / "captioner", captions, steps=config.pretrain_steps, lr=config.pretrain_lr,
+             batch_size=config.batch_size, device=device, seed=seed, progress=progress, desc="captioning")
+    base = m / "captioner"
+    if config.general_steps:
+        finetune(base, m / "base", read_examples(world.qa), steps=config.general_steps, lr=config.general_lr,
+                 batch_size=config.batch_size, device=device, seed=seed, progress=progress, desc="instruction")
+        base = m / "base"
+    stage(f"base MLLM: captioning ({config.pretrain_steps} steps), instruction tuning ({config.general_steps} steps)")
+
+    trained = Trained(base, {}, seeds={"base": seed})
+    for i, (name, types) in enumerate(config.specialists.items()):
+        trained.specialists[name] = out / "specialists" / name
+        trained.seeds[name] = seed + 1 + i
+        finetune(base, trained.specialists[name], read_examples(world.qa, question_types=types),
+                 steps=config.specialist_steps, lr=config.specialist_lr, batch_size=config.batch_size,
+                 device=device, seed=trained.seeds[name], progress=progress, desc=name)
+    stage("specialists: " + "; ".join(f"{n} on {', '.join(t)}" for n, t in config.specialists.items()))
+
+    if multitask:
+        trained.multitask = out / "multitask"
+        trained.seeds["multitask"] = seed + 1 + len(config.specialists)
+        types = sorted({t for ts in config.specialists.values() for t in ts})
+        finetune(base, trained.multitask, read_examples(world.qa, question_types=types),
+                 steps=config.multitask_budget, lr=config.specialist_lr, batch_size=config.batch_size,
+                 device=device, seed=trained.seeds["multitask"], progress=progress, desc="multitask")
+        stage(f"multi-task model: every specialist's question types together, {config.multitask_budget} steps "
+              f"(the specialists' {config.specialist_steps} x {len(config.specialists)})")
+    return trained
+
+
+def merge_models(out: Path, merges: dict, base: Path, specialists: list[Path], *, seed: int,
+                 device: str) -> tuple[dict, dict]:
+    """Merge the specialists into `out/NAME` with each of `merges` (name -> method spec, the method being the
+    name or spec["method"]); returns (name -> folder, name -> recipe). Any number of merges: a searched
+    merge (issue #15's `mmmerge.search`) is one more name, folder and recipe for the report."""
+    from .. import merge
+
+    folders, recipes = {}, {}
+    for name, spec in merges.items():
+        folders[name] = out / name
+        recipes[name] = merge_recipe(spec.get("method", name), spec, base, specialists)
+        merge(recipes[name], folders[name], device=device, seed=seed, quiet=True)
+    return folders, recipes
+
+
+def evaluate_models(models: dict, world, out: Path, *, batch_size: int, device: str, progress: bool) -> dict:
+    """name -> accuracy entry (overall and per question type, fractions) of every model on the world's held-out
+    files; each model's VQAv2 results in `out/NAME`."""
+    return {name: accuracy_entry(evaluate_model(path, world, out / name, batch_size=batch_size, device=device,
+                                                progress=progress), QUESTION_TYPES)
+            for name, path in models.items()}
+
+
+def question_counts(world) -> dict:
+    """Held-out questions per question type (and in all) of a world's VQAv2 annotations."""
+    import json
+
+    anns = json.loads(Path(world.annotations).read_text())["annotations"]
+    counts = {t: sum(a["question_type"] == t for a in anns) for t in QUESTION_TYPES}
+    return {**counts, "total": len(anns)}
+
+
+def library_versions() -> dict:
+    import platform
+
+    import transformers
+
+    from .. import __version__
+
+    return {"mmmerge": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
 def _run_stages(out: Path, *, device: str | None, seed: int, progress: bool, config: DemoConfig) -> dict:
-    from .. import merge, stitch
     from ..adapters.hf_common import transformers_bars
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.time()
-    stages = 7
+    stages = 8
     done = [0]
 
     def stage(text: str) -> None:
@@ -138,48 +251,26 @@ def _run_stages(out: Path, *, device: str | None, seed: int, progress: bool, con
         stage(f"world: {config.train_scenes} training scenes, {config.eval_scenes * len(QUESTION_TYPES)} held-out "
               f"questions in VQAv2 files")
 
-        m = out / "models"
-        build_vision(m / "vision", seed)
-        build_language(m / "language", seed)
-        stitch(m / "vision", m / "language", m / "aligned", projector_type="mlp2x_gelu", align_data=world.captions,
-               fit="train", vision_feature_layer=-1, train_steps=config.align_steps, lr=3e-3,
-               batch_size=config.batch_size, device=device, seed=seed, progress=progress)
-        stage("stitched a CLIP encoder and a Llama LM into a LLaVA; projector aligned on captions")
-
-        captions = read_examples_captions(world.captions)
-        finetune(m / "aligned", m / "captioner", captions, steps=config.pretrain_steps, lr=config.pretrain_lr,
-                 batch_size=config.batch_size, device=device, seed=seed, progress=progress, desc="captioning")
-        base = m / "captioner"
-        if config.general_steps:
-            finetune(base, m / "base", read_examples(world.qa), steps=config.general_steps, lr=config.general_lr,
-                     batch_size=config.batch_size, device=device, seed=seed, progress=progress, desc="instruction")
-            base = m / "base"
-        stage(f"base MLLM: captioning ({config.pretrain_steps} steps), instruction tuning ({config.general_steps} steps)")
-
-        specialists = {}
-        for i, (name, types) in enumerate(config.specialists.items()):
-            specialists[name] = out / "specialists" / name
-            finetune(base, specialists[name], read_examples(world.qa, question_types=types),
-                     steps=config.specialist_steps, lr=config.specialist_lr, batch_size=config.batch_size,
-                     device=device, seed=seed + 1 + i, progress=progress, desc=name)
-        stage("specialists: " + "; ".join(f"{n} on {', '.join(t)}" for n, t in config.specialists.items()))
-
-        merged = {}
-        for method, spec in config.merges.items():
-            merged[method] = out / "merged" / method
-            merge(merge_recipe(method, spec, base, list(specialists.values())), merged[method], device=device,
-                  seed=seed, quiet=True)
+        trained = train_models(out, world, config=config, seed=seed, device=device, progress=progress, stage=stage)
+        specialists = trained.specialists
+        merged, recipes = merge_models(out / "merged", config.merges, trained.base, list(specialists.values()),
+                                       seed=seed, device=device)
+        # (a searched merge, chosen on a validation world, would join `merged` and `recipes` here)
         stage(f"merged the specialists with {', '.join(config.merges)}")
 
-        models = {"base": base, **specialists, **merged}
-        accuracy = {}
-        for name, path in models.items():
-            metrics = evaluate_model(path, world, out / "eval" / name, batch_size=config.eval_batch_size,
-                                     device=device, progress=progress)
-            accuracy[name] = accuracy_entry(metrics, QUESTION_TYPES)
+        models = {"base": trained.base, **specialists, **merged, "multitask": trained.multitask}
+        accuracy = evaluate_models(models, world, out / "eval", batch_size=config.eval_batch_size, device=device,
+                                   progress=progress)
         stage(f"evaluated {len(models)} models on the held-out VQAv2 questions")
 
-        report = make_report(accuracy, list(specialists), list(merged), out, models)
+        report = make_report(accuracy, list(specialists), list(merged), out, models, recipes=recipes,
+                             baseline="base", upper_bound="multitask", seeds={"demo": seed, **trained.seeds,
+                                                                               "merges": seed},
+                             questions=question_counts(world), versions=library_versions(),
+                             training=training_budget(config),
+                             settings_chosen_by=SETTINGS_CHOSEN_BY if config.merges == CHOSEN_MERGES else
+                             "the caller's DemoConfig.merges",
+                             validation={n: s["validation"] for n, s in config.merges.items() if "validation" in s})
         write_report(report, out / "report.json")
         plot(report, out / "accuracy.png")
         stage(f"wrote {out / 'report.json'} and {out / 'accuracy.png'}")
@@ -187,6 +278,13 @@ def _run_stages(out: Path, *, device: str | None, seed: int, progress: bool, con
         print(format_table(report))
         print(f"best merged model: {report['checkpoint']} (a LLaVA folder transformers loads)")
     return report
+
+
+def training_budget(config: DemoConfig) -> dict:
+    """Optimizer steps (batch size `batch_size`) of every training stage."""
+    return {"batch_size": config.batch_size, "align": config.align_steps, "captioning": config.pretrain_steps,
+            "instruction": config.general_steps, "specialist": config.specialist_steps,
+            "multitask": config.multitask_budget}
 
 
 def read_examples_captions(path: Path) -> list[Example]:

@@ -114,12 +114,21 @@ def questions_for(scene: Scene, rng: random.Random, first_id: int) -> list[Quest
     return out
 
 
-def make_world(num_scenes: int, seed: int, first_image_id: int = 1) -> tuple[list[Scene], list[Question]]:
-    """`num_scenes` scenes and their questions; the same seed gives the same world."""
+def scene_content(scene: Scene) -> tuple:
+    """Everything the image shows (all of a scene but its id): two scenes with equal content look the same."""
+    return scene.color, scene.shape, scene.count, scene.side, scene.cells, scene.offset
+
+
+def make_world(num_scenes: int, seed: int | str, first_image_id: int = 1,
+               exclude: frozenset = frozenset()) -> tuple[list[Scene], list[Question]]:
+    """`num_scenes` scenes and their questions; the same seed gives the same world. A scene whose content is in
+    `exclude` (see `scene_content`) is drawn again."""
     rng = random.Random(seed)
     scenes, questions = [], []
-    for n in range(num_scenes):
-        scene = make_scene(rng, first_image_id + n)
+    while len(scenes) < num_scenes:
+        scene = make_scene(rng, first_image_id + len(scenes))
+        if exclude and scene_content(scene) in exclude:
+            continue
         scenes.append(scene)
         questions += questions_for(scene, rng, scene.image_id * 10)
     return scenes, questions
@@ -158,11 +167,31 @@ class WorldFiles:
     annotations: Path  # held-out VQAv2 annotations
 
 
-def build_world(folder: Path, *, train_scenes: int = 1500, eval_scenes: int = 100, seed: int = 0) -> WorldFiles:
-    """Render the training and held-out scenes into `folder` and write every data file the demo needs."""
+HELD_OUT = ("test", "validation")
+TEST_SCENES_EXCLUDED = 1000  # a validation split never shows a scene of the first 1000 test scenes of its seed
+
+
+def held_out_world(eval_scenes: int, seed: int, first_image_id: int, held_out: str = "test"):
+    """The held-out scenes and questions of a world. `test`: the demo's held-out questions (random stream seed + 1).
+    `validation`: for choosing settings, from a random stream of its own, and never a scene that looks like one
+    of the first `TEST_SCENES_EXCLUDED` test scenes of the same seed (so it shares no image with any test split
+    of up to that size)."""
+    if held_out not in HELD_OUT:
+        raise ValueError(f"held_out must be one of {', '.join(HELD_OUT)}; got {held_out!r}")
+    if held_out == "test":
+        return make_world(eval_scenes, seed + 1, first_image_id=first_image_id)
+    test, _ = make_world(max(eval_scenes, TEST_SCENES_EXCLUDED), seed + 1)
+    return make_world(eval_scenes, f"validation-{seed}", first_image_id=first_image_id,
+                      exclude=frozenset(map(scene_content, test)))
+
+
+def build_world(folder: Path, *, train_scenes: int = 1500, eval_scenes: int = 100, seed: int = 0,
+                held_out: str = "test") -> WorldFiles:
+    """Render the training and held-out scenes into `folder` and write every data file the demo needs; the
+    held-out files hold the `test` split (the demo's) or a `validation` split (see `held_out_world`)."""
     folder = Path(folder)
     train, train_q = make_world(train_scenes, seed, first_image_id=1)
-    held, held_q = make_world(eval_scenes, seed + 1, first_image_id=train_scenes + 1)
+    held, held_q = held_out_world(eval_scenes, seed, train_scenes + 1, held_out)
     files = WorldFiles(folder / "train", folder / "captions.jsonl", folder / "qa.jsonl", folder / "val",
                        folder / "questions.json", folder / "annotations.json")
     save_images(train, files.images)
