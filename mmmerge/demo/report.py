@@ -29,14 +29,21 @@ def mechanism(recipe: dict) -> str:
                 "vectors to the base, so each specialist's forgetting of the other question types is added too, "
                 "and where the specialists pull the same weights different ways they interfere")
     if method in ("ties", "dare_ties"):
+        density = m.get("density", 1.0)
         how = "keeps a random" if method == "dare_ties" else "keeps only the largest"
-        return (f"{method} {how} {m.get('density', 1.0):.0%} of each specialist's task-vector entries, elects one "
-                f"sign per entry and averages the entries that agree (times lambda {p.get('lambda', 1.0):g}): what "
-                "the dropped entries and the outvoted signs carried is lost")
+        trim = (f"{how} {density:.0%} of each specialist's task-vector entries, " if density < 1 else
+                "trims nothing at density 1, ")
+        lost = "the dropped entries and the outvoted signs" if density < 1 else "the outvoted signs"
+        return (f"{method} {trim}elects one sign per entry and averages the entries that agree (times lambda "
+                f"{p.get('lambda', 1.0):g}): what {lost} carried is lost, while each specialist's forgetting of the "
+                "other question types is kept")
     if method == "iso_c":
         return (f"iso_c gives every direction of the summed task vector the same weight (the mean singular value, "
                 f"times alpha {p.get('alpha', 1.0):g}), so a direction only one specialist needs counts as much as a "
                 "shared one")
+    if method == "tsv_merge":
+        return (f"tsv_merge keeps each specialist's top singular directions per matrix and makes them orthogonal "
+                f"(times alpha {p.get('alpha', 1.0):g}); what a specialist forgot is in those directions too")
     if method == "linear":
         return f"linear averages the {n} models, so each specialist's part is diluted {n} times"
     return f"{method} combines {n} specialists that each forgot most of the other question types"
@@ -138,6 +145,8 @@ def format_table(report: dict) -> str:
         lines.append("every merge beats the base overall")
     shaky = {n: v for n, v in report.get("against_base", {}).items()
              if v["beats_base"] and v.get("validation") and v["validation"]["beats_base"] < len(v["validation"]["seeds"])}
+    if shaky:
+        lines.append("merges that beat the base here but not on every validation seed:")
     for n, v in shaky.items():
         lines += textwrap.wrap(f"{n} beats the base here, but {validation_note(v['validation'])}", 110,
                                initial_indent="- ", subsequent_indent="  ")
@@ -194,7 +203,7 @@ def plot(report: dict, path: Path) -> None:
     per_type = ", ".join(f"{q[c]}" for c in columns[1:] if c in q)
     caption = (f"Bars: accuracy on the held-out questions ({q.get('total', '?')} in all; per type {per_type}). "
                f"Red dashed line: the {baseline} model, the baseline every merge should beat. Grey: specialists. "
-               f"Hatched: the multi-task model, the upper bound. '0': a bar of zero height. *: the best merge.")
+               f"Coloured: merges of the specialists. Hatched: the multi-task model, the upper bound. '0': a bar of zero height. *: the best merge.")
     fig.text(0.01, 0.01, textwrap.fill(caption, 150), fontsize=7, va="bottom")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=100)

@@ -22,20 +22,34 @@ from .report import accuracy_entry, format_table, make_report, plot, write_repor
 from .world import QUESTION_TYPES, build_world
 
 
-# Written from the output of `python benchmarks/demo_settings.py` (its table is in the commit that set them).
+# Written from the output of `python benchmarks/demo_settings.py` (validation world, seeds 0-2; its table is in
+# the commit that set these): per method, among the settings that beat the base on every seed, if any, the best mean
+# validation accuracy. task_arithmetic and ties beat the base only with small steps away from it (larger lambdas
+# fall far below it: each specialist's task vector carries its forgetting of the other question types); ties and
+# tsv_merge beat it on two seeds of three, and the report says so. "validation" is that record, quoted by the report.
 SETTINGS_CHOSEN_BY = ("benchmarks/demo_settings.py: a small grid per method on a validation world (held-out scenes "
-                      "drawn from a random stream of their own, none equal to a test scene), seeds 0-2, best mean "
-                      "accuracy; the held-out questions never chose")
+                      "drawn from a random stream of their own, none equal to a test scene), seeds 0-2; per method "
+                      "the best mean accuracy among the settings that beat the base on every seed, if any; the "
+                      "held-out questions never chose")
 CHOSEN_MERGES = {
-    "task_arithmetic": {"parameters": {"lambda": 0.3}, "model": {"weight": 1.0}},
-    "ties": {"parameters": {"lambda": 1.0}, "model": {"weight": 1.0, "density": 0.3}},
-    "iso_c": {"parameters": {"alpha": 1.0}},
+    "task_arithmetic": {"parameters": {"lambda": 0.05}, "model": {"weight": 1.0},
+                        "validation": {"seeds": [0, 1, 2], "accuracy": [0.483, 0.515, 0.485],
+                                       "base": [0.476, 0.504, 0.476], "beats_base": 3}},
+    "ties": {"parameters": {"lambda": 0.25}, "model": {"weight": 1.0, "density": 1.0},
+             "validation": {"seeds": [0, 1, 2], "accuracy": [0.468, 0.511, 0.478], "base": [0.476, 0.504, 0.476],
+                            "beats_base": 2}},
+    "iso_c": {"parameters": {"alpha": 0.75},
+              "validation": {"seeds": [0, 1, 2], "accuracy": [0.512, 0.529, 0.486], "base": [0.476, 0.504, 0.476],
+                             "beats_base": 3}},
+    "tsv_merge": {"parameters": {"alpha": 0.5},
+                  "validation": {"seeds": [0, 1, 2], "accuracy": [0.511, 0.544, 0.476],
+                                 "base": [0.476, 0.504, 0.476], "beats_base": 2}},
 }
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes and schedules; the defaults finish in about a minute on two CPU cores."""
+    """Sizes and schedules; the defaults finish in about two minutes on two CPU cores."""
 
     train_scenes: int = 1500
     eval_scenes: int = 100
