@@ -4,7 +4,7 @@ The names below are imported when first used, so a command pays only for what it
 alone takes 0.7 s to import, and a merge of causal LMs does not need it).
 """
 
-import importlib
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 __all__ = ["load", "describe", "convert", "merge", "stitch", "StitchOptions", "generate", "evaluate", "compare",
@@ -21,14 +21,4 @@ _WHERE = {"load": (".adapters", "open_checkpoint"), "describe": (".inspect", "de
           "Component": (".checkpoint", "Component"), "LazyTensor": (".checkpoint", "LazyTensor")}
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'mmmerge' has no attribute {name!r}")
-    module, attr = _WHERE[name]
-    value = getattr(importlib.import_module(module, __name__), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())

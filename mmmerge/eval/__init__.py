@@ -1,11 +1,14 @@
 """VQA evaluation: official metrics, task readers, the batched runner and cross-model reports."""
 
-from .generate import ModelLoadError, ProcessorError
-from .metrics import (gqa_metrics, pope_answer, pope_metrics, scienceqa_choice, scienceqa_metrics, textvqa_accuracy,
-                      vqa_accuracy, vqa_aggregate, vqa_answer_processor, vqa_normalize)
-from .runner import evaluate
-from .tasks import TASKS, EvalDataError, Sample, EvalTask, get_task
+from ..lazy import lazy_exports
 
-__all__ = ["evaluate", "vqa_accuracy", "vqa_aggregate", "vqa_normalize", "vqa_answer_processor", "textvqa_accuracy",
-           "gqa_metrics", "pope_answer", "pope_metrics", "scienceqa_choice", "scienceqa_metrics", "TASKS", "EvalTask",
-           "Sample", "EvalDataError", "ModelLoadError", "ProcessorError", "get_task"]
+_WHERE = {
+    **dict.fromkeys(["ModelLoadError", "ProcessorError"], ".generate"),
+    **dict.fromkeys(["gqa_metrics", "pope_answer", "pope_metrics", "scienceqa_choice", "scienceqa_metrics",
+                     "textvqa_accuracy", "vqa_accuracy", "vqa_aggregate", "vqa_answer_processor", "vqa_normalize"],
+                    ".metrics"),
+    "evaluate": ".runner",
+    **dict.fromkeys(["TASKS", "EvalDataError", "Sample", "EvalTask", "get_task"], ".tasks"),
+}
+__all__ = list(_WHERE)
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())

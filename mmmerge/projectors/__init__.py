@@ -8,11 +8,13 @@
   files     projector files (save/load), LLaVA folders and LLaVA's mm_projector.bin
 """
 
-from .files import ProjectorSource, load_projector, save_projector
-from .fit import LinearFit, fit_linear, procrustes, ridge
-from .modules import Projector, build, compose, from_state_dict, parse_type, to_llava
-from .transfer import TransferReport, transfer_projector
+from ..lazy import lazy_exports
 
-__all__ = ["Projector", "ProjectorSource", "LinearFit", "TransferReport", "build", "compose", "fit_linear",
-           "from_state_dict", "load_projector", "parse_type", "procrustes", "ridge", "save_projector", "to_llava",
-           "transfer_projector"]
+_WHERE = {
+    **dict.fromkeys(["ProjectorSource", "load_projector", "save_projector"], ".files"),
+    **dict.fromkeys(["LinearFit", "fit_linear", "procrustes", "ridge"], ".fit"),
+    **dict.fromkeys(["Projector", "build", "compose", "from_state_dict", "parse_type", "to_llava"], ".modules"),
+    **dict.fromkeys(["TransferReport", "transfer_projector"], ".transfer"),
+}
+__all__ = list(_WHERE)
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())
