@@ -182,3 +182,41 @@ def test_a_vlm_keeps_its_image_token_under_a_union_tokenizer(tmp_path):
     assert torch.equal(merged.model.language_model.embed_tokens.weight[i], own.model.language_model.embed_tokens.weight[i])
     assert merged.config.text_config.vocab_size == len(after)
     transformers.AutoProcessor.from_pretrained(out)
+
+
+def test_each_vocabulary_tensor_is_read_once(models, monkeypatch, tmp_path):
+    """Every model's re-indexed rows are built from every model's tensor; each input tensor is still read once
+    (not once per model), and the merge equals one that reads them again for each model."""
+    from mmmerge.checkpoint import LazyTensor
+    from mmmerge.engine import tokenizer as tokenizer_module
+
+    m = models
+    cfg = {"merge_method": "linear", "dtype": "float32", "tokenizer_source": "union",
+           "models": [{"model": m[n], "parameters": {"weight": w}} for n, w in (("base", 0.2), ("a", 0.5), ("b", 0.3))]}
+    reads = []
+
+    def counting(t):
+        return LazyTensor(t.shape, t.dtype, lambda: reads.append(1) or t.load())
+
+    wrapped = {}
+
+    class Counted(tokenizer_module.SharedLoads):
+        def lazy(self, name, t):  # the same input tensor gets the same counting wrapper
+            return super().lazy(name, wrapped.setdefault(id(t), counting(t)))
+
+    class EveryTime:  # what reindex did before: each model reads every model's tensor itself
+        def __init__(self, consumers):
+            pass
+
+        def lazy(self, name, t):
+            return counting(t)
+
+    results = {}
+    for label, loads in (("once", Counted), ("each", EveryTime)):
+        reads.clear()
+        monkeypatch.setattr(tokenizer_module, "SharedLoads", loads)
+        merge(cfg, tmp_path / label, quiet=True)
+        results[label] = len(reads)
+    assert results == {"once": 2 * 3, "each": 2 * 3 * 3}  # embeddings and head of three models
+    a, b = (load_file(tmp_path / n / "model.safetensors") for n in ("once", "each"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import Component, combine
+from ..checkpoint import Component, LazyTensor, combine
 from ..errors import RecipeError
 from .chat_templates import CHAT_TEMPLATES
 from .recipe import MergeSection, TokenSetting, TokenSource
@@ -113,7 +113,8 @@ def plan_tokenizer(section: MergeSection, refs: list[str], folders: dict[str, Pa
         rows += pad - rows % pad
     for token, setting in settings.items():
         check_setting(token, setting, refs, vocabs, where)
-    permuted = {r: reindex(comps[r], r, comps, vocab, vocabs, rows, settings, base_ref) for r in refs}
+    loads = SharedLoads(consumers=len(refs))
+    permuted = {r: reindex(comps[r], r, comps, vocab, vocabs, rows, settings, base_ref, loads) for r in refs}
     notes.append(f"{where}tokenizer: {source} vocabulary of {len(vocab)} tokens ({rows} rows)")
     return permuted, TokenizerPlan(out, template)
 
@@ -156,17 +157,42 @@ def check_setting(token: str, setting: TokenSetting, refs: list[str], vocabs: di
         raise RecipeError(f"{where}tokenizer.tokens[{token!r}]: {src} has no such token to take the row of")
 
 
+class SharedLoads:
+    """Each model's vocabulary tensor read once for all the models whose re-indexed tensor needs it (every model's
+    re-indexed rows are built from every model's tensor): kept until its `consumers` have taken it, then freed."""
+
+    def __init__(self, consumers: int):
+        self.consumers = consumers
+        self.held: dict[tuple[str, int], list] = {}  # (tensor name, id of the LazyTensor) -> [tensor, takes left]
+
+    def lazy(self, name: str, t: LazyTensor) -> LazyTensor:
+        def load() -> torch.Tensor:
+            key = (name, id(t))
+            entry = self.held.setdefault(key, [None, self.consumers])
+            if entry[0] is None:
+                entry[0] = t.load()
+            entry[1] -= 1
+            value = entry[0]
+            if entry[1] <= 0:
+                del self.held[key]
+            return value
+
+        return LazyTensor(t.shape, t.dtype, load)
+
+
 def reindex(component: Component, ref: str, comps: dict[str, Component], vocab: dict[str, int],
             vocabs: dict[str, dict[str, int]], rows: int, settings: dict[str, TokenSetting],
-            base_ref: str) -> Component:
+            base_ref: str, loads: SharedLoads | None = None) -> Component:
     """`component` with every vocabulary tensor's rows in the output vocabulary's order (its config's
-    vocab_size too)."""
+    vocab_size too). `loads`: the inputs read once for every model's re-indexed tensor."""
     own_rows = int(component.config.get("vocab_size") or 0)
     tensors = dict(component.tensors)
     for name, t in component.tensors.items():
         if not t.shape or t.shape[0] != own_rows:
             continue
         peers = {r: c.tensors[name] for r, c in comps.items() if name in c.tensors}
+        if loads is not None:
+            peers = {r: loads.lazy(name, p) for r, p in peers.items()}
         order = list(peers)
         fn = RowBuilder(ref, order, vocab, vocabs, rows, settings, base_ref)
         dtype = peers[order[0]].dtype
