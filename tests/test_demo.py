@@ -4,6 +4,7 @@ import json
 import random
 
 import pytest
+import yaml
 
 from mmmerge.demo.world import (BACKGROUND, COLORS, QUESTION_TYPES, SHAPE, SHAPES, SIDES, SIZE, Scene, build_world,
                                 held_out_world, make_scene, make_world, questions_for, render, scene_content)
@@ -207,7 +208,8 @@ def test_demo_end_to_end_and_deterministic(tmp_path):
     from mmmerge.demo.report import format_table
 
     report = run_demo(tmp_path / "a", seed=0, progress=False)
-    assert set(report) == {"accuracy", "baseline", "specialists", "merged", "upper_bound", "checkpoint", "against_base",
+    assert set(report) == {"accuracy", "baseline", "specialists", "merged", "upper_bound", "best_merge", "checkpoint",
+                           "against_base",
                            "recipes", "settings_chosen_by", "seeds", "questions", "training_steps", "versions"}
     assert len(report["specialists"]) >= 2 and len(report["merged"]) >= 3
     assert report["baseline"] == "base" and report["upper_bound"] == "multitask"
@@ -220,7 +222,8 @@ def test_demo_end_to_end_and_deterministic(tmp_path):
     acc = report["accuracy"]
     best_merged = max(acc[n]["overall"] for n in report["merged"])
     best_specialist = max(acc[n]["overall"] for n in report["specialists"])
-    assert acc[report["checkpoint"].split("/")[-1]]["overall"] == best_merged
+    assert acc[report["best_merge"]]["overall"] == best_merged
+    assert (tmp_path / "a" / report["checkpoint"]).is_dir()
     assert best_merged >= best_specialist + 0.10, acc
     # the multi-task model, with the specialists' steps combined, is the upper bound: above every merge
     steps = report["training_steps"]
@@ -236,13 +239,22 @@ def test_demo_end_to_end_and_deterministic(tmp_path):
     # recipes (paths relative to the report's folder), seeds, question counts, versions
     for name in report["merged"]:
         recipe = report["recipes"][name]
-        assert recipe["merge_method"] in name and (tmp_path / "a" / recipe["base_model"]).is_dir()
+        assert recipe["merge_method"] in (name, "iso_c", "tsv_merge") and (tmp_path / "a" / recipe["base_model"]).is_dir()
         assert [m["model"] for m in recipe["models"]] == [f"specialists/{n}" for n in report["specialists"]]
     assert "validation" in report["settings_chosen_by"] and "benchmarks/demo_settings.py" in report["settings_chosen_by"]
     assert report["seeds"]["demo"] == 0 and set(report["specialists"]) <= set(report["seeds"])
     assert report["questions"] == {**{t: 100 for t in QUESTION_TYPES}, "total": 500}
     assert report["versions"] == {"mmmerge": mmmerge.__version__, "torch": torch.__version__,
                                   "transformers": transformers.__version__, "python": platform.python_version()}
+
+    # the searched merge: chosen on validation questions by `mmmerge search`, its recipe is the search's best, and it
+    # beats the base and every fixed-setting merge on the held-out questions (seed 0)
+    searched = tmp_path / "a" / "search"
+    best = yaml.safe_load((searched / "best_recipe.yml").read_text())
+    assert report["recipes"]["searched"]["parameters"] == best["parameters"]
+    assert json.loads((searched / "result.json").read_text())["trials"] == {"complete": 24}
+    assert acc["searched"]["overall"] > max(acc[n]["overall"] for n in report["merged"] if n != "searched")
+    assert acc["searched"]["overall"] > acc["base"]["overall"]
 
     model, info = transformers.LlavaForConditionalGeneration.from_pretrained(
         tmp_path / "a" / report["checkpoint"], output_loading_info=True)
@@ -257,7 +269,7 @@ def test_demo_is_deterministic(tmp_path):
     from mmmerge.demo.run import DemoConfig
 
     small = DemoConfig(train_scenes=60, eval_scenes=6, align_steps=4, pretrain_steps=8, general_steps=4,
-                       specialist_steps=4, batch_size=8, eval_batch_size=30,
+                       specialist_steps=4, batch_size=8, eval_batch_size=30, search_trials=3, validation_scenes=4,
                        specialists={"color-only": ("color",), "count-only": ("count",)})
     report = run_demo(tmp_path / "a", seed=1, progress=False, config=small)
     assert run_demo(tmp_path / "b", seed=1, progress=False, config=small) == report

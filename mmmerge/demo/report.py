@@ -97,7 +97,8 @@ def make_report(accuracy: dict, specialists: list[str], merged: list[str], root:
     best = max(merged, key=lambda n: (accuracy[n]["overall"], -merged.index(n)))
     return {
         "accuracy": accuracy, "baseline": baseline, "specialists": list(specialists), "merged": list(merged),
-        "upper_bound": upper_bound, "checkpoint": Path(paths[best]).relative_to(root).as_posix(),
+        "upper_bound": upper_bound, "best_merge": best,
+        "checkpoint": Path(paths[best]).relative_to(root).as_posix(),
         "against_base": {n: against_base(accuracy, baseline, n, recipes.get(n), validation.get(n)) for n in merged},
         "recipes": {n: relative_recipe(r, root) for n, r in recipes.items()},
         "settings_chosen_by": settings_chosen_by,
@@ -124,7 +125,7 @@ def format_table(report: dict) -> str:
     acc = report["accuracy"]
     base = acc[report.get("baseline", "base")]["overall"]
     columns = ["overall"] + [k for k in next(iter(acc.values())) if k != "overall"]
-    best = Path(report["checkpoint"]).name
+    best = report.get("best_merge", Path(report["checkpoint"]).name)
     width = max(len(n) for n in acc) + 2
     lines = ["model".ljust(width) + "role".ljust(13) + "".join(c.rjust(9) for c in columns) + "  vs base"]
     for name, row in acc.items():

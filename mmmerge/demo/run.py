@@ -19,7 +19,7 @@ import torch
 from .finetune import Example, finetune, read_examples
 from .models import build_language, build_vision
 from .report import accuracy_entry, format_table, make_report, plot, write_report
-from .world import QUESTION_TYPES, build_world
+from .world import QUESTION_TYPES, build_world, write_held_out
 
 
 # Written from the output of `python benchmarks/demo_settings.py` (validation world, seeds 0-2; its table is in
@@ -76,6 +76,13 @@ class DemoConfig:
     # Merge settings: chosen by benchmarks/demo_settings.py on a validation world (held-out scenes drawn from a
     # random stream of their own, none equal to a test scene), for seeds 0-2; never on the held-out questions.
     merges: dict = field(default_factory=lambda: dict(CHOSEN_MERGES))
+    # The searched merge: `mmmerge search` chooses the method among `search_methods` and the values in
+    # `search_ranges` on a validation split of its own (`validation_scenes` scenes, none a test scene), over
+    # `search_trials` candidates merged in memory. search_trials=0 leaves the search out.
+    search_methods: tuple = ("iso_c", "tsv_merge")
+    search_ranges: dict = field(default_factory=lambda: {"alpha": [0.1, 1.5]})
+    search_trials: int = 24
+    validation_scenes: int = 200
 
     @property
     def multitask_budget(self) -> int:
@@ -252,7 +259,7 @@ def _run_stages(out: Path, *, device: str | None, seed: int, progress: bool, con
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.time()
-    stages = 8
+    stages = 9 if config.search_trials else 8
     done = [0]
 
     def stage(text: str) -> None:
@@ -269,8 +276,14 @@ def _run_stages(out: Path, *, device: str | None, seed: int, progress: bool, con
         specialists = trained.specialists
         merged, recipes = merge_models(out / "merged", config.merges, trained.base, list(specialists.values()),
                                        seed=seed, device=device)
-        # (a searched merge, chosen on a validation world, would join `merged` and `recipes` here)
         stage(f"merged the specialists with {', '.join(config.merges)}")
+        if config.search_trials:
+            merged["searched"], recipes["searched"] = search_merge(out, config, trained, seed=seed, device=device,
+                                                                   progress=progress)
+            stage(f"searched {' / '.join(config.search_methods)} and {', '.join(config.search_ranges)} over "
+                  f"{config.search_trials} "
+                  f"candidates merged in memory, scored on {config.validation_scenes * len(QUESTION_TYPES)} "
+                  f"validation questions (no test scene)")
 
         models = {"base": trained.base, **specialists, **merged, "multitask": trained.multitask}
         accuracy = evaluate_models(models, world, out / "eval", batch_size=config.eval_batch_size, device=device,
@@ -292,6 +305,29 @@ def _run_stages(out: Path, *, device: str | None, seed: int, progress: bool, con
         print(format_table(report))
         print(f"best merged model: {report['checkpoint']} (a LLaVA folder transformers loads)")
     return report
+
+
+def search_merge(out: Path, config: DemoConfig, trained, *, seed: int, device: str, progress: bool) -> tuple[Path, dict]:
+    """`mmmerge search` over the specialists: the validation split written to OUT/validation (a random stream of
+    its own, never a test scene), the study and its outputs in OUT/search, the best candidate in
+    OUT/search/model. Returns that folder and its recipe."""
+    from ..searching import search
+
+    questions, annotations, images = write_held_out(out / "validation", eval_scenes=config.validation_scenes,
+                                                    seed=seed, first_image_id=config.train_scenes + 1)
+    methods = list(config.search_methods)
+    spec = {"merge_method": {"choice": methods} if len(methods) > 1 else methods[0], "base_model": str(trained.base),
+            "models": [{"model": str(p)} for p in trained.specialists.values()],
+            "parameters": {k: {"search": list(r)} for k, r in config.search_ranges.items()},
+            "search": {"trials": config.search_trials, "sampler": "tpe", "seed": seed, "objective": "score",
+                       "batch_size": config.eval_batch_size, "max_new_tokens": 4, "merge_seed": seed,
+                       "tasks": [{"task": "vqav2", "questions": str(questions), "annotations": str(annotations),
+                                  "images": str(images)}]}}
+    result = search(spec, out / "search", device=device, write_model=True, quiet=True)
+    if progress:
+        print(f"    best of {result.trials}: {', '.join(f'{k} {v:.3g}' for k, v in result.best_params.items())}, "
+              f"validation {result.dev_scores['vqav2']:.1f}", flush=True)
+    return out / "search" / "model", result.best_recipe
 
 
 def training_budget(config: DemoConfig) -> dict:

@@ -185,6 +185,18 @@ def held_out_world(eval_scenes: int, seed: int, first_image_id: int, held_out: s
                       exclude=frozenset(map(scene_content, test)))
 
 
+def write_held_out(folder: Path, *, eval_scenes: int, seed: int, first_image_id: int,
+                   held_out: str = "validation") -> tuple[Path, Path, Path]:
+    """Only the held-out split, in VQAv2 files: (questions, annotations, images). The demo's search scores its
+    candidates on a validation split written so."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    held, held_q = held_out_world(eval_scenes, seed, first_image_id, held_out)
+    save_images(held, folder / "val")
+    write_vqav2(held_q, folder / "questions.json", folder / "annotations.json")
+    return folder / "questions.json", folder / "annotations.json", folder / "val"
+
+
 def build_world(folder: Path, *, train_scenes: int = 1500, eval_scenes: int = 100, seed: int = 0,
                 held_out: str = "test") -> WorldFiles:
     """Render the training and held-out scenes into `folder` and write every data file the demo needs; the
