@@ -154,6 +154,31 @@ def test_agreement_of_a_choice_only_search_is_complete(world, tmp_path):
     assert [float(dict(zip(header.split(","), row.split(",")))["value"]) for row in rows] == [100.0, 100.0]
 
 
+def test_agreement_is_the_share_of_equal_answers_of_two_neighbours(world, tmp_path):
+    """The agreement objective equals the share of dev questions that `mmmerge eval` answers the same for the
+    candidate and for its neighbour (every searched range moved by agreement_step of its width), both written
+    by `mmmerge merge`."""
+    root, files = world
+    spec = spec_for(root, files, trials=1, objective="agreement", weights=(0.0, 0.02),
+                    extra={"agreement_step": 0.25})
+    result = search(spec, tmp_path / "out", quiet=True)
+    recipe = yaml.safe_load((tmp_path / "out" / "best_recipe.yml").read_text())
+    answers = []
+    for label, shift in (("candidate", 0.0), ("neighbour", 0.25 * 0.02)):
+        moved = yaml.safe_load(yaml.safe_dump(recipe))
+        for m in moved["models"]:
+            w = m["parameters"]["weight"]
+            m["parameters"]["weight"] = w + shift if w + shift <= 0.02 else w - shift
+        merge(moved, tmp_path / label, quiet=True)
+        evaluate(str(tmp_path / label), "vqav2", **{k: root / v for k, v in files["dev"].items()},
+                 out=tmp_path / f"eval-{label}", max_new_tokens=4, progress=False)
+        answers.append([json.loads(line)["answer"]
+                        for line in (tmp_path / f"eval-{label}" / "samples.jsonl").read_text().splitlines()])
+    same = sum(a == b for a, b in zip(*answers))
+    assert 0 < same < len(answers[0])  # the neighbours differ on some questions: the check can tell
+    assert result.best_value == pytest.approx(100.0 * same / len(answers[0]))
+
+
 def test_a_parameter_the_chosen_method_does_not_read_is_not_searched():
     """With a choice of methods, `density` and `lambda` are searched for ties (which reads them) and left out
     of a linear candidate's recipe (linear does not read them)."""
