@@ -44,10 +44,13 @@ def stitch(vision: Path | str, language: Path | str, out: Path | str, *, options
             write_model(tmp, plan.config, plan.tensors, language, o.progress)
 
     report = StitchReport(
-        out, f"{plan.vision_format} {plan.vision.arch}", plan.language.arch, fitted.how if fitted else plan.how,
-        plan.projector.projector_type, plan.layer, plan.strategy, plan.additional, plan.seq_len, plan.image_token_id,
-        plan.added_tokens, plan.vocab_size, plan.transfer, fitted.residual if fitted else None,
-        fitted.losses if fitted else [], plan.notes)
+        out=out, vision=f"{plan.vision_format} {plan.vision.arch}", language=plan.language.arch,
+        projector=fitted.how if fitted else plan.how, projector_type=plan.projector.projector_type,
+        vision_feature_layer=plan.layer, vision_feature_select_strategy=plan.strategy,
+        num_additional_image_tokens=plan.additional, image_seq_length=plan.seq_len,
+        image_token_id=plan.image_token_id, added_tokens=plan.added_tokens, vocab_size=plan.vocab_size,
+        transfer=plan.transfer, fit_residual=fitted.residual if fitted else None,
+        losses=fitted.losses if fitted else [], notes=plan.notes)
     if plan.source is None and plan.fit is None:
         report.warnings.append(untrained_projector_warning(out))
     return report

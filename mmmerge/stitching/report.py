@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StitchReport:
     out: Path
     vision: str
