@@ -11,7 +11,6 @@ Every module in this package whose name does not start with "_" is imported and 
 methods; adding a method is adding one such file. See _registry.py for the function contract.
 """
 
-import dataclasses
 import importlib
 import pkgutil
 
@@ -21,13 +20,6 @@ for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 del _module
-
-# methods mergekit computes in the loaded dtype get a kernel that does the same (methods.native_others)
-from .native_others import KERNELS as _KERNELS  # noqa: E402
-
-for _name, _kernel in _KERNELS.items():
-    REGISTRY[_name] = dataclasses.replace(REGISTRY[_name], native=_kernel)
-del _name, _kernel
 
 __all__ = [
     "REGISTRY",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ._registry import method
+from . import native_others  # the same method in mergekit's order of operations (half precision)
 
 SAMPLE = 1_000_000
 
@@ -32,7 +33,7 @@ def _threshold(scores: torch.Tensor, generator: torch.Generator | None) -> torch
     return median + 1.5 * (q3 - q1)
 
 
-@method("arcee_fusion", base="required", min_models=1, max_models=1, random=True, reference="https://arcee.ai")
+@method("arcee_fusion", native=native_others.arcee_fusion, base="required", min_models=1, max_models=1, random=True, reference="https://arcee.ai")
 def arcee_fusion(tensors, base, params, global_params, generator=None) -> torch.Tensor:
     scores = _importance(tensors[0], base)
     keep = (scores >= _threshold(scores, generator)).to(base.dtype)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 
 from ._registry import Param, method
+from . import native_others  # the same method in mergekit's order of operations (half precision)
 
 
 @method(
-    "model_stock",
+    "model_stock", native=native_others.model_stock,
     global_params={"filter_wise": Param(bool, False, help="one interpolation ratio per row instead of per tensor")},
     base="required",
     min_models=2,

@@ -254,8 +254,3 @@ def slerp(tensors, base, params, global_params, generator=None, *, dot_threshold
     for i in starts:
         out[:, i:i + CHUNK] = coef_a * a[:, i:i + CHUNK].to(wide) + coef_b * b[:, i:i + CHUNK].to(wide)
     return out.reshape(base.shape)
-
-
-KERNELS = {"slerp": slerp, "model_stock": model_stock, "sce": sce, "nearswap": nearswap, "nuslerp": nuslerp,
-           "multislerp": multislerp, "karcher": karcher, "ram": ram, "ramplus_tl": ramplus_tl,
-           "arcee_fusion": arcee_fusion}

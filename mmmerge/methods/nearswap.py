@@ -8,10 +8,11 @@ from __future__ import annotations
 import torch
 
 from ._registry import Param, method
+from . import native_others  # the same method in mergekit's order of operations (half precision)
 
 
 @method(
-    "nearswap",
+    "nearswap", native=native_others.nearswap,
     global_params={"t": Param(float, low=0.0, help="distance below which the other model's value is taken")},
     base="required",
     min_models=1,

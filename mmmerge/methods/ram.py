@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ._registry import Param, method
+from . import native_others  # the same method in mergekit's order of operations (half precision)
 
 EPSILON = Param(float, 1e-5, low=0.0, help="entries with |delta| at most this do not contribute")
 # ramplus_tl divides by max(unique count, epsilon): epsilon 0 would give 0/0 = NaN for a model with no entries.
@@ -33,13 +34,13 @@ def _ram(tensors, base, epsilon, r=None, alpha=None):
     return base + merged.reshape(base.shape)
 
 
-@method("ram", global_params={"epsilon": EPSILON}, base="required", reference="https://arxiv.org/abs/2601.13572")
+@method("ram", native=native_others.ram, global_params={"epsilon": EPSILON}, base="required", reference="https://arxiv.org/abs/2601.13572")
 def ram(tensors, base, params, global_params, generator=None) -> torch.Tensor:
     return _ram(tensors, base, global_params["epsilon"])
 
 
 @method(
-    "ramplus_tl",
+    "ramplus_tl", native=native_others.ramplus_tl,
     global_params={
         "r": Param(float, 0.1, low=0.0, help="strength of the boost for unique entries"),
         "alpha": Param(float, 0.2, low=0.0, help="cap on the shared/unique ratio"),

@@ -12,6 +12,7 @@ import torch
 
 from ._common import INT8_MASK, sign_consensus, task_vectors
 from ._registry import Param, method
+from . import native_others  # the same method in mergekit's order of operations (half precision)
 
 
 def _select(deltas: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -34,7 +35,7 @@ def _energy_weights(deltas: torch.Tensor) -> torch.Tensor:
 
 
 @method(
-    "sce",
+    "sce", native=native_others.sce,
     global_params={
         "select_topk": Param(float, 1.0, low=0.0, high=1.0, low_open=True, help="fraction of entries kept by variance"),
         "int8_mask": INT8_MASK,

@@ -16,6 +16,7 @@ import torch
 from ..errors import RecipeError
 from ._common import WEIGHT
 from ._registry import Param, method
+from . import native_others  # the same method in mergekit's order of operations (half precision)
 
 
 def slerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: float = 0.9995, eps: float = 1e-8):
@@ -34,7 +35,7 @@ def slerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: f
 
 
 @method(
-    "slerp",
+    "slerp", native=native_others.slerp,
     global_params={"t": Param(float, help="0 gives the base model, 1 the other model")},
     base="required",
     min_models=1,
@@ -66,7 +67,7 @@ def _nuslerp_pair(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool, 
 
 
 @method(
-    "nuslerp",
+    "nuslerp", native=native_others.nuslerp,
     model_params={"weight": WEIGHT},
     global_params={
         "nuslerp_row_wise": Param(bool, False, help="interpolate rows (dim 0) instead of columns"),
@@ -86,7 +87,7 @@ def nuslerp(tensors, base, params, global_params, generator=None) -> torch.Tenso
 
 
 @method(
-    "multislerp",
+    "multislerp", native=native_others.multislerp,
     model_params={"weight": WEIGHT},
     global_params={
         "normalize_weights": Param(bool, True, help="divide weights by their sum"),
@@ -161,7 +162,7 @@ def karcher_mean(tensors: list[torch.Tensor], alphas: list[float], max_iter: int
 
 
 @method(
-    "karcher",
+    "karcher", native=native_others.karcher,
     global_params={
         "max_iter": Param(int, 10, low=1, help="iterations of the fixed-point update"),
         "tol": Param(float, 1e-5, low=0.0, low_open=True, help="convergence tolerance"),
