@@ -263,7 +263,7 @@ def test_demo_end_to_end_and_deterministic(tmp_path):
 
 
 
-def test_demo_is_deterministic(tmp_path):
+def test_demo_is_deterministic(tmp_path, capsys):
     """The same seed gives the same report, on a small configuration (the full one takes minutes per run)."""
     from mmmerge.demo import run_demo
     from mmmerge.demo.run import DemoConfig
@@ -273,4 +273,6 @@ def test_demo_is_deterministic(tmp_path):
                        specialists={"color-only": ("color",), "count-only": ("count",)})
     report = run_demo(tmp_path / "a", seed=1, progress=False, config=small)
     assert run_demo(tmp_path / "b", seed=1, progress=False, config=small) == report
-    assert run_demo(tmp_path / "c", seed=2, progress=False, config=small) != report
+    assert run_demo(tmp_path / "c", seed=2, progress=True, config=small) != report
+    printed = capsys.readouterr().out  # the printed stages, the search's best candidate and the table
+    assert "best of 3: merge_method " in printed and "searched" in printed and "best merged model" in printed

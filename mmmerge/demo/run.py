@@ -325,7 +325,8 @@ def search_merge(out: Path, config: DemoConfig, trained, *, seed: int, device: s
                                   "images": str(images)}]}}
     result = search(spec, out / "search", device=device, write_model=True, quiet=True)
     if progress:
-        print(f"    best of {result.trials}: {', '.join(f'{k} {v:.3g}' for k, v in result.best_params.items())}, "
+        values = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.best_params.items())
+        print(f"    best of {result.trials}: {values}, "
               f"validation {result.dev_scores['vqav2']:.1f}", flush=True)
     return out / "search" / "model", result.best_recipe
 
