@@ -165,7 +165,10 @@ def method(name: str, **spec_fields: Any) -> Callable:
     """Decorator: register ``fn`` as method ``name`` with the given MethodSpec fields."""
 
     def wrap(fn):
-        register(MethodSpec(name=name, fn=fn, **spec_fields))
+        fields = dict(spec_fields)
+        if fields.get("native") is True:  # the one implementation also computes in half precision, as mergekit
+            fields["native"] = fn
+        register(MethodSpec(name=name, fn=fn, **fields))
         return fn
 
     return wrap

@@ -9,32 +9,35 @@ from __future__ import annotations
 import torch
 
 from ._registry import Param, method
-from . import native_others  # the same method in mergekit's order of operations (half precision)
 
 
 @method(
-    "model_stock", native=native_others.model_stock,
+    "model_stock", native=True,
     global_params={"filter_wise": Param(bool, False, help="one interpolation ratio per row instead of per tensor")},
     base="required",
     min_models=2,
     reference="https://arxiv.org/abs/2403.19522",
 )
-def model_stock(tensors, base, params, global_params, generator=None) -> torch.Tensor:
-    if global_params["filter_wise"]:
-        w0 = base if base.dim() > 1 else base.unsqueeze(0)
-        ws = [t if t.dim() > 1 else t.unsqueeze(0) for t in tensors]
+def model_stock(tensors, base, params, global_params, generator=None):
+    shape = base.shape
+    if global_params.get("filter_wise"):
+        w0 = base.unsqueeze(0) if base.dim() == 1 else base
+        ws = [t.unsqueeze(0) if base.dim() == 1 else t for t in tensors]
     else:
         w0, ws = base.reshape(-1), [t.reshape(-1) for t in tensors]
-    deltas = [w - w0 for w in ws]
+    offsets = [w - w0 for w in ws]
     cosines = []
-    for i, a in enumerate(deltas):
-        for b in deltas[i + 1 :]:
-            norms = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
+    for i, a in enumerate(offsets):
+        for b in offsets[i + 1:]:
+            norms = torch.norm(a, dim=-1) * torch.norm(b, dim=-1)
             cosines.append(((a * b).sum(dim=-1) / norms.clamp(min=1e-6)).clamp(-1, 1))
     cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
     n = len(ws)
-    denom = 1 + (n - 1) * cos
-    singular = denom.abs() < 1e-6
-    ratio = torch.where(singular, 0.0, n * cos / torch.where(singular, 1.0, denom))
-    average = sum(ws) / n
-    return (ratio * average + (1 - ratio) * w0).reshape(base.shape)
+    denominator = 1 + (n - 1) * cos
+    singular = denominator.abs() < 1e-6
+    t = torch.where(singular, torch.zeros_like(cos),
+                    (n * cos) / torch.where(singular, torch.ones_like(denominator), denominator))
+    total = 0
+    for w in ws:
+        total = total + w
+    return (t * (total / n) + (1 - t) * w0).reshape(shape)

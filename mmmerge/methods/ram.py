@@ -11,36 +11,32 @@ from __future__ import annotations
 import torch
 
 from ._registry import Param, method
-from . import native_others  # the same method in mergekit's order of operations (half precision)
 
 EPSILON = Param(float, 1e-5, low=0.0, help="entries with |delta| at most this do not contribute")
 # ramplus_tl divides by max(unique count, epsilon): epsilon 0 would give 0/0 = NaN for a model with no entries.
 EPSILON_POSITIVE = Param(float, 1e-5, low=0.0, low_open=True, help=EPSILON.help)
 
 
-def _ram(tensors, base, epsilon, r=None, alpha=None):
+def ram_parts(tensors, base, epsilon):
+    """The flat task vectors, where each contributes (|δ| > epsilon), and the entries shared or unique."""
+    flat = torch.stack([t - base for t in tensors], dim=0).view(len(tensors), -1)
+    nonzero = flat.abs() > epsilon
+    counts = nonzero.sum(dim=0, keepdim=True)
+    return flat, nonzero, counts, counts > 1, counts == 1
+
+
+@method("ram", native=True, global_params={"epsilon": EPSILON}, base="required", reference="https://arxiv.org/abs/2601.13572")
+def ram(tensors, base, params, global_params, generator=None):
     if not tensors:
         return base
-    deltas = torch.stack([t - base for t in tensors]).reshape(len(tensors), -1)
-    active = deltas.abs() > epsilon
-    counts = active.sum(dim=0, keepdim=True)
-    unique, shared = counts == 1, counts > 1
-    kept = deltas * active
-    unique_part = kept * unique
-    if r is not None:
-        ratio = (active & shared).sum(dim=1) / (active & unique).sum(dim=1).clamp(min=epsilon)
-        unique_part = unique_part * (1 + r * ratio.clamp(min=0, max=alpha)).unsqueeze(-1)
-    merged = (unique_part + kept * shared / counts.clamp(min=1)).sum(dim=0)
-    return base + merged.reshape(base.shape)
-
-
-@method("ram", native=native_others.ram, global_params={"epsilon": EPSILON}, base="required", reference="https://arxiv.org/abs/2601.13572")
-def ram(tensors, base, params, global_params, generator=None) -> torch.Tensor:
-    return _ram(tensors, base, global_params["epsilon"])
+    flat, nonzero, counts, shared, unique = ram_parts(tensors, base, global_params.get("epsilon", 1e-5))
+    kept = flat * nonzero
+    merged = ((kept * unique) + (kept * shared / counts.clamp(min=1))).sum(dim=0, keepdim=True)
+    return base + merged.reshape_as(base)
 
 
 @method(
-    "ramplus_tl", native=native_others.ramplus_tl,
+    "ramplus_tl", native=True,
     global_params={
         "r": Param(float, 0.1, low=0.0, help="strength of the boost for unique entries"),
         "alpha": Param(float, 0.2, low=0.0, help="cap on the shared/unique ratio"),
@@ -49,5 +45,13 @@ def ram(tensors, base, params, global_params, generator=None) -> torch.Tensor:
     base="required",
     reference="https://arxiv.org/abs/2601.13572",
 )
-def ramplus_tl(tensors, base, params, global_params, generator=None) -> torch.Tensor:
-    return _ram(tensors, base, global_params["epsilon"], global_params["r"], global_params["alpha"])
+def ramplus_tl(tensors, base, params, global_params, generator=None):
+    if not tensors:
+        return base
+    eps = global_params.get("epsilon", 1e-5)
+    flat, nonzero, counts, shared, unique = ram_parts(tensors, base, eps)
+    rho = (nonzero & shared).sum(dim=1) / (nonzero & unique).sum(dim=1).clamp(min=eps)
+    boost = 1 + global_params.get("r", 0.1) * rho.clamp(min=0, max=global_params.get("alpha", 0.2))
+    kept = flat * nonzero
+    merged = ((kept * unique * boost.unsqueeze(-1)) + (kept * shared / counts.clamp(min=1))).sum(dim=0, keepdim=True)
+    return base + merged.reshape_as(base)

@@ -16,58 +16,67 @@ import torch
 from ..errors import RecipeError
 from ._common import WEIGHT
 from ._registry import Param, method
-from . import native_others  # the same method in mergekit's order of operations (half precision)
 
 
-def slerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: float = 0.9995, eps: float = 1e-8):
-    """Spherical interpolation of two tensors taken as flat vectors (lerp when nearly collinear)."""
-    a, b = v0.reshape(-1), v1.reshape(-1)
-    if a.numel() == 0:
-        return (1 - t) * v0 + t * v1
-    norm_a, norm_b = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
-    norm_a = torch.where(norm_a > eps, norm_a, 1.0)
-    norm_b = torch.where(norm_b > eps, norm_b, 1.0)
-    cos = ((a / norm_a) * (b / norm_b)).sum().clamp(-1, 1)
-    if cos.abs() > dot_threshold:
-        return (1 - t) * v0 + t * v1
-    theta = torch.acos(cos)
-    return (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
+def spherical(t: float, v0: torch.Tensor, v1: torch.Tensor, *, dim: int, flatten: bool, eps: float = 1e-8):
+    """Slerp of two tensors along `dim` (or flattened); linear where they are (nearly) collinear."""
+    shape = v0.shape
+    if flatten:
+        v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    elif dim != -1:
+        v0, v1 = v0.transpose(dim, -1), v1.transpose(dim, -1)
+    u0 = v0 / torch.norm(v0, dim=-1, keepdim=True).clamp(min=1e-7)
+    u1 = v1 / torch.norm(v1, dim=-1, keepdim=True).clamp(min=1e-7)
+    cos = torch.sum(u0 * u1, dim=-1, keepdim=True).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= eps ** 2
+    theta = torch.acos(torch.where(colinear, 0, cos))
+    result = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
+    result = torch.where(colinear, (1 - t) * v0 + t * v1, result)
+    if dim != -1 and not flatten:
+        result = result.transpose(dim, -1)
+    return result.reshape(shape)
+
+
+CHUNK = 1 << 20  # entries per chunk of mergekit's slerp: its sums run chunk by chunk
 
 
 @method(
-    "slerp", native=native_others.slerp,
+    "slerp", native=True,
     global_params={"t": Param(float, help="0 gives the base model, 1 the other model")},
     base="required",
     min_models=1,
     max_models=1,
     reference="https://en.wikipedia.org/wiki/Slerp",
 )
-def slerp(tensors, base, params, global_params, generator=None) -> torch.Tensor:
-    return slerp_tensors(global_params["t"], base, tensors[0])
-
-
-def _nuslerp_pair(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool, flatten: bool, eps: float = 1e-8):
-    shape = v0.shape
-    if flatten:
-        v0, v1 = v0.reshape(-1), v1.reshape(-1)
-    elif row_wise:
-        v0, v1 = v0.transpose(0, -1), v1.transpose(0, -1)
-
-    def unit(x):
-        return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=1e-7)
-
-    cos = (unit(v0) * unit(v1)).sum(dim=-1, keepdim=True).clamp(-1, 1)
-    collinear = (1 - cos.square()) <= eps**2
-    theta = torch.acos(torch.where(collinear, 0.0, cos))
-    curved = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
-    out = torch.where(collinear, (1 - t) * v0 + t * v1, curved)
-    if row_wise and not flatten:
-        out = out.transpose(0, -1)
-    return out.reshape(shape)
+def slerp(tensors, base, params, global_params, generator=None, *, dot_threshold=0.9995, eps=1e-8):
+    """Over the whole flattened tensor, in float32 (float64 for float64 inputs), chunk by chunk; the result is
+    written into a tensor of the inputs' dtype."""
+    wide = torch.float64 if base.dtype == torch.float64 else torch.float32
+    a, b = base.reshape(1, -1), tensors[0].reshape(1, -1)
+    t = torch.tensor([global_params["t"]]).reshape(-1, 1).to(wide)
+    if not a.shape[1]:
+        return ((1 - t) * a + t * b).reshape(base.shape).to(base.dtype)
+    starts = range(0, a.shape[1], CHUNK)
+    norm_a = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(a[:, i:i + CHUNK].to(wide), dim=1,
+                                                                            keepdim=True) for i in starts]), dim=0)
+    norm_b = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(b[:, i:i + CHUNK].to(wide), dim=1,
+                                                                            keepdim=True) for i in starts]), dim=0)
+    norm_a, norm_b = torch.where(norm_a > eps, norm_a, 1), torch.where(norm_b > eps, norm_b, 1)
+    dot = torch.stack([((a[:, i:i + CHUNK].to(wide) / norm_a) * (b[:, i:i + CHUNK].to(wide) / norm_b))
+                       .sum(dim=1, keepdim=True) for i in starts]).sum(dim=0).clamp(-1, 1)
+    linear = dot.abs() > dot_threshold
+    theta = torch.acos(torch.where(linear, 0, dot))
+    sin_theta = torch.sin(theta)
+    coef_a = torch.where(linear, 1 - t, torch.sin((1 - t) * theta) / sin_theta)
+    coef_b = torch.where(linear, t, torch.sin(t * theta) / sin_theta)
+    out = torch.empty_like(a)
+    for i in starts:
+        out[:, i:i + CHUNK] = coef_a * a[:, i:i + CHUNK].to(wide) + coef_b * b[:, i:i + CHUNK].to(wide)
+    return out.reshape(base.shape)
 
 
 @method(
-    "nuslerp", native=native_others.nuslerp,
+    "nuslerp", native=True,
     model_params={"weight": WEIGHT},
     global_params={
         "nuslerp_row_wise": Param(bool, False, help="interpolate rows (dim 0) instead of columns"),
@@ -77,17 +86,19 @@ def _nuslerp_pair(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool, 
     min_models=2,
     max_models=2,
 )
-def nuslerp(tensors, base, params, global_params, generator=None) -> torch.Tensor:
-    w0, w1 = params[0]["weight"], params[1]["weight"]
-    t = 0.5 if abs(w0 + w1) < 1e-6 else w1 / (w0 + w1)
-    opts = dict(row_wise=global_params["nuslerp_row_wise"], flatten=global_params["nuslerp_flatten"])
-    if base is None:
-        return _nuslerp_pair(t, tensors[0], tensors[1], **opts)
-    return base + _nuslerp_pair(t, tensors[0] - base, tensors[1] - base, **opts)
+def nuslerp(tensors, base, params, global_params, generator=None):
+    weights = [p["weight"] for p in params]
+    total = sum(weights)
+    t = 0.5 if abs(total) < 1e-6 else weights[1] / total
+    how = dict(dim=0 if global_params.get("nuslerp_row_wise") else -1,
+               flatten=global_params.get("nuslerp_flatten", True))
+    if base is not None:
+        return base + spherical(t, tensors[0] - base, tensors[1] - base, **how)
+    return spherical(t, tensors[0], tensors[1], **how)
 
 
 @method(
-    "multislerp", native=native_others.multislerp,
+    "multislerp", native=True,
     model_params={"weight": WEIGHT},
     global_params={
         "normalize_weights": Param(bool, True, help="divide weights by their sum"),
@@ -97,72 +108,38 @@ def nuslerp(tensors, base, params, global_params, generator=None) -> torch.Tenso
     min_models=1,
     reference="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea",
 )
-def multislerp(tensors, base, params, global_params, generator=None) -> torch.Tensor:
+def multislerp(tensors, base, params, global_params, generator=None):
     if len(tensors) == 1:
-        return tensors[0]  # as mergekit: a single model is returned as it is, base or not
-    eps = global_params["eps"]
-    x = torch.stack(tensors)
+        return tensors[0]
+    eps = global_params.get("eps", 1e-8)
+    stacked = torch.stack(tensors, dim=0)
     if base is not None:
-        x = x - base
-    flat = x.reshape(len(tensors), -1)
-    w = torch.tensor([p["weight"] for p in params], dtype=x.dtype, device=x.device)
-    if global_params["normalize_weights"]:
-        w = w / w.sum()
-    norms = torch.linalg.vector_norm(flat, dim=-1, keepdim=True)
+        stacked -= base
+    flat = stacked.view(stacked.shape[0], -1)
+    weights = torch.tensor([p["weight"] for p in params], dtype=stacked.dtype, device=stacked.device)
+    if global_params.get("normalize_weights", True):
+        weights = weights / weights.sum()
+    norms = torch.norm(flat, dim=-1, keepdim=True)
     units = flat / (norms + eps)
-    mean = (units * w[:, None]).sum(dim=0)
-    mean_norm = torch.linalg.vector_norm(mean)
+    mean = (units * weights.view(-1, 1)).sum(0)
+    mean_norm = torch.norm(mean)
     if mean_norm < eps:
-        if len(tensors) != 2:
-            raise RecipeError(
-                "multislerp: the weighted directions cancel out (antipodal inputs with balancing weights); change a `weight`"
-            )
-        out = x[0] * w[0] + x[1] * w[1]
-    else:
-        mean = mean / mean_norm
-        tangents = units - (units * mean).sum(dim=-1, keepdim=True) * mean
-        step = (tangents * w[:, None]).sum(dim=0)
-        length = torch.linalg.vector_norm(step) + eps
-        direction = mean * torch.cos(length) + step * (torch.sin(length) / length)
-        out = (direction * (norms.squeeze(-1) * w).sum()).reshape(x.shape[1:])
+        if stacked.shape[0] != 2:
+            raise RecipeError("multislerp: the weighted directions cancel out (antipodal inputs with balancing "
+                              "weights); change a `weight`")
+        out = (stacked[0] * weights[0] + stacked[1] * weights[1]).view(stacked.shape[1:])
+        return out + base if base is not None else out
+    mean = mean / mean_norm
+    tangents = units - (units * mean).sum(-1, keepdim=True) * mean
+    tangent = (tangents * weights.view(-1, 1)).sum(0)
+    length = torch.norm(tangent) + eps
+    out = (mean * torch.cos(length) + tangent * (torch.sin(length) / length)) * (norms.squeeze(-1) * weights).sum()
+    out = out.view(stacked.shape[1:])
     return out + base if base is not None else out
 
 
-def karcher_mean(tensors: list[torch.Tensor], alphas: list[float], max_iter: int = 10, tol: float = 1e-5):
-    """Weighted Riemannian (Karcher) mean of the inputs' directions, times Σ αᵢ‖xᵢ‖."""
-    if len(tensors) == 1:
-        return tensors[0]
-    norms = [torch.linalg.vector_norm(t) for t in tensors]
-    live = [i for i, n in enumerate(norms) if n.item() > tol]
-    if not live:
-        return torch.zeros_like(tensors[0])
-    total = sum(alphas[i] for i in live)
-    coefs = [alphas[i] / total for i in live]
-    units = [tensors[i] / norms[i] for i in live]
-
-    mean = sum((c * u for c, u in zip(coefs, units)), torch.zeros_like(units[0]))
-    mean_norm = torch.linalg.vector_norm(mean)
-    mean = units[0].clone() if mean_norm.item() < tol else mean / mean_norm
-    for _ in range(max_iter):
-        step = torch.zeros_like(mean)
-        for c, u in zip(coefs, units):
-            cos = torch.dot(mean.reshape(-1), u.reshape(-1)).clamp(-1.0, 1.0)
-            angle = torch.arccos(cos)
-            if angle.item() < tol:
-                continue
-            step = step + c * (angle / torch.sin(angle)) * (u - cos * mean)
-        length = torch.linalg.vector_norm(step)
-        if length.item() < tol:
-            break
-        mean = torch.cos(length) * mean + torch.sin(length) * (step / length)
-        mean_norm = torch.linalg.vector_norm(mean)
-        if mean_norm.item() > tol:
-            mean = mean / mean_norm
-    return sum(a * n for a, n in zip(alphas, norms)) * mean
-
-
 @method(
-    "karcher", native=native_others.karcher,
+    "karcher", native=True,
     global_params={
         "max_iter": Param(int, 10, low=1, help="iterations of the fixed-point update"),
         "tol": Param(float, 1e-5, low=0.0, low_open=True, help="convergence tolerance"),
@@ -171,7 +148,47 @@ def karcher_mean(tensors: list[torch.Tensor], alphas: list[float], max_iter: int
     min_models=1,
     reference="https://arxiv.org/abs/2603.04972",
 )
-def karcher(tensors, base, params, global_params, generator=None) -> torch.Tensor:
-    n = len(tensors)
-    return karcher_mean(tensors, [1.0 / n] * n, global_params["max_iter"], global_params["tol"])
+def karcher(tensors, base, params, global_params, generator=None):
+    if len(tensors) == 1:
+        return tensors[0]
+    max_iter, tol = global_params.get("max_iter", 10), global_params.get("tol", 1e-5)
+    wide = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+    alphas = [1.0 / len(tensors)] * len(tensors)
+    norms, units = [], []
+    for x in tensors:
+        n = torch.linalg.vector_norm(x.to(wide))
+        norms.append(n)
+        units.append(torch.zeros_like(x) if n.item() == 0.0 else (x / n).to(x.dtype))
+    valid = [i for i, n in enumerate(norms) if n.item() > tol]
+    if not valid:
+        total = 0
+        for x in tensors:
+            total = total + x * 0
+        return total
+    weight_sum = sum(alphas[i] for i in valid)
+    weights, vunits = [alphas[i] / weight_sum for i in valid], [units[i] for i in valid]
+    mean = torch.zeros_like(vunits[0])
+    for a, u in zip(weights, vunits):
+        mean += a * u
+    mean_norm = torch.linalg.vector_norm(mean.to(wide))
+    mean = vunits[0].clone() if mean_norm.item() < tol else (mean / mean_norm).to(mean.dtype)
+    for _ in range(max_iter):
+        tangent = torch.zeros_like(mean)
+        for a, u in zip(weights, vunits):
+            dot = torch.clamp(torch.dot(mean.flatten(), u.flatten()), -1.0, 1.0)
+            theta = torch.arccos(dot)
+            if theta.item() < tol:
+                continue
+            tangent += a * (theta / torch.sin(theta)) * (u - dot * mean)
+        length = torch.linalg.vector_norm(tangent.to(wide))
+        if length.item() < tol:
+            break
+        mean = (torch.cos(length) * mean + torch.sin(length) * (tangent / length)).to(mean.dtype)
+        unit_norm = torch.linalg.vector_norm(mean.to(wide))
+        if unit_norm.item() > tol:
+            mean = (mean / unit_norm).to(mean.dtype)
+    scale = 0
+    for a, n in zip(alphas, norms):
+        scale = scale + a * n
+    return scale * mean
 
