@@ -179,6 +179,21 @@ def test_agreement_is_the_share_of_equal_answers_of_two_neighbours(world, tmp_pa
     assert result.best_value == pytest.approx(100.0 * same / len(answers[0]))
 
 
+def test_a_gradient_of_searched_points_becomes_a_plain_gradient():
+    """Each point of a gradient can be searched; a candidate's recipe holds the plain gradient (which the engine
+    interpolates over the layers as mergekit does)."""
+    from mmmerge.searching.space import bind, find_dimensions
+
+    recipe = {"merge_method": "linear", "models": [
+        {"model": "m/a", "parameters": {"weight": [{"search": [0.0, 1.0]}, {"search": [0.0, 1.0]}]}},
+        {"model": "m/b", "parameters": {"weight": 1.0}}]}
+    dims = find_dimensions(recipe)
+    assert [d.name for d in dims] == ["models.a.weight.0", "models.a.weight.1"]
+    plain = bind(recipe, dims, {"models.a.weight.0": 0.2, "models.a.weight.1": 0.9})
+    assert plain["models"][0]["parameters"]["weight"] == [0.2, 0.9] and recipe["models"][0]["parameters"]["weight"][0] == {
+        "search": [0.0, 1.0]}
+
+
 def test_a_parameter_the_chosen_method_does_not_read_is_not_searched():
     """With a choice of methods, `density` and `lambda` are searched for ties (which reads them) and left out
     of a linear candidate's recipe (linear does not read them)."""
