@@ -313,3 +313,46 @@ def test_per_component_and_per_layer_group_values(world, tmp_path):
     w = result.best_params["attention"]
     a, b = (_weights(root / n)[PROBE] for n in ("a", "b"))
     torch.testing.assert_close(seen[0], (w * a + b) / (w + 1))
+
+
+def test_the_readme_search_spec_parses_and_binds():
+    """The spec README.md shows: its searched values, names and `search:` section as documented, and every
+    choice of method binds to a recipe the engine parses."""
+    import textwrap
+
+    from mmmerge.engine.recipe import parse_recipe
+    from mmmerge.searching.space import bind, find_dimensions
+    from mmmerge.searching.spec import SearchSettings
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("  ```yaml\n  merge_method: {choice:")
+    block = textwrap.dedent(text[start:text.index("  ```\n", start + 10)].split("\n", 1)[1])
+    spec = yaml.safe_load(block)
+    settings = SearchSettings.model_validate(spec.pop("search"))
+    assert settings.trials == 30 and settings.sampler == "tpe" and settings.objective == "score"
+    dims = find_dimensions(spec)
+    assert [d.name for d in dims] == ["merge_method", "models.llava-a.weight", "models.llava-a.density",
+                                      "models.llava-b.weight", "models.llava-b.density.self_attn", "scale"]
+    for method in dims[0].choices:
+        recipe = bind(spec, dims, {"merge_method": method})
+        assert parse_recipe(recipe).merge.merge_method == method
+        assert recipe["models"][1]["parameters"]["density"][0] == {"filter": "self_attn", "value": 0.6}
+
+
+def test_log_step_and_integer_ranges_are_sampled_as_written():
+    """`log`, `step` and `type: int` reach optuna: every sampled value lies in its range, on its step or an integer."""
+    import optuna
+
+    from mmmerge.searching.space import find_dimensions
+
+    recipe = {"parameters": {"a": {"search": [1e-4, 1.0], "log": True}, "b": {"search": [0.0, 1.0], "step": 0.25},
+                             "c": {"search": [2, 8], "type": "int"}}}
+    dims = {d.name: d for d in find_dimensions(recipe)}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = []
+    study.optimize(lambda t: seen.append({n: d.suggest(t) for n, d in dims.items()}) or 0.0, n_trials=30)
+    dists = study.trials[0].distributions
+    assert dists["a"].log and dists["b"].step == 0.25 and isinstance(dists["c"], optuna.distributions.IntDistribution)
+    assert all(1e-4 <= v["a"] <= 1 and v["b"] in (0, 0.25, 0.5, 0.75, 1) and isinstance(v["c"], int)
+               and 2 <= v["c"] <= 8 for v in seen)
+    assert dims["a"].default == pytest.approx(1e-2) and dims["c"].default == 5

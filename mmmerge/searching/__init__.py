@@ -16,7 +16,6 @@ import os
 import shutil
 import socket
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -107,7 +106,6 @@ class Objective:
         if self.budget is not None and S.finished(trial.study) >= self.budget:
             trial.study.stop()  # met by other processes while this one asked for a trial: run no more
             raise optuna.TrialPruned("the study had its trials")
-        start = time.perf_counter()
         values = self.values(trial)
         recipe = bind(self.spec.recipe, self.spec.dimensions, values)
         self.candidates.load(recipe)
@@ -128,7 +126,6 @@ class Objective:
             near = neighbour(values, self.spec.dimensions, self.spec.settings.agreement_step)
             self.candidates.load(bind(self.spec.recipe, self.spec.dimensions, near))
             value = agreement(first, self.scorer.all_answers())
-        trial.set_user_attr("merge_seconds_and_score", round(time.perf_counter() - start, 3))
         self.say(f"trial {trial.number}: {value:.4g}  " + ", ".join(f"{k}={_short(v)}" for k, v in values.items()))
         return value
 
@@ -157,26 +154,21 @@ def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", tri
     S.quiet_optuna()
     url = storage or S.default_storage(out)
     helper = worker or rank != 0
+    budget = trials or parsed.settings.trials
     if helper:
-        candidates = Candidates(parsed.folder, device=device, seed=parsed.settings.merge_seed, offline=offline)
-        candidates.build(bind(parsed.recipe, parsed.dimensions, lowest(parsed.dimensions)))
-        scorer = _scorer(parsed, candidates)
+        candidates, scorer = _prepare(parsed, device=device, offline=offline)
         if storage is None:  # the main process makes OUT and the study in it
             S.wait_for_file(out / "study.db", also=out / MARKER)
         study = S.open_study(parsed.settings, url, rank=rank or 1, create=False)
-        S.run_trials(study, Objective(parsed, candidates, scorer, say=say, custom=objective,
-                                         budget=trials or parsed.settings.trials), parsed.settings, trials=trials,
-                     timeout=timeout)
+        S.run_trials(study, Objective(parsed, candidates, scorer, say=say, custom=objective, budget=budget),
+                     parsed.settings, trials=trials, timeout=timeout)
         return None
     resuming = out.is_dir() and is_previous_output(out) and (out / "study.db").is_file() and not force
     data = [spec] if isinstance(spec, (str, Path)) else []
     with claim_output(out, force=force and not resuming, data=data, deferred_check=resuming) as target:
-        candidates = Candidates(parsed.folder, device=device, seed=parsed.settings.merge_seed, offline=offline)
-        check_space(parsed, candidates)
-        candidates.build(bind(parsed.recipe, parsed.dimensions, lowest(parsed.dimensions)))
+        candidates, scorer = _prepare(parsed, device=device, offline=offline, check=True)
         for w in candidates.warnings:
             print(f"warning: {w}", file=sys.stderr)
-        scorer = _scorer(parsed, candidates)
         if not resuming:
             with deferred_signals():
                 if target.exists():
@@ -188,23 +180,29 @@ def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", tri
             abandoned = S.fail_abandoned(study)
             say(f"resuming: {S.finished(study)} finished trial(s) kept" +
                 (f", {abandoned} left running by a stopped run failed" if abandoned else ""))
-        S.run_trials(study, Objective(parsed, candidates, scorer, say=say, custom=objective,
-                                         budget=trials or parsed.settings.trials), parsed.settings, trials=trials,
-                     timeout=timeout)
+        S.run_trials(study, Objective(parsed, candidates, scorer, say=say, custom=objective, budget=budget),
+                     parsed.settings, trials=trials, timeout=timeout)
         S.wait_for_others(study)
         return _write_outputs(parsed, study, candidates, scorer, target, write_model=write_model, device=device,
-                              say=say, quiet=quiet)
+                              say=say)
 
 
-def _scorer(spec: Spec, candidates: Candidates) -> Scorer | None:
-    if not spec.splits:
-        return None
-    return Scorer(candidates.model, candidates.processor, spec.splits, batch_size=spec.settings.batch_size,
-                  max_new_tokens=spec.settings.max_new_tokens)
+def _prepare(spec: Spec, *, device: str, offline: bool | None, check: bool = False) -> tuple[Candidates, Scorer | None]:
+    """The model candidates merge into (built once) and what scores them (None when the caller scores); `check`:
+    every end of the space is planned first (the process that owns the study)."""
+    candidates = Candidates(spec.folder, device=device, seed=spec.settings.merge_seed, offline=offline)
+    if check:
+        check_space(spec, candidates)
+    candidates.build(bind(spec.recipe, spec.dimensions, lowest(spec.dimensions)))
+    scorer = None
+    if spec.splits:
+        scorer = Scorer(candidates.model, candidates.processor, spec.splits, batch_size=spec.settings.batch_size,
+                        max_new_tokens=spec.settings.max_new_tokens)
+    return candidates, scorer
 
 
 def _write_outputs(spec: Spec, study, candidates: Candidates, scorer: Scorer, out: Path, *, write_model: bool,
-                   device: str, say, quiet: bool) -> SearchResult:
+                   device: str, say) -> SearchResult:
     from .. import __version__
 
     if S.finished(study) == 0:

@@ -79,11 +79,12 @@ class Split:
         self.source = at(spec.questions)
         samples = read_task(self.task, self.source, at(spec.annotations), at(spec.images), spec.limit)
         self.test_source = self.source
-        if spec.split is not None:
-            ranked = sorted(samples, key=lambda s: hashlib.sha256(str(s.question_id).encode()).hexdigest())
-            dev_ids = {id(s) for s in ranked[:max(1, round(spec.split * len(samples)))]}
-            self.dev = [s for s in samples if id(s) in dev_ids]
-            self.test = [s for s in samples if id(s) not in dev_ids]
+        if spec.split is not None:  # by a hash of the question id: the same split whatever the file's order
+            ranked = sorted(range(len(samples)),
+                            key=lambda i: hashlib.sha256(str(samples[i].question_id).encode()).hexdigest())
+            dev = set(ranked[:max(1, round(spec.split * len(samples)))])
+            self.dev = [s for i, s in enumerate(samples) if i in dev]
+            self.test = [s for i, s in enumerate(samples) if i not in dev]
         else:
             self.dev = samples
             self.test = []

@@ -86,6 +86,7 @@ def fail_abandoned(study: optuna.Study) -> int:
     their budget is taken again. Returns how many."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in running:
+        # optuna offers no public call to end another process's trial; its own fail_stale_trials does this
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     return len(running)
 
