@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from mergekit_oracle import magnitude_sorts_stable
+
 SEED = 1234
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 ARCHS = [("mixtral", "mixtral"), ("qwen2-vl", "qwen2_vl"), ("qwen2", "qwen2"), ("phi-3", "phi3"),
@@ -274,7 +276,8 @@ def run_mergekit(cfg: dict, out: Path):
 
     logging.disable(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                magnitude_sorts_stable():  # mmmerge's default tie_break: index (methods/_selection.py)
             run_merge(MergeConfiguration.model_validate(cfg), str(out),
                       options=MergeOptions(quiet=True, copy_tokenizer=True, write_model_card=False,
                                            random_seed=SEED, lora_merge_cache=str(out.parent / "lora-cache")))

@@ -1,6 +1,8 @@
 """mergekit 0.1.5 as the oracle of the merge-method tests: inputs laid out as its planner lays them out (the
 models in order, then the base model), its per-tensor entry point, and the comparison with mmmerge's result."""
 
+import contextlib
+
 import torch
 from mergekit.merge_methods import merge_tensors as mergekit_merge_tensors
 
@@ -52,3 +54,29 @@ def W(*weights, **same):
 
 def WD(pairs, **same):
     return [{"weight": w, "density": d, **same} for w, d in pairs]
+
+
+@contextlib.contextmanager
+def magnitude_sorts_stable():
+    """mergekit with a stable sort where it ranks a whole task vector by magnitude (TIES, breadcrumbs: sorts of
+    1-D tensors): equal magnitudes at the cut then come in index order, as mmmerge's default `tie_break: index`
+    takes them. DELLA's row sorts (2-D) are left as they are, and so is mmmerge's own process."""
+    import mergekit.sparsify as sparsify
+
+    real = sparsify.torch
+
+    class StableOnVectors:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def argsort(self, x, *args, **kwargs):
+            return real.argsort(x, *args, **{**kwargs, "stable": x.dim() == 1 or kwargs.get("stable", False)})
+
+        def sort(self, x, *args, **kwargs):
+            return real.sort(x, *args, **{**kwargs, "stable": x.dim() == 1 or kwargs.get("stable", False)})
+
+    sparsify.torch = StableOnVectors()
+    try:
+        yield
+    finally:
+        sparsify.torch = real

@@ -186,6 +186,8 @@ def test_slice_wise_methods_on_large_tensors_match_mergekit(case, half, monkeypa
     if half:
         models = [m.bfloat16() for m in models]
     expected = mergekit_result(name, [m.float() for m in models], base, params, global_params)
+    if name not in ("linear", "task_arithmetic"):  # equal magnitudes at the cut: mergekit's own sort's choice
+        global_params = {**global_params, "tie_break": "sort"}
     got = merge_tensor(name, models, base, params, global_params)
     assert got.dtype == torch.float32 and (got - expected).abs().max().item() <= TOL
     # written straight in the output dtype: the float32 result rounded once

@@ -2,6 +2,7 @@
 (or the checkpoints' own, when it names none) as mergekit computes it; `compute_dtype: float32` asks for
 mmmerge's float32 arithmetic instead."""
 
+import contextlib
 import os
 
 import pytest
@@ -10,6 +11,7 @@ import transformers
 from safetensors.torch import load_file
 
 from mmmerge import merge
+from mergekit_oracle import magnitude_sorts_stable
 from tiny import llama_config, randomize
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -28,12 +30,13 @@ def bf16_models(tmp_path_factory):
     return paths
 
 
-def mergekit_merge(cfg, out, seed=None):
+def mergekit_merge(cfg, out, seed=None, *, stable=False):
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
 
-    run_merge(MergeConfiguration.model_validate(cfg), str(out),
-              options=MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False, random_seed=seed))
+    with magnitude_sorts_stable() if stable else contextlib.nullcontext():
+        run_merge(MergeConfiguration.model_validate(cfg), str(out),
+                  options=MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False, random_seed=seed))
     return load_file(out / "model.safetensors")
 
 
@@ -47,11 +50,19 @@ def test_half_precision_configs_are_mergekits_bit_for_bit(bf16_models, tmp_path,
            "parameters": {"gamma": 0.02, "epsilon": 0.1} if "crumbs" in method or "della" in method else {}}
     if dtype:
         cfg["dtype"] = dtype
-    theirs = mergekit_merge(cfg, tmp_path / "mergekit", seed=5)
+    # the default takes equal magnitudes at a TIES/breadcrumbs cut in index order (mergekit with a stable sort);
+    # `tie_break: sort` takes them as mergekit's own sort on this machine does
+    theirs = mergekit_merge(cfg, tmp_path / "mergekit", seed=5, stable=True)
     ours = load_file(merge(cfg, tmp_path / "mmmerge", quiet=True, seed=5) / "model.safetensors")
     assert ours.keys() == theirs.keys()
     for k in theirs:
         assert ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]), k
+    if "ties" in method or "crumbs" in method:
+        theirs = mergekit_merge(cfg, tmp_path / "mergekit-sort", seed=5)
+        sort = {**cfg, "parameters": {**cfg["parameters"], "tie_break": "sort"}}
+        ours = load_file(merge(sort, tmp_path / "mmmerge-sort", quiet=True, seed=5) / "model.safetensors")
+        for k in theirs:
+            assert torch.equal(ours[k], theirs[k]), k
     wide = load_file(merge({**cfg, "compute_dtype": "float32"}, tmp_path / "wide", quiet=True) / "model.safetensors")
     assert any(not torch.equal(wide[k], theirs[k]) for k in theirs)  # float32 arithmetic rounds elsewhere
 

@@ -41,7 +41,7 @@ class Param:
     """One parameter: a type (float, int or bool), a default, and an allowed interval for numbers.
 
     ``low``/``high`` bound numbers, inclusive unless ``low_open``/``high_open``; ``nullable`` lets the
-    value be None (passthrough's ``scale``).
+    value be None (passthrough's ``scale``); ``choices``: the words a ``str`` parameter may be (else a path).
     """
 
     type: type
@@ -52,6 +52,7 @@ class Param:
     high_open: bool = False
     nullable: bool = False
     help: str = ""
+    choices: tuple[str, ...] = ()
 
     @property
     def required(self) -> bool:
@@ -69,6 +70,10 @@ class Param:
         where = f"{method}: parameter `{name}`"
         if value is None and self.nullable:
             return None
+        if self.choices:
+            if value in self.choices:
+                return value
+            raise RecipeError(f"{where} must be one of {', '.join(self.choices)}, got {value!r}")
         if self.type is str:  # a file path (the data-aware methods' statistics)
             if isinstance(value, str) and value:
                 return value
@@ -124,7 +129,7 @@ class MethodSpec:
     check: Callable[[list, dict], None] | None = None
     reference: str = ""
     widens_inputs: bool = False
-    # computes in the inputs' own half precision, rounding where mergekit does (see methods.native)
+    # computes in the inputs' own half precision, rounding where mergekit does (see methods.task_arithmetic)
     native: Callable[..., torch.Tensor] | None = None
     finite_inputs: bool = False
     takes_name: bool = False

@@ -23,139 +23,251 @@ from __future__ import annotations
 
 import torch
 
-from . import _common, native
-from ._common import (DENSITY, INT8_MASK, WEIGHT, check_della_epsilon, l1_rescale, largest_keep, middle_keep, random_keep,
-                      rank_keep)
-from ._registry import MethodSpec, Param, register
+from . import _common
+from ._common import DENSITY, INT8_MASK, WEIGHT, check_della_epsilon
+from ._registry import MethodSpec, Param, compute_dtype, register
+from ._selection import TIE_BREAKS, BandKeep, MaskKeep, Rescaled, TopKeep, select_top
 
 
+class Deltas:
+    """Model i's task vector θᵢ − base, flat, in the dtype the merge computes in, a slice at a time (recomputed
+    when asked again, never stored whole) or whole when a sparsifier needs all of it at once."""
 
-def _none(delta, p, generator):
+    def __init__(self, x: torch.Tensor, base: torch.Tensor, work: torch.dtype, chunk: int):
+        self.x, self.base, self.work, self.chunk = x.reshape(-1), base.reshape(-1), work, chunk
+        self.shape, self.n = base.shape, base.numel()
+        self.buffer = torch.empty(min(chunk, self.n), dtype=work, device=base.device)
+        self.wide_base = None if self.base.dtype == work else torch.empty_like(self.buffer)
+
+    def part(self, start: int, out: torch.Tensor | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
+        """Entries start .. start + chunk, into `out` (default: this object's buffer, valid until the next call);
+        `base`: that slice of the base already in the work dtype, when the caller has it."""
+        part = slice(start, start + self.chunk)
+        x = self.x[part]
+        out = (self.buffer if out is None else out)[:x.numel()]
+        if base is None:
+            base = self.base[part]
+            if base.dtype != self.work:
+                base = self.wide_base[:x.numel()].copy_(base)
+        if x.dtype == self.work:
+            return torch.sub(x, base, out=out)
+        return out.copy_(x).sub_(base)  # widened exactly by a copy: a mixed-dtype subtraction is 2x slower
+
+    def whole(self) -> torch.Tensor:
+        out = torch.empty(self.n, dtype=self.work, device=self.base.device)
+        for start in range(0, self.n, self.chunk):
+            self.part(start, out=out[start:start + self.chunk])
+        return out
+
+
+# ---- sparsifiers: what each keeps of one task vector, as mergekit 0.1.5's sparsify.py decides it ------------------
+
+def _none(deltas, p, gp, generator):
     return None
 
 
-def _magnitude(delta, p, generator):
-    return largest_keep(delta, p["density"])
+def _magnitude(deltas, p, gp, generator):
+    """TIES: the max(1, ⌊density·n⌋) largest magnitudes."""
+    n, density = deltas.n, p["density"]
+    if density >= 1:
+        return None
+    if density <= 0 or n == 0:
+        return _rescaled(deltas, TopKeep.nothing(deltas.buffer), gp)
+    k = max(1, int(density * n))
+    if gp["tie_break"] == "sort":
+        order = torch.argsort(_sort_keys(deltas.whole()), descending=True)
+        return _rescaled(deltas, _sorted(order[:k], n), gp)
+    return _rescaled(deltas, _top(deltas, k, ties_low=True), gp)
 
 
-def _random(delta, p, generator):
-    return random_keep(delta, p["density"], generator)
+def _outliers(deltas, p, gp, generator):
+    """breadcrumbs: sorted by magnitude, the ⌊density·n⌋ entries above the smallest, below the ⌊gamma·n⌋ largest
+    (fewer dropped from the top when too few are left)."""
+    n, density = deltas.n, p["density"]
+    if density >= 1:
+        return None
+    keep = int(density * n)
+    bottom = max(0, n - keep - int(p["gamma"] * n))
+    if gp["tie_break"] == "sort":
+        order = torch.sort(_sort_keys(deltas.whole()), descending=False).indices
+        return _rescaled(deltas, _sorted(order[bottom:bottom + keep], n), gp)
+    # an ascending stable sort ranks equal magnitudes by index: its top m hold the ties of highest index
+    outer, inner = n - bottom, n - bottom - keep  # kept: the top `outer` less the top `inner`
+    return _rescaled(deltas, BandKeep(_top(deltas, outer, ties_low=False), _top(deltas, inner, ties_low=False)), gp)
 
 
-def _outliers(delta, p, generator):
-    return middle_keep(delta, p["density"], p["gamma"])
+def _random(deltas, p, gp, generator):
+    """DARE: one Bernoulli(density) draw per entry, drawn slice by slice (the same stream as one whole draw)."""
+    density = p["density"]
+    if density >= 1:
+        return None
+    work = _draw_dtype(deltas.work, deltas.base.device)
+    keep = MaskKeep(deltas.n)
+    for start in range(0, deltas.n, deltas.chunk):
+        m = min(deltas.chunk, deltas.n - start)
+        keep.store(start, torch.bernoulli(torch.full((m,), density, dtype=work), generator=generator).bool())
+    return _rescaled(deltas, keep, gp, work=work)
 
 
-def _rank(delta, p, generator):
-    return rank_keep(delta, p["density"], p["epsilon"], generator)
+def _rank(deltas, p, gp, generator):
+    """DELLA MagPrune: keep probability rising with the magnitude's rank in its row (dim 1), from density - ε to
+    density + ε; ranks and probabilities in the draw dtype as mergekit computes them, a block of rows at a time."""
+    density, epsilon = p["density"], p["epsilon"]
+    if density >= 1:
+        return None
+    if density <= 0:
+        return _rescaled(deltas, TopKeep.nothing(deltas.buffer), gp)
+    work = _draw_dtype(deltas.work, deltas.base.device)
+    whole = deltas.whole()
+    keep = MaskKeep(deltas.n)
+    if len(deltas.shape) <= 2:  # rows are independent, and the draws go row after row: a block of rows at a time
+        rows = whole.view(1 if len(deltas.shape) < 2 else deltas.shape[0], -1)
+        per_block = max(8, (deltas.chunk // max(rows.shape[1], 1)) // 8 * 8)  # a multiple of 8: bits stay aligned
+        blocks = [(r * rows.shape[1], rows[r:r + per_block]) for r in range(0, rows.shape[0], per_block)]
+    else:  # dim 1 is not the last one: the whole tensor, as mergekit ranks it
+        blocks = [(0, whole.view(deltas.shape))]
+    for start, block in blocks:
+        ranks = torch.argsort(block.abs(), dim=1, descending=False).argsort(dim=1).to(work) + 1
+        low, high = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
+        spread = ((ranks - low) / (high - low)).clamp(0, 1)
+        probs = (density - epsilon) + spread * 2 * epsilon
+        keep.store(start, torch.bernoulli(probs, generator=generator).bool())
+    return _rescaled(deltas, keep, gp, work=work, whole=whole)
 
 
-def _merge(tensors, base, params, global_params, generator, *, sparsify, consensus, out_dtype=None):
-    """Two passes, so no full-size task vector is kept. First, model by model in input order (mergekit's draw
-    order), what the sparsifier keeps and the L1 rescale factor, from the whole task vector; then the merge
-    itself, slice by slice, from the inputs, what is kept and the factors. Peak: the inputs and the output,
-    one task vector, the random sparsifiers' masks (a byte per entry), and the slice buffers.
+def _draw_dtype(work: torch.dtype, device: torch.device) -> torch.dtype:
+    """mergekit's random sparsifiers draw in the tensor's dtype, except float16 on the CPU (no kernel): float32."""
+    return torch.float32 if work == torch.float16 and device.type == "cpu" else work
 
-    Every step is an elementwise operation on float32 operands: a half-precision or boolean operand sends
-    torch through a path 2-6x slower, so inputs are widened by a copy, magnitude pruning is a threshold
-    (`TopKeep`) and the sign-agreement masks are 1.0/0.0."""
+
+def _sort_keys(delta: torch.Tensor) -> torch.Tensor:
+    """|delta| flat, as mergekit sorts it (widened on the CPU)."""
+    w = delta.abs().reshape(-1)
+    if not bool(torch.isfinite(w.sum())) and not bool(torch.isfinite(w).all()):
+        raise ValueError("inf or NaN in a task vector")  # merge_tensor names the input that holds it
+    return w.float() if w.device.type == "cpu" else w
+
+
+def _sorted(chosen: torch.Tensor, n: int) -> MaskKeep:
+    kept = torch.zeros(n, dtype=torch.bool)
+    kept[chosen] = True
+    keep = MaskKeep(n)
+    keep.store(0, kept)
+    return keep
+
+
+def _top(deltas, k: int, *, ties_low: bool) -> TopKeep:
+    if k <= 0:
+        return TopKeep.nothing(deltas.buffer)
+    if k >= deltas.n:
+        return TopKeep.everything(deltas.buffer)
+    return select_top(deltas.part, deltas.n, deltas.chunk, k, ties_low=ties_low, like=deltas.buffer)
+
+
+def _rescaled(deltas, keep, gp, *, work=None, whole=None):
+    """`keep`, followed by mergekit's L1 rescale where the method rescales: the factor Σ|δ| / Σ|kept δ| in the
+    sparsifier's dtype (none when either sum is below 1e-7). The sums are torch's over the whole task vector, as
+    mergekit's are: a slice-wise sum would add in another order."""
+    if not gp["rescale"]:
+        return keep
+    work = work or deltas.work
+    magnitudes = (deltas.whole() if whole is None else whole).to(work).abs_()
+    before = magnitudes.sum()
+    scratch = torch.empty(min(deltas.chunk, deltas.n), dtype=work)
+    for start in range(0, deltas.n, deltas.chunk):
+        keep.apply_(magnitudes[start:start + deltas.chunk], start, scratch)
+    after = magnitudes.sum()
+    if before < L1_EPS or after < L1_EPS:
+        return keep
+    return Rescaled(keep, before / after, work)
+
+
+L1_EPS = 1e-7  # below this an L1 norm is not matched (mergekit's tolerance)
+
+
+# ---- the merge --------------------------------------------------------------------------------------------------
+
+def _merge(tensors, base, params, global_params, generator, *, sparsify, consensus, work, out_dtype=None):
+    """mergekit's generalized task arithmetic, operation by operation in `work`: the half precision a half-precision
+    config computes in (mergekit's bits), or float32/float64. Every step but the sparsifiers' choices is
+    elementwise or a sum over the models, so it runs over cache-sized slices of every input at once (the same
+    operations on the same values, so the same bits) with buffers allocated once; only the choices, made first,
+    see whole task vectors, recomputed a slice at a time. Peak: the inputs, the output and the slice buffers,
+    plus one task vector where the L1 rescale needs its sums and a bit per entry per model for random choices."""
     n = len(tensors)
     if not n:
-        return base
+        return base if out_dtype is None else base.to(out_dtype)
+    chunk = max(8, _common.CHUNK // 8 * 8)  # a multiple of 8: random choices are stored 8 to a byte
+    size = base.numel()
+    deltas = [Deltas(x, base, work, chunk) for x in tensors]
+    keeps = [sparsify(d, p, global_params, generator) for d, p in zip(deltas, params)]
+    weights = torch.tensor([p["weight"] for p in params], dtype=work, device=base.device).reshape(n, 1)
+    work_bufs = _Buffers(n, min(chunk, size), work, base.device)
     flat_base = base.reshape(-1)
-    chunk = _common.CHUNK
-    work = _Buffers(n, min(chunk, flat_base.numel()), base.dtype, base.device)
-    keeps, scales = [], []
-    delta = torch.empty_like(base)
-    for x, p in zip(tensors, params):
-        _task_vector(x, base, delta)
-        keep = sparsify(delta, p, generator)
-        keeps.append(keep)
-        scales.append(l1_rescale(delta, keep) if global_params["rescale"] else None)
-        del keep
-    del delta
-    weights = [p["weight"] for p in params]
-    flat_inputs = [t.reshape(-1) for t in tensors]
-    out = torch.empty(flat_base.shape, dtype=out_dtype or base.dtype, device=base.device)
-    for start in range(0, flat_base.numel(), chunk):
-        part = slice(start, start + chunk)
-        b = flat_base[part]
-        deltas = work.deltas(b.numel())
-        for d, x, keep, scale, w in zip(deltas, flat_inputs, keeps, scales, weights):
-            _task_vector(x[part], b, d)  # bit for bit the first pass's values
+    out = torch.empty(size, dtype=out_dtype or base.dtype, device=base.device)
+    divisor = None
+    if not consensus:
+        divisor = weights.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    for start in range(0, size, chunk):
+        m = min(chunk, size - start)
+        b = flat_base[start:start + m]
+        wide_b = b if b.dtype == work else work_bufs.base[:m].copy_(b)
+        D = work_bufs.D[:, :m]
+        for i, (d, keep) in enumerate(zip(deltas, keeps)):
+            d.part(start, out=D[i], base=wide_b)
             if keep is not None:
-                keep.apply_(d, start)
-            if scale is not None:
-                d.mul_(scale)
-            d.mul_(w)
-        _combine(deltas, weights, b, global_params, consensus, work, out[part])
+                keep.apply_(D[i], start, work_bufs.scratch)
+        D.mul_(weights)
+        mixed = _combine(D, weights, consensus, divisor, work_bufs, m)
+        if global_params["normalize"]:
+            mixed.div_(work_bufs.divisor[:m] if consensus else divisor)
+        if global_params["lambda"] != 1:
+            mixed.mul_(global_params["lambda"])
+        part = out[start:start + m]
+        if part.dtype == work:
+            torch.add(wide_b, mixed, out=part)
+        else:
+            part.copy_(mixed.add_(wide_b))  # rounded once, from the work dtype
     return out.view(base.shape)
 
 
-def _task_vector(x: torch.Tensor, base: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out = x - base, widening x exactly by a copy (a mixed-dtype subtraction is 2x slower)."""
-    return torch.sub(x, base, out=out) if x.dtype == out.dtype else out.copy_(x).sub_(base)
-
-
 class _Buffers:
-    """The second pass's temporaries, allocated once and reused for every slice: fresh large allocations
-    each slice would page-fault on every use (the allocator returns them to the system), which costs more
-    than the arithmetic."""
+    """Each slice's temporaries, allocated once and reused: fresh large allocations each slice would page-fault
+    on every use (the allocator returns them to the system), which costs more than the arithmetic."""
 
     def __init__(self, n: int, size: int, dtype: torch.dtype, device: torch.device):
-        new = lambda: torch.empty(size, dtype=dtype, device=device)  # noqa: E731
-        self.d = [new() for _ in range(n)]
-        self.mixed, self.divisor, self.sign, self.signed, self.agree = new(), new(), new(), new(), new()
-
-    def deltas(self, m: int) -> list[torch.Tensor]:
-        return [d[:m] for d in self.d]
+        new = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
+        self.D, self.sign, self.product = new(n, size), new(n, size), new(n, size)
+        self.mixed, self.divisor, self.elected, self.base, self.scratch = (new(size) for _ in range(5))
 
 
-def _combine(deltas, weights, base, global_params, consensus, work, out):
-    """out = base + λ · Σ wᵢδᵢ [over the entries agreeing with the elected sign] [/ Σ wᵢ over the same]."""
-    m = base.numel()
-    if consensus:
-        mixed = torch.add(deltas[0], deltas[1], out=work.mixed[:m]) if len(deltas) > 1 else work.mixed[:m].copy_(deltas[0])
-        for d in deltas[2:]:
-            mixed.add_(d)
-        # the elected sign, +1.0 or -1.0 (a zero sum counts as +); comparisons write 1.0/0.0
-        sign = torch.ge(mixed, 0, out=work.sign[:m]).mul_(2).sub_(1)
-        mixed.zero_()
-        divisor = work.divisor[:m].zero_()
-        agree, signed = work.agree[:m], work.signed[:m]
-        for d, w in zip(deltas, weights):
-            torch.gt(torch.mul(d, sign, out=signed), 0, out=agree)  # the elected sign; zero entries never agree
-            mixed.add_(d.mul_(agree))
-            divisor.add_(agree, alpha=w)
-        divisor.add_(torch.eq(divisor, 0, out=agree))  # a zero divisor counts as 1
-    else:
-        mixed = deltas[0]
-        for d in deltas[1:]:
-            mixed.add_(d)
-        divisor = sum(torch.tensor(w, dtype=base.dtype) for w in weights)
-        divisor = 1.0 if divisor.abs() < 1e-8 else divisor
-    if global_params["normalize"]:
-        mixed.div_(divisor)
-    if global_params["lambda"] != 1:
-        mixed.mul_(global_params["lambda"])
-    if out.dtype == mixed.dtype:
-        torch.add(mixed, base, out=out)
-    else:
-        out.copy_(mixed.add_(base))  # rounded once, from the float32 sum
+def _combine(D, weights, consensus, divisor, work, m):
+    """Σ wᵢδᵢ over the models, under consensus only the entries whose sign is the elected one (the sign of the
+    sum, zero counting as +), with their Σ wᵢ into work.divisor (a zero sum counting as 1): mergekit's
+    get_mask and sums, each a torch operation on this slice of the same tensors."""
+    mixed = work.mixed[:m]
+    if not consensus:
+        return torch.sum(D, dim=0, out=mixed)
+    sign, product, elected = work.sign[:, :m], work.product[:, :m], work.elected[:m]
+    torch.sign(D, out=sign)
+    torch.ge(torch.sum(D, dim=0, out=elected), 0, out=elected).mul_(2).sub_(1)
+    agree = torch.eq(sign, elected, out=sign)  # 1.0 where the entry's sign is the elected one
+    torch.sum(torch.mul(D, agree, out=product), dim=0, out=mixed)
+    div = torch.sum(torch.mul(weights, agree, out=product), dim=0, out=work.divisor[:m])
+    div.add_(torch.eq(div, 0, out=elected))  # a zero divisor counts as 1
+    return mixed
 
 
-NATIVE_KEEP = {_none: None, _magnitude: native.keep_largest, _random: native.keep_random,
-               _outliers: native.keep_middle, _rank: native.keep_by_rank}
-
-
-def _family_member(name, *, sparsify, consensus, normalize, rescale, extra=None, check=None, reference=""):
+def _family_member(name, *, sparsify, consensus, normalize, rescale, extra=None, extra_global=None, check=None,
+                   reference=""):
     def fn(tensors, base, params, global_params, generator=None, out_dtype=None):
         return _merge(tensors, base, params, global_params, generator, sparsify=sparsify, consensus=consensus,
-                      out_dtype=out_dtype)
+                      work=compute_dtype([base, *tensors]), out_dtype=out_dtype)
 
-    def in_native_dtype(tensors, base, params, global_params, generator=None):
-        return native.task_vector_merge(tensors, base, params, global_params, generator,
-                                        keep=NATIVE_KEEP[sparsify], consensus=consensus)
+    def in_half_precision(tensors, base, params, global_params, generator=None):
+        return _merge(tensors, base, params, global_params, generator, sparsify=sparsify, consensus=consensus,
+                      work=base.dtype)
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = f"{name}: task-vector merge (see mmmerge.methods.task_arithmetic)."
@@ -171,18 +283,22 @@ def _family_member(name, *, sparsify, consensus, normalize, rescale, extra=None,
                 "rescale": Param(bool, rescale, help="restore each task vector's L1 norm after sparsifying"),
                 "lambda": Param(float, 1.0, help="scale of the merged task vector"),
                 "int8_mask": INT8_MASK,
+                **(extra_global or {}),
             },
             base="required",
             random=sparsify in (_random, _rank),
             widens_inputs=True,
             check=check,
             reference=reference,
-            native=in_native_dtype,
+            native=in_half_precision,
         )
     )
     return fn
 
 
+TIE_BREAK = Param(str, "index", choices=TIE_BREAKS,
+                  help="equal magnitudes at the cut: taken in index order (same on every machine), or as "
+                       "torch.argsort orders them here (mergekit's bits on this machine; a full sort)")
 GAMMA = Param(float, 0.01, low=0.0, high=1.0, help="fraction of largest-magnitude entries dropped")
 EPSILON = Param(float, 0.15, low=0.0, high=1.0, high_open=True, help="spread of keep probabilities around density")
 
@@ -190,15 +306,17 @@ EPSILON = Param(float, 0.15, low=0.0, high=1.0, high_open=True, help="spread of 
 task_arithmetic = _family_member("task_arithmetic", sparsify=_none, consensus=False, normalize=False, rescale=False,
                                  reference="https://arxiv.org/abs/2212.04089")
 ties = _family_member("ties", sparsify=_magnitude, consensus=True, normalize=True, rescale=False,
-                      reference="https://arxiv.org/abs/2306.01708")
+                      extra_global={"tie_break": TIE_BREAK}, reference="https://arxiv.org/abs/2306.01708")
 dare_ties = _family_member("dare_ties", sparsify=_random, consensus=True, normalize=False, rescale=True,
                            reference="https://arxiv.org/abs/2311.03099")
 dare_linear = _family_member("dare_linear", sparsify=_random, consensus=False, normalize=False, rescale=True,
                              reference="https://arxiv.org/abs/2311.03099")
 breadcrumbs = _family_member("breadcrumbs", sparsify=_outliers, consensus=False, normalize=False, rescale=False,
-                             extra={"gamma": GAMMA}, reference="https://arxiv.org/abs/2312.06795")
+                             extra={"gamma": GAMMA}, extra_global={"tie_break": TIE_BREAK},
+                             reference="https://arxiv.org/abs/2312.06795")
 breadcrumbs_ties = _family_member("breadcrumbs_ties", sparsify=_outliers, consensus=True, normalize=False,
-                                  rescale=False, extra={"gamma": GAMMA}, reference="https://arxiv.org/abs/2312.06795")
+                                  rescale=False, extra={"gamma": GAMMA}, extra_global={"tie_break": TIE_BREAK},
+                                  reference="https://arxiv.org/abs/2312.06795")
 della = _family_member("della", sparsify=_rank, consensus=True, normalize=True, rescale=True,
                        extra={"epsilon": EPSILON}, check=check_della_epsilon,
                        reference="https://arxiv.org/abs/2406.11617")
