@@ -114,6 +114,16 @@ def test_a_failing_rank_stops_both_and_leaves_nothing(models, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ft1", "logs", "recipe.yml"]
 
 
+def test_one_rank_alone_under_torchrun(models, tmp_path, monkeypatch):
+    """`across_ranks=False` (a search's rank 0 writing its best model) merges in this process, joining no group."""
+    merge(recipe(models, "ties"), tmp_path / "one" / "merged", out_shard_size=SHARD, quiet=True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    merge(recipe(models, "ties"), tmp_path / "alone" / "merged", out_shard_size=SHARD, quiet=True, across_ranks=False)
+    assert files(tmp_path / "one" / "merged") == files(tmp_path / "alone" / "merged")
+
+
 def test_mergekits_one_random_stream_is_not_split(models):
     """A seeded dare merge in mergekit's stream draws tensor after tensor: under torchrun it is refused."""
     plan = plan_merge(recipe(models, "dare_ties"), seed=7)

@@ -20,7 +20,8 @@ from .recipe import Recipe, evaluate_setting, load_recipe
 
 def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", seed: int | None = None,
           dry_run: bool = False, force: bool = False, quiet: bool = False, threads: int | None = None,
-          offline: bool | None = None, out_shard_size: int | str = DEFAULT_SHARD_BYTES) -> Path | None:
+          offline: bool | None = None, out_shard_size: int | str = DEFAULT_SHARD_BYTES,
+          across_ranks: bool = True) -> Path | None:
     """Merge the models a recipe names into the transformers folder `out`.
 
     `recipe`: a YAML file path, YAML text, or a dict (a mergekit config as it is, or a multimodal recipe).
@@ -29,10 +30,11 @@ def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", se
     `force`: replace a non-empty `out`. `threads`: torch CPU threads while merging. `offline`: models named by hub
     ID come from the local Hugging Face cache only (default: HF_HUB_OFFLINE); otherwise missing files download.
     `out_shard_size`: the most bytes in one weights file (an integer, or "500M", "2G").
-    Under torchrun (WORLD_SIZE > 1) the ranks split the output's weights files (engine/ranks.py).
+    `across_ranks`: under torchrun (WORLD_SIZE > 1) every rank calls `merge` and the ranks split the output's
+    weights files (engine/ranks.py); False merges in this process alone (a search's rank 0 writing its best model).
     Returns the output folder. Raises an `MMMergeError` (one line) on any invalid input.
     """
-    from ..eval.distributed import setup, teardown
+    from ..eval.distributed import Ranks, setup, teardown
     from ..validate import byte_size
     from .execute import resolve_device
     from .ranks import TIMEOUT, together
@@ -40,7 +42,7 @@ def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", se
     resolve_device(device)
     options = dict(device=device, seed=seed, dry_run=dry_run, force=force, quiet=quiet, threads=threads,
                    offline=offline, max_shard_bytes=byte_size("out_shard_size", out_shard_size))
-    ranks = setup(device, backend="gloo", timeout=TIMEOUT)  # one rank without torchrun
+    ranks = setup(device, backend="gloo", timeout=TIMEOUT) if across_ranks else Ranks(device=device)
     if ranks.world == 1:
         return _merge(recipe, out, ranks=ranks, **options)
     try:
