@@ -179,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("merge", help="merge models from a recipe (a mergekit config, or one section per component)")
     s.add_argument("recipe", help="recipe YAML file")
     s.add_argument("--out", type=Path, required=True, help="output folder (a transformers model)")
-    s.add_argument("--device", default="cpu", help="where the math runs: cpu or cuda (default: cpu)")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    s.add_argument("--device", default="cpu", help="where the math runs: cpu or cuda (default: cpu; under torchrun: "
+                                                  "each rank its own GPU)")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads for torch (torchrun starts each process "
+                                                             "with 1)")
     s.add_argument("--seed", type=int, default=None, help="seed for random methods (dare, della)")
     s.add_argument("--offline", action="store_true",
                    help="models named by hub ID come from the local Hugging Face cache only (as HF_HUB_OFFLINE=1)")

@@ -25,7 +25,7 @@ def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", se
     """Merge the models a recipe names into the transformers folder `out`.
 
     `recipe`: a YAML file path, YAML text, or a dict (a mergekit config as it is, or a multimodal recipe).
-    `device`: where the math runs (cpu | cuda). `seed`: makes random methods (dare, della) reproducible,
+    `device`: where the math runs (cpu | cuda; under torchrun cuda is each rank's own GPU). `seed`: makes random methods (dare, della) reproducible,
     per tensor. `dry_run`: validate everything and print the plan, write nothing (returns None).
     `force`: replace a non-empty `out`. `threads`: torch CPU threads while merging. `offline`: models named by hub
     ID come from the local Hugging Face cache only (default: HF_HUB_OFFLINE); otherwise missing files download.
@@ -40,13 +40,13 @@ def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", se
     from .ranks import TIMEOUT, together
 
     resolve_device(device)
-    options = dict(device=device, seed=seed, dry_run=dry_run, force=force, quiet=quiet, threads=threads,
+    options = dict(seed=seed, dry_run=dry_run, force=force, quiet=quiet, threads=threads,
                    offline=offline, max_shard_bytes=byte_size("out_shard_size", out_shard_size))
     ranks = setup(device, backend="gloo", timeout=TIMEOUT) if across_ranks else Ranks(device=device)
     if ranks.world == 1:
         return _merge(recipe, out, ranks=ranks, **options)
     try:
-        with contextlib.ExitStack() as stack:  # rank 0 holds the output's lock; the others wait for it
+        with contextlib.ExitStack() as stack:  # rank 0 takes the output's lock (claim.py); all learn if it could
             together(ranks, lambda: None if dry_run else stack.enter_context(
                 claim_output(Path(out), force=force, deferred_check=True)))
             return _merge(recipe, out, ranks=ranks, **options)
@@ -55,7 +55,7 @@ def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", se
 
 
 @writes_output(unless="dry_run", deferred_check=True)  # locked; checked once the plan names the inputs
-def _merge(recipe, out, *, device: str, seed: int | None, dry_run: bool, force: bool, quiet: bool,
+def _merge(recipe, out, *, seed: int | None, dry_run: bool, force: bool, quiet: bool,
            threads: int | None, offline: bool | None, max_shard_bytes: int, ranks) -> Path | None:
     import torch
 
