@@ -25,8 +25,9 @@ def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", se
     """Merge the models a recipe names into the transformers folder `out`.
 
     `recipe`: a YAML file path, YAML text, or a dict (a mergekit config as it is, or a multimodal recipe).
-    `device`: where the math runs (cpu | cuda; under torchrun cuda is each rank's own GPU). `seed`: makes random methods (dare, della) reproducible,
-    per tensor. `dry_run`: validate everything and print the plan, write nothing (returns None).
+    `device`: where the math runs (cpu | cuda; under torchrun cuda is each rank's own GPU). `seed`: makes random
+    methods (dare, della) reproducible, per tensor. `dry_run`: validate everything and print the plan, write
+    nothing (returns None).
     `force`: replace a non-empty `out`. `threads`: torch CPU threads while merging. `offline`: models named by hub
     ID come from the local Hugging Face cache only (default: HF_HUB_OFFLINE); otherwise missing files download.
     `out_shard_size`: the most bytes in one weights file (an integer, or "500M", "2G").

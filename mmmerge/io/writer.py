@@ -81,7 +81,8 @@ def _finish(write: Future, name: str, nbytes: int, on_tensor: Callable[[str, int
         on_tensor(name, nbytes)
 
 
-def shard_layout(tensors: Mapping[str, LazyTensor], max_shard_bytes: int, prefix: str = "model") -> dict[str, list[str]]:
+def shard_layout(tensors: Mapping[str, LazyTensor], max_shard_bytes: int,
+                 prefix: str = "model") -> dict[str, list[str]]:
     """Each file `write_safetensors` writes for `tensors`, with the tensor names it holds, in order: one
     `prefix.safetensors`, or numbered shards (the index is not in it)."""
     shards = plan_shards(tensors, max_shard_bytes)
