@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import MMMergeError
+from .io.writer import DEFAULT_SHARD_BYTES
 from .eval.tasks import TASKS
 from .lora.combine import ALL_METHODS
 from .projectors.fit import METHODS as LINEAR_FITS
@@ -52,7 +53,8 @@ def cmd_merge(args) -> None:
     from .engine import merge
 
     merge(args.recipe, args.out, device=args.device, seed=args.seed, dry_run=args.dry_run, force=args.force,
-          quiet=args.quiet, threads=args.threads, offline=True if args.offline else None)
+          quiet=args.quiet, threads=args.threads, offline=True if args.offline else None,
+          out_shard_size=args.out_shard_size)
 
 
 def cmd_calibrate(args) -> None:
@@ -177,11 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("merge", help="merge models from a recipe (a mergekit config, or one section per component)")
     s.add_argument("recipe", help="recipe YAML file")
     s.add_argument("--out", type=Path, required=True, help="output folder (a transformers model)")
-    s.add_argument("--device", default="cpu", help="where the math runs: cpu or cuda (default: cpu)")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    s.add_argument("--device", default="cpu", help="where the math runs: cpu or cuda (default: cpu; under torchrun: "
+                                                  "each rank its own GPU)")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads for torch (torchrun starts each process "
+                                                             "with 1)")
     s.add_argument("--seed", type=int, default=None, help="seed for random methods (dare, della)")
     s.add_argument("--offline", action="store_true",
                    help="models named by hub ID come from the local Hugging Face cache only (as HF_HUB_OFFLINE=1)")
+    s.add_argument("--out-shard-size", default=DEFAULT_SHARD_BYTES, metavar="SIZE",
+                   help="most bytes per weights file: 500M, 2G, 5B (billion) or a number (default: 5 GiB); under "
+                        "torchrun the ranks split the files")
     s.add_argument("--dry-run", action="store_true", help="validate and print the plan; write nothing")
     s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")

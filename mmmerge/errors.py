@@ -50,6 +50,10 @@ class OutputBusyError(MMMergeError):
     """Another mmmerge run holds the lock on the same output folder."""
 
 
+class RankFailedError(MMMergeError):
+    """Under torchrun, another rank failed or stopped answering, so this one stops too."""
+
+
 class NonFiniteError(MMMergeError):
     """An input tensor (or a value given for the merge) holds NaN or inf."""
 

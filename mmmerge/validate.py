@@ -34,3 +34,20 @@ def floating_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
         raise RecipeError(f"{name} {str(dtype).removeprefix('torch.')} is not a floating-point dtype; weights cast to "
                           "it would be rounded to integers (use float16, bfloat16 or float32)")
     return dtype
+
+
+SIZE_UNITS = {"k": 1000, "m": 1000**2, "g": 1000**3, "b": 1000**3}  # "5B" = 5 billion, as mergekit reads it
+
+
+def byte_size(name: str, value) -> int:
+    """A size in bytes: a positive integer, or a number with K, M, G or B (billion, as mergekit's
+    --out-shard-size) after it ("500M", "2G", "5B"); RecipeError naming `name` otherwise."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        unit = SIZE_UNITS.get(text[-1:], 1)
+        number = text[:-1] if text[-1:] in SIZE_UNITS else text
+        if not number.isdigit():
+            raise RecipeError(f"{name} must be a number of bytes, optionally with K, M, G or B after it "
+                              f"(e.g. 2G), got {value!r}")
+        value = int(number) * unit
+    return integer(name, value, low=1)

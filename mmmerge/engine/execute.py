@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -98,11 +99,6 @@ def _non_finite(task: TensorTask, device: torch.device, sources: dict[int, str] 
                         f"use a wider out_dtype")
 
 
-def _progress(total_bytes: int, quiet: bool):
-    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="merging", disable=quiet,
-                dynamic_ncols=True, leave=False)
-
-
 def recipe_text(plan: Plan) -> str:
     text = plan.recipe.text if plan.recipe.text else ""
     return f"# written by mmmerge {__version__}\n" + text + ("" if text.endswith("\n") else "\n")
@@ -114,36 +110,57 @@ def check_output(plan: Plan, out: Path, force: bool) -> None:
     check_output_dir(out, force, inputs=plan.inputs)
 
 
+def output_tensors(plan: Plan, dev: torch.device) -> dict[str, LazyTensor]:
+    """The output's tensors, each merged when it is loaded (shapes and dtypes known up front)."""
+    sources = input_sources(plan)
+    return {t.name: LazyTensor(t.shape, t.dtype, lambda t=t: run_task(t, dev, sources=sources)) for t in plan.tasks}
+
+
+def write_other_files(plan: Plan, tmp: Path, out: Path) -> None:
+    """Everything in the output folder but the weights: side files, tokenizer, config, recipe, model card."""
+    if plan.side_files_from is not None:
+        copy_side_files(plan.side_files_from, tmp, skip=SIDE_FILES_SKIPPED)
+    if plan.tokenizer is not None:  # the recipe's tokenizer and chat template replace the copied ones
+        plan.tokenizer.write(tmp)
+    (tmp / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
+    if plan.preprocessor:
+        (tmp / "preprocessor_config.json").write_text(json.dumps(plan.preprocessor, indent=2) + "\n")
+    (tmp / "mmmerge_recipe.yml").write_text(recipe_text(plan))
+    (tmp / "README.md").write_text(model_card(plan, out))
+
+
+def progress_bar(nbytes: int, count: int, quiet: bool) -> tuple[tqdm, Callable[[str, int], None]]:
+    """A bar of `nbytes`, and the `on_tensor` callback that moves it and counts the tensors out of `count`."""
+    bar = tqdm(total=nbytes, unit="B", unit_scale=True, unit_divisor=1024, desc="merging", disable=quiet,
+               dynamic_ncols=True, leave=False)
+    done = [0]
+
+    def on_tensor(name: str, nbytes: int) -> None:
+        done[0] += 1
+        bar.update(nbytes)
+        bar.set_postfix_str(f"{done[0]}/{count} tensors", refresh=False)
+
+    return bar, on_tensor
+
+
+def metadata() -> dict:
+    return {"mmmerge_version": __version__}
+
+
 def execute(plan: Plan, out: Path, *, device: str = "cpu", force: bool = False, quiet: bool = False,
             max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
     """Write the planned output folder; returns its path."""
     dev = resolve_device(device)
     out = Path(out)
     check_output(plan, out, force)
-    sources = input_sources(plan)
-    tensors = {t.name: LazyTensor(t.shape, t.dtype, lambda t=t: run_task(t, dev, sources=sources)) for t in plan.tasks}
-    bar = _progress(plan.nbytes, quiet)
-    done = [0]
-
-    def on_tensor(name: str, nbytes: int) -> None:
-        done[0] += 1
-        bar.update(nbytes)
-        bar.set_postfix_str(f"{done[0]}/{len(tensors)} tensors", refresh=False)
-
+    tensors = output_tensors(plan, dev)
+    bar, on_tensor = progress_bar(plan.nbytes, len(tensors), quiet)
     start = time.perf_counter()
     try:
         with atomic_output_dir(out, force) as tmp:
-            if plan.side_files_from is not None:
-                copy_side_files(plan.side_files_from, tmp, skip=SIDE_FILES_SKIPPED)
-            if plan.tokenizer is not None:  # the recipe's tokenizer and chat template replace the copied ones
-                plan.tokenizer.write(tmp)
-            write_safetensors(tmp, tensors, max_shard_bytes=max_shard_bytes,
-                              metadata={"mmmerge_version": __version__}, on_tensor=on_tensor)
-            (tmp / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
-            if plan.preprocessor:
-                (tmp / "preprocessor_config.json").write_text(json.dumps(plan.preprocessor, indent=2) + "\n")
-            (tmp / "mmmerge_recipe.yml").write_text(recipe_text(plan))
-            (tmp / "README.md").write_text(model_card(plan, out))
+            write_safetensors(tmp, tensors, max_shard_bytes=max_shard_bytes, metadata=metadata(),
+                              on_tensor=on_tensor)
+            write_other_files(plan, tmp, out)
     finally:
         bar.close()
     if not quiet:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -28,7 +29,10 @@ def default_device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def setup(device: str | None) -> Ranks:
+def setup(device: str | None, *, backend: str | None = None, timeout: timedelta | None = None) -> Ranks:
+    """This process's rank under torchrun (WORLD_SIZE > 1), its process group started; a `cuda` device becomes
+    the rank's own GPU. `backend`: the group's (default: nccl on GPU, gloo on CPU); `timeout`: how long a
+    collective waits for the other ranks before it fails (default: torch's)."""
     device = default_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -39,7 +43,8 @@ def setup(device: str | None) -> Ranks:
         device = f"cuda:{local}"
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        backend = backend or ("nccl" if device.startswith("cuda") else "gloo")
+        dist.init_process_group(backend, **({"timeout": timeout} if timeout is not None else {}))
     return Ranks(rank, world, device, owns)
 
 

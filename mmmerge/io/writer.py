@@ -81,6 +81,32 @@ def _finish(write: Future, name: str, nbytes: int, on_tensor: Callable[[str, int
         on_tensor(name, nbytes)
 
 
+def shard_layout(tensors: Mapping[str, LazyTensor], max_shard_bytes: int,
+                 prefix: str = "model") -> dict[str, list[str]]:
+    """Each file `write_safetensors` writes for `tensors`, with the tensor names it holds, in order: one
+    `prefix.safetensors`, or numbered shards (the index is not in it)."""
+    shards = plan_shards(tensors, max_shard_bytes)
+    if len(shards) == 1:
+        return {f"{prefix}.safetensors": shards[0]}
+    return {f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors": names for i, names in enumerate(shards)}
+
+
+def write_index(folder: Path, layout: dict[str, list[str]], tensors: Mapping[str, LazyTensor],
+                prefix: str = "model") -> list[str]:
+    """Write `prefix.safetensors.index.json` for a sharded `layout` (nothing for one file); returns its name."""
+    if len(layout) == 1:
+        return []
+    weight_map = {n: file for file, names in layout.items() for n in names}
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map}
+    (Path(folder) / f"{prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return [f"{prefix}.safetensors.index.json"]
+
+
+def shard_metadata(metadata: dict | None) -> dict:
+    """The `__metadata__` every shard's header carries."""
+    return {"format": "pt", **(metadata or {})}
+
+
 def write_safetensors(folder: Path, tensors: Mapping[str, LazyTensor], *, prefix: str = "model",
                       max_shard_bytes: int = DEFAULT_SHARD_BYTES, metadata: dict | None = None,
                       on_tensor: Callable[[str, int], None] | None = None) -> list[str]:
@@ -89,16 +115,7 @@ def write_safetensors(folder: Path, tensors: Mapping[str, LazyTensor], *, prefix
     Returns the file names written. `on_tensor(name, nbytes)` is called after each tensor (progress).
     """
     folder = Path(folder)
-    meta = {"format": "pt", **(metadata or {})}
-    shards = plan_shards(tensors, max_shard_bytes)
-    if len(shards) == 1:
-        write_shard(folder / f"{prefix}.safetensors", shards[0], tensors, meta, on_tensor)
-        return [f"{prefix}.safetensors"]
-    files = [f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    weight_map = {}
-    for file, names in zip(files, shards):
-        write_shard(folder / file, names, tensors, meta, on_tensor)
-        weight_map.update({n: file for n in names})
-    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map}
-    (folder / f"{prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return files + [f"{prefix}.safetensors.index.json"]
+    layout = shard_layout(tensors, max_shard_bytes, prefix)
+    for file, names in layout.items():
+        write_shard(folder / file, names, tensors, shard_metadata(metadata), on_tensor)
+    return list(layout) + write_index(folder, layout, tensors, prefix)

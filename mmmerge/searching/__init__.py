@@ -235,7 +235,8 @@ def _write_outputs(spec: Spec, study, candidates: Candidates, scorer: Scorer, ou
     if write_model:
         from ..engine import merge
 
-        merge(recipe, out / "model", device=device, seed=spec.settings.merge_seed, quiet=True, force=True)
+        merge(recipe, out / "model", device=device, seed=spec.settings.merge_seed, quiet=True, force=True,
+              across_ranks=False)  # rank 0 alone, under torchrun too
     say(f"best: trial {best.number}, {spec.settings.objective} {best.value:.4g} (dev)"
         + (f"; test {', '.join(f'{k} {v:.4g}' for k, v in test.items())}" if test else "")
         + f"; wrote {out / 'best_recipe.yml'}")
