@@ -315,19 +315,43 @@ def test_per_component_and_per_layer_group_values(world, tmp_path):
     torch.testing.assert_close(seen[0], (w * a + b) / (w + 1))
 
 
+def readme_spec() -> dict:
+    """The search spec README.md shows, as YAML data."""
+    import textwrap
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("  ```yaml\n  merge_method: {choice:")
+    return yaml.safe_load(textwrap.dedent(text[start:text.index("  ```\n", start + 10)].split("\n", 1)[1]))
+
+
+def test_the_readme_search_spec_runs_on_the_tiny_models(world, tmp_path):
+    """README.md's spec as it is, its models and files renamed to the tiny ones: trials of both methods run (dare_ties
+    with a seed plans the same tensors as ties, in mergekit's order) and the best recipe is one of them."""
+    root, files = world
+    spec = readme_spec()
+    names = {"llava": "base", "llava-a": "a", "llava-b": "b"}
+    spec["base_model"] = names[spec["base_model"]]
+    for m in spec["models"]:
+        m["model"] = names[m["model"]]
+    spec["search"].update(trials=4, sampler="random", max_new_tokens=4,
+                          tasks=[{"task": "vqav2", **files["dev"], "test": files["test"]}])
+    path = root / "spec-readme.yml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = search(path, tmp_path / "out", quiet=True)
+    header, *rows = (tmp_path / "out" / "trials.csv").read_text().splitlines()
+    method = header.split(",").index("merge_method")
+    assert {row.split(",")[method] for row in rows} == {"ties", "dare_ties"}
+    assert result.trials == 4 and result.best_recipe["merge_method"] == result.best_params["merge_method"]
+
+
 def test_the_readme_search_spec_parses_and_binds():
     """The spec README.md shows: its searched values, names and `search:` section as documented, and every
     choice of method binds to a recipe the engine parses."""
-    import textwrap
-
     from mmmerge.engine.recipe import parse_recipe
     from mmmerge.searching.space import bind, find_dimensions
     from mmmerge.searching.spec import SearchSettings
 
-    text = (ROOT / "README.md").read_text()
-    start = text.index("  ```yaml\n  merge_method: {choice:")
-    block = textwrap.dedent(text[start:text.index("  ```\n", start + 10)].split("\n", 1)[1])
-    spec = yaml.safe_load(block)
+    spec = readme_spec()
     settings = SearchSettings.model_validate(spec.pop("search"))
     assert settings.trials == 30 and settings.sampler == "tpe" and settings.objective == "score"
     dims = find_dimensions(spec)

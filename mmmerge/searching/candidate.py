@@ -53,7 +53,7 @@ class Candidates:
     def build(self, recipe: dict) -> None:
         """The model in memory, shaped as `recipe`'s output (any candidate's: they write the same tensors)."""
         first = self.plan(recipe)
-        self.names = [t.name for t in first.tasks]
+        self.names = {t.name for t in first.tasks}
         self.model, self.processor = self._build(first)
         params = dict(self.model.state_dict(keep_vars=True))
         self.targets = {n: params[m] for n, m in _names_in_memory(first, set(params)).items()}
@@ -97,7 +97,7 @@ class Candidates:
         if self.model is None:
             self.build(recipe)
         plan = self.plan(recipe)
-        if [t.name for t in plan.tasks] != self.names:
+        if {t.name for t in plan.tasks} != self.names:  # a set: random methods plan the same tensors in mergekit's order
             raise RecipeError("a searched value changes which tensors the merge writes (e.g. a layer range); "
                               "search only values that keep the output's tensors")
         sources = input_sources(plan)
