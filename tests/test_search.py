@@ -16,6 +16,7 @@ import torch
 import yaml
 
 import eval_data
+from cli_run import one_line_error, run
 from make_tiny_models import make_finetune
 from tiny_llava import build_tiny_llava
 from mmmerge import merge
@@ -275,6 +276,9 @@ def test_two_processes_share_one_study(world, tmp_path):
     (lambda s: s["models"][0]["parameters"].update(weight={"search": [1.0, 0.0]}), "LOW < HIGH"),
     (lambda s: s["parameters"].update(density={"search": [0.5, 2.0]}), "density = 2.0 does not make a valid recipe"),
     (lambda s: s["search"]["tasks"][0].update(split=0.5), "not both"),
+    (lambda s: s["parameters"].update(density={"search": [0.2, 0.8], "type": "int"}), "holds no integer"),
+    (lambda s: s.update(merge_method="linear") or s["parameters"].update(density={"search": [0.2, 1.0]}),
+     "merge method linear never reads `density`"),
 ])
 def test_bad_specs_are_one_line(world, tmp_path, capsys, change, message):
     root, files = world
@@ -285,6 +289,18 @@ def test_bad_specs_are_one_line(world, tmp_path, capsys, change, message):
     assert main(["search", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--trials", "0"], "trials must be at least 1, got 0"),
+    (["--trials", "-3"], "trials must be at least 1, got -3"),
+    (["--timeout", "0"], "timeout must be above 0"),
+])
+def test_a_budget_that_runs_no_trial_is_refused_at_once(world, tmp_path, flags, message):
+    root, files = world
+    r = run("search", spec_for(root, files, trials=2), "--out", tmp_path / "out", *flags)
+    one_line_error(r, message)
     assert not (tmp_path / "out").exists()
 
 
@@ -370,7 +386,7 @@ def test_log_step_and_integer_ranges_are_sampled_as_written():
     from mmmerge.searching.space import find_dimensions
 
     recipe = {"parameters": {"a": {"search": [1e-4, 1.0], "log": True}, "b": {"search": [0.0, 1.0], "step": 0.25},
-                             "c": {"search": [2, 8], "type": "int"}}}
+                             "c": {"search": [2, 8], "type": "int"}, "d": {"search": [0.5, 2.5], "type": "int"}}}
     dims = {d.name: d for d in find_dimensions(recipe)}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = []
@@ -378,5 +394,5 @@ def test_log_step_and_integer_ranges_are_sampled_as_written():
     dists = study.trials[0].distributions
     assert dists["a"].log and dists["b"].step == 0.25 and isinstance(dists["c"], optuna.distributions.IntDistribution)
     assert all(1e-4 <= v["a"] <= 1 and v["b"] in (0, 0.25, 0.5, 0.75, 1) and isinstance(v["c"], int)
-               and 2 <= v["c"] <= 8 for v in seen)
+               and 2 <= v["c"] <= 8 and v["d"] in (1, 2) for v in seen)
     assert dims["a"].default == pytest.approx(1e-2) and dims["c"].default == 5

@@ -134,6 +134,16 @@ def _short(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def check_budget(trials: int | None, timeout: float | None) -> None:
+    """A budget given beside the spec's must let a trial run: `trials` at least 1, `timeout` above 0."""
+    from ..validate import finite_number, integer
+
+    if trials is not None:
+        integer("trials", trials, low=1)
+    if timeout is not None:
+        finite_number("timeout", timeout, low=0, low_open=True)
+
+
 def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", trials: int | None = None,
            timeout: float | None = None, storage: str | None = None, worker: bool = False, write_model: bool = False,
            force: bool = False, quiet: bool = False, offline: bool | None = None,
@@ -145,6 +155,7 @@ def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", tri
     (None for a worker or a rank other than 0).
     `objective(model, processor) -> float` (Python only) replaces the spec's objective: the search maximises it
     over the candidates, each merged into `model` in memory."""
+    check_budget(trials, timeout)
     parsed = load_spec(spec, custom_objective=objective is not None)
     rank, world = _ranks()
     if device == "cuda" and world > 1:

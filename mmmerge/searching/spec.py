@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import RecipeError
 from ..eval.tasks import TASKS, get_task, read_task
-from .space import Dimension, find_dimensions
+from .space import Dimension, check_read, find_dimensions
 
 
 class Files(BaseModel):
@@ -112,6 +112,10 @@ class Spec:
             raise RecipeError(f"{where}: search: give a budget, `trials` or `timeout` (seconds)")
         self.recipe, self.folder, self.where = data, folder, where
         self.dimensions: list[Dimension] = find_dimensions(data)
+        try:
+            check_read(self.dimensions, data)
+        except RecipeError as e:
+            raise RecipeError(f"{where}: {e}") from None
         self.splits = [Split(t, folder) for t in self.settings.tasks]
         if not self.splits and not custom_objective:
             raise RecipeError(f"{where}: search.tasks: name at least one evaluation task with its dev questions")
