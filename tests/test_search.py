@@ -5,6 +5,7 @@ transformers weights; the written best recipe merged by `mmmerge merge` and scor
 entropy recomputed with a plain forward pass; a study killed with SIGKILL and resumed.
 """
 
+import io
 import json
 import os
 import subprocess
@@ -302,6 +303,36 @@ def test_a_budget_that_runs_no_trial_is_refused_at_once(world, tmp_path, flags, 
     r = run("search", spec_for(root, files, trials=2), "--out", tmp_path / "out", *flags)
     one_line_error(r, message)
     assert not (tmp_path / "out").exists()
+
+
+class CurrentStderr(io.TextIOBase):
+    """Writes to whatever sys.stderr is when written to (a logging handler keeps the stream of its creation)."""
+
+    def write(self, text):
+        return sys.stderr.write(text)
+
+
+def test_a_failed_trial_is_one_line(world, tmp_path, monkeypatch):
+    """A dev image that cannot be decoded fails the first trial: the command says so in one `error:` line, with no
+    optuna "Trial 0 failed" traceback before it."""
+    import logging
+    import shutil
+
+    root, files = world
+    images = tmp_path / "images"
+    shutil.copytree(root / files["dev"]["images"], images)
+    next(images.iterdir()).write_bytes(b"not an image")
+    # as in a terminal: optuna's handlers write to the stderr `run` captures, pytest's own log capture is left out
+    optuna_logger = logging.getLogger("optuna")
+    monkeypatch.setattr(optuna_logger, "handlers", [h for h in optuna_logger.handlers
+                                                    if not type(h).__module__.startswith("_pytest")])
+    for handler in optuna_logger.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            monkeypatch.setattr(handler, "stream", CurrentStderr())
+    spec = spec_for(root, files, trials=2, extra={"tasks": [{"task": "vqav2", **files["dev"], "images": str(images)}]})
+    r = run("search", spec, "--out", tmp_path / "out")
+    one_line_error(r, "image")
+    assert "Trial" not in r.stderr
 
 
 def test_per_component_and_per_layer_group_values(world, tmp_path):

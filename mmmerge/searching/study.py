@@ -9,6 +9,8 @@ its `trials` finished ones.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,8 +24,25 @@ from .spec import SearchSettings
 HEARTBEAT_SECONDS = 30  # a trial whose process stopped beating for twice this is failed and its budget freed
 
 
+class OneLineWarnings(logging.Handler):
+    """optuna's warnings as mmmerge's `warning: ...` lines on the stderr of the moment. A trial that failed by an
+    exception is left out: optuna logs it with a traceback, then raises it, and the caller reports it once (one
+    line; `--debug` shows the traceback)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.funcName == "_log_failed_trial" and (record.exc_info or " failed with value " in record.msg):
+            return  # the raised error (or the other line of the same failure) says it
+        lines = record.getMessage().strip().splitlines()
+        print(f"warning: optuna: {lines[0] if lines else record.levelname}", file=sys.stderr)
+
+
 def quiet_optuna() -> None:
+    """optuna says only warnings, one line each (OneLineWarnings), in place of its own handler."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.disable_default_handler()
+    root = logging.getLogger("optuna")
+    if not any(isinstance(h, OneLineWarnings) for h in root.handlers):
+        root.addHandler(OneLineWarnings())
 
 
 def default_storage(out: Path) -> str:
