@@ -253,6 +253,28 @@ search({str(spec)!r}, {str(out)!r}, objective=objective, quiet=True)
     assert result.trials == 5
 
 
+def test_a_study_resumes_only_with_the_spec_that_made_it(world, tmp_path):
+    """Run again with another spec on the same output: one line, and the output is byte for byte what the first
+    spec's search wrote; the first spec with a larger budget resumes it."""
+    root, files = world
+    out = tmp_path / "out"
+
+    def objective(model, processor):
+        return float(model.state_dict()[PROBE].sum())
+
+    first = spec_for(root, files, trials=2, sampler="random")
+    search(first, out, objective=objective, quiet=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    other = yaml.safe_load(first.read_text())
+    other["models"][0]["parameters"]["weight"] = {"search": [0.5, 1.0]}
+    path = root / "spec-other.yml"
+    path.write_text(yaml.safe_dump(other))
+    with pytest.raises(RecipeError, match="of another spec"):
+        search(path, out, objective=objective, quiet=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert search(first, out, objective=objective, quiet=True, trials=3).trials == 3
+
+
 def test_two_processes_share_one_study(world, tmp_path):
     """torchrun with two CPU processes: both take trials of one SQLite study, rank 0 writes the outputs."""
     root, files = world

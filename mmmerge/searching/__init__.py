@@ -31,7 +31,7 @@ from . import outputs, study as S
 from .candidate import Candidates
 from .objectives import Scorer, agreement
 from .space import Dimension, active, bind
-from .spec import Spec, load_spec
+from .spec import Spec, fingerprint, load_spec
 
 
 @dataclass
@@ -171,6 +171,7 @@ def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", tri
         if storage is None:  # the main process makes OUT and the study in it
             S.wait_for_file(out / "study.db", also=out / MARKER)
         study = S.open_study(parsed.settings, url, rank=rank or 1, create=False)
+        S.check_spec(study, fingerprint(parsed), storage or str(out), record=False)
         S.run_trials(study, Objective(parsed, candidates, scorer, say=say, custom=objective, budget=budget),
                      parsed.settings, trials=trials, timeout=timeout)
         return None
@@ -187,6 +188,7 @@ def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", tri
                 target.mkdir(parents=True)
                 write_marker(target)
         study = S.open_study(parsed.settings, url, rank=0, create=True)
+        S.check_spec(study, fingerprint(parsed), storage or str(out), record=True)
         if resuming and world == 1 and storage is None:
             abandoned = S.fail_abandoned(study)
             say(f"resuming: {S.finished(study)} finished trial(s) kept" +

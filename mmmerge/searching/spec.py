@@ -20,6 +20,7 @@ candidate, after the search.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -119,6 +120,16 @@ class Spec:
         self.splits = [Split(t, folder) for t in self.settings.tasks]
         if not self.splits and not custom_objective:
             raise RecipeError(f"{where}: search.tasks: name at least one evaluation task with its dev questions")
+
+
+def fingerprint(spec: Spec) -> str:
+    """What makes two specs one search: the recipe with its searched values, the settings that change a trial's
+    score (not the budget or the batch size), and the folder relative paths start from. A study keeps it, so a
+    search resumes only with the spec that made it."""
+    settings = spec.settings.model_dump(exclude={"trials", "timeout", "batch_size"})
+    folder = str(spec.folder if spec.folder is not None else Path.cwd().absolute())
+    text = json.dumps({"recipe": spec.recipe, "settings": settings, "folder": folder}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def load_spec(spec: str | Path | dict, *, custom_objective: bool = False) -> Spec:

@@ -87,6 +87,22 @@ def open_study(settings: SearchSettings, storage_url: str, *, rank: int = 0, cre
             time.sleep(0.5)
 
 
+SPEC_ATTR = "mmmerge_spec"  # the study's user attribute holding spec.fingerprint of the spec that made it
+
+
+def check_spec(study: optuna.Study, fingerprint: str, where: str, *, record: bool) -> None:
+    """Refuse to go on with a study another spec made (its trials and best candidate belong to that spec);
+    `record`: the process that owns the study stores the fingerprint in a study that has none yet."""
+    known = study.user_attrs.get(SPEC_ATTR)
+    if known is None:
+        if record:
+            study.set_user_attr(SPEC_ATTR, fingerprint)
+    elif known != fingerprint:
+        raise RecipeError(f"{where}: holds the study {study.study_name!r} of another spec (its searched values, "
+                          "tasks or settings differ); pass --force (force=True) to start again there, or choose "
+                          "another output folder")
+
+
 def wait_for_file(path: Path, *, also: Path, seconds: float = 600) -> None:
     """Until the main process has made the study's file (a helper process starts at the same time)."""
     deadline = time.monotonic() + seconds
