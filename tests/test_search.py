@@ -8,6 +8,7 @@ entropy recomputed with a plain forward pass; a study killed with SIGKILL and re
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -275,6 +276,59 @@ def test_a_study_resumes_only_with_the_spec_that_made_it(world, tmp_path):
     assert search(first, out, objective=objective, quiet=True, trials=3).trials == 3
 
 
+def test_force_never_replaces_what_the_search_reads(world, tmp_path):
+    """`--out PREV --force`, PREV a previous search output holding the dev questions the spec reads, and `--out`
+    inside an input model: one line each, and every file is what it was."""
+    from tiny_world import snapshot
+
+    root, files = world
+    prev = tmp_path / "prev"
+    search(spec_for(root, files, trials=1), prev, objective=lambda model, processor: 0.0, quiet=True)
+    for key in ("questions", "annotations", "images"):
+        (shutil.copytree if key == "images" else shutil.copy)(root / files["dev"][key], prev / key)
+    dev = {key: str(prev / key) for key in ("questions", "annotations", "images")}
+    spec = spec_for(root, files, trials=1, extra={"tasks": [{"task": "vqav2", **dev}]})
+    before = snapshot(prev)
+    one_line_error(run("search", spec, "--out", prev, "--force"), "which this run reads")
+    assert snapshot(prev) == before
+
+    model = snapshot(root / "a")
+    one_line_error(run("search", spec_for(root, files, trials=1), "--out", root / "a" / "searched"),
+                   "inside the input")
+    assert snapshot(root / "a") == model and not (root / "a" / "searched").exists()
+
+
+@pytest.mark.parametrize("url", ["{notes}", "sqlite:///{notes}"])
+def test_a_storage_that_is_no_study_is_never_written(world, tmp_path, url):
+    """`--storage` naming a user's text file: one line before anything opens it, and the file is as it was."""
+    root, files = world
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    r = run("search", spec_for(root, files, trials=1), "--out", tmp_path / "out", "--storage", url.format(notes=notes))
+    one_line_error(r, str(notes), "not an")
+    assert notes.read_text() == "my notes\n" and not (tmp_path / "out").exists()
+
+
+def test_a_storage_on_a_read_only_file_system_is_one_line(world, tmp_path):
+    """Needs mount rights (root); skipped elsewhere."""
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"this machine does not allow mounting a tmpfs ({r.stderr.strip()})")
+    try:
+        root, files = world
+        r = run("search", spec_for(root, files, trials=1), "--out", tmp_path / "out", "--storage",
+                f"sqlite:///{mnt / 'study.db'}")
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith(f"error: {mnt / 'study.db'}: the file system is read-only"), r.stderr
+        assert not (tmp_path / "out").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
 def test_two_processes_share_one_study(world, tmp_path):
     """torchrun with two CPU processes: both take trials of one SQLite study, rank 0 writes the outputs."""
     root, files = world
@@ -338,7 +392,6 @@ def test_a_failed_trial_is_one_line(world, tmp_path, monkeypatch):
     """A dev image that cannot be decoded fails the first trial: the command says so in one `error:` line, with no
     optuna "Trial 0 failed" traceback before it."""
     import logging
-    import shutil
 
     root, files = world
     images = tmp_path / "images"

@@ -36,7 +36,7 @@ def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", se
     resolve_device(device)
     check_recipe_encoding(recipe)
     plan = plan_merge(recipe, seed=seed, offline=offline)
-    check_output(plan, Path(out), force)
+    check_output(plan, Path(out), force, data=[recipe_file(recipe)])
     for warning in plan.warnings:  # likely mistakes: shown even when quiet
         print(f"warning: {warning}", file=sys.stderr)
     if dry_run:
@@ -57,11 +57,16 @@ def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", se
         torch.set_num_threads(old_threads)
 
 
+def recipe_file(recipe) -> Path | None:
+    """The file a recipe is read from; None for a dict or YAML text."""
+    if not isinstance(recipe, (str, Path)) or (isinstance(recipe, str) and "\n" in recipe):
+        return None
+    return Path(recipe)
+
+
 def check_recipe_encoding(recipe) -> None:
     """A recipe file that is not UTF-8 text stops with one line naming it (not a UnicodeDecodeError traceback)."""
-    if not isinstance(recipe, (str, Path)) or (isinstance(recipe, str) and "\n" in recipe):
-        return  # a dict, or YAML text
-    if not Path(recipe).is_file():
+    if recipe_file(recipe) is None or not Path(recipe).is_file():
         return
     try:
         Path(recipe).read_bytes().decode("utf-8")

@@ -25,7 +25,7 @@ import optuna
 from ..errors import MMMergeError, RecipeError
 from ..io.atomic import atomic_write_text
 from ..io.claim import claim_output
-from ..io.guard import MARKER, is_previous_output, write_marker
+from ..io.guard import MARKER, check_not_over_inputs, is_previous_output, write_marker
 from ..signals import deferred_signals
 from . import outputs, study as S
 from .candidate import Candidates
@@ -165,6 +165,8 @@ def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", tri
     S.quiet_optuna()
     url = storage or S.default_storage(out)
     helper = worker or rank != 0
+    if storage is not None or (out / "study.db").is_file():
+        S.check_storage(url)  # before anything opens it for writing
     budget = trials or parsed.settings.trials
     if helper:
         candidates, scorer = _prepare(parsed, device=device, offline=offline)
@@ -177,8 +179,15 @@ def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", tri
         return None
     resuming = out.is_dir() and is_previous_output(out) and (out / "study.db").is_file() and not force
     data = [spec] if isinstance(spec, (str, Path)) else []
+    data += [f for split in parsed.splits for f in split.files]
+    stored = S.storage_file(url) if storage is not None else None  # None: a database server, or OUT's own
+    if stored is not None and stored.absolute() != (out / "study.db").absolute():
+        data.append(stored)
     with claim_output(out, force=force and not resuming, data=data, deferred_check=resuming) as target:
-        candidates, scorer = _prepare(parsed, device=device, offline=offline, check=True)
+        def guard(candidates: Candidates) -> None:  # once every candidate is planned: the models and files read
+            check_not_over_inputs(out, inputs=candidates.inputs, data=[*data, *candidates.data])
+
+        candidates, scorer = _prepare(parsed, device=device, offline=offline, guard=guard)
         for w in candidates.warnings:
             print(f"warning: {w}", file=sys.stderr)
         if not resuming:
@@ -200,12 +209,15 @@ def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", tri
                               say=say)
 
 
-def _prepare(spec: Spec, *, device: str, offline: bool | None, check: bool = False) -> tuple[Candidates, Scorer | None]:
-    """The model candidates merge into (built once) and what scores them (None when the caller scores); `check`:
-    every end of the space is planned first (the process that owns the study)."""
+def _prepare(spec: Spec, *, device: str, offline: bool | None,
+             guard: Callable[[Candidates], None] | None = None) -> tuple[Candidates, Scorer | None]:
+    """The model candidates merge into (built once) and what scores them (None when the caller scores). With
+    `guard` (the process that owns the study), every end of the space is planned first, then `guard` checks what
+    the candidates read, before the model is built."""
     candidates = Candidates(spec.folder, device=device, seed=spec.settings.merge_seed, offline=offline)
-    if check:
+    if guard is not None:
         check_space(spec, candidates)
+        guard(candidates)
     candidates.build(bind(spec.recipe, spec.dimensions, lowest(spec.dimensions)))
     scorer = None
     if spec.splits:

@@ -49,6 +49,8 @@ class Candidates:
         self.device = resolve_device(device)
         self.opener = Opener(folder, offline=offline)
         self.model = None
+        self.inputs: set[Path] = set()  # every checkpoint a planned candidate reads
+        self.data: set[Path] = set()  # every other file one reads (statistics files)
 
     def build(self, recipe: dict) -> None:
         """The model in memory, shaped as `recipe`'s output (any candidate's: they write the same tensors)."""
@@ -66,7 +68,10 @@ class Candidates:
 
     def plan(self, recipe: dict) -> Plan:
         """The plan of one candidate's recipe, over the checkpoints opened once."""
-        return build_plan(parse_recipe(recipe, folder=self.folder), seed=self.seed, opener=self.opener)
+        plan = build_plan(parse_recipe(recipe, folder=self.folder), seed=self.seed, opener=self.opener)
+        self.inputs.update(plan.inputs)
+        self.data.update(plan.data)
+        return plan
 
     def _build(self, plan: Plan):
         """The output model (random weights, float32, as `eval` loads a merge) and its processor, from the

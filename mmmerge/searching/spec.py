@@ -78,6 +78,10 @@ class Split:
         if "{question}" not in self.prompt:
             raise RecipeError(f"search.tasks[{spec.task}]: prompt {self.prompt!r} has no {{question}} placeholder")
         self.source = at(spec.questions)
+        given = [spec.questions, spec.annotations, spec.images]
+        if spec.test is not None:
+            given += [spec.test.questions, spec.test.annotations, spec.test.images]
+        self.files = [Path(at(p)) for p in given if p is not None]  # what the search reads: an output may not hold it
         samples = read_task(self.task, self.source, at(spec.annotations), at(spec.images), spec.limit)
         self.test_source = self.source
         if spec.split is not None:  # by a hash of the question id: the same split whatever the file's order

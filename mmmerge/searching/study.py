@@ -9,7 +9,10 @@ its `trials` finished ones.
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -47,6 +50,58 @@ def quiet_optuna() -> None:
 
 def default_storage(out: Path) -> str:
     return f"sqlite:///{Path(out).absolute() / 'study.db'}"
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def storage_file(url: str) -> Path | None:
+    """The file a storage URL names: an SQLite database (sqlite:///PATH) or an optuna journal (a plain path);
+    None for a database server or an in-memory database."""
+    if url.startswith(("postgresql", "mysql")):
+        return None
+    if url.startswith("sqlite:"):
+        if not url.startswith("sqlite:///"):
+            return None  # sqlite:// is an in-memory database
+        path = url.removeprefix("sqlite:///").split("?")[0]
+        return None if path in ("", ":memory:") else Path(path)
+    return Path(url)
+
+
+def _is_journal(head: bytes) -> bool:
+    """optuna's journal file: one JSON object per line, each naming its operation."""
+    try:
+        first = json.loads(head.split(b"\n", 1)[0])
+    except ValueError:
+        return False
+    return isinstance(first, dict) and "op_code" in first
+
+
+def check_storage(url: str) -> None:
+    """Before the storage is opened for writing: an existing file must be what the URL says (an SQLite database,
+    or an optuna journal), and it, or the folder that will hold it, must be writable. A user's text file named by
+    mistake is never appended to; a read-only file system is one line, not a database traceback."""
+    path = storage_file(url)
+    if path is None:
+        return
+    kind = "an SQLite database" if url.startswith("sqlite:") else "an optuna journal file"
+    if path.exists():
+        if not path.is_file():
+            raise RecipeError(f"{path}: the study storage is not a file; name {kind}")
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        if head and not (head.startswith(SQLITE_HEADER) if url.startswith("sqlite:") else _is_journal(head)):
+            raise RecipeError(f"{path}: not {kind}, so not a study storage; name a new file or a study's storage "
+                              "(e.g. --storage sqlite:///study.db)")
+        writable = path
+    else:
+        writable = path.absolute().parent
+        if not writable.is_dir():
+            raise RecipeError(f"{path}: the study storage's folder {writable} does not exist")
+    if not os.access(writable, os.W_OK):
+        read_only = bool(os.statvfs(writable).f_flag & os.ST_RDONLY)
+        raise OSError(errno.EROFS if read_only else errno.EACCES, os.strerror(errno.EROFS if read_only else errno.EACCES),
+                      str(path))
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
