@@ -410,6 +410,30 @@ def test_a_failed_trial_is_one_line(world, tmp_path, monkeypatch):
     assert "Trial" not in r.stderr
 
 
+def test_ctrl_c_while_optuna_records_a_trial_is_one_line(world, tmp_path, monkeypatch):
+    """SIGINT arriving while optuna records a finished trial (its own code, between trials; left alone it ends in an
+    UnboundLocalError there): the trial is recorded, the next one stops at once, and the command says so in one
+    line."""
+    import signal
+
+    import optuna
+    from optuna.study import _optimize
+
+    tell, sent = _optimize._tell_with_warning, []
+
+    def interrupted_tell(*args, **kwargs):  # the signal lands inside optuna's bookkeeping, as a Ctrl-C may
+        if not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+        return tell(*args, **kwargs)
+
+    monkeypatch.setattr(_optimize, "_tell_with_warning", interrupted_tell)
+    root, files = world
+    r = run("search", spec_for(root, files, trials=3), "--out", tmp_path / "out", "--quiet")
+    assert r.returncode == 130 and r.stderr.count("\n") == 1 and "interrupted (SIGINT)" in r.stderr, r.stderr
+    study = optuna.load_study(study_name="mmmerge-search", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
+
+
 def test_per_component_and_per_layer_group_values(world, tmp_path):
     """A `components:` recipe: the language model's attention and other tensors get their own searched weight
     (filters), the vision tower and projector come from the base; the best recipe merges to the candidate."""

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import RecipeError
+from ..signals import deferred_signals, signals_delivered
 from .spec import SearchSettings
 
 HEARTBEAT_SECONDS = 30  # a trial whose process stopped beating for twice this is failed and its budget freed
@@ -200,4 +201,9 @@ def run_trials(study: optuna.Study, objective, settings: SearchSettings, *, tria
         if finished(study) >= trials:
             return
         callbacks.append(optuna.study.MaxTrialsCallback(trials, states=(TrialState.COMPLETE,)))
-    study.optimize(objective, timeout=timeout, callbacks=callbacks, catch=(), gc_after_trial=False)
+    def trial(t):
+        with signals_delivered():
+            return objective(t)
+
+    with deferred_signals():  # Ctrl-C and SIGTERM stop a trial, never optuna's bookkeeping between trials
+        study.optimize(trial, timeout=timeout, callbacks=callbacks, catch=(), gc_after_trial=False)
