@@ -34,9 +34,10 @@ class OneLineWarnings(logging.Handler):
     line; `--debug` shows the traceback)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.funcName == "_log_failed_trial" and (record.exc_info or " failed with value " in record.msg):
+        message = record.getMessage()
+        if record.funcName == "_log_failed_trial" and (record.exc_info or " failed with value " in message):
             return  # the raised error (or the other line of the same failure) says it
-        lines = record.getMessage().strip().splitlines()
+        lines = message.strip().splitlines()
         print(f"warning: optuna: {lines[0] if lines else record.levelname}", file=sys.stderr)
 
 
@@ -99,10 +100,9 @@ def check_storage(url: str) -> None:
         writable = path.absolute().parent
         if not writable.is_dir():
             raise RecipeError(f"{path}: the study storage's folder {writable} does not exist")
-    if not os.access(writable, os.W_OK):
-        read_only = bool(os.statvfs(writable).f_flag & os.ST_RDONLY)
-        raise OSError(errno.EROFS if read_only else errno.EACCES, os.strerror(errno.EROFS if read_only else errno.EACCES),
-                      str(path))
+    if not os.access(writable, os.W_OK):  # an OSError as the write would raise: the CLI says it in one line
+        code = errno.EROFS if os.statvfs(writable).f_flag & os.ST_RDONLY else errno.EACCES
+        raise OSError(code, os.strerror(code), str(path))
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
@@ -201,6 +201,7 @@ def run_trials(study: optuna.Study, objective, settings: SearchSettings, *, tria
         if finished(study) >= trials:
             return
         callbacks.append(optuna.study.MaxTrialsCallback(trials, states=(TrialState.COMPLETE,)))
+
     def trial(t):
         with signals_delivered():
             return objective(t)
