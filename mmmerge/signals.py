@@ -63,13 +63,44 @@ def deferred_signals():
         return
     old = {s: signal.signal(s, _record) for s in DEFERRED}
     _depth[0] = 1
+    _replaced.append(old)
     try:
         yield
     finally:
+        _replaced.pop()
         _depth[0] = 0
-        for s, handler in old.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        if _pending:
-            first = _pending[0]
-            _pending.clear()
-            signal.raise_signal(first)  # now handled as it would have been: KeyboardInterrupt, Terminated, ...
+        _restore(old)
+        _deliver()
+
+
+_replaced: list[dict] = []  # the handlers the running deferred_signals block replaced
+
+
+def _restore(handlers: dict) -> None:
+    for s, handler in handlers.items():
+        signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+def _deliver() -> None:
+    if _pending:
+        first = _pending[0]
+        _pending.clear()
+        signal.raise_signal(first)  # now handled as it would have been: KeyboardInterrupt, Terminated, ...
+
+
+@contextlib.contextmanager
+def signals_delivered():
+    """Within a deferred_signals block, the stretch where SIGINT and SIGTERM act at once again (one held back
+    arrives first): a search trial may be cut anywhere, optuna's bookkeeping around it may not."""
+    if not _main_thread() or not _replaced or _depth[0] != 1:
+        yield
+        return
+    _restore(_replaced[-1])
+    _depth[0] = 0
+    try:
+        _deliver()
+        yield
+    finally:
+        _depth[0] = 1
+        for s in DEFERRED:
+            signal.signal(s, _record)

@@ -97,6 +97,35 @@ def test_force_replaces_an_empty_folder_and_a_previous_output(world, tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary, old or lock files left
 
 
+def test_merge_never_replaces_a_file_its_recipe_reads(world, tmp_path):
+    """PREV, a previous merge output, holds the statistics files a regmean recipe reads, and the recipe itself:
+    `merge RECIPE --out PREV --force` is one line and PREV is byte for byte what it was."""
+    import yaml
+
+    from mmmerge.calibration import collect_statistics
+
+    prev = tmp_path / "prev"
+    assert run("merge", world["recipe"], "--out", prev, "--quiet").returncode == 0
+    calibration = tmp_path / "calibration.jsonl"
+    calibration.write_text('{"text": "is there a circle ? yes"}\n{"text": "the shape is red"}\n')
+    for name in ("lm", "ft"):
+        collect_statistics(world[name], calibration, prev / f"{name}.safetensors", device="cpu")
+    recipe = {"merge_method": "regmean", "models": [
+        {"model": str(world[name]), "parameters": {"statistics": str(prev / f"{name}.safetensors")}}
+        for name in ("lm", "ft")]}
+    outside = tmp_path / "regmean.yml"
+    outside.write_text(yaml.safe_dump(recipe))
+    before = snapshot(prev)
+    one_line_error(run("merge", outside, "--out", prev, "--force", "--quiet"), ".safetensors", "which this run reads")
+    assert snapshot(prev) == before
+    inside = prev / "regmean.yml"
+    inside.write_text(yaml.safe_dump({"merge_method": "linear", "models": [
+        {"model": str(world[name]), "parameters": {"weight": 1}} for name in ("lm", "ft")]}))
+    before = snapshot(prev)
+    one_line_error(run("merge", inside, "--out", prev, "--force", "--quiet"), "regmean.yml", "which this run reads")
+    assert snapshot(prev) == before
+
+
 def test_outputs_follow_the_umask(world, tmp_path):
     old = os.umask(0o027)
     try:

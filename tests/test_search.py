@@ -5,8 +5,10 @@ transformers weights; the written best recipe merged by `mmmerge merge` and scor
 entropy recomputed with a plain forward pass; a study killed with SIGKILL and resumed.
 """
 
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ import torch
 import yaml
 
 import eval_data
+from cli_run import one_line_error, run
 from make_tiny_models import make_finetune
 from tiny_llava import build_tiny_llava
 from mmmerge import merge
@@ -251,6 +254,81 @@ search({str(spec)!r}, {str(out)!r}, objective=objective, quiet=True)
     assert result.trials == 5
 
 
+def test_a_study_resumes_only_with_the_spec_that_made_it(world, tmp_path):
+    """Run again with another spec on the same output: one line, and the output is byte for byte what the first
+    spec's search wrote; the first spec with a larger budget resumes it."""
+    root, files = world
+    out = tmp_path / "out"
+
+    def objective(model, processor):
+        return float(model.state_dict()[PROBE].sum())
+
+    first = spec_for(root, files, trials=2, sampler="random")
+    search(first, out, objective=objective, quiet=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    other = yaml.safe_load(first.read_text())
+    other["models"][0]["parameters"]["weight"] = {"search": [0.5, 1.0]}
+    path = root / "spec-other.yml"
+    path.write_text(yaml.safe_dump(other))
+    with pytest.raises(RecipeError, match="of another spec"):
+        search(path, out, objective=objective, quiet=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert search(first, out, objective=objective, quiet=True, trials=3).trials == 3
+
+
+def test_force_never_replaces_what_the_search_reads(world, tmp_path):
+    """`--out PREV --force`, PREV a previous search output holding the dev questions the spec reads, and `--out`
+    inside an input model: one line each, and every file is what it was."""
+    from tiny_world import snapshot
+
+    root, files = world
+    prev = tmp_path / "prev"
+    search(spec_for(root, files, trials=1), prev, objective=lambda model, processor: 0.0, quiet=True)
+    for key in ("questions", "annotations", "images"):
+        (shutil.copytree if key == "images" else shutil.copy)(root / files["dev"][key], prev / key)
+    dev = {key: str(prev / key) for key in ("questions", "annotations", "images")}
+    spec = spec_for(root, files, trials=1, extra={"tasks": [{"task": "vqav2", **dev}]})
+    before = snapshot(prev)
+    one_line_error(run("search", spec, "--out", prev, "--force"), "which this run reads")
+    assert snapshot(prev) == before
+
+    model = snapshot(root / "a")
+    one_line_error(run("search", spec_for(root, files, trials=1), "--out", root / "a" / "searched"),
+                   "inside the input")
+    assert snapshot(root / "a") == model and not (root / "a" / "searched").exists()
+
+
+@pytest.mark.parametrize("url", ["{notes}", "sqlite:///{notes}"])
+def test_a_storage_that_is_no_study_is_never_written(world, tmp_path, url):
+    """`--storage` naming a user's text file: one line before anything opens it, and the file is as it was."""
+    root, files = world
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    r = run("search", spec_for(root, files, trials=1), "--out", tmp_path / "out", "--storage", url.format(notes=notes))
+    one_line_error(r, str(notes), "not an")
+    assert notes.read_text() == "my notes\n" and not (tmp_path / "out").exists()
+
+
+def test_a_storage_on_a_read_only_file_system_is_one_line(world, tmp_path):
+    """Needs mount rights (root); skipped elsewhere."""
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"this machine does not allow mounting a tmpfs ({r.stderr.strip()})")
+    try:
+        root, files = world
+        r = run("search", spec_for(root, files, trials=1), "--out", tmp_path / "out", "--storage",
+                f"sqlite:///{mnt / 'study.db'}")
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith(f"error: {mnt / 'study.db'}: the file system is read-only"), r.stderr
+        assert not (tmp_path / "out").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
 def test_two_processes_share_one_study(world, tmp_path):
     """torchrun with two CPU processes: both take trials of one SQLite study, rank 0 writes the outputs."""
     root, files = world
@@ -275,6 +353,9 @@ def test_two_processes_share_one_study(world, tmp_path):
     (lambda s: s["models"][0]["parameters"].update(weight={"search": [1.0, 0.0]}), "LOW < HIGH"),
     (lambda s: s["parameters"].update(density={"search": [0.5, 2.0]}), "density = 2.0 does not make a valid recipe"),
     (lambda s: s["search"]["tasks"][0].update(split=0.5), "not both"),
+    (lambda s: s["parameters"].update(density={"search": [0.2, 0.8], "type": "int"}), "holds no integer"),
+    (lambda s: s.update(merge_method="linear") or s["parameters"].update(density={"search": [0.2, 1.0]}),
+     "merge method linear never reads `density`"),
 ])
 def test_bad_specs_are_one_line(world, tmp_path, capsys, change, message):
     root, files = world
@@ -286,6 +367,71 @@ def test_bad_specs_are_one_line(world, tmp_path, capsys, change, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--trials", "0"], "trials must be at least 1, got 0"),
+    (["--trials", "-3"], "trials must be at least 1, got -3"),
+    (["--timeout", "0"], "timeout must be above 0"),
+])
+def test_a_budget_that_runs_no_trial_is_refused_at_once(world, tmp_path, flags, message):
+    root, files = world
+    r = run("search", spec_for(root, files, trials=2), "--out", tmp_path / "out", *flags)
+    one_line_error(r, message)
+    assert not (tmp_path / "out").exists()
+
+
+class CurrentStderr(io.TextIOBase):
+    """Writes to whatever sys.stderr is when written to (a logging handler keeps the stream of its creation)."""
+
+    def write(self, text):
+        return sys.stderr.write(text)
+
+
+def test_a_failed_trial_is_one_line(world, tmp_path, monkeypatch):
+    """A dev image that cannot be decoded fails the first trial: the command says so in one `error:` line, with no
+    optuna "Trial 0 failed" traceback before it."""
+    import logging
+
+    root, files = world
+    images = tmp_path / "images"
+    shutil.copytree(root / files["dev"]["images"], images)
+    next(images.iterdir()).write_bytes(b"not an image")
+    # as in a terminal: optuna's handlers write to the stderr `run` captures, pytest's own log capture is left out
+    optuna_logger = logging.getLogger("optuna")
+    monkeypatch.setattr(optuna_logger, "handlers", [h for h in optuna_logger.handlers
+                                                    if not type(h).__module__.startswith("_pytest")])
+    for handler in optuna_logger.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            monkeypatch.setattr(handler, "stream", CurrentStderr())
+    spec = spec_for(root, files, trials=2, extra={"tasks": [{"task": "vqav2", **files["dev"], "images": str(images)}]})
+    r = run("search", spec, "--out", tmp_path / "out")
+    one_line_error(r, "image")
+    assert "Trial" not in r.stderr
+
+
+def test_ctrl_c_while_optuna_records_a_trial_is_one_line(world, tmp_path, monkeypatch):
+    """SIGINT arriving while optuna records a finished trial (its own code, between trials; left alone it ends in an
+    UnboundLocalError there): the trial is recorded, the next one stops at once, and the command says so in one
+    line."""
+    import signal
+
+    import optuna
+    from optuna.study import _optimize
+
+    tell, sent = _optimize._tell_with_warning, []
+
+    def interrupted_tell(*args, **kwargs):  # the signal lands inside optuna's bookkeeping, as a Ctrl-C may
+        if not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+        return tell(*args, **kwargs)
+
+    monkeypatch.setattr(_optimize, "_tell_with_warning", interrupted_tell)
+    root, files = world
+    r = run("search", spec_for(root, files, trials=3), "--out", tmp_path / "out", "--quiet")
+    assert r.returncode == 130 and r.stderr.count("\n") == 1 and "interrupted (SIGINT)" in r.stderr, r.stderr
+    study = optuna.load_study(study_name="mmmerge-search", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
 
 
 def test_per_component_and_per_layer_group_values(world, tmp_path):
@@ -315,19 +461,43 @@ def test_per_component_and_per_layer_group_values(world, tmp_path):
     torch.testing.assert_close(seen[0], (w * a + b) / (w + 1))
 
 
+def readme_spec() -> dict:
+    """The search spec README.md shows, as YAML data."""
+    import textwrap
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("  ```yaml\n  merge_method: {choice:")
+    return yaml.safe_load(textwrap.dedent(text[start:text.index("  ```\n", start + 10)].split("\n", 1)[1]))
+
+
+def test_the_readme_search_spec_runs_on_the_tiny_models(world, tmp_path):
+    """README.md's spec as it is, its models and files renamed to the tiny ones: trials of both methods run (dare_ties
+    with a seed plans the same tensors as ties, in mergekit's order) and the best recipe is one of them."""
+    root, files = world
+    spec = readme_spec()
+    names = {"llava": "base", "llava-a": "a", "llava-b": "b"}
+    spec["base_model"] = names[spec["base_model"]]
+    for m in spec["models"]:
+        m["model"] = names[m["model"]]
+    spec["search"].update(trials=4, sampler="random", max_new_tokens=4,
+                          tasks=[{"task": "vqav2", **files["dev"], "test": files["test"]}])
+    path = root / "spec-readme.yml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = search(path, tmp_path / "out", quiet=True)
+    header, *rows = (tmp_path / "out" / "trials.csv").read_text().splitlines()
+    method = header.split(",").index("merge_method")
+    assert {row.split(",")[method] for row in rows} == {"ties", "dare_ties"}
+    assert result.trials == 4 and result.best_recipe["merge_method"] == result.best_params["merge_method"]
+
+
 def test_the_readme_search_spec_parses_and_binds():
     """The spec README.md shows: its searched values, names and `search:` section as documented, and every
     choice of method binds to a recipe the engine parses."""
-    import textwrap
-
     from mmmerge.engine.recipe import parse_recipe
     from mmmerge.searching.space import bind, find_dimensions
     from mmmerge.searching.spec import SearchSettings
 
-    text = (ROOT / "README.md").read_text()
-    start = text.index("  ```yaml\n  merge_method: {choice:")
-    block = textwrap.dedent(text[start:text.index("  ```\n", start + 10)].split("\n", 1)[1])
-    spec = yaml.safe_load(block)
+    spec = readme_spec()
     settings = SearchSettings.model_validate(spec.pop("search"))
     assert settings.trials == 30 and settings.sampler == "tpe" and settings.objective == "score"
     dims = find_dimensions(spec)
@@ -346,7 +516,7 @@ def test_log_step_and_integer_ranges_are_sampled_as_written():
     from mmmerge.searching.space import find_dimensions
 
     recipe = {"parameters": {"a": {"search": [1e-4, 1.0], "log": True}, "b": {"search": [0.0, 1.0], "step": 0.25},
-                             "c": {"search": [2, 8], "type": "int"}}}
+                             "c": {"search": [2, 8], "type": "int"}, "d": {"search": [0.5, 2.5], "type": "int"}}}
     dims = {d.name: d for d in find_dimensions(recipe)}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = []
@@ -354,5 +524,5 @@ def test_log_step_and_integer_ranges_are_sampled_as_written():
     dists = study.trials[0].distributions
     assert dists["a"].log and dists["b"].step == 0.25 and isinstance(dists["c"], optuna.distributions.IntDistribution)
     assert all(1e-4 <= v["a"] <= 1 and v["b"] in (0, 0.25, 0.5, 0.75, 1) and isinstance(v["c"], int)
-               and 2 <= v["c"] <= 8 for v in seen)
+               and 2 <= v["c"] <= 8 and v["d"] in (1, 2) for v in seen)
     assert dims["a"].default == pytest.approx(1e-2) and dims["c"].default == 5

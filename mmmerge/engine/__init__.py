@@ -66,7 +66,7 @@ def _merge(recipe, out, *, seed: int | None, dry_run: bool, force: bool, quiet: 
     def prepare() -> Plan:
         check_recipe_encoding(recipe)
         plan = plan_merge(recipe, seed=seed, offline=offline)
-        check_output(plan, Path(out), force)
+        check_output(plan, Path(out), force, data=[recipe_file(recipe)])
         if ranks.world > 1:
             check_split(plan)
         return plan
@@ -96,11 +96,16 @@ def _merge(recipe, out, *, seed: int | None, dry_run: bool, force: bool, quiet: 
         torch.set_num_threads(old_threads)
 
 
+def recipe_file(recipe) -> Path | None:
+    """The file a recipe is read from; None for a dict or YAML text."""
+    if not isinstance(recipe, (str, Path)) or (isinstance(recipe, str) and "\n" in recipe):
+        return None
+    return Path(recipe)
+
+
 def check_recipe_encoding(recipe) -> None:
     """A recipe file that is not UTF-8 text stops with one line naming it (not a UnicodeDecodeError traceback)."""
-    if not isinstance(recipe, (str, Path)) or (isinstance(recipe, str) and "\n" in recipe):
-        return  # a dict, or YAML text
-    if not Path(recipe).is_file():
+    if recipe_file(recipe) is None or not Path(recipe).is_file():
         return
     try:
         Path(recipe).read_bytes().decode("utf-8")

@@ -104,10 +104,10 @@ def recipe_text(plan: Plan) -> str:
     return f"# written by mmmerge {__version__}\n" + text + ("" if text.endswith("\n") else "\n")
 
 
-def check_output(plan: Plan, out: Path, force: bool) -> None:
-    """Refuse an `out` this plan must not write: not empty (unless force), or the same as, holding or inside an
-    input model (io/guard.py)."""
-    check_output_dir(out, force, inputs=plan.inputs)
+def check_output(plan: Plan, out: Path, force: bool, *, data=()) -> None:
+    """Refuse an `out` this plan must not write: not empty (unless force), the same as, holding or inside an
+    input model, or the same as or holding a file it reads (statistics; `data`: the recipe file) (io/guard.py)."""
+    check_output_dir(out, force, inputs=plan.inputs, data=[*plan.data, *data])
 
 
 def output_tensors(plan: Plan, dev: torch.device) -> dict[str, LazyTensor]:

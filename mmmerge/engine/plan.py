@@ -56,6 +56,15 @@ class Plan:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tasks)
 
+    @property
+    def data(self) -> list[Path]:
+        """Every file the plan reads besides its input models (the statistics files of regmean and fisher): an
+        output may not replace them either."""
+        from ..methods._statistics import StatisticsFile
+
+        found = {str(v) for t in self.tasks for p in t.params for v in p.values() if isinstance(v, StatisticsFile)}
+        return [Path(f) for f in sorted(found)]
+
     def summary(self) -> str:
         lines = [f"output: {self.output_format}, {len(self.tasks)} tensors, {self.nbytes / 2**20:,.1f} MiB"]
         for c in self.components.values():

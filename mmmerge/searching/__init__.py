@@ -25,13 +25,13 @@ import optuna
 from ..errors import MMMergeError, RecipeError
 from ..io.atomic import atomic_write_text
 from ..io.claim import claim_output
-from ..io.guard import MARKER, is_previous_output, write_marker
+from ..io.guard import MARKER, check_not_over_inputs, is_previous_output, write_marker
 from ..signals import deferred_signals
 from . import outputs, study as S
 from .candidate import Candidates
 from .objectives import Scorer, agreement
 from .space import Dimension, active, bind
-from .spec import Spec, load_spec
+from .spec import Spec, fingerprint, load_spec
 
 
 @dataclass
@@ -134,6 +134,16 @@ def _short(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def check_budget(trials: int | None, timeout: float | None) -> None:
+    """A budget given beside the spec's must let a trial run: `trials` at least 1, `timeout` above 0."""
+    from ..validate import finite_number, integer
+
+    if trials is not None:
+        integer("trials", trials, low=1)
+    if timeout is not None:
+        finite_number("timeout", timeout, low=0, low_open=True)
+
+
 def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", trials: int | None = None,
            timeout: float | None = None, storage: str | None = None, worker: bool = False, write_model: bool = False,
            force: bool = False, quiet: bool = False, offline: bool | None = None,
@@ -145,6 +155,7 @@ def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", tri
     (None for a worker or a rank other than 0).
     `objective(model, processor) -> float` (Python only) replaces the spec's objective: the search maximises it
     over the candidates, each merged into `model` in memory."""
+    check_budget(trials, timeout)
     parsed = load_spec(spec, custom_objective=objective is not None)
     rank, world = _ranks()
     if device == "cuda" and world > 1:
@@ -154,19 +165,29 @@ def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", tri
     S.quiet_optuna()
     url = storage or S.default_storage(out)
     helper = worker or rank != 0
+    if storage is not None or (out / "study.db").is_file():
+        S.check_storage(url)  # before anything opens it for writing
     budget = trials or parsed.settings.trials
     if helper:
         candidates, scorer = _prepare(parsed, device=device, offline=offline)
         if storage is None:  # the main process makes OUT and the study in it
             S.wait_for_file(out / "study.db", also=out / MARKER)
         study = S.open_study(parsed.settings, url, rank=rank or 1, create=False)
+        S.check_spec(study, fingerprint(parsed), storage or str(out), record=False)
         S.run_trials(study, Objective(parsed, candidates, scorer, say=say, custom=objective, budget=budget),
                      parsed.settings, trials=trials, timeout=timeout)
         return None
     resuming = out.is_dir() and is_previous_output(out) and (out / "study.db").is_file() and not force
     data = [spec] if isinstance(spec, (str, Path)) else []
+    data += [f for split in parsed.splits for f in split.files]
+    stored = S.storage_file(url) if storage is not None else None  # None: a database server, or OUT's own
+    if stored is not None and stored.absolute() != (out / "study.db").absolute():
+        data.append(stored)
     with claim_output(out, force=force and not resuming, data=data, deferred_check=resuming) as target:
-        candidates, scorer = _prepare(parsed, device=device, offline=offline, check=True)
+        def guard(candidates: Candidates) -> None:  # once every candidate is planned: the models and files read
+            check_not_over_inputs(out, inputs=candidates.inputs, data=[*data, *candidates.data])
+
+        candidates, scorer = _prepare(parsed, device=device, offline=offline, guard=guard)
         for w in candidates.warnings:
             print(f"warning: {w}", file=sys.stderr)
         if not resuming:
@@ -176,6 +197,7 @@ def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", tri
                 target.mkdir(parents=True)
                 write_marker(target)
         study = S.open_study(parsed.settings, url, rank=0, create=True)
+        S.check_spec(study, fingerprint(parsed), storage or str(out), record=True)
         if resuming and world == 1 and storage is None:
             abandoned = S.fail_abandoned(study)
             say(f"resuming: {S.finished(study)} finished trial(s) kept" +
@@ -187,12 +209,15 @@ def search(spec: str | Path | dict, out: str | Path, *, device: str = "cpu", tri
                               say=say)
 
 
-def _prepare(spec: Spec, *, device: str, offline: bool | None, check: bool = False) -> tuple[Candidates, Scorer | None]:
-    """The model candidates merge into (built once) and what scores them (None when the caller scores); `check`:
-    every end of the space is planned first (the process that owns the study)."""
+def _prepare(spec: Spec, *, device: str, offline: bool | None,
+             guard: Callable[[Candidates], None] | None = None) -> tuple[Candidates, Scorer | None]:
+    """The model candidates merge into (built once) and what scores them (None when the caller scores). With
+    `guard` (the process that owns the study), every end of the space is planned first, then `guard` checks what
+    the candidates read, before the model is built."""
     candidates = Candidates(spec.folder, device=device, seed=spec.settings.merge_seed, offline=offline)
-    if check:
+    if guard is not None:
         check_space(spec, candidates)
+        guard(candidates)
     candidates.build(bind(spec.recipe, spec.dimensions, lowest(spec.dimensions)))
     scorer = None
     if spec.splits:

@@ -49,11 +49,13 @@ class Candidates:
         self.device = resolve_device(device)
         self.opener = Opener(folder, offline=offline)
         self.model = None
+        self.inputs: set[Path] = set()  # every checkpoint a planned candidate reads
+        self.data: set[Path] = set()  # every other file one reads (statistics files)
 
     def build(self, recipe: dict) -> None:
         """The model in memory, shaped as `recipe`'s output (any candidate's: they write the same tensors)."""
         first = self.plan(recipe)
-        self.names = [t.name for t in first.tasks]
+        self.names = {t.name for t in first.tasks}
         self.model, self.processor = self._build(first)
         params = dict(self.model.state_dict(keep_vars=True))
         self.targets = {n: params[m] for n, m in _names_in_memory(first, set(params)).items()}
@@ -66,7 +68,10 @@ class Candidates:
 
     def plan(self, recipe: dict) -> Plan:
         """The plan of one candidate's recipe, over the checkpoints opened once."""
-        return build_plan(parse_recipe(recipe, folder=self.folder), seed=self.seed, opener=self.opener)
+        plan = build_plan(parse_recipe(recipe, folder=self.folder), seed=self.seed, opener=self.opener)
+        self.inputs.update(plan.inputs)
+        self.data.update(plan.data)
+        return plan
 
     def _build(self, plan: Plan):
         """The output model (random weights, float32, as `eval` loads a merge) and its processor, from the
@@ -97,7 +102,7 @@ class Candidates:
         if self.model is None:
             self.build(recipe)
         plan = self.plan(recipe)
-        if [t.name for t in plan.tasks] != self.names:
+        if {t.name for t in plan.tasks} != self.names:  # a set: random methods plan the same tensors in mergekit's order
             raise RecipeError("a searched value changes which tensors the merge writes (e.g. a layer range); "
                               "search only values that keep the output's tensors")
         sources = input_sources(plan)

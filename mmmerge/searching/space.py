@@ -15,6 +15,7 @@ between methods does not spend trials on parameters that change nothing.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -83,8 +84,12 @@ def _leaf(where: str, path: tuple, value: dict, parameter: str | None) -> Dimens
     step = value.get("step")
     if step is not None and (not isinstance(step, (int, float)) or step <= 0 or log):
         raise RecipeError(f"{where}: `step` is a positive number and cannot go with `log`")
-    return Dimension(name, path, low=float(bounds[0]), high=float(bounds[1]), log=log, step=step,
-                     integer=kind == "int", parameter=parameter)
+    low, high = float(bounds[0]), float(bounds[1])
+    if kind == "int":  # optuna samples integers between the whole numbers inside the range
+        low, high = float(math.ceil(low)), float(math.floor(high))
+        if low > high:
+            raise RecipeError(f"{where}: `type: int` over {bounds!r} holds no integer; widen the range or drop `type`")
+    return Dimension(name, path, low=low, high=high, log=log, step=step, integer=kind == "int", parameter=parameter)
 
 
 def _label(node: Any, key: Any) -> str:
@@ -155,6 +160,20 @@ def reads(method: str | None, parameter: str) -> bool:
     except RecipeError:
         return True
     return parameter in spec.model_params or parameter in spec.global_params
+
+
+def check_read(dims: list[Dimension], recipe: dict) -> None:
+    """Refuse a searched parameter that no method its section may use reads: every trial would leave it out, so
+    there would be nothing to search in it."""
+    for d in dims:
+        if d.parameter is None:
+            continue
+        methods = {method_at(recipe, d.path, {c.name: choice}, dims)
+                   for c in dims if c.path[-1] == "merge_method" and c.choices for choice in c.choices}
+        methods = methods or {method_at(recipe, d.path, {}, dims)}
+        if not any(reads(m, d.parameter) for m in methods):
+            raise RecipeError(f"searched value {d.name}: merge method {' / '.join(sorted(map(str, methods)))} never "
+                              f"reads `{d.parameter}`, so there is nothing to search; give it a plain value or drop it")
 
 
 def active(dims: list[Dimension], recipe: dict, values: dict[str, Any]) -> list[Dimension]:

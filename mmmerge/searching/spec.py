@@ -20,6 +20,7 @@ candidate, after the search.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import RecipeError
 from ..eval.tasks import TASKS, get_task, read_task
-from .space import Dimension, find_dimensions
+from .space import Dimension, check_read, find_dimensions
 
 
 class Files(BaseModel):
@@ -77,6 +78,10 @@ class Split:
         if "{question}" not in self.prompt:
             raise RecipeError(f"search.tasks[{spec.task}]: prompt {self.prompt!r} has no {{question}} placeholder")
         self.source = at(spec.questions)
+        given = [spec.questions, spec.annotations, spec.images]
+        if spec.test is not None:
+            given += [spec.test.questions, spec.test.annotations, spec.test.images]
+        self.files = [Path(at(p)) for p in given if p is not None]  # what the search reads: an output may not hold it
         samples = read_task(self.task, self.source, at(spec.annotations), at(spec.images), spec.limit)
         self.test_source = self.source
         if spec.split is not None:  # by a hash of the question id: the same split whatever the file's order
@@ -112,9 +117,23 @@ class Spec:
             raise RecipeError(f"{where}: search: give a budget, `trials` or `timeout` (seconds)")
         self.recipe, self.folder, self.where = data, folder, where
         self.dimensions: list[Dimension] = find_dimensions(data)
+        try:
+            check_read(self.dimensions, data)
+        except RecipeError as e:
+            raise RecipeError(f"{where}: {e}") from None
         self.splits = [Split(t, folder) for t in self.settings.tasks]
         if not self.splits and not custom_objective:
             raise RecipeError(f"{where}: search.tasks: name at least one evaluation task with its dev questions")
+
+
+def fingerprint(spec: Spec) -> str:
+    """What makes two specs one search: the recipe with its searched values, the settings that change a trial's
+    score (not the budget or the batch size), and the folder relative paths start from. A study keeps it, so a
+    search resumes only with the spec that made it."""
+    settings = spec.settings.model_dump(exclude={"trials", "timeout", "batch_size"})
+    folder = str(spec.folder if spec.folder is not None else Path.cwd().absolute())
+    text = json.dumps({"recipe": spec.recipe, "settings": settings, "folder": folder}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def load_spec(spec: str | Path | dict, *, custom_objective: bool = False) -> Spec:

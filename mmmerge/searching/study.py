@@ -9,6 +9,11 @@ its `trials` finished ones.
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
+import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -17,17 +22,87 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import RecipeError
+from ..signals import deferred_signals, signals_delivered
 from .spec import SearchSettings
 
 HEARTBEAT_SECONDS = 30  # a trial whose process stopped beating for twice this is failed and its budget freed
 
 
+class OneLineWarnings(logging.Handler):
+    """optuna's warnings as mmmerge's `warning: ...` lines on the stderr of the moment. A trial that failed by an
+    exception is left out: optuna logs it with a traceback, then raises it, and the caller reports it once (one
+    line; `--debug` shows the traceback)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.funcName == "_log_failed_trial" and (record.exc_info or " failed with value " in message):
+            return  # the raised error (or the other line of the same failure) says it
+        lines = message.strip().splitlines()
+        print(f"warning: optuna: {lines[0] if lines else record.levelname}", file=sys.stderr)
+
+
 def quiet_optuna() -> None:
+    """optuna says only warnings, one line each (OneLineWarnings), in place of its own handler."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.disable_default_handler()
+    root = logging.getLogger("optuna")
+    if not any(isinstance(h, OneLineWarnings) for h in root.handlers):
+        root.addHandler(OneLineWarnings())
 
 
 def default_storage(out: Path) -> str:
     return f"sqlite:///{Path(out).absolute() / 'study.db'}"
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def storage_file(url: str) -> Path | None:
+    """The file a storage URL names: an SQLite database (sqlite:///PATH) or an optuna journal (a plain path);
+    None for a database server or an in-memory database."""
+    if url.startswith(("postgresql", "mysql")):
+        return None
+    if url.startswith("sqlite:"):
+        if not url.startswith("sqlite:///"):
+            return None  # sqlite:// is an in-memory database
+        path = url.removeprefix("sqlite:///").split("?")[0]
+        return None if path in ("", ":memory:") else Path(path)
+    return Path(url)
+
+
+def _is_journal(head: bytes) -> bool:
+    """optuna's journal file: one JSON object per line, each naming its operation."""
+    try:
+        first = json.loads(head.split(b"\n", 1)[0])
+    except ValueError:
+        return False
+    return isinstance(first, dict) and "op_code" in first
+
+
+def check_storage(url: str) -> None:
+    """Before the storage is opened for writing: an existing file must be what the URL says (an SQLite database,
+    or an optuna journal), and it, or the folder that will hold it, must be writable. A user's text file named by
+    mistake is never appended to; a read-only file system is one line, not a database traceback."""
+    path = storage_file(url)
+    if path is None:
+        return
+    kind = "an SQLite database" if url.startswith("sqlite:") else "an optuna journal file"
+    if path.exists():
+        if not path.is_file():
+            raise RecipeError(f"{path}: the study storage is not a file; name {kind}")
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        if head and not (head.startswith(SQLITE_HEADER) if url.startswith("sqlite:") else _is_journal(head)):
+            raise RecipeError(f"{path}: not {kind}, so not a study storage; name a new file or a study's storage "
+                              "(e.g. --storage sqlite:///study.db)")
+        writable = path
+    else:
+        writable = path.absolute().parent
+        if not writable.is_dir():
+            raise RecipeError(f"{path}: the study storage's folder {writable} does not exist")
+    if not os.access(writable, os.W_OK):  # an OSError as the write would raise: the CLI says it in one line
+        code = errno.EROFS if os.statvfs(writable).f_flag & os.ST_RDONLY else errno.EACCES
+        raise OSError(code, os.strerror(code), str(path))
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
@@ -66,6 +141,22 @@ def open_study(settings: SearchSettings, storage_url: str, *, rank: int = 0, cre
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+SPEC_ATTR = "mmmerge_spec"  # the study's user attribute holding spec.fingerprint of the spec that made it
+
+
+def check_spec(study: optuna.Study, fingerprint: str, where: str, *, record: bool) -> None:
+    """Refuse to go on with a study another spec made (its trials and best candidate belong to that spec);
+    `record`: the process that owns the study stores the fingerprint in a study that has none yet."""
+    known = study.user_attrs.get(SPEC_ATTR)
+    if known is None:
+        if record:
+            study.set_user_attr(SPEC_ATTR, fingerprint)
+    elif known != fingerprint:
+        raise RecipeError(f"{where}: holds the study {study.study_name!r} of another spec (its searched values, "
+                          "tasks or settings differ); pass --force (force=True) to start again there, or choose "
+                          "another output folder")
 
 
 def wait_for_file(path: Path, *, also: Path, seconds: float = 600) -> None:
@@ -110,4 +201,10 @@ def run_trials(study: optuna.Study, objective, settings: SearchSettings, *, tria
         if finished(study) >= trials:
             return
         callbacks.append(optuna.study.MaxTrialsCallback(trials, states=(TrialState.COMPLETE,)))
-    study.optimize(objective, timeout=timeout, callbacks=callbacks, catch=(), gc_after_trial=False)
+
+    def trial(t):
+        with signals_delivered():
+            return objective(t)
+
+    with deferred_signals():  # Ctrl-C and SIGTERM stop a trial, never optuna's bookkeeping between trials
+        study.optimize(trial, timeout=timeout, callbacks=callbacks, catch=(), gc_after_trial=False)
