@@ -77,7 +77,22 @@ def resolve_chat_template(setting: str | None, tokenizers: list, where: str) -> 
     if len(setting) < 20 or "{" not in setting:
         raise RecipeError(f"{where}chat_template: {setting!r} is neither a known name ({', '.join(CHAT_TEMPLATES)}, "
                           f"auto) nor a Jinja template")
+    check_template_compiles(setting, where)
     return setting
+
+
+def check_template_compiles(template: str, where: str) -> None:
+    """A recipe's own Jinja template is compiled as transformers compiles it when the template is used, so that a
+    syntax error stops the plan instead of the first chat with the merged model."""
+    from jinja2 import TemplateError
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    try:
+        _compile_jinja_template(template)
+    except TemplateError as e:
+        line = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+        raise RecipeError(f"{where}chat_template: the Jinja template does not compile{line}: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def plan_tokenizer(section: MergeSection, refs: list[str], folders: dict[str, Path | None],
