@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmmerge.errors import ImageTooLargeError, UnreadableFileError
+from mmmerge.errors import ImageTooLargeError, MMMergeError, UnreadableFileError
 from mmmerge.images import DEFAULT_MAX_PIXELS, image_size
 from mmmerge.io import read_tensors
 from mmmerge.io.reader import SAFETENSORS_DTYPES
@@ -161,3 +161,35 @@ def test_eval_and_stitch_refuse_a_bomb_before_decoding_and_honour_the_option(wor
             "--align-data", captions, "--out", tmp_path / "out", "--quiet")
     one_line_error(r, f"{captions}:1: image {first}", "900.0 megapixels")
     assert not (tmp_path / "out").exists()
+
+
+def test_generate_calibrate_and_search_refuse_an_image_over_the_limit_before_decoding(world, tmp_path):
+    """105 megapixels: over mmmerge's limit but under twice PIL's, where PIL would only warn and decode."""
+    from PIL import Image
+
+    from mmmerge.searching.spec import load_spec
+
+    assert DEFAULT_MAX_PIXELS < 10500 * 10000 < 2 * Image.MAX_IMAGE_PIXELS
+    vqa = world["vqa"]
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in vqa["images"].iterdir():
+        (images / p.name).write_bytes(p.read_bytes())
+    first = sorted(images.iterdir())[0]
+    bomb_png(first, 10500, 10000)
+    one_line_error(run("generate", world["llava"], "--image", first, "--prompt", "what is it?"), str(first),
+                   "105.0 megapixels", "it was not decoded")
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text(json.dumps({"image": str(first), "question": "what is it?"}) + "\n")
+    args = ("calibrate", world["llava"], "--data", calib, "--out", tmp_path / "stats.safetensors")
+    one_line_error(run(*args), f"{calib}: line 1: image {first}", "105.0 megapixels", "--max-image-pixels")
+    one_line_error(run(*args, "--max-image-pixels", "1000", "--data", calib), "over the limit of 0.001 megapixels")
+    assert not (tmp_path / "stats.safetensors").exists()
+    task = {"task": "vqav2", "questions": str(vqa["questions"]), "annotations": str(vqa["annotations"]),
+            "images": str(images)}
+    spec = {"merge_method": "linear", "models": [{"model": str(world["lm"]), "parameters": {"weight": {"search": [0.5, 1.0]}}}],
+            "search": {"trials": 1, "tasks": [task]}}
+    with pytest.raises(MMMergeError, match=rf"question \d+: image {first}: .*105.0 megapixels.*max_image_pixels: N"):
+        load_spec(spec)
+    spec["search"]["max_image_pixels"] = 2 * 10**8
+    assert load_spec(spec).splits[0].dev  # the limit raised: the header passes

@@ -27,7 +27,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import RecipeError
+from ..eval.runner import check_image_headers
 from ..eval.tasks import TASKS, get_task, read_task
+from ..images import DEFAULT_MAX_PIXELS
 from .space import Dimension, find_dimensions
 
 
@@ -59,12 +61,13 @@ class SearchSettings(BaseModel):
     max_new_tokens: int = Field(16, ge=1)
     study: str = "mmmerge-search"
     merge_seed: Optional[int] = None  # the seed of random merge methods (dare, della), as `mmmerge merge --seed`
+    max_image_pixels: Optional[int] = Field(DEFAULT_MAX_PIXELS, ge=1)  # larger images are refused undecoded; null: none
 
 
 class Split:
     """One task's dev and test questions."""
 
-    def __init__(self, spec: TaskSpec, folder: Path | None):
+    def __init__(self, spec: TaskSpec, folder: Path | None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         def at(p):
             return None if p is None else str(Path(folder, p) if folder is not None else Path(p))
 
@@ -93,6 +96,8 @@ class Split:
                 self.test = read_task(self.task, self.test_source, at(spec.test.annotations), at(spec.test.images))
         if not self.dev:
             raise RecipeError(f"search.tasks[{spec.task}]: no dev questions")
+        check_image_headers(self.dev, self.source, max_pixels)  # every image's size, before anything is decoded
+        check_image_headers(self.test, self.test_source, max_pixels)
 
 
 class Spec:
@@ -112,7 +117,7 @@ class Spec:
             raise RecipeError(f"{where}: search: give a budget, `trials` or `timeout` (seconds)")
         self.recipe, self.folder, self.where = data, folder, where
         self.dimensions: list[Dimension] = find_dimensions(data)
-        self.splits = [Split(t, folder) for t in self.settings.tasks]
+        self.splits = [Split(t, folder, self.settings.max_image_pixels) for t in self.settings.tasks]
         if not self.splits and not custom_objective:
             raise RecipeError(f"{where}: search.tasks: name at least one evaluation task with its dev questions")
 
