@@ -193,3 +193,19 @@ def test_generate_calibrate_and_search_refuse_an_image_over_the_limit_before_dec
         load_spec(spec)
     spec["search"]["max_image_pixels"] = 2 * 10**8
     assert load_spec(spec).splits[0].dev  # the limit raised: the header passes
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_bytes_named_pytorch_model_bin_are_one_line(world, tmp_path, seed):
+    """Random bytes make torch's weights-only unpickler raise anything (IndexError, an unknown operand): an
+    unreadable file, not a pickle that would run code."""
+    import random
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text((world["lm"] / "config.json").read_text())
+    rnd = random.Random(seed)
+    (folder / "pytorch_model.bin").write_bytes(rnd.randbytes(rnd.randint(1, 4096)))
+    r = run("inspect", folder)
+    one_line_error(r, str(folder / "pytorch_model.bin"))
+    assert "not a readable PyTorch checkpoint" in r.stderr or "refused to unpickle" in r.stderr
