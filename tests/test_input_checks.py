@@ -209,3 +209,17 @@ def test_random_bytes_named_pytorch_model_bin_are_one_line(world, tmp_path, seed
     r = run("inspect", folder)
     one_line_error(r, str(folder / "pytorch_model.bin"))
     assert "not a readable PyTorch checkpoint" in r.stderr or "refused to unpickle" in r.stderr
+
+
+def test_a_weights_name_on_a_device_is_not_a_regular_file(world, tmp_path):
+    """A symlink to /dev/zero (endless) named like a weights file, alone or inside a model folder."""
+    import os
+
+    link = tmp_path / "x.safetensors"
+    os.symlink(os.devnull if not os.path.exists("/dev/zero") else "/dev/zero", link)
+    one_line_error(run("inspect", link), str(link), "not a regular file or folder")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text((world["lm"] / "config.json").read_text())
+    os.symlink(link, folder / "model.safetensors")
+    one_line_error(run("inspect", folder), str(folder / "model.safetensors"), "not a regular file")

@@ -121,7 +121,8 @@ def _unwrap_state_dict(obj):
 def read_file(path: Path) -> dict[str, LazyTensor]:
     path = Path(path)
     if not path.is_file():
-        raise UnreadableFileError(f"{path}: no such file")
+        what = "not a regular file (a folder, device, pipe or socket)" if path.exists() else "no such file"
+        raise UnreadableFileError(f"{path}: {what}")
     if path.suffix == ".safetensors":
         return read_safetensors(path)
     if path.suffix in PICKLE_SUFFIXES:
@@ -169,7 +170,7 @@ def read_folder(folder: Path, names: tuple[str, ...] = FOLDER_WEIGHTS) -> dict[s
         index = folder / f"{name}.index.json"
         if index.is_file():
             return read_index(index)
-        if (folder / name).is_file():
+        if (folder / name).exists():  # read_file refuses a folder or device of that name, naming it
             return read_file(folder / name)
     raise UnreadableFileError(f"{folder}: no weights found (looked for {', '.join(names)} and their shard indexes)")
 
