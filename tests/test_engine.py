@@ -8,6 +8,7 @@ and outside the model list, so parameter resolution and layer positions are chec
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -519,3 +520,16 @@ def test_what_mergekit_ignores_is_noted_and_merged_as_mergekit_does(models, tmp_
     expected = mergekit_merge(cfg, tmp_path / "mergekit")  # mergekit accepts it too, and is the oracle
     got = load_file(merge(cfg, tmp_path / "mmmerge", quiet=True) / "model.safetensors")
     assert_same(expected, got)
+
+
+def test_a_recipe_dict_holds_only_what_yaml_can(models, tmp_path):
+    """Python values a YAML file cannot hold are refused naming their key (a YAML RepresenterError before); paths
+    are taken as text."""
+    cfg = {"merge_method": "linear", "dtype": "float32", "models": [{"model": models["ft1"], "parameters": {"weight": 1.0}}]}
+    bad = {**cfg, "models": [{"model": models["ft1"], "parameters": {"weight": object()}}]}
+    with pytest.raises(RecipeError, match=r"^recipe\.models\[0\]\.parameters\.weight: a value of type object cannot"):
+        merge(bad, tmp_path / "bad", quiet=True)
+    assert not (tmp_path / "bad").exists()
+    as_path = {**cfg, "models": [{"model": Path(models["ft1"]), "parameters": {"weight": 1.0}}]}
+    assert load_file(merge(as_path, tmp_path / "p", quiet=True) / "model.safetensors").keys() == \
+        load_file(merge(cfg, tmp_path / "s", quiet=True) / "model.safetensors").keys()

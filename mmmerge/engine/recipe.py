@@ -17,6 +17,7 @@ name wins, no ``filter`` or ``"*"`` matches all). ``evaluate_setting`` resolves 
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -430,11 +431,27 @@ def parse_recipe(data: Any, text: str = "", folder: Path | None = None, where: s
         raise RecipeError(f"{where}: {e}") from None
 
 
+def plain_values(value, where: str):
+    """A recipe given as a dict holds what a YAML file can (paths become text): anything else (`weight: object()`)
+    is refused naming its key, before it reaches the YAML writer or the plan."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {k: plain_values(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_values(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise RecipeError(f"{where}: a value of type {type(value).__name__} cannot be in a recipe (numbers, text, true/false, "
+                      "lists and mappings can)")
+
+
 def load_recipe(recipe: str | Path | dict | Recipe) -> Recipe:
     """A recipe from a YAML file path, YAML text (a string with a newline), or a dict."""
     if isinstance(recipe, Recipe):
         return recipe
     if isinstance(recipe, dict):
+        recipe = plain_values(recipe, "recipe")
         return parse_recipe(recipe, yaml.safe_dump(recipe, sort_keys=False))
     if isinstance(recipe, str) and "\n" in recipe:
         text, folder, where = recipe, None, "recipe"
