@@ -223,3 +223,16 @@ def test_a_weights_name_on_a_device_is_not_a_regular_file(world, tmp_path):
     (folder / "config.json").write_text((world["lm"] / "config.json").read_text())
     os.symlink(link, folder / "model.safetensors")
     one_line_error(run("inspect", folder), str(folder / "model.safetensors"), "not a regular file")
+
+
+def test_a_transformers_config_with_a_text_width_is_one_line(world, tmp_path):
+    """`hidden_size: "64"` in a CLIP vision config: transformers' strict config refuses it; mmmerge names the folder."""
+    folder = tmp_path / "vision"
+    folder.mkdir()
+    for p in world["vision"].iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_size": str(config["hidden_size"])}))
+    for args in (("inspect", folder), ("convert", folder, "--out", tmp_path / "out")):
+        one_line_error(run(*args), str(folder), "config is invalid", "hidden_size")
+    assert not (tmp_path / "out").exists()
