@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import OutputExistsError, RecipeError, UnreadableFileError, UnsafeOutputError
+from .errors import NonFiniteError, OutputExistsError, RecipeError, UnreadableFileError, UnsafeOutputError
+from .images import DEFAULT_MAX_PIXELS, image_size
 from .io import read_jsonl
 
 KINDS = ("gram", "fisher")
@@ -109,7 +110,8 @@ class _Model:
 
             prompts = [build_prompt(self.processor, e["question"]) + (" " + e["answer"] if e["answer"] else "")
                        for e in examples]
-            batch = self.processor(images=[[open_image(e["image"])] for e in examples], text=prompts,
+            # each image's size passed the limit before the model loaded
+            batch = self.processor(images=[[open_image(e["image"], max_pixels=None)] for e in examples], text=prompts,
                                    return_tensors="pt", padding=True)
         else:
             batch = self.tokenizer(texts, return_tensors="pt", padding=True)
@@ -121,6 +123,28 @@ class _Model:
             labels[labels == image_token] = -100
         batch["labels"] = labels
         return batch
+
+
+def _non_finite(t: torch.Tensor) -> int:
+    return int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+
+
+def check_finite_weights(model: torch.nn.Module, folder) -> None:
+    """A NaN or inf weight makes every statistic that flows through it non-finite: named before any example runs."""
+    for name, p in model.named_parameters():
+        n = _non_finite(p.detach())
+        if n:
+            raise NonFiniteError(f"{folder}: weight {name} holds {n} non-finite value(s) (NaN/inf), so its statistics "
+                                 "would too; repair the checkpoint. Nothing was written")
+
+
+def check_finite_statistics(stats: dict[str, torch.Tensor], folder) -> None:
+    """Statistics with NaN or inf (an overflow on the calibration data) would poison every merge that reads them."""
+    for key, value in stats.items():
+        n = _non_finite(value)
+        if n:
+            raise NonFiniteError(f"statistic {key} of {folder}: {n} non-finite value(s) (NaN/inf) on the calibration "
+                                 "data; nothing was written")
 
 
 def _gram(m: _Model, examples: list[dict], batch_size: int, bar=None) -> dict[str, torch.Tensor]:
@@ -316,18 +340,20 @@ def write_statistics(stats: dict[str, torch.Tensor], target: Path, metadata: dic
 
 def collect_statistics(model: str | Path, calibration: str | Path, out: str | Path, *, device: str | None = None,
                        batch_size: int = 8, kinds=KINDS, max_examples: int | None = None,
-                       image_folder: str | Path | None = None, force: bool = False, progress: bool = False) -> Path:
+                       image_folder: str | Path | None = None, force: bool = False, progress: bool = False,
+                       max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> Path:
     """Run ``model`` (a transformers folder) on the calibration JSONL and write its statistics to the file ``out``
     (safetensors, keys ``gram:<weight name>`` and ``fisher:<parameter name>``). Returns ``out``.
 
     ``kinds``: "gram" (RegMean), "fisher" (Fisher merging) or both (a sequence, or text such as "gram,fisher");
     ``max_examples``: only the first N examples; ``image_folder``: where the images are (default: the JSONL's
     folder); ``device``: cpu or cuda (None: cuda when available); ``force``: replace a statistics file mmmerge
-    wrote before. Everything is checked before the model loads; the file appears whole or not at all."""
+    wrote before; ``max_image_pixels``: larger images are refused before they are decoded (None: no limit).
+    Everything is checked before the model loads; the file appears whole or not at all, and only with finite
+    statistics."""
     from tqdm.auto import tqdm
 
     from .device import resolve_device
-    from .images import image_size
     from .io.lock import output_lock
 
     kinds = parse_kinds(kinds)
@@ -342,7 +368,7 @@ def collect_statistics(model: str | Path, calibration: str | Path, out: str | Pa
             if not e["image"].is_file():
                 raise UnreadableFileError(f"{calibration}: line {e['line']}: no such image file {e['image']}")
             try:
-                image_size(e["image"])
+                image_size(e["image"], max_pixels=max_image_pixels)
             except UnreadableFileError as err:
                 raise UnreadableFileError(f"{calibration}: line {e['line']}: {err}") from None
     created = [p for p in target.parents if not p.exists()]
@@ -352,6 +378,7 @@ def collect_statistics(model: str | Path, calibration: str | Path, out: str | Pa
             _clear_stale_temps(target)
             check_statistics_output(Path(out), force=force, inputs=[model], data=[calibration])
             m = _Model(Path(model), multimodal=examples[0]["image"] is not None, device=dev)
+            check_finite_weights(m.model, model)
             collected: dict[str, torch.Tensor] = {}
             total = len(examples) * len(kinds)
             with tqdm(total=total, desc="calibrate", unit="example", disable=not progress) as bar:
@@ -365,6 +392,7 @@ def collect_statistics(model: str | Path, calibration: str | Path, out: str | Pa
                 kind, name = key.split(":", 1)
                 for written in names.get(name, [name]):
                     stats.setdefault(f"{kind}:{written}", value)
+            check_finite_statistics(stats, model)
             from . import __version__
 
             metadata = {WRITTEN_BY: f"mmmerge {__version__}", "model": str(model), "calibration": str(calibration),

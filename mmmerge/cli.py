@@ -62,7 +62,7 @@ def cmd_calibrate(args) -> None:
 
     out = collect_statistics(args.model, args.data, args.out, device=args.device, batch_size=args.batch_size,
                              kinds=args.kinds, max_examples=args.limit, image_folder=args.image_folder,
-                             force=args.force, progress=not args.quiet)
+                             force=args.force, progress=not args.quiet, max_image_pixels=args.max_image_pixels)
     if not args.quiet:
         print(f"wrote {args.kinds} statistics of {args.model} to {out}")
 
@@ -134,7 +134,7 @@ def cmd_generate(args) -> None:
     from .eval.ask import generate
 
     print(generate(args.model, args.image, args.prompt, max_new_tokens=args.max_new_tokens, device=args.device,
-                   stop_strings=["\n"] if args.one_line else ()))
+                   stop_strings=["\n"] if args.one_line else (), max_image_pixels=args.max_image_pixels))
 
 
 def cmd_demo(args) -> None:
@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.add_argument("--force", action="store_true", help="replace a statistics file mmmerge wrote (nothing else)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    add_image_limit(s)
     s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("stitch", help="vision encoder + projector + causal LLM -> one LLaVA checkpoint with its processor")
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, default=64)
     s.add_argument("--one-line", action="store_true", help="stop at the end of the first line, as `eval` does")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_image_limit(s)
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("search", help="merge coefficients chosen by optuna, each candidate merged in memory and scored "

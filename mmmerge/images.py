@@ -1,4 +1,5 @@
-"""Images read by eval and stitch: size checked from the header before anything is decoded.
+"""Images read by eval, stitch, generate, calibrate and search: size checked from the header before anything is
+decoded.
 
 A small PNG can declare 50,000 x 50,000 pixels and take gigabytes once decoded (a decompression bomb). The
 header is read first and an image larger than `max_pixels` is refused with the limit and the option that raises
@@ -16,7 +17,8 @@ from pathlib import Path
 from .errors import ImageTooLargeError, UnreadableFileError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: ~300 MB as RGB, beyond any photo a VQA set holds
-RAISE_HINT = "raise the limit with --max-image-pixels N, or max_image_pixels=N in Python"
+RAISE_HINT = ("raise the limit with --max-image-pixels N, max_image_pixels=N in Python, or `max_image_pixels: N` in "
+              "a search spec's `search:` section")
 # What PIL raises on a broken file, besides OSError: parsers raise SyntaxError, ValueError, struct and zlib errors.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
 

@@ -138,6 +138,20 @@ def test_unsupported_options_are_refused(option, tmp_path):
     assert any(k in message for k in option) or "resnet18" in message
 
 
+@pytest.mark.parametrize("key, value", [("width", "32"), ("layers", "2"), ("mlp_ratio", None), ("head_width", 0),
+                                        ("image_size", ["32", 32])])
+def test_sizes_that_are_not_positive_numbers_are_one_line(key, value, tmp_path):
+    from cli_run import one_line_error, run
+
+    make_folder(tmp_path / "src", VISION)
+    config = json.loads((tmp_path / "src/open_clip_config.json").read_text())
+    config["model_cfg"]["vision_cfg"][key] = value
+    (tmp_path / "src/open_clip_config.json").write_text(json.dumps(config))
+    one_line_error(run("convert", tmp_path / "src", "--out", tmp_path / "out"), str(tmp_path / "src/open_clip_config.json"),
+                   f"vision_cfg {key} must be a positive number")
+    assert not (tmp_path / "out").exists()
+
+
 def test_timm_classifier_head_is_refused(tmp_path):
     make_folder(tmp_path / "src", **{**CASES["timm_clip"], "zero": ()})
     with pytest.raises(UnsupportedArchitectureError, match="visual.trunk.head"):

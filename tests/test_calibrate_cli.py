@@ -237,3 +237,28 @@ def test_statistics_in_the_slices_of_a_recipe_file_are_relative_to_it(lm, tmp_pa
     assert code == 2 and err.count("\n") == 1, err
     assert str(folder / "missing.safetensors") in err and "parameter `statistics`" in err
     assert str(folder / "s.safetensors") not in err
+
+
+@pytest.mark.parametrize("change, message", [
+    ("nan", "weight model.layers.0.mlp.up_proj.weight holds 1 non-finite value(s)"),
+    ("overflow", "non-finite value(s) (NaN/inf) on the calibration data; nothing was written")])
+def test_non_finite_weights_or_statistics_are_refused_and_nothing_is_written(lm, tmp_path, capsys, change, message):
+    """A NaN weight, or finite weights whose activations overflow float32 (up_proj x 1e30: the down_proj Gram
+    matrix is far over float32's 3.4e38), would give statistics that poison every merge reading them."""
+    model, calib = lm
+    bad = tmp_path / "bad"
+    shutil.copytree(model, bad)
+    tensors = load_file(bad / "model.safetensors")
+    name = "model.layers.0.mlp.up_proj.weight"
+    if change == "nan":
+        tensors[name][0, 0] = float("nan")
+    else:
+        tensors[name] = tensors[name] * 1e30
+        assert torch.isfinite(tensors[name]).all()
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out" / "s.safetensors"
+    code, stdout, err = run(["calibrate", str(bad), "--data", str(calib), "--out", str(out), "--device", "cpu",
+                             "--quiet"], capsys)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err and str(bad) in err, err
+    assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ and outside the model list, so parameter resolution and layer positions are chec
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -355,11 +356,15 @@ def invalid_recipes(p):
         "unknown_key": ({"merge_method": "linear", "modles": [{"model": A1}]},
                         ["give exactly one of `models` and `slices`", "modles: unknown key, did you mean `models`?"]),
         "base_required": ({"merge_method": "ties", "models": [{"model": A1, "parameters": {"weight": 1}}]}, ["needs a base_model"]),
+        "misspelt_required_key": ({"merge_methd": "linear", "models": [{"model": A1, "parameters": {"weight": 1}}]},
+                                  ["merge_method: required key is missing; `merge_methd` is not a key: did you mean "
+                                   "`merge_method`?"]),
     }
 
 
 @pytest.mark.parametrize("case", ["shape", "missing_file", "density", "density_in_one_layer", "missing_tensor",
-                                  "missing_weight", "unknown_method", "unknown_key", "base_required"])
+                                  "missing_weight", "unknown_method", "unknown_key", "base_required",
+                                  "misspelt_required_key"])
 def test_cli_invalid_recipes_exit_2_and_write_nothing(models, tmp_path, case):
     cfg, fragments = invalid_recipes(models)[case]
     recipe = write_recipe(tmp_path, cfg)
@@ -485,17 +490,25 @@ def lenient_recipes(p):
         "shared_parameter_per_model": ({"merge_method": "ties", "base_model": B,
                                         "models": [{"model": A1, "parameters": {"weight": 1, "normalize": False}}]},
                                        ["parameter `normalize` is ignored: ties reads it for all models"], []),
-        "misspelt_parameter": ({"merge_method": "ties", "base_model": B,
-                                "models": [{"model": A1, "parameters": {"weight": 1, "densty": 0.5}}]},
-                               ["parameter `densty` is ignored"], ["did you mean `density`?"]),
+        "misspelt_parameter": ({"merge_method": "ties", "base_model": B, "parameters": {"densty": 0.5},
+                                "models": [{"model": A1, "parameters": {"weight": 1, "densty": 0.5}},
+                                           {"model": A2, "parameters": {"weight": 1, "densty": 0.5}}]},
+                               [], [f"parameters, models[{A1}], models[{A2}]: parameter `densty` is ignored: ties "
+                                    "does not read it; did you mean `density`?"]),  # once, not once per place
         "misspelt_key": ({"merge_method": "linear", "dype": "float16",
                           "models": [{"model": A1, "parameters": {"weight": 1}}]},
-                         ["dype: ignored"], ["dype: unknown key, ignored; did you mean `dtype`?"]),
+                         [], ["dype: unknown key, ignored; did you mean `dtype`?"]),
+        "misspelt_model_key": ({"merge_method": "linear", "parameters": {"weight": 1},
+                                "models": [{"model": A1, "paramters": {"weight": 2}},
+                                           {"model": A2, "paramters": {"weight": 3}}]},
+                               [], ["models[0].paramters, models[1].paramters: unknown key, ignored; did you mean "
+                                    "`parameters`?"]),
     }
 
 
 @pytest.mark.parametrize("case", ["top_level_name", "weight_on_model_stock", "normalize_on_sce",
-                                  "shared_parameter_per_model", "misspelt_parameter", "misspelt_key"])
+                                  "shared_parameter_per_model", "misspelt_parameter", "misspelt_key",
+                                  "misspelt_model_key"])
 def test_what_mergekit_ignores_is_noted_and_merged_as_mergekit_does(models, tmp_path, case):
     cfg, note_parts, warning_parts = lenient_recipes(models)[case]
     cfg = {**cfg, "dtype": cfg.get("dtype", "float32")} if "dype" not in cfg else cfg
@@ -507,3 +520,16 @@ def test_what_mergekit_ignores_is_noted_and_merged_as_mergekit_does(models, tmp_
     expected = mergekit_merge(cfg, tmp_path / "mergekit")  # mergekit accepts it too, and is the oracle
     got = load_file(merge(cfg, tmp_path / "mmmerge", quiet=True) / "model.safetensors")
     assert_same(expected, got)
+
+
+def test_a_recipe_dict_holds_only_what_yaml_can(models, tmp_path):
+    """Python values a YAML file cannot hold are refused naming their key (a YAML RepresenterError before); paths
+    are taken as text."""
+    cfg = {"merge_method": "linear", "dtype": "float32", "models": [{"model": models["ft1"], "parameters": {"weight": 1.0}}]}
+    bad = {**cfg, "models": [{"model": models["ft1"], "parameters": {"weight": object()}}]}
+    with pytest.raises(RecipeError, match=r"^recipe\.models\[0\]\.parameters\.weight: a value of type object cannot"):
+        merge(bad, tmp_path / "bad", quiet=True)
+    assert not (tmp_path / "bad").exists()
+    as_path = {**cfg, "models": [{"model": Path(models["ft1"]), "parameters": {"weight": 1.0}}]}
+    assert load_file(merge(as_path, tmp_path / "p", quiet=True) / "model.safetensors").keys() == \
+        load_file(merge(cfg, tmp_path / "s", quiet=True) / "model.safetensors").keys()

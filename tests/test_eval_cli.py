@@ -94,3 +94,20 @@ def test_eval_compare_table_and_chart(model_dir, tmp_path):
         assert cells["f1"] == f"{metrics['f1']:.2f}" and cells["yes_ratio"] == f"{metrics['yes_ratio']:.2f}"
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     one_line_error(run("eval-compare", tmp_path / "nothing"), "metrics.json", "not found")
+
+
+def test_a_llava_whose_weights_are_a_pytorch_model_bin_evaluates_as_its_safetensors(model_dir, vqa, tmp_path):
+    """transformers reads .bin weights with torch.load(weights_only=True): the same answers as from safetensors."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    as_bin = tmp_path / "as_bin"
+    shutil.copytree(model_dir, as_bin)
+    torch.save(load_file(as_bin / "model.safetensors"), as_bin / "pytorch_model.bin")
+    (as_bin / "model.safetensors").unlink()
+    for model, out in ((model_dir, "st"), (as_bin, "bin")):
+        r = run("eval", model, *vqa_args(vqa), "--out", tmp_path / out, "--quiet", "--max-new-tokens", 4)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / "bin" / "predictions.json").read_text() == (tmp_path / "st" / "predictions.json").read_text()

@@ -118,6 +118,39 @@ def test_bad_requests_are_one_line(runs, tmp_path):
     assert r.returncode == 0 and "no per-question scores" in r.stdout
 
 
+def test_bad_scores_and_chart_paths_are_one_line_and_touch_nothing(runs, tmp_path):
+    base, better, _ = runs
+    for path in (base / "metrics.json", better / "samples.jsonl", base, tmp_path / "chart.txt"):
+        before = {f: f.read_bytes() for f in (*base.iterdir(), *better.iterdir())}
+        one_line_error(run("eval-compare", base, better, "--out", path), str(path))
+        assert {f: f.read_bytes() for f in (*base.iterdir(), *better.iterdir())} == before
+    assert not (tmp_path / "chart.txt").exists()
+    lines = (better / "samples.jsonl").read_text().splitlines()
+    for bad in ('"abc"', "NaN", "true", "[1]"):  # as JSON text: NaN is what Python's json writes for nan
+        row = json.dumps({**json.loads(lines[1]), "score": "BAD"}).replace('"BAD"', bad)
+        (better / "samples.jsonl").write_text("\n".join([lines[0], row, *lines[2:]]))
+        one_line_error(run("eval-compare", base, better), "better/samples.jsonl: line 2: score", "not a finite number")
+
+
+def test_runs_of_different_tasks_are_refused(runs, tmp_path):
+    base, better, data = runs
+    pope = write_run(tmp_path / "pope", data["better"], data["types"], task="pope")
+    one_line_error(run("eval-compare", base, pope), "different tasks", "base: vqav2", "pope: pope")
+
+
+def test_a_baseline_sharing_no_question_says_so(runs, tmp_path):
+    base, _, data = runs
+    other = write_run(tmp_path / "other", data["better"], data["types"])
+    rows = [json.loads(line) for line in (other / "samples.jsonl").read_text().splitlines()]
+    (other / "samples.jsonl").write_text("".join(json.dumps({**r, "question_id": r["question_id"] + 1000}) + "\n"
+                                                 for r in rows))
+    r = run("eval-compare", base, other)
+    assert r.returncode == 0, r.stderr
+    assert "no shared questions" in r.stdout and "p-value ()" not in r.stdout
+    a = analyse([load_run(base), load_run(other)])
+    assert a.paired == {"other": {}}
+
+
 def test_chart_marks_baseline_zero_bars_and_every_mark_in_the_legend():
     fig = chart.draw(["all", "a"], ["m1", "m2"], {"m1": {"all": 50.0, "a": 0.0}, "m2": {"all": 70.0, "a": 20.0}},
                      intervals={"m1": {"all": (40.0, 60.0), "a": (0.0, 0.0)},

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmmerge.errors import ImageTooLargeError, UnreadableFileError
+from mmmerge.errors import ImageTooLargeError, MMMergeError, UnreadableFileError
 from mmmerge.images import DEFAULT_MAX_PIXELS, image_size
 from mmmerge.io import read_tensors
 from mmmerge.io.reader import SAFETENSORS_DTYPES
@@ -160,4 +160,79 @@ def test_eval_and_stitch_refuse_a_bomb_before_decoding_and_honour_the_option(wor
     r = run("stitch", "--vision", world["vision"], "--language", world["lm"], "--projector-type", "linear",
             "--align-data", captions, "--out", tmp_path / "out", "--quiet")
     one_line_error(r, f"{captions}:1: image {first}", "900.0 megapixels")
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_calibrate_and_search_refuse_an_image_over_the_limit_before_decoding(world, tmp_path):
+    """105 megapixels: over mmmerge's limit but under twice PIL's, where PIL would only warn and decode."""
+    from PIL import Image
+
+    from mmmerge.searching.spec import load_spec
+
+    assert DEFAULT_MAX_PIXELS < 10500 * 10000 < 2 * Image.MAX_IMAGE_PIXELS
+    vqa = world["vqa"]
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in vqa["images"].iterdir():
+        (images / p.name).write_bytes(p.read_bytes())
+    first = sorted(images.iterdir())[0]
+    bomb_png(first, 10500, 10000)
+    one_line_error(run("generate", world["llava"], "--image", first, "--prompt", "what is it?"), str(first),
+                   "105.0 megapixels", "it was not decoded")
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text(json.dumps({"image": str(first), "question": "what is it?"}) + "\n")
+    args = ("calibrate", world["llava"], "--data", calib, "--out", tmp_path / "stats.safetensors")
+    one_line_error(run(*args), f"{calib}: line 1: image {first}", "105.0 megapixels", "--max-image-pixels")
+    one_line_error(run(*args, "--max-image-pixels", "1000", "--data", calib), "over the limit of 0.001 megapixels")
+    assert not (tmp_path / "stats.safetensors").exists()
+    task = {"task": "vqav2", "questions": str(vqa["questions"]), "annotations": str(vqa["annotations"]),
+            "images": str(images)}
+    spec = {"merge_method": "linear", "models": [{"model": str(world["lm"]), "parameters": {"weight": {"search": [0.5, 1.0]}}}],
+            "search": {"trials": 1, "tasks": [task]}}
+    with pytest.raises(MMMergeError, match=rf"question \d+: image {first}: .*105.0 megapixels.*max_image_pixels: N"):
+        load_spec(spec)
+    spec["search"]["max_image_pixels"] = 2 * 10**8
+    assert load_spec(spec).splits[0].dev  # the limit raised: the header passes
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_bytes_named_pytorch_model_bin_are_one_line(world, tmp_path, seed):
+    """Random bytes make torch's weights-only unpickler raise anything (IndexError, an unknown operand): an
+    unreadable file, not a pickle that would run code."""
+    import random
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text((world["lm"] / "config.json").read_text())
+    rnd = random.Random(seed)
+    (folder / "pytorch_model.bin").write_bytes(rnd.randbytes(rnd.randint(1, 4096)))
+    r = run("inspect", folder)
+    one_line_error(r, str(folder / "pytorch_model.bin"))
+    assert "not a readable PyTorch checkpoint" in r.stderr or "refused to unpickle" in r.stderr
+
+
+def test_a_weights_name_on_a_device_is_not_a_regular_file(world, tmp_path):
+    """A symlink to /dev/zero (endless) named like a weights file, alone or inside a model folder."""
+    import os
+
+    link = tmp_path / "x.safetensors"
+    os.symlink(os.devnull if not os.path.exists("/dev/zero") else "/dev/zero", link)
+    one_line_error(run("inspect", link), str(link), "not a regular file or folder")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text((world["lm"] / "config.json").read_text())
+    os.symlink(link, folder / "model.safetensors")
+    one_line_error(run("inspect", folder), str(folder / "model.safetensors"), "not a regular file")
+
+
+def test_a_transformers_config_with_a_text_width_is_one_line(world, tmp_path):
+    """`hidden_size: "64"` in a CLIP vision config: transformers' strict config refuses it; mmmerge names the folder."""
+    folder = tmp_path / "vision"
+    folder.mkdir()
+    for p in world["vision"].iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_size": str(config["hidden_size"])}))
+    for args in (("inspect", folder), ("convert", folder, "--out", tmp_path / "out")):
+        one_line_error(run(*args), str(folder), "config is invalid", "hidden_size")
     assert not (tmp_path / "out").exists()

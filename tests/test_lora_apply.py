@@ -7,6 +7,7 @@ then every tensor mmmerge produces must equal peft's merged model within 1e-5 (f
 
 import contextlib
 import io
+import json
 import os
 import pickle
 import shutil
@@ -255,6 +256,16 @@ def test_bad_adapters(root, llama, tmp_path):
     err = bad_merge(tmp_path, f"{llama}+{unsafe}")
     assert "adapter_model.bin" in err and "unpickle" in err
     assert not (tmp_path / "pwned").exists()
+    # hand-edited configs: fields of the wrong type (integers as target modules, text as lora_alpha)
+    for field, value in (("target_modules", [1, 2]), ("target_modules", 7), ("lora_alpha", "16"),
+                         ("rank_pattern", {"q_proj": "2"})):
+        edited = tmp_path / "edited"
+        shutil.rmtree(edited, ignore_errors=True)
+        shutil.copytree(lora, edited)
+        config = json.loads((edited / "adapter_config.json").read_text())
+        (edited / "adapter_config.json").write_text(json.dumps({**config, field: value}))
+        err = bad_merge(tmp_path, f"{llama}+{edited}")
+        assert "adapter_config.json" in err and f"`{field}` must" in err, err
     # not an adapter folder at all
     err = bad_merge(tmp_path, f"{llama}+{clip}")
     assert "adapter_config.json" in err

@@ -4,6 +4,7 @@ mergekit 0.1.5 as the oracle: every output token's embedding and head rows equal
 import json
 import os
 
+import jinja2
 import pytest
 import torch
 import transformers
@@ -152,6 +153,17 @@ def test_bad_tokenizer_settings_stop_before_writing(models, tmp_path):
     with pytest.raises(MMMergeError, match="has no token 'nope'"):
         merge({**base, "tokenizer": {"tokens": {"x": {"source": {"kind": "model_token", "model": m["a"],
                                                                   "token": "nope"}}}}}, tmp_path / "o", quiet=True)
+    broken = "{% for m in messages %}{{ m['content'] }"
+    with pytest.raises(jinja2.TemplateError):  # the template fails where transformers compiles it, when used
+        transformers.AutoTokenizer.from_pretrained(m["a"]).apply_chat_template(
+            [{"role": "user", "content": "hi"}], chat_template=broken, tokenize=False)
+    with pytest.raises(MMMergeError, match="chat_template: the Jinja template does not compile"):
+        merge({**base, "chat_template": broken}, tmp_path / "o", quiet=True)
+    size = len(transformers.AutoTokenizer.from_pretrained(m["a"]))
+    for token_id in (99999, size, -1):
+        with pytest.raises(MMMergeError, match=rf"token_id {token_id} is outside .* vocabulary of {size} tokens"):
+            merge({**base, "tokenizer": {"source": "base", "tokens": {"x": {"source": {
+                "kind": "model_token", "model": m["a"], "token_id": token_id}}}}}, tmp_path / "o", quiet=True)
     with pytest.raises(MMMergeError, match="give `tokenizer_source` or a `tokenizer` section, not both"):
         merge({**base, "tokenizer_source": "union", "tokenizer": {"source": "union"}}, tmp_path / "o", quiet=True)
     assert not (tmp_path / "o").exists()

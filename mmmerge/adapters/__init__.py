@@ -24,6 +24,9 @@ def detect_adapter(path: Path):
     path = Path(path)
     if not path.exists():
         raise UnreadableFileError(f"{path}: no such file or folder")
+    if not path.is_file() and not path.is_dir():  # a device, pipe or socket (reading one may never end)
+        raise UnreadableFileError(f"{path}: not a regular file or folder (a device, pipe or socket{links_to(path)}); "
+                                  "give a model folder or a weights file")
     for adapter in ADAPTERS:
         if adapter.detect(path):
             return adapter
@@ -34,6 +37,10 @@ def detect_adapter(path: Path):
 def open_checkpoint(path: Path) -> Checkpoint:
     """Read any supported checkpoint lazily into the common namespace."""
     return detect_adapter(path).read(Path(path))
+
+
+def links_to(path: Path) -> str:
+    return f", linked to {path.resolve()}" if path.is_symlink() else ""
 
 
 def describe_found(path: Path) -> str:

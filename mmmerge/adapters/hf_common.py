@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from ..checkpoint import Component, LazyTensor
-from ..errors import MMMergeError
+from ..errors import MMMergeError, UnreadableFileError
 from ..io.atomic import atomic_write_text
 from ..io.check import check_tensors
 from ..io.folder import copy_side_files  # noqa: F401  (searching/candidate.py imports it from here)
@@ -156,7 +156,10 @@ def take_component(name: str, arch: str, config: dict, tensors: dict[str, LazyTe
     is taken when present.
     """
     component = Component(name, arch, config, {}, preprocess)
-    required, optional = layout_of(component)
+    try:
+        required, optional = layout_of(component)
+    except UnreadableFileError as e:
+        raise UnreadableFileError(f"{where}: {name}: {e}") from e
     prefix = max(prefixes, key=lambda p: sum(1 for k in required if p + k in tensors))
     check_tensors({prefix + k: s for k, s in required.items()}, tensors, str(where),
                   optional={prefix + k: s for k, s in optional.items()}, allow_unexpected=True,

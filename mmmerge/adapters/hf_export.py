@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import Component
-from ..errors import UnsupportedArchitectureError
+from ..errors import UnreadableFileError, UnsupportedArchitectureError
 from ..io.check import check_tensors
 from ..io.folder import write_model_folder
 from ..io.writer import DEFAULT_SHARD_BYTES
@@ -48,9 +48,22 @@ def build_config(component: Component) -> transformers.PretrainedConfig:
     model_type = cfg.pop("model_type")
     cfg.pop("architectures", None)
     config_class = getattr(model_class(component.arch), "config_class", None)
-    if config_class is not None and getattr(config_class, "model_type", None) == model_type:
-        return config_class(**cfg)
-    return transformers.AutoConfig.for_model(model_type, **cfg)
+    try:
+        if config_class is not None and getattr(config_class, "model_type", None) == model_type:
+            return config_class(**cfg)
+        return transformers.AutoConfig.for_model(model_type, **cfg)
+    except config_errors() as e:  # a field of the wrong type (`hidden_size: "32"`), or a value transformers refuses
+        raise UnreadableFileError(f"its {component.arch} config is invalid ({' '.join(str(e).split())[:200]})") from e
+
+
+def config_errors() -> tuple[type[BaseException], ...]:
+    """What building a transformers config from bad values raises (huggingface_hub's strict dataclasses check
+    field types in transformers 5)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return TypeError, ValueError
+    return TypeError, ValueError, StrictDataclassError
 
 
 def meta_model(component: Component) -> torch.nn.Module:

@@ -9,6 +9,7 @@ logit scale/bias stay in `Checkpoint.outside`, untouched, so `write_source` give
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -42,6 +43,7 @@ HANDLED = {"layers", "width", "head_width", "mlp_ratio", "patch_size", "image_si
            "attn_pooler_queries", "attn_pooler_heads", "norm_kwargs", "block_type", "final_ln_after_pool",
            "timm_model_name", "timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop",
            "timm_drop_path"}
+SIZES = ("layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size")  # positive numbers (or lists)
 ALLOWED = {"block_type": (None, "default"), "pos_embed_type": ("learnable", "sin_cos_2d")}  # sin-cos: a fixed table
 
 
@@ -120,6 +122,12 @@ def _vision_cfg(folder: Path, vision_cfg: dict) -> dict:
     if unknown:
         raise UnsupportedArchitectureError(f"{folder / CONFIG}: unknown vision_cfg option {unknown[0]!r}")
     cfg = defaults | vision_cfg
+    for key in SIZES:  # a width of "32" would fail deep in arithmetic or in transformers' config
+        values = cfg[key] if isinstance(cfg[key], (list, tuple)) else [cfg[key]]
+        if key in vision_cfg and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                         for v in values):
+            raise UnreadableFileError(f"{folder / CONFIG}: vision_cfg {key} must be a positive number, got "
+                                      f"{json.dumps(cfg[key])[:40]}")
     timm = bool(cfg["timm_model_name"])
     for key, default in defaults.items():  # a timm tower ignores the ViT options
         if not timm and key not in HANDLED and cfg[key] != default:

@@ -57,16 +57,11 @@ def make_validator(method: str, pname: str, p) -> Callable[[Any], Any]:
 def check_names(spec, section: MergeSection, base_ref: str | None, where: str, notes: list[str],
                 warnings: list[str]) -> None:
     """Parameters the method does not read where they are given are ignored, as mergekit 0.1.5 ignores them
-    (a name it does not know anywhere; a shared parameter such as `normalize` given per model): each is noted,
-    and a name that looks like a misspelling of one the method reads is warned about."""
+    (a name it does not know anywhere; a shared parameter such as `normalize` given per model): each name is
+    noted once with every place it is given, and a name that looks like a misspelling of one the method reads
+    is warned about instead, once."""
     known = sorted({*spec.model_params, *spec.global_params})
-
-    def unknown(name: str, at: str) -> None:
-        notes.append(f"{at}: parameter `{name}` is ignored: {spec.name} does not read it "
-                     f"(it takes: {', '.join(known) or 'none'}); mergekit ignores it too")
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
-        if close:
-            warnings.append(f"{at}: parameter `{name}` is not one {spec.name} reads; did you mean `{close[0]}`?")
+    unknown: dict[str, list[str]] = {}  # name -> the places that give it, in recipe order
 
     shared_scopes = [(f"{where}parameters", section.parameters)]
     model_scopes = [(f"{where}models[{e.model}]", e.model, e.parameters) for e in section.models or []]
@@ -76,16 +71,23 @@ def check_names(spec, section: MergeSection, base_ref: str | None, where: str, n
     for at, scope in shared_scopes:
         for name in scope or {}:
             if name not in spec.model_params and name not in spec.global_params:
-                unknown(name, at)
+                unknown.setdefault(name, []).append(at)
     for at, model, scope in model_scopes:
         for name in scope or {}:
             if name in spec.global_params:
                 notes.append(f"{at}: parameter `{name}` is ignored: {spec.name} reads it for all models from the "
                              f"global (or slice) `parameters` only, as mergekit does")
             elif name not in spec.model_params:
-                unknown(name, at)
+                unknown.setdefault(name, []).append(at)
         if model == base_ref and scope:
             notes.append(f"{where}{spec.name} does not use per-model parameters of the base model {model}")
+    for name, places in unknown.items():
+        ignored = f"{', '.join(places)}: parameter `{name}` is ignored: {spec.name} does not read it"
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        if close:
+            warnings.append(f"{ignored}; did you mean `{close[0]}`?")
+        else:
+            notes.append(f"{ignored} (it takes: {', '.join(known) or 'none'}); mergekit ignores it too")
 
 
 def resolve(schema: dict, scopes: list, tensor_name: str, t: float, validators: dict) -> dict:

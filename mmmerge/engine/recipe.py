@@ -17,6 +17,7 @@ name wins, no ``filter`` or ``"*"`` matches all). ``evaluate_setting`` resolves 
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -335,8 +336,16 @@ def _one_line(e: ValidationError) -> str:
     if best["type"] == "extra_forbidden":
         msg = "unknown key"
     elif best["type"] == "missing":
-        msg = "required key is missing"
+        msg = "required key is missing" + misspelt_as(str(best["loc"][-1]), best.get("input"))
     return f"{loc}: {msg}" if loc else msg
+
+
+def misspelt_as(missing: str, given) -> str:
+    """`; did you mean ...` when a key of the mapping `given` looks like a misspelling of the `missing` key."""
+    if not isinstance(given, dict):
+        return ""
+    close = difflib.get_close_matches(missing, [str(k) for k in given], n=1, cutoff=0.75)
+    return f"; `{close[0]}` is not a key: did you mean `{missing}`?" if close else ""
 
 
 # mergekit's module names (its multimodal architecture definitions) -> mmmerge's components
@@ -379,15 +388,14 @@ def from_mergekit_modules(data: dict, where: str) -> dict:
 def ignored_keys(recipe: "Recipe", notes: list[str], warnings: list[str]) -> None:
     """Keys the mergekit forms of a recipe carry but nothing reads (a top-level `name:`, `int8_mask` beside a
     model): noted as ignored, as mergekit ignores them; one that looks like a misspelling of a key read at
-    the same place (`dype`, `nomalize`) is warned about too."""
+    the same place (`dype`, `nomalize`) is warned about instead. Each key is said once, with every place."""
+    places: dict[tuple[str, str | None], list[str]] = {}  # (key, the key it looks misspelt from) -> places
 
     def walk(model: BaseModel, where: str) -> None:
         known = list(type(model).model_fields)
         for key in model.model_extra or {}:
-            notes.append(f"{where}{key}: ignored (mergekit 0.1.5 ignores it too)")
             close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
-            if close:
-                warnings.append(f"{where}{key}: unknown key, ignored; did you mean `{close[0]}`?")
+            places.setdefault((str(key), close[0] if close else None), []).append(f"{where}{key}")
         for name in known:
             value = getattr(model, name)
             items = value if isinstance(value, list) else [value]
@@ -400,6 +408,11 @@ def ignored_keys(recipe: "Recipe", notes: list[str], warnings: list[str]) -> Non
     else:
         for cname, section in recipe.multimodal.components.items():
             walk(section, f"components.{cname}.")
+    for (key, close), at in places.items():
+        if close:
+            warnings.append(f"{', '.join(at)}: unknown key, ignored; did you mean `{close}`?")
+        else:
+            notes.append(f"{', '.join(at)}: ignored (mergekit 0.1.5 ignores it too)")
 
 
 def parse_recipe(data: Any, text: str = "", folder: Path | None = None, where: str = "recipe") -> Recipe:
@@ -418,11 +431,27 @@ def parse_recipe(data: Any, text: str = "", folder: Path | None = None, where: s
         raise RecipeError(f"{where}: {e}") from None
 
 
+def plain_values(value, where: str):
+    """A recipe given as a dict holds what a YAML file can (paths become text): anything else (`weight: object()`)
+    is refused naming its key, before it reaches the YAML writer or the plan."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {k: plain_values(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_values(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise RecipeError(f"{where}: a value of type {type(value).__name__} cannot be in a recipe (numbers, text, true/false, "
+                      "lists and mappings can)")
+
+
 def load_recipe(recipe: str | Path | dict | Recipe) -> Recipe:
     """A recipe from a YAML file path, YAML text (a string with a newline), or a dict."""
     if isinstance(recipe, Recipe):
         return recipe
     if isinstance(recipe, dict):
+        recipe = plain_values(recipe, "recipe")
         return parse_recipe(recipe, yaml.safe_dump(recipe, sort_keys=False))
     if isinstance(recipe, str) and "\n" in recipe:
         text, folder, where = recipe, None, "recipe"

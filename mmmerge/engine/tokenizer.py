@@ -77,7 +77,22 @@ def resolve_chat_template(setting: str | None, tokenizers: list, where: str) -> 
     if len(setting) < 20 or "{" not in setting:
         raise RecipeError(f"{where}chat_template: {setting!r} is neither a known name ({', '.join(CHAT_TEMPLATES)}, "
                           f"auto) nor a Jinja template")
+    check_template_compiles(setting, where)
     return setting
+
+
+def check_template_compiles(template: str, where: str) -> None:
+    """A recipe's own Jinja template is compiled as transformers compiles it when the template is used, so that a
+    syntax error stops the plan instead of the first chat with the merged model."""
+    from jinja2 import TemplateError
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    try:
+        _compile_jinja_template(template)
+    except TemplateError as e:
+        line = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+        raise RecipeError(f"{where}chat_template: the Jinja template does not compile{line}: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def plan_tokenizer(section: MergeSection, refs: list[str], folders: dict[str, Path | None],
@@ -112,7 +127,7 @@ def plan_tokenizer(section: MergeSection, refs: list[str], folders: dict[str, Pa
     if pad and rows % pad:
         rows += pad - rows % pad
     for token, setting in settings.items():
-        check_setting(token, setting, refs, vocabs, where)
+        check_setting(token, setting, refs, vocabs, sizes, where)
     loads = SharedLoads(consumers=len(refs))
     permuted = {r: reindex(comps[r], r, comps, vocab, vocabs, rows, settings, base_ref, loads) for r in refs}
     notes.append(f"{where}tokenizer: {source} vocabulary of {len(vocab)} tokens ({rows} rows)")
@@ -145,7 +160,9 @@ def output_tokenizer(source: str, base_ref: str, refs: list[str], tokenizers: di
     return out
 
 
-def check_setting(token: str, setting: TokenSetting, refs: list[str], vocabs: dict, where: str) -> None:
+def check_setting(token: str, setting: TokenSetting, refs: list[str], vocabs: dict, sizes: dict[str, int],
+                  where: str) -> None:
+    """A `tokens:` entry names a merged model and a token or row that model has (checked before any row is read)."""
     src = setting.source
     model = src.model if isinstance(src, TokenSource) else src
     if model is not None and model not in refs:
@@ -153,6 +170,10 @@ def check_setting(token: str, setting: TokenSetting, refs: list[str], vocabs: di
     if isinstance(src, TokenSource) and src.kind == "model_token" and src.token is not None \
             and src.token not in vocabs[src.model]:
         raise RecipeError(f"{where}tokenizer.tokens[{token!r}]: {src.model} has no token {src.token!r}")
+    if isinstance(src, TokenSource) and src.kind == "model_token" and src.token_id is not None \
+            and not 0 <= src.token_id < sizes[src.model]:
+        raise RecipeError(f"{where}tokenizer.tokens[{token!r}]: token_id {src.token_id} is outside {src.model}'s "
+                          f"vocabulary of {sizes[src.model]} tokens (ids 0..{sizes[src.model] - 1})")
     if isinstance(src, str) and token not in vocabs[src]:
         raise RecipeError(f"{where}tokenizer.tokens[{token!r}]: {src} has no such token to take the row of")
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UnreadableFileError
+from ..images import DEFAULT_MAX_PIXELS, open_rgb
 
 
-def open_image(image):
-    """A PIL image from a path (or a PIL image as it is), in RGB."""
+def open_image(image, *, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """A PIL image from a path (or a PIL image as it is), in RGB; a file's size is checked from its header against
+    `max_pixels` (None: no limit) before it is decoded."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
@@ -20,18 +22,15 @@ def open_image(image):
     path = Path(image)
     if not path.is_file():
         raise UnreadableFileError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as e:
-        raise UnreadableFileError(f"{path}: cannot read the image ({e})") from e
+    return open_rgb(path, max_pixels=max_pixels)
 
 
 def generate(model, image, prompt: str, *, max_new_tokens: int = 64, device: str | None = None,
-             stop_strings=()) -> str:
+             stop_strings=(), max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> str:
     """The answer of the image-text-to-text checkpoint folder `model` (any family `evaluate` runs) to `prompt`
     about `image` (a path or a PIL image). Generation stops at the model's end-of-sequence token, at the
-    generation config's `stop_strings`, at `stop_strings` (e.g. ("\\n",)), or after `max_new_tokens`."""
+    generation config's `stop_strings`, at `stop_strings` (e.g. ("\\n",)), or after `max_new_tokens`.
+    `max_image_pixels`: a larger image file is refused before it is decoded (None: no limit)."""
     from .distributed import default_device
     from .generate import Generator, build_prompt, load_model
     from .tasks import EvalDataError
@@ -40,7 +39,7 @@ def generate(model, image, prompt: str, *, max_new_tokens: int = 64, device: str
         raise EvalDataError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if not isinstance(prompt, str) or not prompt.strip():
         raise EvalDataError("give a prompt: the question or instruction about the image")
-    picture = open_image(image)
+    picture = open_image(image, max_pixels=max_image_pixels)
     model_obj, processor = load_model(model, default_device(device), progress=False)
     gen = Generator(model_obj, processor, max_new_tokens=max_new_tokens, name=model, stop_strings=stop_strings)
     return gen([build_prompt(processor, prompt)], [picture])[0]

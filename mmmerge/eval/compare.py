@@ -10,6 +10,7 @@ A difference of a few points on a few hundred questions is often noise; these sa
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,9 +43,50 @@ def load_run(out) -> dict:
     if headline not in scores:
         raise MMMergeError(f"{path}: no score to compare")
     samples = out / "samples.jsonl"
-    rows = [row for _, row in read_jsonl(samples, CompareError)] if samples.is_file() else []
+    rows = [checked_score(samples, n, row) for n, row in read_jsonl(samples, CompareError)] if samples.is_file() else []
     return {"name": out.name, "path": out, "task": run.get("task", "?"), "model": run.get("model", "?"),
             "headline": headline, "scores": scores, "samples": rows}
+
+
+def checked_score(path: Path, line: int, row: dict) -> dict:
+    """A samples.jsonl row whose `score` is a finite number, or absent/null (a question without answers)."""
+    score = row.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)):
+        raise CompareError(f"{path}: line {line}: score {json.dumps(score)} is not a finite number")
+    return row
+
+
+def read_files(run: dict) -> list[Path]:
+    """The files of an evaluation folder that eval-compare reads."""
+    return [run["path"] / name for name in ("metrics.json", "run.json", "samples.jsonl")]
+
+
+def check_chart_path(chart, runs: list[dict]) -> None:
+    """The chart is written to a new or replaceable image file: never over a file a compared run holds, never over a
+    folder, and in a format matplotlib writes (checked before any work)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from ..errors import UnsafeOutputError
+
+    chart = Path(chart)
+    target = chart.resolve()
+    for r in runs:
+        if target == r["path"].resolve() or target in [f.resolve() for f in read_files(r)]:
+            raise UnsafeOutputError(f"{chart}: the chart would replace {target.name} of the compared run {r['path']}; "
+                                    "write it elsewhere")
+    if chart.is_dir():
+        raise UnsafeOutputError(f"{chart}: is a folder; give the chart's file name (e.g. compare.png)")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if chart.suffix and chart.suffix[1:].lower() not in formats:
+        raise CompareError(f"{chart}: cannot write a chart as {chart.suffix} (formats: {', '.join(sorted(formats))})")
+
+
+def check_same_task(runs: list[dict]) -> None:
+    """Runs of different tasks share no questions worth pairing (their question ids may still coincide)."""
+    tasks = {r["task"] for r in runs if r["task"] != "?"}
+    if len(tasks) > 1:
+        listed = ", ".join(f"{r['name']}: {r['task']}" for r in runs)
+        raise CompareError(f"the runs are of different tasks ({listed}); compare runs of one task")
 
 
 def markdown_table(runs: list[dict]) -> str:
@@ -166,7 +208,10 @@ def score_table(a: Analysis) -> str:
 def paired_table(a: Analysis) -> str:
     """Rows: overall and each group; columns: each run minus the baseline, in points, [interval], p-value."""
     names = list(a.paired)
-    tests = {n: ", ".join(sorted({p.test for p in a.paired[n].values()})) for n in names}
+    if not any(a.paired.values()):
+        return (f"difference to the baseline {a.baseline['name']}: no shared questions (no question id of "
+                f"{', '.join(names)} is among the baseline's), so no paired test")
+    tests = {n: ", ".join(sorted({p.test for p in a.paired[n].values()})) for n in names if a.paired[n]}
     used = set(tests.values())
     how = used.pop() if len(used) == 1 else "; ".join(f"{n}: {t}" for n, t in tests.items())
     lines = [f"difference to the baseline {a.baseline['name']} on the same questions (points), "
@@ -177,6 +222,9 @@ def paired_table(a: Analysis) -> str:
         cells = []
         for n in names:
             p = a.paired[n].get(g)
+            if not a.paired[n]:
+                cells.append("no shared questions")
+                continue
             cells.append("–" if p is None else f"{100 * p.difference:+.1f} [{100 * p.low:+.1f}, {100 * p.high:+.1f}] "
                          f"{_p(p.p_value, a.resamples, p.test)} (n={p.questions})")
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
@@ -227,6 +275,9 @@ def compare(outs, chart=None, *, baseline=None, by: str | None = None, level: fl
     runs = [load_run(o) for o in outs]
     if not runs:
         raise MMMergeError("give at least one evaluation folder")
+    check_same_task(runs)
+    if chart is not None:
+        check_chart_path(chart, runs)
     if len({r["name"] for r in runs}) < len(runs):  # folders of one name in different places: name them by path
         for r in runs:
             r["name"] = str(r["path"])

@@ -30,7 +30,7 @@ def open_sample_image(path: Path, source, qid) -> Image.Image:
         raise EvalDataError(f"{source}: question {qid}: {e}") from e
 
 
-def _check_images_readable(samples, source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+def check_image_headers(samples, source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
     """Read every image header once (cheap), so a broken or oversized file stops the run before the model loads."""
     seen = set()
     for s in samples:
@@ -95,7 +95,7 @@ def evaluate(model, task, *, questions=None, annotations=None, images=None, data
         resolve_device(device)
 
     samples = read_task(t, questions, annotations, images, limit)
-    _check_images_readable(samples, questions, max_image_pixels)
+    check_image_headers(samples, questions, max_image_pixels)
     ranks = D.setup(device)
     try:
         model_obj, processor = load_model(model, ranks.device, progress=False)  # our own bar says enough

@@ -83,17 +83,29 @@ def read_pickle(path: Path) -> dict[str, LazyTensor]:
                 if "mmap" not in str(e):
                     raise
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError as e:  # a forbidden object, or bytes the weights-only unpickler does not take
         raise UnsafeCheckpointError(
-            f"{path}: refused to unpickle: it holds objects other than tensors, which could run code "
-            f"({first_line(e)}); convert it to safetensors with a tool you trust"
+            f"{path}: refused to unpickle: not a plain checkpoint of tensors ({unpickler_reason(e)}); a pickle of "
+            "other objects could run code, so convert it to safetensors with a tool you trust"
         ) from e
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise UnreadableFileError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # torch's unpickler meets corrupt bytes with any built-in error (IndexError, KeyError ...)
+        raise UnreadableFileError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: "
+                                  f"{first_line(e)})") from e
     obj = _unwrap_state_dict(obj)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UnreadableFileError(f"{path}: holds no flat dictionary of tensors")
     return {k: LazyTensor.of(v) for k, v in obj.items()}
+
+
+def unpickler_reason(e: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only refusal that says what it met (a forbidden GLOBAL, an unknown operand),
+    without the paragraphs around it."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler")
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(boilerplate)]
+    return (useful or lines or [type(e).__name__])[0]
 
 
 def _unwrap_state_dict(obj):
@@ -109,7 +121,8 @@ def _unwrap_state_dict(obj):
 def read_file(path: Path) -> dict[str, LazyTensor]:
     path = Path(path)
     if not path.is_file():
-        raise UnreadableFileError(f"{path}: no such file")
+        what = "not a regular file (a folder, device, pipe or socket)" if path.exists() else "no such file"
+        raise UnreadableFileError(f"{path}: {what}")
     if path.suffix == ".safetensors":
         return read_safetensors(path)
     if path.suffix in PICKLE_SUFFIXES:
@@ -157,7 +170,7 @@ def read_folder(folder: Path, names: tuple[str, ...] = FOLDER_WEIGHTS) -> dict[s
         index = folder / f"{name}.index.json"
         if index.is_file():
             return read_index(index)
-        if (folder / name).is_file():
+        if (folder / name).exists():  # read_file refuses a folder or device of that name, naming it
             return read_file(folder / name)
     raise UnreadableFileError(f"{folder}: no weights found (looked for {', '.join(names)} and their shard indexes)")
 

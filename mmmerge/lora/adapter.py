@@ -9,6 +9,7 @@ of a module is alpha / r (alpha / sqrt(r) with rsLoRA), r and alpha taken from `
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -94,9 +95,29 @@ def read_config(path: Path) -> dict:
                       ("layer_replication", "layer_replication"), ("megatron_config", "Megatron layers")):
         if config.get(key):
             raise UnreadableFileError(f"{path}/{CONFIG}: {what} adapters are not supported")
-    if not isinstance(config.get("r"), int) or config["r"] <= 0:
+    if not isinstance(config.get("r"), int) or isinstance(config["r"], bool) or config["r"] <= 0:
         raise UnreadableFileError(f"{path}/{CONFIG}: `r` must be a positive integer")
+    check_config_types(config, path / CONFIG)
     return config
+
+
+def check_config_types(config: dict, where: Path) -> None:
+    """The fields mmmerge reads have peft's types (a module name is text, an alpha a number), so a hand-edited
+    config is one line here rather than a TypeError deep in matching or scaling."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    targets = config.get("target_modules")
+    if targets is not None and not isinstance(targets, str) and not (
+            isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise UnreadableFileError(f"{where}: `target_modules` must be a module name pattern or a list of module "
+                                  f"names (text), got {json.dumps(targets)[:80]}")
+    if "lora_alpha" in config and not number(config["lora_alpha"]):
+        raise UnreadableFileError(f"{where}: `lora_alpha` must be a number, got {json.dumps(config['lora_alpha'])[:40]}")
+    for key in ("rank_pattern", "alpha_pattern"):
+        patterns = config.get(key)
+        if patterns is not None and not (isinstance(patterns, dict) and all(number(v) for v in patterns.values())):
+            raise UnreadableFileError(f"{where}: `{key}` must map module name patterns to numbers")
 
 
 def read_adapter(path: Path) -> LoraAdapter:

@@ -28,7 +28,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import RecipeError
+from ..eval.runner import check_image_headers
 from ..eval.tasks import TASKS, get_task, read_task
+from ..images import DEFAULT_MAX_PIXELS
 from .space import Dimension, check_read, find_dimensions
 
 
@@ -60,12 +62,13 @@ class SearchSettings(BaseModel):
     max_new_tokens: int = Field(16, ge=1)
     study: str = "mmmerge-search"
     merge_seed: Optional[int] = None  # the seed of random merge methods (dare, della), as `mmmerge merge --seed`
+    max_image_pixels: Optional[int] = Field(DEFAULT_MAX_PIXELS, ge=1)  # larger images are refused undecoded; null: none
 
 
 class Split:
     """One task's dev and test questions."""
 
-    def __init__(self, spec: TaskSpec, folder: Path | None):
+    def __init__(self, spec: TaskSpec, folder: Path | None, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         def at(p):
             return None if p is None else str(Path(folder, p) if folder is not None else Path(p))
 
@@ -98,6 +101,8 @@ class Split:
                 self.test = read_task(self.task, self.test_source, at(spec.test.annotations), at(spec.test.images))
         if not self.dev:
             raise RecipeError(f"search.tasks[{spec.task}]: no dev questions")
+        check_image_headers(self.dev, self.source, max_pixels)  # every image's size, before anything is decoded
+        check_image_headers(self.test, self.test_source, max_pixels)
 
 
 class Spec:
@@ -121,7 +126,7 @@ class Spec:
             check_read(self.dimensions, data)
         except RecipeError as e:
             raise RecipeError(f"{where}: {e}") from None
-        self.splits = [Split(t, folder) for t in self.settings.tasks]
+        self.splits = [Split(t, folder, self.settings.max_image_pixels) for t in self.settings.tasks]
         if not self.splits and not custom_objective:
             raise RecipeError(f"{where}: search.tasks: name at least one evaluation task with its dev questions")
 
