@@ -20,11 +20,10 @@ from .stitching.options import StitchOptions, doc
 
 
 def cmd_inspect(args) -> None:
-    from .adapters import open_checkpoint
-    from .inspect import format_summary, summary
+    from .inspect import format_any, inspect_path
 
-    s = summary(open_checkpoint(args.path))
-    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    s = inspect_path(args.path)
+    print(json.dumps(s, indent=2) if args.json else format_any(s))
 
 
 def cmd_convert(args) -> None:
@@ -171,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("inspect", help="detected format, components, architecture, parameters and dtypes")
+    s = sub.add_parser("inspect", help="detected format, components, architecture, parameters and dtypes; what a LoRA "
+                                       "folder, an eval or search output or a statistics file holds")
     s.add_argument("path", type=Path)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_inspect)
