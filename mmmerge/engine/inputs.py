@@ -39,8 +39,11 @@ def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list
     out = SectionInputs(ckpts, paths, comps)
     if cname != "language":
         return out
-    out.comps, out.tokenizer = plan_tokenizer(section, refs, {r: ckpts[r].side_files for r in refs}, comps,
-                                              section.base_model, where, notes)
+    folders = {r: ckpts[r].side_files for r in refs}
+    source = section.tokenizer.source if section.tokenizer is not None else section.tokenizer_source
+    if source not in (None, "base", "union", *refs):  # a model outside the merge: its tokenizer only, as mergekit
+        folders[source] = opener.path(source)
+    out.comps, out.tokenizer = plan_tokenizer(section, refs, folders, comps, section.base_model, where, notes)
     if out.tokenizer is not None and out.tokenizer.tokenizer is not None:
         out.vocab = out.comps[ref_key].config["vocab_size"]
         return out
