@@ -79,8 +79,9 @@ def fit_text_models(comps: dict[str, Component], paths: dict[str, str], ref_key:
             e = tensors[EMBED]
             tensors[EMBED] = e.derive(lambda x: x[:rows], (rows, *e.shape[1:]))
         fitted[r] = dataclasses.replace(comps[r], tensors=tensors)
+    copied = f"cross-attention layers {cross_attention_layers(donor)}"
+    if extra:
+        copied += f" and embedding rows {rows}..{donor.tensors[EMBED].shape[0] - 1}"
     notes.append(f"{where}{cname}: the text-only {', '.join(paths[r] for r in texts)} merged into the self-attention "
-                 f"layers {layers} of {paths[donor_key]}; its cross-attention layers "
-                 f"{cross_attention_layers(donor)}" + (f" and embedding rows {rows}.." if extra else "")
-                 + (f"{donor.tensors[EMBED].shape[0] - 1}" if extra else "") + " are copied from it")
+                 f"layers {layers} of {paths[donor_key]}; its {copied} are copied from it unmerged")
     return {r: fitted[r] for r in comps}, kept, extra
