@@ -21,11 +21,10 @@ from .stitching.options import StitchOptions, doc
 
 
 def cmd_inspect(args) -> None:
-    from .adapters import open_checkpoint
-    from .inspect import format_summary, summary
+    from .inspect import format_any, inspect_path
 
-    s = summary(open_checkpoint(args.path))
-    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    s = inspect_path(args.path)
+    print(json.dumps(s, indent=2) if args.json else format_any(s))
 
 
 def cmd_convert(args) -> None:
@@ -131,10 +130,19 @@ def cmd_eval_compare(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from .eval.ask import generate
+    from .eval.ask import generate, task_instruction
 
-    print(generate(args.model, args.image, args.prompt, max_new_tokens=args.max_new_tokens, device=args.device,
-                   stop_strings=["\n"] if args.one_line else (), max_image_pixels=args.max_image_pixels))
+    instruction = task_instruction(args.task, args.instruction)
+    if instruction:
+        whose = f"the {args.task} task's, as eval adds it" if args.instruction is None else "--instruction"
+        print(f"prompt: {args.prompt!r} + instruction {instruction!r} ({whose})", file=sys.stderr)
+    answer = generate(args.model, args.image, args.prompt, instruction=instruction, task=args.task,
+                      max_new_tokens=args.max_new_tokens, device=args.device,
+                      stop_strings=["\n"] if args.one_line else (), max_image_pixels=args.max_image_pixels)
+    if not answer.strip():
+        print("note: the model answered nothing (its answer ended before any text: an end-of-sequence token"
+              f"{' or the line end' if args.one_line or args.task else ''} came first)", file=sys.stderr)
+    print(answer)
 
 
 def cmd_demo(args) -> None:
@@ -164,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("inspect", help="detected format, components, architecture, parameters and dtypes")
+    s = sub.add_parser("inspect", help="detected format, components, architecture, parameters and dtypes; what a LoRA "
+                                       "folder, an eval or search output or a statistics file holds")
     s.add_argument("path", type=Path)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_inspect)
@@ -297,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", type=Path, help="an image-text-to-text checkpoint folder (any family `eval` runs)")
     s.add_argument("--image", type=Path, required=True, help="the image file")
     s.add_argument("--prompt", required=True, help="the question or instruction")
+    s.add_argument("--task", choices=list(TASKS), default=None,
+                   help="ask as `eval --task` does: its instruction after the prompt, its answer end")
+    s.add_argument("--instruction", default=None,
+                   help="text on the line after the prompt (default: the --task's own, else none; \"\" for none)")
     s.add_argument("--max-new-tokens", type=int, default=64)
     s.add_argument("--one-line", action="store_true", help="stop at the end of the first line, as `eval` does")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

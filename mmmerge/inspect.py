@@ -52,10 +52,29 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def describe(checkpoint) -> str:
-    """What `mmmerge inspect` prints, for a checkpoint folder or file or a loaded `Checkpoint` (`mmmerge.load`)."""
-    if not isinstance(checkpoint, Checkpoint):
-        from .adapters import open_checkpoint
+def inspect_path(path) -> dict:
+    """The summary of a checkpoint, of an output mmmerge writes (LoRA, eval, search, statistics), or one line
+    naming a file inside one of them or a folder of them."""
+    from .adapters import open_checkpoint
+    from .errors import UnknownFormatError
+    from .inspect_outputs import one_line, output_summary
 
-        checkpoint = open_checkpoint(checkpoint)
-    return format_summary(summary(checkpoint))
+    try:
+        return summary(open_checkpoint(path))
+    except UnknownFormatError:
+        found = output_summary(path)
+        return found if found is not None else one_line(path)
+
+
+def format_any(s: dict) -> str:
+    from .inspect_outputs import format_output
+
+    return format_summary(s) if "components" in s else format_output(s)
+
+
+def describe(checkpoint) -> str:
+    """What `mmmerge inspect` prints, for a path (a checkpoint, or an output mmmerge writes) or a loaded
+    `Checkpoint` (`mmmerge.load`)."""
+    if isinstance(checkpoint, Checkpoint):
+        return format_summary(summary(checkpoint))
+    return format_any(inspect_path(checkpoint))

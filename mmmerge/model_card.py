@@ -3,12 +3,13 @@
 A merged folder without a card says nothing about where it came from once it is copied or uploaded. The card
 has the hub's YAML front matter (`base_model`, `library_name: transformers`, `tags: [merge, mmmerge, METHOD]`),
 then the method with its paper, each component's inputs (hub ID and revision where the folder is a hub
-download), the recipe as written and the mmmerge version. `mmmerge eval` adds a row per task to the card's
+download, else its path relative to the output folder), the recipe as written and the mmmerge version. `mmmerge eval` adds a row per task to the card's
 evaluation table, so the results travel with the model.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -61,11 +62,20 @@ def _inputs(source: str) -> list[str]:
     return [s for s in source.split("+") if s] if not Path(source).exists() else [source]
 
 
-def describe_input(source: str) -> str:
+def local_name(folder: str, out) -> str:
+    """A local input as the card names it: its path relative to the output folder (an absolute path names a
+    folder on the machine that merged, which the card's readers do not have)."""
+    try:
+        return Path(os.path.relpath(Path(folder).absolute(), Path(out).absolute())).as_posix()
+    except ValueError:  # another drive (Windows): no relative path
+        return Path(folder).name
+
+
+def describe_input(source: str, out) -> str:
     parts = []
     for folder in _inputs(source):
         repo, rev = hub_origin(folder)
-        where = f"[{repo}](https://huggingface.co/{repo})" if repo else f"`{folder}`"
+        where = f"[{repo}](https://huggingface.co/{repo})" if repo else f"`{local_name(folder, out)}`"
         parts.append(where + (f" (revision `{rev}`)" if rev else ""))
     return " + LoRA ".join(parts)
 
@@ -85,13 +95,13 @@ def _recipe_yaml(plan) -> str:
     return text.rstrip("\n")
 
 
-def front_matter(plan) -> dict:
+def front_matter(plan, out) -> dict:
     bases = []
     for c in plan.components.values():
         for source in c.sources:
             for folder in _inputs(source):
                 repo, _ = hub_origin(folder)
-                bases.append(repo or folder)
+                bases.append(repo or local_name(folder, out))
     methods = [c.how.removeprefix("merge ") for c in plan.components.values() if c.how.startswith("merge ")]
     meta = {"base_model": list(dict.fromkeys(bases)), "library_name": "transformers",
             "tags": list(dict.fromkeys(["merge", "mmmerge", *methods]))}
@@ -102,9 +112,9 @@ def front_matter(plan) -> dict:
 
 def model_card(plan, out) -> str:
     """The README.md text of the merge `plan` written to `out`."""
-    lines = ["---", yaml.safe_dump(front_matter(plan), sort_keys=False).rstrip("\n"), "---", "",
+    lines = ["---", yaml.safe_dump(front_matter(plan, out), sort_keys=False).rstrip("\n"), "---", "",
              f"# {Path(out).name}", "",
-             f"A merge made with [mmmerge](https://pypi.org/project/mmmerge/) {__version__}"
+             f"A merge made with mmmerge {__version__}"
              + ("" if plan.output_format == "hf" else f", written as a `{plan.output_format}` checkpoint") + ".", ""]
     same: dict[tuple, list[str]] = {}  # components made the same way from the same inputs are listed once
     for c in plan.components.values():
@@ -112,11 +122,11 @@ def model_card(plan, out) -> str:
     for (how, sources, has_base), names in same.items():
         what = ", ".join(f"**{n}**" for n in names)
         if how == "copy":
-            lines.append(f"- {what}: copied from {describe_input(sources[0])}")
+            lines.append(f"- {what}: copied from {describe_input(sources[0], out)}")
             continue
         lines.append(f"- {what}: {method_line(how.removeprefix('merge '))} of")
         for i, source in enumerate(sources):
-            lines.append(f"  - {'base: ' if i == 0 and has_base else ''}{describe_input(source)}")
+            lines.append(f"  - {'base: ' if i == 0 and has_base else ''}{describe_input(source, out)}")
     lines += ["", "## Recipe", "", "```yaml", _recipe_yaml(plan), "```", "", "## Evaluation", "", EVAL_START,
               "No evaluation yet: `mmmerge eval` adds a row per task here.", EVAL_END, ""]
     return "\n".join(lines)

@@ -57,7 +57,8 @@ def test_convert_writes_a_loadable_tower(tmp_path):
 
 def test_unknown_input_is_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    one_line_error(run("inspect", tmp_path), str(tmp_path), "notes.txt", "recognised formats", "open_clip", "timm")
+    one_line_error(run("inspect", tmp_path), str(tmp_path), "notes.txt", "not a checkpoint", "open_clip", "timm",
+                   "LoRA folder")
     one_line_error(run("inspect", tmp_path / "nope"), "no such file or folder")
     (tmp_path / "config.json").write_text("{broken")
     one_line_error(run("inspect", tmp_path), "config.json", "not valid JSON")

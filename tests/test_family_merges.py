@@ -70,7 +70,7 @@ def test_whole_checkpoints_merge_in_their_family(model_type, folders, tmp_path):
     assert set(load_file(out / "model.safetensors")) == set(load_file(a / "model.safetensors"))
 
 
-# mllama's language model has cross-attention layers: no text-only LLM shares its base (it is not tested here)
+# mllama's language model has cross-attention layers: tested below, with a text-only Llama of its layers
 @pytest.mark.parametrize("model_type,vlm_first", [(t, True) for t in ALL if t != "mllama"] +
                          [(t, False) for t in WITH_TEXT_ONLY])
 def test_vlm_language_merges_with_a_text_only_llm(model_type, vlm_first, folders, tmp_path):
@@ -93,6 +93,58 @@ def test_vlm_language_merges_with_a_text_only_llm(model_type, vlm_first, folders
         assert mine.shape[0] == theirs.shape[0] or mine.shape[0] == F.TEXT["vocab_size"]
     vision_and_projector = {k for k in want if split_name(FAMILIES[model_type], k)[0] != "language"}
     assert vision_and_projector and all(torch.equal(got[k], want[k]) for k in vision_and_projector)
+
+
+@pytest.mark.parametrize("vlm_first", [True, False])
+def test_mllama_language_merges_with_a_text_only_llama(vlm_first, folders, tmp_path):
+    """Mllama's text layers are a Llama's with cross-attention layers inserted: text layer i is merged with the
+    VLM's i-th layer that is not a cross-attention layer; the cross-attention layers and the embedding rows beyond
+    the vocabulary (image tokens) are the VLM's."""
+    import transformers
+
+    vlm = folders("mllama", 0)
+    config = json.loads((vlm / "config.json").read_text())["text_config"]
+    cross = config["cross_attention_layers"]
+    self_layers = [i for i in range(config["num_hidden_layers"]) if i not in cross]
+    torch.manual_seed(7)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**F.TEXT, "num_hidden_layers": len(self_layers),
+                                                              "tie_word_embeddings": False})).save_pretrained(tmp_path / "llm")
+    entries = [{"model": str(vlm), "parameters": {"weight": 0.5}},
+               {"model": str(tmp_path / "llm"), "parameters": {"weight": 0.5}}]
+    out = merge({"merge_method": "linear", "models": entries if vlm_first else entries[::-1]}, tmp_path / "out",
+                quiet=True)
+    got, want = loads_strictly("mllama", out), loads_strictly("mllama", vlm)
+    text = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "llm").state_dict()
+    prefix = "model.language_model."
+    merged = set()
+    for name, mine in want.items():
+        if name == "lm_head.weight":
+            text_name = name
+        elif not name.startswith(prefix):
+            assert torch.equal(got[name], mine), name  # vision tower and projector: the VLM's
+            continue
+        else:
+            inner = name[len(prefix):]
+            layer = int(inner.split(".")[1]) if inner.startswith("layers.") else None
+            if layer in cross:
+                assert torch.equal(got[name], mine), name  # a cross-attention layer: the VLM's
+                continue
+            text_name = "model." + (inner if layer is None else
+                                    inner.replace(f"layers.{layer}.", f"layers.{self_layers.index(layer)}.", 1))
+        theirs = text[text_name]
+        merged.add(text_name)
+        expect = mine.clone()
+        expect[:theirs.shape[0]] = 0.5 * mine[:theirs.shape[0]] + 0.5 * theirs  # image-token rows kept
+        torch.testing.assert_close(got[name], expect, rtol=0, atol=1e-6, msg=name)
+    assert merged == set(text)  # every tensor of the text model is merged into one of the VLM's
+    assert want[prefix + "embed_tokens.weight"].shape[0] > text["model.embed_tokens.weight"].shape[0]
+    assert any(k.startswith(f"{prefix}layers.{cross[0]}.cross_attn.") for k in want)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**F.TEXT, "num_hidden_layers": len(self_layers) + 1})
+                                  ).save_pretrained(tmp_path / "deeper")
+    with pytest.raises(MMMergeError, match=f"has {len(self_layers) + 1} layers but .* {len(self_layers)} self-attention"):
+        merge({"merge_method": "linear", "models": [entries[0], {"model": str(tmp_path / "deeper")}]},
+              tmp_path / "refused", quiet=True)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_components_recipe_names_the_output_family(folders, tmp_path):

@@ -54,3 +54,55 @@ def test_command_prints_the_answer_and_refuses_bad_input(picture, tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     one_line_error(run("generate", path, "--image", tmp_path / "bad.jpg", "--prompt", "hi"), "bad.jpg", "cannot read")
     one_line_error(run("generate", tmp_path / "none", "--image", picture, "--prompt", "hi"), "no such model folder")
+
+
+def test_an_instruction_goes_after_the_prompt_as_transformers_would_see_it(picture, tmp_path):
+    path = build_tiny_vlm("llava", tmp_path / "llava")
+    instruction = "Answer the question using a single word or phrase."
+    ours = mmmerge.generate(path, picture, QUESTION, instruction=instruction, max_new_tokens=6)
+    assert ours == transformers_answer(path, picture, f"{QUESTION}\n{instruction}", 6)
+    assert mmmerge.generate(path, picture, QUESTION, max_new_tokens=6) == transformers_answer(path, picture, QUESTION, 6)
+
+
+def test_task_asks_as_eval_does(picture, tmp_path):
+    """With `task`, the answer is eval's raw answer to the same question (its instruction, its answer end)."""
+    import json
+
+    import eval_data
+
+    path = build_tiny_vlm("llava", tmp_path / "llava")
+    data = eval_data.jsonl(tmp_path / "data", n=1)
+    question = json.loads(data["questions"].read_text())
+    mmmerge.evaluate(path, "jsonl", questions=data["questions"], out=tmp_path / "eval", max_new_tokens=8,
+                     progress=False)
+    sample = json.loads((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()[0])
+    image = data["questions"].parent / question["image"]
+    ours = mmmerge.generate(path, image, question["question"], task="jsonl", max_new_tokens=8)
+    assert ours == sample["raw"]
+
+    r = run("generate", path, "--image", image, "--prompt", question["question"], "--task", "jsonl",
+            "--max-new-tokens", 8)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ours + "\n"
+    assert r.stderr.startswith("prompt: ") and "Answer the question using a single word or phrase." in r.stderr
+    assert "jsonl task" in r.stderr
+    r = run("generate", path, "--image", image, "--prompt", question["question"], "--task", "jsonl",
+            "--instruction", "", "--max-new-tokens", 8)
+    assert r.returncode == 0 and "prompt:" not in r.stderr, r.stderr
+
+
+def test_an_empty_answer_is_named_on_stderr(picture, tmp_path):
+    """A model whose every token ends the answer (its generation config calls each one end-of-sequence)."""
+    import json
+
+    path = build_tiny_vlm("llava", tmp_path / "llava")
+    config = json.loads((path / "generation_config.json").read_text())
+    vocab = json.loads((path / "config.json").read_text())["text_config"]["vocab_size"]
+    config["eos_token_id"] = list(range(vocab))
+    (path / "generation_config.json").write_text(json.dumps(config))
+    r = run("generate", path, "--image", picture, "--prompt", QUESTION)
+    assert r.returncode == 0 and r.stdout == "\n"
+    assert r.stderr.startswith("note: the model answered nothing") and r.stderr.count("\n") == 1, r.stderr
+    r = run("generate", build_tiny_vlm("llava", tmp_path / "plain"), "--image", picture, "--prompt", QUESTION,
+            "--max-new-tokens", 4)
+    assert r.returncode == 0 and r.stdout.strip() and "note:" not in r.stderr

@@ -1,5 +1,5 @@
 """Merged folders carry a model card in the hub's form (YAML front matter, method and paper, inputs with hub IDs
-and revisions, recipe, version); `eval` adds its results to it and leaves other models' READMEs alone."""
+and revisions or paths relative to the output, recipe, version); `eval` adds its results to it and leaves other models' READMEs alone."""
 
 import json
 
@@ -36,12 +36,15 @@ def test_card_of_a_merge(tmp_path):
     out = mmmerge.merge(recipe, tmp_path / "merged", quiet=True)
     card = (out / "README.md").read_text()
     meta = front_matter(card)
-    assert meta["base_model"] == ["acme/tiny-llama", str(a), str(b)]
+    assert meta["base_model"] == ["acme/tiny-llama", "../math", "../code"]  # local folders relative to the output
     assert meta["library_name"] == "transformers" and meta["tags"][:3] == ["merge", "mmmerge", "ties"]
     assert "pipeline_tag" not in meta  # a language model, not an image-text-to-text one
     assert "https://arxiv.org/abs/2306.01708" in card and "TIES-Merging" in card  # Yadav et al., NeurIPS 2023
     assert f"[acme/tiny-llama](https://huggingface.co/acme/tiny-llama) (revision `{REVISION}`)" in card
-    assert f"mmmerge/) {mmmerge.__version__}" in card
+    assert f"A merge made with mmmerge {mmmerge.__version__}." in card
+    assert "pypi.org" not in card  # mmmerge has no package index page to link
+    assert "- `../math`" in card.split("## Recipe")[0]
+    assert str(tmp_path) not in card.split("## Recipe")[0]  # no path of the machine that merged, but the recipe's own
     recorded = card.split("```yaml\n")[1].split("```")[0]
     assert yaml.safe_load(recorded) == recipe
     # transformers ignores the card: the folder loads as before

@@ -526,3 +526,20 @@ def test_log_step_and_integer_ranges_are_sampled_as_written():
     assert all(1e-4 <= v["a"] <= 1 and v["b"] in (0, 0.25, 0.5, 0.75, 1) and isinstance(v["c"], int)
                and 2 <= v["c"] <= 8 and v["d"] in (1, 2) for v in seen)
     assert dims["a"].default == pytest.approx(1e-2) and dims["c"].default == 5
+
+
+def test_trials_that_all_score_the_same_get_no_importances(world, tmp_path):
+    """Equal scores say nothing about which value matters: result.json and the plot carry a note, not equal bars;
+    scores that differ get importances."""
+    root, files = world
+    spec = spec_for(root, files, trials=3)
+    result = search(spec, tmp_path / "same", objective=lambda model, processor: 0.5, quiet=True)
+    written = json.loads((tmp_path / "same" / "result.json").read_text())
+    assert result.best_value == 0.5 and written["trials"] == {"complete": 3}
+    assert written["importance"] is None and written["importance_note"] == "all trials scored the same"
+    assert (tmp_path / "same" / "importance.png").stat().st_size > 0
+
+    search(spec, tmp_path / "varied", objective=lambda model, processor: float(model.state_dict()[PROBE].sum()),
+           quiet=True)
+    written = json.loads((tmp_path / "varied" / "result.json").read_text())
+    assert written["importance"] == "importance.png" and written["importance_note"] is None

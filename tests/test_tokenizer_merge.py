@@ -93,6 +93,20 @@ def test_tokenizer_source_rows_equal_mergekit(models, tmp_path, source):
         assert {"zebra", "violet", "moon"} <= set(vocab)  # tokens of each fine-tune are in the output
 
 
+@pytest.mark.parametrize("form", ["tokenizer_source", "tokenizer"])
+def test_tokenizer_source_outside_the_merge_equals_mergekit(models, tmp_path, form):
+    """A published config names a tokenizer model it does not merge: its vocabulary is the output's, the merged
+    models' rows follow it (its own tokens no merged model has get mergekit's rows), its weights are not read."""
+    m = models
+    cfg = {"merge_method": "linear", "dtype": "float32", "base_model": m["base"],
+           "models": [{"model": m["base"], "parameters": {"weight": 0.4}}, {"model": m["a"], "parameters": {"weight": 0.6}}],
+           **({"tokenizer_source": m["b"]} if form == "tokenizer_source" else {"tokenizer": {"source": m["b"]}})}
+    out = assert_same_as_mergekit(cfg, tmp_path)
+    vocab = transformers.AutoTokenizer.from_pretrained(out).get_vocab()
+    assert vocab == transformers.AutoTokenizer.from_pretrained(m["b"]).get_vocab() and "violet" in vocab
+    assert "zebra" not in vocab  # a's own word: not in b's vocabulary
+
+
 def test_tokenizer_section_with_tokens_and_padding(models, tmp_path):
     m = models
     cfg = {"merge_method": "ties", "dtype": "float32", "base_model": m["base"],

@@ -1,7 +1,8 @@
 """The inputs of one merge section, made mergeable by named steps before any task is planned:
 open each model's component, make tied heads explicit where only some inputs tie them, leave out extras
-only some inputs carry, then give every input the output's vocabulary (the recipe's tokenizer) or, without
-one, cut vocabularies that differ only by appended rows (a VLM's image tokens) to the shared rows."""
+only some inputs carry, fit text-only Llamas to an Mllama language model (engine/cross_attention.py), then give
+every input the output's vocabulary (the recipe's tokenizer) or, without one, cut vocabularies that differ only by
+appended rows (a VLM's image tokens) to the shared rows."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ..adapters.hf_causal_lm import is_tied, untie
 from ..checkpoint import Checkpoint, Component, LazyTensor
+from .cross_attention import fit_text_models
 from .opener import Opener
 from .recipe import MergeSection
 from .tokenizer import TokenizerPlan, plan_tokenizer
@@ -22,6 +24,7 @@ class SectionInputs:
     comps: dict[str, Component]
     tokenizer: TokenizerPlan | None = None
     extra_rows: dict[str, LazyTensor] = field(default_factory=dict)  # appended vocabulary rows, copied unmerged
+    kept: dict[str, LazyTensor] = field(default_factory=dict)  # tensors only one input has, copied unmerged
     vocab: int | None = None  # the output's vocabulary rows, where the steps changed them
 
 
@@ -39,12 +42,18 @@ def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list
     out = SectionInputs(ckpts, paths, comps)
     if cname != "language":
         return out
-    out.comps, out.tokenizer = plan_tokenizer(section, refs, {r: ckpts[r].side_files for r in refs}, comps,
-                                              section.base_model, where, notes)
+    comps, out.kept, vlm_rows = fit_text_models(comps, paths, ref_key, where, cname, notes)
+    folders = {r: ckpts[r].side_files for r in refs}
+    source = section.tokenizer.source if section.tokenizer is not None else section.tokenizer_source
+    if source not in (None, "base", "union", *refs):  # a model outside the merge: its tokenizer only, as mergekit
+        folders[source] = opener.path(source)
+    out.comps, out.tokenizer = plan_tokenizer(section, refs, folders, comps, section.base_model, where, notes)
     if out.tokenizer is not None and out.tokenizer.tokenizer is not None:
         out.vocab = out.comps[ref_key].config["vocab_size"]
+        out.extra_rows = vlm_rows
         return out
-    out.comps, out.extra_rows, vocab = align_vocabularies(out.comps, ref_key, paths,
-                                                          {r: ckpts[r].family is not None for r in refs}, where, notes)
-    out.vocab = vocab if out.extra_rows else None
+    out.comps, aligned, vocab = align_vocabularies(out.comps, ref_key, paths,
+                                                   {r: ckpts[r].family is not None for r in refs}, where, notes)
+    out.vocab = vocab if aligned else None
+    out.extra_rows = {**vlm_rows, **aligned}
     return out

@@ -159,6 +159,12 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
                            seed=tensor_seed(seed, cname, name) if spec.random else None,
                            extra_rows=extra_rows.get(name),
                            native_dtype=native_dtype(all_inputs, dtype, section.compute_dtype), label=name)
+    for name, t in inputs.kept.items():
+        tasks[name] = TensorTask(name=name, shape=tuple(t.shape), dtype=written_dtype([t], dtype, out_dtype),
+                                 tensors=[t], label=name)
+    if inputs.kept:  # in the order of the input that holds every tensor
+        whole = next(c for c in (ck.component(cname) for ck in ckpts.values()) if set(tasks) <= set(c.tensors))
+        tasks = {n: tasks[n] for n in whole.tensors if n in tasks}
     sources = ([paths[base_ref]] if base_ref else []) + [paths[r] for r in others]
     written = ([None] if base_ref else []) + [section.model_parameters(r) for r in others]
     config = copy.deepcopy(reference.config)

@@ -2,7 +2,7 @@
 
 `tokenizer_source: base` keeps the base model's vocabulary (its tokens below the model's vocab_size),
 `union` appends every other model's tokens it lacks (in model order, then token id), a model takes that
-model's tokenizer; `tokenizer: {tokens: ...}` adds tokens and says where their rows come from. Then every
+model's tokenizer (a model outside the merge too: only its tokenizer is read); `tokenizer: {tokens: ...}` adds tokens and says where their rows come from. Then every
 vocabulary tensor (embeddings, untied head) of every input is re-indexed to the output vocabulary before the
 merge: a token keeps the model's own row where the model has it (unless `force`d); otherwise it takes the row
 of the one model that has it, or the base model's, or the mean over the models that have it, or zeros when
@@ -116,7 +116,10 @@ def plan_tokenizer(section: MergeSection, refs: list[str], folders: dict[str, Pa
             tokenizers[r] = tokenizers[base_ref]
     sizes = {r: int(comps[r].config.get("vocab_size") or len(tokenizers[r])) for r in refs}
     vocabs = {r: {t: i for t, i in tokenizers[r].get_vocab().items() if i < sizes[r]} for r in refs}
-    out = output_tokenizer(source, base_ref, refs, tokenizers, vocabs, where)
+    if source in ("base", "union") or source in refs:
+        out = output_tokenizer(source, base_ref, refs, tokenizers, vocabs)
+    else:
+        out = outside_tokenizer(source, folders.get(source), where, notes)
     settings = dict(section.tokenizer.tokens or {}) if section.tokenizer is not None else {}
     new = [t for t in settings if t not in out.get_vocab()]
     if new:
@@ -134,13 +137,22 @@ def plan_tokenizer(section: MergeSection, refs: list[str], folders: dict[str, Pa
     return permuted, TokenizerPlan(out, template)
 
 
-def output_tokenizer(source: str, base_ref: str, refs: list[str], tokenizers: dict, vocabs: dict, where: str):
+def outside_tokenizer(source: str, folder: Path | None, where: str, notes: list[str]):
+    """The tokenizer of a model that is not merged (mergekit reads it whole, and only it: the model's weights give
+    no rows; a token no merged model has gets zeros)."""
+    tokenizer = load_tokenizer(folder)
+    if tokenizer is None:
+        raise RecipeError(f"{where}tokenizer_source: {source} is not one of the merged models and has no tokenizer "
+                          f"in {folder}")
+    notes.append(f"{where}tokenizer: {source} is not merged; only its tokenizer is read")
+    return tokenizer
+
+
+def output_tokenizer(source: str, base_ref: str, refs: list[str], tokenizers: dict, vocabs: dict):
     """A fresh copy of the output tokenizer (the inputs' stay untouched)."""
     if source == "base":
         return copy.deepcopy(tokenizers[base_ref])
     if source != "union":
-        if source not in tokenizers:
-            raise RecipeError(f"{where}tokenizer_source: {source} is not one of the merged models")
         return copy.deepcopy(tokenizers[source])
     out = copy.deepcopy(tokenizers[base_ref])
     have = set(out.get_vocab())

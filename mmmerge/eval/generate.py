@@ -231,7 +231,8 @@ class Generator:
             raise ProcessorError(f"{self.name}: the model rejects the inputs its processor made "
                                  f"({type(e).__name__}: {first_line(e)})") from e
         new = out.sequences[:, enc["input_ids"].shape[1]:].cpu()
-        texts = self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+        texts = self.processor.tokenizer.batch_decode([self._before_eos(row) for row in new.tolist()],
+                                                      skip_special_tokens=True)
         ties = []
         top2 = torch.stack(out.scores, 1).float().topk(2, -1).values.cpu()  # [batch, step, 2], one transfer
         for i in range(len(prompts)):
@@ -243,6 +244,11 @@ class Generator:
                 if new[i, step].item() in self.eos or self._ended(new[i, :step + 1]):
                     break
         return [self._cut(t) for t in texts], ties
+
+    def _before_eos(self, ids: list[int]) -> list[int]:
+        """The tokens before the first end-of-sequence one: an EOS the tokenizer does not call special (a generation
+        config may name any token) is not part of the answer either."""
+        return next((ids[:i] for i, t in enumerate(ids) if t in self.eos), ids)
 
     def _ended(self, ids) -> bool:
         if not self.stops:

@@ -66,9 +66,14 @@ class EvalTask:
     """A task family: `read` its files into samples; `answer` turns generated text into the answer written to
     predictions.json; `score` is the per-question score in [0, 1]; `metrics` the report of the official script."""
     name = ""
-    prompt = "{question}\n" + SHORT  # LLaVA-1.5's short-answer instruction
+    instruction = SHORT  # LLaVA-1.5's short-answer instruction, on the line after the question
     headline = "overall"  # the metrics.json key eval-compare reports
     one_line = True  # answers are one line: generation stops at the line end (short answers, letters, yes/no)
+
+    @property
+    def prompt(self) -> str:
+        """The prompt template: the question, then the instruction on its own line."""
+        return "{question}\n" + self.instruction
 
     def read(self, questions=None, annotations=None, images=None) -> list[Sample]:
         raise NotImplementedError
@@ -243,7 +248,7 @@ class ScienceQA(EvalTask):
     --images/<pid>/<image> or --images/test/<pid>/<image>. The question shows "Context: <hint>", the question
     and lettered choices, as LLaVA-1.5's CQM-A file; parsed and scored as eval_science_qa.py does."""
     name = "scienceqa"
-    prompt = "{question}\n" + LETTER
+    instruction = LETTER
     headline = "accuracy"
     split = "test"
 

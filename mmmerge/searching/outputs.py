@@ -87,34 +87,49 @@ def plot_history(study: optuna.Study, path: Path, objective: str) -> bool:
 
 
 def plot_importance(study: optuna.Study, path: Path) -> str | None:
-    """The searched values' importances (optuna's PED-ANOVA: how much each one decides which trials are among the best); the reason when they cannot be computed."""
+    """The searched values' importances (optuna's PED-ANOVA: how much each one decides which trials are among the
+    best); when they cannot be computed, a plot that says why, and the reason. Trials that all scored the same say
+    nothing about what matters (PED-ANOVA would draw equal bars), so they get the note too."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(done) < 2:
-        return "fewer than two finished trials"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            importances = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
-    except (RuntimeError, ValueError) as e:
-        return str(e).splitlines()[0]
-    if not importances:
-        return "no searched value varied"
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(importances)))
-    names = list(importances)[::-1]
-    ax.barh(names, [importances[n] for n in names], color="tab:blue")
-    for i, n in enumerate(names):
-        ax.text(importances[n], i, f" {importances[n]:.2f}", va="center")
-    ax.set_xlabel("importance (optuna PED-ANOVA)")
+    why = _why_no_importance(study)
+    importances = {}
+    if why is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importances = optuna.importance.get_param_importances(
+                    study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+        except (RuntimeError, ValueError) as e:
+            why = str(e).splitlines()[0]
+        if not importances and why is None:
+            why = "no searched value varied"
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * max(len(importances), 2)))
+    if why is None:
+        names = list(importances)[::-1]
+        ax.barh(names, [importances[n] for n in names], color="tab:blue")
+        for i, n in enumerate(names):
+            ax.text(importances[n], i, f" {importances[n]:.2f}", va="center")
+        ax.set_xlabel("importance (optuna PED-ANOVA)")
+    else:
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"no importance: {why}", ha="center", va="center", wrap=True)
     ax.set_title("Merge search: which searched values matter")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return why
+
+
+def _why_no_importance(study: optuna.Study) -> str | None:
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(done) < 2:
+        return "fewer than two finished trials"
+    if len({t.value for t in done}) == 1:
+        return "all trials scored the same"
     return None
 
 
