@@ -184,7 +184,7 @@ def test_a_family_without_a_row_is_refused_by_name(tmp_path):
 
 def test_an_unknown_model_type_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen9_vl", "vision_config": {}}))
-    one_line_error(run("inspect", tmp_path), "recognised formats")
+    one_line_error(run("inspect", tmp_path), str(tmp_path), "not a checkpoint")
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava"])

@@ -110,8 +110,12 @@ class MaskKeep:
         self.bits = np.zeros((n + 7) // 8, dtype=np.uint8)
 
     def store(self, start: int, kept: torch.Tensor) -> None:
-        """Record `kept` (booleans) for positions start.. (a multiple of 8: slices are)."""
-        packed = np.packbits(kept.reshape(-1).numpy())
+        """Record the nonzero entries of `kept` (booleans, or 0/1 draws) for positions start.. (a multiple of 8:
+        slices are). numpy compares half-precision draws by their bits: torch's comparison of them is 10x slower."""
+        flat = kept.reshape(-1)
+        if flat.dtype in HALF:
+            flat = flat.view(torch.int16) & 0x7FFF
+        packed = np.packbits(flat.numpy() != 0)
         self.bits[start // 8:start // 8 + packed.size] = packed
 
     def kept(self, start: int, n: int) -> torch.Tensor:
@@ -123,23 +127,22 @@ class MaskKeep:
 
 
 class Rescaled:
-    """A keep followed by mergekit's L1 rescale: masked · (Σ|δ| / Σ|kept δ|), computed in `work` (float32 for
-    float16 on the CPU in mergekit's random sparsifiers, else the task vector's own dtype) and rounded back."""
+    """A keep followed by mergekit's L1 rescale: masked · (Σ|δ| / Σ|kept δ|), the factor as the sparsifier's dtype
+    holds it (the caller rounds the product to the task vector's dtype)."""
 
-    def __init__(self, keep, factor: torch.Tensor, work: torch.dtype):
-        self.keep, self.factor, self.work = keep, factor, work
+    def __init__(self, keep, factor: torch.Tensor):
+        self.keep, self.factor = keep, factor
 
     def apply_(self, d: torch.Tensor, start: int, scratch: torch.Tensor) -> torch.Tensor:
-        if d.dtype == self.work:
-            return self.keep.apply_(d, start, scratch).mul_(self.factor)
-        wide = self.keep.apply_(d.to(self.work), start, torch.empty_like(d, dtype=self.work))
-        return d.copy_(wide.mul_(self.factor))
+        return self.keep.apply_(d, start, scratch).mul_(self.factor)
 
 
-def select_top(part: Part, n: int, chunk: int, k: int, *, ties_low: bool, like: torch.Tensor) -> TopKeep:
+def select_top(part: Part, n: int, chunk: int, k: int, *, ties_low: bool, like: torch.Tensor,
+               exact_bins: bool = False) -> TopKeep:
     """The k (0 < k < n) entries of largest magnitude, without a sort: a histogram of `magnitude_keys` over every
-    slice finds the bin of the k-th largest; for float32 that bin's entries are ranked exactly; a last scan finds
-    where the kept ties at the cut end, in index order from the low end (`ties_low`) or the high end."""
+    slice finds the bin of the k-th largest; unless each bin is one value (half precision, or float32 holding
+    bf16 values: `exact_bins`) that bin's entries are ranked exactly; a last scan finds where the kept ties at
+    the cut end, in index order from the low end (`ties_low`) or the high end."""
     counts = torch.zeros(BINS, dtype=torch.int64)
     for start in range(0, n, chunk):
         counts += torch.bincount(magnitude_keys(part(start)), minlength=BINS)
@@ -148,8 +151,9 @@ def select_top(part: Part, n: int, chunk: int, k: int, *, ties_low: bool, like: 
     at_or_above = counts.flip(0).cumsum(0).flip(0)
     b = int((at_or_above >= k).nonzero()[-1])
     need = k - int(at_or_above[b] - counts[b])  # how many of bin b's entries are kept: 1..counts[b]
-    if like.dtype in HALF:
-        cut = torch.tensor([b], dtype=torch.int16).view(like.dtype).reshape(())
+    if like.dtype in HALF or exact_bins:
+        cut = (torch.tensor([b], dtype=torch.int16).view(like.dtype) if like.dtype in HALF
+               else torch.tensor([b << 16], dtype=torch.int32).view(torch.float32)).reshape(())
 
         def equal(d):
             return magnitude_keys(d) == b

@@ -29,34 +29,58 @@ from ._registry import MethodSpec, Param, compute_dtype, register
 from ._selection import TIE_BREAKS, BandKeep, MaskKeep, Rescaled, TopKeep, select_top
 
 
-class Deltas:
-    """Model i's task vector θᵢ − base, flat, in the dtype the merge computes in, a slice at a time (recomputed
-    when asked again, never stored whole) or whole when a sparsifier needs all of it at once."""
+class Rounding:
+    """Where mergekit holds a tensor in half precision, the float32 value rounded to it: a half-precision CPU kernel
+    computes each operation in float32 and rounds once, so float32 operands rounded after each operation give its
+    bits, and float32 kernels are 2-18x faster than half-precision ones (sums over models, comparisons most)."""
 
-    def __init__(self, x: torch.Tensor, base: torch.Tensor, work: torch.dtype, chunk: int):
-        self.x, self.base, self.work, self.chunk = x.reshape(-1), base.reshape(-1), work, chunk
+    def __init__(self, half: torch.dtype | None, size: int, device: torch.device):
+        self.half = half
+        self.buffer = torch.empty(size, dtype=half, device=device) if half is not None else None
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        """t, in place, rounded to the half dtype (values stay float32); nothing without one."""
+        if self.half is None:
+            return t
+        for row in (t if t.dim() > 1 else [t]):  # rows of a slice buffer, each contiguous
+            for s in range(0, row.numel(), self.buffer.numel()):
+                part = row[s:s + self.buffer.numel()]
+                part.copy_(self.buffer[:part.numel()].copy_(part))
+        return t
+
+
+class Deltas:
+    """Model i's task vector θᵢ − base, flat, as mergekit computes it: in `compute` (float32/64) operands, rounded
+    to mergekit's half dtype if it holds one (`rounding`). A slice at a time (recomputed when asked again, never
+    stored whole), or whole, in mergekit's own dtype, where a sparsifier needs all of it at once."""
+
+    def __init__(self, x: torch.Tensor, base: torch.Tensor, compute: torch.dtype, rounding: Rounding, chunk: int):
+        self.x, self.base, self.compute, self.round, self.chunk = x.reshape(-1), base.reshape(-1), compute, rounding, chunk
+        self.dtype = rounding.half or compute  # mergekit's dtype for this task vector
         self.shape, self.n = base.shape, base.numel()
-        self.buffer = torch.empty(min(chunk, self.n), dtype=work, device=base.device)
-        self.wide_base = None if self.base.dtype == work else torch.empty_like(self.buffer)
+        self.buffer = torch.empty(min(chunk, self.n), dtype=compute, device=base.device)
+        self.wide_base = None if self.base.dtype == compute else torch.empty_like(self.buffer)
 
     def part(self, start: int, out: torch.Tensor | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
         """Entries start .. start + chunk, into `out` (default: this object's buffer, valid until the next call);
-        `base`: that slice of the base already in the work dtype, when the caller has it."""
+        `base`: that slice of the base already widened, when the caller has it."""
         part = slice(start, start + self.chunk)
         x = self.x[part]
         out = (self.buffer if out is None else out)[:x.numel()]
         if base is None:
             base = self.base[part]
-            if base.dtype != self.work:
+            if base.dtype != self.compute:
                 base = self.wide_base[:x.numel()].copy_(base)
-        if x.dtype == self.work:
-            return torch.sub(x, base, out=out)
-        return out.copy_(x).sub_(base)  # widened exactly by a copy: a mixed-dtype subtraction is 2x slower
+        if x.dtype == self.compute:
+            torch.sub(x, base, out=out)
+        else:
+            out.copy_(x).sub_(base)  # widened exactly by a copy: a mixed-dtype subtraction is 2x slower
+        return self.round(out)
 
     def whole(self) -> torch.Tensor:
-        out = torch.empty(self.n, dtype=self.work, device=self.base.device)
+        out = torch.empty(self.n, dtype=self.dtype, device=self.base.device)
         for start in range(0, self.n, self.chunk):
-            self.part(start, out=out[start:start + self.chunk])
+            out[start:start + self.chunk].copy_(self.part(start))
         return out
 
 
@@ -101,11 +125,13 @@ def _random(deltas, p, gp, generator):
     density = p["density"]
     if density >= 1:
         return None
-    work = _draw_dtype(deltas.work, deltas.base.device)
+    work = _draw_dtype(deltas.dtype, deltas.base.device)
     keep = MaskKeep(deltas.n)
+    probs = torch.full((min(deltas.chunk, deltas.n),), density, dtype=work)  # made once, not per slice
+    drawn = torch.empty_like(probs)
     for start in range(0, deltas.n, deltas.chunk):
         m = min(deltas.chunk, deltas.n - start)
-        keep.store(start, torch.bernoulli(torch.full((m,), density, dtype=work), generator=generator).bool())
+        keep.store(start, torch.bernoulli(probs[:m], generator=generator, out=drawn[:m]))
     return _rescaled(deltas, keep, gp, work=work)
 
 
@@ -117,7 +143,7 @@ def _rank(deltas, p, gp, generator):
         return None
     if density <= 0:
         return _rescaled(deltas, TopKeep.nothing(deltas.buffer), gp)
-    work = _draw_dtype(deltas.work, deltas.base.device)
+    work = _draw_dtype(deltas.dtype, deltas.base.device)
     whole = deltas.whole()
     keep = MaskKeep(deltas.n)
     if len(deltas.shape) <= 2:  # rows are independent, and the draws go row after row: a block of rows at a time
@@ -131,7 +157,7 @@ def _rank(deltas, p, gp, generator):
         low, high = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
         spread = ((ranks - low) / (high - low)).clamp(0, 1)
         probs = (density - epsilon) + spread * 2 * epsilon
-        keep.store(start, torch.bernoulli(probs, generator=generator).bool())
+        keep.store(start, torch.bernoulli(probs, generator=generator))
     return _rescaled(deltas, keep, gp, work=work, whole=whole)
 
 
@@ -161,7 +187,9 @@ def _top(deltas, k: int, *, ties_low: bool) -> TopKeep:
         return TopKeep.nothing(deltas.buffer)
     if k >= deltas.n:
         return TopKeep.everything(deltas.buffer)
-    return select_top(deltas.part, deltas.n, deltas.chunk, k, ties_low=ties_low, like=deltas.buffer)
+    # float32 values rounded to bf16 are bf16's bit patterns with 16 zero bits: one histogram bin per value
+    return select_top(deltas.part, deltas.n, deltas.chunk, k, ties_low=ties_low, like=deltas.buffer,
+                      exact_bins=deltas.dtype == torch.bfloat16)
 
 
 def _rescaled(deltas, keep, gp, *, work=None, whole=None):
@@ -170,7 +198,7 @@ def _rescaled(deltas, keep, gp, *, work=None, whole=None):
     mergekit's are: a slice-wise sum would add in another order."""
     if not gp["rescale"]:
         return keep
-    work = work or deltas.work
+    work = work or deltas.dtype
     magnitudes = (deltas.whole() if whole is None else whole).to(work).abs_()
     before = magnitudes.sum()
     scratch = torch.empty(min(deltas.chunk, deltas.n), dtype=work)
@@ -179,7 +207,7 @@ def _rescaled(deltas, keep, gp, *, work=None, whole=None):
     after = magnitudes.sum()
     if before < L1_EPS or after < L1_EPS:
         return keep
-    return Rescaled(keep, before / after, work)
+    return Rescaled(keep, (before / after).to(deltas.compute))  # the factor as mergekit's dtype holds it
 
 
 L1_EPS = 1e-7  # below this an L1 norm is not matched (mergekit's tolerance)
@@ -187,48 +215,52 @@ L1_EPS = 1e-7  # below this an L1 norm is not matched (mergekit's tolerance)
 
 # ---- the merge --------------------------------------------------------------------------------------------------
 
-def _merge(tensors, base, params, global_params, generator, *, sparsify, consensus, work, out_dtype=None):
-    """mergekit's generalized task arithmetic, operation by operation in `work`: the half precision a half-precision
-    config computes in (mergekit's bits), or float32/float64. Every step but the sparsifiers' choices is
-    elementwise or a sum over the models, so it runs over cache-sized slices of every input at once (the same
-    operations on the same values, so the same bits) with buffers allocated once; only the choices, made first,
-    see whole task vectors, recomputed a slice at a time. Peak: the inputs, the output and the slice buffers,
-    plus one task vector where the L1 rescale needs its sums and a bit per entry per model for random choices."""
+def _merge(tensors, base, params, global_params, generator, *, sparsify, consensus, half=None, out_dtype=None):
+    """mergekit's generalized task arithmetic, operation by operation, on float32 (float64) operands rounded to
+    `half` wherever mergekit holds a tensor in it: mergekit's bits for a half-precision config, at float32 speed.
+    Every step but the sparsifiers' choices is elementwise or a sum over the models, so it runs over cache-sized
+    slices of every input at once with buffers allocated once; only the choices, made first, see whole task
+    vectors, recomputed a slice at a time. Peak: the inputs, the output and the slice buffers, plus one task
+    vector where the L1 rescale needs its sums and a bit per entry per model for random choices."""
     n = len(tensors)
     if not n:
         return base if out_dtype is None else base.to(out_dtype)
     chunk = max(8, _common.CHUNK // 8 * 8)  # a multiple of 8: random choices are stored 8 to a byte
     size = base.numel()
-    deltas = [Deltas(x, base, work, chunk) for x in tensors]
+    compute = compute_dtype([base, *tensors])
+    rounding = Rounding(half, min(chunk, size), base.device)
+    deltas = [Deltas(x, base, compute, rounding, chunk) for x in tensors]
     keeps = [sparsify(d, p, global_params, generator) for d, p in zip(deltas, params)]
-    weights = torch.tensor([p["weight"] for p in params], dtype=work, device=base.device).reshape(n, 1)
-    work_bufs = _Buffers(n, min(chunk, size), work, base.device)
+    weights = torch.tensor([p["weight"] for p in params], dtype=half or compute).to(compute).reshape(n, 1)
+    work = _Buffers(n, min(chunk, size), compute, base.device)
     flat_base = base.reshape(-1)
-    out = torch.empty(size, dtype=out_dtype or base.dtype, device=base.device)
+    out = torch.empty(size, dtype=out_dtype or half or base.dtype, device=base.device)
     divisor = None
     if not consensus:
-        divisor = weights.sum(dim=0)
+        divisor = rounding(_sum_over_models(weights, torch.empty(1, dtype=compute), half))
         divisor[divisor.abs() < 1e-8] = 1
     for start in range(0, size, chunk):
         m = min(chunk, size - start)
         b = flat_base[start:start + m]
-        wide_b = b if b.dtype == work else work_bufs.base[:m].copy_(b)
-        D = work_bufs.D[:, :m]
+        wide_b = b if b.dtype == compute else work.base[:m].copy_(b)
+        D = work.D[:, :m]
         for i, (d, keep) in enumerate(zip(deltas, keeps)):
             d.part(start, out=D[i], base=wide_b)
             if keep is not None:
-                keep.apply_(D[i], start, work_bufs.scratch)
-        D.mul_(weights)
-        mixed = _combine(D, weights, consensus, divisor, work_bufs, m)
+                keep.apply_(D[i], start, work.scratch)
+                if isinstance(keep, Rescaled):
+                    rounding(D[i])
+        rounding(D.mul_(weights))
+        mixed = _combine(D, weights, consensus, work, m, rounding)
         if global_params["normalize"]:
-            mixed.div_(work_bufs.divisor[:m] if consensus else divisor)
+            rounding(mixed.div_(work.divisor[:m] if consensus else divisor))
         if global_params["lambda"] != 1:
-            mixed.mul_(global_params["lambda"])
+            rounding(mixed.mul_(global_params["lambda"]))
         part = out[start:start + m]
-        if part.dtype == work:
+        if part.dtype == compute:
             torch.add(wide_b, mixed, out=part)
         else:
-            part.copy_(mixed.add_(wide_b))  # rounded once, from the work dtype
+            part.copy_(mixed.add_(wide_b))  # rounded once, from float32: the half-precision sum's bits
     return out.view(base.shape)
 
 
@@ -242,19 +274,32 @@ class _Buffers:
         self.mixed, self.divisor, self.elected, self.base, self.scratch = (new(size) for _ in range(5))
 
 
-def _combine(D, weights, consensus, divisor, work, m):
+def _sum_over_models(x: torch.Tensor, out: torch.Tensor, half: torch.dtype | None) -> torch.Tensor:
+    """x.sum(dim=0) as mergekit's dtype computes it: a half-precision sum adds the models in order in float32
+    (rounded once, by the caller); a float32 sum is torch's own (which may pair the models otherwise)."""
+    if half is None:
+        return torch.sum(x, dim=0, out=out)
+    torch.add(x[0], x[1], out=out) if len(x) > 1 else out.copy_(x[0])
+    for row in x[2:]:
+        out.add_(row)
+    return out
+
+
+def _combine(D, weights, consensus, work, m, rounding):
     """Σ wᵢδᵢ over the models, under consensus only the entries whose sign is the elected one (the sign of the
-    sum, zero counting as +), with their Σ wᵢ into work.divisor (a zero sum counting as 1): mergekit's
-    get_mask and sums, each a torch operation on this slice of the same tensors."""
+    sum, zero counting as +), with their Σ wᵢ into work.divisor (a zero sum counting as 1): mergekit's get_mask
+    and sums, rounded where mergekit's are."""
+    half = rounding.half
     mixed = work.mixed[:m]
     if not consensus:
-        return torch.sum(D, dim=0, out=mixed)
+        return rounding(_sum_over_models(D, mixed, half))
     sign, product, elected = work.sign[:, :m], work.product[:, :m], work.elected[:m]
     torch.sign(D, out=sign)
-    torch.ge(torch.sum(D, dim=0, out=elected), 0, out=elected).mul_(2).sub_(1)
+    total = rounding(_sum_over_models(D, elected, half))  # a rounded sum keeps its sign, but -tiny may become -0
+    torch.ge(total, 0, out=elected).mul_(2).sub_(1)  # -0 >= 0: elected +
     agree = torch.eq(sign, elected, out=sign)  # 1.0 where the entry's sign is the elected one
-    torch.sum(torch.mul(D, agree, out=product), dim=0, out=mixed)
-    div = torch.sum(torch.mul(weights, agree, out=product), dim=0, out=work.divisor[:m])
+    rounding(_sum_over_models(torch.mul(D, agree, out=product), mixed, half))
+    div = rounding(_sum_over_models(torch.mul(weights, agree, out=product), work.divisor[:m], half))
     div.add_(torch.eq(div, 0, out=elected))  # a zero divisor counts as 1
     return mixed
 
@@ -263,11 +308,11 @@ def _family_member(name, *, sparsify, consensus, normalize, rescale, extra=None,
                    reference=""):
     def fn(tensors, base, params, global_params, generator=None, out_dtype=None):
         return _merge(tensors, base, params, global_params, generator, sparsify=sparsify, consensus=consensus,
-                      work=compute_dtype([base, *tensors]), out_dtype=out_dtype)
+                      out_dtype=out_dtype)
 
     def in_half_precision(tensors, base, params, global_params, generator=None):
         return _merge(tensors, base, params, global_params, generator, sparsify=sparsify, consensus=consensus,
-                      work=base.dtype)
+                      half=base.dtype)
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = f"{name}: task-vector merge (see mmmerge.methods.task_arithmetic)."
