@@ -23,6 +23,9 @@ class LazyTensor:
     shape: tuple[int, ...]
     dtype: torch.dtype
     load: Callable[[], torch.Tensor]
+    # writes the values into a given tensor of this shape and dtype (an output file's own pages) where computing
+    # in place saves a whole-tensor buffer; None: the writer copies `load()`'s result
+    fill: Callable[[torch.Tensor], None] | None = None
 
     def __repr__(self) -> str:  # the read handle says nothing to a person
         return f"LazyTensor(shape={tuple(self.shape)}, dtype={str(self.dtype).removeprefix('torch.')})"

@@ -47,10 +47,11 @@ def _all_finite(t: torch.Tensor) -> bool:
 
 
 def run_task(task: TensorTask, device: torch.device, rounded: bool = True, *,
-             sources: dict[int, str] | None = None) -> torch.Tensor:
+             sources: dict[int, str] | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """The output tensor of one task, on the CPU in the task's dtype (`rounded=False`: in the compute dtype,
     to tell apart the two causes of a non-finite output). `sources` names the inputs in errors
-    (finite.input_sources)."""
+    (finite.input_sources). `out`: where to write it (the output file's pages); a method that can computes
+    into it on the CPU, so no whole-tensor result is held."""
     def fetch(t: LazyTensor) -> torch.Tensor:
         x = t.load().to(device)
         if task.input_dtype is not None and x.is_floating_point() and not _exact_in(x.dtype, task.input_dtype):
@@ -59,7 +60,7 @@ def run_task(task: TensorTask, device: torch.device, rounded: bool = True, *,
 
     with torch.no_grad():
         if task.method is None:
-            out = fetch(task.tensors[0])
+            result = fetch(task.tensors[0])
         else:
             tensors = [fetch(t) for t in task.tensors]
             base = fetch(task.base) if task.base is not None else None
@@ -68,20 +69,23 @@ def run_task(task: TensorTask, device: torch.device, rounded: bool = True, *,
                 generator = task.stream.generator(device)
             elif task.seed is not None:
                 generator = torch.Generator(device=device).manual_seed(task.seed)
+            in_place = out is not None and rounded and device.type == "cpu" and task.extra_rows is None
             try:
-                out = merge_tensor(task.method, tensors, base, task.params, task.global_params, generator,
-                                   out_dtype=task.dtype if rounded and task.dtype.is_floating_point else None,
-                                   native_dtype=task.native_dtype, name=task.name)
+                result = merge_tensor(task.method, tensors, base, task.params, task.global_params, generator,
+                                      out_dtype=task.dtype if rounded and task.dtype.is_floating_point else None,
+                                      native_dtype=task.native_dtype, name=task.name, out=out if in_place else None)
             except NonFiniteError:  # a method that cannot work on NaN/inf inputs (TIES' top-k): name the input
                 raise _non_finite(task, device, sources) from None
             del tensors, base
             if task.extra_rows is not None:
-                out = torch.cat([out, fetch(task.extra_rows).to(out.dtype)])
-        if rounded and out.is_floating_point():
-            out = out.to(task.dtype)
-            if not _all_finite(out):
+                result = torch.cat([result, fetch(task.extra_rows).to(result.dtype)])
+        if rounded and result.is_floating_point():
+            result = result.to(task.dtype)
+            if not _all_finite(result):
                 raise _non_finite(task, device, sources)
-        return out.to("cpu")
+        if out is None:
+            return result.to("cpu")
+        return result if result is out else out.copy_(result)
 
 
 def _non_finite(task: TensorTask, device: torch.device, sources: dict[int, str] | None = None) -> MMMergeError:
@@ -113,7 +117,8 @@ def check_output(plan: Plan, out: Path, force: bool, *, data=()) -> None:
 def output_tensors(plan: Plan, dev: torch.device) -> dict[str, LazyTensor]:
     """The output's tensors, each merged when it is loaded (shapes and dtypes known up front)."""
     sources = input_sources(plan)
-    return {t.name: LazyTensor(t.shape, t.dtype, lambda t=t: run_task(t, dev, sources=sources)) for t in plan.tasks}
+    return {t.name: LazyTensor(t.shape, t.dtype, lambda t=t: run_task(t, dev, sources=sources),
+                               fill=lambda out, t=t: run_task(t, dev, sources=sources, out=out)) for t in plan.tasks}
 
 
 def write_other_files(plan: Plan, tmp: Path, out: Path) -> None:

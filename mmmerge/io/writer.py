@@ -1,14 +1,17 @@
 """Streaming sharded safetensors writer.
 
-Every header is computed from shapes and dtypes before any data is read, so each shard is written in
-one pass holding a single tensor in memory at a time. Output goes through `atomic_output_dir`.
+Every header is computed from shapes and dtypes before any data is read, so each shard's space is reserved and
+each tensor computed straight into its place in the file. Output goes through `atomic_output_dir`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import mmap
+import os
 import struct
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -50,35 +53,64 @@ def _header(names: list[str], tensors: Mapping[str, LazyTensor], metadata: dict 
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _tensor_bytes(name: str, t: LazyTensor, value: torch.Tensor) -> memoryview:
+def _checked(name: str, t: LazyTensor, value: torch.Tensor) -> torch.Tensor:
     if tuple(value.shape) != t.shape:
         raise ShapeMismatchError(f"tensor {name}: produced shape {tuple(value.shape)}, planned {t.shape}")
-    value = value.detach().to(device="cpu", dtype=t.dtype).contiguous()
-    return memoryview(value.reshape(-1).view(torch.uint8).numpy())
+    return value.detach()
 
 
 def write_shard(path: Path, names: list[str], tensors: Mapping[str, LazyTensor], metadata: dict | None = None,
                 on_tensor: Callable[[str, int], None] | None = None) -> None:
-    """Write one safetensors file. Each tensor is written by a second thread while the next one is computed:
-    writing is the kernel's work and can stall on the disk, so it need not hold up the computation. One
-    write is in flight at a time, in order, which costs one tensor of memory."""
-    with open(path, "wb") as f, ThreadPoolExecutor(1) as writer:
-        f.write(_header(names, tensors, metadata))
-        in_flight = None
+    """Write one safetensors file. Its space is reserved first (a full disk fails here, before any tensor is
+    computed), then each tensor is computed straight into the file's own pages, mapped one tensor at a time:
+    the output never sits in the process's anonymous memory, and the kernel writes the pages back while the next
+    tensor is computed. Where the file system cannot reserve space, each tensor is written as computed."""
+    header = _header(names, tensors, metadata)
+    total = len(header) + sum(tensors[n].nbytes for n in names)
+    with open(path, "w+b") as f:
+        f.write(header)
+        f.flush()
+        mapped = _reserve(f, total)
+        offset = len(header)
         for name in names:
             t = tensors[name]
-            data = _tensor_bytes(name, t, t.load())
-            if in_flight is not None:
-                _finish(*in_flight, on_tensor)
-            in_flight = (writer.submit(f.write, data), name, t.nbytes)
-        if in_flight is not None:
-            _finish(*in_flight, on_tensor)
+            if mapped and t.nbytes:
+                with _mapping(f, offset, t) as view:
+                    if t.fill is not None:
+                        t.fill(view)
+                    else:
+                        view.copy_(_checked(name, t, t.load()))
+            else:
+                value = _checked(name, t, t.load()).to(device="cpu", dtype=t.dtype).contiguous()
+                f.write(memoryview(value.reshape(-1).view(torch.uint8).numpy()))
+            offset += t.nbytes
+            if on_tensor:
+                on_tensor(name, t.nbytes)
 
 
-def _finish(write: Future, name: str, nbytes: int, on_tensor: Callable[[str, int], None] | None) -> None:
-    write.result()  # raises the write's error, if any, here
-    if on_tensor:
-        on_tensor(name, nbytes)
+def _reserve(f, size: int) -> bool:
+    """Allocate the file's blocks up front (ENOSPC now, not a SIGBUS when a mapped page is written)."""
+    try:
+        os.posix_fallocate(f.fileno(), 0, size)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return False
+        raise
+    return True
+
+
+@contextlib.contextmanager
+def _mapping(f, offset: int, t: LazyTensor):
+    """The tensor's bytes in the file as a writable tensor of its dtype and shape, unmapped on leaving (its pages
+    then belong to the page cache alone)."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    region = mmap.mmap(f.fileno(), offset + t.nbytes - start, access=mmap.ACCESS_WRITE, offset=start)
+    view = torch.frombuffer(region, dtype=torch.uint8, count=t.nbytes, offset=offset - start)
+    try:
+        yield view.view(t.dtype).view(t.shape)
+    finally:
+        del view
+        region.close()
 
 
 def shard_layout(tensors: Mapping[str, LazyTensor], max_shard_bytes: int,

@@ -268,9 +268,13 @@ def merge_tensor(
     out_dtype: torch.dtype | None = None,
     native_dtype: torch.dtype | None = None,
     name: str | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Merge one output tensor: validate, compute in float32 (float64 if an input is), return that dtype
     (or ``out_dtype``: the same values, rounded once). ``name``: the tensor's name, for ``takes_name`` methods.
+
+    ``out``: a tensor of the result's shape and dtype that a `widens_inputs` method writes the result into (an
+    output file's own pages), returned; other methods' result is copied into it.
 
     ``params=None`` means no per-model parameters given. Non-floating tensors (integer buffers) are
     copied when all inputs agree, as mergekit does, and rejected otherwise.
@@ -292,11 +296,12 @@ def merge_tensor(
         if all(t.dtype == first.dtype and torch.equal(t, first) for t in everything[1:]):
             return first.clone()
         raise RecipeError(f"{spec.name}: a non-floating tensor differs between inputs and cannot be merged")
+    in_place = {"out": out} if out is not None and spec.widens_inputs else {}
     if native_dtype is not None and spec.native is not None:  # mergekit's half-precision arithmetic
         with torch.no_grad(), _naming_non_finite(spec.name, everything, has_base=base is not None):
-            out = spec.native([t.to(native_dtype) for t in tensors], base.to(native_dtype) if base is not None
-                              else None, params, global_params, generator)
-        return out if out_dtype is None else out.to(out_dtype)
+            result = spec.native([t.to(native_dtype) for t in tensors], base.to(native_dtype) if base is not None
+                                 else None, params, global_params, generator, **in_place)
+        return _into(out, result if out_dtype is None else result.to(out_dtype))
     dtype = compute_dtype(everything)
     if spec.widens_inputs:
         tensors = list(tensors)
@@ -309,12 +314,19 @@ def merge_tensor(
             raise bad
     with torch.no_grad(), _naming_non_finite(spec.name, everything, has_base=base is not None):
         if spec.widens_inputs:
-            out = spec.fn(tensors, base, params, global_params, generator, out_dtype=out_dtype or dtype)
+            result = spec.fn(tensors, base, params, global_params, generator, out_dtype=out_dtype or dtype, **in_place)
         elif spec.takes_name:
-            out = spec.fn(tensors, base, params, global_params, generator, name=name)
+            result = spec.fn(tensors, base, params, global_params, generator, name=name)
         else:
-            out = spec.fn(tensors, base, params, global_params, generator)
-    return out if out_dtype is None else out.to(out_dtype)
+            result = spec.fn(tensors, base, params, global_params, generator)
+    return _into(out, result if out_dtype is None else result.to(out_dtype))
+
+
+def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
+    """`result`, in `out` when one is given (a method that wrote it in place returned it)."""
+    if out is None or result is out:
+        return result
+    return out.copy_(result)
 
 
 @contextlib.contextmanager

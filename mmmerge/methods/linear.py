@@ -29,14 +29,15 @@ def _check(params: list[dict], global_params: dict) -> None:
     reference="https://arxiv.org/abs/2203.05482",
     widens_inputs=True,
 )
-def linear(tensors, base, params, global_params, generator=None, out_dtype=None) -> torch.Tensor:
+def linear(tensors, base, params, global_params, generator=None, out_dtype=None, out=None) -> torch.Tensor:
     """Slice by slice: each input is widened a cache-sized slice at a time and each finished slice is written
     in `out_dtype`, so no full-size float32 copy of an input or of the result is made (converting whole bf16
     inputs took a third of a merge's time)."""
     dtype = compute_dtype(tensors)
     flat = [t.reshape(-1) for t in tensors]
     weights = [p["weight"] for p in params]
-    out = torch.empty(flat[0].numel(), dtype=out_dtype or dtype, device=flat[0].device)
+    result = out
+    out = torch.empty(flat[0].numel(), dtype=out_dtype or dtype, device=flat[0].device) if out is None else out.view(-1)
     chunk = _common.CHUNK
     buffer, total = (torch.empty(min(chunk, out.numel()), dtype=dtype, device=out.device) for _ in range(2))
     for start in range(0, out.numel(), chunk):
@@ -52,4 +53,4 @@ def linear(tensors, base, params, global_params, generator=None, out_dtype=None)
             acc.div_(sum(weights))
         if acc is not part:
             part.copy_(acc)
-    return out.view(tensors[0].shape)
+    return out.view(tensors[0].shape) if result is None else result

@@ -215,7 +215,8 @@ L1_EPS = 1e-7  # below this an L1 norm is not matched (mergekit's tolerance)
 
 # ---- the merge --------------------------------------------------------------------------------------------------
 
-def _merge(tensors, base, params, global_params, generator, *, sparsify, consensus, half=None, out_dtype=None):
+def _merge(tensors, base, params, global_params, generator, *, sparsify, consensus, half=None, out_dtype=None,
+           out=None):
     """mergekit's generalized task arithmetic, operation by operation, on float32 (float64) operands rounded to
     `half` wherever mergekit holds a tensor in it: mergekit's bits for a half-precision config, at float32 speed.
     Every step but the sparsifiers' choices is elementwise or a sum over the models, so it runs over cache-sized
@@ -224,7 +225,7 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
     vector where the L1 rescale needs its sums and a bit per entry per model for random choices."""
     n = len(tensors)
     if not n:
-        return base if out_dtype is None else base.to(out_dtype)
+        return base if out_dtype is None else base.to(out_dtype)  # merge_tensor copies it into `out`
     chunk = max(8, _common.CHUNK // 8 * 8)  # a multiple of 8: random choices are stored 8 to a byte
     size = base.numel()
     compute = compute_dtype([base, *tensors])
@@ -234,7 +235,8 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
     weights = torch.tensor([p["weight"] for p in params], dtype=half or compute).to(compute).reshape(n, 1)
     work = _Buffers(n, min(chunk, size), compute, base.device)
     flat_base = base.reshape(-1)
-    out = torch.empty(size, dtype=out_dtype or half or base.dtype, device=base.device)
+    result = out
+    out = torch.empty(size, dtype=out_dtype or half or base.dtype, device=base.device) if out is None else out.view(-1)
     divisor = None
     if not consensus:
         divisor = rounding(_sum_over_models(weights, torch.empty(1, dtype=compute), half))
@@ -257,11 +259,14 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
         if global_params["lambda"] != 1:
             rounding(mixed.mul_(global_params["lambda"]))
         part = out[start:start + m]
-        if part.dtype == compute:
+        if part.dtype == compute and half is None:
             torch.add(wide_b, mixed, out=part)
         else:
-            part.copy_(mixed.add_(wide_b))  # rounded once, from float32: the half-precision sum's bits
-    return out.view(base.shape)
+            total = mixed.add_(wide_b)
+            if half is not None and part.dtype != half:
+                rounding(total)  # mergekit's half-precision result, then written in another dtype
+            part.copy_(total)  # rounded once, from float32: the half-precision sum's bits
+    return out.view(base.shape) if result is None else result
 
 
 class _Buffers:
@@ -306,13 +311,13 @@ def _combine(D, weights, consensus, work, m, rounding):
 
 def _family_member(name, *, sparsify, consensus, normalize, rescale, extra=None, extra_global=None, check=None,
                    reference=""):
-    def fn(tensors, base, params, global_params, generator=None, out_dtype=None):
+    def fn(tensors, base, params, global_params, generator=None, out_dtype=None, out=None):
         return _merge(tensors, base, params, global_params, generator, sparsify=sparsify, consensus=consensus,
-                      out_dtype=out_dtype)
+                      out_dtype=out_dtype, out=out)
 
-    def in_half_precision(tensors, base, params, global_params, generator=None):
+    def in_half_precision(tensors, base, params, global_params, generator=None, out=None):
         return _merge(tensors, base, params, global_params, generator, sparsify=sparsify, consensus=consensus,
-                      half=base.dtype)
+                      half=base.dtype, out=out)
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = f"{name}: task-vector merge (see mmmerge.methods.task_arithmetic)."
