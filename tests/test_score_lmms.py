@@ -273,5 +273,7 @@ def test_refusals(tmp_path):
     path.write_text(json.dumps({"doc_id": 0, "doc": {"answer": "yes"}}) + "\n")
     one_line_error(run("score", "--task", "pope", path), "line 1", "filtered_resps")
     one_line_error(run("score", "--task", "pope", tmp_path / "missing.jsonl"), "missing.jsonl")
+    path.write_bytes(b"\xff\xfe{}")
+    one_line_error(run("score", "--task", "pope", path), str(path), "not UTF-8")
     with pytest.raises(mmmerge.eval.EvalDataError, match="not one mmmerge scores"):
         mmmerge.score("mmbench_cn_dev", path)

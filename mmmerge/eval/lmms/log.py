@@ -72,5 +72,10 @@ def read_log(path) -> list[Entry]:
     """The entries of a sample log file, in doc_id order."""
     path = Path(path)
     if not path.is_file():
-        raise EvalDataError(f"{path}: no such sample log file")
-    return entries_from_rows([(f"{path}: line {n}", row) for n, row in read_jsonl(path, error=EvalDataError)])
+        raise EvalDataError(f"{path}: {'a folder, not' if path.is_dir() else 'no such'} sample log file")
+    try:
+        rows = read_jsonl(path, error=EvalDataError)
+    except UnicodeDecodeError as e:
+        raise EvalDataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}): not an lmms-eval sample "
+                            f"log") from None
+    return entries_from_rows([(f"{path}: line {n}", row) for n, row in rows])
