@@ -224,9 +224,13 @@ FIVE = ["cat", "dog", "red", "sun", "sky"]
 DRAWS = (lambda r: [r.choice("ABCDE") for _ in range(3)])(random.Random(0))
 
 
+def mc(i, subject, options, gold):
+    """A multiple-choice MMMU row: `options` is a Python literal string in lmms-lab's dataset."""
+    return {"id": f"validation_{subject}_{i}", "question_type": "multiple-choice", "question": "q",
+            "options": str(options), "answer": gold}
+
+
 def mmmu_docs():
-    mc = lambda i, subject, options, gold: {"id": f"validation_{subject}_{i}", "question_type": "multiple-choice",  # noqa: E731
-                                            "question": "q", "options": str(options), "answer": gold}
     return [
         (mc(1, "Art", ["cat", "dog", "red"], "B"), "(B) dog"),                        # bracketed letter
         (mc(2, "Art", FIVE, DRAWS[0]), ""),                                            # unreadable: 1st draw
@@ -255,8 +259,8 @@ def test_api_equals_the_command(tmp_path):
 
 
 def test_table_output(tmp_path):
-    r = run("score", "--task", "seedbench", write_log(tmp_path / "s.jsonl", [({"question_id": "1", "data_type": "image",
-                                                                               "answer": "A"}, "A")]))
+    doc = {"question_id": "1", "data_type": "image", "answer": "A"}
+    r = run("score", "--task", "seedbench", write_log(tmp_path / "s.jsonl", [(doc, "A")]))
     assert r.returncode == 0 and "seedbench: 1 documents" in r.stdout and "seed_image" in r.stdout
     assert "<- headline" in r.stdout.splitlines()[1]
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..tasks import EvalDataError
-from .log import Entry, entries_from_rows, read_log
+from .log import entries_from_rows, read_log
 from .table import LMMS_TASKS
 
 
@@ -46,5 +46,3 @@ def score(task: str, samples) -> Scores:
     metrics = spec.scorer(entries, notes)
     return Scores(task, metrics.get(spec.headline), spec.headline, spec.unit, metrics, len(entries), notes)
 
-
-__all__ = ["score", "Scores", "Entry"]
