@@ -17,6 +17,7 @@ Nothing is downloaded: every model is built from a config with random weights, e
     world/captions.jsonl   image-caption pairs (images in world/train/) for `stitch --align-data`
     world/questions.json, world/annotations.json, world/val/   a small VQA set in the official VQAv2 files
     world/qa.jsonl         image questions with answers (images in world/train/), calibration data for `calibrate`
+    lmms/mme_samples.jsonl an lmms-eval 0.3 `--log_samples` file of MME (answers written here), for `score`
 """
 
 import json
@@ -142,6 +143,20 @@ def make_world(out: Path) -> None:
     build_world(out, seed=0, **WORLD)
 
 
+def make_lmms_log(out: Path) -> None:
+    """A few MME questions (each image asked twice: a yes and a no question) as lmms-eval 0.3 logs them."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for category, answers in (("existence", ["Yes", "No", "Yes.", "yes"]), ("color", ["No", "No"]),
+                              ("code_reasoning", ["Yes, it prints 3.", "Not"])):
+        for i, answer in enumerate(answers):
+            doc = {"question_id": f"{category}/{i // 2}.png", "question": "Is there a dog in the image?",
+                   "answer": "Yes" if i % 2 == 0 else "No", "category": category}
+            rows.append({"doc_id": len(rows), "doc": doc, "target": doc["answer"], "resps": [[answer]],
+                         "filtered_resps": [answer]})
+    (out / "mme_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def main(root: str = "tiny") -> Path:
     torch.manual_seed(0)
     root = Path(root)
@@ -151,7 +166,7 @@ def main(root: str = "tiny") -> Path:
              *[(f"families/{t}", lambda p, t=t: build_tiny_vlm(t, p)) for t in BUILDERS],
              *[(k, lambda p, k=k: make_hf_vision(k, p)) for k in ("clip", "siglip", "dinov2", "vit")],
              ("open_clip", make_open_clip), ("timm_siglip", make_timm), ("timm_vit", make_timm_vit),
-             ("llama", lambda p: build_language(p, seed=0)), ("world", make_world)]
+             ("llama", lambda p: build_language(p, seed=0)), ("world", make_world), ("lmms", make_lmms_log)]
     with transformers_quiet():
         for name, make in steps:
             make(root / name)

@@ -12,6 +12,7 @@ from pathlib import Path
 from . import __version__
 from .errors import MMMergeError
 from .io.writer import DEFAULT_SHARD_BYTES
+from .eval.lmms.table import LMMS_TASKS
 from .eval.tasks import TASKS
 from .lora.combine import ALL_METHODS
 from .projectors.fit import METHODS as LINEAR_FITS
@@ -127,6 +128,15 @@ def cmd_eval_compare(args) -> None:
                   resamples=args.resamples, seed=args.seed))
     if args.out is not None:
         print(f"\nchart: {args.out}")
+
+
+def cmd_score(args) -> None:
+    from .eval.lmms import score
+
+    result = score(args.task, args.samples)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(json.dumps(result.summary()) if args.json else result.table())
 
 
 def cmd_generate(args) -> None:
@@ -301,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     s.add_argument("--out", type=Path, default=None, help="bar chart PNG to write")
     s.set_defaults(func=cmd_eval_compare)
+
+    s = sub.add_parser("score", help="rescore an lmms-eval sample log (--log_samples, lmms-eval 0.3) without a model, "
+                                     "as lmms-eval's task code scores it")
+    s.add_argument("samples", type=Path, help="the task's *_samples_*.jsonl: doc_id, doc, target, resps, filtered_resps")
+    s.add_argument("--task", required=True, choices=list(LMMS_TASKS), help="the lmms-eval task name")
+    s.add_argument("--json", action="store_true", help='one object: {"task", "headline", "metrics"}')
+    s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("generate", help="ask a model one question about one image (its own processor and chat template)")
     s.add_argument("model", type=Path, help="an image-text-to-text checkpoint folder (any family `eval` runs)")
