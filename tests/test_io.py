@@ -195,3 +195,32 @@ def test_a_file_truncated_after_opening_names_the_file(tmp_path):
     (tmp_path / "t.safetensors").write_bytes(raw[:-10])
     with pytest.raises(UnreadableFileError, match=r"t.safetensors: truncated"):
         lazy["b"].load()
+
+
+def test_tensors_computed_into_the_files_mapped_pages_are_the_bytes_written_through_the_page_cache(tmp_path,
+                                                                                                    monkeypatch):
+    """Large output tensors are computed in place, in the output file's mapped pages (LazyTensor.fill), or copied
+    there from load(); the files are byte for byte what the write path gives, shards and index included."""
+    from mmmerge.io import writer
+
+    g = torch.Generator().manual_seed(0)
+    values = {f"t{i}": torch.randn(3 + i, 5, generator=g).to(torch.bfloat16) for i in range(6)}
+    filled = {}
+
+    def lazy(name, v, *, fills):
+        def fill(out):
+            filled[name] = True
+            out.copy_(v)
+        return LazyTensor(tuple(v.shape), v.dtype, lambda: v, fill=fill if fills else None)
+
+    tensors = {n: lazy(n, v, fills=i % 2 == 0) for i, (n, v) in enumerate(values.items())}
+    (tmp_path / "page-cache").mkdir()
+    (tmp_path / "mapped").mkdir()
+    written = write_safetensors(tmp_path / "page-cache", tensors, max_shard_bytes=100)
+    assert not filled
+    monkeypatch.setattr(writer, "MAPPED_FROM", 0)
+    assert write_safetensors(tmp_path / "mapped", tensors, max_shard_bytes=100) == written
+    assert sorted(filled) == ["t0", "t2", "t4"]
+    for name in written:
+        assert (tmp_path / "mapped" / name).read_bytes() == (tmp_path / "page-cache" / name).read_bytes(), name
+    assert len(written) > 2  # shards, and their index

@@ -138,14 +138,16 @@ class Rescaled:
 
 
 def select_top(part: Part, n: int, chunk: int, k: int, *, ties_low: bool, like: torch.Tensor,
-               exact_bins: bool = False) -> TopKeep:
+               exact_bins: bool = False, keys: Part | None = None) -> TopKeep:
     """The k (0 < k < n) entries of largest magnitude, without a sort: a histogram of `magnitude_keys` over every
     slice finds the bin of the k-th largest; unless each bin is one value (half precision, or float32 holding
     bf16 values: `exact_bins`) that bin's entries are ranked exactly; a last scan finds where the kept ties at
-    the cut end, in index order from the low end (`ties_low`) or the high end."""
+    the cut end, in index order from the low end (`ties_low`) or the high end. `keys`: start -> the slice's
+    `magnitude_keys`, where the caller has a cheaper way to them than from `part`."""
+    keys = keys or (lambda start: magnitude_keys(part(start)))
     counts = torch.zeros(BINS, dtype=torch.int64)
     for start in range(0, n, chunk):
-        counts += torch.bincount(magnitude_keys(part(start)), minlength=BINS)
+        counts += torch.bincount(keys(start), minlength=BINS)
     if int(counts[_INF_KEY[like.dtype]:].sum()):
         raise ValueError("inf or NaN in a task vector")  # merge_tensor names the input that holds it
     at_or_above = counts.flip(0).cumsum(0).flip(0)
@@ -166,7 +168,7 @@ def select_top(part: Part, n: int, chunk: int, k: int, *, ties_low: bool, like: 
             return d.abs() == cut
     starts = range(0, n, chunk) if ties_low else reversed(range(0, n, chunk))
     for start in starts:
-        at = equal(part(start)).nonzero().squeeze(1)
+        at = (keys(start) == b if exact_bins else equal(part(start))).nonzero().squeeze(1)
         if need <= at.numel():
             split = start + int(at[need - 1]) + 1 if ties_low else start + int(at[at.numel() - need])
             return TopKeep(cut, split, ties_low=ties_low)

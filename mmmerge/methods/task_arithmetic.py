@@ -26,7 +26,7 @@ import torch
 from . import _common
 from ._common import DENSITY, INT8_MASK, WEIGHT, check_della_epsilon
 from ._registry import MethodSpec, Param, compute_dtype, register
-from ._selection import TIE_BREAKS, BandKeep, MaskKeep, Rescaled, TopKeep, select_top
+from ._selection import TIE_BREAKS, BandKeep, MaskKeep, Rescaled, TopKeep, magnitude_keys, select_top
 
 
 class Rounding:
@@ -64,6 +64,17 @@ class Deltas:
     def part(self, start: int, out: torch.Tensor | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
         """Entries start .. start + chunk, into `out` (default: this object's buffer, valid until the next call);
         `base`: that slice of the base already widened, when the caller has it."""
+        return self.round(self._difference(start, out, base))
+
+    def keys(self, start: int) -> torch.Tensor:
+        """`magnitude_keys` of the entries start .., for the selection's histogram: for bf16, read straight from
+        the rounding's bf16 copy (one histogram bin per value, half the bytes)."""
+        if self.round.half != torch.bfloat16:
+            return magnitude_keys(self.part(start))
+        wide = self._difference(start, None, None)
+        return self.round.buffer[:wide.numel()].copy_(wide).view(torch.int16) & 0x7FFF
+
+    def _difference(self, start: int, out: torch.Tensor | None, base: torch.Tensor | None) -> torch.Tensor:
         part = slice(start, start + self.chunk)
         x = self.x[part]
         out = (self.buffer if out is None else out)[:x.numel()]
@@ -72,10 +83,8 @@ class Deltas:
             if base.dtype != self.compute:
                 base = self.wide_base[:x.numel()].copy_(base)
         if x.dtype == self.compute:
-            torch.sub(x, base, out=out)
-        else:
-            out.copy_(x).sub_(base)  # widened exactly by a copy: a mixed-dtype subtraction is 2x slower
-        return self.round(out)
+            return torch.sub(x, base, out=out)
+        return out.copy_(x).sub_(base)  # widened exactly by a copy: a mixed-dtype subtraction is 2x slower
 
     def whole(self) -> torch.Tensor:
         out = torch.empty(self.n, dtype=self.dtype, device=self.base.device)
@@ -189,7 +198,7 @@ def _top(deltas, k: int, *, ties_low: bool) -> TopKeep:
         return TopKeep.everything(deltas.buffer)
     # float32 values rounded to bf16 are bf16's bit patterns with 16 zero bits: one histogram bin per value
     return select_top(deltas.part, deltas.n, deltas.chunk, k, ties_low=ties_low, like=deltas.buffer,
-                      exact_bins=deltas.dtype == torch.bfloat16)
+                      exact_bins=deltas.dtype == torch.bfloat16, keys=deltas.keys)
 
 
 def _rescaled(deltas, keep, gp, *, work=None, whole=None):
@@ -303,8 +312,17 @@ def _combine(D, weights, consensus, work, m, rounding):
     total = rounding(_sum_over_models(D, elected, half))  # a rounded sum keeps its sign, but -tiny may become -0
     torch.ge(total, 0, out=elected).mul_(2).sub_(1)  # -0 >= 0: elected +
     agree = torch.eq(sign, elected, out=sign)  # 1.0 where the entry's sign is the elected one
-    rounding(_sum_over_models(torch.mul(D, agree, out=product), mixed, half))
-    div = rounding(_sum_over_models(torch.mul(weights, agree, out=product), work.divisor[:m], half))
+    if half is None:  # torch's float32 sum over the models, as mergekit's
+        rounding(_sum_over_models(torch.mul(D, agree, out=product), mixed, half))
+        div = _sum_over_models(torch.mul(weights, agree, out=product), work.divisor[:m], half)
+    else:  # in order in float32; each product is exact (a 0/1 factor), so a fused multiply-add rounds as a sum does
+        torch.mul(D[0], agree[0], out=mixed)
+        div = torch.mul(agree[0], float(weights[0]), out=work.divisor[:m])
+        for i in range(1, len(D)):
+            mixed.addcmul_(D[i], agree[i])
+            div.add_(agree[i], alpha=float(weights[i]))
+        rounding(mixed)
+        rounding(div)
     div.add_(torch.eq(div, 0, out=elected))  # a zero divisor counts as 1
     return mixed
 
