@@ -49,9 +49,6 @@ class Rounding:
         return t
 
 
-KEPT_BF16 = 1 << 25  # entries (64 MiB in bf16 per model): larger task vectors are recomputed per scan
-
-
 class Deltas:
     """Model i's task vector θᵢ − base, flat, as mergekit computes it: in `compute` (float32/64) operands, rounded
     to mergekit's half dtype if it holds one (`rounding`). A slice at a time (recomputed when asked again, never
@@ -63,34 +60,19 @@ class Deltas:
         self.shape, self.n = base.shape, base.numel()
         self.buffer = torch.empty(min(chunk, self.n), dtype=compute, device=base.device)
         self.wide_base = None if self.base.dtype == compute else torch.empty_like(self.buffer)
-        # a bf16 task vector up to KEPT_BF16 entries is kept once computed (the selection's scans and the merge
-        # read it instead of computing it again); a larger one is recomputed, so memory stays bounded
-        self.kept = None
-        if rounding.half == torch.bfloat16 and self.n <= KEPT_BF16:
-            self.kept, self.kept_upto = torch.empty(self.n, dtype=torch.bfloat16, device=base.device), 0
 
     def part(self, start: int, out: torch.Tensor | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
         """Entries start .. start + chunk, into `out` (default: this object's buffer, valid until the next call);
         `base`: that slice of the base already widened, when the caller has it."""
-        if self.kept is not None and start + min(self.chunk, self.n - start) <= self.kept_upto:
-            kept = self.kept[start:start + self.chunk]
-            return (self.buffer if out is None else out)[:kept.numel()].copy_(kept)  # exact: bf16 into float32
         return self.round(self._difference(start, out, base))
 
     def keys(self, start: int) -> torch.Tensor:
         """`magnitude_keys` of the entries start .., for the selection's histogram: for bf16, read straight from
-        the rounded bf16 values (one histogram bin per value, half the bytes), kept for later where they fit."""
+        the rounding's bf16 copy (one histogram bin per value, half the bytes)."""
         if self.round.half != torch.bfloat16:
             return magnitude_keys(self.part(start))
-        m = min(self.chunk, self.n - start)
-        if self.kept is not None and start + m <= self.kept_upto:
-            half = self.kept[start:start + m]
-        else:
-            wide = self._difference(start, None, None)
-            half = (self.kept[start:start + m] if self.kept is not None else self.round.buffer[:m]).copy_(wide)
-            if self.kept is not None and start == self.kept_upto:
-                self.kept_upto = start + m
-        return half.view(torch.int16) & 0x7FFF
+        wide = self._difference(start, None, None)
+        return self.round.buffer[:wide.numel()].copy_(wide).view(torch.int16) & 0x7FFF
 
     def _difference(self, start: int, out: torch.Tensor | None, base: torch.Tensor | None) -> torch.Tensor:
         part = slice(start, start + self.chunk)
