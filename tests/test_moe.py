@@ -129,10 +129,10 @@ def test_output_equals_mergekit_moe(models, tmp_path, family, mode, keys, class_
     assert torch.equal(down, expert["model.layers.1.mlp.down_proj.weight"].to(dtype))
 
 
-@pytest.mark.parametrize("family,keys", [("llama", {}), ("llama", {"shared_experts": "base+prompts"}),
-                                         ("qwen3", {})])
-def test_noise_and_residual_scale_equal_mergekit_moe(models, tmp_path, family, keys):
-    config = case_config(models[family], "random", keys)
+@pytest.mark.parametrize("family,mode,keys", [("llama", "random", {}), ("llama", "hidden", {"shared_experts": "base+prompts"}),
+                                              ("qwen3", "hidden", {})])
+def test_noise_and_residual_scale_equal_mergekit_moe(models, tmp_path, family, mode, keys):
+    config = case_config(models[family], mode, keys)
     config["experts"][0]["noise_scale"] = 0.01
     config["experts"][1].update(noise_scale=0.02, residual_scale=0.5)
     if "shared_experts" in config:
@@ -219,3 +219,26 @@ def test_the_flag_allows_experts_that_are_all_the_same(models, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "model.safetensors").is_file()
     shutil.rmtree(tmp_path / "out")
+
+
+def test_moe_outputs_read_and_merge_tensor_by_tensor(models, tmp_path):
+    """The fused layout (as transformers 5 saves Mixtral) is read by mmmerge and merged tensor by tensor: each
+    tensor of a linear merge of two MoE outputs is mergekit's linear kernel on the two."""
+    from mergekit_oracle import TOL, W, mergekit_result
+    from mmmerge import describe, merge
+
+    for seed in (1, 2):
+        moe(case_config(models["llama"], "random", {}), tmp_path / f"moe{seed}", random_seed=seed, quiet=True)
+    assert "MixtralForCausalLM" in describe(tmp_path / "moe1")
+    recipe = {"merge_method": "linear", "dtype": "float32",
+              "models": [{"model": str(tmp_path / "moe1"), "parameters": {"weight": 0.3}},
+                         {"model": str(tmp_path / "moe2"), "parameters": {"weight": 0.7}}]}
+    merge(recipe, tmp_path / "merged", quiet=True)
+    a, b = (load_file(tmp_path / f"moe{seed}" / "model.safetensors") for seed in (1, 2))
+    out = load_file(tmp_path / "merged" / "model.safetensors")
+    assert set(out) == set(a)
+    for name in out:
+        expected = mergekit_result("linear", [a[name].float(), b[name].float()], None, W(0.3, 0.7), {})
+        assert (out[name].float() - expected).abs().max() <= TOL, name
+    assert not torch.equal(a["model.layers.0.mlp.gate.weight"], b["model.layers.0.mlp.gate.weight"])
+    assert_loads_and_runs(tmp_path / "merged", "MixtralForCausalLM")
