@@ -242,3 +242,18 @@ def test_moe_outputs_read_and_merge_tensor_by_tensor(models, tmp_path):
         assert (out[name].float() - expected).abs().max() <= TOL, name
     assert not torch.equal(a["model.layers.0.mlp.gate.weight"], b["model.layers.0.mlp.gate.weight"])
     assert_loads_and_runs(tmp_path / "merged", "MixtralForCausalLM")
+
+
+def test_keys_mergekit_moe_ignores_are_ignored_with_a_warning(models, tmp_path):
+    from mmmerge.errors import MMMergeWarning, RecipeError
+
+    config = {**case_config(models["llama"], "random", {}), "name": "my-moe"}
+    with pytest.warns(MMMergeWarning, match=r"name: unknown key, ignored \(mergekit-moe ignores it too\)"):
+        moe(config, tmp_path / "out", quiet=True)
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    config = case_config(models["llama"], "hidden", {})
+    config["experts"][0]["positive_prompt"] = config["experts"][0].pop("positive_prompts")
+    with pytest.warns(MMMergeWarning, match=r"experts\[0\]\.positive_prompt: .*did you mean `positive_prompts`"), \
+            pytest.raises(RecipeError, match=r"experts\[0\]\.positive_prompts"):
+        moe(config, tmp_path / "typo", quiet=True)
+    assert not (tmp_path / "typo").exists()

@@ -16,10 +16,11 @@ import torch
 
 from ..checkpoint import LazyTensor
 from ..device import resolve_device
+from ..engine.execute import progress_bar
 from ..engine.opener import Opener
 from ..engine.recipe import DTYPES, dtype_of
 from ..errors import RecipeError, ShapeMismatchError, UnreadableFileError
-from ..io import atomic_output_dir, claim_output, read_json, write_safetensors
+from ..io import atomic_output_dir, claim_output, read_json, read_tensors, write_safetensors
 from ..io.folder import copy_side_files
 from ..io.writer import DEFAULT_SHARD_BYTES
 from ..validate import byte_size
@@ -50,8 +51,6 @@ def open_models(config: MoEConfig, offline: bool | None) -> tuple[Model, list[Mo
         if not (path / "config.json").is_file():
             raise UnreadableFileError(f"{where}: {ref}: not a transformers model folder (no config.json)")
         if path not in opened:
-            from ..io import read_tensors
-
             opened[path] = (read_json(path / "config.json"), read_tensors(path))
         return Model(where, path, *opened[path])
 
@@ -133,12 +132,13 @@ def base_tensors(row: OutputArch, out_config, base: Model, dtype: torch.dtype | 
     return out
 
 
-def gate_tensors(row: OutputArch, gates: torch.Tensor, experts: int, dtype: torch.dtype | None) -> dict[str, LazyTensor]:
-    """Each layer's router (`mlp.gate`) and, for Qwen2-MoE, its shared expert's gate."""
+def gate_tensors(gates: torch.Tensor, experts: int, dtype: torch.dtype | None) -> dict[str, LazyTensor]:
+    """Each layer's router (`mlp.gate`: the routed experts' rows) and, where `gates` has rows beyond them (the
+    shared expert's, Qwen2-MoE), the shared expert's gate."""
     out = {}
     for layer in range(gates.shape[0]):
         parts = {"gate": gates[layer, :experts]}
-        if row.shared_prompts:
+        if gates.shape[1] > experts:
             parts["shared_expert_gate"] = gates[layer, experts:]
         for part, value in parts.items():
             value = value.to(dtype or value.dtype).contiguous()
@@ -168,7 +168,10 @@ def moe(config, out, *, random_seed: int | None = None, i_understand_this_is_not
         with atomic_output_dir(out, force, inputs=inputs, data=[cfg.path]) as tmp:
             start = time.perf_counter()
             generator = torch.Generator()
-            generator.manual_seed(cfg.random_seed) if cfg.random_seed is not None else generator.seed()
+            if cfg.random_seed is not None:
+                generator.manual_seed(cfg.random_seed)
+            else:
+                generator.seed()
             layers = base.config["num_hidden_layers"]
             gated = cfg.gated()
             if cfg.gate_mode in PROMPTED_MODES:
@@ -180,11 +183,13 @@ def moe(config, out, *, random_seed: int | None = None, i_understand_this_is_not
             shared_sources = [Source(e, m.tensors) for e, m in zip(cfg.shared, shared)]
             states = noise_states(row, layers, sources, shared_sources, generator)
             tensors |= expert_tensors(row, layers, sources, shared_sources, states, dtype)
-            tensors |= gate_tensors(row, gates, len(cfg.experts), dtype)
+            tensors |= gate_tensors(gates, len(cfg.experts), dtype)
             copy_side_files(base.path, tmp, skip=SIDE_FILES_SKIPPED)
             out_config.save_pretrained(tmp)
             (tmp / "mergekit_moe_config.yml").write_text(cfg.text)
-            write_safetensors(tmp, tensors, max_shard_bytes=shard_bytes)
+            bar, on_tensor = progress_bar(sum(t.nbytes for t in tensors.values()), len(tensors), quiet)
+            with bar:
+                write_safetensors(tmp, tensors, max_shard_bytes=shard_bytes, on_tensor=on_tensor)
     if not quiet:
         print(f"wrote a {row.name} model of {len(cfg.experts)} experts ({row.class_name}, {cfg.gate_mode} gates) "
               f"to {out} in {time.perf_counter() - start:.1f} s")

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,14 +22,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ..engine.recipe import DTYPES, _model_ref, _one_line, plain_values
-from ..errors import RecipeError
+from ..errors import MMMergeWarning, RecipeError
 
 GATE_MODES = ("hidden", "cheap_embed", "random", "uniform_random", "hidden_avg", "hidden_last")
 PROMPTED_MODES = ("hidden", "cheap_embed", "hidden_avg", "hidden_last")  # the gates come from prompts
 
 
+# mergekit-moe's pydantic models ignore keys they do not know; so does this, with a warning naming each
+LENIENT = ConfigDict(extra="allow")
+
+
 class Expert(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = LENIENT
     source_model: str
     positive_prompts: Optional[list[str]] = None
     negative_prompts: Optional[list[str]] = None
@@ -38,7 +44,7 @@ class Expert(BaseModel):
 
 
 class MoEConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = LENIENT
     base_model: str
     experts: list[Expert]
     gate_mode: str = "hidden"
@@ -111,8 +117,20 @@ def load_config(config: str | Path | dict | MoEConfig, **overrides: Any) -> MoEC
         parsed = MoEConfig.model_validate({**data, **given, "text": text, "path": path, "folder": folder})
     except ValidationError as e:
         raise RecipeError(f"{where}: {_one_line(e)}") from None
+    warn_ignored_keys(parsed, where)
     check_rules(parsed, where)
     return parsed
+
+
+def warn_ignored_keys(config: MoEConfig, where: str) -> None:
+    """One warning per key nothing reads (mergekit-moe ignores them too), with the key it looks misspelt from."""
+    models = [("", config)] + [(f"{name}[{i}].", e) for name in ("experts", "shared_experts")
+                               for i, e in enumerate(getattr(config, name) or [])]
+    for place, model in models:
+        for key in model.model_extra or {}:
+            close = difflib.get_close_matches(str(key), list(type(model).model_fields), n=1, cutoff=0.75)
+            hint = f"; did you mean `{close[0]}`?" if close else " (mergekit-moe ignores it too)"
+            warnings.warn(f"{where}: {place}{key}: unknown key, ignored{hint}", MMMergeWarning, stacklevel=3)
 
 
 def check_rules(config: MoEConfig, where: str = "config") -> None:
