@@ -19,7 +19,8 @@ from tiny_tokenizer import make_tokenizer
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-FAMILIES = {"llama": (transformers.LlamaConfig, {}), "qwen2": (transformers.Qwen2Config, {}),
+FAMILIES = {"llama": (transformers.LlamaConfig, {}), "mistral": (transformers.MistralConfig, {"sliding_window": 16}),
+            "llama_tied": (transformers.LlamaConfig, {"tie_word_embeddings": True}), "qwen2": (transformers.Qwen2Config, {}),
             "qwen3": (transformers.Qwen3Config, {"head_dim": 8})}
 PROMPTS = [["a red square on a blue field", "two black lines cross near the corner"],
            ["the yellow triangle points up", "is there a circle ? yes no"],
@@ -94,6 +95,9 @@ CASES = [  # family, mode, config keys, output class
     ("llama", "uniform_random", {"experts_per_token": 1}, "MixtralForCausalLM"),
     ("llama", "hidden", {"shared_experts": "base+prompts"}, "Qwen2MoeForCausalLM"),
     ("llama", "random", {"shared_experts": "base", "architecture": "qwen"}, "Qwen2MoeForCausalLM"),
+    ("llama_tied", "hidden", {}, "MixtralForCausalLM"),
+    ("mistral", "hidden", {"experts": 3}, "MixtralForCausalLM"),
+    ("mistral", "cheap_embed", {"shared_experts": "base+prompts"}, "Qwen2MoeForCausalLM"),
     ("qwen2", "cheap_embed", {"shared_experts": "base+prompts", "experts": 3}, "Qwen2MoeForCausalLM"),
     ("qwen2", "random", {"shared_experts": "base+prompts", "dtype": "float16"}, "Qwen2MoeForCausalLM"),
     ("qwen3", "hidden", {"experts": 3}, "Qwen3MoeForCausalLM"),
