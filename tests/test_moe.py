@@ -233,7 +233,8 @@ def test_moe_outputs_read_and_merge_tensor_by_tensor(models, tmp_path):
 
     for seed in (1, 2):
         moe(case_config(models["llama"], "random", {}), tmp_path / f"moe{seed}", random_seed=seed, quiet=True)
-    assert "MixtralForCausalLM" in describe(tmp_path / "moe1")
+    shown = describe(tmp_path / "moe1")  # what `mmmerge inspect` prints: the experts and how many route a token
+    assert "MixtralForCausalLM" in shown and "num_local_experts=2, num_experts_per_tok=2" in shown
     recipe = {"merge_method": "linear", "dtype": "float32",
               "models": [{"model": str(tmp_path / "moe1"), "parameters": {"weight": 0.3}},
                          {"model": str(tmp_path / "moe2"), "parameters": {"weight": 0.7}}]}
