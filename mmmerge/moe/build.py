@@ -23,6 +23,7 @@ from ..errors import RecipeError, ShapeMismatchError, UnreadableFileError
 from ..io import atomic_output_dir, claim_output, read_json, read_tensors, write_safetensors
 from ..io.folder import copy_side_files
 from ..io.writer import DEFAULT_SHARD_BYTES
+from ..projectors.language import has_tokenizer
 from ..validate import byte_size
 from .architectures import OutputArch, choose
 from .config import PROMPTED_MODES, MoEConfig, load_config
@@ -80,6 +81,13 @@ def check_inputs(base: Model, models: list[Model]) -> None:
                 if name in base.tensors and m.tensors[name].shape != base.tensors[name].shape:
                     raise ShapeMismatchError(f"{m.where}: tensor {name} has shape {m.tensors[name].shape}, the base's "
                                              f"{base.tensors[name].shape}; every expert must have the base's shape")
+
+
+def check_tokenizer(config: MoEConfig, base: Model) -> None:
+    """Gates from prompts tokenize them with the base's tokenizer: it must be there."""
+    if config.gate_mode in PROMPTED_MODES and not has_tokenizer(base.path):
+        raise UnreadableFileError(f"base_model: {base.path} has no tokenizer (tokenizer.json, tokenizer_config.json "
+                                  f"...), which gate_mode {config.gate_mode} tokenizes the prompts with")
 
 
 def saved_dtype(config: dict) -> torch.dtype | None:
@@ -160,6 +168,7 @@ def moe(config, out, *, random_seed: int | None = None, i_understand_this_is_not
     with claim_output(out, force=force, deferred_check=True):
         base, experts, shared = open_models(cfg, offline)
         check_inputs(base, [*experts, *shared])
+        check_tokenizer(cfg, base)
         row = choose(cfg, base.config.get("model_type"))
         dtype = dtype_of(cfg.dtype) or saved_dtype(base.config)
         out_config = output_config(row, cfg, base.path, dtype)

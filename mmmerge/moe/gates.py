@@ -25,9 +25,9 @@ from .config import Expert
 
 
 def tokenizer_for_prompts(base: Path):
-    from transformers import AutoTokenizer
+    from ..projectors.language import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer = load_tokenizer(base)
     tokenizer.padding_side = "left"
     tokenizer.pad_token_id = tokenizer.bos_token_id
     if tokenizer.pad_token_id is None:
