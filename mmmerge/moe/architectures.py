@@ -16,6 +16,20 @@ from .config import MoEConfig
 
 
 @dataclass(frozen=True)
+class TensorNames:
+    """Where a layer's tensors are ({layer}, {expert}, {proj} filled in): the dense inputs' MLPs, and the output's
+    routers and experts, one tensor per expert and projection or fused (`gate_up` = [gate; up] per expert)."""
+
+    source: str = "model.layers.{layer}.mlp.{proj}.weight"
+    router: str = "model.layers.{layer}.mlp.gate.weight"
+    shared_router: str = "model.layers.{layer}.mlp.shared_expert_gate.weight"
+    expert: str = "model.layers.{layer}.mlp.experts.{expert}.{proj}.weight"
+    shared_expert: str = "model.layers.{layer}.mlp.shared_expert.{proj}.weight"
+    gate_up: str = "model.layers.{layer}.mlp.experts.gate_up_proj"
+    down: str = "model.layers.{layer}.mlp.experts.down_proj"
+
+
+@dataclass(frozen=True)
 class OutputArch:
     name: str                      # as mergekit-moe names it (`architecture:` matches a prefix of it)
     model_type: str                # transformers model type of the output
@@ -26,7 +40,8 @@ class OutputArch:
     fields: dict = field(default_factory=dict)  # config fields set to constants
     intermediate_fields: tuple[str, ...] = ()   # config fields set to the base's intermediate_size
     via: str | None = None         # inputs of another type pass through this config class first
-    fused: bool = True
+    fused: bool = True             # the experts' tensors as `names.gate_up` / `names.down`, else `names.expert`
+    names: TensorNames = TensorNames()
     shared_prompts: bool = False   # its shared expert needs prompts unless the gates are random
     zero_attention_bias: bool = False  # q/k/v biases the base lacks are written as zeros
     writes: bool = True            # False: mergekit-moe writes it, mmmerge does not (say so)

@@ -140,17 +140,16 @@ def base_tensors(row: OutputArch, out_config, base: Model, dtype: torch.dtype | 
     return out
 
 
-def gate_tensors(gates: torch.Tensor, experts: int, dtype: torch.dtype | None) -> dict[str, LazyTensor]:
-    """Each layer's router (`mlp.gate`: the routed experts' rows) and, where `gates` has rows beyond them (the
-    shared expert's, Qwen2-MoE), the shared expert's gate."""
+def gate_tensors(row: OutputArch, gates: torch.Tensor, experts: int, dtype: torch.dtype | None) -> dict[str, LazyTensor]:
+    """Each layer's router (the routed experts' rows) and, where `gates` has rows beyond them (the shared
+    expert's, Qwen2-MoE), the shared expert's gate."""
     out = {}
     for layer in range(gates.shape[0]):
-        parts = {"gate": gates[layer, :experts]}
+        parts = {row.names.router: gates[layer, :experts]}
         if gates.shape[1] > experts:
-            parts["shared_expert_gate"] = gates[layer, experts:]
-        for part, value in parts.items():
-            value = value.to(dtype or value.dtype).contiguous()
-            out[f"model.layers.{layer}.mlp.{part}.weight"] = LazyTensor.of(value)
+            parts[row.names.shared_router] = gates[layer, experts:]
+        for name, value in parts.items():
+            out[name.format(layer=layer)] = LazyTensor.of(value.to(dtype or value.dtype).contiguous())
     return out
 
 
@@ -192,7 +191,7 @@ def moe(config, out, *, random_seed: int | None = None, i_understand_this_is_not
             shared_sources = [Source(e, m.tensors) for e, m in zip(cfg.shared, shared)]
             states = noise_states(row, layers, sources, shared_sources, generator)
             tensors |= expert_tensors(row, layers, sources, shared_sources, states, dtype)
-            tensors |= gate_tensors(gates, len(cfg.experts), dtype)
+            tensors |= gate_tensors(row, gates, len(cfg.experts), dtype)
             copy_side_files(base.path, tmp, skip=SIDE_FILES_SKIPPED)
             out_config.save_pretrained(tmp)
             (tmp / "mergekit_moe_config.yml").write_text(cfg.text)

@@ -15,7 +15,7 @@ from typing import Mapping
 import torch
 
 from ..checkpoint import LazyTensor
-from .architectures import OutputArch
+from .architectures import OutputArch, TensorNames
 from .config import Expert
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -30,7 +30,8 @@ class Source:
 
 
 def mlp_name(layer: int, proj: str) -> str:
-    return f"model.layers.{layer}.mlp.{proj}.weight"
+    """A dense input's MLP weight."""
+    return TensorNames.source.format(layer=layer, proj=proj)
 
 
 def draw_order(row: OutputArch, layers: int, experts: list[Source], shared: list[Source]):
@@ -80,8 +81,8 @@ def expert_tensors(row: OutputArch, layers: int, experts: list[Source], shared: 
         t = source.tensors[mlp_name(layer, proj)]
         return LazyTensor(t.shape, dtype or t.dtype, lambda: expert_weight(source, layer, proj, states))
 
+    names = row.names
     for layer in range(layers):
-        prefix = f"model.layers.{layer}.mlp"
         if row.fused:
             gate, up, down = (experts[0].tensors[mlp_name(layer, p)] for p in PROJECTIONS)
 
@@ -93,14 +94,14 @@ def expert_tensors(row: OutputArch, layers: int, experts: list[Source], shared: 
                 return torch.stack([expert_weight(s, layer, "down_proj", states) for s in experts])
 
             n = len(experts)
-            out[f"{prefix}.experts.gate_up_proj"] = LazyTensor((n, gate.shape[0] + up.shape[0], gate.shape[1]),
-                                                               dtype or gate.dtype, gate_up)
-            out[f"{prefix}.experts.down_proj"] = LazyTensor((n, *down.shape), dtype or down.dtype, downs)
+            out[names.gate_up.format(layer=layer)] = LazyTensor((n, gate.shape[0] + up.shape[0], gate.shape[1]),
+                                                                dtype or gate.dtype, gate_up)
+            out[names.down.format(layer=layer)] = LazyTensor((n, *down.shape), dtype or down.dtype, downs)
         else:
             for e, source in enumerate(experts):
                 for proj in PROJECTIONS:
-                    out[f"{prefix}.experts.{e}.{proj}.weight"] = one(source, layer, proj)
+                    out[names.expert.format(layer=layer, expert=e, proj=proj)] = one(source, layer, proj)
             for source in shared:
                 for proj in PROJECTIONS:
-                    out[f"{prefix}.shared_expert.{proj}.weight"] = one(source, layer, proj)
+                    out[names.shared_expert.format(layer=layer, proj=proj)] = one(source, layer, proj)
     return out
