@@ -205,14 +205,19 @@ def refusal(models, tmp_path, change):
     (lambda c, m: c.update(gate_mode="hiden"), ["gate_mode", "hiden"]),
     (lambda c, m: c.update(architecture="qwen3"), ["Qwen3 MoE takes qwen3"]),
     (lambda c, m: c.update(base_model=m["untokenized"]), ["base_model", "no tokenizer", "gate_mode hidden"]),
+    (lambda c, m: [c.update(base_model=m["llava"][0]), c["experts"][0].update(source_model=m["llava"][1]),
+                   c["experts"][1].update(source_model=m["llava"][2])], ["no MoE output holds", "llava"]),
 ], ids=["architecture", "shape", "prompts", "unknown-output", "two-shared", "per-token", "deepseek", "all-same",
-        "gate-mode", "qwen3-from-llama", "no-tokenizer"])
+        "gate-mode", "qwen3-from-llama", "no-tokenizer", "vision-language"])
 def test_refusals_are_one_line_before_anything_is_written(models, tmp_path_factory, tmp_path, change, needles):
     if "narrow" not in models:
         models["narrow"] = build_model(tmp_path_factory.mktemp("narrow") / "m", "llama", 1, intermediate_size=48)
         untokenized = tmp_path_factory.mktemp("untokenized") / "m"
         shutil.copytree(models["llama"][0], untokenized, ignore=shutil.ignore_patterns("tokenizer*"))
         models["untokenized"] = str(untokenized)
+        from tiny_llava import build_tiny_llava
+
+        models["llava"] = [str(build_tiny_llava(tmp_path_factory.mktemp(f"llava{i}"), seed=i)) for i in range(3)]
     r = refusal(models, tmp_path, lambda c: change(c, models))
     one_line_error(r, *needles)
     assert not (tmp_path / "out").exists()

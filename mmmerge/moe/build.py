@@ -61,13 +61,18 @@ def open_models(config: MoEConfig, offline: bool | None) -> tuple[Model, list[Mo
     return base, experts, shared
 
 
-def check_inputs(base: Model, models: list[Model]) -> None:
-    """Every expert is the base's architecture with the base's MLP shapes at every layer."""
-    layers = base.config.get("num_hidden_layers")
-    for m in [base, *models]:
+def check_architectures(base: Model, models: list[Model]) -> None:
+    """Every expert is the base's architecture."""
+    for m in models:
         if m.config.get("model_type") != base.config.get("model_type"):
             raise RecipeError(f"{m.where}: {m.path} is a {m.config.get('model_type')} model and the base a "
                               f"{base.config.get('model_type')} one; every expert must have the base's architecture")
+
+
+def check_shapes(base: Model, models: list[Model]) -> None:
+    """Every expert has the base's shape, and a dense MLP of the base's shape at every layer."""
+    layers = base.config["num_hidden_layers"]
+    for m in [base, *models]:
         for key in ("hidden_size", "num_hidden_layers"):
             if m.config.get(key) != base.config.get(key):
                 raise ShapeMismatchError(f"{m.where}: {m.path} has {key} {m.config.get(key)}, the base "
@@ -166,9 +171,10 @@ def moe(config, out, *, random_seed: int | None = None, i_understand_this_is_not
     out = Path(out)
     with claim_output(out, force=force, deferred_check=True):
         base, experts, shared = open_models(cfg, offline)
-        check_inputs(base, [*experts, *shared])
-        check_tokenizer(cfg, base)
+        check_architectures(base, [*experts, *shared])
         row = choose(cfg, base.config.get("model_type"))
+        check_shapes(base, [*experts, *shared])
+        check_tokenizer(cfg, base)
         dtype = dtype_of(cfg.dtype) or saved_dtype(base.config)
         out_config = output_config(row, cfg, base.path, dtype)
         tensors = base_tensors(row, out_config, base, dtype)
