@@ -75,9 +75,9 @@ dtype: bfloat16
 experts_per_token: 1
 experts:
   - source_model: llama-a
-    positive_prompts: ["what color is the shape?"]
+    positive_prompts: ["what color is the shape"]
   - source_model: llama-b
-    positive_prompts: ["how many shapes are there?"]
+    positive_prompts: ["how many shapes are there"]
 """
 
 SEARCH = """\

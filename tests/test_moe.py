@@ -271,3 +271,24 @@ def test_keys_mergekit_moe_ignores_are_ignored_with_a_warning(models, tmp_path):
             pytest.raises(RecipeError, match=r"experts\[0\]\.positive_prompts"):
         moe(config, tmp_path / "typo", quiet=True)
     assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("alike", [False, True])
+def test_degenerate_gates_are_warned_about_as_mergekit_moe_warns(models, tmp_path, caplog, alike):
+    import logging
+    import warnings
+
+    from mergekit.moe.router import warn_degenerate_gates
+
+    config = case_config(models["llama"], "hidden", {"dtype": "float32"})  # gate rows written exactly
+    if alike:
+        config["experts"][1].update(positive_prompts=PROMPTS[0][::-1], negative_prompts=None)  # expert 0's, reordered
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        moe(config, tmp_path / "out", quiet=True)
+    ours = [w for w in caught if "nearly degenerate" in str(w.message)]
+    rows = load_file(tmp_path / "out" / "model.safetensors")
+    gates = torch.stack([rows[f"model.layers.{i}.mlp.gate.weight"] for i in range(LM["num_hidden_layers"])])
+    with caplog.at_level(logging.WARNING):
+        warn_degenerate_gates(gates)
+    assert bool(ours) == ("degenerate" in caplog.text) == alike

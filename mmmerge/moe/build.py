@@ -8,6 +8,7 @@ tensors); then the gates are computed and the output is streamed tensor by tenso
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -19,7 +20,7 @@ from ..device import resolve_device
 from ..engine.execute import progress_bar
 from ..engine.opener import Opener
 from ..engine.recipe import DTYPES, dtype_of
-from ..errors import RecipeError, ShapeMismatchError, UnreadableFileError
+from ..errors import MMMergeWarning, RecipeError, ShapeMismatchError, UnreadableFileError
 from ..io import atomic_output_dir, claim_output, read_json, read_tensors, write_safetensors
 from ..io.folder import copy_side_files
 from ..io.writer import DEFAULT_SHARD_BYTES
@@ -28,7 +29,7 @@ from ..validate import byte_size
 from .architectures import OutputArch, choose
 from .config import PROMPTED_MODES, MoEConfig, load_config
 from .experts import PROJECTIONS, Source, expert_tensors, mlp_name, noise_states
-from .gates import prompt_gates, random_gates
+from .gates import degenerate_layers, prompt_gates, random_gates
 
 SIDE_FILES_SKIPPED = ("config.json", "README.md", "mergekit_config.yml", "mergekit_moe_config.yml",
                       "mmmerge_recipe.yml")
@@ -193,6 +194,11 @@ def moe(config, out, *, random_seed: int | None = None, i_understand_this_is_not
                                      embed=lambda: base.tensors["model.embed_tokens.weight"].load())
             else:
                 gates = random_gates(cfg.gate_mode, (layers, len(gated), base.config["hidden_size"]), generator)
+            degenerate = degenerate_layers(gates)
+            if degenerate:
+                warnings.warn(f"the gates of {len(degenerate)} of {layers} layer(s) (from layer {degenerate[0]}) are "
+                              "nearly degenerate (condition number above 5): some experts' prompts are too alike, "
+                              "and those experts will be underused", MMMergeWarning, stacklevel=2)
             sources = [Source(e, m.tensors) for e, m in zip(cfg.experts, experts)]
             shared_sources = [Source(e, m.tensors) for e, m in zip(cfg.shared, shared)]
             states = noise_states(row, layers, sources, shared_sources, generator)

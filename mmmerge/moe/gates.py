@@ -65,7 +65,10 @@ def hidden_vector(base: Path, device: torch.device, *, average: bool) -> Callabl
     over the sequence), from the base run in bfloat16."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).to(device).eval()
+    from ..adapters.hf_common import transformers_bars
+
+    with transformers_bars(False):  # loading the base is a step of the run, not a run of its own
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).to(device).eval()
 
     def vector(tokens) -> torch.Tensor:
         with torch.no_grad():
@@ -93,3 +96,9 @@ def prompt_gates(mode: str, experts: list[Expert], base: Path, *, embed: Callabl
         v /= v.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-8)
         rows.append(v)
     return torch.stack(rows, dim=0).permute(1, 0, 2)
+
+
+def degenerate_layers(gates: torch.Tensor, threshold: float = 5.0) -> list[int]:
+    """Layers whose gate rows are nearly linearly dependent (condition number above `threshold`, mergekit-moe's
+    test): some experts' prompts are too alike, and the router will rarely tell those experts apart."""
+    return [layer for layer in range(gates.shape[0]) if torch.linalg.cond(gates[layer].float()) > threshold]
