@@ -14,6 +14,8 @@ Nothing is downloaded: every model is built from a config with random weights, e
     clip/ siglip/ dinov2/ vit/          transformers vision encoders with their image processors
     open_clip/ timm_siglip/ timm_vit/   vision encoders in open_clip's and timm's hub layouts
     llama/                 a causal LM with its tokenizer and chat template (its words cover the captions)
+    llama-a/, llama-b/     two "fine-tunes" of it, the experts of moe.yml
+    moe.yml                a mergekit-moe config: a Mixtral of llama-a and llama-b, gates from prompts
     world/captions.jsonl   image-caption pairs (images in world/train/) for `stitch --align-data`
     world/questions.json, world/annotations.json, world/val/   a small VQA set in the official VQAv2 files
     world/qa.jsonl         image questions with answers (images in world/train/), calibration data for `calibrate`
@@ -65,6 +67,20 @@ models:
   - model: llava-b
     parameters: {statistics: stats/llava-b.safetensors}
 """
+MOE = """\
+# moe: llama-a and llama-b become the experts of a Mixtral with llama's attention; each layer's router row is
+# llama's hidden state on the expert's prompts (a mergekit-moe config as it is)
+base_model: llama
+gate_mode: hidden
+dtype: bfloat16
+experts_per_token: 1
+experts:
+  - source_model: llama-a
+    positive_prompts: ["what color is the shape"]
+  - source_model: llama-b
+    positive_prompts: ["how many shapes are there"]
+"""
+
 SEARCH = """\
 # search: optuna chooses each fine-tune's weight and the density; every candidate is merged in memory
 # and scored on the VQA questions (half of them choose, the other half are the held-out test)
@@ -166,14 +182,16 @@ def main(root: str = "tiny") -> Path:
              *[(f"families/{t}", lambda p, t=t: build_tiny_vlm(t, p)) for t in BUILDERS],
              *[(k, lambda p, k=k: make_hf_vision(k, p)) for k in ("clip", "siglip", "dinov2", "vit")],
              ("open_clip", make_open_clip), ("timm_siglip", make_timm), ("timm_vit", make_timm_vit),
-             ("llama", lambda p: build_language(p, seed=0)), ("world", make_world), ("lmms", make_lmms_log)]
+             ("llama", lambda p: build_language(p, seed=0)), ("llama-a", lambda p: make_finetune(root / "llama", p, seed=3)),
+             ("llama-b", lambda p: make_finetune(root / "llama", p, seed=4)), ("world", make_world), ("lmms", make_lmms_log)]
     with transformers_quiet():
         for name, make in steps:
             make(root / name)
     (root / "recipe.yml").write_text(RECIPE)
     (root / "regmean.yml").write_text(REGMEAN)
     (root / "search.yml").write_text(SEARCH)
-    print(f"wrote {len(steps)} models and data sets, recipe.yml and regmean.yml to {root}")
+    (root / "moe.yml").write_text(MOE)
+    print(f"wrote {len(steps)} models and data sets, recipe.yml, regmean.yml, search.yml and moe.yml to {root}")
     return root
 
 

@@ -8,13 +8,14 @@ from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 __all__ = ["load", "describe", "convert", "merge", "stitch", "StitchOptions", "generate", "evaluate", "compare",
-           "search", "score", "finetune", "read_examples", "caption_examples", "Example", "Checkpoint", "Component", "LazyTensor",
+           "search", "score", "moe", "finetune", "read_examples", "caption_examples", "Example", "Checkpoint",
+           "Component", "LazyTensor",
            "__version__"]
 
 _WHERE = {"load": (".adapters", "open_checkpoint"), "describe": (".inspect", "describe"),
           "convert": (".conversion", "convert"), "merge": (".engine", "merge"), "stitch": (".stitching", "stitch"),
           "StitchOptions": (".stitching", "StitchOptions"), "search": (".searching", "search"),
-          "score": (".eval.lmms", "score"),
+          "score": (".eval.lmms", "score"), "moe": (".moe", "moe"),
           "generate": (".eval.ask", "generate"), "evaluate": (".eval", "evaluate"),
           "compare": (".eval.compare", "compare"), "finetune": (".demo.finetune", "finetune"),
           "read_examples": (".demo.finetune", "read_examples"), "caption_examples": (".demo.finetune", "caption_examples"),

@@ -57,6 +57,14 @@ def cmd_merge(args) -> None:
           out_shard_size=args.out_shard_size)
 
 
+def cmd_moe(args) -> None:
+    from .moe import moe
+
+    moe(args.config, args.out, random_seed=args.random_seed, device=args.device, force=args.force, quiet=args.quiet,
+        i_understand_this_is_not_useful_without_training=args.i_understand_this_is_not_useful_without_training,
+        offline=True if args.offline else None, out_shard_size=args.out_shard_size)
+
+
 def cmd_calibrate(args) -> None:
     from .calibration import collect_statistics
 
@@ -212,6 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     s.set_defaults(func=cmd_merge)
+
+    s = sub.add_parser("moe", help="a mixture-of-experts model from dense fine-tunes of one base (a mergekit-moe "
+                                   "config as it is): Mixtral, Qwen2-MoE or Qwen3-MoE, gates from prompts")
+    s.add_argument("config", help="mergekit-moe config YAML (base_model, experts, gate_mode, ...)")
+    s.add_argument("--out", type=Path, required=True, help="output folder (a transformers model)")
+    s.add_argument("--random-seed", type=int, default=None, help="seed of random gates and expert noise (overrides "
+                                                                "the config's random_seed)")
+    s.add_argument("--i-understand-this-is-not-useful-without-training", action="store_true",
+                   help="allow experts that are all the same model (to train the result afterwards)")
+    s.add_argument("--device", default="cpu", help="where the base runs for hidden gates: cpu or cuda (default: cpu)")
+    s.add_argument("--offline", action="store_true", help="hub IDs from the local Hugging Face cache only")
+    s.add_argument("--out-shard-size", default=DEFAULT_SHARD_BYTES, metavar="SIZE",
+                   help="most bytes per weights file: 500M, 2G or a number (default: 5 GiB)")
+    s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
+    s.add_argument("--quiet", action="store_true", help="no summary")
+    s.set_defaults(func=cmd_moe)
 
     s = sub.add_parser("calibrate", help="statistics of a model on calibration data for the regmean and fisher merges")
     s.add_argument("model", type=Path, help="a transformers folder: a causal LM (text data) or an image-text-to-text "

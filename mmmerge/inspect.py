@@ -5,7 +5,9 @@ from __future__ import annotations
 from .checkpoint import Checkpoint, Component
 
 # Config fields worth showing, in this order, when a component's config has them.
-SUMMARY_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+SUMMARY_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_local_experts",
+                  "num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size",
+                  "num_attention_heads",
                   "num_key_value_heads", "vocab_size", "image_size", "patch_size", "hidden_act",
                   "tie_word_embeddings", "projector_hidden_act", "vision_hidden_size", "text_hidden_size",
                   "vision_feature_layer", "vision_feature_select_strategy")

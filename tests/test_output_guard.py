@@ -3,6 +3,7 @@ holding one, inside one, through a symlink, at '' or '.', or at a folder mmmerge
 one `error:` line, and every file of the input or folder is byte for byte what it was. `--force` replaces a previous
 mmmerge output (it carries the marker) and an empty folder; outputs are created with the user's umask."""
 
+import json
 import os
 import stat
 
@@ -32,10 +33,19 @@ def commands(w):
                   vqa["annotations"], "--images", vqa["images"], "--max-new-tokens", "2", "--quiet"],
                  [w["llava"], vqa["images"]]),
         "demo": (["demo", "--quiet"], []),
+        "moe": (["moe", moe_config(w), "--quiet"], [w["lm"], w["ft"]]),
     }
 
 
-COMMANDS = ["merge", "convert", "stitch", "extract-lora", "merge-loras", "eval", "demo"]
+def moe_config(w):
+    """A mergekit-moe config of the world's two LMs (random gates), beside them."""
+    config = w["lm"].parent / "moe.yml"
+    config.write_text(json.dumps({"base_model": str(w["lm"]), "gate_mode": "random", "experts": [
+        {"source_model": str(w["lm"])}, {"source_model": str(w["ft"])}]}))
+    return config
+
+
+COMMANDS = ["merge", "convert", "stitch", "extract-lora", "merge-loras", "eval", "demo", "moe"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -83,7 +93,7 @@ def test_force_leaves_a_folder_mmmerge_did_not_write(world, tmp_path, command):
     assert (mine / "notes" / "thesis.tex").read_text() == "years of work"
 
 
-@pytest.mark.parametrize("command", ["merge", "convert", "stitch", "extract-lora", "merge-loras", "eval"])
+@pytest.mark.parametrize("command", ["merge", "convert", "stitch", "extract-lora", "merge-loras", "eval", "moe"])
 def test_force_replaces_an_empty_folder_and_a_previous_output(world, tmp_path, command):
     argv, _ = commands(world)[command]
     out = tmp_path / "out"

@@ -161,11 +161,28 @@ def take_component(name: str, arch: str, config: dict, tensors: dict[str, LazyTe
     except UnreadableFileError as e:
         raise UnreadableFileError(f"{where}: {name}: {e}") from e
     prefix = max(prefixes, key=lambda p: sum(1 for k in required if p + k in tensors))
+    if any(prefix + k not in tensors for k in required):
+        required, optional, prefix = _in_memory_layout(arch, config, tensors, prefixes, (required, optional, prefix))
     check_tensors({prefix + k: s for k, s in required.items()}, tensors, str(where),
                   optional={prefix + k: s for k, s in optional.items()}, allow_unexpected=True,
                   expected_from=f"{arch} with this config")
     component.tensors = {k: tensors[prefix + k] for k in {**required, **optional} if prefix + k in tensors}
     return component, prefix
+
+
+def _in_memory_layout(arch: str, config: dict, tensors: dict[str, LazyTensor], prefixes: tuple[str, ...],
+                      file: tuple[dict, dict, str]) -> tuple[dict, dict, str]:
+    """The class's in-memory names when the files hold more of them than of its save-time names: transformers 5
+    loads either, and writes some classes' experts fused as it holds them (Mixtral, Qwen3-MoE; mergekit-moe and
+    `mmmerge moe` write them so). Otherwise `file`, the save-time layout, whose missing names the caller reports."""
+    try:
+        layout = class_layout(arch, config)
+    except MMMergeError:
+        return file
+    required, optional = layout["required"], layout["optional"]
+    prefix = max(prefixes, key=lambda p: sum(1 for k in required if p + k in tensors))
+    found = sum(1 for k in required if prefix + k in tensors)
+    return (required, optional, prefix) if found > sum(1 for k in file[0] if file[2] + k in tensors) else file
 
 
 def leftovers(tensors: dict[str, LazyTensor], used: set[str]) -> dict[str, LazyTensor]:

@@ -29,7 +29,7 @@ from ..model_card import model_card
 from .finite import input_sources, non_finite_input
 from .plan import Plan, TensorTask
 
-SIDE_FILES_SKIPPED = ("config.json", "README.md", "mergekit_config.yml", "mmmerge_recipe.yml")
+SIDE_FILES_SKIPPED = ("config.json", "README.md", "mergekit_config.yml", "mergekit_moe_config.yml", "mmmerge_recipe.yml")
 
 
 def _exact_in(dtype: torch.dtype, compute: torch.dtype) -> bool:

@@ -215,6 +215,8 @@ def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[TensorTa
         tasks.append(t)
     required, _ = layout_of(comp)
     missing = [n for n in required if n not in cp.tasks]
+    if missing and all(n in cp.tasks for n in class_layout(comp.arch, comp.config)["required"]):
+        missing = []  # the class's in-memory names, which transformers 5 loads too (Mixtral's fused experts)
     if missing:  # e.g. Qwen-VL's vision class also holds the projector (`merger`)
         raise RecipeError(f"{cp.name}: the {comp.arch} class also holds tensor {missing[0]} ({len(missing)} such), "
                           f"which the {cp.name} component does not; write the whole model in its family's format "

@@ -1,0 +1,102 @@
+"""The MoE outputs mergekit-moe 0.1.5 writes, as rows of data, and its rule for choosing one.
+
+A row says which dense inputs it takes, how many shared experts it holds, the config class and the fields set on
+it, and how the experts' MLPs are laid out: `fused` (transformers 5's `experts.gate_up_proj[e]` = [gate; up]
+and `experts.down_proj[e]`, as mergekit writes Mixtral and Qwen3-MoE) or one tensor per expert and projection
+(`experts.{e}.gate_proj.weight`, as it writes Qwen2-MoE). Rows are tried in mergekit's order; Mixtral wins
+when it fits, else the first that fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UnsupportedArchitectureError
+from .config import MoEConfig
+
+
+@dataclass(frozen=True)
+class TensorNames:
+    """Where a layer's tensors are ({layer}, {expert}, {proj} filled in): the dense inputs' MLPs, and the output's
+    routers and experts, one tensor per expert and projection or fused (`gate_up` = [gate; up] per expert)."""
+
+    source: str = "model.layers.{layer}.mlp.{proj}.weight"
+    router: str = "model.layers.{layer}.mlp.gate.weight"
+    shared_router: str = "model.layers.{layer}.mlp.shared_expert_gate.weight"
+    expert: str = "model.layers.{layer}.mlp.experts.{expert}.{proj}.weight"
+    shared_expert: str = "model.layers.{layer}.mlp.shared_expert.{proj}.weight"
+    gate_up: str = "model.layers.{layer}.mlp.experts.gate_up_proj"
+    down: str = "model.layers.{layer}.mlp.experts.down_proj"
+
+
+@dataclass(frozen=True)
+class OutputArch:
+    name: str                      # as mergekit-moe names it (`architecture:` matches a prefix of it)
+    model_type: str                # transformers model type of the output
+    class_name: str                # its *ForCausalLM
+    inputs: tuple[str, ...]        # model types of the dense inputs it takes
+    shared_experts: tuple[int, ...]  # how many shared experts it holds
+    expert_count: str = "num_experts"   # the config field of the number of routed experts
+    fields: dict = field(default_factory=dict)  # config fields set to constants
+    intermediate_fields: tuple[str, ...] = ()   # config fields set to the base's intermediate_size
+    via: str | None = None         # inputs of another type pass through this config class first
+    fused: bool = True             # the experts' tensors as `names.gate_up` / `names.down`, else `names.expert`
+    names: TensorNames = TensorNames()
+    shared_prompts: bool = False   # its shared expert needs prompts unless the gates are random
+    zero_attention_bias: bool = False  # q/k/v biases the base lacks are written as zeros
+    writes: bool = True            # False: mergekit-moe writes it, mmmerge does not (say so)
+    # the order mergekit reads (and draws noise for) one layer's expert MLPs: per expert these projections
+    # (fused), or per projection every expert then the shared one (per-expert tensors)
+    read_order: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+
+
+ROWS = (
+    OutputArch("Mixtral", "mixtral", "MixtralForCausalLM", ("llama", "mistral"), (0,), expert_count="num_local_experts",
+               fields={"sliding_window": None}, via="mistral",
+               read_order=("gate_proj", "down_proj", "up_proj")),
+    OutputArch("DeepSeek MoE", "deepseek", "DeepseekForCausalLM", ("llama", "mistral"), (0, 1), writes=False),
+    OutputArch("Qwen MoE", "qwen2_moe", "Qwen2MoeForCausalLM", ("llama", "mistral", "qwen2"), (1,),
+               fields={"decoder_sparse_step": 1, "norm_topk_prob": True, "sliding_window": None,
+                       "use_sliding_window": False},
+               intermediate_fields=("shared_expert_intermediate_size", "moe_intermediate_size"), fused=False,
+               shared_prompts=True, zero_attention_bias=True,
+               read_order=("down_proj", "gate_proj", "up_proj")),
+    OutputArch("Qwen3 MoE", "qwen3_moe", "Qwen3MoeForCausalLM", ("qwen3",), (0,),
+               fields={"decoder_sparse_step": 1, "norm_topk_prob": True}, intermediate_fields=("moe_intermediate_size",)),
+)
+
+
+def fits(row: OutputArch, config: MoEConfig, model_type: str) -> str | None:
+    """Why `row` cannot hold this config (None when it can)."""
+    shared = config.shared
+    if model_type not in row.inputs:
+        return f"takes {'/'.join(row.inputs)} models"
+    if len(shared) not in row.shared_experts:
+        return f"holds {' or '.join(map(str, row.shared_experts))} shared expert(s)"
+    if row.shared_prompts and config.gate_mode != "random" and not shared[0].positive_prompts:
+        return "needs prompts for its shared expert (unless gate_mode is random)"
+    if not row.writes and shared and (shared[0].positive_prompts or shared[0].negative_prompts):
+        return "has no gate for its shared expert"
+    return None
+
+
+def choose(config: MoEConfig, model_type: str, where: str = "config") -> OutputArch:
+    """The output mergekit-moe 0.1.5 picks for these inputs: among the rows whose name starts with `architecture`,
+    Mixtral if it fits, else the first that fits."""
+    rows = [r for r in ROWS if not config.architecture or r.name.lower().startswith(config.architecture.lower())]
+    if not rows:
+        raise UnsupportedArchitectureError(f"{where}: architecture: no output is named {config.architecture!r} "
+                                           f"(known: {', '.join(r.name for r in ROWS if r.writes)})")
+    reasons = {r.name: fits(r, config, model_type) for r in rows}
+    fitting = [r for r in rows if reasons[r.name] is None]
+    if not fitting:
+        why = "; ".join(f"{name} {reason}" for name, reason in reasons.items())
+        raise UnsupportedArchitectureError(f"{where}: no MoE output holds {len(config.experts)} {model_type} expert(s) "
+                                           f"with {len(config.shared)} shared expert(s) here ({why})")
+    chosen = next((r for r in fitting if r.name == "Mixtral"), fitting[0])
+    if not chosen.writes:
+        raise UnsupportedArchitectureError(
+            f"{where}: mergekit-moe would write {chosen.name} here, which needs remote code to load and which mmmerge "
+            "does not write; for Qwen2-MoE give the shared expert prompts (or use gate_mode: random) and set "
+            "architecture: qwen")
+    return chosen

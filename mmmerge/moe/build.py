@@ -1,0 +1,216 @@
+"""`mmmerge moe`: dense fine-tunes of one base -> a sparse MoE model, as mergekit-moe 0.1.5 writes it.
+
+Everything is checked before any tensor data is read (config rules, architectures, shapes, the output's
+tensors); then the gates are computed and the output is streamed tensor by tensor into a folder that replaces
+`out` only when it is whole.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from ..checkpoint import LazyTensor
+from ..device import resolve_device
+from ..engine.execute import progress_bar
+from ..engine.opener import Opener
+from ..engine.recipe import DTYPES, dtype_of
+from ..errors import MMMergeWarning, RecipeError, ShapeMismatchError, UnreadableFileError
+from ..io import atomic_output_dir, claim_output, read_json, read_tensors, write_safetensors
+from ..io.folder import copy_side_files
+from ..io.writer import DEFAULT_SHARD_BYTES
+from ..projectors.language import has_tokenizer
+from ..validate import byte_size
+from .architectures import OutputArch, choose
+from .config import PROMPTED_MODES, MoEConfig, load_config
+from .experts import PROJECTIONS, Source, expert_tensors, mlp_name, noise_states
+from .gates import degenerate_layers, prompt_gates, random_gates
+
+SIDE_FILES_SKIPPED = ("config.json", "README.md", "mergekit_config.yml", "mergekit_moe_config.yml",
+                      "mmmerge_recipe.yml")
+
+
+@dataclass
+class Model:
+    where: str          # its place in the config: base_model, experts[1], ...
+    path: Path
+    config: dict
+    tensors: Mapping[str, LazyTensor]
+
+
+def open_models(config: MoEConfig, offline: bool | None) -> tuple[Model, list[Model], list[Model]]:
+    """Base, experts and shared experts: their config.json and tensor headers (no tensor data)."""
+    opener = Opener(config.folder, offline=offline)
+    opened: dict[Path, tuple[dict, Mapping[str, LazyTensor]]] = {}
+
+    def one(ref: str, where: str) -> Model:
+        path = opener.path(ref)
+        if not (path / "config.json").is_file():
+            raise UnreadableFileError(f"{where}: {ref}: not a transformers model folder (no config.json)")
+        if path not in opened:
+            opened[path] = (read_json(path / "config.json"), read_tensors(path))
+        return Model(where, path, *opened[path])
+
+    base = one(config.base_model, "base_model")
+    experts = [one(e.source_model, f"experts[{i}]") for i, e in enumerate(config.experts)]
+    shared = [one(e.source_model, f"shared_experts[{i}]") for i, e in enumerate(config.shared)]
+    return base, experts, shared
+
+
+def check_architectures(base: Model, models: list[Model]) -> None:
+    """Every expert is the base's architecture."""
+    for m in models:
+        if m.config.get("model_type") != base.config.get("model_type"):
+            raise RecipeError(f"{m.where}: {m.path} is a {m.config.get('model_type')} model and the base a "
+                              f"{base.config.get('model_type')} one; every expert must have the base's architecture")
+
+
+def check_shapes(base: Model, models: list[Model]) -> None:
+    """Every expert has the base's shape, and a dense MLP of the base's shape at every layer."""
+    layers = base.config["num_hidden_layers"]
+    for m in [base, *models]:
+        for key in ("hidden_size", "num_hidden_layers"):
+            if m.config.get(key) != base.config.get(key):
+                raise ShapeMismatchError(f"{m.where}: {m.path} has {key} {m.config.get(key)}, the base "
+                                         f"{base.config.get(key)}; every expert must have the base's shape")
+        for layer in range(layers):
+            for proj in PROJECTIONS:
+                name = mlp_name(layer, proj)
+                if name not in m.tensors:
+                    raise ShapeMismatchError(f"{m.where}: {m.path} has no tensor {name}; an expert needs a dense MLP "
+                                             "at every layer")
+                if name in base.tensors and m.tensors[name].shape != base.tensors[name].shape:
+                    raise ShapeMismatchError(f"{m.where}: tensor {name} has shape {m.tensors[name].shape}, the base's "
+                                             f"{base.tensors[name].shape}; every expert must have the base's shape")
+
+
+def check_tokenizer(config: MoEConfig, base: Model) -> None:
+    """Gates from prompts tokenize them with the base's tokenizer: it must be there."""
+    if config.gate_mode in PROMPTED_MODES and not has_tokenizer(base.path):
+        raise UnreadableFileError(f"base_model: {base.path} has no tokenizer (tokenizer.json, tokenizer_config.json "
+                                  f"...), which gate_mode {config.gate_mode} tokenizes the prompts with")
+
+
+def saved_dtype(config: dict) -> torch.dtype | None:
+    """The dtype a config.json names (`dtype`, or transformers 4's `torch_dtype`), which mergekit-moe writes in
+    when the config names none; None when it names none either (each tensor keeps its own)."""
+    name = config.get("dtype") or config.get("torch_dtype")
+    return dtype_of(name) if isinstance(name, str) and name.removeprefix("torch.") in DTYPES else None
+
+
+def output_config(row: OutputArch, config: MoEConfig, base: Path, dtype: torch.dtype | None):
+    """The output's transformers config: the base's, through the row's config class, with its MoE fields."""
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    cfg = AutoConfig.from_pretrained(base)
+    if row.via and cfg.model_type != row.via:
+        cfg = CONFIG_MAPPING[row.via](**cfg.to_dict())
+    out = CONFIG_MAPPING[row.model_type](**cfg.to_dict())
+    out.architectures = [row.class_name]
+    setattr(out, row.expert_count, len(config.experts))
+    out.num_experts_per_tok = config.experts_per_token
+    for key, value in row.fields.items():
+        setattr(out, key, value)
+    for key in row.intermediate_fields:
+        setattr(out, key, out.intermediate_size)
+    if dtype is not None:
+        out.dtype = dtype
+    return out
+
+
+def base_tensors(row: OutputArch, out_config, base: Model, dtype: torch.dtype | None) -> dict[str, LazyTensor]:
+    """The output's tensors outside the MLPs (those its class holds), from the base; q/k/v biases the base lacks
+    are zeros where the row says so (Qwen2-MoE from Llama/Mistral), a tied head the base lacks stays out."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        names = [n for n in AutoModelForCausalLM.from_config(out_config).state_dict() if ".mlp." not in n]
+    out = {}
+    for name in names:
+        t = base.tensors.get(name)
+        if t is not None:
+            out[name] = LazyTensor(t.shape, dtype or t.dtype, t.load)
+        elif row.zero_attention_bias and name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
+            heads = out_config.num_attention_heads if name.endswith("q_proj.bias") else out_config.num_key_value_heads
+            size = heads * (out_config.hidden_size // out_config.num_attention_heads)
+            out[name] = LazyTensor((size,), dtype or torch.float32, lambda size=size: torch.zeros(size))
+        elif name == "lm_head.weight" and getattr(out_config, "tie_word_embeddings", False):
+            continue
+        else:
+            raise UnreadableFileError(f"base_model: {base.path} has no tensor {name}, which {row.class_name} holds")
+    return out
+
+
+def gate_tensors(row: OutputArch, gates: torch.Tensor, experts: int, dtype: torch.dtype | None) -> dict[str, LazyTensor]:
+    """Each layer's router (the routed experts' rows) and, where `gates` has rows beyond them (the shared
+    expert's, Qwen2-MoE), the shared expert's gate."""
+    out = {}
+    for layer in range(gates.shape[0]):
+        parts = {row.names.router: gates[layer, :experts]}
+        if gates.shape[1] > experts:
+            parts[row.names.shared_router] = gates[layer, experts:]
+        for name, value in parts.items():
+            out[name.format(layer=layer)] = LazyTensor.of(value.to(dtype or value.dtype).contiguous())
+    return out
+
+
+def moe(config, out, *, random_seed: int | None = None, i_understand_this_is_not_useful_without_training: bool = False,
+        device: str = "cpu", force: bool = False, quiet: bool = False, offline: bool | None = None,
+        out_shard_size: int | str = DEFAULT_SHARD_BYTES) -> Path:
+    """Write the MoE model of a mergekit-moe config (a YAML file, YAML text or a dict) to `out`; returns `out`.
+    `random_seed` and `i_understand_this_is_not_useful_without_training` are mergekit-moe's options of those
+    names (also read as config keys); `device` runs the base for hidden gates."""
+    cfg = load_config(config, random_seed=random_seed, i_understand_this_is_not_useful_without_training=(
+        True if i_understand_this_is_not_useful_without_training else None))
+    dev = resolve_device(device)
+    shard_bytes = byte_size("out_shard_size", out_shard_size)
+    out = Path(out)
+    with claim_output(out, force=force, deferred_check=True):
+        base, experts, shared = open_models(cfg, offline)
+        check_architectures(base, [*experts, *shared])
+        row = choose(cfg, base.config.get("model_type"))
+        check_shapes(base, [*experts, *shared])
+        check_tokenizer(cfg, base)
+        dtype = dtype_of(cfg.dtype) or saved_dtype(base.config)
+        out_config = output_config(row, cfg, base.path, dtype)
+        tensors = base_tensors(row, out_config, base, dtype)
+        inputs = [m.path for m in [base, *experts, *shared]]
+        with atomic_output_dir(out, force, inputs=inputs, data=[cfg.path]) as tmp:
+            start = time.perf_counter()
+            generator = torch.Generator()
+            if cfg.random_seed is not None:
+                generator.manual_seed(cfg.random_seed)
+            else:
+                generator.seed()
+            layers = base.config["num_hidden_layers"]
+            gated = cfg.gated()
+            if cfg.gate_mode in PROMPTED_MODES:
+                gates = prompt_gates(cfg.gate_mode, gated, base.path, num_layers=layers, device=dev,
+                                     embed=lambda: base.tensors["model.embed_tokens.weight"].load())
+            else:
+                gates = random_gates(cfg.gate_mode, (layers, len(gated), base.config["hidden_size"]), generator)
+            degenerate = degenerate_layers(gates)
+            if degenerate:
+                warnings.warn(f"the gates of {len(degenerate)} of {layers} layer(s) (from layer {degenerate[0]}) are "
+                              "nearly degenerate (condition number above 5): some experts' prompts are too alike, "
+                              "and those experts will be underused", MMMergeWarning, stacklevel=2)
+            sources = [Source(e, m.tensors) for e, m in zip(cfg.experts, experts)]
+            shared_sources = [Source(e, m.tensors) for e, m in zip(cfg.shared, shared)]
+            states = noise_states(row, layers, sources, shared_sources, generator)
+            tensors |= expert_tensors(row, layers, sources, shared_sources, states, dtype)
+            tensors |= gate_tensors(row, gates, len(cfg.experts), dtype)
+            copy_side_files(base.path, tmp, skip=SIDE_FILES_SKIPPED)
+            out_config.save_pretrained(tmp)
+            (tmp / "mergekit_moe_config.yml").write_text(cfg.text)
+            bar, on_tensor = progress_bar(sum(t.nbytes for t in tensors.values()), len(tensors), quiet)
+            with bar:
+                write_safetensors(tmp, tensors, max_shard_bytes=shard_bytes, on_tensor=on_tensor)
+    if not quiet:
+        print(f"wrote a {row.name} model of {len(cfg.experts)} experts ({row.class_name}, {cfg.gate_mode} gates) "
+              f"to {out} in {time.perf_counter() - start:.1f} s")
+    return out
