@@ -15,7 +15,7 @@ __all__ = ["load", "describe", "convert", "merge", "stitch", "StitchOptions", "g
 _WHERE = {"load": (".adapters", "open_checkpoint"), "describe": (".inspect", "describe"),
           "convert": (".conversion", "convert"), "merge": (".engine", "merge"), "stitch": (".stitching", "stitch"),
           "StitchOptions": (".stitching", "StitchOptions"), "search": (".searching", "search"),
-          "score": (".eval.lmms", "score"), "moe": (".moe", "moe"),
+          "score": (".eval.lmms", "score"), "moe": (".mixture", "moe"),
           "generate": (".eval.ask", "generate"), "evaluate": (".eval", "evaluate"),
           "compare": (".eval.compare", "compare"), "finetune": (".demo.finetune", "finetune"),
           "read_examples": (".demo.finetune", "read_examples"), "caption_examples": (".demo.finetune", "caption_examples"),

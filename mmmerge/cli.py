@@ -58,7 +58,7 @@ def cmd_merge(args) -> None:
 
 
 def cmd_moe(args) -> None:
-    from .moe import moe
+    from .mixture import moe
 
     moe(args.config, args.out, random_seed=args.random_seed, device=args.device, force=args.force, quiet=args.quiet,
         i_understand_this_is_not_useful_without_training=args.i_understand_this_is_not_useful_without_training,
