@@ -142,13 +142,19 @@ def test_an_image_is_size_checked_from_its_header_with_a_limit_that_can_be_raise
     assert image_size(bomb, max_pixels=10**9) == (30000, 30000)  # raised: the header passes, nothing decoded
 
 
-def test_eval_and_stitch_refuse_a_bomb_before_decoding_and_honour_the_option(world, tmp_path):
-    vqa = world["vqa"]
+def copied_images(vqa, tmp_path):
+    """The VQA set's images copied into a folder of the test's own (one is about to be replaced by a bomb); the
+    folder and its first image."""
     images = tmp_path / "images"
     images.mkdir()
     for p in vqa["images"].iterdir():
         (images / p.name).write_bytes(p.read_bytes())
-    first = sorted(images.iterdir())[0]
+    return images, sorted(images.iterdir())[0]
+
+
+def test_eval_and_stitch_refuse_a_bomb_before_decoding_and_honour_the_option(world, tmp_path):
+    vqa = world["vqa"]
+    images, first = copied_images(vqa, tmp_path)
     args = ("eval", world["llava"], "--task", "vqav2", "--questions", vqa["questions"], "--annotations",
             vqa["annotations"], "--images", images, "--out", tmp_path / "out", "--quiet", "--max-new-tokens", "2")
     one_line_error(run(*args, "--max-image-pixels", "1000"), str(first), "over the limit of 0.001 megapixels",
@@ -171,11 +177,7 @@ def test_generate_calibrate_and_search_refuse_an_image_over_the_limit_before_dec
 
     assert DEFAULT_MAX_PIXELS < 10500 * 10000 < 2 * Image.MAX_IMAGE_PIXELS
     vqa = world["vqa"]
-    images = tmp_path / "images"
-    images.mkdir()
-    for p in vqa["images"].iterdir():
-        (images / p.name).write_bytes(p.read_bytes())
-    first = sorted(images.iterdir())[0]
+    images, first = copied_images(vqa, tmp_path)
     bomb_png(first, 10500, 10000)
     one_line_error(run("generate", world["llava"], "--image", first, "--prompt", "what is it?"), str(first),
                    "105.0 megapixels", "it was not decoded")
