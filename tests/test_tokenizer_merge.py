@@ -246,3 +246,18 @@ def test_each_vocabulary_tensor_is_read_once(models, monkeypatch, tmp_path):
     assert results == {"once": 2 * 3, "each": 2 * 3 * 3}  # embeddings and head of three models
     a, b = (load_file(tmp_path / n / "model.safetensors") for n in ("once", "each"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_tokenizer_source_outside_the_merge_is_an_input_no_output_may_replace(models, tmp_path):
+    """`--force` replaces a previous mmmerge output, but not one the recipe reads a tokenizer from."""
+    from mmmerge.errors import UnsafeOutputError
+
+    m = models
+    linear = {"merge_method": "linear", "dtype": "float32", "base_model": m["base"], "tokenizer_source": "base",
+              "models": [{"model": m["base"], "parameters": {"weight": 0.5}}, {"model": m["a"], "parameters": {"weight": 0.5}}]}
+    previous = merge(linear, tmp_path / "previous", quiet=True)
+    before = {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()}
+    merge({**linear, "tokenizer_source": str(previous)}, tmp_path / "elsewhere", quiet=True)  # a valid recipe
+    with pytest.raises(UnsafeOutputError):
+        merge({**linear, "tokenizer_source": str(previous)}, previous, force=True, quiet=True)
+    assert {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()} == before

@@ -47,6 +47,7 @@ def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list
     source = section.tokenizer.source if section.tokenizer is not None else section.tokenizer_source
     if source not in (None, "base", "union", *refs):  # a model outside the merge: its tokenizer only, as mergekit
         folders[source] = opener.path(source)
+        opener.side_only.append(folders[source])  # an input too: no output may replace it
     out.comps, out.tokenizer = plan_tokenizer(section, refs, folders, comps, section.base_model, where, notes)
     if out.tokenizer is not None and out.tokenizer.tokenizer is not None:
         out.vocab = out.comps[ref_key].config["vocab_size"]

@@ -21,6 +21,7 @@ class Opener:
         self.cache: dict[Path, Checkpoint] = {}
         self.loras: dict[Path, tuple[Path, Path]] = {}  # key of a `BASE+LORA` reference -> (base, lora)
         self.hub: dict[str, Path] = {}  # hub ID -> its local snapshot
+        self.side_only: list[Path] = []  # folders read for their side files alone (a tokenizer_source outside the merge)
 
     def path(self, ref: str) -> Path:
         """The absolute path of `ref`; for `BASE+LORA` a key `BASE+LORA` of the two absolute paths."""

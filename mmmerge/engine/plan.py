@@ -373,7 +373,7 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
         tasks = one_random_stream(tasks, seed)
     tokenizer = components["language"].tokenizer if "language" in components else None
     return Plan(recipe, components, fmt, config, side, tasks, notes, warnings, tokenizer, preprocessor,
-                [part for key in opener.cache for part in opener.loras.get(key, (key,))])
+                [part for key in opener.cache for part in opener.loras.get(key, (key,))] + opener.side_only)
 
 
 def plan_merge(recipe, *, seed: int | None = None, offline: bool | None = None) -> Plan:
