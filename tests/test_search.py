@@ -335,8 +335,8 @@ def test_two_processes_share_one_study(world, tmp_path):
     spec = spec_for(root, files, trials=10, sampler="random", extra={"max_new_tokens": 16})  # trials long enough
     out = tmp_path / "out"                                      # for the second process to join
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29533", "-m", "mmmerge", "search", str(spec), "--out", str(out), "--quiet"],
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                          "-m", "mmmerge", "search", str(spec), "--out", str(out), "--quiet"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads((out / "result.json").read_text())
