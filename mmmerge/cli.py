@@ -172,9 +172,15 @@ def cmd_demo(args) -> None:
 def cmd_search(args) -> None:
     from .searching import search
 
-    search(args.spec, args.out, device=args.device, trials=args.trials, timeout=args.timeout, storage=args.storage,
-           worker=args.worker, write_model=args.write_model, force=args.force, quiet=args.quiet,
-           offline=True if args.offline else None)
+    try:
+        search(args.spec, args.out, device=args.device, trials=args.trials, timeout=args.timeout,
+               storage=args.storage, worker=args.worker, write_model=args.write_model, force=args.force,
+               quiet=args.quiet, offline=True if args.offline else None)
+    except (KeyboardInterrupt, Terminated) as e:
+        study = args.storage or Path(args.out) / "study.db"
+        if args.storage or Path(study).exists():  # kept on purpose: the same command resumes it
+            e.kept = f"the study in {study} keeps every finished trial: the same command resumes it"
+        raise
 
 
 def add_image_limit(s: argparse.ArgumentParser) -> None:

@@ -44,10 +44,10 @@ def _first_line(e: BaseException) -> str:
 
 def describe(e: BaseException) -> tuple[str, int] | None:
     """(one line, exit code) for a failure that is not a bug; None for a bug."""
-    if isinstance(e, KeyboardInterrupt):
-        return "interrupted (SIGINT): stopped, and no partial output was left", SIGINT_EXIT
-    if isinstance(e, Terminated):
-        return "terminated (SIGTERM): stopped, and no partial output was left", SIGTERM_EXIT
+    if isinstance(e, (KeyboardInterrupt, Terminated)):  # `kept`: what a command keeps on purpose (search's study)
+        what, code = ("interrupted (SIGINT)", SIGINT_EXIT) if isinstance(e, KeyboardInterrupt) else \
+            ("terminated (SIGTERM)", SIGTERM_EXIT)
+        return f"{what}: stopped, and {getattr(e, 'kept', 'no partial output was left')}", code
     if isinstance(e, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({e.reason} at byte {e.start})", BAD_INPUT
     if isinstance(e, json.JSONDecodeError):

@@ -430,6 +430,7 @@ def test_ctrl_c_while_optuna_records_a_trial_is_one_line(world, tmp_path, monkey
     root, files = world
     r = run("search", spec_for(root, files, trials=3), "--out", tmp_path / "out", "--quiet")
     assert r.returncode == 130 and r.stderr.count("\n") == 1 and "interrupted (SIGINT)" in r.stderr, r.stderr
+    assert f"the study in {tmp_path / 'out' / 'study.db'} keeps every finished trial" in r.stderr  # not "no output"
     study = optuna.load_study(study_name="mmmerge-search", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
 
