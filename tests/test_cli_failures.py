@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-import mmmerge.cli as cli
+import mmmerge.inspect as mmmerge_inspect
 from mmmerge.signals import Terminated
 from cli_run import one_line_error, run
 from tiny_world import build_world
@@ -20,7 +20,7 @@ def world(tmp_path_factory):
 
 
 def raising(e):
-    def command(args):
+    def command(*args, **kwargs):
         raise e
     return command
 
@@ -40,7 +40,7 @@ def raising(e):
      "error: a file is not UTF-8 text (invalid start byte at byte 0)"),
 ])
 def test_environment_faults_and_interrupts_are_one_line(monkeypatch, error, code, line):
-    monkeypatch.setattr(cli, "cmd_inspect", raising(error))
+    monkeypatch.setattr(mmmerge_inspect, "inspect_path", raising(error))
     r = run("inspect", "anything")
     assert (r.returncode, r.stderr) == (code, line + "\n")
 
@@ -51,12 +51,12 @@ def test_yaml_and_pil_errors_are_one_line(monkeypatch):
     for error in (yaml.YAMLError("mapping values are not allowed here"),
                   UnidentifiedImageError("cannot identify x.png"),
                   Image.DecompressionBombError("Image size (1000000000 pixels) exceeds limit")):
-        monkeypatch.setattr(cli, "cmd_inspect", raising(error))
+        monkeypatch.setattr(mmmerge_inspect, "inspect_path", raising(error))
         one_line_error(run("inspect", "anything"))
 
 
 def test_a_bug_shows_its_traceback_and_asks_for_a_report(monkeypatch):
-    monkeypatch.setattr(cli, "cmd_inspect", raising(ZeroDivisionError("division by zero")))
+    monkeypatch.setattr(mmmerge_inspect, "inspect_path", raising(ZeroDivisionError("division by zero")))
     r = run("inspect", "anything")
     assert r.returncode == 1
     assert r.stderr.startswith("Traceback") and "ZeroDivisionError: division by zero" in r.stderr

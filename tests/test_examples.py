@@ -15,6 +15,8 @@ import pytest
 from mmmerge.adapters import open_checkpoint
 from mmmerge.adapters.families import FAMILIES
 from mmmerge.cli import build_parser, main
+from mmmerge.cli_flags import api_defaults
+from mmmerge.commands import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
 SKIPPED = {"demo"}  # the whole pipeline takes minutes; tests/test_demo.py runs it
@@ -83,9 +85,9 @@ def test_the_readme_shows_every_command_with_its_defaults():
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     assert set(commands) <= shown, f"the README's Commands block does not show: {set(commands) - shown}"
-    for argv in readme_commands():  # a value the README shows for --batch-size is the default
+    for argv in readme_commands():  # a value the README shows for --batch-size is the default (its function's)
         if "--batch-size" in argv:
-            default = commands[argv[1]].get_default("batch_size")
+            default = api_defaults(COMMANDS[argv[1]].api)["batch_size"]
             assert argv[argv.index("--batch-size") + 1] == str(default), argv
 
 

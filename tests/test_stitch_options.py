@@ -14,7 +14,7 @@ from mmmerge.stitching import StitchOptions
 from stitch_parts import make_lm, make_vision
 
 REQUIRED = ["stitch", "--vision", "v", "--language", "l", "--projector-type", "linear", "--out", "o"]
-NOT_OPTIONS = {"command", "func", "debug", "vision", "language", "out", "quiet"}  # inputs, and the CLI's own flags
+NOT_OPTIONS = {"command", "command_row", "debug", "vision", "language", "out", "quiet"}  # inputs, and the CLI's own flags
 
 
 @pytest.fixture(scope="module")

@@ -35,3 +35,8 @@ def summary() -> str:
         names = [*spec.model_params, *spec.global_params]
         out.append(f"{name:<{width}}  {BASE_TEXT[spec.base]:<33}  {', '.join(names) or '-'}")
     return "\n".join(out)
+
+
+def describe_or_list(name: str | None = None) -> str:
+    """`mmmerge methods [NAME]`: one method's parameters and paper, or every method on a line."""
+    return describe(name) if name else summary()
