@@ -20,6 +20,7 @@ from ..images import DEFAULT_MAX_PIXELS, image_size, open_rgb
 from ..model_card import record_eval
 from . import distributed as D
 from .generate import Generator, build_prompt, load_model, prompt_lengths
+from .lmms.write import write_lmms_log
 from .tasks import EvalDataError, EvalTask, get_task, read_task
 
 
@@ -73,8 +74,9 @@ def evaluate(model, task, *, questions=None, annotations=None, images=None, data
     """Evaluate an image-text-to-text checkpoint folder `model` (LLaVA, LLaVA-NeXT, Qwen2-VL, Gemma 3, PaliGemma,
     Idefics3/SmolVLM, mllama, ...: each through its own processor and chat template) on `task` ("vqav2",
     "textvqa", "gqa", "pope", "scienceqa", "jsonl"); write OUT/predictions.json, metrics.json, samples.jsonl
-    (and run.json, for eval-compare) and return the metrics. `data` is another name for the task's main file
-    (`questions`).
+    (and run.json, for eval-compare; for the tasks lmms-eval names, its sample log and results JSON too:
+    lmms_samples_<task>.jsonl, lmms_results.json) and return the metrics. `data` is another name for the task's
+    main file (`questions`).
     `prompt` replaces the task's template; it must contain "{question}". Under torchrun the questions are
     sharded over the ranks and rank 0 writes the files; every rank returns the metrics.
     `force`: replace a previous mmmerge output in OUT. `max_image_pixels`: larger images are refused before
@@ -158,5 +160,6 @@ def _score_and_write(task: EvalTask, samples, prompts, raws, out: Path, run: dic
         for s, p, r, a, sc in zip(samples, prompts, raws, answers, scores)))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     atomic_write_text(out / "run.json", json.dumps(run, indent=2))
+    write_lmms_log(task, samples, prompts, raws, answers, scores, out, run)  # for mmmerge score and lmms-eval users
     record_eval(run["model"], run, metrics)  # a model folder mmmerge merged: its card gets this result
     return metrics

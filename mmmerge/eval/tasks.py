@@ -271,7 +271,8 @@ class ScienceQA(EvalTask):
             text = (f"Context: {hint}\n" if hint else "") + _get(p, "question", qpath, pid) + "\n" + "\n".join(
                 f"{M.OPTIONS[i]}. {c}" for i, c in enumerate(choices))
             samples.append(Sample(pid, image, text, p.get("answer"),
-                                  {"num_choices": len(choices), "subject": p.get("subject", "")}))
+                                  {"num_choices": len(choices), "subject": p.get("subject", ""),
+                                   "choices": choices}))
         return samples
 
     def score(self, answer, sample):
