@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval-compare", help="scores of several `mmmerge eval` outputs with bootstrap intervals, "
                        "paired tests against a baseline, and a bar chart")
-    s.add_argument("outs", type=Path, nargs="+", help="evaluation output folders")
+    s.add_argument("outs", type=Path, nargs="+", help="evaluation output folders, lmms-eval run folders or "
+                   "<date>_samples_<task>.jsonl logs (paired by doc_id)")
     s.add_argument("--baseline", help="the folder (or its name) every other run is tested against (default: the first)")
     s.add_argument("--by", help="a samples.jsonl field to break scores down by: answer_type, question_type, category ...")
     s.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default: 0.95)")
