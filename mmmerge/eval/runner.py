@@ -43,7 +43,7 @@ def check_image_headers(samples, source, max_pixels: int | None = DEFAULT_MAX_PI
                 raise EvalDataError(f"{source}: question {s.question_id}: {e}") from e
 
 
-INTERNAL_INFO = ("order",)  # Sample.info keys that are bookkeeping, not fields to break scores down by
+INTERNAL_INFO = ("order", "where")  # Sample.info keys that are bookkeeping, not fields to break scores down by
 
 
 class RunningScore:

@@ -12,6 +12,8 @@
           images: dev/images
           test: {questions: test/questions.json, annotations: test/annotations.json, images: test/images}
         # or one file split in two: `split: 0.5` (that share of the questions is dev, the rest test)
+        - task: mmstar           # any lmms-eval task `mmmerge score` knows (`lmms-eval:gqa` for its gqa),
+          questions: mmstar.jsonl  # from a JSONL of its documents, scored as lmms-eval scores them
 
 Paths are relative to the spec file's folder. The test split never chooses: it is scored once, for the best
 candidate, after the search.
@@ -28,6 +30,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import RecipeError
+from ..eval.lmms.docs_task import LmmsDocsTask
+from ..eval.lmms.table import LMMS_TASKS
 from ..eval.runner import check_image_headers
 from ..eval.tasks import TASKS, get_task, read_task
 from ..images import DEFAULT_MAX_PIXELS
@@ -65,6 +69,21 @@ class SearchSettings(BaseModel):
     max_image_pixels: Optional[int] = Field(DEFAULT_MAX_PIXELS, ge=1)  # larger images are refused undecoded; null: none
 
 
+LMMS_PREFIX = "lmms-eval:"
+
+
+def task_named(name: str):
+    """mmmerge's own task of that name, else the lmms-eval task (`lmms-eval:NAME`, or NAME where mmmerge has no
+    task of that name) read from a JSONL of its documents and scored through the `eval/lmms` table."""
+    lmms = name[len(LMMS_PREFIX):] if name.startswith(LMMS_PREFIX) else None if name in TASKS else name
+    if lmms is None:
+        return get_task(name)
+    if lmms not in LMMS_TASKS:
+        raise RecipeError(f"search.tasks: unknown task {name!r}; choose one of {', '.join(TASKS)}, or an lmms-eval "
+                          f"task ({', '.join(LMMS_TASKS)}; `{LMMS_PREFIX}NAME` where mmmerge has a task of that name)")
+    return LmmsDocsTask(lmms)
+
+
 class Split:
     """One task's dev and test questions."""
 
@@ -72,11 +91,9 @@ class Split:
         def at(p):
             return None if p is None else str(Path(folder, p) if folder is not None else Path(p))
 
-        if spec.task not in TASKS:
-            raise RecipeError(f"search.tasks: unknown task {spec.task!r}; choose one of {', '.join(TASKS)}")
         if spec.test is not None and spec.split is not None:
             raise RecipeError(f"search.tasks[{spec.task}]: give `test` files or a `split`, not both")
-        self.task = get_task(spec.task)
+        self.task = task_named(spec.task)
         self.prompt = spec.prompt if spec.prompt is not None else self.task.prompt
         if "{question}" not in self.prompt:
             raise RecipeError(f"search.tasks[{spec.task}]: prompt {self.prompt!r} has no {{question}} placeholder")

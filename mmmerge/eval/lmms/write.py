@@ -28,6 +28,8 @@ from typing import Callable
 
 from ...io.atomic import atomic_write_text
 from .. import metrics as M
+from ..tasks import TASKS
+from .docs_task import PER_DOCUMENT, LmmsDocsTask
 from .log import Entry, entries_from_rows
 from .table import LMMS_TASKS
 
@@ -55,6 +57,7 @@ class LogForm:
     target: Callable  # Sample -> the gold as lmms-eval's doc_to_target gives it
     filtered: Callable = lambda answer, sample: answer
     fields: Callable = lambda doc, answer, one: {"exact_match": one["exact_match"]}
+    scored_alone: bool = True  # the scorer can score one document alone (`one`); else `one` is {}
 
 
 def _pope_fields(doc, answer, one):
@@ -82,6 +85,14 @@ LOG_FORMS = {
 }
 
 
+def docs_form(task: LmmsDocsTask) -> LogForm:
+    """An lmms-eval task read from its documents: the row as it is, the answer unfiltered, and the headline's
+    per-document score where a document alone has one."""
+    alone = task.name in PER_DOCUMENT
+    return LogForm(task.name, lambda s: s.target, lambda s: s.target.get("answer", ""), scored_alone=alone,
+                   fields=lambda doc, answer, one: {task.headline: one[task.headline]} if alone else {})
+
+
 def _hash(text: str) -> str:
     """lmms-eval's hash_string: sha256 hex of the UTF-8 text."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -92,7 +103,8 @@ def sample_lines(form: LogForm, samples, prompts, raws, answers) -> list[dict]:
     spec, lines = LMMS_TASKS[form.task], []
     for doc_id, (s, prompt, raw, answer) in enumerate(zip(samples, prompts, raws, answers, strict=True)):
         doc, filtered, target = form.doc(s), form.filtered(answer, s), str(form.target(s))
-        one = spec.scorer([Entry(doc_id, doc, filtered.strip(), f"question {s.question_id}")], [])
+        one = spec.scorer([Entry(doc_id, doc, filtered.strip(), f"question {s.question_id}")], []) \
+            if form.scored_alone else {}
         lines.append({"doc_id": doc_id, "doc": doc, "target": target, "arguments": {}, "resps": [[raw]],
                       "filtered_resps": [filtered],
                       "doc_hash": _hash(json.dumps(doc, indent=2, default=str, ensure_ascii=False)),
@@ -132,8 +144,11 @@ def results_json(task: str, lines: list[dict], run: dict) -> dict:
 def write_lmms_log(task, samples, prompts, raws, answers, scores, out: Path, run: dict) -> str | None:
     """Write OUT/lmms_samples_<lmms task>.jsonl and OUT/lmms_results.json for a task lmms-eval names, when every
     question has gold answers (a score); return the lmms-eval task name, or None when nothing is written."""
-    form = LOG_FORMS.get(task.name)
-    if form is None or any(sc is None for sc in scores):
+    if isinstance(task, LmmsDocsTask):  # its documents are lmms-eval's rows already
+        form = docs_form(task)
+    elif type(task) is TASKS.get(task.name) and task.name in LOG_FORMS and not any(sc is None for sc in scores):
+        form = LOG_FORMS[task.name]
+    else:
         return None
     lines = sample_lines(form, samples, prompts, raws, answers)
     atomic_write_text(out / SAMPLES_FILE.format(task=form.task),
