@@ -123,7 +123,8 @@ def test_a_results_file_alone_gives_the_scores_table(tmp_path):
 
 def test_an_mmmerge_folder_without_an_lmms_log_is_refused_beside_lmms_runs(model_dir, vqa, tmp_path):
     evaluate(model_dir, "vqav2", **vqa, out=tmp_path / "v", limit=2, max_new_tokens=2, progress=False)
-    one_line_error(run("eval-compare", tmp_path / "v", lmms_run(tmp_path / "l", GOLD)), "without an lmms-eval sample log")
+    one_line_error(run("eval-compare", tmp_path / "v", lmms_run(tmp_path / "l", GOLD)),
+                   "without an lmms-eval sample log")
 
 
 def test_a_folder_of_neither_kind(tmp_path):

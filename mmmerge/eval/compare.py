@@ -135,7 +135,8 @@ def scored(run: dict, by: str | None) -> dict[str, tuple[float, str]]:
             continue
         if by is not None and by not in row:
             fields = sorted(set(row) - SAMPLE_FIELDS)
-            raise CompareError(f"{run.get('samples_file', run['path'] / 'samples.jsonl')}: no field {by!r} to break scores down by (fields: "
+            where = run.get("samples_file", run["path"] / "samples.jsonl")
+            raise CompareError(f"{where}: no field {by!r} to break scores down by (fields: "
                                f"{', '.join(fields) if fields else 'none; evaluate again to record them'})")
         out[_key(row.get("question_id"))] = (float(row["score"]), _label(row[by]) if by is not None else ALL)
     return out

@@ -6,14 +6,15 @@ The format follows lmms-eval 0.3.0 (github.com/EvolvingLMMs-Lab/lmms-eval, tag v
 filtered_resps, doc/prompt/target hashes, then the task's `process_results` fields) as
 lmms_eval/loggers/evaluation_tracker.py `save_results_samples` dumps it (`input` added, `target` as text); the
 results JSON is `evaluate`'s `results_dict` (results as "metric,none" with "metric_stderr,none", configs,
-versions, n-shot, higher_is_better, n-samples) with `simple_evaluate`'s `config` and `date`. lmms-eval names the
-files `<date>_samples_<task>.jsonl` and `<date>_results.json`; here the date is "lmms", so a run's files do not
-depend on the clock.
+versions, n-shot, higher_is_better, n-samples) with `simple_evaluate`'s `config`. lmms-eval names the files
+`<date>_samples_<task>.jsonl` and `<date>_results.json`; here the date is "lmms" (and no `date` field), so a
+run's files do not depend on the clock.
 
 `filtered_resps` holds the answer as mmmerge's official rule reads it (lmms-eval's "filter" step): so lmms-eval's
 scoring of the log equals the eval's metrics.json (fractions, not percent), with one exception: lmms-eval's `gqa`
 ignores ASCII punctuation where the official eval.py does not. mmmerge's `vqav2` has no log: lmms-eval's
-`vqav2_val` is none of the tasks `mmmerge score` scores; `jsonl` is mmmerge's own format.
+`vqav2_val` is none of the tasks `mmmerge score` scores; `jsonl` is mmmerge's own format. An lmms-eval task read
+from its documents (`LmmsDocsTask`) is logged with its rows as they are and the answer unfiltered.
 """
 
 from __future__ import annotations
