@@ -109,7 +109,17 @@ def test_bad_lmms_eval_logs_get_one_line(tmp_path):
     (tmp_path / "x" / f"{DATE}_results.json").write_text(json.dumps({"results": {"mme": {}}}))
     one_line_error(run("eval-compare", good, log), "no `results.pope`")
     (tmp_path / "x" / f"{DATE}_samples_gqa.jsonl").write_text(json.dumps(pope_line(0, "yes")) + "\n")
-    one_line_error(run("eval-compare", good, tmp_path / "x"), "2 sample logs")
+    one_line_error(run("eval-compare", tmp_path / "x"), "2 sample logs")
+
+
+def test_a_run_folder_of_several_tasks_is_compared_on_the_other_runs_task(tmp_path):
+    both = lmms_run(tmp_path / "both", GOLD)
+    model = next(both.iterdir())
+    (model / f"{DATE}_samples_gqa.jsonl").write_text(json.dumps({"doc_id": 0, "exact_match": 1.0}) + "\n")
+    one = lmms_run(tmp_path / "one", ["yes"] * len(GOLD))
+    out = compared(next(one.iterdir()) / f"{DATE}_samples_pope.jsonl", both)
+    assert f"(n={len(GOLD)})" in out and "| both | pope |" in out
+    one_line_error(run("eval-compare", both), "2 sample logs")
 
 
 def test_a_results_file_alone_gives_the_scores_table(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import MMMergeError
 from ..io import read_json, read_jsonl
 from . import stats
-from .lmms.runs import has_lmms_log, is_lmms_run, load_lmms_run
+from .lmms.runs import has_lmms_log, is_lmms_run, load_lmms_run, shared_task
 
 # Columns shown per run: every top-level number of metrics.json and the per-answer-type scores (the
 # per-question-type ones, 65 for VQAv2, stay in metrics.json). Counts are not scores.
@@ -39,12 +39,12 @@ def load_runs(outs) -> list[dict]:
     paths = [Path(o) for o in outs]
     if not any(not (p / "metrics.json").is_file() and is_lmms_run(p) for p in paths):
         return [load_run(p) for p in paths]
-    runs = []
+    runs, task = [], shared_task(paths)
     for p in paths:
         if (p / "metrics.json").is_file() and not has_lmms_log(p):
             raise CompareError(f"{p}: an `mmmerge eval` folder without an lmms-eval sample log (its task has no "
                                f"lmms-eval name), so it cannot be paired with the lmms-eval runs by doc_id")
-        runs.append(load_lmms_run(p))
+        runs.append(load_lmms_run(p, None if p.is_file() else task))
     return runs
 
 

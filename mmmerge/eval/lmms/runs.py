@@ -162,6 +162,17 @@ def load_lmms_run(path, task: str | None = None) -> dict:
             "files": [samples] + ([results] if results else []), "samples_file": samples}
 
 
+def shared_task(paths) -> str | None:
+    """The one task of the runs that hold one sample log each: a folder with logs of several tasks (lmms-eval
+    writes every task of a run there) is compared on that task."""
+    tasks = set()
+    for p in map(Path, paths):
+        logs = [p] if p.is_file() else _files(p, SAMPLES_GLOB)
+        if len(logs) == 1:
+            tasks.add(task_of(logs[0]))
+    return tasks.pop() if len(tasks) == 1 else None
+
+
 def has_lmms_log(folder) -> bool:
     """An `mmmerge eval` folder that holds lmms-eval files."""
     return bool(sorted(Path(folder).glob(SAMPLES_GLOB)))
