@@ -69,8 +69,8 @@ def test_searched_objective_equals_eval_of_the_best_merge(world, tmp_path):
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["headline"] == pytest.approx(headlines[task], abs=1e-12)
     assert result.dev_scores == pytest.approx(headlines, abs=1e-12)
-    assert result.best_value == pytest.approx(sum(headlines.values()) / 2, abs=1e-12)
-    assert 0 < result.best_value < 1
+    assert result.best_value == pytest.approx(100 * sum(headlines.values()) / 2, abs=1e-10)  # in percent
+    assert 0 < result.best_value < 100
 
 
 def test_unknown_tasks_and_bad_documents_are_one_line(world, tmp_path):
@@ -90,3 +90,14 @@ def test_unknown_tasks_and_bad_documents_are_one_line(world, tmp_path):
     path.write_text(yaml.safe_dump(spec))
     one_line_error(run("search", path, "--out", tmp_path / "o"), "noimage.jsonl: line 1", "`image`")
     assert not (tmp_path / "o").exists()
+
+
+def test_the_score_objective_weighs_units_alike():
+    """VQAv2 in percent, MME in points out of 2000, TextVQA as a fraction: each counts as its percent."""
+    from types import SimpleNamespace
+
+    from mmmerge.eval.tasks import get_task
+    from mmmerge.searching.objectives import mean_percent
+
+    splits = [SimpleNamespace(task=t) for t in (get_task("vqav2"), LmmsDocsTask("mme"), LmmsDocsTask("textvqa_val"))]
+    assert mean_percent(splits, {"vqav2": 60.0, "mme": 1000.0, "textvqa_val": 0.3}) == pytest.approx((60 + 50 + 30) / 3)

@@ -29,7 +29,7 @@ from ..io.guard import MARKER, check_not_over_inputs, is_previous_output, write_
 from ..signals import deferred_signals
 from . import outputs, study as S
 from .candidate import Candidates
-from .objectives import Scorer, agreement
+from .objectives import Scorer, agreement, mean_percent
 from .space import Dimension, active, bind
 from .spec import Spec, fingerprint, load_spec
 
@@ -117,7 +117,7 @@ class Objective:
             scores = self.scorer.task_scores("dev")
             for task, v in scores.items():
                 trial.set_user_attr(f"dev_{task}", v)
-            value = sum(scores.values()) / len(scores)
+            value = mean_percent(self.spec.splits, scores)
         elif kind == "entropy":
             value = -self.scorer.entropy()
             trial.set_user_attr("entropy", -value)

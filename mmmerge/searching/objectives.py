@@ -1,7 +1,7 @@
 """What a candidate scores: the tasks' own score on the dev split, or a label-free criterion.
 
 - `score`: the mean of each task's headline metric (VQAv2's `overall`, ...) on its dev questions, computed as
-  `mmmerge eval` computes it.
+  `mmmerge eval` computes it, in percent (an lmms-eval task's fraction times 100).
 - `agreement` (AdaMMS, Du et al. 2025): the share of dev questions a candidate answers the same as its
   neighbour, a candidate a small step away in every searched range. Merges whose answers hold still under
   small changes of the coefficients are the good ones; no answer key is needed.
@@ -74,6 +74,14 @@ class Scorer:
                     total += float(-(logp.exp() * logp).sum(-1).sum())
                     count += len(batch)
         return total / count
+
+
+def mean_percent(splits: list[Split], scores: dict[str, float]) -> float:
+    """The `score` objective: the mean of the tasks' headlines, each in percent of its full scale (mmmerge's
+    tasks report percent, lmms-eval's fractions or MME's points out of 2000), so no task outweighs another by its
+    unit."""
+    scale = {s.task.name: getattr(s.task, "full_scale", 100.0) for s in splits}
+    return sum(v * (100.0 / scale[task]) for task, v in scores.items()) / len(scores)
 
 
 def agreement(first: dict[str, list[str]], second: dict[str, list[str]]) -> float:

@@ -24,6 +24,10 @@ PER_DOCUMENT = frozenset({"ai2d", "scienceqa_img", "realworldqa", "chartqa", "te
                           "ok_vqa_val2014", "docvqa_val", "gqa"})
 
 
+# what a headline is out of, by the table's unit (MME's perception score is out of 2000)
+FULL_SCALE = {"fraction": 1.0, "percent": 100.0, "points": 2000.0}
+
+
 class LmmsDocsTask(EvalTask):
     """An lmms-eval task (a name of the `eval/lmms` table) read from a JSONL of its documents."""
     instruction = ""
@@ -33,6 +37,7 @@ class LmmsDocsTask(EvalTask):
             raise EvalDataError(f"task {name!r}: not an lmms-eval task mmmerge scores ({', '.join(LMMS_TASKS)})")
         self.name, self.spec = name, LMMS_TASKS[name]
         self.headline = self.spec.headline
+        self.full_scale = FULL_SCALE[self.spec.unit]
 
     @property
     def prompt(self) -> str:
