@@ -42,7 +42,8 @@ class Dimension:
 
     @property
     def default(self) -> Any:
-        """The value a plan is first checked with: the middle of the range, or the first choice."""
+        """The value a candidate takes where its values lack this one: the middle of the range, or the first
+        choice. (The space is first checked, and the model built, at the low ends: `lowest` in the driver.)"""
         if self.choices is not None:
             return self.choices[0]
         if self.integer:
