@@ -6,6 +6,9 @@ methods' values are proven elsewhere (mergekit as the oracle in test_methods*.py
 test_methods_datafree.py / test_methods_dataaware.py / test_methods_wudi.py); here only the contract.
 """
 
+import inspect
+import re
+
 import pytest
 import torch
 
@@ -53,6 +56,7 @@ def test_schema_is_well_formed(name):
     assert spec.name == name and callable(spec.fn)
     assert spec.min_models >= 0 and (spec.max_models is None or spec.max_models >= max(spec.min_models, 1))
     assert spec.reference.strip() or name in NO_REFERENCE, f"{name}: no reference (paper) for `mmmerge methods`"
+    assert spec.title.strip() and "\n" not in spec.title, f"{name}: no one-line title for the model card"
     for pname, p in {**spec.model_params, **spec.global_params}.items():
         where = f"{name}.{pname}"
         assert p.type in (float, int, bool, str), where
@@ -111,3 +115,13 @@ def test_a_model_merged_with_itself_is_itself(name):
     args = arguments(spec, same=True)
     x = args[0][0]
     torch.testing.assert_close(merge(spec, args), x, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_defaults_live_in_the_schema_alone(name):
+    """A method reads its parameters as validated (every default filled in from its schema): a default restated in
+    its body (`global_params.get("eps", 1e-8)`) could drift from the schema's unseen."""
+    spec = REGISTRY[name]
+    for fn in {spec.fn, spec.native} - {None}:
+        restated = re.findall(r"params\.get\(\"(\w+)\"", inspect.getsource(fn))
+        assert not restated, f"{name}: reads {restated} with .get(); read params[...] (the schema fills defaults)"
