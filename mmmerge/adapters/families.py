@@ -17,7 +17,9 @@ A row says, for the family's transformers class:
 Side files (tokenizer, processor, chat template, generation config) travel for every family: they are the
 non-weight files of the folder, copied by `copy_side_files`.
 
-Adding a family is one row here and one entry in tests/tiny_families.py.
+Adding a family is one row here, its tiny config in examples/tiny_family_configs.py (the tests' random models
+are built from it) and its checkpoint with a processor in examples/tiny_family_checkpoints.py's BUILDERS
+(tests/test_examples.py checks that every family of this table has one).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""What a candidate scores: the tasks' own score on the dev split, or a label-free criterion.
+"""What a candidate scores: the tasks' own score on the dev split, or a label-free criterion. Each objective is
+one function `(Candidate) -> float` registered by the name a spec gives it (`search.objective`), maximised.
 
 - `score`: the mean of each task's headline metric (VQAv2's `overall`, ...) on its dev questions, computed as
   `mmmerge eval` computes it, in percent (an lmms-eval task's fraction times 100).
@@ -11,11 +12,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
 import torch
 
 from ..eval.generate import Generator, build_prompt, exact_float32
 from ..eval.runner import open_sample_image, answer_samples, fill_prompt
-from .spec import Split
+from .registry import Registry
+from .space import Dimension, neighbour
+
+if TYPE_CHECKING:  # spec.py asks this module's registry for the objective's name
+    from .spec import SearchSettings, Split
+
+OBJECTIVES = Registry("objective")
 
 
 class Scorer:
@@ -88,3 +98,38 @@ def agreement(first: dict[str, list[str]], second: dict[str, list[str]]) -> floa
     """Percent of questions (all tasks together) answered the same by two candidates."""
     same = sum(a == b for task in first for a, b in zip(first[task], second[task]))
     return 100.0 * same / sum(len(v) for v in first.values())
+
+
+@dataclass
+class Candidate:
+    """What an objective scores: the candidate merged in memory (scored through `scorer`), its searched values,
+    `record(key, value)` to keep a number in its trial, and `load(values)` to merge another candidate in place."""
+
+    values: dict
+    dimensions: list[Dimension]
+    settings: SearchSettings
+    scorer: Scorer
+    record: Callable[[str, float], None]
+    load: Callable[[dict], None]
+
+
+@OBJECTIVES.register("score")
+def mean_task_score(c: Candidate) -> float:
+    scores = c.scorer.task_scores("dev")
+    for task, v in scores.items():
+        c.record(f"dev_{task}", v)
+    return mean_percent(c.scorer.splits, scores)
+
+
+@OBJECTIVES.register("entropy")
+def low_entropy(c: Candidate) -> float:
+    value = c.scorer.entropy()
+    c.record("entropy", value)
+    return -value
+
+
+@OBJECTIVES.register("agreement")
+def neighbour_agreement(c: Candidate) -> float:
+    first = c.scorer.all_answers()
+    c.load(neighbour(c.values, c.dimensions, c.settings.agreement_step))
+    return agreement(first, c.scorer.all_answers())

@@ -2,9 +2,9 @@
 
     search:
       trials: 30                 # the budget: trials (all processes together), and/or `timeout` in seconds
-      sampler: tpe               # tpe | cmaes | random
+      sampler: tpe               # tpe | cmaes | random (samplers.py)
       seed: 0
-      objective: score           # score (dev-split task score) | agreement | entropy (label-free)
+      objective: score           # score (dev-split task score) | agreement | entropy (label-free; objectives.py)
       tasks:
         - task: vqav2
           questions: dev/questions.json
@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,6 +35,8 @@ from ..eval.lmms.table import LMMS_TASKS
 from ..eval.runner import check_image_headers
 from ..eval.tasks import TASKS, get_task, read_task
 from ..images import DEFAULT_MAX_PIXELS
+from .objectives import OBJECTIVES
+from .samplers import SAMPLERS
 from .space import Dimension, check_read, find_dimensions
 
 
@@ -57,9 +59,9 @@ class SearchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     trials: Optional[int] = Field(None, ge=1)
     timeout: Optional[float] = Field(None, gt=0)
-    sampler: Literal["tpe", "cmaes", "random"] = "tpe"
+    sampler: str = "tpe"  # a name in samplers.SAMPLERS
     seed: int = 0
-    objective: Literal["score", "agreement", "entropy"] = "score"
+    objective: str = "score"  # a name in objectives.OBJECTIVES
     agreement_step: float = Field(0.05, gt=0, le=0.5)  # the neighbour's offset, as a share of each range
     tasks: list[TaskSpec] = Field(default_factory=list)
     batch_size: int = Field(8, ge=1)
@@ -137,6 +139,11 @@ class Spec:
             raise RecipeError(f"{where}: search.{loc}: {err['msg']}") from None
         if self.settings.trials is None and self.settings.timeout is None:
             raise RecipeError(f"{where}: search: give a budget, `trials` or `timeout` (seconds)")
+        for key, registry in (("sampler", SAMPLERS), ("objective", OBJECTIVES)):
+            try:
+                registry.find(getattr(self.settings, key))
+            except RecipeError as e:
+                raise RecipeError(f"{where}: search.{key}: {e}") from None
         self.recipe, self.folder, self.where = data, folder, where
         self.dimensions: list[Dimension] = find_dimensions(data)
         try:
