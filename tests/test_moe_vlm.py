@@ -240,7 +240,30 @@ def test_image_prompts_need_hidden_gates_a_vlm_base_and_their_files(vlm, tmp_pat
     refused(tmp_path, cfg, "base_model", "text model", "image")
 
 
-def test_experts_of_another_architecture_or_family_are_refused(vlm, tmp_path):
+def narrower(expert, folder, width=48):
+    """The expert with a narrower language MLP (config and tensors agree: it reads, but is not the base's shape)."""
+    shutil.copytree(expert, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["text_config"]["intermediate_size"] = width
+    (folder / "config.json").write_text(json.dumps(cfg))
+    tensors = load_file(folder / "model.safetensors")
+    for name, t in tensors.items():
+        if name.startswith("model.language_model.") and name.endswith(("gate_proj.weight", "up_proj.weight")):
+            tensors[name] = t[:width].contiguous()
+        elif name.startswith("model.language_model.") and name.endswith("down_proj.weight"):
+            tensors[name] = t[:, :width].contiguous()
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_experts_of_another_architecture_shape_or_family_are_refused(vlm, tmp_path):
+    cfg = config(vlm)
+    cfg["experts"][0]["source_model"] = str(narrower(vlm[2][0], tmp_path / "narrow"))
+    refused(tmp_path, cfg, "experts[0]", "mlp.gate_proj", "shape")
+    cfg = config(vlm)
+    cfg["experts"][1].pop("positive_prompts")
+    refused(tmp_path, cfg, "experts[1].positive_prompts", "gate_mode hidden")
+    refused(tmp_path, config(vlm, architecture="mixtral"), "no MoE output holds", "qwen3_vl", "Mixtral takes llama")
     cfg = config(vlm)
     text_expert = tmp_path / "qwen3"
     transformers.Qwen3ForCausalLM(transformers.Qwen3Config(

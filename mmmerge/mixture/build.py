@@ -166,7 +166,8 @@ def output_config(row: OutputArch, config: MoEConfig, base: Path, dtype: torch.d
         check_config_fields(row, text_class)
         whole = cfg.to_dict()
         dense = {k: v for k, v in whole[row.text_config].items() if k != "model_type"}
-        text = text_class(**{**dense, "tie_word_embeddings": cfg.get_text_config().tie_word_embeddings})
+        # the top-level flag ties the head in the VLM class; the MoE text config's own default (True) must not differ
+        text = text_class(**{**dense, "tie_word_embeddings": whole.get("tie_word_embeddings", True)})
     else:
         check_config_fields(row, out_class)
         text = out = out_class(**cfg.to_dict())
