@@ -50,10 +50,13 @@ def vlm(tmp_path_factory):
 
 
 def prompts(images):
-    """Each expert's positive prompts: with an image, text only, or both."""
-    return [[{"text": "what color is this picture ?", "image": str(images["red"])}, "a red square on a blue field"],
-            ["the yellow triangle points up", "is there a circle ? yes no"],
-            [{"text": "how many shapes are there ?", "image": str(images["blue"])}]]
+    """Each expert's positive prompts: with an image, text only, or both. An expert's prompts end in one word of the
+    tiny vocabulary, another expert's in another: layer 0's input is the last token's embedding, which tells them
+    apart only so."""
+    return [[{"text": "what is the color of this picture", "image": str(images["red"])},
+             "a red car on the left of the picture"],
+            ["is there a dog", "which animal is it , a cat or a dog"],
+            [{"text": "how many people are in the image", "image": str(images["blue"])}]]
 
 
 def config(vlm, mode="hidden", per_token=1, **kw):
@@ -127,21 +130,46 @@ def router_choices(model, inputs) -> list[int]:
     return picks
 
 
+def encoded(processor, prompt):
+    """A prompt as the gates encode it: a text prompt as mergekit-moe does (bos + text), a prompt with an image
+    through the processor's own chat template (the user turn, cut after the prompt's text)."""
+    tok = processor.tokenizer
+    if isinstance(prompt, str):
+        return tok((tok.bos_token or "") + prompt, return_tensors="pt", add_special_tokens=False)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt["text"]}]}]
+    text = processor.apply_chat_template(messages)
+    text = text[:text.index(prompt["text"]) + len(prompt["text"])]
+    return processor(images=[Image.open(prompt["image"]).convert("RGB")], text=[text], return_tensors="pt")
+
+
+def test_an_image_prompts_gate_is_the_base_vlms_hidden_state_on_it(vlm, built):
+    """Expert 2's one prompt has an image: its router row at each layer is the base's (bfloat16) hidden state of the
+    prompt's last token at that layer's input, normalised, as transformers computes it with the image."""
+    base = transformers.AutoModelForImageTextToText.from_pretrained(vlm[1], dtype=torch.bfloat16).eval()
+    prompt = prompts(vlm[3])[2][0]
+    with torch.no_grad():
+        states = base(**encoded(transformers.AutoProcessor.from_pretrained(vlm[1]), prompt),
+                      output_hidden_states=True).hidden_states
+    out = load_file(built / "model.safetensors")
+    for layer in range(len(states) - 1):
+        h = states[layer][0, -1]
+        want = (h / h.norm()).float()
+        got = out[f"model.language_model.layers.{layer}.mlp.gate.weight"][2]
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-2)
+    # not the text alone: the image changes the rows after layer 0
+    with torch.no_grad():
+        text_only = base(**encoded(transformers.AutoProcessor.from_pretrained(vlm[1]), prompt["text"]),
+                         output_hidden_states=True).hidden_states[1][0, -1]
+    assert (text_only / text_only.norm() - states[1][0, -1] / states[1][0, -1].norm()).abs().max() > 0.1
+
+
 def test_top1_hidden_gates_route_each_experts_prompts_to_it(vlm, built):
-    """Text prompts encoded as mergekit-moe encodes them; image prompts through transformers' own chat path."""
+    """At each prompt's last token, each prompt encoded as `encoded` says."""
     model = loaded(built)
     processor = transformers.AutoProcessor.from_pretrained(built)
-    tok = processor.tokenizer
     for expert, expert_prompts in enumerate(prompts(vlm[3])):
         for prompt in expert_prompts:
-            if isinstance(prompt, str):
-                inputs = tok((tok.bos_token or "") + prompt, return_tensors="pt", add_special_tokens=False)
-            else:
-                messages = [{"role": "user", "content": [{"type": "image", "image": Image.open(prompt["image"])},
-                                                         {"type": "text", "text": prompt["text"]}]}]
-                inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                       return_dict=True, return_tensors="pt")
-            assert router_choices(model, inputs) == [expert] * model.config.text_config.num_hidden_layers, prompt
+            assert router_choices(model, encoded(processor, prompt)) == [expert] * model.config.text_config.num_hidden_layers, prompt
 
 
 def test_generate_answers_on_an_image_as_transformers_does(vlm, built):

@@ -13,8 +13,8 @@ Prompts are tokenized as mergekit does: the bos token + prompt, no other special
 bos token as padding (the eos token when there is no bos).
 
 A vision-language base runs whole (vision tower and projector too). Its text prompts are encoded as above; a
-prompt with an image is encoded as `eval` and `generate` ask the model a question (the processor's chat template
-with the image and the text), one at a time, and counts in the average as one prompt.
+prompt with an image is the user turn of the processor's chat template with the image and the text (as `eval` and
+`generate` ask a question), cut after the text; it runs alone and counts in the average as one prompt.
 """
 
 from __future__ import annotations
@@ -86,7 +86,10 @@ def hidden_vector(base: Path, device: torch.device, *, average: bool, vlm: bool)
 
 
 def image_inputs(base: Path, folder: Path | None) -> Callable:
-    """An image prompt's model inputs, encoded as `eval` and `generate` encode a question about an image."""
+    """An image prompt's model inputs: the user turn `eval` and `generate` write for a question about an image (the
+    chat template, which places the image), cut after the prompt's text. Cut there, the last token is the prompt's
+    own, as for a text prompt; the template's closing tokens are the same for every prompt and would leave the
+    experts' rows hardly apart."""
     from ..eval.ask import open_image
     from ..eval.generate import adds_special_tokens, build_prompt, load_processor
 
@@ -94,6 +97,8 @@ def image_inputs(base: Path, folder: Path | None) -> Callable:
 
     def encode(prompt: ImagePrompt):
         text = build_prompt(processor, prompt.text)
+        end = text.rfind(prompt.text)  # the last token is the prompt's own, as for a text prompt
+        text = text[:end + len(prompt.text)] if end >= 0 else text
         return processor(images=[open_image((folder or Path()) / prompt.image)], text=[text], return_tensors="pt",
                          add_special_tokens=adds_special_tokens(processor.tokenizer, [text]))
 
