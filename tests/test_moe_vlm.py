@@ -303,3 +303,25 @@ def test_experts_of_another_architecture_shape_or_family_are_refused(vlm, tmp_pa
     cfg = {"base_model": str(llava[0]), "gate_mode": "random",
            "experts": [{"source_model": str(p)} for p in llava[1:]]}
     refused(tmp_path, cfg, "llava", "vision-language family with no MoE counterpart", "Qwen3VLMoeForConditionalGeneration")
+
+
+def test_a_layout_the_installed_class_does_not_hold_is_refused_before_reading(vlm, tmp_path, monkeypatch):
+    """Were transformers to hold the fused experts transposed (as Qwen3-VL-MoE hub checkpoints store them), the output
+    is refused in one line naming the tensor, before any tensor is read and with nothing written."""
+    from mmmerge.errors import ShapeMismatchError
+    from mmmerge.mixture import build
+
+    real = build.class_shapes
+
+    def transposed(row, out_config):
+        return {n: (s[0], s[2], s[1]) if n.endswith("experts.gate_up_proj") else s
+                for n, s in real(row, out_config).items()}
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the gates were computed (the base's tensors read) before the check")
+
+    monkeypatch.setattr(build, "class_shapes", transposed)
+    monkeypatch.setattr(build, "prompt_gates", no_reading)
+    with pytest.raises(ShapeMismatchError, match=r"model\.language_model\.layers\.0\.mlp\.experts\.gate_up_proj"):
+        moe(config(vlm), tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()

@@ -15,11 +15,11 @@ from typing import Mapping
 
 import torch
 
+from ..adapters.families import family_of
 from ..checkpoint import LazyTensor
 from ..device import resolve_device
 from ..engine.execute import progress_bar
 from ..engine.opener import Opener
-from ..adapters.families import family_of
 from ..engine.recipe import DTYPES, dtype_of
 from ..errors import MMMergeWarning, RecipeError, ShapeMismatchError, UnreadableFileError, UnsupportedArchitectureError
 from ..io import atomic_output_dir, claim_output, read_json, read_tensors, write_safetensors
@@ -194,7 +194,8 @@ def class_shapes(row: OutputArch, out_config) -> dict[str, tuple[int, ...]]:
 
 
 def check_against_class(row: OutputArch, tensors: Mapping[str, LazyTensor], shapes: dict) -> None:
-    """Every output tensor the class holds has the class's shape (the experts' fusing and transposition too)."""
+    """Every planned output tensor the class holds has the class's shape (the experts' fusing and transposition
+    too), before any tensor is read."""
     for name, t in tensors.items():
         if name in shapes and tuple(t.shape) != shapes[name]:
             raise ShapeMismatchError(f"{row.class_name}: the installed transformers holds {name} as {shapes[name]}, "
@@ -258,6 +259,10 @@ def moe(config, out, *, random_seed: int | None = None, i_understand_this_is_not
         out_config = output_config(row, cfg, base.path, dtype)
         shapes = class_shapes(row, out_config)
         tensors = base_tensors(row, shapes, out_config, base, dtype)
+        layers = base.language["num_hidden_layers"]
+        sources = [Source(e, m.tensors) for e, m in zip(cfg.experts, experts)]
+        shared_sources = [Source(e, m.tensors) for e, m in zip(cfg.shared, shared)]
+        check_against_class(row, {**tensors, **expert_tensors(row, layers, sources, shared_sources, {}, dtype)}, shapes)
         inputs = [m.path for m in [base, *experts, *shared]]
         with atomic_output_dir(out, force, inputs=inputs, data=[cfg.path, *image_files(cfg)]) as tmp:
             start = time.perf_counter()
@@ -266,7 +271,6 @@ def moe(config, out, *, random_seed: int | None = None, i_understand_this_is_not
                 generator.manual_seed(cfg.random_seed)
             else:
                 generator.seed()
-            layers = base.language["num_hidden_layers"]
             gated = cfg.gated()
             if cfg.gate_mode in PROMPTED_MODES:
                 gates = prompt_gates(cfg.gate_mode, gated, base.path, num_layers=layers, device=dev,
@@ -279,12 +283,9 @@ def moe(config, out, *, random_seed: int | None = None, i_understand_this_is_not
                 warnings.warn(f"the gates of {len(degenerate)} of {layers} layer(s) (from layer {degenerate[0]}) are "
                               "nearly degenerate (condition number above 5): some experts' prompts are too alike, "
                               "and those experts will be underused", MMMergeWarning, stacklevel=2)
-            sources = [Source(e, m.tensors) for e, m in zip(cfg.experts, experts)]
-            shared_sources = [Source(e, m.tensors) for e, m in zip(cfg.shared, shared)]
             states = noise_states(row, layers, sources, shared_sources, generator)
             tensors |= expert_tensors(row, layers, sources, shared_sources, states, dtype)
             tensors |= gate_tensors(row, gates, len(cfg.experts), dtype)
-            check_against_class(row, tensors, shapes)
             copy_side_files(base.path, tmp, skip=SIDE_FILES_SKIPPED)
             out_config.save_pretrained(tmp)
             (tmp / "mergekit_moe_config.yml").write_text(cfg.text)
