@@ -325,3 +325,25 @@ def test_a_layout_the_installed_class_does_not_hold_is_refused_before_reading(vl
     with pytest.raises(ShapeMismatchError, match=r"model\.language_model\.layers\.0\.mlp\.experts\.gate_up_proj"):
         moe(config(vlm), tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_image_paths_are_relative_to_the_config_and_inputs_of_the_run(vlm, built, tmp_path):
+    """A config file's relative image paths are read from its folder (the same gates as absolute ones); --out may not
+    replace a folder holding a prompt's image, even with --force."""
+    cfg = config(vlm)
+    (tmp_path / "images").mkdir()
+    for expert in cfg["experts"]:
+        for prompt in expert["positive_prompts"]:
+            if isinstance(prompt, dict):
+                prompt["image"] = str(shutil.copy(prompt["image"], tmp_path / "images")).replace(f"{tmp_path}/", "")
+    assert cfg["experts"][0]["positive_prompts"][0]["image"] == "images/red.png"
+    (tmp_path / "moe.yml").write_text(json.dumps(cfg))
+    moe(tmp_path / "moe.yml", tmp_path / "out", quiet=True)
+    ours, absolute = (load_file(p / "model.safetensors") for p in (tmp_path / "out", built))
+    for layer in range(2):
+        name = f"model.language_model.layers.{layer}.mlp.gate.weight"
+        assert torch.equal(ours[name], absolute[name])
+    shutil.copy(built / ".mmmerge-output", tmp_path / "images")  # even a folder marked as an mmmerge output
+    r = run("moe", tmp_path / "moe.yml", "--out", tmp_path / "images", "--force")
+    one_line_error(r, "images", "red.png", "which this run reads")
+    assert (tmp_path / "images" / "red.png").is_file()
