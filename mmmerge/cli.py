@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("moe", help="a mixture-of-experts model from dense fine-tunes of one base (a mergekit-moe "
-                                   "config as it is): Mixtral, Qwen2-MoE or Qwen3-MoE, gates from prompts")
+                                   "config as it is): Mixtral, Qwen2-MoE, Qwen3-MoE or, from Qwen3-VL, "
+                                   "Qwen3-VL-MoE; gates from prompts (with images for a VLM)")
     s.add_argument("config", help="mergekit-moe config YAML (base_model, experts, gate_mode, ...)")
     s.add_argument("--out", type=Path, required=True, help="output folder (a transformers model)")
     s.add_argument("--random-seed", type=int, default=None, help="seed of random gates and expert noise (overrides "

@@ -40,6 +40,8 @@ class Family:
     vision_module: str | None = None  # the transformers.models submodule that defines vision_arch
     language_type: str | None = None  # the text-only model_type whose *ForCausalLM holds the language model
     language_arch: str | None = None  # the language class, when no text-only model type fits
+    language_fields: dict = field(default_factory=dict)  # set on the text-only config: what the family's text
+    # class does without a field (Qwen3-VL-MoE's router always renormalises its top-k, Qwen3-MoE's by a field)
     text_config: str = "text_config"
     vision_config: str = "vision_config"
     not_in_llava: str | None = None  # why a LLaVA cannot hold this family's vision tower (stitch refuses it)
@@ -83,6 +85,10 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in [
     Family("qwen3_vl", "Qwen3VLForConditionalGeneration",
            (*QWEN_VISUAL, ("projector", "model.visual.deepstack_merger_list.", "deepstack_merger_list.")),
            language_type="qwen3", not_in_llava=QWEN_TOWER),
+    # a hand row for `mmmerge moe`'s Qwen3-VL-MoE outputs, until the rows are derived from transformers
+    Family("qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration",
+           (*QWEN_VISUAL, ("projector", "model.visual.deepstack_merger_list.", "deepstack_merger_list.")),
+           language_type="qwen3_moe", language_fields={"norm_topk_prob": True}, not_in_llava=QWEN_TOWER),
     Family("gemma3", "Gemma3ForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
     Family("paligemma", "PaliGemmaForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
     Family("idefics3", "Idefics3ForConditionalGeneration",
