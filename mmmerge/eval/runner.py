@@ -68,23 +68,26 @@ def fill_prompt(template: str, question: str) -> str:
 
 @writes_output(inputs=("model",), data=("questions", "annotations", "images", "data"))
 def evaluate(model, task, *, questions=None, annotations=None, images=None, data=None, out, batch_size=8,
-             limit=None, device=None, max_new_tokens=16, prompt=None, progress=True, force=False,
+             limit=None, device=None, max_new_tokens=None, prompt=None, progress=True, force=False,
              max_image_pixels=DEFAULT_MAX_PIXELS) -> dict:
     """Evaluate an image-text-to-text checkpoint folder `model` (LLaVA, LLaVA-NeXT, Qwen2-VL, Gemma 3, PaliGemma,
     Idefics3/SmolVLM, mllama, ...: each through its own processor and chat template) on `task` ("vqav2",
-    "textvqa", "gqa", "pope", "scienceqa", "jsonl"); write OUT/predictions.json, metrics.json, samples.jsonl
-    (and run.json, for eval-compare) and return the metrics. `data` is another name for the task's main file
-    (`questions`).
+    "textvqa", "gqa", "pope", "scienceqa", "jsonl", or an lmms-eval task such as "mme", "mmmu_val"); write
+    OUT/predictions.json, metrics.json, samples.jsonl (and run.json, for eval-compare) and return the metrics.
+    `data` is another name for the task's main file (`questions`); for an lmms-eval task, the dataset folder
+    (parquet shards as huggingface_hub downloads lmms-lab's repositories) or a dataset ID in the local Hugging
+    Face cache (default: the ID lmms-eval reads). `max_new_tokens`: default the task's (lmms-eval's for its tasks).
     `prompt` replaces the task's template; it must contain "{question}". Under torchrun the questions are
     sharded over the ranks and rank 0 writes the files; every rank returns the metrics.
     `force`: replace a previous mmmerge output in OUT. `max_image_pixels`: larger images are refused before
     they are decoded (None: no limit)."""
-    t = get_task(task) if isinstance(task, str) else task
-    if not isinstance(t, EvalTask):
-        raise EvalDataError(f"task must be a name or an EvalTask, not {type(task).__name__}")
     if questions is not None and data is not None:
         raise EvalDataError("give the task's file as `questions` or as `data`, not both")
     questions = questions if questions is not None else data
+    t = get_task(task, questions) if isinstance(task, str) else task
+    if not isinstance(t, EvalTask):
+        raise EvalDataError(f"task must be a name or an EvalTask, not {type(task).__name__}")
+    max_new_tokens = t.max_new_tokens if max_new_tokens is None else max_new_tokens
     template = prompt if prompt is not None else t.prompt
     if "{question}" not in template:
         raise EvalDataError(f"prompt {template!r} has no {{question}} placeholder")
@@ -113,7 +116,8 @@ def evaluate(model, task, *, questions=None, annotations=None, images=None, data
                                            dict(model=str(model), task=t.name, questions=len(samples),
                                                 questions_file=str(questions),
                                                 batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                                prompt=template, world_size=ranks.world, headline=t.headline))
+                                                prompt=template, world_size=ranks.world, headline=t.headline,
+                                                breakdown=t.breakdown))
         return D.broadcast(metrics, ranks)
     finally:
         D.teardown(ranks)
@@ -130,7 +134,7 @@ def answer_samples(model, processor, task: EvalTask, samples, prompts: list[str]
     rank, world = share
     order = sorted(range(len(samples)), key=lambda i: -lengths[i])[rank::world]
     gen = Generator(model, processor, max_new_tokens=max_new_tokens, name=name,
-                    stop_strings=("\n",) if task.one_line else ())
+                    stop_strings=task.stop_strings)
     raw = {}
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     score = RunningScore(task)
@@ -146,7 +150,7 @@ def answer_samples(model, processor, task: EvalTask, samples, prompts: list[str]
 
 def _score_and_write(task: EvalTask, samples, prompts, raws, out: Path, run: dict) -> dict:
     answers = [task.answer(r) for r in raws]
-    scores = [task.score(a, s) for a, s in zip(answers, samples)]
+    scores = task.score_all(samples, answers)
     metrics = task.metrics(samples, answers, scores)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "predictions.json", json.dumps([{"question_id": s.question_id, "answer": a}
