@@ -3,8 +3,8 @@ lmms_eval/tasks/<task>/*.yaml): dataset, config (`dataset_name`), split (`test_s
 prompt builder and post-prompt of the default `lmms_eval_specific_kwargs`, generation limits, and the field the
 score is broken down by. The scorer, headline and unit are the task's row in `table.LMMS_TASKS`.
 
-The dataset IDs are lmms-eval's `dataset_path`s at that commit; lmms-lab's original repositories (lmms-lab/MME,
-...) hold the same files, and any folder or cached ID in the same layout is read.
+The dataset IDs are lmms-eval's `dataset_path`s at that commit, read when no `--data` is given; any folder or
+cached ID in the same layout (lmms-lab/MME, ...) is read as well.
 """
 
 from __future__ import annotations
