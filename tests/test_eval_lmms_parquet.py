@@ -200,3 +200,24 @@ def test_dataset_id_from_the_cache(model_dir, tmp_path, monkeypatch):
     one_line_error(run("eval", model_dir, "--task", "pope", "--data", "tiny-org/absent", "--out", tmp_path / "o"),
                    "tiny-org/absent", "not in the Hugging Face cache", "hf download --repo-type dataset")
     assert not (tmp_path / "o").exists() and os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_broken_images_are_one_line(model_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = lmms_parquet.chartqa(tmp_path / "chartqa")
+    shard = next((data / "data").glob("*.parquet"))
+    rows = pq.read_table(shard).to_pylist()
+    rows[1]["image"] = {"bytes": b"not a png", "path": "x.png"}
+    pq.write_table(pa.Table.from_pylist(rows), shard)
+    one_line_error(run("eval", model_dir, "--task", "chartqa", "--data", data, "--out", tmp_path / "o"),
+                   f"{shard}: row 1", "not a readable image")
+    rows[1]["image"] = {"bytes": None, "path": "images/x.png"}
+    pq.write_table(pa.Table.from_pylist(rows), shard)
+    one_line_error(run("eval", model_dir, "--task", "chartqa", "--data", data, "--out", tmp_path / "o"),
+                   f"{shard}: row 1", "no image bytes (only a path, 'images/x.png')")
+    shard.write_bytes(b"PAR1 truncated")
+    one_line_error(run("eval", model_dir, "--task", "chartqa", "--data", data, "--out", tmp_path / "o"),
+                   f"{shard}", "not a readable parquet file")
+    assert not (tmp_path / "o").exists()

@@ -45,7 +45,8 @@ def load_run(out) -> dict:
     samples = out / "samples.jsonl"
     rows = [checked_score(samples, n, row) for n, row in read_jsonl(samples, CompareError)] if samples.is_file() else []
     return {"name": out.name, "path": out, "task": run.get("task", "?"), "model": run.get("model", "?"),
-            "headline": headline, "scores": scores, "samples": rows, "breakdown": run.get("breakdown")}
+            "headline": headline, "scores": scores, "samples": rows, "breakdown": run.get("breakdown"),
+            "per_category": metrics.get(f"per_{run.get('breakdown')}", {})}
 
 
 def checked_score(path: Path, line: int, row: dict) -> dict:
@@ -108,7 +109,7 @@ def category_table(runs: list[dict]) -> str:
     """Each run's per-category scores as its task computes them (metrics.json `per_<field>`, in the task's unit:
     MME subtasks in points, acc + acc+), when the runs break down by one field."""
     field = default_breakdown(runs)
-    per = {r["name"]: read_json(r["path"] / "metrics.json").get(f"per_{field}", {}) for r in runs} if field else {}
+    per = {r["name"]: r["per_category"] for r in runs} if field else {}
     groups = list(dict.fromkeys(g for p in per.values() for g in p))
     if not groups:
         return ""

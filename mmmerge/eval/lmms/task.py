@@ -105,7 +105,9 @@ class LmmsEvalTask(EvalTask):
         except (TypeError, ValueError, SyntaxError) as e:
             raise EvalDataError(f"{where}: cannot build {self.name}'s prompt from this row ({e})") from None
         cells, columns = self._image_cells(row, prompt)
-        cells = [c for c in cells if c is not None]
+        if self.source.image == MMMU_PLACEHOLDERS and None in cells:
+            raise EvalDataError(f"{where}: the prompt shows <{columns[cells.index(None)].replace('_', ' ')}>, but "
+                                f"{columns[cells.index(None)]} is empty")
         if len(cells) > 1:
             if self.source.several_images == "skip":
                 self.several_images_skipped += 1
@@ -115,7 +117,7 @@ class LmmsEvalTask(EvalTask):
                                 f"documents with one (--limit N stops before the first with several)")
         if not cells:
             raise EvalDataError(f"{where}: document {doc_id} has no image in {', '.join(columns) or 'its prompt'}")
-        doc = {k: v for k, v in row.items() if k not in columns and not _is_image_column(k, self.source)}
+        doc = {k: v for k, v in row.items() if not _holds_images(v)}  # the row as lmms-eval logs it: images dropped
         info = {"row": where, "doc": doc}
         if self.source.breakdown is not None:
             info[self.source.breakdown] = self._category(doc, where)
@@ -173,5 +175,8 @@ class LmmsEvalTask(EvalTask):
         return sum(scores) / len(scores)
 
 
-def _is_image_column(name: str, source) -> bool:
-    return name == source.image or (source.image == MMMU_PLACEHOLDERS and re.fullmatch(r"image_\d+", name) is not None)
+def _holds_images(value) -> bool:
+    """An image cell ({"bytes", "path"} struct or raw bytes), or a non-empty list of them."""
+    if isinstance(value, list):
+        return bool(value) and all(_holds_images(v) for v in value)
+    return isinstance(value, (bytes, bytearray)) or (isinstance(value, dict) and "bytes" in value)
