@@ -3,7 +3,8 @@ split, images embedded in the rows as {"bytes": ..., "path": ...} structs.
 
 Which files hold a split is read from the README's `configs:` front matter when it lists them (as the `datasets`
 library reads it), else from the hub's naming convention (`<split>-00000-of-00002.parquet` in the config's folder
-or `data/`). Rows stream shard by shard, so `--limit N` reads only what it needs.
+or `data/`). Rows stream shard by shard, so `--limit N` reads only what it needs; the images read stay in memory
+encoded, as the shards hold them (a run holds about the split's size on disk, not its decoded pixels).
 """
 
 from __future__ import annotations
