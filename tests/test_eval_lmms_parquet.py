@@ -147,14 +147,20 @@ def test_cli_limit_and_pairs(model_dir, tmp_path):
 
 
 def test_several_images(model_dir, tmp_path):
+    """Every image lmms-eval's doc_to_visual gives goes to the model, one placeholder each before the text: the
+    images MMMU's "<image N>" placeholders name (sorted), SEED-Bench's video frames."""
     data = lmms_parquet.mmmu(tmp_path / "mmmu", several_images=True)
-    one_line_error(run("eval", model_dir, "--task", "mmmu_val", "--data", data, "--out", tmp_path / "o"),
-                   "validation-00000-of-00001", "row 1", "2 images (image_1, image_2)", "one image per question")
-    assert not (tmp_path / "o").exists()
+    evaluate(model_dir, "mmmu_val", data=data, out=tmp_path / "o", max_new_tokens=2, progress=False)
+    rows = samples(tmp_path / "o")
+    assert rows[1]["question"].startswith("Compare <image 1> and <image 2>.")
+    assert rows[1]["prompt"].count("<image>") == 2 and rows[0]["prompt"].count("<image>") == 1
+    assert rows[1]["image"].endswith("row 1 image_1; " + rows[1]["image"].split("; ")[1])
+    assert rows[1]["image"].split("; ")[1].endswith("row 1 image_2") and "image_2" not in rows[1]["doc"]
     data = lmms_parquet.seedbench(tmp_path / "seed", video=True)
     metrics = evaluate(model_dir, "seedbench", data=data, out=tmp_path / "s", max_new_tokens=2, progress=False)
-    assert metrics["questions"] == 3 and "seed_all" not in metrics and "seed_video" not in metrics
-    assert "1 document(s) with several images" in metrics["notes"][0]
+    assert metrics["questions"] == 4 and {"seed_image", "seed_video", "seed_all"} <= set(metrics)
+    video = samples(tmp_path / "s")[3]
+    assert video["prompt"].count("<image>") == 3 and video["image"].endswith("row 3 image[2]")
 
 
 def test_pope_and_gqa_files_stay_mmmerges_own_tasks(tmp_path):

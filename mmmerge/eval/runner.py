@@ -23,6 +23,16 @@ from .generate import Generator, build_prompt, load_model, prompt_lengths
 from .tasks import EvalDataError, EvalTask, get_task, read_task
 
 
+def sample_images(sample) -> list:
+    """A sample's image, or its images (a document that shows several, in order)."""
+    return list(sample.image) if isinstance(sample.image, tuple) else [sample.image]
+
+
+def images_label(sample) -> str:
+    """Where a sample's image(s) come from, for samples.jsonl: the path, or the images' places joined by "; "."""
+    return "; ".join(str(image) for image in sample_images(sample))
+
+
 def open_sample_image(path: Path, source, qid) -> Image.Image:
     try:
         return open_rgb(path, max_pixels=None)  # its size passed the limit before the model loaded
@@ -34,12 +44,13 @@ def check_image_headers(samples, source, max_pixels: int | None = DEFAULT_MAX_PI
     """Read every image header once (cheap), so a broken or oversized file stops the run before the model loads."""
     seen = set()
     for s in samples:
-        if s.image not in seen:
-            seen.add(s.image)
-            try:
-                image_size(s.image, max_pixels=max_pixels)
-            except UnreadableFileError as e:
-                raise EvalDataError(f"{source}: question {s.question_id}: {e}") from e
+        for image in sample_images(s):
+            if image not in seen:
+                seen.add(image)
+                try:
+                    image_size(image, max_pixels=max_pixels)
+                except UnreadableFileError as e:
+                    raise EvalDataError(f"{source}: question {s.question_id}: {e}") from e
 
 
 INTERNAL_INFO = ("order",)  # Sample.info keys that are bookkeeping, not fields to break scores down by
@@ -102,7 +113,7 @@ def evaluate(model, task, *, questions=None, annotations=None, images=None, data
     ranks = D.setup(device)
     try:
         model_obj, processor = load_model(model, ranks.device, progress=False)  # our own bar says enough
-        prompts = [build_prompt(processor, fill_prompt(template, s.question)) for s in samples]
+        prompts = [build_prompt(processor, fill_prompt(template, s.question), len(sample_images(s))) for s in samples]
         raw = answer_samples(model_obj, processor, t, samples, prompts, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, source=questions, name=model, share=(ranks.rank, ranks.world),
                              progress=progress and ranks.main)
@@ -140,7 +151,8 @@ def answer_samples(model, processor, task: EvalTask, samples, prompts: list[str]
     score = RunningScore(task)
     bar = tqdm(batches, desc=f"eval {task.name}", unit="batch", disable=not progress)
     for batch in bar:
-        ims = [open_sample_image(samples[i].image, source, samples[i].question_id) for i in batch]
+        ims = [[open_sample_image(image, source, samples[i].question_id) for image in sample_images(samples[i])]
+               for i in batch]
         answers = gen([prompts[i] for i in batch], ims)
         raw.update(zip(batch, answers))
         if score.add([samples[i] for i in batch], answers):
@@ -156,7 +168,7 @@ def _score_and_write(task: EvalTask, samples, prompts, raws, out: Path, run: dic
     atomic_write_text(out / "predictions.json", json.dumps([{"question_id": s.question_id, "answer": a}
                                                  for s, a in zip(samples, answers)]))
     atomic_write_text(out / "samples.jsonl", "".join(
-        json.dumps({"question_id": s.question_id, "image": str(s.image), "question": s.question, "prompt": p,
+        json.dumps({"question_id": s.question_id, "image": images_label(s), "question": s.question, "prompt": p,
                     "raw": r, "answer": a, "score": sc, "target": s.target,
                     **{k: v for k, v in s.info.items() if k not in INTERNAL_INFO}}) + "\n"
         for s, p, r, a, sc in zip(samples, prompts, raws, answers, scores)))

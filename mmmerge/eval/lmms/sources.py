@@ -33,7 +33,6 @@ class LmmsSource:
     max_new_tokens: int = 1024  # generation_kwargs; lmms-eval's default when the YAML gives none
     until: tuple = ()  # generation_kwargs `until` besides the end of sequence
     breakdown: str | None = None  # the row's field (or `subject` for MMMU) scores are broken down by
-    several_images: str = "refuse"  # a document with more than one image: "refuse" the run, or "skip" it
 
 
 LMMS_SOURCES = {
@@ -45,7 +44,7 @@ LMMS_SOURCES = {
     "mmmu_val": LmmsSource("lmms-lab-encoder/MMMU", "validation", prompts.mmmu, LETTER.strip(), image=MMMU_PLACEHOLDERS,
                            max_new_tokens=128, breakdown="subject"),
     "seedbench": LmmsSource("lmms-lab-encoder/SEED-Bench", "test", prompts.seedbench, LETTER, until=("ASSISTANT:",),
-                            breakdown="question_type_id", several_images="skip"),
+                            breakdown="question_type_id"),
     "chartqa": LmmsSource("lmms-lab-encoder/ChartQA", "test", prompts.question,
                           "\nAnswer the question with a single word.", max_new_tokens=16),
     "ocrbench": LmmsSource("echo840/OCRBench", "test", prompts.stripped, max_new_tokens=128),

@@ -1,10 +1,10 @@
 """An lmms-eval benchmark as an eval task: documents from a parquet folder (or a cached dataset ID) in the task's
 lmms-lab schema, prompts as lmms-eval builds them, answers scored by the same scorers `mmmerge score` uses.
 
-A document is a dataset row; its id is its position in the split (lmms-eval's doc_id). mmmerge answers about one
-image per question: a document with several images (MMMU questions that show two or more) stops the run with one
-line naming it, except where the task's headline leaves such documents out (SEED-Bench's video questions, which
-`seed_image` does not count): those are skipped, and the metrics say how many.
+A document is a dataset row; its id is its position in the split (lmms-eval's doc_id). Its images are the ones
+lmms-eval's `doc_to_visual` gives the model, in that order: several for MMMU questions that show several, and for
+SEED-Bench's video questions (their frames); the prompt then holds one image placeholder per image, before the
+text, as lmms-eval's LLaVA puts them.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ def _mmmu_image_columns(prompt: str) -> list[str]:
 class LmmsEvalTask(EvalTask):
     one_line = False  # lmms-eval stops at the end of sequence or the task's `until`, not at a line end
     instruction = ""  # the prompt is built whole from the row
-    several_images_skipped = 0
 
     def __init__(self, name: str):
         self.name, self.source, self.spec = name, LMMS_SOURCES[name], LMMS_TASKS[name]
@@ -64,15 +63,10 @@ class LmmsEvalTask(EvalTask):
             raise EvalDataError(f"task {self.name} reads its answers and images from the dataset's parquet shards: "
                                 f"give only --data (the folder or dataset ID)")
         root = dataset_folder(questions if questions is not None else self.source.dataset)
-        self.several_images_skipped = 0
         found = list(rows(shards(root, self.source.config, self.source.split), limit))
         if self.name == "gqa":
             found = self._with_gqa_images(root, found)
-        samples = []
-        for doc_id, (where, row) in enumerate(found):
-            sample = self._sample(doc_id, where, row)
-            if sample is not None:
-                samples.append(sample)
+        samples = [self._sample(doc_id, where, row) for doc_id, (where, row) in enumerate(found)]
         if samples:  # rows the scorer refuses (a field missing, MME's pairs cut by --limit) stop the run here
             self.spec.scorer(self._entries(samples, [""] * len(samples)), [])
         return samples
@@ -97,7 +91,7 @@ class LmmsEvalTask(EvalTask):
         cells = value if isinstance(value, list) else [] if value is None else [value]
         return cells, [self.source.image]
 
-    def _sample(self, doc_id: int, where: str, row: dict) -> Sample | None:
+    def _sample(self, doc_id: int, where: str, row: dict) -> Sample:
         try:
             prompt = self.source.prompt(row, self.source.post)
         except KeyError as e:
@@ -108,13 +102,6 @@ class LmmsEvalTask(EvalTask):
         if self.source.image == MMMU_PLACEHOLDERS and None in cells:
             raise EvalDataError(f"{where}: the prompt shows <{columns[cells.index(None)].replace('_', ' ')}>, but "
                                 f"{columns[cells.index(None)]} is empty")
-        if len(cells) > 1:
-            if self.source.several_images == "skip":
-                self.several_images_skipped += 1
-                return None
-            raise EvalDataError(f"{where}: document {doc_id} shows {len(cells)} images ({', '.join(columns)}); "
-                                f"mmmerge eval answers about one image per question, so {self.name} runs only on "
-                                f"documents with one (--limit N stops before the first with several)")
         if not cells:
             raise EvalDataError(f"{where}: document {doc_id} has no image in {', '.join(columns) or 'its prompt'}")
         doc = {k: v for k, v in row.items() if not _holds_images(v)}  # the row as lmms-eval logs it: images dropped
@@ -122,8 +109,8 @@ class LmmsEvalTask(EvalTask):
         if self.source.breakdown is not None:
             info[self.source.breakdown] = self._category(doc, where)
         target = doc.get("answer", doc.get("answers"))
-        return Sample(doc_id, embedded_image(cells[0], f"{where} {columns[0] if len(columns) == 1 else ''}".strip()),
-                      prompt, target, info)
+        images = tuple(embedded_image(c, f"{where} {column}") for c, column in zip(cells, _names(columns, cells)))
+        return Sample(doc_id, images[0] if len(images) == 1 else images, prompt, target, info)
 
     def _category(self, doc: dict, where: str):
         if self.source.breakdown == "subject":
@@ -160,10 +147,6 @@ class LmmsEvalTask(EvalTask):
                 groups.setdefault(s.info[field], []).append((e, sc))
             out[f"per_{field}"] = {str(k): self._group_score([e for e, _ in g], [sc for _, sc in g])
                                    for k, g in groups.items()}
-        if self.several_images_skipped:
-            out.pop("seed_all", None)
-            notes.append(f"{self.several_images_skipped} document(s) with several images (video frames) left out: "
-                         f"{self.headline} does not count them; seed_all and seed_video are not computed")
         if notes:
             out["notes"] = notes
         return out
@@ -173,6 +156,11 @@ class LmmsEvalTask(EvalTask):
             m = self.spec.scorer(entries, [])
             return m.get(self.headline, next(iter(m.values())))
         return sum(scores) / len(scores)
+
+
+def _names(columns: list[str], cells: list) -> list[str]:
+    """Each image's place in the row: its column, or the column and the index in its list (SEED's frames)."""
+    return columns if len(columns) == len(cells) else [f"{columns[0]}[{i}]" for i in range(len(cells))]
 
 
 def _holds_images(value) -> bool:
