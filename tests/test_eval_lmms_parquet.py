@@ -202,6 +202,11 @@ def test_dataset_id_from_the_cache(model_dir, tmp_path, monkeypatch):
     by_folder = evaluate(model_dir, "pope", data=tmp_path / "pope", out=tmp_path / "dir", max_new_tokens=2,
                          progress=False)
     assert by_id == by_folder
+    # without --data, the dataset lmms-eval's task reads (its `dataset_path`), from the cache
+    put_dataset_in_cache(home / "hub", "lmms-lab-encoder/MME", lmms_parquet.mme(tmp_path / "mme"))
+    evaluate(model_dir, "mme", out=tmp_path / "default", max_new_tokens=2, progress=False)
+    assert json.loads((tmp_path / "default" / "run.json").read_text())["questions_file"] == "lmms-lab-encoder/MME"
+    assert len(samples(tmp_path / "default")) == 6
     monkeypatch.chdir(tmp_path)
     one_line_error(run("eval", model_dir, "--task", "pope", "--data", "tiny-org/absent", "--out", tmp_path / "o"),
                    "tiny-org/absent", "not in the Hugging Face cache", "hf download --repo-type dataset")

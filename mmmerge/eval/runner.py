@@ -98,6 +98,7 @@ def evaluate(model, task, *, questions=None, annotations=None, images=None, data
     t = get_task(task, questions) if isinstance(task, str) else task
     if not isinstance(t, EvalTask):
         raise EvalDataError(f"task must be a name or an EvalTask, not {type(task).__name__}")
+    questions = questions if questions is not None else t.default_data
     max_new_tokens = t.max_new_tokens if max_new_tokens is None else max_new_tokens
     template = prompt if prompt is not None else t.prompt
     if "{question}" not in template:

@@ -71,6 +71,7 @@ class EvalTask:
     one_line = True  # answers are one line: generation stops at the line end (short answers, letters, yes/no)
     max_new_tokens = 16  # generation's limit unless the caller gives one
     breakdown = None  # the samples.jsonl field eval-compare breaks scores down by unless told another
+    default_data = None  # what the task reads when no file is given (a dataset ID), if anything
 
     @property
     def prompt(self) -> str:

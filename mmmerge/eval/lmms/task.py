@@ -44,7 +44,7 @@ class LmmsEvalTask(EvalTask):
     def __init__(self, name: str):
         self.name, self.source, self.spec = name, LMMS_SOURCES[name], LMMS_TASKS[name]
         self.headline, self.max_new_tokens = self.spec.headline, self.source.max_new_tokens
-        self.breakdown = self.source.breakdown
+        self.breakdown, self.default_data = self.source.breakdown, self.source.dataset
 
     @property
     def prompt(self) -> str:
@@ -62,7 +62,7 @@ class LmmsEvalTask(EvalTask):
         if annotations is not None or images is not None:
             raise EvalDataError(f"task {self.name} reads its answers and images from the dataset's parquet shards: "
                                 f"give only --data (the folder or dataset ID)")
-        root = dataset_folder(questions if questions is not None else self.source.dataset)
+        root = dataset_folder(questions if questions is not None else self.default_data)
         found = list(rows(shards(root, self.source.config, self.source.split), limit))
         if self.name == "gqa":
             found = self._with_gqa_images(root, found)
