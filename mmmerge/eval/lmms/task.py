@@ -38,6 +38,7 @@ def _mmmu_image_columns(prompt: str) -> list[str]:
 
 
 class LmmsEvalTask(EvalTask):
+    """One lmms-eval task (a name in LMMS_SOURCES and LMMS_TASKS) as `evaluate` runs it."""
     one_line = False  # lmms-eval stops at the end of sequence or the task's `until`, not at a line end
     instruction = ""  # the prompt is built whole from the row
 
