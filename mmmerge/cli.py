@@ -119,7 +119,7 @@ def cmd_eval(args) -> None:
 
     from .eval import evaluate
 
-    metrics = evaluate(args.model, args.task, questions=args.questions, annotations=args.annotations,
+    metrics = evaluate(args.model, args.task, questions=args.questions, data=args.data, annotations=args.annotations,
                        images=args.images, out=args.out, batch_size=args.batch_size, limit=args.limit,
                        device=args.device, max_new_tokens=args.max_new_tokens, prompt=args.prompt,
                        progress=not args.quiet, force=args.force, max_image_pixels=args.max_image_pixels)
@@ -315,18 +315,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
     s.set_defaults(func=cmd_merge_loras)
 
-    s = sub.add_parser("eval", help="answer a VQA set with an image-text-to-text model and score it as the official script does")
+    s = sub.add_parser("eval", help="answer a VQA set or an lmms-eval benchmark with an image-text-to-text model and "
+                                     "score it as the official script (or lmms-eval) does")
     s.add_argument("model", type=Path, help="a transformers image-text-to-text checkpoint folder (any family) with its processor")
-    s.add_argument("--task", required=True, choices=list(TASKS))
-    s.add_argument("--questions", type=Path, required=True, help="the task's questions file (or JSONL / problems.json)")
+    s.add_argument("--task", required=True, choices=list(dict.fromkeys([*TASKS, *LMMS_TASKS])),
+                   help="mmmerge's VQA tasks read the official files; lmms-eval's tasks (mme, mmmu_val, ...; pope and "
+                        "gqa with --data) read lmms-lab's parquet datasets")
+    data = s.add_mutually_exclusive_group()
+    data.add_argument("--questions", type=Path, help="the task's questions file (or JSONL / problems.json)")
+    data.add_argument("--data", help="an lmms-eval task's dataset: a folder as huggingface_hub downloads it (parquet "
+                                     "shards) or a dataset ID in the local Hugging Face cache (default: lmms-eval's)")
     s.add_argument("--annotations", type=Path, help="VQAv2 annotations JSON (omit for test-dev: predictions only)")
     s.add_argument("--images", type=Path, help="image folder (jsonl: default the JSONL's folder)")
     s.add_argument("--out", type=Path, required=True, help="folder for predictions.json, metrics.json, samples.jsonl")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--limit", type=int, default=None, help="only the first N questions")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    s.add_argument("--max-new-tokens", type=int, default=16)
-    s.add_argument("--prompt", default=None, help='prompt template with {question} (default: the task\'s LLaVA-1.5 one)')
+    s.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (16; lmms-eval's for its tasks)")
+    s.add_argument("--prompt", default=None, help='prompt template with {question} (default: the task\'s LLaVA-1.5 one; '
+                                                 'an lmms-eval task\'s whole prompt is its {question})')
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     s.add_argument("--force", action="store_true", help="replace a previous mmmerge output in --out (nothing else)")
     add_image_limit(s)

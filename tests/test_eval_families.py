@@ -157,3 +157,13 @@ def test_model_and_processor_that_disagree_is_one_line(vqa, tmp_path):
         evaluate(bad, "vqav2", **vqa, out=tmp_path / "out", max_new_tokens=2, progress=False)
     assert str(err.value).startswith(f"{bad}: the model rejects the inputs its processor made (ValueError: Image")
     assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
+
+
+def test_several_images_per_prompt(family, vqa):
+    """A prompt with two images (MMMU's documents that show two) beside a prompt with one: every family's template
+    takes one placeholder per image, and the answers equal those of each prompt alone."""
+    _, _, model, processor = family
+    gen = Generator(model, processor, max_new_tokens=3)
+    ims = images(vqa, 3)
+    two, one = build_prompt(processor, "what differs?", 2), build_prompt(processor, "what is it?", 1)
+    assert gen([two, one], [ims[:2], [ims[2]]]) == [gen([two], [ims[:2]])[0], gen([one], [[ims[2]]])[0]]

@@ -64,7 +64,8 @@ def load_run(out) -> dict:
     samples = out / "samples.jsonl"
     rows = [checked_score(samples, n, row) for n, row in read_jsonl(samples, CompareError)] if samples.is_file() else []
     return {"name": out.name, "path": out, "task": run.get("task", "?"), "model": run.get("model", "?"),
-            "headline": headline, "scores": scores, "samples": rows}
+            "headline": headline, "scores": scores, "samples": rows, "breakdown": run.get("breakdown"),
+            "per_category": metrics.get(f"per_{run.get('breakdown')}", {})}
 
 
 def checked_score(path: Path, line: int, row: dict) -> dict:
@@ -114,6 +115,28 @@ def markdown_table(runs: list[dict]) -> str:
     for r in runs:
         cells = [f"{r['scores'][c]:.2f}" if c in r["scores"] else "–" for c in cols]
         lines.append(f"| {r['name']} | {r['task']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def default_breakdown(runs: list[dict]) -> str | None:
+    """The field every run's task breaks its score down by (MME subtasks, MMMU subjects, ...), when they agree."""
+    fields = {r["breakdown"] for r in runs}
+    return fields.pop() if len(fields) == 1 else None
+
+
+def category_table(runs: list[dict]) -> str:
+    """Each run's per-category scores as its task computes them (metrics.json `per_<field>`, in the task's unit:
+    MME subtasks in points, acc + acc+), when the runs break down by one field."""
+    field = default_breakdown(runs)
+    per = {r["name"]: r["per_category"] for r in runs} if field else {}
+    groups = list(dict.fromkeys(g for p in per.values() for g in p))
+    if not groups:
+        return ""
+    names = list(per)
+    lines = [f"per {field}, as the task scores it (metrics.json):", "", f"| {field} | " + " | ".join(names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for g in groups:
+        lines.append(f"| {g} | " + " | ".join(f"{per[n][g]:.2f}" if g in per[n] else "–" for n in names) + " |")
     return "\n".join(lines)
 
 
@@ -296,6 +319,7 @@ def compare(outs, chart=None, *, baseline=None, by: str | None = None, level: fl
     if not runs:
         raise MMMergeError("give at least one evaluation folder")
     check_same_task(runs)
+    by = by if by is not None else default_breakdown(runs)
     if chart is not None:
         check_chart_path(chart, runs)
     if len({r["name"] for r in runs}) < len(runs):  # folders of one name in different places: name them by path
@@ -307,5 +331,5 @@ def compare(outs, chart=None, *, baseline=None, by: str | None = None, level: fl
                            "or questions without answers)")
     if chart is not None:
         write_chart(runs, a, chart)
-    parts = [markdown_table(runs), report(a)]
+    parts = [markdown_table(runs), category_table(runs), report(a)]
     return "\n\n".join(p for p in parts if p)
