@@ -120,7 +120,7 @@ def markdown_table(runs: list[dict]) -> str:
 
 def default_breakdown(runs: list[dict]) -> str | None:
     """The field every run's task breaks its score down by (MME subtasks, MMMU subjects, ...), when they agree."""
-    fields = {r["breakdown"] for r in runs}
+    fields = {r.get("breakdown") for r in runs}  # an lmms-eval run read from its logs names none
     return fields.pop() if len(fields) == 1 else None
 
 
@@ -128,7 +128,7 @@ def category_table(runs: list[dict]) -> str:
     """Each run's per-category scores as its task computes them (metrics.json `per_<field>`, in the task's unit:
     MME subtasks in points, acc + acc+), when the runs break down by one field."""
     field = default_breakdown(runs)
-    per = {r["name"]: r["per_category"] for r in runs} if field else {}
+    per = {r["name"]: r.get("per_category", {}) for r in runs} if field else {}
     groups = list(dict.fromkeys(g for p in per.values() for g in p))
     if not groups:
         return ""
