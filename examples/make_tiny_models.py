@@ -10,7 +10,7 @@ Nothing is downloaded: every model is built from a config with random weights, e
     recipe.yml             a ties merge of llava-a and llava-b on llava, written as a LLaVA
     search.yml             a search of the ties merge's weights and densities, scored on world/'s questions
     regmean.yml            a regmean merge of llava-a and llava-b with the statistics `mmmerge calibrate` writes
-    families/TYPE/         a tiny checkpoint with its processor of each of the 15 multimodal families
+    families/TYPE/         a tiny checkpoint with its processor of each of the 16 multimodal families
     clip/ siglip/ dinov2/ vit/          transformers vision encoders with their image processors
     open_clip/ timm_siglip/ timm_vit/   vision encoders in open_clip's and timm's hub layouts
     llama/                 a causal LM with its tokenizer and chat template (its words cover the captions)
@@ -20,6 +20,7 @@ Nothing is downloaded: every model is built from a config with random weights, e
     world/questions.json, world/annotations.json, world/val/   a small VQA set in the official VQAv2 files
     world/qa.jsonl         image questions with answers (images in world/train/), calibration data for `calibrate`
     lmms/mme_samples.jsonl an lmms-eval 0.3 `--log_samples` file of MME (answers written here), for `score`
+    lmms/MME/              MME as lmms-lab's dataset repository holds it (parquet, images inside), for `eval`
 """
 
 import json
@@ -173,6 +174,29 @@ def make_lmms_log(out: Path) -> None:
     (out / "mme_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def make_mme_parquet(out: Path) -> None:
+    """Six MME documents (three images, each asked a yes and a no question) in lmms-lab/MME's layout: one parquet
+    shard under data/, each image's PNG bytes inside its row."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rows = []
+    for i, (category, thing) in enumerate((("existence", "a square"), ("color", "something red"),
+                                           ("count", "two shapes"))):
+        buf = io.BytesIO()
+        pixels = np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buf, format="PNG")
+        for answer, question in (("Yes", f"Is there {thing} in the image?"), ("No", "Is there a dog in the image?")):
+            rows.append({"question_id": f"{category}/{i}.png", "image": {"bytes": buf.getvalue(), "path": f"{i}.png"},
+                         "question": f"{question} Please answer yes or no.", "answer": answer, "category": category})
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "data" / "test-00000-of-00001.parquet")
+
+
 def main(root: str = "tiny") -> Path:
     torch.manual_seed(0)
     root = Path(root)
@@ -183,7 +207,8 @@ def main(root: str = "tiny") -> Path:
              *[(k, lambda p, k=k: make_hf_vision(k, p)) for k in ("clip", "siglip", "dinov2", "vit")],
              ("open_clip", make_open_clip), ("timm_siglip", make_timm), ("timm_vit", make_timm_vit),
              ("llama", lambda p: build_language(p, seed=0)), ("llama-a", lambda p: make_finetune(root / "llama", p, seed=3)),
-             ("llama-b", lambda p: make_finetune(root / "llama", p, seed=4)), ("world", make_world), ("lmms", make_lmms_log)]
+             ("llama-b", lambda p: make_finetune(root / "llama", p, seed=4)), ("world", make_world), ("lmms", make_lmms_log),
+             ("lmms/MME", make_mme_parquet)]
     with transformers_quiet():
         for name, make in steps:
             make(root / name)

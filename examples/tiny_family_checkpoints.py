@@ -233,7 +233,7 @@ def _qwen2_vl(model_type="qwen2_vl"):
     size = {"shortest_edge": 4 * factor ** 2, "longest_edge": 16 * factor ** 2}  # 2x2 to 4x4 merged tokens
     kw = dict(size=size, patch_size=v.patch_size, merge_size=v.spatial_merge_size,
               temporal_patch_size=v.temporal_patch_size)
-    if model_type == "qwen3_vl":
+    if model_type in ("qwen3_vl", "qwen3_vl_moe"):
         processor = T.Qwen3VLProcessor(image_processor=T.Qwen2VLImageProcessor(**kw), tokenizer=tok,
                                        video_processor=T.Qwen3VLVideoProcessor(**kw), chat_template=QWEN3_VL_TEMPLATE)
     else:
@@ -375,7 +375,8 @@ def _paligemma():
 
 BUILDERS = {"gemma3": _gemma3, "smolvlm": _smolvlm, "idefics3": partial(_smolvlm, model_type="idefics3"),
             "mllama": _mllama, "qwen2_vl": _qwen2_vl, "qwen2_5_vl": partial(_qwen2_vl, model_type="qwen2_5_vl"),
-            "qwen3_vl": partial(_qwen2_vl, model_type="qwen3_vl"), "glm4v": _glm4v,
+            "qwen3_vl": partial(_qwen2_vl, model_type="qwen3_vl"),
+            "qwen3_vl_moe": partial(_qwen2_vl, model_type="qwen3_vl_moe"), "glm4v": _glm4v,
             "llava": _llava, "llava_next": _llava_next, "llava_onevision": _llava_onevision,
             "mistral3": _mistral3, "internvl": _internvl, "aya_vision": _aya_vision, "paligemma": _paligemma}
 

@@ -71,6 +71,14 @@ def _qwen3_vl():
                            vision_start_token_id=IMAGE_TOKEN + 2)
 
 
+def _qwen3_vl_moe():
+    """Qwen3-VL-MoE: Qwen3-VL with a sparse MoE language model (three experts, two per token)."""
+    dense = _qwen3_vl().to_dict()
+    text = T.Qwen3VLMoeTextConfig(**{**dense["text_config"], "num_experts": 3, "num_experts_per_tok": 2,
+                                     "moe_intermediate_size": 64, "decoder_sparse_step": 1, "mlp_only_layers": []})
+    return T.Qwen3VLMoeConfig(**{**dense, "text_config": text.to_dict()})
+
+
 def _gemma3():
     return T.Gemma3Config(text_config=_text(T.Gemma3TextConfig, sliding_window=16), vision_config=_siglip(),
                           mm_tokens_per_image=4, image_token_index=IMAGE_TOKEN, boi_token_index=IMAGE_TOKEN + 1,
@@ -129,7 +137,7 @@ def _glm4v():
 
 CONFIGS = {
     "llava": _llava, "llava_next": _llava_next, "llava_onevision": _llava_onevision, "qwen2_vl": _qwen2_vl,
-    "qwen2_5_vl": _qwen2_5_vl, "qwen3_vl": _qwen3_vl, "gemma3": _gemma3, "paligemma": _paligemma,
+    "qwen2_5_vl": _qwen2_5_vl, "qwen3_vl": _qwen3_vl, "qwen3_vl_moe": _qwen3_vl_moe, "gemma3": _gemma3, "paligemma": _paligemma,
     "idefics3": _idefics3, "smolvlm": _smolvlm, "mistral3": _mistral3, "internvl": _internvl,
     "aya_vision": _aya_vision, "mllama": _mllama, "glm4v": _glm4v,
 }

@@ -18,7 +18,7 @@ The file holds, for each weight name ``W`` of the transformers model:
 - ``fisher:W``: the diagonal empirical Fisher of every parameter, (1/n) Σₑ (∂ loss(e) / ∂W)² over the n examples
   e, loss the mean next-token cross-entropy of one example (gradients one example at a time, as the Fisher is a
   mean of per-example squared gradients, not the square of a batch's mean gradient).
-Names are those a merge of the folder writes (what a merge method is told, MethodSpec.takes_name): the running
+Names are those a merge of the folder writes (what a merge method is told, MethodSpec.calling "named"): the running
 model's parameter names where the merge writes the same names (a causal LM), else the names of the tensors with
 equal values in the engine's plan of a merge of the folder alone (a LLaVA whose checkpoint keeps an older layout).
 

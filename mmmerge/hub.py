@@ -1,5 +1,6 @@
 """Models named by hub ID (`org/name`, `org/name@revision`), resolved through huggingface_hub: the local cache
-first; missing files are downloaded only when the network is allowed (not `--offline`, not HF_HUB_OFFLINE)."""
+first; missing files are downloaded only when the network is allowed (not `--offline`, not HF_HUB_OFFLINE).
+Datasets named by hub ID (eval's lmms-eval tasks) come from the local cache only."""
 
 from __future__ import annotations
 
@@ -24,21 +25,35 @@ def offline_by_default() -> bool:
 
 def resolve(ref: str, *, offline: bool | None = None) -> Path:
     """The local folder of hub model `ref` (a snapshot in the huggingface_hub cache)."""
+    return _snapshot(ref, offline=offline_by_default() if offline is None else offline, repo_type="model",
+                     patterns=MODEL_FILES)
+
+
+def resolve_dataset(ref: str) -> Path:
+    """The local folder of hub dataset `ref` (e.g. lmms-lab/MME), from the huggingface_hub cache only: a dataset
+    is gigabytes, so eval never downloads one; the message says how to."""
+    return _snapshot(ref, offline=True, repo_type="dataset", patterns=None)
+
+
+def _snapshot(ref: str, *, offline: bool, repo_type: str, patterns) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     m = HUB_ID.match(ref)
     if m is None:
         raise UnreadableFileError(f"{ref}: no such file or folder, and not a hub ID (org/name[@revision])")
-    offline = offline_by_default() if offline is None else offline
     try:
-        return Path(snapshot_download(m["repo"], revision=m["revision"], local_files_only=offline,
-                                      allow_patterns=MODEL_FILES))
+        return Path(snapshot_download(m["repo"], revision=m["revision"], repo_type=repo_type, local_files_only=offline,
+                                      allow_patterns=patterns))
     except LocalEntryNotFoundError:
         where = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        if repo_type == "dataset":
+            raise UnreadableFileError(f"{ref}: not a local folder and not in the Hugging Face cache ({where}); eval "
+                                      f"reads datasets from the cache only: download it first with `hf download "
+                                      f"--repo-type dataset {m['repo']}`") from None
         how = "downloads are off (--offline or HF_HUB_OFFLINE=1)" if offline else "the hub cannot be reached"
         raise UnreadableFileError(f"{ref}: not a local path, not in the Hugging Face cache ({where}), and {how}") from None
     except RepositoryNotFoundError:
-        raise UnreadableFileError(f"{ref}: no such model repository on the hub (or it is private)") from None
+        raise UnreadableFileError(f"{ref}: no such {repo_type} repository on the hub (or it is private)") from None
     except (HfHubHTTPError, OSError, ValueError) as e:
         raise UnreadableFileError(f"{ref}: cannot fetch it from the hub ({str(e).splitlines()[0]})") from None

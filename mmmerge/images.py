@@ -9,9 +9,11 @@ it; decoding errors of any kind become one line naming the file.
 from __future__ import annotations
 
 import contextlib
+import io
 import struct
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ImageTooLargeError, UnreadableFileError
@@ -21,6 +23,22 @@ RAISE_HINT = ("raise the limit with --max-image-pixels N, max_image_pixels=N in 
               "a search spec's `search:` section")
 # What PIL raises on a broken file, besides OSError: parsers raise SyntaxError, ValueError, struct and zlib errors.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
+
+
+@dataclass(frozen=True)
+class EmbeddedImage:
+    """An image held as encoded bytes inside a data file (a parquet shard's {"bytes", "path"} struct), named by
+    `where` ("FILE: row N") in messages and outputs; read wherever an image path is."""
+    data: bytes
+    where: str
+
+    def __str__(self) -> str:
+        return self.where
+
+
+def _source(path):
+    """What PIL opens: the file, or a fresh stream over an embedded image's bytes."""
+    return io.BytesIO(path.data) if isinstance(path, EmbeddedImage) else path
 
 
 @contextlib.contextmanager
@@ -50,7 +68,7 @@ def image_size(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tu
     """(width, height) from the header only; ImageTooLargeError over `max_pixels` (None: no limit)."""
     with _pil_unlimited() as Image:
         try:
-            with Image.open(path) as im:
+            with Image.open(_source(path)) as im:
                 size = im.size
         except DECODE_ERRORS as e:
             raise UnreadableFileError(f"cannot read image {path}: not a readable image ({e})") from e
@@ -62,7 +80,7 @@ def open_rgb(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """The image decoded as RGB, after the header's size passed `max_pixels` (None: no limit)."""
     with _pil_unlimited() as Image:
         try:
-            with Image.open(path) as im:
+            with Image.open(_source(path)) as im:
                 check_pixels(path, im.size, max_pixels)
                 return im.convert("RGB")
         except DECODE_ERRORS as e:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from .checkpoint import Checkpoint, Component
+
+# A sparse MoE layer's router, as transformers names it in Mixtral, Qwen2/3-MoE and Qwen3-VL-MoE language models:
+# one row per routed expert.
+ROUTER = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.gate\.weight$")
 
 # Config fields worth showing, in this order, when a component's config has them.
 SUMMARY_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_local_experts",
@@ -11,6 +17,36 @@ SUMMARY_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "intermediat
                   "num_key_value_heads", "vocab_size", "image_size", "patch_size", "hidden_act",
                   "tie_word_embeddings", "projector_hidden_act", "vision_hidden_size", "text_hidden_size",
                   "vision_feature_layer", "vision_feature_select_strategy")
+
+
+def experts_per_layer(c: Component) -> dict[int, int]:
+    """layer -> number of routed experts, read from the routers' shapes (what the weights hold, not the config)."""
+    found = {}
+    for name, t in c.tensors.items():
+        m = ROUTER.search(name)
+        if m and len(t.shape) == 2:
+            found[int(m.group(1))] = t.shape[0]
+    return dict(sorted(found.items()))
+
+
+def _ranges(layers: list[int]) -> str:
+    runs, start = [], None
+    for i, layer in enumerate(layers):
+        start = layer if start is None else start
+        if i + 1 == len(layers) or layers[i + 1] != layer + 1:
+            runs.append(f"{start}" if start == layer else f"{start}-{layer}")
+            start = None
+    return ", ".join(runs)
+
+
+def format_experts(experts: dict[int, int], num_layers: int | None) -> str:
+    """`experts: 3 in layers 0-1 (dense MLP in layer 2)`: each expert count with its layers, and the layers without."""
+    counts = sorted(set(experts.values()))
+    parts = [f"{n} in layer{'s' if len(ls) > 1 else ''} {_ranges(ls)}"
+             for n in counts for ls in [[layer for layer, k in experts.items() if k == n]]]
+    dense = [layer for layer in range(num_layers or 0) if layer not in experts]
+    tail = f" (dense MLP in layer{'s' if len(dense) > 1 else ''} {_ranges(dense)})" if dense else ""
+    return f"experts: {'; '.join(parts)}{tail}"
 
 
 def component_summary(c: Component) -> dict:
@@ -22,6 +58,7 @@ def component_summary(c: Component) -> dict:
         "dtypes": c.dtypes(),
         "extra_tensors": list(c.extra),
         "preprocess": c.preprocess,
+        "experts_per_layer": experts_per_layer(c),
     }
 
 
@@ -42,6 +79,8 @@ def format_summary(s: dict) -> str:
                      f"  ({', '.join(f'{d}: {n:,}' for d, n in c['dtypes'].items())})")
         if c["config"]:
             lines.append("    " + ", ".join(f"{k}={v}" for k, v in c["config"].items()))
+        if c["experts_per_layer"]:
+            lines.append("    " + format_experts(c["experts_per_layer"], c["config"].get("num_hidden_layers")))
         if c["extra_tensors"]:
             lines.append(f"    extra tensors (not held by {c['architecture']}): {', '.join(c['extra_tensors'])}")
         if c["preprocess"]:

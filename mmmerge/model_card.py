@@ -23,24 +23,6 @@ from .methods import get_method
 
 EVAL_START, EVAL_END = "<!-- mmmerge-eval:start -->", "<!-- mmmerge-eval:end -->"
 EVAL_HEADER = "| task | questions | n | metric | score |\n|---|---|---:|---|---:|"
-# Paper titles for the methods' references (the registry holds the links).
-TITLES = {
-    "linear": "Model soups (Wortsman et al., ICML 2022)",
-    "task_arithmetic": "Editing Models with Task Arithmetic (Ilharco et al., ICLR 2023)",
-    "ties": "TIES-Merging: Resolving Interference When Merging Models (Yadav et al., NeurIPS 2023)",
-    "dare_ties": "Language Models are Super Mario (DARE; Yu et al., ICML 2024)",
-    "dare_linear": "Language Models are Super Mario (DARE; Yu et al., ICML 2024)",
-    "breadcrumbs": "Model Breadcrumbs (Davari and Belilovsky, ECCV 2024)",
-    "breadcrumbs_ties": "Model Breadcrumbs (Davari and Belilovsky, ECCV 2024)",
-    "della": "DELLA-Merging (Deep et al., 2024)",
-    "della_linear": "DELLA-Merging (Deep et al., 2024)",
-    "model_stock": "Model Stock (Jang et al., ECCV 2024)",
-    "sce": "FuseChat: SCE merging (Wan et al., 2024)",
-    "tsv_merge": "Task Singular Vectors: Reducing Task Interference in Model Merging (Gargiulo et al., CVPR 2025)",
-    "iso_c": "No Task Left Behind: Isotropic Model Merging (Marczak et al., ICML 2025)",
-    "iso_cts": "No Task Left Behind: Isotropic Model Merging (Marczak et al., ICML 2025)",
-    "slerp": "spherical linear interpolation (Shoemake, SIGGRAPH 1985)",
-}
 HUB_CACHE = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<rev>[0-9a-f]{7,40})")
 
 
@@ -81,11 +63,9 @@ def describe_input(source: str, out) -> str:
 
 
 def method_line(method: str) -> str:
-    reference = get_method(method).reference
-    title = TITLES.get(method)
-    if title and reference:
-        return f"`{method}`: [{title}]({reference})"
-    return f"`{method}`" + (f": {reference}" if reference else " (mergekit)")
+    """The method with its paper's title, linked where it has a reference (both declared by the method)."""
+    spec = get_method(method)
+    return f"`{method}`: " + (f"[{spec.title}]({spec.reference})" if spec.reference else spec.title)
 
 
 def _recipe_yaml(plan) -> str:

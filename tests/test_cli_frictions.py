@@ -98,6 +98,9 @@ def test_methods_lists_every_method_and_describes_one():
     assert {line.split()[0] for line in r.stdout.splitlines()} == set(REGISTRY)
     r = run("methods", "ties")
     assert r.returncode == 0 and "https://arxiv.org/abs/2306.01708" in r.stdout
+    assert r.stdout.startswith(f"ties: {REGISTRY['ties'].title}, ")  # the paper the method declares
+    from mmmerge.methods._selection import TIE_BREAKS
+    assert f"tie_break (global, one of {' / '.join(TIE_BREAKS)}, default index)" in r.stdout  # words, not a path
     assert "density (per model, number, default 1.0, in (0, 1])" in r.stdout
     assert "weight (per model, number, required)" in r.stdout
     r = run("methods", "tiez")

@@ -48,14 +48,21 @@ def peft_merged(cls, base_dir, lora_dir) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in model.merge_and_unload().state_dict().items()}
 
 
-def compare(ours: dict, theirs: dict, expect_changed: list[str]):
+def compare(ours: dict, theirs: dict, base: dict, expect_changed: list[str]):
+    """Every tensor of ours equals peft's; `expect_changed` differ from `base` (the adapter did change them, in
+    peft's result as in ours), so agreeing with peft is not agreeing on the base's own values."""
     assert ours, "nothing compared"
     for name, t in ours.items():
         assert name in theirs, name
         assert t.shape == theirs[name].shape, name
         assert max_diff(t, theirs[name]) <= TOL, (name, max_diff(t, theirs[name]))
-    for name in expect_changed:  # the test is not vacuous: the adapter did change these
-        assert name in ours
+    assert expect_changed, "name a tensor the adapter changes"
+    for name in expect_changed:
+        assert max_diff(theirs[name], base[name]) > 1e-3, f"{name}: the adapter left it as the base had it"
+
+
+def loaded(tensors) -> dict:
+    return {n: t.load() for n, t in tensors.items()}
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +98,9 @@ def test_causal_lm_matches_peft(root, llama, case):
     ckpt = open_with_lora(llama, lora)
     ours = {n: t.load() for n, t in ckpt.component("language").tensors.items()}
     theirs = peft_merged(transformers.LlamaForCausalLM, llama, lora)
-    base = {n: t.load() for n, t in open_checkpoint(llama).component("language").tensors.items()}
+    base = loaded(open_checkpoint(llama).component("language").tensors)
     changed = [n for n in ours if max_diff(ours[n], base[n]) > 1e-3]
-    compare(ours, theirs, changed)
+    compare(ours, theirs, base, changed)
     assert len(changed) >= 4
     adapter = read_adapter(lora)
     if case == "alpha_patterns":
@@ -117,10 +124,8 @@ def test_gpt2_fan_in_fan_out_and_lora_bias(root):
     ckpt = open_with_lora(base, lora)
     ours = {n: t.load() for n, t in ckpt.component("language").tensors.items()}
     theirs = peft_merged(transformers.GPT2LMHeadModel, base, lora)
-    compare(ours, theirs, ["transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_fc.bias"])
-    plain = open_checkpoint(base).component("language").tensors
-    assert max_diff(ours["transformer.h.0.attn.c_attn.weight"], plain["transformer.h.0.attn.c_attn.weight"].load()) > 1e-3
-    assert max_diff(ours["transformer.h.1.mlp.c_fc.bias"], plain["transformer.h.1.mlp.c_fc.bias"].load()) > 1e-3
+    plain = loaded(open_checkpoint(base).component("language").tensors)
+    compare(ours, theirs, plain, ["transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_fc.bias"])
 
 
 def test_clip_vision_tower_matches_peft(root):
@@ -132,9 +137,8 @@ def test_clip_vision_tower_matches_peft(root):
     ours = {n: t.load() for n, t in ckpt.component("vision").tensors.items()}
     theirs = peft_merged(transformers.CLIPVisionModel, base, lora)
     theirs = {k.removeprefix("vision_model."): v for k, v in theirs.items()}
-    compare(ours, theirs, ["encoder.layers.1.mlp.fc1.weight"])
-    plain = open_checkpoint(base).component("vision").tensors
-    assert max_diff(ours["encoder.layers.1.mlp.fc1.weight"], plain["encoder.layers.1.mlp.fc1.weight"].load()) > 1e-3
+    plain = loaded(open_checkpoint(base).component("vision").tensors)
+    compare(ours, theirs, plain, ["encoder.layers.1.mlp.fc1.weight"])
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +167,7 @@ def test_llava_language_adapter_matches_peft(root, llava, legacy_names):
     ours = llava_state(open_with_lora(llava, lora))
     plain = llava_state(open_checkpoint(llava))
     changed = [n for n in ours if max_diff(ours[n], plain[n]) > 1e-3]
-    compare(ours, theirs, changed)
+    compare(ours, theirs, plain, changed)
     assert "model.language_model.layers.1.mlp.down_proj.weight" in changed
     assert "model.vision_tower.encoder.layers.0.mlp.fc2.weight" in changed
     assert len(changed) == 2 * 3 + 2
@@ -178,10 +182,8 @@ def test_recipe_base_plus_lora_passthrough_and_linear(root, llama, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert main(["merge", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     ours = load_file(tmp_path / "out" / "model.safetensors")
-    compare(ours, theirs, [])
+    compare(ours, theirs, load_file(llama / "model.safetensors"), ["model.layers.0.self_attn.q_proj.weight"])
     assert (tmp_path / "out" / "tokenizer_config.json").is_file()
-    assert max_diff(ours["model.layers.0.self_attn.q_proj.weight"],
-                    load_file(llama / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"]) > 1e-3
     # mergekit's dict form, in a linear merge of the adapted model with its base: the mean of the two.
     cfg = {"merge_method": "linear", "dtype": "float32",
            "models": [{"model": {"model": {"path": str(llama)}, "lora": {"path": str(lora)}}, "parameters": {"weight": 1.0}},
@@ -285,7 +287,8 @@ def test_bin_adapter_is_read_safely(root, llama, tmp_path):
     torch.save(load_file(as_bin / "adapter_model.safetensors"), as_bin / "adapter_model.bin")
     (as_bin / "adapter_model.safetensors").unlink()
     ours = {n: t.load() for n, t in open_with_lora(llama, as_bin).component("language").tensors.items()}
-    compare(ours, peft_merged(transformers.LlamaForCausalLM, llama, lora), ["model.layers.0.self_attn.q_proj.weight"])
+    compare(ours, peft_merged(transformers.LlamaForCausalLM, llama, lora), load_file(llama / "model.safetensors"),
+            ["model.layers.0.self_attn.q_proj.weight"])
 
 
 def test_unknown_lora_variant_is_refused(root, llama, tmp_path):

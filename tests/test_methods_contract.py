@@ -6,9 +6,13 @@ methods' values are proven elsewhere (mergekit as the oracle in test_methods*.py
 test_methods_datafree.py / test_methods_dataaware.py / test_methods_wudi.py); here only the contract.
 """
 
+import inspect
+import re
+
 import pytest
 import torch
 
+from mergekit_oracle import mergekit_result
 from mmmerge.methods import REGISTRY, REQUIRED, merge_tensor
 
 METHODS = sorted(REGISTRY)
@@ -52,6 +56,7 @@ def test_schema_is_well_formed(name):
     assert spec.name == name and callable(spec.fn)
     assert spec.min_models >= 0 and (spec.max_models is None or spec.max_models >= max(spec.min_models, 1))
     assert spec.reference.strip() or name in NO_REFERENCE, f"{name}: no reference (paper) for `mmmerge methods`"
+    assert spec.title.strip() and "\n" not in spec.title, f"{name}: no one-line title for the model card"
     for pname, p in {**spec.model_params, **spec.global_params}.items():
         where = f"{name}.{pname}"
         assert p.type in (float, int, bool, str), where
@@ -85,10 +90,12 @@ def test_native_bf16_computation_returns_bf16(name):
     args = arguments(spec, torch.bfloat16)
     out = merge(spec, args, native_dtype=torch.bfloat16, out_dtype=torch.bfloat16)
     assert out.shape == SHAPE and out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    # without out_dtype the kernel's own dtype comes back: bf16, or float32 where mergekit's arithmetic promotes
-    # (arcee_fusion's float32 mask); the executor rounds it once
+    # without out_dtype the kernel's own dtype comes back, the one mergekit's arithmetic gives on the same bf16
+    # inputs (float32 where it promotes, as arcee_fusion's float32 mask does); the executor rounds it once
     # (its values against mergekit's bf16 arithmetic: tests/test_methods_native.py)
-    assert merge(spec, args, native_dtype=torch.bfloat16).dtype in (torch.bfloat16, torch.float32)
+    tensors, base, params, global_params = args
+    theirs = mergekit_result(name, tensors, base, params, global_params).dtype
+    assert merge(spec, args, native_dtype=torch.bfloat16).dtype == theirs
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -108,3 +115,13 @@ def test_a_model_merged_with_itself_is_itself(name):
     args = arguments(spec, same=True)
     x = args[0][0]
     torch.testing.assert_close(merge(spec, args), x, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_defaults_live_in_the_schema_alone(name):
+    """A method reads its parameters as validated (every default filled in from its schema): a default restated in
+    its body (`global_params.get("eps", 1e-8)`) could drift from the schema's unseen."""
+    spec = REGISTRY[name]
+    for fn in {spec.fn, spec.native} - {None}:
+        restated = re.findall(r"params\.get\(\"(\w+)\"", inspect.getsource(fn))
+        assert not restated, f"{name}: reads {restated} with .get(); read params[...] (the schema fills defaults)"

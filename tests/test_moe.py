@@ -206,7 +206,7 @@ def refusal(models, tmp_path, change):
     (lambda c, m: c.update(architecture="qwen3"), ["Qwen3 MoE takes qwen3"]),
     (lambda c, m: c.update(base_model=m["untokenized"]), ["base_model", "no tokenizer", "gate_mode hidden"]),
     (lambda c, m: [c.update(base_model=m["llava"][0]), c["experts"][0].update(source_model=m["llava"][1]),
-                   c["experts"][1].update(source_model=m["llava"][2])], ["no MoE output holds", "llava"]),
+                   c["experts"][1].update(source_model=m["llava"][2])], ["llava", "vision-language family with no MoE counterpart"]),
 ], ids=["architecture", "shape", "prompts", "unknown-output", "two-shared", "per-token", "deepseek", "all-same",
         "gate-mode", "qwen3-from-llama", "no-tokenizer", "vision-language"])
 def test_refusals_are_one_line_before_anything_is_written(models, tmp_path_factory, tmp_path, change, needles):

@@ -35,7 +35,7 @@ def vision_inputs(model_type: str, seed: int = 0) -> dict:
     """Keyword arguments for the family's vision class forward: a 32x32 image (16x16 for Qwen-style towers,
     given as their flattened patches), in the form the family's own class takes."""
     g = torch.Generator().manual_seed(seed)
-    if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v"):
+    if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v"):
         patches = torch.randn(16, 3 * 2 * 4 * 4, generator=g)  # 4x4 patches of 4x4 pixels, 2 frames
         return {"hidden_states": patches, "grid_thw": torch.tensor([[1, 4, 4]])}
     if model_type == "mllama":

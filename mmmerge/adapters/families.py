@@ -17,7 +17,9 @@ A row says, for the family's transformers class:
 Side files (tokenizer, processor, chat template, generation config) travel for every family: they are the
 non-weight files of the folder, copied by `copy_side_files`.
 
-Adding a family is one row here and one entry in tests/tiny_families.py.
+Adding a family is one row here, its tiny config in examples/tiny_family_configs.py (the tests' random models
+are built from it) and its checkpoint with a processor in examples/tiny_family_checkpoints.py's BUILDERS
+(tests/test_examples.py checks that every family of this table has one).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class Family:
     vision_module: str | None = None  # the transformers.models submodule that defines vision_arch
     language_type: str | None = None  # the text-only model_type whose *ForCausalLM holds the language model
     language_arch: str | None = None  # the language class, when no text-only model type fits
+    language_fields: dict = field(default_factory=dict)  # set on the text-only config: what the family's text
+    # class does without a field (Qwen3-VL-MoE's router always renormalises its top-k, Qwen3-MoE's by a field)
     text_config: str = "text_config"
     vision_config: str = "vision_config"
     not_in_llava: str | None = None  # why a LLaVA cannot hold this family's vision tower (stitch refuses it)
@@ -81,6 +85,10 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in [
     Family("qwen3_vl", "Qwen3VLForConditionalGeneration",
            (*QWEN_VISUAL, ("projector", "model.visual.deepstack_merger_list.", "deepstack_merger_list.")),
            language_type="qwen3", not_in_llava=QWEN_TOWER),
+    # a hand row for `mmmerge moe`'s Qwen3-VL-MoE outputs, until the rows are derived from transformers
+    Family("qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration",
+           (*QWEN_VISUAL, ("projector", "model.visual.deepstack_merger_list.", "deepstack_merger_list.")),
+           language_type="qwen3_moe", language_fields={"norm_topk_prob": True}, not_in_llava=QWEN_TOWER),
     Family("gemma3", "Gemma3ForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
     Family("paligemma", "PaliGemmaForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
     Family("idefics3", "Idefics3ForConditionalGeneration",

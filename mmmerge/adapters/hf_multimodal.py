@@ -57,7 +57,7 @@ def vision_arch(family: Family, vision_cfg: dict, where: Path) -> str:
 def language_arch_and_config(family: Family, text_cfg: dict, tied: bool, where: Path) -> tuple[str, dict]:
     """The text-only class that holds the language model, and its config: the text config, renamed to the
     text-only model type where the family's text type has no causal LM of its own (Qwen2-VL's -> qwen2)."""
-    cfg = {**text_cfg, "tie_word_embeddings": tied}
+    cfg = {**text_cfg, "tie_word_embeddings": tied, **family.language_fields}
     if family.language_type:
         cfg["model_type"] = family.language_type
     arch = family.language_arch or auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(cfg["model_type"])

@@ -5,6 +5,7 @@ official per-question accuracy) with its question count and bootstrap interval, 
 samples.jsonl (`--by answer_type`, `question_type`, a POPE category, the demo's question types); and each run
 minus the baseline on the same questions, with a paired interval and a p-value (statistics in `stats.py`).
 A difference of a few points on a few hundred questions is often noise; these say when it is not.
+lmms-eval's runs (its results JSON and sample logs, `lmms/runs.py`) are read too, and paired by doc_id.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from ..errors import MMMergeError
 from ..io import read_json, read_jsonl
 from . import stats
+from .lmms.runs import has_lmms_log, is_lmms_run, load_lmms_run, shared_task
 
 # Columns shown per run: every top-level number of metrics.json and the per-answer-type scores (the
 # per-question-type ones, 65 for VQAv2, stay in metrics.json). Counts are not scores.
@@ -30,11 +32,28 @@ class CompareError(MMMergeError):
     """The evaluation folders cannot be compared as asked (no per-question scores, an unknown field or baseline)."""
 
 
+def load_runs(outs) -> list[dict]:
+    """`mmmerge eval` folders, lmms-eval runs (a folder or one samples file), or both: where any run is
+    lmms-eval's, every mmmerge folder is read through the lmms-eval log `eval` wrote beside its own files, so
+    all runs are scored alike and paired by doc_id."""
+    paths = [Path(o) for o in outs]
+    if not any(not (p / "metrics.json").is_file() and is_lmms_run(p) for p in paths):
+        return [load_run(p) for p in paths]
+    runs, task = [], shared_task(paths)
+    for p in paths:
+        if (p / "metrics.json").is_file() and not has_lmms_log(p):
+            raise CompareError(f"{p}: an `mmmerge eval` folder without an lmms-eval sample log (its task has no "
+                               f"lmms-eval name), so it cannot be paired with the lmms-eval runs by doc_id")
+        runs.append(load_lmms_run(p, None if p.is_file() else task))
+    return runs
+
+
 def load_run(out) -> dict:
     out = Path(out)
     path = out / "metrics.json"
     if not path.is_file():
-        raise MMMergeError(f"{path}: not found; is {out} an `mmmerge eval` output folder?")
+        raise MMMergeError(f"{path}: not found; is {out} an `mmmerge eval` output folder (or an lmms-eval run: its "
+                           f"folder or a <date>_samples_<task>.jsonl)?")
     metrics = read_json(path)
     run = read_json(out / "run.json") if (out / "run.json").is_file() else {}
     scores = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in _SKIP}
@@ -45,7 +64,8 @@ def load_run(out) -> dict:
     samples = out / "samples.jsonl"
     rows = [checked_score(samples, n, row) for n, row in read_jsonl(samples, CompareError)] if samples.is_file() else []
     return {"name": out.name, "path": out, "task": run.get("task", "?"), "model": run.get("model", "?"),
-            "headline": headline, "scores": scores, "samples": rows}
+            "headline": headline, "scores": scores, "samples": rows, "breakdown": run.get("breakdown"),
+            "per_category": metrics.get(f"per_{run.get('breakdown')}", {})}
 
 
 def checked_score(path: Path, line: int, row: dict) -> dict:
@@ -58,7 +78,7 @@ def checked_score(path: Path, line: int, row: dict) -> dict:
 
 def read_files(run: dict) -> list[Path]:
     """The files of an evaluation folder that eval-compare reads."""
-    return [run["path"] / name for name in ("metrics.json", "run.json", "samples.jsonl")]
+    return run.get("files") or [run["path"] / name for name in ("metrics.json", "run.json", "samples.jsonl")]
 
 
 def check_chart_path(chart, runs: list[dict]) -> None:
@@ -98,6 +118,28 @@ def markdown_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def default_breakdown(runs: list[dict]) -> str | None:
+    """The field every run's task breaks its score down by (MME subtasks, MMMU subjects, ...), when they agree."""
+    fields = {r.get("breakdown") for r in runs}  # an lmms-eval run read from its logs names none
+    return fields.pop() if len(fields) == 1 else None
+
+
+def category_table(runs: list[dict]) -> str:
+    """Each run's per-category scores as its task computes them (metrics.json `per_<field>`, in the task's unit:
+    MME subtasks in points, acc + acc+), when the runs break down by one field."""
+    field = default_breakdown(runs)
+    per = {r["name"]: r.get("per_category", {}) for r in runs} if field else {}
+    groups = list(dict.fromkeys(g for p in per.values() for g in p))
+    if not groups:
+        return ""
+    names = list(per)
+    lines = [f"per {field}, as the task scores it (metrics.json):", "", f"| {field} | " + " | ".join(names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for g in groups:
+        lines.append(f"| {g} | " + " | ".join(f"{per[n][g]:.2f}" if g in per[n] else "–" for n in names) + " |")
+    return "\n".join(lines)
+
+
 # ---- per-question statistics -------------------------------------------------------------------------------
 
 def _key(question_id) -> str:
@@ -116,7 +158,8 @@ def scored(run: dict, by: str | None) -> dict[str, tuple[float, str]]:
             continue
         if by is not None and by not in row:
             fields = sorted(set(row) - SAMPLE_FIELDS)
-            raise CompareError(f"{run['path']}/samples.jsonl: no field {by!r} to break scores down by (fields: "
+            where = run.get("samples_file", run["path"] / "samples.jsonl")
+            raise CompareError(f"{where}: no field {by!r} to break scores down by (fields: "
                                f"{', '.join(fields) if fields else 'none; evaluate again to record them'})")
         out[_key(row.get("question_id"))] = (float(row["score"]), _label(row[by]) if by is not None else ALL)
     return out
@@ -272,10 +315,11 @@ def compare(outs, chart=None, *, baseline=None, by: str | None = None, level: fl
     """The Markdown report for the evaluation folders `outs`: metrics, per-question scores with intervals (by the
     samples.jsonl field `by` too), each run against `baseline` (a folder or its name; default the first run).
     Writes the bar chart PNG when `chart` is given. Deterministic for a `seed`."""
-    runs = [load_run(o) for o in outs]
+    runs = load_runs(outs)
     if not runs:
         raise MMMergeError("give at least one evaluation folder")
     check_same_task(runs)
+    by = by if by is not None else default_breakdown(runs)
     if chart is not None:
         check_chart_path(chart, runs)
     if len({r["name"] for r in runs}) < len(runs):  # folders of one name in different places: name them by path
@@ -287,5 +331,5 @@ def compare(outs, chart=None, *, baseline=None, by: str | None = None, level: fl
                            "or questions without answers)")
     if chart is not None:
         write_chart(runs, a, chart)
-    parts = [markdown_table(runs), report(a)]
+    parts = [markdown_table(runs), category_table(runs), report(a)]
     return "\n\n".join(p for p in parts if p)

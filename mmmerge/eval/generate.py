@@ -93,16 +93,17 @@ def _places_image_itself(processor) -> bool:
     return cached
 
 
-def build_prompt(processor, text: str) -> str:
-    """The processor's chat template with one image and the text. Without a template: the image placeholder
-    and the text where the processor completes the prompt itself (PaliGemma), else LLaVA-1.5's format."""
+def build_prompt(processor, text: str, images: int = 1) -> str:
+    """The processor's chat template with the image(s) and then the text. Without a template: the image
+    placeholders and the text where the processor completes the prompt itself (PaliGemma), else LLaVA-1.5's
+    format."""
     if getattr(processor, "chat_template", None):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-        return processor.apply_chat_template(messages, add_generation_prompt=True)
+        content = [{"type": "image"}] * images + [{"type": "text", "text": text}]
+        return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
     image_token = getattr(processor, "image_token", None) or "<image>"
     if _places_image_itself(processor):
-        return f"{image_token}{text}"
-    return f"USER: {image_token}\n{text} ASSISTANT:"
+        return f"{image_token * images}{text}"
+    return f"USER: {image_token * images}\n{text} ASSISTANT:"
 
 
 def adds_special_tokens(tokenizer, prompts: list[str]) -> bool:

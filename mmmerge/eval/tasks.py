@@ -57,7 +57,7 @@ def _get(item: dict, key: str, path: Path, qid) -> Any:
 
 def _check_images(samples: list[Sample], source: Path) -> None:
     for s in samples:
-        if not s.image.is_file():
+        if isinstance(s.image, Path) and not s.image.is_file():
             raise EvalDataError(f"{source}: question {s.question_id}: image not found: {s.image}")
 
 
@@ -69,20 +69,37 @@ class EvalTask:
     instruction = SHORT  # LLaVA-1.5's short-answer instruction, on the line after the question
     headline = "overall"  # the metrics.json key eval-compare reports
     one_line = True  # answers are one line: generation stops at the line end (short answers, letters, yes/no)
+    max_new_tokens = 16  # generation's limit unless the caller gives one
+    breakdown = None  # the samples.jsonl field eval-compare breaks scores down by unless told another
+    default_data = None  # what the task reads when no file is given (a dataset ID), if anything
 
     @property
     def prompt(self) -> str:
         """The prompt template: the question, then the instruction on its own line."""
         return "{question}\n" + self.instruction
 
+    @property
+    def stop_strings(self) -> tuple:
+        """Where generation stops besides the end of sequence."""
+        return ("\n",) if self.one_line else ()
+
     def read(self, questions=None, annotations=None, images=None) -> list[Sample]:
         raise NotImplementedError
+
+    def read_limited(self, questions, annotations, images, limit: int | None) -> list[Sample]:
+        """The first `limit` samples (all when None); a task reading a large source stops early."""
+        samples = self.read(questions, annotations, images)
+        return samples if limit is None else samples[:limit]
 
     def answer(self, raw: str) -> str:
         return raw.strip()
 
     def score(self, answer: str, sample: Sample) -> float | None:
         raise NotImplementedError
+
+    def score_all(self, samples: list[Sample], answers: list[str]) -> list[float | None]:
+        """Every sample's score; a task whose scores depend on the order of the documents overrides it."""
+        return [self.score(a, s) for a, s in zip(answers, samples)]
 
     def metrics(self, samples: list[Sample], answers: list[str], scores: list[float]) -> dict:
         raise NotImplementedError
@@ -271,7 +288,8 @@ class ScienceQA(EvalTask):
             text = (f"Context: {hint}\n" if hint else "") + _get(p, "question", qpath, pid) + "\n" + "\n".join(
                 f"{M.OPTIONS[i]}. {c}" for i, c in enumerate(choices))
             samples.append(Sample(pid, image, text, p.get("answer"),
-                                  {"num_choices": len(choices), "subject": p.get("subject", "")}))
+                                  {"num_choices": len(choices), "subject": p.get("subject", ""),
+                                   "choices": choices}))
         return samples
 
     def score(self, answer, sample):
@@ -324,10 +342,25 @@ class JSONL(EvalTask):
 TASKS = {t.name: t for t in (VQAv2, TextVQA, GQA, POPE, ScienceQA, JSONL)}
 
 
-def get_task(name: str) -> EvalTask:
+def get_task(name: str, data=None) -> EvalTask:
+    """The task `name`. pope and gqa are both mmmerge's own tasks (read from the official files) and lmms-eval
+    tasks (read from lmms-lab's parquet datasets): a folder or a dataset ID as `data` picks the latter."""
+    from .lmms.sources import LMMS_SOURCES
+
+    if name in LMMS_SOURCES and (name not in TASKS or _dataset_given(data)):
+        from .lmms.task import LmmsEvalTask
+
+        return LmmsEvalTask(name)
     if name not in TASKS:
-        raise EvalDataError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+        raise EvalDataError(f"unknown task {name!r}; choose one of {', '.join(dict.fromkeys([*TASKS, *LMMS_SOURCES]))}")
     return TASKS[name]()
+
+
+def _dataset_given(data) -> bool:
+    """A folder (lmms-lab's parquet layout), or no such path but an `org/name` dataset ID."""
+    from ..hub import is_hub_id
+
+    return data is not None and (Path(data).is_dir() or (not Path(data).exists() and is_hub_id(str(data))))
 
 
 def read_task(task: EvalTask, questions=None, annotations=None, images=None, limit: int | None = None) -> list[Sample]:
@@ -335,13 +368,11 @@ def read_task(task: EvalTask, questions=None, annotations=None, images=None, lim
     the right kind but the wrong shape (a number where a list belongs, an unhashable id, a non-numeric image id)
     is one EvalDataError naming the file, not a traceback from deep inside the reader."""
     try:
-        samples = task.read(questions, annotations, images)
+        samples = task.read_limited(questions, annotations, images, limit)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
         files = " / ".join(str(f) for f in (questions, annotations) if f is not None)
         raise EvalDataError(f"{files}: not laid out as {task.name} files are ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else 'malformed'})") from e
-    if limit is not None:
-        samples = samples[:limit]
     if not samples:
         raise EvalDataError(f"{questions}: no questions to evaluate")
     seen = set()
@@ -352,5 +383,5 @@ def read_task(task: EvalTask, questions=None, annotations=None, images=None, lim
         if s.question_id in seen:
             raise EvalDataError(f"{questions}: question {s.question_id} appears twice")
         seen.add(s.question_id)
-    _check_images(samples, Path(questions))
+    _check_images(samples, Path(str(questions)))
     return samples

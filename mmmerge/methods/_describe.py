@@ -11,15 +11,16 @@ BASE_TEXT = {"required": "needs a base_model", "optional": "uses a base_model wh
 def param_line(name: str, p: Param, scope: str) -> str:
     default = "required" if p.required else f"default {p.default}"
     kind = {bool: "true/false", int: "integer", float: "number", str: "path"}.get(p.type, p.type.__name__)
+    if p.choices:
+        kind = "one of " + " / ".join(p.choices)
     rng = f", in {p.range_text()}" if p.type in (int, float) and (p.low is not None or p.high is not None) else ""
     return f"    {name} ({scope}, {kind}, {default}{rng}){': ' + p.help if p.help else ''}"
 
 
 def describe(name: str) -> str:
     spec = get_method(name)
-    lines = [f"{spec.name}: {BASE_TEXT[spec.base]}"
-             + (", random (use --seed)" if spec.random else "")
-             + (f"; paper: {spec.reference}" if spec.reference else "")]
+    lines = [f"{spec.name}: {spec.title}" + (f", {spec.reference}" if spec.reference else ""),
+             f"    {BASE_TEXT[spec.base]}" + (", random (use --seed)" if spec.random else "")]
     params = [param_line(n, p, "per model") for n, p in spec.model_params.items()]
     params += [param_line(n, p, "global") for n, p in spec.global_params.items()]
     lines += params or ["    (no parameters)"]

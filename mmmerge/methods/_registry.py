@@ -34,6 +34,7 @@ from ..errors import NonFiniteError, RecipeError, ShapeMismatchError
 
 REQUIRED = object()  # marks a parameter without a default
 BASE_POLICIES = ("required", "optional", "ignored")
+CALLINGS = ("float32", "named", "streaming")  # how merge_tensor calls a method's function (MethodSpec.calling)
 
 
 @dataclass(frozen=True)
@@ -101,18 +102,26 @@ class Param:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: its function, parameter schema and input contract.
+    """Everything about a registered method, in one place: its function, parameter schema (the one home of every
+    default), input contract, paper and how it is called.
 
+    ``title``: the paper's title, authors and venue (what the model card and ``mmmerge methods`` print), or what
+    the method is where there is no paper; ``reference``: the link to it.
     ``base``: "required" (needs a base model), "optional" (uses one when given) or "ignored" (the
     base model, if the recipe names one, is an ordinary input). ``min_models``/``max_models`` count the
     non-base inputs (all inputs when the base is ignored). ``random``: results depend on the generator.
     ``check(params, global_params)`` validates combinations of parameters (raises RecipeError).
-    ``widens_inputs``: ``fn`` takes the inputs in the dtype they come in (half precision too) and widens them
-    itself, slice by slice, to the compute dtype (the base's, else float32 or float64 if an input is): no
-    full-size float32 copy of any input is made. It also takes ``out_dtype`` and writes each finished slice
-    in that dtype, so no full-size float32 result is made either.
-    ``takes_name``: ``fn`` also takes ``name``, the name the merge writes the tensor under (or None when the caller
-    does not know it), to look up per-tensor statistics collected beforehand (regmean, fisher: mmmerge/calibration.py).
+    ``calling``: how ``merge_tensor`` calls ``fn`` (``call_method``), one of CALLINGS:
+    - "float32": ``fn(tensors, base, params, global_params, generator)`` on float32 copies of the inputs (float64
+      where an input is);
+    - "named": the same, plus ``name=``, the name the merge writes the tensor under (or None when the caller does
+      not know it), to look up per-tensor statistics collected beforehand (regmean, fisher: mmmerge/calibration.py);
+    - "streaming": ``fn`` takes the inputs in the dtype they come in (half precision too) and widens them itself,
+      slice by slice, to the compute dtype: no full-size float32 copy of any input is made. It also takes
+      ``out_dtype`` and writes each finished slice in that dtype, and ``out`` (an output file's own pages) to
+      write into, so no full-size float32 result is made either.
+    ``native``: a function of the same calling that computes in the inputs' own half precision, rounding where
+    mergekit does (``native=True`` in ``method``: ``fn`` itself does).
     ``finite_inputs``: the method runs an SVD; LAPACK fails on NaN/inf and prints its own complaint on stdout
     first, so the inputs are checked for them before it runs (a cost small next to the SVD). For the other
     methods they are looked for only after a failure or a non-finite result.
@@ -127,16 +136,17 @@ class MethodSpec:
     max_models: int | None = None
     random: bool = False
     check: Callable[[list, dict], None] | None = None
+    title: str = ""
     reference: str = ""
-    widens_inputs: bool = False
-    # computes in the inputs' own half precision, rounding where mergekit does (see methods.task_arithmetic)
+    calling: str = "float32"
     native: Callable[..., torch.Tensor] | None = None
     finite_inputs: bool = False
-    takes_name: bool = False
 
     def __post_init__(self):
         if self.base not in BASE_POLICIES:
             raise ValueError(f"base must be one of {BASE_POLICIES}, got {self.base!r}")
+        if self.calling not in CALLINGS:
+            raise ValueError(f"{self.name}: calling must be one of {CALLINGS}, got {self.calling!r}")
         overlap = set(self.model_params) & set(self.global_params)
         if overlap:
             raise ValueError(f"{self.name}: parameters both per-model and global: {sorted(overlap)}")
@@ -271,9 +281,10 @@ def merge_tensor(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Merge one output tensor: validate, compute in float32 (float64 if an input is), return that dtype
-    (or ``out_dtype``: the same values, rounded once). ``name``: the tensor's name, for ``takes_name`` methods.
+    (or ``out_dtype``: the same values, rounded once). ``name``: the tensor's name, for "named" methods.
+    ``native_dtype``: half precision that a method with a ``native`` function computes in, as mergekit does.
 
-    ``out``: a tensor of the result's shape and dtype that a `widens_inputs` method writes the result into (an
+    ``out``: a tensor of the result's shape and dtype that a "streaming" method writes the result into (an
     output file's own pages), returned; other methods' result is copied into it.
 
     ``params=None`` means no per-model parameters given. Non-floating tensors (integer buffers) are
@@ -296,30 +307,37 @@ def merge_tensor(
         if all(t.dtype == first.dtype and torch.equal(t, first) for t in everything[1:]):
             return first.clone()
         raise RecipeError(f"{spec.name}: a non-floating tensor differs between inputs and cannot be merged")
-    in_place = {"out": out} if out is not None and spec.widens_inputs else {}
-    if native_dtype is not None and spec.native is not None:  # mergekit's half-precision arithmetic
-        with torch.no_grad(), _naming_non_finite(spec.name, everything, has_base=base is not None):
-            result = spec.native([t.to(native_dtype) for t in tensors], base.to(native_dtype) if base is not None
-                                 else None, params, global_params, generator, **in_place)
-        return _into(out, result if out_dtype is None else result.to(out_dtype))
-    dtype = compute_dtype(everything)
-    if spec.widens_inputs:
-        tensors = list(tensors)
-    else:
-        tensors = [t.to(dtype) for t in tensors]
-    base = base.to(dtype) if base is not None else None
     if spec.finite_inputs:
         bad = _non_finite_input(spec.name, everything, has_base=base is not None)
         if bad is not None:
             raise bad
     with torch.no_grad(), _naming_non_finite(spec.name, everything, has_base=base is not None):
-        if spec.widens_inputs:
-            result = spec.fn(tensors, base, params, global_params, generator, out_dtype=out_dtype or dtype, **in_place)
-        elif spec.takes_name:
-            result = spec.fn(tensors, base, params, global_params, generator, name=name)
-        else:
-            result = spec.fn(tensors, base, params, global_params, generator)
+        result = call_method(spec, tensors, base, params, global_params, generator, out_dtype=out_dtype,
+                             native_dtype=native_dtype, name=name, out=out)
     return _into(out, result if out_dtype is None else result.to(out_dtype))
+
+
+def call_method(spec: MethodSpec, tensors: Sequence[torch.Tensor], base: torch.Tensor | None, params: list[dict],
+                global_params: dict, generator: torch.Generator | None, *, out_dtype: torch.dtype | None = None,
+                native_dtype: torch.dtype | None = None, name: str | None = None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """Call the method's function as its ``calling`` says, on validated parameters: its ``native`` function on the
+    inputs in ``native_dtype`` where it has one, else ``fn`` on inputs in the compute dtype (or as they come, for
+    a "streaming" method)."""
+    native = native_dtype is not None and spec.native is not None  # mergekit's half-precision arithmetic
+    dtype = native_dtype if native else compute_dtype([*tensors, *([base] if base is not None else [])])
+    fn = spec.native if native else spec.fn
+    if spec.calling != "streaming" or native:
+        tensors = [t.to(dtype) for t in tensors]
+    base = base.to(dtype) if base is not None else None
+    if spec.calling == "named":
+        return fn(tensors, base, params, global_params, generator, name=name)
+    if spec.calling == "streaming":
+        in_place = {"out": out} if out is not None else {}
+        if native:  # it takes no out_dtype: merge_tensor casts its result once
+            return fn(tensors, base, params, global_params, generator, **in_place)
+        return fn(list(tensors), base, params, global_params, generator, out_dtype=out_dtype or dtype, **in_place)
+    return fn(tensors, base, params, global_params, generator)
 
 
 def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Per-tensor statistics for the data-aware methods (regmean, fisher), read from the safetensors file that
 mmmerge/calibration.py writes. A method gets the file's path as a recipe parameter and the tensor's name from the
-engine (``MethodSpec.takes_name``), so it stays a function of one output tensor.
+engine (``MethodSpec.calling`` "named"), so it stays a function of one output tensor.
 
 At plan time the engine resolves each model's path (``plan_statistics``): relative to the recipe file's folder, as
 model paths are (the working folder for a recipe given as text or a dict), checked to exist and to be readable

@@ -16,7 +16,8 @@ from ._registry import method
 QUANTILE_SAMPLES = 1_000_000  # above this many entries the quantiles come from a sample
 
 
-@method("arcee_fusion", native=True, base="required", min_models=1, max_models=1, random=True, reference="https://arcee.ai")
+@method("arcee_fusion", native=True, base="required", min_models=1, max_models=1, random=True,
+        title="Arcee Fusion (Arcee AI; no paper)", reference="https://arcee.ai")
 def arcee_fusion(tensors, base, params, global_params, generator=None):
     other = tensors[0]
     p = F.softmax(other, dim=-1) + 1e-8

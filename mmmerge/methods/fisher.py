@@ -41,8 +41,9 @@ def _check(params: list[dict], global_params: dict) -> None:
     base="ignored",
     min_models=1,
     check=_check,
+    title="Merging Models with Fisher-Weighted Averaging (Matena and Raffel, NeurIPS 2022)",
     reference="https://arxiv.org/abs/2111.09832",
-    takes_name=True,
+    calling="named",
 )
 def fisher(tensors, base, params, global_params, generator=None, *, name=None) -> torch.Tensor:
     """Fisher merging of one tensor: ``fisher_average`` with each model's diagonal Fisher for this tensor; the

@@ -35,6 +35,7 @@ def subspace_sizes(rows: int, cols: int, n_tasks: int, common_space_fraction: fl
     global_params={"alpha": ALPHA, "svd": SVD},
     base="required",
     min_models=1,
+    title="No Task Left Behind: Isotropic Model Merging (Marczak et al., ICML 2025)",
     reference="https://arxiv.org/abs/2502.04959",
     finite_inputs=True,
 )
@@ -67,6 +68,7 @@ def iso_c(tensors, base, params, global_params, generator=None) -> torch.Tensor:
     },
     base="required",
     min_models=1,
+    title="No Task Left Behind: Isotropic Model Merging (Marczak et al., ICML 2025)",
     reference="https://arxiv.org/abs/2502.04959",
     finite_inputs=True,
 )

@@ -26,8 +26,9 @@ def _check(params: list[dict], global_params: dict) -> None:
     base="ignored",
     min_models=1,
     check=_check,
+    title="Model soups (Wortsman et al., ICML 2022)",
     reference="https://arxiv.org/abs/2203.05482",
-    widens_inputs=True,
+    calling="streaming",
 )
 def linear(tensors, base, params, global_params, generator=None, out_dtype=None, out=None) -> torch.Tensor:
     """Slice by slice: each input is widened a cache-sized slice at a time and each finished slice is written

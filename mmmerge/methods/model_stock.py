@@ -16,11 +16,12 @@ from ._registry import Param, method
     global_params={"filter_wise": Param(bool, False, help="one interpolation ratio per row instead of per tensor")},
     base="required",
     min_models=2,
+    title="Model Stock (Jang et al., ECCV 2024)",
     reference="https://arxiv.org/abs/2403.19522",
 )
 def model_stock(tensors, base, params, global_params, generator=None):
     shape = base.shape
-    if global_params.get("filter_wise"):
+    if global_params["filter_wise"]:
         w0 = base.unsqueeze(0) if base.dim() == 1 else base
         ws = [t.unsqueeze(0) if base.dim() == 1 else t for t in tensors]
     else:

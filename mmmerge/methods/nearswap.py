@@ -16,6 +16,7 @@ from ._registry import Param, method
     base="required",
     min_models=1,
     max_models=1,
+    title="NearSwap (alchemonaut, QuartetAnemoi-70B model card)",
     reference="https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001",
 )
 def nearswap(tensors, base, params, global_params, generator=None):

@@ -13,6 +13,7 @@ from ._registry import Param, method
     base="ignored",
     min_models=1,
     max_models=1,
+    title="Passthrough: the tensor as it is, times `scale` when given (mergekit's own; no paper)",
 )
 def passthrough(tensors, base, params, global_params, generator=None) -> torch.Tensor:
     scale = params[0]["scale"]

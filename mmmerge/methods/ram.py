@@ -25,11 +25,13 @@ def ram_parts(tensors, base, epsilon):
     return flat, nonzero, counts, counts > 1, counts == 1
 
 
-@method("ram", native=True, global_params={"epsilon": EPSILON}, base="required", reference="https://arxiv.org/abs/2601.13572")
+@method("ram", native=True, global_params={"epsilon": EPSILON}, base="required",
+        title="Behavior Knowledge Merge in Reinforced Agentic Models (RAM; Yuan et al., 2026)",
+        reference="https://arxiv.org/abs/2601.13572")
 def ram(tensors, base, params, global_params, generator=None):
     if not tensors:
         return base
-    flat, nonzero, counts, shared, unique = ram_parts(tensors, base, global_params.get("epsilon", 1e-5))
+    flat, nonzero, counts, shared, unique = ram_parts(tensors, base, global_params["epsilon"])
     kept = flat * nonzero
     merged = ((kept * unique) + (kept * shared / counts.clamp(min=1))).sum(dim=0, keepdim=True)
     return base + merged.reshape_as(base)
@@ -43,15 +45,16 @@ def ram(tensors, base, params, global_params, generator=None):
         "epsilon": EPSILON_POSITIVE,
     },
     base="required",
+    title="Behavior Knowledge Merge in Reinforced Agentic Models (RAM+, tensor-local; Yuan et al., 2026)",
     reference="https://arxiv.org/abs/2601.13572",
 )
 def ramplus_tl(tensors, base, params, global_params, generator=None):
     if not tensors:
         return base
-    eps = global_params.get("epsilon", 1e-5)
+    eps = global_params["epsilon"]
     flat, nonzero, counts, shared, unique = ram_parts(tensors, base, eps)
     rho = (nonzero & shared).sum(dim=1) / (nonzero & unique).sum(dim=1).clamp(min=eps)
-    boost = 1 + global_params.get("r", 0.1) * rho.clamp(min=0, max=global_params.get("alpha", 0.2))
+    boost = 1 + global_params["r"] * rho.clamp(min=0, max=global_params["alpha"])
     kept = flat * nonzero
     merged = ((kept * unique * boost.unsqueeze(-1)) + (kept * shared / counts.clamp(min=1))).sum(dim=0, keepdim=True)
     return base + merged.reshape_as(base)

@@ -36,8 +36,9 @@ def regmean_weight(weights: list[torch.Tensor], grams: list[torch.Tensor], alpha
                                   help="share of the Gram matrices' off-diagonal kept (the paper's 0.9)")},
     base="ignored",
     min_models=1,
+    title="Dataless Knowledge Fusion by Merging Weights of Language Models (RegMean; Jin et al., ICLR 2023)",
     reference="https://arxiv.org/abs/2212.09849",
-    takes_name=True,
+    calling="named",
 )
 def regmean(tensors, base, params, global_params, generator=None, *, name=None) -> torch.Tensor:
     """RegMean for one tensor.

@@ -39,14 +39,15 @@ def top_variance(tvs: torch.Tensor, density: float, mask_dtype) -> torch.Tensor:
         "int8_mask": INT8_MASK,
     },
     base="required",
+    title="FuseChat: SCE merging (Wan et al., 2024)",
     reference="https://arxiv.org/abs/2408.07990",
 )
 def sce(tensors, base, params, global_params, generator=None):
     if not tensors:
         return base
-    mask_dtype = torch.int8 if global_params.get("int8_mask") else base.dtype
+    mask_dtype = torch.int8 if global_params["int8_mask"] else base.dtype
     tvs = torch.stack([t - base for t in tensors], dim=0)
-    topk = global_params.get("select_topk", 1.0)
+    topk = global_params["select_topk"]
     if topk < 1:
         tvs = tvs * top_variance(tvs, topk, mask_dtype).unsqueeze(0)
     agree = sign_agreement(tvs, mask_dtype)

@@ -46,6 +46,7 @@ CHUNK = 1 << 20  # entries per chunk of mergekit's slerp: its sums run chunk by 
     base="required",
     min_models=1,
     max_models=1,
+    title="spherical linear interpolation (Shoemake, SIGGRAPH 1985)",
     reference="https://en.wikipedia.org/wiki/Slerp",
 )
 def slerp(tensors, base, params, global_params, generator=None, *, dot_threshold=0.9995, eps=1e-8):
@@ -85,13 +86,14 @@ def slerp(tensors, base, params, global_params, generator=None, *, dot_threshold
     base="optional",
     min_models=2,
     max_models=2,
+    title="NuSLERP, spherical interpolation of two models or of their task vectors (mergekit's own; no paper)",
 )
 def nuslerp(tensors, base, params, global_params, generator=None):
     weights = [p["weight"] for p in params]
     total = sum(weights)
     t = 0.5 if abs(total) < 1e-6 else weights[1] / total
-    how = dict(dim=0 if global_params.get("nuslerp_row_wise") else -1,
-               flatten=global_params.get("nuslerp_flatten", True))
+    how = dict(dim=0 if global_params["nuslerp_row_wise"] else -1,
+               flatten=global_params["nuslerp_flatten"])
     if base is not None:
         return base + spherical(t, tensors[0] - base, tensors[1] - base, **how)
     return spherical(t, tensors[0], tensors[1], **how)
@@ -106,18 +108,19 @@ def nuslerp(tensors, base, params, global_params, generator=None):
     },
     base="optional",
     min_models=1,
+    title="Multi-SLERP (Goddard, blog post)",
     reference="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea",
 )
 def multislerp(tensors, base, params, global_params, generator=None):
     if len(tensors) == 1:
         return tensors[0]
-    eps = global_params.get("eps", 1e-8)
+    eps = global_params["eps"]
     stacked = torch.stack(tensors, dim=0)
     if base is not None:
         stacked -= base
     flat = stacked.view(stacked.shape[0], -1)
     weights = torch.tensor([p["weight"] for p in params], dtype=stacked.dtype, device=stacked.device)
-    if global_params.get("normalize_weights", True):
+    if global_params["normalize_weights"]:
         weights = weights / weights.sum()
     norms = torch.norm(flat, dim=-1, keepdim=True)
     units = flat / (norms + eps)
@@ -146,12 +149,13 @@ def multislerp(tensors, base, params, global_params, generator=None):
     },
     base="ignored",
     min_models=1,
+    title="Functionality-Oriented LLM Merging on the Fisher-Rao Manifold (Karcher mean; Wang et al., 2026)",
     reference="https://arxiv.org/abs/2603.04972",
 )
 def karcher(tensors, base, params, global_params, generator=None):
     if len(tensors) == 1:
         return tensors[0]
-    max_iter, tol = global_params.get("max_iter", 10), global_params.get("tol", 1e-5)
+    max_iter, tol = global_params["max_iter"], global_params["tol"]
     wide = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
     alphas = [1.0 / len(tensors)] * len(tensors)
     norms, units = [], []

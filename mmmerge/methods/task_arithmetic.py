@@ -328,7 +328,7 @@ def _combine(D, weights, consensus, work, m, rounding):
 
 
 def _family_member(name, *, sparsify, consensus, normalize, rescale, extra=None, extra_global=None, check=None,
-                   reference=""):
+                   title="", reference=""):
     def fn(tensors, base, params, global_params, generator=None, out_dtype=None, out=None):
         return _merge(tensors, base, params, global_params, generator, sparsify=sparsify, consensus=consensus,
                       out_dtype=out_dtype, out=out)
@@ -355,8 +355,9 @@ def _family_member(name, *, sparsify, consensus, normalize, rescale, extra=None,
             },
             base="required",
             random=sparsify in (_random, _rank),
-            widens_inputs=True,
+            calling="streaming",
             check=check,
+            title=title,
             reference=reference,
             native=in_half_precision,
         )
@@ -372,22 +373,31 @@ EPSILON = Param(float, 0.15, low=0.0, high=1.0, high_open=True, help="spread of 
 
 # One row per member: its sparsifier, sign election and defaults (the table in the module docstring).
 task_arithmetic = _family_member("task_arithmetic", sparsify=_none, consensus=False, normalize=False, rescale=False,
+                                 title="Editing Models with Task Arithmetic (Ilharco et al., ICLR 2023)",
                                  reference="https://arxiv.org/abs/2212.04089")
 ties = _family_member("ties", sparsify=_magnitude, consensus=True, normalize=True, rescale=False,
-                      extra_global={"tie_break": TIE_BREAK}, reference="https://arxiv.org/abs/2306.01708")
+                      extra_global={"tie_break": TIE_BREAK},
+                      title="TIES-Merging: Resolving Interference When Merging Models (Yadav et al., NeurIPS 2023)",
+                      reference="https://arxiv.org/abs/2306.01708")
 dare_ties = _family_member("dare_ties", sparsify=_random, consensus=True, normalize=False, rescale=True,
+                           title="Language Models are Super Mario (DARE; Yu et al., ICML 2024)",
                            reference="https://arxiv.org/abs/2311.03099")
 dare_linear = _family_member("dare_linear", sparsify=_random, consensus=False, normalize=False, rescale=True,
+                             title="Language Models are Super Mario (DARE; Yu et al., ICML 2024)",
                              reference="https://arxiv.org/abs/2311.03099")
 breadcrumbs = _family_member("breadcrumbs", sparsify=_outliers, consensus=False, normalize=False, rescale=False,
                              extra={"gamma": GAMMA}, extra_global={"tie_break": TIE_BREAK},
+                             title="Model Breadcrumbs (Davari and Belilovsky, ECCV 2024)",
                              reference="https://arxiv.org/abs/2312.06795")
 breadcrumbs_ties = _family_member("breadcrumbs_ties", sparsify=_outliers, consensus=True, normalize=False,
                                   rescale=False, extra={"gamma": GAMMA}, extra_global={"tie_break": TIE_BREAK},
+                                  title="Model Breadcrumbs (Davari and Belilovsky, ECCV 2024)",
                                   reference="https://arxiv.org/abs/2312.06795")
 della = _family_member("della", sparsify=_rank, consensus=True, normalize=True, rescale=True,
                        extra={"epsilon": EPSILON}, check=check_della_epsilon,
+                       title="DELLA-Merging (Deep et al., 2024)",
                        reference="https://arxiv.org/abs/2406.11617")
 della_linear = _family_member("della_linear", sparsify=_rank, consensus=False, normalize=False, rescale=True,
                               extra={"epsilon": EPSILON}, check=check_della_epsilon,
+                              title="DELLA-Merging (Deep et al., 2024)",
                               reference="https://arxiv.org/abs/2406.11617")

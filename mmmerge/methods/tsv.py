@@ -64,6 +64,7 @@ def _check(params: list[dict], global_params: dict) -> None:
     base="required",
     min_models=1,
     check=_check,
+    title="Task Singular Vectors: Reducing Task Interference in Model Merging (Gargiulo et al., CVPR 2025)",
     reference="https://arxiv.org/abs/2412.00081",
     finite_inputs=True,
 )

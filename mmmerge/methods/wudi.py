@@ -54,6 +54,8 @@ def wudi_task_vector(deltas: torch.Tensor, steps: int, lr: float) -> torch.Tenso
     },
     base="required",
     min_models=1,
+    title="Whoever Started the Interference Should End It: Guiding Data-Free Model Merging via Task Vectors "
+          "(WUDI; Cheng et al., ICML 2025)",
     reference="https://arxiv.org/abs/2503.08099",
 )
 def wudi(tensors, base, params, global_params, generator=None) -> torch.Tensor:

@@ -5,12 +5,17 @@ it, and how the experts' MLPs are laid out: `fused` (transformers 5's `experts.g
 and `experts.down_proj[e]`, as mergekit writes Mixtral and Qwen3-MoE) or one tensor per expert and projection
 (`experts.{e}.gate_proj.weight`, as it writes Qwen2-MoE). Rows are tried in mergekit's order; Mixtral wins
 when it fits, else the first that fits.
+
+A vision-language row (`text_config` set) turns a VLM family's language model into the family's MoE
+counterpart in transformers: the MoE fields go into its text config, its tensors live under the VLM's language
+prefix, and everything outside the language model's MLPs comes from the base (mergekit-moe has no such output).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..adapters.families import family_of
 from ..errors import UnsupportedArchitectureError
 from .config import MoEConfig
 
@@ -27,6 +32,12 @@ class TensorNames:
     shared_expert: str = "model.layers.{layer}.mlp.shared_expert.{proj}.weight"
     gate_up: str = "model.layers.{layer}.mlp.experts.gate_up_proj"
     down: str = "model.layers.{layer}.mlp.experts.down_proj"
+
+
+# The output's MoE tensors inside a VLM whose language model is `model.language_model.` (Qwen3-VL-MoE); the
+# dense inputs' MLPs are read from their language component, under the text-only model's names.
+VLM_NAMES = TensorNames(**{k: v.replace("model.", "model.language_model.", 1) for k, v in vars(TensorNames()).items()
+                           if k != "source"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,7 @@ class OutputArch:
     # the order mergekit reads (and draws noise for) one layer's expert MLPs: per expert these projections
     # (fused), or per projection every expert then the shared one (per-expert tensors)
     read_order: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+    text_config: str | None = None  # a VLM output: the config key its MoE fields go into (the rest is the base's)
 
 
 ROWS = (
@@ -63,6 +75,9 @@ ROWS = (
                read_order=("down_proj", "gate_proj", "up_proj")),
     OutputArch("Qwen3 MoE", "qwen3_moe", "Qwen3MoeForCausalLM", ("qwen3",), (0,),
                fields={"decoder_sparse_step": 1, "norm_topk_prob": True}, intermediate_fields=("moe_intermediate_size",)),
+    OutputArch("Qwen3-VL MoE", "qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration", ("qwen3_vl",), (0,),
+               fields={"decoder_sparse_step": 1, "mlp_only_layers": []}, intermediate_fields=("moe_intermediate_size",),
+               names=VLM_NAMES, text_config="text_config"),
 )
 
 
@@ -89,6 +104,10 @@ def choose(config: MoEConfig, model_type: str, where: str = "config") -> OutputA
                                            f"(known: {', '.join(r.name for r in ROWS if r.writes)})")
     reasons = {r.name: fits(r, config, model_type) for r in rows}
     fitting = [r for r in rows if reasons[r.name] is None]
+    if not fitting and family_of({"model_type": model_type}) and not any(model_type in r.inputs for r in ROWS):
+        vlm = [f"{r.class_name} from {'/'.join(r.inputs)}" for r in ROWS if r.text_config]
+        raise UnsupportedArchitectureError(f"{where}: {model_type} is a vision-language family with no MoE counterpart "
+                                           f"that mmmerge writes (it writes {', '.join(vlm)})")
     if not fitting:
         why = "; ".join(f"{name} {reason}" for name, reason in reasons.items())
         raise UnsupportedArchitectureError(f"{where}: no MoE output holds {len(config.experts)} {model_type} expert(s) "

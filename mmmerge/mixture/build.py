@@ -15,12 +15,13 @@ from typing import Mapping
 
 import torch
 
+from ..adapters.families import family_of
 from ..checkpoint import LazyTensor
 from ..device import resolve_device
 from ..engine.execute import progress_bar
 from ..engine.opener import Opener
 from ..engine.recipe import DTYPES, dtype_of
-from ..errors import MMMergeWarning, RecipeError, ShapeMismatchError, UnreadableFileError
+from ..errors import MMMergeWarning, RecipeError, ShapeMismatchError, UnreadableFileError, UnsupportedArchitectureError
 from ..io import atomic_output_dir, claim_output, read_json, read_tensors, write_safetensors
 from ..io.folder import copy_side_files
 from ..io.writer import DEFAULT_SHARD_BYTES
@@ -39,8 +40,25 @@ SIDE_FILES_SKIPPED = ("config.json", "README.md", "mergekit_config.yml", "mergek
 class Model:
     where: str          # its place in the config: base_model, experts[1], ...
     path: Path
-    config: dict
-    tensors: Mapping[str, LazyTensor]
+    config: dict        # its config.json
+    tensors: Mapping[str, LazyTensor]  # its (language model's) tensors, as the text-only causal LM names them
+    language: dict      # the language model's config (a VLM's text config, else `config`)
+    whole: Mapping[str, LazyTensor]    # every tensor, under its class's in-memory names (a VLM's too)
+
+
+def read_model(path: Path) -> tuple[dict, Mapping[str, LazyTensor], dict, Mapping[str, LazyTensor]]:
+    """A folder's config, language tensors, language config and whole tensors (headers only). A VLM of a family in
+    mmmerge's table is read through its row: the language component under its text-only names."""
+    config = read_json(path / "config.json")
+    if family_of(config) is None:
+        tensors = read_tensors(path)
+        return config, tensors, config, tensors
+    from ..adapters.hf_multimodal import MEMORY, family_tensors, read
+
+    ckpt = read(path)
+    language = ckpt.components["language"]
+    return config, language.tensors, language.config, {**family_tensors(ckpt.family, ckpt.components, MEMORY),
+                                                         **ckpt.outside}
 
 
 def open_models(config: MoEConfig, offline: bool | None) -> tuple[Model, list[Model], list[Model]]:
@@ -53,8 +71,9 @@ def open_models(config: MoEConfig, offline: bool | None) -> tuple[Model, list[Mo
         if not (path / "config.json").is_file():
             raise UnreadableFileError(f"{where}: {ref}: not a transformers model folder (no config.json)")
         if path not in opened:
-            opened[path] = (read_json(path / "config.json"), read_tensors(path))
-        return Model(where, path, *opened[path])
+            opened[path] = read_model(path)
+        config, tensors, language, whole = opened[path]
+        return Model(where, path, config, tensors, language, whole)
 
     base = one(config.base_model, "base_model")
     experts = [one(e.source_model, f"experts[{i}]") for i, e in enumerate(config.experts)]
@@ -72,12 +91,12 @@ def check_architectures(base: Model, models: list[Model]) -> None:
 
 def check_shapes(base: Model, models: list[Model]) -> None:
     """Every expert has the base's shape, and a dense MLP of the base's shape at every layer."""
-    layers = base.config["num_hidden_layers"]
+    layers = base.language["num_hidden_layers"]
     for m in [base, *models]:
         for key in ("hidden_size", "num_hidden_layers"):
-            if m.config.get(key) != base.config.get(key):
-                raise ShapeMismatchError(f"{m.where}: {m.path} has {key} {m.config.get(key)}, the base "
-                                         f"{base.config.get(key)}; every expert must have the base's shape")
+            if m.language.get(key) != base.language.get(key):
+                raise ShapeMismatchError(f"{m.where}: {m.path} has {key} {m.language.get(key)}, the base "
+                                         f"{base.language.get(key)}; every expert must have the base's shape")
         for layer in range(layers):
             for proj in PROJECTIONS:
                 name = mlp_name(layer, proj)
@@ -96,6 +115,24 @@ def check_tokenizer(config: MoEConfig, base: Model) -> None:
                                   f"...), which gate_mode {config.gate_mode} tokenizes the prompts with")
 
 
+def image_files(config: MoEConfig) -> list[Path]:
+    """The images of the prompts (relative paths are relative to the config file's folder)."""
+    return [(config.folder or Path()) / p.image for e in [*config.experts, *config.shared] for p in e.image_prompts()]
+
+
+def check_image_prompts(config: MoEConfig, base: Model) -> None:
+    """Prompts with an image need a vision-language base, and image files that open within the size limit."""
+    from ..images import image_size
+
+    for path in image_files(config):
+        if family_of(base.config) is None:
+            raise RecipeError(f"base_model: {base.path} is a text model, and a prompt has an image ({path}); "
+                              "prompts with an image need a vision-language base")
+        if not path.is_file():
+            raise UnreadableFileError(f"{path}: no such image file (an expert's prompt names it)")
+        image_size(path)
+
+
 def saved_dtype(config: dict) -> torch.dtype | None:
     """The dtype a config.json names (`dtype`, or transformers 4's `torch_dtype`), which mergekit-moe writes in
     when the config names none; None when it names none either (each tensor keeps its own)."""
@@ -103,36 +140,77 @@ def saved_dtype(config: dict) -> torch.dtype | None:
     return dtype_of(name) if isinstance(name, str) and name.removeprefix("torch.") in DTYPES else None
 
 
+def check_config_fields(row: OutputArch, config_class) -> None:
+    """The MoE fields mmmerge sets are fields of the installed transformers' config class (asked, not assumed)."""
+    import inspect
+
+    known = {*inspect.signature(config_class.__init__).parameters, *getattr(config_class, "attribute_map", {})}
+    missing = [k for k in [row.expert_count, "num_experts_per_tok", *row.fields, *row.intermediate_fields]
+               if k not in known]
+    if missing:
+        raise UnsupportedArchitectureError(f"{row.class_name}: the installed transformers' {config_class.__name__} "
+                                           f"has no field {', '.join(missing)}, which mmmerge sets")
+
+
 def output_config(row: OutputArch, config: MoEConfig, base: Path, dtype: torch.dtype | None):
-    """The output's transformers config: the base's, through the row's config class, with its MoE fields."""
+    """The output's transformers config: the base's, through the row's config class, with its MoE fields (in its
+    text config for a VLM row, whose other settings stay the base's)."""
     from transformers import CONFIG_MAPPING, AutoConfig
 
     cfg = AutoConfig.from_pretrained(base)
     if row.via and cfg.model_type != row.via:
         cfg = CONFIG_MAPPING[row.via](**cfg.to_dict())
-    out = CONFIG_MAPPING[row.model_type](**cfg.to_dict())
-    out.architectures = [row.class_name]
-    setattr(out, row.expert_count, len(config.experts))
-    out.num_experts_per_tok = config.experts_per_token
+    out_class = CONFIG_MAPPING[row.model_type]
+    if row.text_config:
+        text_class = out_class.sub_configs[row.text_config]
+        check_config_fields(row, text_class)
+        whole = cfg.to_dict()
+        dense = {k: v for k, v in whole[row.text_config].items() if k != "model_type"}
+        # the top-level flag ties the head in the VLM class; the MoE text config's own default (True) must not differ
+        text = text_class(**{**dense, "tie_word_embeddings": whole.get("tie_word_embeddings", True)})
+    else:
+        check_config_fields(row, out_class)
+        text = out = out_class(**cfg.to_dict())
+    setattr(text, row.expert_count, len(config.experts))
+    text.num_experts_per_tok = config.experts_per_token
     for key, value in row.fields.items():
-        setattr(out, key, value)
+        setattr(text, key, value)
     for key in row.intermediate_fields:
-        setattr(out, key, out.intermediate_size)
+        setattr(text, key, text.intermediate_size)
+    if row.text_config:
+        out = out_class(**{**whole, row.text_config: text.to_dict()})
+    out.architectures = [row.class_name]
     if dtype is not None:
         out.dtype = dtype
     return out
 
 
-def base_tensors(row: OutputArch, out_config, base: Model, dtype: torch.dtype | None) -> dict[str, LazyTensor]:
-    """The output's tensors outside the MLPs (those its class holds), from the base; q/k/v biases the base lacks
-    are zeros where the row says so (Qwen2-MoE from Llama/Mistral), a tied head the base lacks stays out."""
-    from transformers import AutoModelForCausalLM
+def class_shapes(row: OutputArch, out_config) -> dict[str, tuple[int, ...]]:
+    """The output class's in-memory tensors and their shapes, from the class built on the meta device."""
+    from ..adapters.hf_export import model_class
 
     with torch.device("meta"):
-        names = [n for n in AutoModelForCausalLM.from_config(out_config).state_dict() if ".mlp." not in n]
+        return {n: tuple(t.shape) for n, t in model_class(row.class_name)._from_config(out_config).state_dict().items()}
+
+
+def check_against_class(row: OutputArch, tensors: Mapping[str, LazyTensor], shapes: dict) -> None:
+    """Every planned output tensor the class holds has the class's shape (the experts' fusing and transposition
+    too), before any tensor is read."""
+    for name, t in tensors.items():
+        if name in shapes and tuple(t.shape) != shapes[name]:
+            raise ShapeMismatchError(f"{row.class_name}: the installed transformers holds {name} as {shapes[name]}, "
+                                     f"and mmmerge would write {tuple(t.shape)}; this output is not written")
+
+
+def base_tensors(row: OutputArch, shapes: dict, out_config, base: Model, dtype: torch.dtype | None) -> dict[str, LazyTensor]:
+    """The output's tensors outside the MLPs (those its class holds), from the base (a VLM's vision tower and
+    projector too); q/k/v biases the base lacks are zeros where the row says so (Qwen2-MoE from Llama/Mistral),
+    a tied head the base lacks stays out."""
+    layers = row.names.router.split("{layer}")[0]  # the language model's layers: their MLPs are the experts'
+    names = [n for n in shapes if not (n.startswith(layers) and ".mlp." in n)]
     out = {}
     for name in names:
-        t = base.tensors.get(name)
+        t = base.whole.get(name)
         if t is not None:
             out[name] = LazyTensor(t.shape, dtype or t.dtype, t.load)
         elif row.zero_attention_bias and name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
@@ -176,31 +254,35 @@ def moe(config, out, *, random_seed: int | None = None, i_understand_this_is_not
         row = choose(cfg, base.config.get("model_type"))
         check_shapes(base, [*experts, *shared])
         check_tokenizer(cfg, base)
+        check_image_prompts(cfg, base)
         dtype = dtype_of(cfg.dtype) or saved_dtype(base.config)
         out_config = output_config(row, cfg, base.path, dtype)
-        tensors = base_tensors(row, out_config, base, dtype)
+        shapes = class_shapes(row, out_config)
+        tensors = base_tensors(row, shapes, out_config, base, dtype)
+        layers = base.language["num_hidden_layers"]
+        sources = [Source(e, m.tensors) for e, m in zip(cfg.experts, experts)]
+        shared_sources = [Source(e, m.tensors) for e, m in zip(cfg.shared, shared)]
+        check_against_class(row, {**tensors, **expert_tensors(row, layers, sources, shared_sources, {}, dtype)}, shapes)
         inputs = [m.path for m in [base, *experts, *shared]]
-        with atomic_output_dir(out, force, inputs=inputs, data=[cfg.path]) as tmp:
+        with atomic_output_dir(out, force, inputs=inputs, data=[cfg.path, *image_files(cfg)]) as tmp:
             start = time.perf_counter()
             generator = torch.Generator()
             if cfg.random_seed is not None:
                 generator.manual_seed(cfg.random_seed)
             else:
                 generator.seed()
-            layers = base.config["num_hidden_layers"]
             gated = cfg.gated()
             if cfg.gate_mode in PROMPTED_MODES:
                 gates = prompt_gates(cfg.gate_mode, gated, base.path, num_layers=layers, device=dev,
-                                     embed=lambda: base.tensors["model.embed_tokens.weight"].load())
+                                     embed=lambda: base.tensors["model.embed_tokens.weight"].load(),
+                                     vlm=row.text_config is not None, folder=cfg.folder)
             else:
-                gates = random_gates(cfg.gate_mode, (layers, len(gated), base.config["hidden_size"]), generator)
+                gates = random_gates(cfg.gate_mode, (layers, len(gated), base.language["hidden_size"]), generator)
             degenerate = degenerate_layers(gates)
             if degenerate:
                 warnings.warn(f"the gates of {len(degenerate)} of {layers} layer(s) (from layer {degenerate[0]}) are "
                               "nearly degenerate (condition number above 5): some experts' prompts are too alike, "
                               "and those experts will be underused", MMMergeWarning, stacklevel=2)
-            sources = [Source(e, m.tensors) for e, m in zip(cfg.experts, experts)]
-            shared_sources = [Source(e, m.tensors) for e, m in zip(cfg.shared, shared)]
             states = noise_states(row, layers, sources, shared_sources, generator)
             tensors |= expert_tensors(row, layers, sources, shared_sources, states, dtype)
             tensors |= gate_tensors(row, gates, len(cfg.experts), dtype)

@@ -5,6 +5,7 @@
     dtype: bfloat16             # default: the base's
     experts_per_token: 2
     experts: [{source_model, positive_prompts, negative_prompts, noise_scale, residual_scale}]
+                                # a prompt is text, or {text: ..., image: path} for hidden gates through a VLM
     shared_experts: [...]       # Qwen2-MoE: exactly one
     architecture: qwen          # optional: output names starting with it
     random_seed: 0              # mergekit-moe's --random-seed
@@ -16,7 +17,7 @@ from __future__ import annotations
 import difflib
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -26,21 +27,40 @@ from ..errors import MMMergeWarning, RecipeError
 
 GATE_MODES = ("hidden", "cheap_embed", "random", "uniform_random", "hidden_avg", "hidden_last")
 PROMPTED_MODES = ("hidden", "cheap_embed", "hidden_avg", "hidden_last")  # the gates come from prompts
+IMAGE_MODES = ("hidden", "hidden_avg", "hidden_last")  # gates that may run prompts with an image
 
 
 # mergekit-moe's pydantic models ignore keys they do not know; so does this, with a warning naming each
 LENIENT = ConfigDict(extra="allow")
 
 
+class ImagePrompt(BaseModel):
+    """A prompt about an image: hidden gates run it through the whole vision-language base."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    text: str
+    image: Optional[Path] = None
+
+
+def _plain_text(prompts: list | None) -> list | None:
+    """`{text: ...}` without an image is the text prompt itself."""
+    return None if prompts is None else [p.text if isinstance(p, ImagePrompt) and p.image is None else p
+                                         for p in prompts]
+
+
 class Expert(BaseModel):
     model_config = LENIENT
     source_model: str
-    positive_prompts: Optional[list[str]] = None
-    negative_prompts: Optional[list[str]] = None
+    positive_prompts: Optional[list[Union[str, ImagePrompt]]] = None
+    negative_prompts: Optional[list[Union[str, ImagePrompt]]] = None
     noise_scale: Optional[float] = None
     residual_scale: Optional[float] = None
 
     v_ref = field_validator("source_model", mode="before")(_model_ref)
+    v_text = field_validator("positive_prompts", "negative_prompts")(_plain_text)
+
+    def image_prompts(self) -> list[ImagePrompt]:
+        return [p for p in [*(self.positive_prompts or ()), *(self.negative_prompts or ())]
+                if isinstance(p, ImagePrompt)]
 
 
 class MoEConfig(BaseModel):
@@ -151,6 +171,11 @@ def check_rules(config: MoEConfig, where: str = "config") -> None:
             if not e.positive_prompts:
                 raise RecipeError(f"{where}: experts[{i}].positive_prompts: gate_mode {config.gate_mode} computes the "
                                   "gates from prompts; give this expert some (or use gate_mode: random)")
+        for name, e in [(f"experts[{i}]", e) for i, e in enumerate(config.experts)] + \
+                [(f"shared_experts[{i}]", e) for i, e in enumerate(shared)]:
+            if e.image_prompts() and config.gate_mode not in IMAGE_MODES:
+                raise RecipeError(f"{where}: {name}: prompts with an image need gate_mode hidden (the base run on "
+                                  f"them), not {config.gate_mode}")
         first = _prompts(config.experts[0])
         if len(config.experts) > 1 and all(_prompts(e) == first for e in config.experts[1:]):
             raise RecipeError(f"{where}: experts: every expert has the same prompts, so the gates cannot tell them "

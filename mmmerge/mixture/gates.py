@@ -11,6 +11,10 @@ expert and layer: a tensor (layers, experts, hidden).
 
 Prompts are tokenized as mergekit does: the bos token + prompt, no other special tokens, left-padded with the
 bos token as padding (the eos token when there is no bos).
+
+A vision-language base runs whole (vision tower and projector too). Its text prompts are encoded as above; a
+prompt with an image is the user turn of the processor's chat template with the image and the text (as `eval` and
+`generate` ask a question), cut after the text; it runs alone and counts in the average as one prompt.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .config import Expert
+from .config import Expert, ImagePrompt
 
 
 def tokenizer_for_prompts(base: Path):
@@ -60,15 +64,16 @@ def embedding_vector(embed: torch.Tensor, num_layers: int) -> Callable:
     return vector
 
 
-def hidden_vector(base: Path, device: torch.device, *, average: bool) -> Callable:
+def hidden_vector(base: Path, device: torch.device, *, average: bool, vlm: bool) -> Callable:
     """hidden: the prompts' mean hidden state at each layer's input (the last token's, or with `average` the mean
-    over the sequence), from the base run in bfloat16."""
-    from transformers import AutoModelForCausalLM
+    over the sequence), from the base run in bfloat16 (a `vlm` base as its image-text-to-text class)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from ..adapters.hf_common import transformers_bars
 
+    auto = AutoModelForImageTextToText if vlm else AutoModelForCausalLM
     with transformers_bars(False):  # loading the base is a step of the run, not a run of its own
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).to(device).eval()
+        model = auto.from_pretrained(base, dtype=torch.bfloat16).to(device).eval()
 
     def vector(tokens) -> torch.Tensor:
         with torch.no_grad():
@@ -80,19 +85,52 @@ def hidden_vector(base: Path, device: torch.device, *, average: bool) -> Callabl
     return vector
 
 
+def image_inputs(base: Path, folder: Path | None) -> Callable:
+    """An image prompt's model inputs: the user turn `eval` and `generate` write for a question about an image (the
+    chat template, which places the image), cut after the prompt's text. Cut there, the last token is the prompt's
+    own, as for a text prompt; the template's closing tokens are the same for every prompt and would leave the
+    experts' rows hardly apart."""
+    from ..eval.ask import open_image
+    from ..eval.generate import adds_special_tokens, build_prompt, load_processor
+
+    processor = load_processor(base)
+
+    def encode(prompt: ImagePrompt):
+        text = build_prompt(processor, prompt.text)
+        end = text.rfind(prompt.text)  # the last token is the prompt's own, as for a text prompt
+        text = text[:end + len(prompt.text)] if end >= 0 else text
+        return processor(images=[open_image((folder or Path()) / prompt.image)], text=[text], return_tensors="pt",
+                         add_special_tokens=adds_special_tokens(processor.tokenizer, [text]))
+
+    return encode
+
+
+def mean_vector(vector: Callable, tokenizer, encode: Callable | None, prompts: list) -> torch.Tensor:
+    """The prompts' mean vector: the text prompts in one batch, as mergekit runs them; each image prompt alone,
+    weighted as one prompt."""
+    texts = [p for p in prompts if isinstance(p, str)]
+    images = [p for p in prompts if not isinstance(p, str)]
+    if not images:
+        return vector(tokenize(tokenizer, texts))
+    parts = [vector(tokenize(tokenizer, texts)).float() * len(texts)] if texts else []
+    parts += [vector(encode(p)).float() for p in images]
+    return (torch.stack(parts).sum(dim=0) / len(prompts)).to(torch.bfloat16)
+
+
 def prompt_gates(mode: str, experts: list[Expert], base: Path, *, embed: Callable[[], torch.Tensor],
-                 num_layers: int, device: torch.device) -> torch.Tensor:
-    """(layers, experts, hidden) gate rows of `experts` from their prompts."""
+                 num_layers: int, device: torch.device, vlm: bool = False, folder: Path | None = None) -> torch.Tensor:
+    """(layers, experts, hidden) gate rows of `experts` from their prompts; image paths are relative to `folder`."""
     tokenizer = tokenizer_for_prompts(base)
     if mode == "cheap_embed":
         vector = embedding_vector(embed(), num_layers)
     else:
-        vector = hidden_vector(base, device, average=mode == "hidden_avg")
+        vector = hidden_vector(base, device, average=mode == "hidden_avg", vlm=vlm)
+    encode = image_inputs(base, folder) if any(e.image_prompts() for e in experts) else None
     rows = []
     for expert in experts:
-        v = vector(tokenize(tokenizer, expert.positive_prompts))
+        v = mean_vector(vector, tokenizer, encode, expert.positive_prompts)
         if expert.negative_prompts:
-            v -= vector(tokenize(tokenizer, expert.negative_prompts))
+            v -= mean_vector(vector, tokenizer, encode, expert.negative_prompts)
         v /= v.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-8)
         rows.append(v)
     return torch.stack(rows, dim=0).permute(1, 0, 2)

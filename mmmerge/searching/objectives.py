@@ -1,7 +1,8 @@
-"""What a candidate scores: the tasks' own score on the dev split, or a label-free criterion.
+"""What a candidate scores: the tasks' own score on the dev split, or a label-free criterion. Each objective is
+one function `(Candidate) -> float` registered by the name a spec gives it (`search.objective`), maximised.
 
 - `score`: the mean of each task's headline metric (VQAv2's `overall`, ...) on its dev questions, computed as
-  `mmmerge eval` computes it.
+  `mmmerge eval` computes it, in percent (an lmms-eval task's fraction times 100).
 - `agreement` (AdaMMS, Du et al. 2025): the share of dev questions a candidate answers the same as its
   neighbour, a candidate a small step away in every searched range. Merges whose answers hold still under
   small changes of the coefficients are the good ones; no answer key is needed.
@@ -11,11 +12,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
 import torch
 
 from ..eval.generate import Generator, build_prompt, exact_float32
 from ..eval.runner import open_sample_image, answer_samples, fill_prompt
-from .spec import Split
+from .registry import Registry
+from .space import Dimension, neighbour
+
+if TYPE_CHECKING:  # spec.py asks this module's registry for the objective's name
+    from .spec import SearchSettings, Split
+
+OBJECTIVES = Registry("objective")
 
 
 class Scorer:
@@ -76,7 +86,50 @@ class Scorer:
         return total / count
 
 
+def mean_percent(splits: list[Split], scores: dict[str, float]) -> float:
+    """The `score` objective: the mean of the tasks' headlines, each in percent of its full scale (mmmerge's
+    tasks report percent, lmms-eval's fractions or MME's points out of 2000), so no task outweighs another by its
+    unit."""
+    scale = {s.task.name: getattr(s.task, "full_scale", 100.0) for s in splits}
+    return sum(v * (100.0 / scale[task]) for task, v in scores.items()) / len(scores)
+
+
 def agreement(first: dict[str, list[str]], second: dict[str, list[str]]) -> float:
     """Percent of questions (all tasks together) answered the same by two candidates."""
     same = sum(a == b for task in first for a, b in zip(first[task], second[task]))
     return 100.0 * same / sum(len(v) for v in first.values())
+
+
+@dataclass
+class Candidate:
+    """What an objective scores: the candidate merged in memory (scored through `scorer`), its searched values,
+    `record(key, value)` to keep a number in its trial, and `load(values)` to merge another candidate in place."""
+
+    values: dict
+    dimensions: list[Dimension]
+    settings: SearchSettings
+    scorer: Scorer
+    record: Callable[[str, float], None]
+    load: Callable[[dict], None]
+
+
+@OBJECTIVES.register("score")
+def mean_task_score(c: Candidate) -> float:
+    scores = c.scorer.task_scores("dev")
+    for task, v in scores.items():
+        c.record(f"dev_{task}", v)
+    return mean_percent(c.scorer.splits, scores)
+
+
+@OBJECTIVES.register("entropy")
+def low_entropy(c: Candidate) -> float:
+    value = c.scorer.entropy()
+    c.record("entropy", value)
+    return -value
+
+
+@OBJECTIVES.register("agreement")
+def neighbour_agreement(c: Candidate) -> float:
+    first = c.scorer.all_answers()
+    c.load(neighbour(c.values, c.dimensions, c.settings.agreement_step))
+    return agreement(first, c.scorer.all_answers())

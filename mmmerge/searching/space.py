@@ -42,7 +42,8 @@ class Dimension:
 
     @property
     def default(self) -> Any:
-        """The value a plan is first checked with: the middle of the range, or the first choice."""
+        """The value a candidate takes where its values lack this one: the middle of the range, or the first
+        choice. (The space is first checked, and the model built, at the low ends: `lowest`.)"""
         if self.choices is not None:
             return self.choices[0]
         if self.integer:
@@ -198,4 +199,23 @@ def bind(recipe: dict, dims: list[Dimension], values: dict[str, Any]) -> dict:
     for path in dropped:
         i = max(i for i in range(1, len(path)) if path[i - 1] == "parameters")
         _get(out, path[:i]).pop(path[i], None)  # the whole parameter, gradients and conditions too
+    return out
+
+
+def lowest(dims: list[Dimension]) -> dict:
+    """Every searched value at the low end of its range (or its first choice)."""
+    return {d.name: d.choices[0] if d.choices is not None else (int(d.low) if d.integer else d.low) for d in dims}
+
+
+def neighbour(values: dict, dims: list[Dimension], step: float) -> dict:
+    """The candidate a small step away: every searched range moved by `step` of its width (inwards at an end)."""
+    out = dict(values)
+    for d in dims:
+        if d.name not in values or d.choices is not None:
+            continue
+        delta = step * (d.high - d.low)
+        if d.integer:
+            delta = max(1, round(delta))
+        moved = values[d.name] + delta
+        out[d.name] = moved if moved <= d.high else values[d.name] - delta
     return out

@@ -2,9 +2,9 @@
 
     search:
       trials: 30                 # the budget: trials (all processes together), and/or `timeout` in seconds
-      sampler: tpe               # tpe | cmaes | random
+      sampler: tpe               # tpe | cmaes | random (samplers.py)
       seed: 0
-      objective: score           # score (dev-split task score) | agreement | entropy (label-free)
+      objective: score           # score (dev-split task score) | agreement | entropy (label-free; objectives.py)
       tasks:
         - task: vqav2
           questions: dev/questions.json
@@ -12,6 +12,8 @@
           images: dev/images
           test: {questions: test/questions.json, annotations: test/annotations.json, images: test/images}
         # or one file split in two: `split: 0.5` (that share of the questions is dev, the rest test)
+        - task: mmstar           # any lmms-eval task `mmmerge score` knows (`lmms-eval:gqa` for its gqa),
+          questions: mmstar.jsonl  # from a JSONL of its documents, scored as lmms-eval scores them
 
 Paths are relative to the spec file's folder. The test split never chooses: it is scored once, for the best
 candidate, after the search.
@@ -22,15 +24,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import RecipeError
+from ..eval.lmms.docs_task import LmmsDocsTask
+from ..eval.lmms.table import LMMS_TASKS
 from ..eval.runner import check_image_headers
 from ..eval.tasks import TASKS, get_task, read_task
 from ..images import DEFAULT_MAX_PIXELS
+from .objectives import OBJECTIVES
+from .samplers import SAMPLERS
 from .space import Dimension, check_read, find_dimensions
 
 
@@ -53,9 +59,9 @@ class SearchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     trials: Optional[int] = Field(None, ge=1)
     timeout: Optional[float] = Field(None, gt=0)
-    sampler: Literal["tpe", "cmaes", "random"] = "tpe"
+    sampler: str = "tpe"  # a name in samplers.SAMPLERS
     seed: int = 0
-    objective: Literal["score", "agreement", "entropy"] = "score"
+    objective: str = "score"  # a name in objectives.OBJECTIVES
     agreement_step: float = Field(0.05, gt=0, le=0.5)  # the neighbour's offset, as a share of each range
     tasks: list[TaskSpec] = Field(default_factory=list)
     batch_size: int = Field(8, ge=1)
@@ -65,6 +71,21 @@ class SearchSettings(BaseModel):
     max_image_pixels: Optional[int] = Field(DEFAULT_MAX_PIXELS, ge=1)  # larger images are refused undecoded; null: none
 
 
+LMMS_PREFIX = "lmms-eval:"
+
+
+def task_named(name: str):
+    """mmmerge's own task of that name, else the lmms-eval task (`lmms-eval:NAME`, or NAME where mmmerge has no
+    task of that name) read from a JSONL of its documents and scored through the `eval/lmms` table."""
+    lmms = name[len(LMMS_PREFIX):] if name.startswith(LMMS_PREFIX) else None if name in TASKS else name
+    if lmms is None:
+        return get_task(name)
+    if lmms not in LMMS_TASKS:
+        raise RecipeError(f"search.tasks: unknown task {name!r}; choose one of {', '.join(TASKS)}, or an lmms-eval "
+                          f"task ({', '.join(LMMS_TASKS)}; `{LMMS_PREFIX}NAME` where mmmerge has a task of that name)")
+    return LmmsDocsTask(lmms)
+
+
 class Split:
     """One task's dev and test questions."""
 
@@ -72,11 +93,9 @@ class Split:
         def at(p):
             return None if p is None else str(Path(folder, p) if folder is not None else Path(p))
 
-        if spec.task not in TASKS:
-            raise RecipeError(f"search.tasks: unknown task {spec.task!r}; choose one of {', '.join(TASKS)}")
         if spec.test is not None and spec.split is not None:
             raise RecipeError(f"search.tasks[{spec.task}]: give `test` files or a `split`, not both")
-        self.task = get_task(spec.task)
+        self.task = task_named(spec.task)
         self.prompt = spec.prompt if spec.prompt is not None else self.task.prompt
         if "{question}" not in self.prompt:
             raise RecipeError(f"search.tasks[{spec.task}]: prompt {self.prompt!r} has no {{question}} placeholder")
@@ -120,6 +139,11 @@ class Spec:
             raise RecipeError(f"{where}: search.{loc}: {err['msg']}") from None
         if self.settings.trials is None and self.settings.timeout is None:
             raise RecipeError(f"{where}: search: give a budget, `trials` or `timeout` (seconds)")
+        for key, registry in (("sampler", SAMPLERS), ("objective", OBJECTIVES)):
+            try:
+                registry.find(getattr(self.settings, key))
+            except RecipeError as e:
+                raise RecipeError(f"{where}: search.{key}: {e}") from None
         self.recipe, self.folder, self.where = data, folder, where
         self.dimensions: list[Dimension] = find_dimensions(data)
         try:

@@ -27,7 +27,8 @@ def _choices(entry) -> dict:
     return {c: entry.doc.get(c, "nan") for c in "ABCD" if not _absent(entry.doc.get(c, "nan"))}
 
 
-def _all_right(copies) -> bool:
+def all_copies_right(copies) -> bool:
+    """Every circular copy of one question answered right."""
     gold = [str(e.field("answer")) for e in copies]
     read = [mmbench_option(e.answer, _choices(e)) for e in copies]
     if any(r and r != g for r, g in zip(read, gold)):
@@ -53,5 +54,5 @@ def mmbench_en_dev_static(entries, notes) -> dict:
     if not mains:
         raise EvalDataError(f"{entries[0].where.rsplit(': line', 1)[0]}: no main question (index < {MAIN}) in the "
                             f"log: MMBench scores main questions with their circular copies")
-    hits = [_all_right([e for e in ordered if e.doc["index"] % MAIN == m.doc["index"]]) for m in mains]
+    hits = [all_copies_right([e for e in ordered if e.doc["index"] % MAIN == m.doc["index"]]) for m in mains]
     return {"gpt_eval_score": sum(hits) / len(hits) * 100}

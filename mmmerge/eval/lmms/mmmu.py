@@ -116,11 +116,12 @@ def _accuracy(subjects: list[str], right: list[bool]) -> float:
     return round(acc / count if count else 0, 5)
 
 
-def mmmu_val(entries, notes) -> dict:
+def rights(entries) -> tuple[list[bool], list[bool]]:
+    """Per document, in order: right by the official MMMU rules, and right as lmms-eval scores it (every open
+    question wrong); one generator seeded 0 draws for unreadable letters in document order."""
     rng = random.Random(0)
-    subjects, right, lmms_right, open_count = [], [], [], 0
+    right, lmms_right = [], []
     for e in entries:
-        subjects.append(subject(e))
         gold = e.field("answer")
         if e.field("question_type") == "multiple-choice":
             pred = mmmu_letter(e.answer, _options(e), rng)
@@ -128,9 +129,15 @@ def mmmu_val(entries, notes) -> dict:
             right.append(ok)
             lmms_right.append(ok)
         else:
-            open_count += 1
             right.append(open_right(gold, open_answers(e.answer)))
             lmms_right.append(False)
+    return right, lmms_right
+
+
+def mmmu_val(entries, notes) -> dict:
+    subjects = [subject(e) for e in entries]
+    right, lmms_right = rights(entries)
+    open_count = sum(e.field("question_type") != "multiple-choice" for e in entries)
     out = {"mmmu_acc": _accuracy(subjects, right)}
     if open_count:
         out["mmmu_acc_lmms_eval"] = _accuracy(subjects, lmms_right)
