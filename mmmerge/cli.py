@@ -33,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS.values():
         s = sub.add_parser(command.name, help=command.help, description=command.help,
                            formatter_class=help_formatter(command.api, command.flags))
-        group = s.add_mutually_exclusive_group(required=True) if command.one_of else None
+        groups = {dest: group for dests, required in ((command.one_of, True), (command.at_most_one, False)) if dests
+                  for group in [s.add_mutually_exclusive_group(required=required)] for dest in dests}
         for f in command.flags:
-            f.add_to(group if group is not None and f.dest in command.one_of else s)
+            f.add_to(groups.get(f.dest, s))
         # `mmmerge eval ... --debug` works as well as `mmmerge --debug eval ...`
         DEBUG.but(default=argparse.SUPPRESS).add_to(s)
         s.set_defaults(command_row=command, **command.defaults)

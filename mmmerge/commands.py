@@ -38,6 +38,7 @@ class Command:
     call: Callable[[Callable, dict, Any], Any] | None = None  # calls the function (default: fn(**keywords))
     defaults: dict = field(default_factory=dict)  # parser defaults a command sets (stitch: its options')
     one_of: tuple[str, ...] = ()  # dests of flags of which exactly one must be given
+    at_most_one: tuple[str, ...] = ()  # dests of flags of which one may be given
 
 
 # ---- reports: what each command prints of its function's result ---------------------------------------------
@@ -191,7 +192,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
              flag("--dry-run", action="store_true", help="validate and print the plan; write nothing"),
              FORCE, QUIET)),
     Command("moe", "a mixture-of-experts model from dense fine-tunes of one base (a mergekit-moe config as it "
-                   "is): Mixtral, Qwen2-MoE or Qwen3-MoE, gates from prompts",
+                   "is): Mixtral, Qwen2-MoE, Qwen3-MoE or, from Qwen3-VL, Qwen3-VL-MoE; gates from prompts "
+                   "(with images for a VLM)",
             "mmmerge.mixture:moe",
             (flag("config", help="mergekit-moe config YAML (base_model, experts, gate_mode, ...)"),
              OUT.but(help="output folder (a transformers model)"),
@@ -241,24 +243,31 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
              flag("--majority-sign-method", dest="sign_method", choices=["total", "frequency"]),
              SEED.but(help="seed for the dare methods"), OUT, FORCE),
             _print_lora_merge, quiet=None),
-    Command("eval", "answer a VQA set with an image-text-to-text model and score it as the official script does",
+    Command("eval", "answer a VQA set or an lmms-eval benchmark with an image-text-to-text model and score it "
+                    "as the official script (or lmms-eval) does",
             "mmmerge.eval:evaluate",
             (flag("model", type=Path,
                   help="a transformers image-text-to-text checkpoint folder (any family) with its processor"),
-             flag("--task", required=True, choices=list(TASKS)),
-             flag("--questions", type=Path, required=True,
-                  help="the task's questions file (or JSONL / problems.json)"),
+             flag("--task", required=True, choices=list(dict.fromkeys([*TASKS, *LMMS_TASKS])),
+                  help="mmmerge's VQA tasks read the official files; lmms-eval's tasks (mme, mmmu_val, ...; pope "
+                       "and gqa with --data) read lmms-lab's parquet datasets"),
+             flag("--questions", type=Path, help="the task's questions file (or JSONL / problems.json)"),
+             flag("--data", help="an lmms-eval task's dataset: a folder as huggingface_hub downloads it (parquet "
+                                 "shards) or a dataset ID in the local Hugging Face cache (default: lmms-eval's)"),
              flag("--annotations", type=Path, help="VQAv2 annotations JSON (omit for test-dev: predictions only)"),
              flag("--images", type=Path, help="image folder (jsonl: default the JSONL's folder)"),
              OUT.but(help="folder for predictions.json, metrics.json, samples.jsonl"), BATCH_SIZE,
-             LIMIT.but(help="only the first N questions"), DEVICE, flag("--max-new-tokens", type=int),
-             flag("--prompt", help="prompt template with {question} (default: the task's LLaVA-1.5 one)"),
+             LIMIT.but(help="only the first N questions"), DEVICE,
+             flag("--max-new-tokens", type=int, help="default: the task's (16; lmms-eval's for its tasks)"),
+             flag("--prompt", help="prompt template with {question} (default: the task's LLaVA-1.5 one; an "
+                                   "lmms-eval task's whole prompt is its {question})"),
              QUIET, FORCE, image_limit()),
-            _print_metrics, quiet="progress"),
+            _print_metrics, quiet="progress", at_most_one=("questions", "data")),
     Command("eval-compare", "scores of several `mmmerge eval` outputs with bootstrap intervals, paired tests "
                             "against a baseline, and a bar chart",
             "mmmerge.eval.compare:compare",
-            (flag("outs", type=Path, nargs="+", help="evaluation output folders"),
+            (flag("outs", type=Path, nargs="+", help="evaluation output folders, lmms-eval run folders or "
+                                                     "<date>_samples_<task>.jsonl logs (paired by doc_id)"),
              flag("--baseline", help="the folder (or its name) every other run is tested against (default: the "
                                      "first)"),
              flag("--by", help="a samples.jsonl field to break scores down by: answer_type, question_type, "
