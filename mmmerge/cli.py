@@ -52,14 +52,14 @@ def run(command: Command, args) -> None:
         kwargs["quiet"] = quiet
     elif command.quiet == "progress":
         kwargs["progress"] = not quiet
+    for dest, value in api_defaults(command.api).items():  # what the command reads besides: every flag, given or not
+        if not hasattr(args, dest):
+            setattr(args, dest, value)
     if command.before is not None:
         kwargs = command.before(kwargs, args)
     fn = api_function(command.api)
     result = command.call(fn, kwargs, args) if command.call is not None else fn(**kwargs)
     if command.report is not None:
-        for dest, value in api_defaults(command.api).items():  # the report reads every flag, given or not
-            if not hasattr(args, dest):
-                setattr(args, dest, value)
         command.report(result, args)
 
 
