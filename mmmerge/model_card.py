@@ -105,7 +105,7 @@ def front_matter(plan, out) -> dict:
     methods = [c.how.removeprefix("merge ") for c in plan.components.values() if c.how.startswith("merge ")]
     meta = {"base_model": list(dict.fromkeys(bases)), "library_name": "transformers",
             "tags": list(dict.fromkeys(["merge", "mmmerge", *methods]))}
-    if plan.output_format != "hf":
+    if plan.output_format not in ("hf", "whole"):
         meta["pipeline_tag"] = "image-text-to-text"
     return meta
 

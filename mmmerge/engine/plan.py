@@ -26,6 +26,7 @@ from ..adapters.hf_common import class_layout, layout_of
 from ..adapters.hf_causal_lm import untie
 from ..adapters.hf_export import hf_config_dict
 from ..adapters.hf_multimodal import family_tensors
+from ..adapters.hf_whole import COMPONENT as WHOLE
 from ..adapters.preprocess import image_processor_config
 from ..checkpoint import COMPONENTS, Checkpoint, Component
 from ..errors import RecipeError, ShapeMismatchError
@@ -228,6 +229,26 @@ def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[TensorTa
     return cfg, tasks, side, pre
 
 
+def plan_whole(section: MergeSection, ckpts: list[Checkpoint], opener: Opener, **kw) -> ComponentPlan:
+    """A merge of whole models (adapters/hf_whole.py): every input must be one, and the plan merges every tensor."""
+    whole = next(ck for ck in ckpts if ck.whole)
+    split = next((ck for ck in ckpts if not ck.whole), None)
+    if split is not None:
+        raise RecipeError(f"{split.path} ({split.format}) is read as components ({', '.join(split.components)}) but "
+                          f"{whole.path} merges only whole ({whole.whole}); merge whole models only with whole "
+                          f"models of the same architecture")
+    if section.slices is not None:
+        raise RecipeError(f"slices: {whole.path} merges whole ({whole.whole}), with no language model whose "
+                          f"layers the ranges name; use `models:`")
+    return plan_merge_section(section, WHOLE, opener, **kw)
+
+
+def _whole_output(cp: ComponentPlan) -> tuple[dict, list[TensorTask], Path | None]:
+    """A whole model's output: the base's (the first input's) config.json and side files, every tensor merged
+    under its own name."""
+    return copy.deepcopy(cp.reference.source_config["config.json"]), list(cp.tasks.values()), cp.reference.side_files
+
+
 def _untie_config(cfg: dict) -> None:
     """lm_head is stored and may differ from the embeddings: the config (and a LLaVA's text config) says so."""
     for c in (cfg, cfg.get("text_config") or {}):
@@ -320,7 +341,10 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
         ref = section.base_model or section.input_models()[0]
         ckpts = [opener(r) for r in section.input_models()]  # opened (and checked) before anything is planned
         common = [c for c in COMPONENTS if all(c in ck.components for ck in ckpts)]
-        if not common:
+        if any(ck.whole for ck in ckpts):
+            common = []
+            components[WHOLE] = plan_whole(section, ckpts, opener, seed=seed, notes=notes, warnings=warnings)
+        elif not common:
             raise RecipeError("the models share no component (vision, projector, language) to merge")
         if section.slices is not None and len(common) > 1:  # layer ranges name the language model's layers
             common = ["language"]
@@ -335,7 +359,7 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
                 components[cname] = plan_copy(opener(holder), opener.path(holder), cname,
                                               dtype=dtype_of(section.dtype), out_dtype=dtype_of(section.out_dtype))
                 notes.append(f"{cname}: copied from {opener.path(holder)} (not every model has one)")
-        fmt = "family" if set(components) == set(COMPONENTS) else "hf"
+        fmt = "whole" if WHOLE in components else "family" if set(components) == set(COMPONENTS) else "hf"
         if fmt == "hf" and len(components) != 1:
             raise RecipeError(f"the models give components {', '.join(components)}; name each in a `components:` recipe")
     else:
@@ -354,7 +378,9 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
 
     preprocessor = None
     kept_from = None
-    if fmt == "hf":
+    if fmt == "whole":
+        config, tasks, side = _whole_output(components[WHOLE])
+    elif fmt == "hf":
         (cp,) = components.values()
         config, tasks, side, preprocessor = _hf_output(cp, notes)
     else:
@@ -371,7 +397,8 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
                          + "; ".join(f"{', '.join(p)} ({why})" for why, p in by_reason.items()))
     if seed is not None and not any(getattr(sec, "random_stream", None) == "per_tensor" for sec in sections(recipe)):
         tasks = one_random_stream(tasks, seed)
-    tokenizer = components["language"].tokenizer if "language" in components else None
+    text = components.get("language") or components.get(WHOLE)
+    tokenizer = text.tokenizer if text is not None else None
     return Plan(recipe, components, fmt, config, side, tasks, notes, warnings, tokenizer, preprocessor,
                 [part for key in opener.cache for part in opener.loras.get(key, (key,))] + opener.side_only)
 

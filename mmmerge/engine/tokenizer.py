@@ -137,6 +137,39 @@ def plan_tokenizer(section: MergeSection, refs: list[str], folders: dict[str, Pa
     return permuted, TokenizerPlan(out, template)
 
 
+def plan_whole_tokenizer(section: MergeSection, refs: list[str], folders: dict[str, Path | None],
+                         base_ref: str | None, where: str, notes: list[str]) -> TokenizerPlan | None:
+    """The output tokenizer of a whole-model merge (adapters/hf_whole.py). Its tensors keep their names and shapes
+    and no embedding rows are known to re-index, so the recipe's tokenizer is taken only where it is every
+    input's own vocabulary already; a chat template is written as for any merge."""
+    source = section.tokenizer.source if section.tokenizer is not None else section.tokenizer_source
+    if source is None and section.chat_template is None:
+        return None
+    base_ref = base_ref or refs[0]
+    tokenizers = {r: load_tokenizer(folders.get(r)) for r in refs}
+    template = resolve_chat_template(section.chat_template, list(tokenizers.values()), where)
+    if source is None:
+        return TokenizerPlan(chat_template=template)
+    if tokenizers[base_ref] is None:
+        raise RecipeError(f"{where}tokenizer: the base model {base_ref} has no tokenizer to build the output's from")
+    tokenizers = {r: tok if tok is not None else tokenizers[base_ref] for r, tok in tokenizers.items()}
+    vocabs = {r: tok.get_vocab() for r, tok in tokenizers.items()}
+    if source in ("base", "union") or source in refs:
+        out = output_tokenizer(source, base_ref, refs, tokenizers, vocabs)
+    else:
+        out = outside_tokenizer(source, folders.get(source), where, notes)
+    settings = section.tokenizer if section.tokenizer is not None else None
+    vocab = out.get_vocab()
+    other = next((r for r in refs if vocabs[r] != vocab), None)
+    if other is not None or (settings is not None and (settings.tokens or settings.pad_to_multiple_of)):
+        why = (f"{other}'s vocabulary ({len(vocabs[other])} tokens) is not that tokenizer's ({len(vocab)} tokens)"
+               if other is not None else "`tokens` and `pad_to_multiple_of` change the vocabulary")
+        raise RecipeError(f"{where}tokenizer: {why}, and a whole-model merge keeps every tensor's shape with no "
+                          f"embedding rows it knows to re-index; merge inputs that share one tokenizer")
+    notes.append(f"{where}tokenizer: {source}'s, the vocabulary every input has ({len(vocab)} tokens)")
+    return TokenizerPlan(out, template)
+
+
 def outside_tokenizer(source: str, folder: Path | None, where: str, notes: list[str]):
     """The tokenizer of a model that is not merged (mergekit reads it whole, and only it: the model's weights give
     no rows; a token no merged model has gets zeros)."""

@@ -1,0 +1,81 @@
+"""Any other transformers checkpoint, read whole: one component holding every tensor under its file name.
+
+The last resort of detection, for folders whose architecture mmmerge cannot split into vision, projector and
+language (a multimodal family with no row in the family table, an encoder-decoder captioner, an action policy,
+any other transformers model). Such a model still merges as mergekit merges any architecture: tensor by tensor,
+with the same names, shapes and dtypes as the base, and the base's config and side files. `why_whole` says why
+it has no components; `inspect` shows it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..checkpoint import Checkpoint, Component
+from ..io.folder import write_model_folder
+from ..io.reader import read_folder
+from .families import family_of
+from .hf_common import auto_class_names, read_config, require_model_type
+
+FORMAT = "transformers-<model_type>-whole"  # e.g. transformers-idefics2-whole
+DESCRIPTION = "any other transformers folder (config.json with a model_type transformers knows), merged whole"
+COMPONENT = "model"  # the one component of a whole model
+
+
+def detect(path: Path) -> bool:
+    """A transformers folder no specific adapter took: its model_type is one transformers knows."""
+    if not Path(path).is_dir():
+        return False
+    cfg = read_config(path)
+    return (isinstance(cfg, dict) and "architecture" not in cfg and family_of(cfg) is None
+            and cfg.get("model_type") in auto_class_names("CONFIG_MAPPING_NAMES"))
+
+
+def has_vision_tower(cfg: dict | None) -> bool:
+    """An image-text-to-text model with a vision tower config: a causal LM class of its type (gemma4's, llama4's)
+    would take it for a language model only."""
+    return (isinstance(cfg, dict) and isinstance(cfg.get("vision_config"), dict)
+            and cfg.get("model_type") in auto_class_names("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"))
+
+
+def architecture(cfg: dict) -> str:
+    """The class the folder was saved from, else the one transformers' auto mappings name for its type."""
+    for arch in cfg.get("architectures") or []:
+        if isinstance(arch, str):
+            return arch
+    model_type = cfg.get("model_type")
+    for mapping in ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "MODEL_MAPPING_NAMES"):
+        found = auto_class_names(mapping).get(model_type)
+        if found:
+            return found
+    return f"the {model_type} model"
+
+
+def why_whole(cfg: dict) -> str:
+    """One short, true reason why the model has no components."""
+    model_type = cfg.get("model_type")
+    arch = architecture(cfg)
+    if model_type not in auto_class_names("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"):
+        return f"{model_type}: {arch} is no causal LM, vision encoder or multimodal family mmmerge splits"
+    if any("action" in key for key in cfg):
+        return f"{model_type}: an action policy ({arch}), not a vision tower + projector + language model"
+    if cfg.get("is_encoder_decoder") or (isinstance(cfg.get("encoder"), dict) and isinstance(cfg.get("decoder"), dict)):
+        return f"{model_type}: an encoder-decoder ({arch}); its decoder is no causal LM a language component holds"
+    if not isinstance(cfg.get("vision_config"), dict):
+        return f"{model_type}: no vision_config, so no vision tower to split off ({arch})"
+    return f"{model_type}: no vision/projector/language split known for {arch}"
+
+
+def read(path: Path) -> Checkpoint:
+    path = Path(path)
+    cfg = read_config(path)
+    model_type = require_model_type(cfg, path)
+    component = Component(COMPONENT, architecture(cfg), cfg, read_folder(path))
+    return Checkpoint(path, f"transformers-{model_type}-whole", {COMPONENT: component},
+                      source_config={"config.json": cfg}, side_files=path, whole=why_whole(cfg))
+
+
+def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None:
+    """The folder again: config, every tensor under its own name, side files."""
+    write_model_folder(out, checkpoint.component(COMPONENT).tensors, checkpoint.source_config["config.json"],
+                       force=force, side_files=checkpoint.path)

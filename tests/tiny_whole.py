@@ -1,0 +1,55 @@
+"""Tiny random models of transformers types mmmerge reads whole (adapters/hf_whole.py), each built from its own
+config class: two image-text-to-text families, an encoder-decoder captioner and an action policy."""
+
+import json
+
+import torch
+import transformers as T
+
+from tiny_family_configs import IMAGE_TOKEN, TEXT, VIT, _clip, _paligemma, _text
+from tiny_tokenizer import make_tokenizer
+
+
+def _idefics2():
+    return T.Idefics2Config(vision_config=dict(VIT, image_size=32, patch_size=8), text_config=_text(T.MistralConfig),
+                            perceiver_config=dict(hidden_size=32, resampler_n_latents=4, resampler_depth=1,
+                                                  resampler_n_heads=2, resampler_head_dim=8, num_key_value_heads=1),
+                            image_token_id=IMAGE_TOKEN)
+
+
+def _vipllava():
+    return T.VipLlavaConfig(vision_config=_clip(), text_config=_text(T.LlamaConfig), image_token_index=IMAGE_TOKEN,
+                            vision_feature_layers=[-2, -1])
+
+
+def _vision_encoder_decoder():
+    decoder = T.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=TEXT["vocab_size"], n_positions=64,
+                           bos_token_id=1, eos_token_id=2, add_cross_attention=True, is_decoder=True)
+    return T.VisionEncoderDecoderConfig.from_encoder_decoder_configs(T.ViTConfig(**VIT, image_size=32, patch_size=8),
+                                                                     decoder)
+
+
+def _pi0():
+    return T.PI0Config(vlm_config=_paligemma().to_dict(), dit_config=_text(T.GemmaConfig), max_action_dim=4,
+                       max_state_dim=4, chunk_size=4)
+
+
+CONFIGS = {"idefics2": _idefics2, "vipllava": _vipllava, "vision-encoder-decoder": _vision_encoder_decoder,
+           "pi0": _pi0}
+def save_model(model_type, path, *, seed, base=None, dtype=torch.float32, side=0):
+    """A random model of the type (a fine-tune of `base`'s weights when given) with side files: a tokenizer, a
+    generation config and a processor file whose content says which model wrote it (`side`)."""
+    torch.manual_seed(0)
+    model = T.AutoModelForImageTextToText.from_config(CONFIGS[model_type]())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if base is not None:
+            model.load_state_dict(base.state_dict())
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    model = model.to(dtype)
+    model.save_pretrained(path)
+    make_tokenizer(path)
+    T.GenerationConfig(max_new_tokens=7 + side).save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps({"written_by": side}))
+    return model
