@@ -1,10 +1,10 @@
 """Whole-model fallback (#24, item 2): a transformers folder mmmerge cannot split into components merges whole,
 tensor by tensor, as mergekit merges any architecture.
 
-Each kind is a tiny random model built from its own transformers config class: two image-text-to-text families
-(the fallback is forced for them, whatever the family table derives), an encoder-decoder captioner and an action
-policy. Merges are checked against an expectation computed here (linear) or by mergekit's own kernel (ties), on
-what transformers loads from the output with strict loading.
+Each kind is a tiny random model built from its own transformers config class (tests/tiny_whole.py):
+image-text-to-text families (the fallback is forced for them, whatever the family table derives), encoder-decoder
+captioners and an action policy. Merges are checked against an expectation computed here (linear) or by
+mergekit's own kernel (ties), on what transformers loads from the output with strict loading.
 """
 
 import json
@@ -21,7 +21,8 @@ from mmmerge.adapters.hf_common import read_config
 from tiny_tokenizer import make_tokenizer
 from tiny_whole import CONFIGS, save_model
 
-REASONS = {"idefics2": "no vision/projector/language split", "vipllava": "no vision/projector/language split",
+NO_SPLIT = "no vision/projector/language split"
+REASONS = {"idefics2": NO_SPLIT, "vipllava": NO_SPLIT, "gemma4": NO_SPLIT, "t5gemma2": "an encoder-decoder",
            "vision-encoder-decoder": "an encoder-decoder", "pi0": "an action policy"}
 ALL = sorted(CONFIGS)
 
