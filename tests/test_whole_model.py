@@ -213,3 +213,18 @@ def test_a_vlm_with_a_vision_tower_is_not_read_as_its_language_model(tmp_path):
                                                       "text_config": {"model_type": "y"}}))
     assert detect_adapter(tmp_path) is hf_whole
     one_line_error(run("inspect", tmp_path), str(tmp_path), "no weights found")
+
+
+def test_a_search_over_whole_models_names_a_tensor_it_cannot_place(models):
+    """A search fills a model built from the output config; a whole VLM's file names (transformers 4's) are not
+    that model's own, and no family row maps them: one line, not a KeyError."""
+    from mmmerge.engine.plan import plan_merge
+    from mmmerge.errors import RecipeError
+    from mmmerge.searching.candidate import _names_in_memory
+
+    base, ft1, _ = models("vipllava")
+    plan = plan_merge({"merge_method": "linear", "models": [{"model": str(base), "parameters": {"weight": 1.0}},
+                                                            {"model": str(ft1), "parameters": {"weight": 1.0}}]})
+    held = set(T.AutoModelForImageTextToText.from_config(CONFIGS["vipllava"]()).state_dict())
+    with pytest.raises(RecipeError, match=r"output tensor language_model\.\S+ has no place in the whole model"):
+        _names_in_memory(plan, held)

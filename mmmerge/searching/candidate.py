@@ -29,15 +29,16 @@ def _names_in_memory(plan: Plan, held: set[str]) -> dict[str, str]:
     """Output tensor name -> the model's own parameter name, through the family's file layouts."""
     names = [t.name for t in plan.tasks]
     family = FAMILIES.get(plan.output_format)
-    if family is None or all(n in held for n in names):
+    if all(n in held for n in names):
         return {n: n for n in names}
-    for layout in ("saved", "hub"):
+    for layout in ("saved", "hub") if family is not None else ():
         mapped = {n: rename(n, family.layout(layout), to_memory=True) for n in names}
         if all(m in held for m in mapped.values()):
             return mapped
     missing = next(n for n in names if n not in held)
     raise RecipeError(f"output tensor {missing} has no place in the {plan.output_format} model built from the "
-                      f"output config")
+                      f"output config" + (" (a whole model's file names, which only its family row maps)"
+                                          if family is None else ""))
 
 
 class Candidates:
