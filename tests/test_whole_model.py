@@ -228,3 +228,24 @@ def test_a_search_over_whole_models_names_a_tensor_it_cannot_place(models):
     held = set(T.AutoModelForImageTextToText.from_config(CONFIGS["vipllava"]()).state_dict())
     with pytest.raises(RecipeError, match=r"output tensor language_model\.\S+ has no place in the whole model"):
         _names_in_memory(plan, held)
+
+
+def test_a_gradient_runs_over_each_stack_of_layers(models, tmp_path):
+    """As mergekit infers a model it has no definition of: t = layer / (layers - 1) within the encoder's 3 layers
+    and within the decoder's 2, 0 outside the layers."""
+    base, ft1, _ = models("vision-encoder-decoder")
+    out = merge(tmp_path, {"merge_method": "linear",
+                           "models": [{"model": str(base), "parameters": {"weight": 1.0}},
+                                      {"model": str(ft1), "parameters": {"weight": [0.0, 2.0]}}]})
+    cfg = T.AutoConfig.from_pretrained(base)
+    a, b = loaded_strictly("vision-encoder-decoder", base), loaded_strictly("vision-encoder-decoder", ft1)
+    got = loaded_strictly("vision-encoder-decoder", out)
+    stacks = {"encoder.layers.": cfg.encoder.num_hidden_layers, "decoder.transformer.h.": cfg.decoder.n_layer}
+    seen = set()
+    for name, t in got.items():
+        prefix = next((p for p in stacks if name.startswith(p)), None)
+        pos = int(name[len(prefix):].split(".")[0]) / (stacks[prefix] - 1) if prefix else 0.0
+        seen.add(pos)
+        w = 2.0 * pos
+        torch.testing.assert_close(t, (a[name] + w * b[name]) / (1.0 + w), rtol=0, atol=1e-6, msg=name)
+    assert seen == {0.0, 0.5, 1.0}

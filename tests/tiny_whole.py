@@ -42,8 +42,8 @@ def _t5gemma2():
 def _vision_encoder_decoder():
     decoder = T.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=TEXT["vocab_size"], n_positions=64,
                            bos_token_id=1, eos_token_id=2, add_cross_attention=True, is_decoder=True)
-    return T.VisionEncoderDecoderConfig.from_encoder_decoder_configs(T.ViTConfig(**VIT, image_size=32, patch_size=8),
-                                                                     decoder)
+    encoder = T.ViTConfig(**{**VIT, "num_hidden_layers": 3}, image_size=32, patch_size=8)  # not the decoder's 2
+    return T.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
 
 
 def _pi0():

@@ -9,7 +9,7 @@ Parameter values are resolved per tensor as mergekit 0.1.5 does for a ``models:`
 ``parameters`` first, then the global ``parameters``; per-model parameters of the base model are not
 used by methods that need a base; gradients are interpolated at t = layer / (layers - 1) for tensors of
 a numbered layer (t = 1 for a one-layer model) and t = 0 for all other tensors (embeddings, final norm,
-head).
+head); in a model merged whole, within each stack of numbered layers, as mergekit infers them.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .inputs import section_inputs
 from .opener import Opener
 from .slices import plan_slices
 from .tasks import ComponentPlan, SharedStream, TensorTask, native_dtype, planned, tensor_seed, written_dtype
-from .parameters import check_names, count_layers, layer_position, make_validator, resolve
+from .parameters import check_names, count_layers, layer_position, make_validator, resolve, stack_positions
 from .recipe import MergeSection, Recipe, SourceSection, dtype_of, ignored_keys, load_recipe
 
 
@@ -134,13 +134,14 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
     others = [r for r in refs if r != base_ref]
     check_inputs(spec, len(others), base_ref is not None)
     num_layers = count_layers(reference)
+    stacks = stack_positions(reference.tensors) if cname == WHOLE else None
     validators = {n: make_validator(spec.name, n, p) for n, p in {**spec.model_params, **spec.global_params}.items()}
     model_scopes = [[section.model_parameters(r), section.parameters] for r in others]
     global_scope = [section.parameters]
 
     tasks = {}
     for name, ref_t in reference.tensors.items():
-        t = layer_position(name, num_layers)
+        t = stacks[name] if stacks is not None else layer_position(name, num_layers)
         per_model = [resolve(spec.model_params, scopes, name, t, validators) for scopes in model_scopes]
         global_raw = resolve(spec.global_params, global_scope, name, t, validators)
         try:
