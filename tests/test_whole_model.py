@@ -249,3 +249,25 @@ def test_a_gradient_runs_over_each_stack_of_layers(models, tmp_path):
         w = 2.0 * pos
         torch.testing.assert_close(t, (a[name] + w * b[name]) / (1.0 + w), rtol=0, atol=1e-6, msg=name)
     assert seen == {0.0, 0.5, 1.0}
+
+
+def test_integer_buffers_are_copied_when_equal_and_named_when_not(models, tmp_path):
+    """A whole model carries what its class saves, integer buffers too (BatchNorm's num_batches_tracked): copied
+    where every input agrees, as mergekit does, and one line naming the tensor where they differ."""
+    from safetensors.torch import save_file
+
+    folders = []
+    for i, src in enumerate(models("pi0")[:2]):
+        dst = tmp_path / f"m{i}"
+        dst.mkdir()
+        (dst / "config.json").write_text((src / "config.json").read_text())
+        save_file({**file_tensors(src), "norm.num_batches_tracked": torch.tensor(100)}, dst / "model.safetensors")
+        folders.append(dst)
+    recipe = {"merge_method": "linear", "models": [{"model": str(f), "parameters": {"weight": 1.0}} for f in folders]}
+    out = merge(tmp_path, recipe)
+    assert file_tensors(out)["norm.num_batches_tracked"].item() == 100
+    save_file({**file_tensors(folders[1]), "norm.num_batches_tracked": torch.tensor(7)}, folders[1] / "model.safetensors")
+    (tmp_path / "r.yml").write_text(json.dumps(recipe))
+    one_line_error(run("merge", tmp_path / "r.yml", "--out", tmp_path / "o", "--quiet"),
+                   "tensor norm.num_batches_tracked (int64)")
+    assert not (tmp_path / "o").exists()

@@ -295,7 +295,9 @@ def merge_tensor(
         first = everything[0]
         if all(t.dtype == first.dtype and torch.equal(t, first) for t in everything[1:]):
             return first.clone()
-        raise RecipeError(f"{spec.name}: a non-floating tensor differs between inputs and cannot be merged")
+        what = f"tensor {name} ({str(first.dtype).removeprefix('torch.')})" if name else "a non-floating tensor"
+        raise RecipeError(f"{spec.name}: {what} differs between inputs and, not being floating point, cannot be "
+                          f"merged")
     in_place = {"out": out} if out is not None and spec.widens_inputs else {}
     if native_dtype is not None and spec.native is not None:  # mergekit's half-precision arithmetic
         with torch.no_grad(), _naming_non_finite(spec.name, everything, has_base=base is not None):
