@@ -341,9 +341,9 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
         section = recipe.merge
         ref = section.base_model or section.input_models()[0]
         ckpts = [opener(r) for r in section.input_models()]  # opened (and checked) before anything is planned
-        common = [c for c in COMPONENTS if all(c in ck.components for ck in ckpts)]
-        if any(ck.whole for ck in ckpts):
-            common = []
+        whole = any(ck.whole for ck in ckpts)  # then no input has components to merge or copy below
+        common = [] if whole else [c for c in COMPONENTS if all(c in ck.components for ck in ckpts)]
+        if whole:
             components[WHOLE] = plan_whole(section, ckpts, opener, seed=seed, notes=notes, warnings=warnings)
         elif not common:
             raise RecipeError("the models share no component (vision, projector, language) to merge")
