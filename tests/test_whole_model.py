@@ -271,3 +271,39 @@ def test_integer_buffers_are_copied_when_equal_and_named_when_not(models, tmp_pa
     one_line_error(run("merge", tmp_path / "r.yml", "--out", tmp_path / "o", "--quiet"),
                    "tensor norm.num_batches_tracked (int64)")
     assert not (tmp_path / "o").exists()
+
+
+def save_lora(model_type, base, folder):
+    """A random peft LoRA of the model at `base` (q and v projections), and peft's own merged weights."""
+    import peft
+
+    model = T.AutoModelForImageTextToText.from_pretrained(base)
+    torch.manual_seed(0)
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                         init_lora_weights=False))
+    wrapped.save_pretrained(folder)
+    return {n: t.clone() for n, t in wrapped.merge_and_unload().state_dict().items()}
+
+
+def test_a_lora_applies_to_a_whole_model_whose_files_use_peft_names(models, tmp_path):
+    """idefics2 keeps its in-memory names on disk, so peft's module names are its file names: BASE+LORA in a
+    merge gives peft's merge_and_unload."""
+    base, ft1, _ = models("idefics2")
+    merged = save_lora("idefics2", base, tmp_path / "lora")
+    out = merge(tmp_path, {"merge_method": "linear",
+                           "models": [{"model": f"{base}+{tmp_path / 'lora'}", "parameters": {"weight": 1.0}},
+                                      {"model": str(ft1), "parameters": {"weight": 1.0}}]})
+    other, got = loaded_strictly("idefics2", ft1), loaded_strictly("idefics2", out)
+    for name, t in got.items():
+        torch.testing.assert_close(t, (merged[name] + other[name]) / 2, rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_lora_of_a_whole_model_renamed_on_load_is_one_line(models, tmp_path):
+    """vipllava's files hold transformers 4 names; peft's are transformers 5's: named, and why, in one line."""
+    base, ft1, _ = models("vipllava")
+    save_lora("vipllava", base, tmp_path / "lora")
+    (tmp_path / "r.yml").write_text(json.dumps({"merge_method": "linear", "models": [
+        {"model": f"{base}+{tmp_path / 'lora'}", "parameters": {"weight": 1.0}},
+        {"model": str(ft1), "parameters": {"weight": 1.0}}]}))
+    one_line_error(run("merge", tmp_path / "r.yml", "--out", tmp_path / "o", "--dry-run"),
+                   "target module model.language_model.", "is read whole", "file names")
