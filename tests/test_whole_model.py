@@ -307,3 +307,24 @@ def test_a_lora_of_a_whole_model_renamed_on_load_is_one_line(models, tmp_path):
         {"model": str(ft1), "parameters": {"weight": 1.0}}]}))
     one_line_error(run("merge", tmp_path / "r.yml", "--out", tmp_path / "o", "--dry-run"),
                    "target module model.language_model.", "is read whole", "file names")
+
+
+def test_mergekit_merges_idefics2_whole_as_mmmerge_does(models, tmp_path):
+    """mergekit 0.1.5 has no definition of idefics2 and infers one from its tensor names (which transformers does
+    not rename on load): the same bf16 ties merge from both, bit for bit, in mergekit's own rounding."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+
+    from mergekit_oracle import magnitude_sorts_stable
+
+    base, ft1, ft2 = models("idefics2", torch.bfloat16)
+    recipe = {"merge_method": "ties", "base_model": str(base), "dtype": "bfloat16",
+              "models": [{"model": str(ft1), "parameters": {"weight": 1.0, "density": 0.5}},
+                         {"model": str(ft2), "parameters": {"weight": 0.5, "density": 0.7}}]}
+    ours = file_tensors(merge(tmp_path, recipe))
+    with magnitude_sorts_stable():
+        run_merge(MergeConfiguration.model_validate(recipe), str(tmp_path / "mergekit"),
+                  options=MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False))
+    theirs = file_tensors(tmp_path / "mergekit")
+    assert ours.keys() == theirs.keys()
+    assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in ours)
