@@ -215,19 +215,25 @@ def test_a_vlm_with_a_vision_tower_is_not_read_as_its_language_model(tmp_path):
     one_line_error(run("inspect", tmp_path), str(tmp_path), "no weights found")
 
 
-def test_a_search_over_whole_models_names_a_tensor_it_cannot_place(models):
-    """A search fills a model built from the output config; a whole VLM's file names (transformers 4's) are not
-    that model's own, and no family row maps them: one line, not a KeyError."""
+@pytest.mark.parametrize("model_type", ["vipllava", "pi0"])
+def test_a_search_places_a_whole_models_file_names_as_transformers_loads_them(model_type, models):
+    """A search fills a model built from the output config; vipllava's and pi0's files hold names transformers
+    renames on load. Each file tensor goes where transformers' own loader puts it; a tensor the model does not
+    hold is one line naming it, not a KeyError."""
     from mmmerge.engine.plan import plan_merge
     from mmmerge.errors import RecipeError
     from mmmerge.searching.candidate import _names_in_memory
 
-    base, ft1, _ = models("vipllava")
+    base, ft1, _ = models(model_type)
     plan = plan_merge({"merge_method": "linear", "models": [{"model": str(base), "parameters": {"weight": 1.0}},
                                                             {"model": str(ft1), "parameters": {"weight": 1.0}}]})
-    held = set(T.AutoModelForImageTextToText.from_config(CONFIGS["vipllava"]()).state_dict())
-    with pytest.raises(RecipeError, match=r"output tensor language_model\.\S+ has no place in the whole model"):
-        _names_in_memory(plan, held)
+    loaded = T.AutoModelForImageTextToText.from_pretrained(base).state_dict()
+    places = _names_in_memory(plan, set(loaded))
+    assert any(file != memory for file, memory in places.items())
+    files = file_tensors(base)
+    assert all(torch.equal(files[file], loaded[memory]) for file, memory in places.items())
+    with pytest.raises(RecipeError, match=r"output tensor \S+ has no place in the whole model"):
+        _names_in_memory(plan, set(loaded) - {next(iter(places.values()))})
 
 
 def test_a_gradient_runs_over_each_stack_of_layers(models, tmp_path):
@@ -285,28 +291,20 @@ def save_lora(model_type, base, folder):
     return {n: t.clone() for n, t in wrapped.merge_and_unload().state_dict().items()}
 
 
-def test_a_lora_applies_to_a_whole_model_whose_files_use_peft_names(models, tmp_path):
-    """idefics2 keeps its in-memory names on disk, so peft's module names are its file names: BASE+LORA in a
-    merge gives peft's merge_and_unload."""
-    base, ft1, _ = models("idefics2")
-    merged = save_lora("idefics2", base, tmp_path / "lora")
+@pytest.mark.parametrize("model_type", ["idefics2", "vipllava", "pi0"])
+def test_a_lora_applies_to_a_whole_model(model_type, models, tmp_path):
+    """peft names modules as transformers names them in memory: idefics2's file names already, vipllava's and pi0's
+    after transformers renames them on load. BASE+LORA in a merge gives peft's merge_and_unload."""
+    base, ft1, _ = models(model_type)
+    merged = save_lora(model_type, base, tmp_path / "lora")
     out = merge(tmp_path, {"merge_method": "linear",
                            "models": [{"model": f"{base}+{tmp_path / 'lora'}", "parameters": {"weight": 1.0}},
                                       {"model": str(ft1), "parameters": {"weight": 1.0}}]})
-    other, got = loaded_strictly("idefics2", ft1), loaded_strictly("idefics2", out)
+    other, got = loaded_strictly(model_type, ft1), loaded_strictly(model_type, out)
     for name, t in got.items():
         torch.testing.assert_close(t, (merged[name] + other[name]) / 2, rtol=0, atol=1e-6, msg=name)
-
-
-def test_a_lora_of_a_whole_model_renamed_on_load_is_one_line(models, tmp_path):
-    """vipllava's files hold transformers 4 names; peft's are transformers 5's: named, and why, in one line."""
-    base, ft1, _ = models("vipllava")
-    save_lora("vipllava", base, tmp_path / "lora")
-    (tmp_path / "r.yml").write_text(json.dumps({"merge_method": "linear", "models": [
-        {"model": f"{base}+{tmp_path / 'lora'}", "parameters": {"weight": 1.0}},
-        {"model": str(ft1), "parameters": {"weight": 1.0}}]}))
-    one_line_error(run("merge", tmp_path / "r.yml", "--out", tmp_path / "o", "--dry-run"),
-                   "target module model.language_model.", "is read whole", "file names")
+    plain = loaded_strictly(model_type, base)
+    assert any(not torch.equal(merged[n], plain[n]) for n in merged)  # the LoRA changed something
 
 
 def test_mergekit_merges_idefics2_whole_as_mmmerge_does(models, tmp_path):

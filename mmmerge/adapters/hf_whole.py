@@ -9,13 +9,16 @@ it has no components; `inspect` shows it.
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 from ..checkpoint import Checkpoint, Component
+from ..errors import MMMergeError
 from ..io.folder import write_model_folder
 from ..io.reader import read_folder
 from .families import family_of
-from .hf_common import auto_class_names, read_config, require_model_type
+from .hf_common import _kept_on_disk, auto_class_names, read_config, require_model_type
 
 FORMAT = "transformers-<model_type>-whole"  # e.g. transformers-idefics2-whole
 DESCRIPTION = "any other transformers folder (config.json with a model_type transformers knows), merged whole"
@@ -64,6 +67,44 @@ def why_whole(cfg: dict) -> str:
     if not isinstance(cfg.get("vision_config"), dict):
         return f"{model_type}: no vision_config, so no vision tower to split off ({arch})"
     return f"{model_type}: no vision/projector/language split known for {arch}"
+
+
+def memory_names(checkpoint: Checkpoint) -> dict[str, str]:
+    """File name -> the name transformers gives the tensor in memory (peft's module names, a built model's
+    parameters), by transformers' own renaming on load (transformers 5 renames some families' transformers 4
+    names); names it converts (fuses, splits) or does not know keep their file name. Kept on disk per
+    transformers version (`hf_common._kept_on_disk`)."""
+    component = checkpoint.component(COMPONENT)
+    config = json.dumps(component.config, sort_keys=True, default=str)
+    return _memory_names(component.arch, config, tuple(sorted(component.tensors)))
+
+
+@functools.lru_cache(maxsize=8)
+def _memory_names(arch: str, config_json: str, names: tuple[str, ...]) -> dict[str, str]:
+    def compute() -> dict:
+        import torch
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+        from .hf_export import model_class
+
+        config = dict(json.loads(config_json))
+        config.pop("architectures", None)
+        klass = model_class(arch)
+        with torch.device("meta"):
+            model = klass._from_config(klass.config_class.from_dict(config))
+        renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+        held = model.state_dict()
+        out = {}
+        for name in names:
+            renamed, _ = rename_source_key(name, renamings, [], model.base_model_prefix, held)
+            out[name] = renamed if renamed in held else name
+        return out
+
+    try:
+        return _kept_on_disk("memory-names", f"{arch}\n{config_json}\n" + "\n".join(names), compute)
+    except MMMergeError:  # no class of that name in transformers: the files' names are all there is
+        return {n: n for n in names}
 
 
 def read(path: Path) -> Checkpoint:

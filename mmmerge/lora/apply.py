@@ -34,12 +34,9 @@ def _with_bias(b: LazyTensor, module: LoraModule) -> LazyTensor:
 
 
 def _missing(adapter: LoraAdapter, ckpt: Checkpoint, what: str) -> AdapterMismatchError:
-    # peft names modules in memory; a whole model (adapters/hf_whole.py) goes by its file names
-    whole = (f"; {ckpt.path} is read whole ({ckpt.whole}), under its file names, which match peft's in-memory "
-             f"names only where transformers does not rename them on load" if ckpt.whole else "")
     return AdapterMismatchError(f"{adapter.file}: target module {what} is not in {ckpt.path} "
                                 f"(base_model_name_or_path: {adapter.config.get('base_model_name_or_path')}); "
-                                f"is this the adapter's base model?{whole}")
+                                f"is this the adapter's base model?")
 
 
 def apply_lora(ckpt: Checkpoint, adapter: LoraAdapter) -> Checkpoint:

@@ -16,6 +16,7 @@ import torch
 
 from ..adapters.families import FAMILIES, rename
 from ..adapters.hf_common import copy_side_files, transformers_bars
+from ..adapters.hf_whole import COMPONENT as WHOLE, memory_names
 from ..engine.execute import SIDE_FILES_SKIPPED, resolve_device, run_task
 from ..engine.finite import input_sources
 from ..engine.opener import Opener
@@ -31,14 +32,17 @@ def _names_in_memory(plan: Plan, held: set[str]) -> dict[str, str]:
     family = FAMILIES.get(plan.output_format)
     if all(n in held for n in names):
         return {n: n for n in names}
+    if WHOLE in plan.components:  # a whole model's file names, as transformers renames them on load
+        mapped = memory_names(plan.components[WHOLE].reference)
+        if all(mapped.get(n) in held for n in names):
+            return {n: mapped[n] for n in names}
     for layout in ("saved", "hub") if family is not None else ():
         mapped = {n: rename(n, family.layout(layout), to_memory=True) for n in names}
         if all(m in held for m in mapped.values()):
             return mapped
     missing = next(n for n in names if n not in held)
     raise RecipeError(f"output tensor {missing} has no place in the {plan.output_format} model built from the "
-                      f"output config" + (" (a whole model's file names, which only its family row maps)"
-                                          if family is None else ""))
+                      f"output config")
 
 
 class Candidates:
