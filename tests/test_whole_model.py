@@ -84,6 +84,7 @@ def check_layout_and_side_files(out, base):
     assert T.GenerationConfig.from_pretrained(out).max_new_tokens == 7
     assert json.loads((out / "config.json").read_text())["model_type"] == json.loads(
         (base / "config.json").read_text())["model_type"]
+    assert "of whole models (tensor by tensor" in (out / "README.md").read_text()
 
 
 @pytest.mark.parametrize("model_type", ALL)
