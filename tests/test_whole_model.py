@@ -188,24 +188,35 @@ def test_a_tensor_that_differs_is_named(models, tmp_path):
     one_line_error(run("merge", tmp_path / "r.yml", "--out", tmp_path / "o", "--dry-run"), victim)
 
 
-def test_tokenizer_source_keeps_a_shared_vocabulary_and_refuses_another(models, tmp_path):
-    base, ft1, ft2 = models("vipllava")
-    recipe = {"merge_method": "linear", "tokenizer_source": "union", "chat_template": "chatml",
-              "models": [{"model": str(base), "parameters": {"weight": 1.0}},
-                         {"model": str(ft1), "parameters": {"weight": 1.0}}]}
-    out = merge(tmp_path, recipe)
-    tok = T.AutoTokenizer.from_pretrained(out)
-    assert tok.get_vocab() == T.AutoTokenizer.from_pretrained(base).get_vocab()
-    assert "im_start" in tok.chat_template
+def test_tokenizer_source_reindexes_the_token_embeddings(models, tmp_path):
+    """`tokenizer_source: union` as mergekit runs it on a model it has no definition of: the class's token
+    embedding and head follow the output vocabulary (a token one model lacks takes the other's row), every other
+    tensor keeps its shape, and the config's vocab_size follows."""
+    base, ft1, _ = models("vipllava")
     other = tmp_path / "other"
     other.mkdir()
-    for f in ft2.iterdir():
+    for f in ft1.iterdir():
         (other / f.name).write_bytes(f.read_bytes())
-    make_tokenizer(other, ["a different vocabulary altogether"])
-    recipe["models"][1]["model"] = str(other)
-    (tmp_path / "r.yml").write_text(json.dumps(recipe))
-    one_line_error(run("merge", tmp_path / "r.yml", "--out", tmp_path / "o", "--dry-run"), "tokenizer:",
-                   "vocabulary", "whole-model merge")
+    make_tokenizer(other, ["a red square with seven new words nobody said", "is there a circle ? yes no"])
+    out = merge(tmp_path, {"merge_method": "linear", "tokenizer_source": "union", "chat_template": "chatml",
+                           "models": [{"model": str(base), "parameters": {"weight": 1.0}},
+                                      {"model": str(other), "parameters": {"weight": 1.0}}]})
+    vocab = T.AutoTokenizer.from_pretrained(out).get_vocab()
+    own = {p: T.AutoTokenizer.from_pretrained(p).get_vocab() for p in (base, other)}
+    assert set(vocab) == set(own[base]) | set(own[other]) and len(vocab) > len(own[base])
+    assert "im_start" in T.AutoTokenizer.from_pretrained(out).chat_template
+    assert json.loads((out / "config.json").read_text())["text_config"]["vocab_size"] == len(vocab)
+    sd = {p: loaded_strictly("vipllava", p) for p in (base, other)}
+    got = loaded_strictly("vipllava", out)
+    token_indexed = {"model.language_model.embed_tokens.weight", "lm_head.weight"}
+    for name, t in got.items():
+        if name not in token_indexed:
+            torch.testing.assert_close(t, (sd[base][name] + sd[other][name]) / 2, rtol=0, atol=1e-6, msg=name)
+            continue
+        assert t.shape[0] == len(vocab)
+        for token, i in vocab.items():
+            rows = [sd[p][name][own[p][token]] for p in (base, other) if token in own[p]]
+            torch.testing.assert_close(t[i], sum(rows) / len(rows), rtol=0, atol=1e-6, msg=f"{name} {token}")
 
 
 def test_a_vlm_with_a_vision_tower_is_not_read_as_its_language_model(tmp_path):

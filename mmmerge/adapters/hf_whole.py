@@ -82,17 +82,10 @@ def memory_names(checkpoint: Checkpoint) -> dict[str, str]:
 @functools.lru_cache(maxsize=8)
 def _memory_names(arch: str, config_json: str, names: tuple[str, ...]) -> dict[str, str]:
     def compute() -> dict:
-        import torch
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightRenaming, rename_source_key
 
-        from .hf_export import model_class
-
-        config = dict(json.loads(config_json))
-        config.pop("architectures", None)
-        klass = model_class(arch)
-        with torch.device("meta"):
-            model = klass._from_config(klass.config_class.from_dict(config))
+        model = _meta_model(arch, config_json)
         renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
         held = model.state_dict()
         out = {}
@@ -105,6 +98,49 @@ def _memory_names(arch: str, config_json: str, names: tuple[str, ...]) -> dict[s
         return _kept_on_disk("memory-names", f"{arch}\n{config_json}\n" + "\n".join(names), compute)
     except MMMergeError:  # no class of that name in transformers: the files' names are all there is
         return {n: n for n in names}
+
+
+def vocabulary_tensors(checkpoint: Checkpoint) -> tuple[str, ...]:
+    """File names of the tensors indexed by token, as mergekit finds them in a model it has no definition of: the
+    class's declared input embeddings (a token embedding) and an output head of as many rows."""
+    component = checkpoint.component(COMPONENT)
+    wanted = set(_vocabulary_names(component.arch, json.dumps(component.config, sort_keys=True, default=str)))
+    return tuple(file for file, memory in memory_names(checkpoint).items() if memory in wanted)
+
+
+@functools.lru_cache(maxsize=8)
+def _vocabulary_names(arch: str, config_json: str) -> list[str]:
+    def compute() -> dict:
+        import torch
+
+        model = _meta_model(arch, config_json)
+        embeddings = model.get_input_embeddings()
+        if not isinstance(embeddings, torch.nn.Embedding):  # a vision encoder's patch embedding is no vocabulary
+            return {"names": []}
+        params = {id(embeddings.weight)}
+        head = model.get_output_embeddings()
+        for p in (getattr(head, "weight", None), getattr(head, "bias", None)):
+            if p is not None and p.shape[0] == embeddings.num_embeddings:
+                params.add(id(p))
+        return {"names": [n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in params]}
+
+    try:
+        return _kept_on_disk("vocabulary", f"{arch}\n{config_json}", compute)["names"]
+    except MMMergeError:
+        return []
+
+
+def _meta_model(arch: str, config_json: str):
+    """The class built from the config on the meta device (no memory, no initialisation)."""
+    import torch
+
+    from .hf_export import model_class
+
+    config = dict(json.loads(config_json))
+    config.pop("architectures", None)
+    klass = model_class(arch)
+    with torch.device("meta"):
+        return klass._from_config(klass.config_class.from_dict(config))
 
 
 def read(path: Path) -> Checkpoint:

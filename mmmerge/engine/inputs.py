@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..adapters.hf_causal_lm import is_tied, untie
-from ..adapters.hf_whole import COMPONENT as WHOLE
+from ..adapters.hf_whole import COMPONENT as WHOLE, vocabulary_tensors
 from ..checkpoint import Checkpoint, Component, LazyTensor
 from .cross_attention import fit_text_models
 from .opener import Opener
@@ -49,7 +49,11 @@ def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list
         folders[source] = opener.path(source)
         opener.side_only.append(folders[source])  # an input too: no output may replace it
     if cname == WHOLE:
-        out.tokenizer = plan_whole_tokenizer(section, refs, folders, section.base_model, where, notes)
+        vocabulary = {r: vocabulary_tensors(ckpts[r]) for r in refs}
+        out.comps, out.tokenizer = plan_whole_tokenizer(section, refs, folders, comps, vocabulary, section.base_model,
+                                                        where, notes)
+        if out.tokenizer is not None and out.tokenizer.tokenizer is not None:
+            out.vocab = out.comps[ref_key].tensors[vocabulary[ref_key][0]].shape[0]
         return out
     comps, out.kept, vlm_rows = fit_text_models(comps, paths, ref_key, where, cname, notes)
     out.comps, out.tokenizer = plan_tokenizer(section, refs, folders, comps, section.base_model, where, notes)

@@ -26,7 +26,7 @@ from ..adapters.hf_common import class_layout, layout_of
 from ..adapters.hf_causal_lm import untie
 from ..adapters.hf_export import hf_config_dict
 from ..adapters.hf_multimodal import family_tensors
-from ..adapters.hf_whole import COMPONENT as WHOLE
+from ..adapters.hf_whole import COMPONENT as WHOLE, vocabulary_tensors
 from ..adapters.preprocess import image_processor_config
 from ..checkpoint import COMPONENTS, Checkpoint, Component
 from ..errors import RecipeError, ShapeMismatchError
@@ -246,8 +246,20 @@ def plan_whole(section: MergeSection, ckpts: list[Checkpoint], opener: Opener, *
 
 def _whole_output(cp: ComponentPlan) -> tuple[dict, list[TensorTask], Path | None]:
     """A whole model's output: the base's (the first input's) config.json and side files, every tensor merged
-    under its own name."""
-    return copy.deepcopy(cp.reference.source_config["config.json"]), list(cp.tasks.values()), cp.reference.side_files
+    under its own name; a new vocabulary's size wherever the config gave the old one."""
+    cfg = copy.deepcopy(cp.reference.source_config["config.json"])
+    if "vocab_size" in cp.config_updates:
+        tensors = cp.reference.component(WHOLE).tensors
+        _replace_vocab_size(cfg, tensors[vocabulary_tensors(cp.reference)[0]].shape[0], cp.config_updates["vocab_size"])
+    return cfg, list(cp.tasks.values()), cp.reference.side_files
+
+
+def _replace_vocab_size(cfg: dict, old: int, new: int) -> None:
+    for key, value in cfg.items():
+        if key == "vocab_size" and value == old:
+            cfg[key] = new
+        elif isinstance(value, dict):
+            _replace_vocab_size(value, old, new)
 
 
 def _untie_config(cfg: dict) -> None:

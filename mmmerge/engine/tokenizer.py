@@ -138,36 +138,19 @@ def plan_tokenizer(section: MergeSection, refs: list[str], folders: dict[str, Pa
 
 
 def plan_whole_tokenizer(section: MergeSection, refs: list[str], folders: dict[str, Path | None],
-                         base_ref: str | None, where: str, notes: list[str]) -> TokenizerPlan | None:
-    """The output tokenizer of a whole-model merge (adapters/hf_whole.py). Its tensors keep their names and shapes
-    and no embedding rows are known to re-index, so the recipe's tokenizer is taken only where it is every
-    input's own vocabulary already; a chat template is written as for any merge."""
+                         comps: dict[str, Component], vocabulary: dict[str, tuple[str, ...]], base_ref: str | None,
+                         where: str, notes: list[str]) -> tuple[dict[str, Component], TokenizerPlan | None]:
+    """`plan_tokenizer` for models merged whole (adapters/hf_whole.py): only the tensors indexed by token
+    (`vocabulary`: each model's, as mergekit finds them) follow the output vocabulary; the others keep their shape."""
     source = section.tokenizer.source if section.tokenizer is not None else section.tokenizer_source
-    if source is None and section.chat_template is None:
-        return None
-    base_ref = base_ref or refs[0]
-    tokenizers = {r: load_tokenizer(folders.get(r)) for r in refs}
-    template = resolve_chat_template(section.chat_template, list(tokenizers.values()), where)
-    if source is None:
-        return TokenizerPlan(chat_template=template)
-    if tokenizers[base_ref] is None:
-        raise RecipeError(f"{where}tokenizer: the base model {base_ref} has no tokenizer to build the output's from")
-    tokenizers = {r: tok if tok is not None else tokenizers[base_ref] for r, tok in tokenizers.items()}
-    vocabs = {r: tok.get_vocab() for r, tok in tokenizers.items()}
-    if source in ("base", "union") or source in refs:
-        out = output_tokenizer(source, base_ref, refs, tokenizers, vocabs)
-    else:
-        out = outside_tokenizer(source, folders.get(source), where, notes)
-    settings = section.tokenizer if section.tokenizer is not None else None
-    vocab = out.get_vocab()
-    other = next((r for r in refs if vocabs[r] != vocab), None)
-    if other is not None or (settings is not None and (settings.tokens or settings.pad_to_multiple_of)):
-        why = (f"{other}'s vocabulary ({len(vocabs[other])} tokens) is not that tokenizer's ({len(vocab)} tokens)"
-               if other is not None else "`tokens` and `pad_to_multiple_of` change the vocabulary")
-        raise RecipeError(f"{where}tokenizer: {why}, and a whole-model merge keeps every tensor's shape with no "
-                          f"embedding rows it knows to re-index; merge inputs that share one tokenizer")
-    notes.append(f"{where}tokenizer: {source}'s, the vocabulary every input has ({len(vocab)} tokens)")
-    return TokenizerPlan(out, template)
+    lacking = next((r for r in refs if not vocabulary[r]), None)
+    if source is not None and lacking is not None:
+        raise RecipeError(f"{where}tokenizer_source: {lacking} declares no token embedding (its class's input "
+                          f"embeddings) whose rows a tokenizer indexes")
+    tokens = {r: Component(c.name, c.arch, {"vocab_size": c.tensors[vocabulary[r][0]].shape[0]} if vocabulary[r] else {},
+                           {n: c.tensors[n] for n in vocabulary[r]}) for r, c in comps.items()}
+    tokens, plan = plan_tokenizer(section, refs, folders, tokens, base_ref, where, notes)
+    return {r: dataclasses.replace(c, tensors={**c.tensors, **tokens[r].tensors}) for r, c in comps.items()}, plan
 
 
 def outside_tokenizer(source: str, folder: Path | None, where: str, notes: list[str]):
