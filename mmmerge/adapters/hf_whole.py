@@ -4,7 +4,9 @@ The last resort of detection, for folders whose architecture mmmerge cannot spli
 language (a multimodal family with no row in the family table, an encoder-decoder captioner, an action policy,
 any other transformers model). Such a model still merges as mergekit merges any architecture: tensor by tensor,
 with the same names, shapes and dtypes as the base, and the base's config and side files. `why_whole` says why
-it has no components; `inspect` shows it.
+it has no components; `inspect` shows it. From the class built on the meta device, `memory_names` maps the file
+names to transformers' in-memory ones (peft's module names, a built model's parameters) and `vocabulary_tensors`
+names the tensors a tokenizer indexes.
 """
 
 from __future__ import annotations
