@@ -123,6 +123,7 @@ class Checkpoint:
     source_config: dict = field(default_factory=dict)  # the source's own config files, for `write_source`
     family: Any = None  # the multimodal family row (adapters.families.Family) of a whole MLLM, else None
     side_files: Path | None = None  # a transformers folder whose tokenizer, processor, ... travel with it
+    whole: str | None = None  # why the model has no components and merges whole (adapters/hf_whole.py), else None
 
     def __repr__(self) -> str:
         """One line: the path, the format and each component's architecture."""
@@ -130,6 +131,9 @@ class Checkpoint:
         return f"Checkpoint({str(self.path)!r}, format={self.format!r}, {parts or 'no components'})"
 
     def component(self, name: str) -> Component:
+        if name not in self.components and self.whole is not None:
+            raise MMMergeError(f"{self.path}: a whole model with no {name} component ({self.whole}); it merges "
+                               f"only whole, with `models:`, beside whole models of the same architecture")
         if name not in self.components:
             have = ", ".join(self.components) or "none"
             raise MMMergeError(f"{self.path}: has no {name} component (it has: {have})")

@@ -69,11 +69,14 @@ def summary(ckpt: Checkpoint) -> dict:
         "components": {name: component_summary(c) for name, c in ckpt.components.items()},
         "not_in_components": dict(ckpt.outside_reasons),
         "not_in_components_parameters": sum(t.numel for t in ckpt.outside.values()),
+        "whole_model": ckpt.whole,  # why it has no components (it merges whole), else None
     }
 
 
 def format_summary(s: dict) -> str:
     lines = [f"{s['path']}", f"  format: {s['format']}"]
+    if s.get("whole_model"):
+        lines.append(f"  whole model, no components ({s['whole_model']}): merges tensor by tensor")
     for name, c in s["components"].items():
         lines.append(f"  {name}: {c['architecture']}  {c['parameters']:,} parameters in {c['tensors']} tensors"
                      f"  ({', '.join(f'{d}: {n:,}' for d, n in c['dtypes'].items())})")

@@ -85,17 +85,24 @@ def front_matter(plan, out) -> dict:
     methods = [c.how.removeprefix("merge ") for c in plan.components.values() if c.how.startswith("merge ")]
     meta = {"base_model": list(dict.fromkeys(bases)), "library_name": "transformers",
             "tags": list(dict.fromkeys(["merge", "mmmerge", *methods]))}
-    if plan.output_format != "hf":
+    if plan.output_format not in ("hf", "whole"):
         meta["pipeline_tag"] = "image-text-to-text"
     return meta
+
+
+def written_as(output_format: str) -> str:
+    if output_format == "hf":
+        return ""
+    if output_format == "whole":
+        return ", of whole models (tensor by tensor, each under its own name)"
+    return f", written as a `{output_format}` checkpoint"
 
 
 def model_card(plan, out) -> str:
     """The README.md text of the merge `plan` written to `out`."""
     lines = ["---", yaml.safe_dump(front_matter(plan, out), sort_keys=False).rstrip("\n"), "---", "",
              f"# {Path(out).name}", "",
-             f"A merge made with mmmerge {__version__}"
-             + ("" if plan.output_format == "hf" else f", written as a `{plan.output_format}` checkpoint") + ".", ""]
+             f"A merge made with mmmerge {__version__}" + written_as(plan.output_format) + ".", ""]
     same: dict[tuple, list[str]] = {}  # components made the same way from the same inputs are listed once
     for c in plan.components.values():
         same.setdefault((c.how, tuple(c.sources), c.has_base), []).append(c.name)

@@ -9,8 +9,8 @@ import torch
 import transformers
 
 import tiny_families as F
-from mmmerge.adapters import (detect_adapter, hf_causal_lm, hf_multimodal, hf_vision, open_checkpoint, open_clip_vision,
-                              timm_vision)
+from mmmerge.adapters import (detect_adapter, hf_causal_lm, hf_multimodal, hf_vision, hf_whole, open_checkpoint,
+                              open_clip_vision, timm_vision)
 from mmmerge.adapters.families import FAMILIES
 from mmmerge.adapters.hf_export import model_class, save_hf
 from mmmerge.io import reader
@@ -18,6 +18,7 @@ from mmmerge.io.writer import write_safetensors
 from open_clip_sources import VISION, make_folder
 from timm_sources import SMALL, make_timm
 from tiny import clip_vision_config, llama_config, randomize
+from tiny_whole import save_model
 
 
 def causal_lm(path):
@@ -41,6 +42,8 @@ BUILDERS = {
     "open_clip": (open_clip_vision, lambda p: make_folder(p, VISION)),
     "timm/siglip": (timm_vision, lambda p: make_timm(p, "vit_base_patch16_siglip_224", SMALL)),
     **{f"family/{t}": (hf_multimodal, lambda p, t=t: F.save_tiny(t, p)) for t in sorted(FAMILIES)},
+    # types with no component split whatever the family table holds (the test of every other one forces it)
+    **{f"whole/{t}": (hf_whole, lambda p, t=t: save_model(t, p, seed=0)) for t in ("pi0", "vision-encoder-decoder")},
 }
 
 
@@ -84,7 +87,9 @@ def test_contract(case, built, tmp_path, monkeypatch):
     assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
 
     # strict load after writing: the whole family checkpoint, or each component as its own transformers folder
-    if ckpt.family is not None:
+    if ckpt.whole is not None:
+        folders = {ckpt.component(hf_whole.COMPONENT).arch: tmp_path / "back"}
+    elif ckpt.family is not None:
         out = tmp_path / "family"
         out.mkdir()
         (out / "config.json").write_text(json.dumps(ckpt.source_config["config.json"]))

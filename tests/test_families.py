@@ -176,12 +176,6 @@ def test_inspect_shows_three_components(model_type, saved):
     assert s["components"]["language"]["architecture"] == ckpt.components["language"].arch
 
 
-def test_a_family_without_a_row_is_refused_by_name(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma4", "vision_config": {"model_type": "x"},
-                                                      "text_config": {"model_type": "y"}}))
-    one_line_error(run("inspect", tmp_path), "model_type gemma4 is an image-text-to-text family with no row")
-
-
 def test_an_unknown_model_type_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen9_vl", "vision_config": {}}))
     one_line_error(run("inspect", tmp_path), str(tmp_path), "not a checkpoint")

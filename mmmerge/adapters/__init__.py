@@ -15,9 +15,10 @@ from pathlib import Path
 
 from ..checkpoint import Checkpoint
 from ..errors import UnknownFormatError, UnreadableFileError
-from . import hf_causal_lm, hf_multimodal, hf_vision, open_clip_vision, timm_vision
+from . import hf_causal_lm, hf_multimodal, hf_vision, hf_whole, open_clip_vision, timm_vision
 
-ADAPTERS = [open_clip_vision, timm_vision, hf_multimodal, hf_vision, hf_causal_lm]
+# hf_whole last: it takes any transformers folder the others do not split into components
+ADAPTERS = [open_clip_vision, timm_vision, hf_multimodal, hf_vision, hf_causal_lm, hf_whole]
 
 
 def detect_adapter(path: Path):

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..checkpoint import Checkpoint, Component
 from ..io.folder import write_model_folder
 from ..io.reader import read_folder
+from .hf_whole import has_vision_tower
 from .hf_common import auto_class_names, describe_outside, leftovers, read_config, require_model_type, take_component
 
 FORMAT = "transformers-causal-lm"
@@ -29,7 +30,7 @@ def detect(path: Path) -> bool:
     if not Path(path).is_dir():
         return False
     cfg = read_config(path)
-    return bool(cfg) and "architecture" not in cfg and causal_lm_arch(cfg) is not None
+    return bool(cfg) and "architecture" not in cfg and causal_lm_arch(cfg) is not None and not has_vision_tower(cfg)
 
 
 def read(path: Path) -> Checkpoint:

@@ -27,17 +27,10 @@ MEMORY = "memory"
 
 
 def detect(path: Path) -> bool:
-    """A folder of a family in the table, or of an image-text-to-text family that is not (refused by `read`
-    with its name, rather than read as a causal LM that some of them also register as)."""
+    """A folder of a family in the table (any other transformers folder is read whole by `hf_whole`)."""
     if not Path(path).is_dir():
         return False
-    cfg = read_config(path)
-    return family_of(cfg) is not None or unknown_family(cfg)
-
-
-def unknown_family(cfg: dict | None) -> bool:
-    return (isinstance(cfg, dict) and isinstance(cfg.get("vision_config"), dict)
-            and cfg.get("model_type") in auto_class_names("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"))
+    return family_of(read_config(path)) is not None
 
 
 def sub_config(cfg: dict, key: str, where: Path) -> dict:

@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..adapters.hf_causal_lm import is_tied, untie
+from ..adapters.hf_whole import COMPONENT as WHOLE, vocabulary_tensors
 from ..checkpoint import Checkpoint, Component, LazyTensor
 from .cross_attention import fit_text_models
 from .opener import Opener
 from .recipe import MergeSection
-from .tokenizer import TokenizerPlan, plan_tokenizer
+from .tokenizer import TokenizerPlan, plan_tokenizer, plan_whole_tokenizer
 from .vocab import align_vocabularies, drop_partial_extras
 
 
@@ -40,14 +41,21 @@ def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list
                      f"the output stores lm_head (tie_word_embeddings: false)")
     comps = drop_partial_extras(comps, paths, where, cname, notes)
     out = SectionInputs(ckpts, paths, comps)
-    if cname != "language":
+    if cname not in ("language", WHOLE):
         return out
-    comps, out.kept, vlm_rows = fit_text_models(comps, paths, ref_key, where, cname, notes)
     folders = {r: ckpts[r].side_files for r in refs}
     source = section.tokenizer.source if section.tokenizer is not None else section.tokenizer_source
     if source not in (None, "base", "union", *refs):  # a model outside the merge: its tokenizer only, as mergekit
         folders[source] = opener.path(source)
         opener.side_only.append(folders[source])  # an input too: no output may replace it
+    if cname == WHOLE:
+        vocabulary = {r: vocabulary_tensors(ckpts[r]) for r in refs}
+        out.comps, out.tokenizer = plan_whole_tokenizer(section, refs, folders, comps, vocabulary, section.base_model,
+                                                        where, notes)
+        if out.tokenizer is not None and out.tokenizer.tokenizer is not None:
+            out.vocab = out.comps[ref_key].tensors[vocabulary[ref_key][0]].shape[0]
+        return out
+    comps, out.kept, vlm_rows = fit_text_models(comps, paths, ref_key, where, cname, notes)
     out.comps, out.tokenizer = plan_tokenizer(section, refs, folders, comps, section.base_model, where, notes)
     if out.tokenizer is not None and out.tokenizer.tokenizer is not None:
         out.vocab = out.comps[ref_key].config["vocab_size"]

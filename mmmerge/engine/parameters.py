@@ -32,6 +32,25 @@ def layer_position(name: str, num_layers: int) -> float:
     return int(m.group(1)) / (num_layers - 1)
 
 
+# mergekit's module inference for architectures it has no definition of: a module is the name up to the first
+# numbered part, its layer count the largest number + 1 (mergekit/architecture/auto.py)
+STACK_RE = re.compile(r"\.(\d+)\.")
+
+
+def stack_positions(names) -> dict[str, float]:
+    """mergekit's t for each tensor of a model merged whole: layer / (layers - 1) within the tensor's own stack of
+    numbered layers (the vision tower's and the decoder's counts differ), 1 for a one-layer stack, else 0."""
+    found = {n: m for n in names if (m := STACK_RE.search(n))}
+    counts: dict[str, int] = {}
+    for n, m in found.items():
+        counts[n[:m.start()]] = max(counts.get(n[:m.start()], 0), int(m.group(1)) + 1)
+    out = {n: 0.0 for n in names}
+    for n, m in found.items():
+        layers = counts[n[:m.start()]]
+        out[n] = int(m.group(1)) / (layers - 1) if layers > 1 else 1.0
+    return out
+
+
 def count_layers(component: Component) -> int:
     for key in ("num_hidden_layers", "num_layers", "n_layer"):
         if isinstance(component.config.get(key), int):

@@ -9,7 +9,7 @@ Parameter values are resolved per tensor as mergekit 0.1.5 does for a ``models:`
 ``parameters`` first, then the global ``parameters``; per-model parameters of the base model are not
 used by methods that need a base; gradients are interpolated at t = layer / (layers - 1) for tensors of
 a numbered layer (t = 1 for a one-layer model) and t = 0 for all other tensors (embeddings, final norm,
-head).
+head); in a model merged whole, within each stack of numbered layers, as mergekit infers them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..adapters.hf_common import class_layout, layout_of
 from ..adapters.hf_causal_lm import untie
 from ..adapters.hf_export import hf_config_dict
 from ..adapters.hf_multimodal import family_tensors
+from ..adapters.hf_whole import COMPONENT as WHOLE, vocabulary_tensors
 from ..adapters.preprocess import image_processor_config
 from ..checkpoint import COMPONENTS, Checkpoint, Component
 from ..errors import RecipeError, ShapeMismatchError
@@ -34,7 +35,7 @@ from .inputs import section_inputs
 from .opener import Opener
 from .slices import plan_slices
 from .tasks import ComponentPlan, SharedStream, TensorTask, native_dtype, planned, tensor_seed, written_dtype
-from .parameters import check_names, count_layers, layer_position, make_validator, resolve
+from .parameters import check_names, count_layers, layer_position, make_validator, resolve, stack_positions
 from .recipe import MergeSection, Recipe, SourceSection, dtype_of, ignored_keys, load_recipe
 
 
@@ -133,13 +134,14 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
     others = [r for r in refs if r != base_ref]
     check_inputs(spec, len(others), base_ref is not None)
     num_layers = count_layers(reference)
+    stacks = stack_positions(reference.tensors) if cname == WHOLE else None
     validators = {n: make_validator(spec.name, n, p) for n, p in {**spec.model_params, **spec.global_params}.items()}
     model_scopes = [[section.model_parameters(r), section.parameters] for r in others]
     global_scope = [section.parameters]
 
     tasks = {}
     for name, ref_t in reference.tensors.items():
-        t = layer_position(name, num_layers)
+        t = stacks[name] if stacks is not None else layer_position(name, num_layers)
         per_model = [resolve(spec.model_params, scopes, name, t, validators) for scopes in model_scopes]
         global_raw = resolve(spec.global_params, global_scope, name, t, validators)
         try:
@@ -226,6 +228,38 @@ def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[TensorTa
     if comp.preprocess and side is None:
         pre = image_processor_config(comp.preprocess)
     return cfg, tasks, side, pre
+
+
+def plan_whole(section: MergeSection, ckpts: list[Checkpoint], opener: Opener, **kw) -> ComponentPlan:
+    """A merge of whole models (adapters/hf_whole.py): every input must be one, and the plan merges every tensor."""
+    whole = next(ck for ck in ckpts if ck.whole)
+    split = next((ck for ck in ckpts if not ck.whole), None)
+    if split is not None:
+        raise RecipeError(f"{split.path} ({split.format}) is read as components ({', '.join(split.components)}) but "
+                          f"{whole.path} merges only whole ({whole.whole}); merge whole models only with whole "
+                          f"models of the same architecture")
+    if section.slices is not None:
+        raise RecipeError(f"slices: {whole.path} merges whole ({whole.whole}), with no language model whose "
+                          f"layers the ranges name; use `models:`")
+    return plan_merge_section(section, WHOLE, opener, **kw)
+
+
+def _whole_output(cp: ComponentPlan) -> tuple[dict, list[TensorTask], Path | None]:
+    """A whole model's output: the base's (the first input's) config.json and side files, every tensor merged
+    under its own name; a new vocabulary's size wherever the config gave the old one."""
+    cfg = copy.deepcopy(cp.reference.source_config["config.json"])
+    if "vocab_size" in cp.config_updates:
+        tensors = cp.reference.component(WHOLE).tensors
+        _replace_vocab_size(cfg, tensors[vocabulary_tensors(cp.reference)[0]].shape[0], cp.config_updates["vocab_size"])
+    return cfg, list(cp.tasks.values()), cp.reference.side_files
+
+
+def _replace_vocab_size(cfg: dict, old: int, new: int) -> None:
+    for key, value in cfg.items():
+        if key == "vocab_size" and value == old:
+            cfg[key] = new
+        elif isinstance(value, dict):
+            _replace_vocab_size(value, old, new)
 
 
 def _untie_config(cfg: dict) -> None:
@@ -319,8 +353,11 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
         section = recipe.merge
         ref = section.base_model or section.input_models()[0]
         ckpts = [opener(r) for r in section.input_models()]  # opened (and checked) before anything is planned
-        common = [c for c in COMPONENTS if all(c in ck.components for ck in ckpts)]
-        if not common:
+        whole = any(ck.whole for ck in ckpts)  # then no input has components to merge or copy below
+        common = [] if whole else [c for c in COMPONENTS if all(c in ck.components for ck in ckpts)]
+        if whole:
+            components[WHOLE] = plan_whole(section, ckpts, opener, seed=seed, notes=notes, warnings=warnings)
+        elif not common:
             raise RecipeError("the models share no component (vision, projector, language) to merge")
         if section.slices is not None and len(common) > 1:  # layer ranges name the language model's layers
             common = ["language"]
@@ -335,7 +372,7 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
                 components[cname] = plan_copy(opener(holder), opener.path(holder), cname,
                                               dtype=dtype_of(section.dtype), out_dtype=dtype_of(section.out_dtype))
                 notes.append(f"{cname}: copied from {opener.path(holder)} (not every model has one)")
-        fmt = "family" if set(components) == set(COMPONENTS) else "hf"
+        fmt = "whole" if WHOLE in components else "family" if set(components) == set(COMPONENTS) else "hf"
         if fmt == "hf" and len(components) != 1:
             raise RecipeError(f"the models give components {', '.join(components)}; name each in a `components:` recipe")
     else:
@@ -354,7 +391,9 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
 
     preprocessor = None
     kept_from = None
-    if fmt == "hf":
+    if fmt == "whole":
+        config, tasks, side = _whole_output(components[WHOLE])
+    elif fmt == "hf":
         (cp,) = components.values()
         config, tasks, side, preprocessor = _hf_output(cp, notes)
     else:
@@ -371,7 +410,8 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
                          + "; ".join(f"{', '.join(p)} ({why})" for why, p in by_reason.items()))
     if seed is not None and not any(getattr(sec, "random_stream", None) == "per_tensor" for sec in sections(recipe)):
         tasks = one_random_stream(tasks, seed)
-    tokenizer = components["language"].tokenizer if "language" in components else None
+    text = components.get("language") or components.get(WHOLE)
+    tokenizer = text.tokenizer if text is not None else None
     return Plan(recipe, components, fmt, config, side, tasks, notes, warnings, tokenizer, preprocessor,
                 [part for key in opener.cache for part in opener.loras.get(key, (key,))] + opener.side_only)
 

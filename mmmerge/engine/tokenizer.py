@@ -137,6 +137,22 @@ def plan_tokenizer(section: MergeSection, refs: list[str], folders: dict[str, Pa
     return permuted, TokenizerPlan(out, template)
 
 
+def plan_whole_tokenizer(section: MergeSection, refs: list[str], folders: dict[str, Path | None],
+                         comps: dict[str, Component], vocabulary: dict[str, tuple[str, ...]], base_ref: str | None,
+                         where: str, notes: list[str]) -> tuple[dict[str, Component], TokenizerPlan | None]:
+    """`plan_tokenizer` for models merged whole (adapters/hf_whole.py): only the tensors indexed by token
+    (`vocabulary`: each model's, as mergekit finds them) follow the output vocabulary; the others keep their shape."""
+    source = section.tokenizer.source if section.tokenizer is not None else section.tokenizer_source
+    lacking = next((r for r in refs if not vocabulary[r]), None)
+    if source is not None and lacking is not None:
+        raise RecipeError(f"{where}tokenizer_source: {lacking} declares no token embedding (its class's input "
+                          f"embeddings) whose rows a tokenizer indexes")
+    tokens = {r: Component(c.name, c.arch, {"vocab_size": c.tensors[vocabulary[r][0]].shape[0]} if vocabulary[r] else {},
+                           {n: c.tensors[n] for n in vocabulary[r]}) for r, c in comps.items()}
+    tokens, plan = plan_tokenizer(section, refs, folders, tokens, base_ref, where, notes)
+    return {r: dataclasses.replace(c, tensors={**c.tensors, **tokens[r].tensors}) for r, c in comps.items()}, plan
+
+
 def outside_tokenizer(source: str, folder: Path | None, where: str, notes: list[str]):
     """The tokenizer of a model that is not merged (mergekit reads it whole, and only it: the model's weights give
     no rows; a token no merged model has gets zeros)."""

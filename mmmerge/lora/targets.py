@@ -6,18 +6,23 @@ in-memory names of the transformers version it was trained with: today's (`model
 `lm_head`, `model.vision_tower.*`, `model.visual.*`, ...) or, before transformers 5, the names its files
 hold (`language_model.model.*`, `vision_tower.vision_model.*`, `visual.*`, ...). The family table knows
 both: a name is renamed from each of the family's layouts to the in-memory name, which the table splits into
-(component, canonical name); a module is found when that `.weight` is a tensor of the component.
+(component, canonical name); a module is found when that `.weight` is a tensor of the component. A model read
+whole keeps its file names; transformers' own renaming on load maps them to peft's.
 """
 
 from __future__ import annotations
 
 from ..adapters.families import join_name, rename, split_name
+from ..adapters.hf_whole import COMPONENT, memory_names
 from ..checkpoint import Checkpoint
 
 
 def locate(ckpt: Checkpoint, name: str, suffix: str = ".weight") -> tuple[str, str] | None:
     """(component, canonical tensor name) of peft parameter `name + suffix`, or None when the base lacks it."""
     family = ckpt.family
+    if ckpt.whole is not None:  # file names, which transformers may rename on load: peft names the loaded model's
+        file = {m: f for f, m in memory_names(ckpt).items()}.get(name + suffix, name + suffix)
+        return (COMPONENT, file) if file in ckpt.component(COMPONENT).tensors else None
     if family is None:
         for cname in ckpt.components:
             for prefix in ("", "vision_model."):

@@ -306,7 +306,9 @@ def merge_tensor(
         first = everything[0]
         if all(t.dtype == first.dtype and torch.equal(t, first) for t in everything[1:]):
             return first.clone()
-        raise RecipeError(f"{spec.name}: a non-floating tensor differs between inputs and cannot be merged")
+        what = f"tensor {name} ({str(first.dtype).removeprefix('torch.')})" if name else "a non-floating tensor"
+        raise RecipeError(f"{spec.name}: {what} differs between inputs and, not being floating point, cannot be "
+                          f"merged")
     if spec.finite_inputs:
         bad = _non_finite_input(spec.name, everything, has_base=base is not None)
         if bad is not None:

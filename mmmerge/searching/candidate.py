@@ -16,6 +16,7 @@ import torch
 
 from ..adapters.families import FAMILIES, rename
 from ..adapters.hf_common import copy_side_files, transformers_bars
+from ..adapters.hf_whole import COMPONENT as WHOLE, memory_names
 from ..engine.execute import SIDE_FILES_SKIPPED, resolve_device, run_task
 from ..engine.finite import input_sources
 from ..engine.opener import Opener
@@ -29,9 +30,13 @@ def _names_in_memory(plan: Plan, held: set[str]) -> dict[str, str]:
     """Output tensor name -> the model's own parameter name, through the family's file layouts."""
     names = [t.name for t in plan.tasks]
     family = FAMILIES.get(plan.output_format)
-    if family is None or all(n in held for n in names):
+    if all(n in held for n in names):
         return {n: n for n in names}
-    for layout in ("saved", "hub"):
+    if WHOLE in plan.components:  # a whole model's file names, as transformers renames them on load
+        mapped = memory_names(plan.components[WHOLE].reference)
+        if all(mapped.get(n) in held for n in names):
+            return {n: mapped[n] for n in names}
+    for layout in ("saved", "hub") if family is not None else ():
         mapped = {n: rename(n, family.layout(layout), to_memory=True) for n in names}
         if all(m in held for m in mapped.values()):
             return mapped
