@@ -138,27 +138,26 @@ class Rescaled:
 
 
 def select_top(part: Part, n: int, chunk: int, k: int, *, ties_low: bool, like: torch.Tensor,
-               exact_bins: bool = False, keys: Part | None = None) -> TopKeep:
+               bins_of: torch.dtype | None = None, keys: Part | None = None) -> TopKeep:
     """The k (0 < k < n) entries of largest magnitude, without a sort: a histogram of `magnitude_keys` over every
-    slice finds the bin of the k-th largest; unless each bin is one value (half precision, or float32 holding
-    bf16 values: `exact_bins`) that bin's entries are ranked exactly; a last scan finds where the kept ties at
-    the cut end, in index order from the low end (`ties_low`) or the high end. `keys`: start -> the slice's
-    `magnitude_keys`, where the caller has a cheaper way to them than from `part`."""
+    slice finds the bin of the k-th largest; unless each bin is one value (half precision; or `bins_of`, the half
+    dtype whose bit patterns `keys` returns for float32 values rounded to it) that bin's entries are ranked
+    exactly; a last scan finds where the kept ties at the cut end, in index order from the low end (`ties_low`)
+    or the high end. `keys`: start -> the slice's `magnitude_keys`, where the caller has a cheaper way to them
+    than from `part`."""
     keys = keys or (lambda start: magnitude_keys(part(start)))
     counts = torch.zeros(BINS, dtype=torch.int64)
     for start in range(0, n, chunk):
         counts += torch.bincount(keys(start), minlength=BINS)
-    if int(counts[_INF_KEY[like.dtype]:].sum()):
+    if like.dtype in HALF:
+        bins_of = like.dtype
+    if int(counts[_INF_KEY[bins_of or like.dtype]:].sum()):
         raise ValueError("inf or NaN in a task vector")  # merge_tensor names the input that holds it
     at_or_above = counts.flip(0).cumsum(0).flip(0)
     b = int((at_or_above >= k).nonzero()[-1])
     need = k - int(at_or_above[b] - counts[b])  # how many of bin b's entries are kept: 1..counts[b]
-    if like.dtype in HALF or exact_bins:
-        cut = (torch.tensor([b], dtype=torch.int16).view(like.dtype) if like.dtype in HALF
-               else torch.tensor([b << 16], dtype=torch.int32).view(torch.float32)).reshape(())
-
-        def equal(d):
-            return magnitude_keys(d) == b
+    if bins_of is not None:
+        cut = torch.tensor([b], dtype=torch.int16).view(bins_of).to(like.dtype).reshape(())
     else:
         inside = torch.cat([d.abs()[magnitude_keys(d) == b] for d in map(part, range(0, n, chunk))])
         cut = torch.kthvalue(inside, inside.numel() - need + 1).values
@@ -168,7 +167,7 @@ def select_top(part: Part, n: int, chunk: int, k: int, *, ties_low: bool, like: 
             return d.abs() == cut
     starts = range(0, n, chunk) if ties_low else reversed(range(0, n, chunk))
     for start in starts:
-        at = (keys(start) == b if exact_bins else equal(part(start))).nonzero().squeeze(1)
+        at = (keys(start) == b if bins_of is not None else equal(part(start))).nonzero().squeeze(1)
         if need <= at.numel():
             split = start + int(at[need - 1]) + 1 if ties_low else start + int(at[at.numel() - need])
             return TopKeep(cut, split, ties_low=ties_low)
