@@ -200,7 +200,8 @@ def test_a_file_truncated_after_opening_names_the_file(tmp_path):
 def test_tensors_computed_into_the_files_mapped_pages_are_the_bytes_written_through_the_page_cache(tmp_path,
                                                                                                     monkeypatch):
     """Large output tensors are computed in place, in the output file's mapped pages (LazyTensor.fill), or copied
-    there from load(); the files are byte for byte what the write path gives, shards and index included."""
+    there from load(); the files are byte for byte what the write path gives (small tensors computed into the
+    writer's buffers), shards and index included."""
     from mmmerge.io import writer
 
     g = torch.Generator().manual_seed(0)
@@ -217,10 +218,33 @@ def test_tensors_computed_into_the_files_mapped_pages_are_the_bytes_written_thro
     (tmp_path / "page-cache").mkdir()
     (tmp_path / "mapped").mkdir()
     written = write_safetensors(tmp_path / "page-cache", tensors, max_shard_bytes=100)
-    assert not filled
+    assert sorted(filled) == ["t0", "t2", "t4"]  # small ones too: into the writer's reused buffers
+    filled.clear()
     monkeypatch.setattr(writer, "MAPPED_FROM", 0)
     assert write_safetensors(tmp_path / "mapped", tensors, max_shard_bytes=100) == written
     assert sorted(filled) == ["t0", "t2", "t4"]
     for name in written:
         assert (tmp_path / "mapped" / name).read_bytes() == (tmp_path / "page-cache" / name).read_bytes(), name
     assert len(written) > 2  # shards, and their index
+
+
+def test_tensors_filled_into_reused_buffers_are_written_as_computed_while_a_write_is_slow(tmp_path, monkeypatch):
+    """Small tensors are computed into two buffers in turn while the one before is written: a buffer is reused only
+    after its write is done (here each write waits first, so reusing the buffer in flight would write the next
+    tensor's values in its place)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mmmerge.io.writer as writer
+
+    class SlowWrites(ThreadPoolExecutor):
+        def submit(self, fn, *args):
+            return super().submit(lambda: (time.sleep(0.05), fn(*args))[1])
+
+    monkeypatch.setattr(writer, "ThreadPoolExecutor", SlowWrites)
+    values = {f"t{i}": torch.full((3 + i, 5), float(i), dtype=torch.bfloat16) for i in range(6)}
+    tensors = {name: LazyTensor(tuple(v.shape), v.dtype, lambda v=v: v.clone(), fill=lambda out, v=v: out.copy_(v))
+               for name, v in values.items()}
+    write_safetensors(tmp_path, tensors)
+    back = load_file(tmp_path / "model.safetensors")
+    assert all(torch.equal(back[name], v) for name, v in values.items())

@@ -72,6 +72,20 @@ def test_merge_tensor_raises_the_error_not_an_index_or_linalg_error(method):
         merge_tensor(method, [bad, base + 0.1], base, params)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs"])
+def test_half_precision_merges_name_the_input_too(method, value, dtype):
+    """In mergekit's half-precision arithmetic the selection reads half-precision bit patterns: inf and NaN
+    have their own there (float16's are not float32's), and still stop the merge with the input's name."""
+    base = torch.randn(64, 64).to(dtype)
+    bad = (base.float() + 0.1 * torch.randn(64, 64)).to(dtype)
+    bad[2, 2] = value
+    params = [{k: 0.5 for k in ("weight", "density") if k in REGISTRY[method].model_params}] * 2
+    with pytest.raises(NonFiniteError, match=rf"{method}: input 0 holds 1 non-finite value"):
+        merge_tensor(method, [bad, (base.float() + 0.1).to(dtype)], base, params, native_dtype=dtype)
+
+
 def test_merge_loras_names_the_adapter_and_refuses_non_finite_weights(world, tmp_path):
     bad_a = torch.randn(2, 32)
     bad_a[0, 1] = float("inf")

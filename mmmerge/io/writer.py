@@ -68,13 +68,17 @@ def write_shard(path: Path, names: list[str], tensors: Mapping[str, LazyTensor],
     computed). A tensor over `MAPPED_FROM` bytes is computed straight into the file's own pages, mapped for it
     alone, so no output tensor larger than that is ever held in anonymous memory; smaller ones are written by a
     second thread while the next is computed (writing through the page cache is cheaper than filling mapped
-    pages, which the file system must make writable one by one). One write is in flight at a time, in order."""
+    pages, which the file system must make writable one by one). One write is in flight at a time, in order.
+    Those computed in place are computed into one of two buffers, reused from tensor to tensor: fresh memory
+    costs a page fault per page at its first write, more than a linear merge's arithmetic."""
     header = _header(names, tensors, metadata)
     total = len(header) + sum(tensors[n].nbytes for n in names)
     with open(path, "w+b") as f, ThreadPoolExecutor(1) as writer:
         f.write(header)
         f.flush()
         mapped = _reserve(f, total)
+        small = [tensors[n].nbytes for n in names if not (mapped and tensors[n].nbytes > MAPPED_FROM)]
+        buffers = _Alternating(max(small, default=0))
         offset, in_flight = len(header), None
         for name in names:
             t = tensors[name]
@@ -89,12 +93,29 @@ def write_shard(path: Path, names: list[str], tensors: Mapping[str, LazyTensor],
                 if on_tensor:
                     on_tensor(name, t.nbytes)
             else:
-                value = _checked(name, t, t.load()).to(device="cpu", dtype=t.dtype).contiguous()
+                if t.fill is not None:  # not the buffer of the write in flight: that one was filled before it
+                    value = buffers.next(t)
+                    t.fill(value)
+                else:
+                    value = _checked(name, t, t.load()).to(device="cpu", dtype=t.dtype).contiguous()
                 data = memoryview(value.reshape(-1).view(torch.uint8).numpy())
                 in_flight = _finish(in_flight, on_tensor)
                 in_flight = (writer.submit(f.write, data), name, t.nbytes)
             offset += t.nbytes
         _finish(in_flight, on_tensor)
+
+
+class _Alternating:
+    """Two byte buffers of `size` bytes, handed out in turn as a tensor's dtype and shape, allocated at first use."""
+
+    def __init__(self, size: int):
+        self.size, self.buffers, self.turn = size, [], 1
+
+    def next(self, t: LazyTensor) -> torch.Tensor:
+        self.turn = 1 - self.turn
+        if len(self.buffers) <= self.turn:
+            self.buffers.append(torch.empty(self.size, dtype=torch.uint8))
+        return self.buffers[self.turn][:t.nbytes].view(t.dtype).view(t.shape)
 
 
 def _finish(in_flight, on_tensor):

@@ -4,9 +4,10 @@ A `Keep` zeroes what a sparsifier drops in one slice of a task vector, as mergek
 dropped entry keeps its sign: -x·0 is -0), and applies the L1 rescale factor where the method rescales.
 
 TIES and breadcrumbs keep the entries of largest magnitude. mergekit ranks them with `torch.argsort`, a full sort
-of the whole tensor; here a histogram of the magnitudes' bit patterns finds the cut value, a second scan finds
-where the ties at the cut end. For bfloat16 and float16 each histogram bin is one value, so the cut is exact
-from the histogram alone; float32 refines the one bin holding it.
+of the whole tensor; here a histogram of the magnitudes' bit patterns finds the cut value, and where the ties
+at the cut end is found by a second scan, or, for the low end, counted during the merge's own pass (`TieCount`).
+For bfloat16 and float16 each histogram bin is one value, so the cut is exact from the histogram alone; float32
+refines the one bin holding it.
 
 Ties at the cut: how many equal magnitudes are kept is fixed by k, but which of them an unstable sort keeps is
 a detail of the sort's implementation. torch on the CPU sorts with x86-simd-sort where the CPU has AVX-512 and
@@ -45,8 +46,8 @@ class TopKeep:
     """Entries whose magnitude exceeds `cut`, and those equal to it on one side of position `split`: before it
     (`ties_low`, a stable descending sort's order) or from it on (a stable ascending sort's top)."""
 
-    def __init__(self, cut: torch.Tensor, split: int, *, ties_low: bool):
-        self.cut, self.split, self.ties_low = cut, split, ties_low
+    def __init__(self, cut: torch.Tensor, split: int | None, *, ties_low: bool, ties: "TieCount | None" = None):
+        self.cut, self.split, self.ties_low, self.ties = cut, split, ties_low, ties
         self.below = previous_value(cut)  # |x| > below  <=>  |x| >= cut, in cut's dtype
 
     @classmethod
@@ -58,7 +59,11 @@ class TopKeep:
         return cls(torch.tensor(float("inf"), dtype=like.dtype), 0, ties_low=True)
 
     def apply_(self, d: torch.Tensor, start: int, scratch: torch.Tensor) -> torch.Tensor:
-        at = min(max(self.split - start, 0), d.numel())
+        if self.split is None:  # the ties at the cut are counted as the slices come
+            self.split = self.ties.count(d, start, scratch)
+            at = d.numel() if self.split is None else min(max(self.split - start, 0), d.numel())
+        else:
+            at = min(max(self.split - start, 0), d.numel())
         before, after = (self.below, self.cut) if self.ties_low else (self.cut, self.below)
         kept = scratch[:d.numel()]
         # hardshrink zeroes |x| <= lambda in one pass; copysign gives each zero its entry's sign, as x·0 does
@@ -68,6 +73,8 @@ class TopKeep:
 
     def kept(self, d: torch.Tensor, start: int = 0) -> torch.Tensor:
         """The kept entries of a slice (positions start..), as booleans."""
+        if self.split is None:
+            self.split = self.ties.finish()
         flat = d.reshape(-1).abs()
         kept, tie = flat > self.cut, flat == self.cut
         at = min(max(self.split - start, 0), flat.numel())
@@ -138,27 +145,26 @@ class Rescaled:
 
 
 def select_top(part: Part, n: int, chunk: int, k: int, *, ties_low: bool, like: torch.Tensor,
-               exact_bins: bool = False, keys: Part | None = None) -> TopKeep:
+               bins_of: torch.dtype | None = None, keys: Part | None = None) -> TopKeep:
     """The k (0 < k < n) entries of largest magnitude, without a sort: a histogram of `magnitude_keys` over every
-    slice finds the bin of the k-th largest; unless each bin is one value (half precision, or float32 holding
-    bf16 values: `exact_bins`) that bin's entries are ranked exactly; a last scan finds where the kept ties at
-    the cut end, in index order from the low end (`ties_low`) or the high end. `keys`: start -> the slice's
-    `magnitude_keys`, where the caller has a cheaper way to them than from `part`."""
+    slice finds the bin of the k-th largest; unless each bin is one value (half precision; or `bins_of`, the half
+    dtype whose bit patterns `keys` returns for float32 values rounded to it) that bin's entries are ranked
+    exactly; a last scan finds where the kept ties at the cut end, in index order from the low end (`ties_low`)
+    or the high end. `keys`: start -> the slice's `magnitude_keys`, where the caller has a cheaper way to them
+    than from `part`."""
     keys = keys or (lambda start: magnitude_keys(part(start)))
     counts = torch.zeros(BINS, dtype=torch.int64)
     for start in range(0, n, chunk):
         counts += torch.bincount(keys(start), minlength=BINS)
-    if int(counts[_INF_KEY[like.dtype]:].sum()):
+    if like.dtype in HALF:
+        bins_of = like.dtype
+    if int(counts[_INF_KEY[bins_of or like.dtype]:].sum()):
         raise ValueError("inf or NaN in a task vector")  # merge_tensor names the input that holds it
     at_or_above = counts.flip(0).cumsum(0).flip(0)
     b = int((at_or_above >= k).nonzero()[-1])
     need = k - int(at_or_above[b] - counts[b])  # how many of bin b's entries are kept: 1..counts[b]
-    if like.dtype in HALF or exact_bins:
-        cut = (torch.tensor([b], dtype=torch.int16).view(like.dtype) if like.dtype in HALF
-               else torch.tensor([b << 16], dtype=torch.int32).view(torch.float32)).reshape(())
-
-        def equal(d):
-            return magnitude_keys(d) == b
+    if bins_of is not None:
+        cut = torch.tensor([b], dtype=torch.int16).view(bins_of).to(like.dtype).reshape(())
     else:
         inside = torch.cat([d.abs()[magnitude_keys(d) == b] for d in map(part, range(0, n, chunk))])
         cut = torch.kthvalue(inside, inside.numel() - need + 1).values
@@ -166,11 +172,53 @@ def select_top(part: Part, n: int, chunk: int, k: int, *, ties_low: bool, like: 
 
         def equal(d):
             return d.abs() == cut
+    if ties_low and bins_of is not None:  # the merge's own pass over the slices counts the ties: no scan here
+        return TopKeep(cut, None, ties_low=True, ties=TieCount(cut, need, lambda start: keys(start) == b, n, chunk))
     starts = range(0, n, chunk) if ties_low else reversed(range(0, n, chunk))
     for start in starts:
-        at = (keys(start) == b if exact_bins else equal(part(start))).nonzero().squeeze(1)
+        at = (keys(start) == b if bins_of is not None else equal(part(start))).nonzero().squeeze(1)
         if need <= at.numel():
             split = start + int(at[need - 1]) + 1 if ties_low else start + int(at[at.numel() - need])
             return TopKeep(cut, split, ties_low=ties_low)
         need -= at.numel()
     raise AssertionError("the histogram and the scan disagree")  # unreachable: the same slices are counted
+
+
+class TieCount:
+    """Where the `need` entries equal to the cut that a top-k keeps end, in index order, found from the slices a
+    merge applies its keep to in order (an entry of a slice equals the cut when its magnitude does), so no scan
+    of its own reads the task vector again; slices applied out of order are scanned with `ties`."""
+
+    def __init__(self, cut: torch.Tensor, need: int, ties: Part, n: int, chunk: int):
+        self.cut, self.need, self.ties, self.n, self.chunk = cut, need, ties, n, chunk
+        self.counted = 0  # the ties before this position are counted
+
+    def count(self, d: torch.Tensor, start: int, scratch: torch.Tensor) -> int | None:
+        """The split, once the slice of `d` (positions start..) holds the last kept tie; None before."""
+        if start != self.counted:
+            split = self._scan_to(start)
+            if split is not None or start < self.counted:
+                return split if split is not None else self.finish()
+        equal = torch.eq(torch.abs(d.reshape(-1), out=scratch[:d.numel()]), self.cut)
+        return self._take(equal, start, d.numel())
+
+    def finish(self) -> int:
+        split = self._scan_to(self.n)
+        if split is None:
+            raise AssertionError("the histogram and the scan disagree")  # unreachable: the same slices are counted
+        return split
+
+    def _scan_to(self, end: int) -> int | None:
+        while self.counted < end:
+            split = self._take(self.ties(self.counted), self.counted, min(self.chunk, self.n - self.counted))
+            if split is not None:
+                return split
+        return None
+
+    def _take(self, equal: torch.Tensor, start: int, size: int) -> int | None:
+        found = int(equal.sum())
+        if self.need <= found:
+            return start + int(equal.nonzero()[self.need - 1]) + 1
+        self.need -= found
+        self.counted = start + size
+        return None

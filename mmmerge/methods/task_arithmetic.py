@@ -60,19 +60,34 @@ class Deltas:
         self.shape, self.n = base.shape, base.numel()
         self.buffer = torch.empty(min(chunk, self.n), dtype=compute, device=base.device)
         self.wide_base = None if self.base.dtype == compute else torch.empty_like(self.buffer)
+        # inputs already in mergekit's half dtype: torch's own half subtraction (float32 arithmetic rounded once)
+        # gives the rounded task vector in one pass, where widening both sides and rounding back takes four
+        self.in_half = rounding.half is not None and x.dtype == base.dtype == rounding.half
+        # the half dtype whose bit patterns `keys` returns (one histogram bin per value), or None
+        self.key_dtype = rounding.half if self.in_half or rounding.half == torch.bfloat16 else None
 
     def part(self, start: int, out: torch.Tensor | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
         """Entries start .. start + chunk, into `out` (default: this object's buffer, valid until the next call);
         `base`: that slice of the base already widened, when the caller has it."""
+        if self.in_half:
+            half = self._half(start)
+            return (self.buffer if out is None else out)[:half.numel()].copy_(half)
         return self.round(self._difference(start, out, base))
 
     def keys(self, start: int) -> torch.Tensor:
-        """`magnitude_keys` of the entries start .., for the selection's histogram: for bf16, read straight from
-        the rounding's bf16 copy (one histogram bin per value, half the bytes)."""
+        """`magnitude_keys` of the entries start .., for the selection's histogram: for half precision, read
+        straight from the half-precision slice (one histogram bin per value, half the bytes)."""
+        if self.in_half:
+            return self._half(start).view(torch.int16) & 0x7FFF
         if self.round.half != torch.bfloat16:
             return magnitude_keys(self.part(start))
         wide = self._difference(start, None, None)
         return self.round.buffer[:wide.numel()].copy_(wide).view(torch.int16) & 0x7FFF
+
+    def _half(self, start: int) -> torch.Tensor:
+        """The slice's task vector in the half dtype, in the rounding's buffer (valid until its next use)."""
+        x = self.x[start:start + self.chunk]
+        return torch.sub(x, self.base[start:start + self.chunk], out=self.round.buffer[:x.numel()])
 
     def _difference(self, start: int, out: torch.Tensor | None, base: torch.Tensor | None) -> torch.Tensor:
         part = slice(start, start + self.chunk)
@@ -196,9 +211,8 @@ def _top(deltas, k: int, *, ties_low: bool) -> TopKeep:
         return TopKeep.nothing(deltas.buffer)
     if k >= deltas.n:
         return TopKeep.everything(deltas.buffer)
-    # float32 values rounded to bf16 are bf16's bit patterns with 16 zero bits: one histogram bin per value
     return select_top(deltas.part, deltas.n, deltas.chunk, k, ties_low=ties_low, like=deltas.buffer,
-                      exact_bins=deltas.dtype == torch.bfloat16, keys=deltas.keys)
+                      bins_of=deltas.key_dtype, keys=deltas.keys)
 
 
 def _rescaled(deltas, keep, gp, *, work=None, whole=None):
