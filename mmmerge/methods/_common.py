@@ -5,6 +5,8 @@ The task-vector methods' sparsifiers are in task_arithmetic.py, their selections
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from ..errors import RecipeError
@@ -17,6 +19,23 @@ INT8_MASK = Param(bool, False, help="accepted for mergekit compatibility; change
 
 
 CHUNK = 1 << 18  # entries merged at a time by the slice-wise methods: 1 MiB per float32 buffer, cache-sized
+
+
+_SCRATCH = threading.local()
+
+
+def scratch(key: object, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A flat buffer of `numel` entries kept for `key` from one merged tensor to the next (per thread): the slice-wise
+    methods' temporaries are a few MiB per tensor, and fresh memory costs a page fault per page at its first
+    write (about as much as a task-vector merge's arithmetic on it). Valid until the next call for the same key."""
+    kept = getattr(_SCRATCH, "buffers", None)
+    if kept is None:
+        kept = _SCRATCH.buffers = {}
+    where = (key, dtype, torch.device(device))
+    buffer = kept.get(where)
+    if buffer is None or buffer.numel() < numel:
+        buffer = kept[where] = torch.empty(numel, dtype=dtype, device=device)
+    return buffer[:numel]
 
 
 def widened(x: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ def linear(tensors, base, params, global_params, generator=None, out_dtype=None,
     result = out
     out = torch.empty(flat[0].numel(), dtype=out_dtype or dtype, device=flat[0].device) if out is None else out.view(-1)
     chunk = _common.CHUNK
-    buffer, total = (torch.empty(min(chunk, out.numel()), dtype=dtype, device=out.device) for _ in range(2))
+    buffer, total = (_common.scratch(("linear", k), min(chunk, out.numel()), dtype, out.device) for k in ("x", "sum"))
     for start in range(0, out.numel(), chunk):
         part = out[start:start + chunk]
         acc = part if part.dtype == dtype else total[:part.numel()]

@@ -36,7 +36,7 @@ class Rounding:
 
     def __init__(self, half: torch.dtype | None, size: int, device: torch.device):
         self.half = half
-        self.buffer = torch.empty(size, dtype=half, device=device) if half is not None else None
+        self.buffer = _common.scratch("rounding", size, half, device) if half is not None else None
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         """t, in place, rounded to the half dtype (values stay float32); nothing without one."""
@@ -54,12 +54,14 @@ class Deltas:
     to mergekit's half dtype if it holds one (`rounding`). A slice at a time (recomputed when asked again, never
     stored whole), or whole, in mergekit's own dtype, where a sparsifier needs all of it at once."""
 
-    def __init__(self, x: torch.Tensor, base: torch.Tensor, compute: torch.dtype, rounding: Rounding, chunk: int):
+    def __init__(self, x: torch.Tensor, base: torch.Tensor, compute: torch.dtype, rounding: Rounding, chunk: int,
+                 index: int = 0):
         self.x, self.base, self.compute, self.round, self.chunk = x.reshape(-1), base.reshape(-1), compute, rounding, chunk
         self.dtype = rounding.half or compute  # mergekit's dtype for this task vector
         self.shape, self.n = base.shape, base.numel()
-        self.buffer = torch.empty(min(chunk, self.n), dtype=compute, device=base.device)
-        self.wide_base = None if self.base.dtype == compute else torch.empty_like(self.buffer)
+        self.buffer = _common.scratch(("delta", index), min(chunk, self.n), compute, base.device)
+        self.wide_base = (None if self.base.dtype == compute
+                          else _common.scratch(("delta base", index), self.buffer.numel(), compute, base.device))
         # inputs already in mergekit's half dtype: torch's own half subtraction (float32 arithmetic rounded once)
         # gives the rounded task vector in one pass, where widening both sides and rounding back takes four
         self.in_half = rounding.half is not None and x.dtype == base.dtype == rounding.half
@@ -253,7 +255,7 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
     size = base.numel()
     compute = compute_dtype([base, *tensors])
     rounding = Rounding(half, min(chunk, size), base.device)
-    deltas = [Deltas(x, base, compute, rounding, chunk) for x in tensors]
+    deltas = [Deltas(x, base, compute, rounding, chunk, index=i) for i, x in enumerate(tensors)]
     keeps = [sparsify(d, p, global_params, generator) for d, p in zip(deltas, params)]
     weights = torch.tensor([p["weight"] for p in params], dtype=half or compute).to(compute).reshape(n, 1)
     work = _Buffers(n, min(chunk, size), compute, base.device)
@@ -293,13 +295,18 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
 
 
 class _Buffers:
-    """Each slice's temporaries, allocated once and reused: fresh large allocations each slice would page-fault
-    on every use (the allocator returns them to the system), which costs more than the arithmetic."""
+    """Each slice's temporaries, reused from slice to slice and, kept by `_common.scratch`, from tensor to tensor:
+    fresh large allocations would page-fault on every use (the allocator returns them to the system), which costs
+    more than the arithmetic."""
 
     def __init__(self, n: int, size: int, dtype: torch.dtype, device: torch.device):
-        new = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
-        self.D, self.sign, self.product = new(n, size), new(n, size), new(n, size)
-        self.mixed, self.divisor, self.elected, self.base, self.scratch = (new(size) for _ in range(5))
+        def new(key: str, rows: int | None = None) -> torch.Tensor:
+            flat = _common.scratch(("task vectors", key), (rows or 1) * size, dtype, device)
+            return flat if rows is None else flat.view(rows, size)
+
+        self.D, self.sign, self.product = new("D", n), new("sign", n), new("product", n)
+        self.mixed, self.divisor, self.elected, self.base, self.scratch = (
+            new(k) for k in ("mixed", "divisor", "elected", "base", "scratch"))
 
 
 def _sum_over_models(x: torch.Tensor, out: torch.Tensor, half: torch.dtype | None) -> torch.Tensor:
