@@ -21,12 +21,8 @@ from typing import Any
 
 import torch
 
-from ..adapters.families import FAMILIES, rename
-from ..adapters.hf_common import class_layout, layout_of
-from ..adapters.hf_causal_lm import untie
-from ..adapters.hf_export import hf_config_dict
-from ..adapters.hf_multimodal import family_tensors
-from ..adapters.preprocess import image_processor_config
+from ..adapters import (family_file_layout, family_file_tensors, family_named, hf_config_dict,
+                        image_processor_config, missing_from_class, untie)
 from ..checkpoint import COMPONENTS, Checkpoint, Component
 from ..errors import RecipeError, ShapeMismatchError
 from ..io.check import check_tensors
@@ -38,8 +34,10 @@ from .parameters import check_names, count_layers, layer_position, make_validato
 from .recipe import MergeSection, Recipe, SourceSection, dtype_of, ignored_keys, load_recipe
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Plan:
+    """A merge planned before any tensor data is read (built with keywords: it has many fields)."""
+
     recipe: Recipe
     components: dict[str, ComponentPlan]
     output_format: str  # "hf" | a family's model_type ("llava", "qwen2_5_vl", ...)
@@ -170,15 +168,18 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
     config = copy.deepcopy(reference.config)
     updates = {"vocab_size": inputs.vocab} if inputs.vocab is not None else {}
     config.update(updates)
-    return ComponentPlan(cname, f"merge {spec.name}", sources, planned(reference, cname, config, tasks), tasks,
-                         ckpts[ref_key], base_ref is not None, written, updates, inputs.tokenizer)
+    return ComponentPlan(name=cname, how=f"merge {spec.name}", sources=sources,
+                         component=planned(reference, cname, config, tasks), tasks=tasks, reference=ckpts[ref_key],
+                         has_base=base_ref is not None, written=written, config_updates=updates,
+                         tokenizer=inputs.tokenizer)
 
 
 def plan_copy(ckpt: Checkpoint, path: Path, cname: str, *, dtype=None, out_dtype=None) -> ComponentPlan:
     comp = ckpt.component(cname)
     tasks = {n: TensorTask(name=n, shape=tuple(t.shape), dtype=written_dtype([t], dtype, out_dtype), tensors=[t])
              for n, t in comp.tensors.items()}
-    return ComponentPlan(cname, "copy", [str(path)], planned(comp, cname, copy.deepcopy(comp.config), tasks), tasks, ckpt)
+    return ComponentPlan(name=cname, how="copy", sources=[str(path)],
+                         component=planned(comp, cname, copy.deepcopy(comp.config), tasks), tasks=tasks, reference=ckpt)
 
 
 def _set_dtype(cfg: dict, dtype: torch.dtype | None) -> None:
@@ -213,10 +214,7 @@ def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[TensorTa
             notes.append(f"{cp.name}: tensor {n} is not held by {comp.arch} and is not written")
             continue
         tasks.append(t)
-    required, _ = layout_of(comp)
-    missing = [n for n in required if n not in cp.tasks]
-    if missing and all(n in cp.tasks for n in class_layout(comp.arch, comp.config)["required"]):
-        missing = []  # the class's in-memory names, which transformers 5 loads too (Mixtral's fused experts)
+    missing = missing_from_class(comp)
     if missing:  # e.g. Qwen-VL's vision class also holds the projector (`merger`)
         raise RecipeError(f"{cp.name}: the {comp.arch} class also holds tensor {missing[0]} ({len(missing)} such), "
                           f"which the {cp.name} component does not; write the whole model in its family's format "
@@ -241,7 +239,7 @@ def family_reference(components: dict[str, ComponentPlan], opener: Opener, fmt: 
     source first, then the language model's, then the vision tower's, then any other input)."""
     order = [components["projector"].reference, components["language"].reference, components["vision"].reference]
     order += list(opener.cache.values())
-    wanted = (lambda ck: ck.family is not None) if fmt == "family" else (lambda ck: ck.family is FAMILIES[fmt])
+    wanted = (lambda ck: ck.family is not None) if fmt == "family" else (lambda ck: ck.family is family_named(fmt))
     found = next((ck for ck in order if wanted(ck)), None)
     if found is None:
         what = "multimodal checkpoint" if fmt == "family" else f"{fmt} checkpoint"
@@ -268,7 +266,7 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
     comps = {n: Component(n, c.component.arch, c.component.config, dict(c.tasks), extra=c.component.extra)
              for n, c in components.items()}
     tasks = []
-    for out_name, task in family_tensors(ref.family, comps, ref.source_config["layout"]).items():
+    for out_name, task in family_file_tensors(ref.family, comps, ref.source_config["layout"]).items():
         task = copy.copy(task)
         task.name = out_name
         tasks.append(task)
@@ -283,10 +281,7 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
 
 def _check_class_layout(ref: Checkpoint, cfg: dict, tasks: list[TensorTask]) -> None:
     """Every tensor the family's class builds from `cfg` has a task, and no task writes a tensor it lacks."""
-    layout = class_layout(ref.family.cls, cfg)
-    renames = ref.family.layout(ref.source_config["layout"])
-    on_disk = {part: {rename(n, renames, to_memory=False): s for n, s in layout[part].items()}
-               for part in ("required", "optional")}
+    on_disk = family_file_layout(ref.family, cfg, ref.source_config["layout"])
     check_tensors(on_disk["required"], {t.name: t for t in tasks}, "output", optional=on_disk["optional"],
                   expected_from=f"{ref.family.cls} with the output config", got_from="the merge tasks")
 
@@ -372,8 +367,10 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
     if seed is not None and not any(getattr(sec, "random_stream", None) == "per_tensor" for sec in sections(recipe)):
         tasks = one_random_stream(tasks, seed)
     tokenizer = components["language"].tokenizer if "language" in components else None
-    return Plan(recipe, components, fmt, config, side, tasks, notes, warnings, tokenizer, preprocessor,
-                [part for key in opener.cache for part in opener.loras.get(key, (key,))] + opener.side_only)
+    inputs = [part for key in opener.cache for part in opener.loras.get(key, (key,))] + opener.side_only
+    return Plan(recipe=recipe, components=components, output_format=fmt, config=config, side_files_from=side,
+                tasks=tasks, notes=notes, warnings=warnings, tokenizer=tokenizer, preprocessor=preprocessor,
+                inputs=inputs)
 
 
 def plan_merge(recipe, *, seed: int | None = None, offline: bool | None = None) -> Plan:

@@ -25,7 +25,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..adapters.families import FAMILIES
+from ..adapters import output_families
 from ..checkpoint import COMPONENTS
 from ..errors import RecipeError
 
@@ -277,8 +277,8 @@ class OutputSpec(BaseModel):
     @field_validator("format")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in ("hf", "family") and v not in FAMILIES:
-            raise ValueError(f"unknown output format {v!r} (hf, family, or a family: {', '.join(FAMILIES)})")
+        if v not in ("hf", "family", *output_families()):
+            raise ValueError(f"unknown output format {v!r} (hf, family, or a family: {', '.join(output_families())})")
         return v
 
 

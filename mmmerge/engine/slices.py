@@ -131,9 +131,10 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, spec, *, dtyp
     bases = [r for r in refs if r == section.base_model]
     sources = [str(opener.path(r)) for r in bases + [r for r in refs if r not in bases]]
     notes.append(f"{where}{cname}: {len(section.slices)} slice(s), {out_layer} output layers")
-    cp = ComponentPlan(cname, f"merge {spec.name}", sources,
-                       planned(reference, cname, config, tasks), tasks, ckpts[reference_ref], bool(bases),
-                       [None] * len(sources), updates, inputs.tokenizer)
+    cp = ComponentPlan(name=cname, how=f"merge {spec.name}", sources=sources,
+                       component=planned(reference, cname, config, tasks), tasks=tasks,
+                       reference=ckpts[reference_ref], has_base=bool(bases), written=[None] * len(sources),
+                       config_updates=updates, tokenizer=inputs.tokenizer)
     if out_layer != count_layers(reference):
         notes.append(f"{where}{cname}: {out_layer} output layers from {count_layers(reference)}-layer inputs; "
                      f"num_hidden_layers is {out_layer}")

@@ -37,8 +37,10 @@ class TensorTask:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ComponentPlan:
+    """One output component as planned (built with keywords)."""
+
     name: str
     how: str  # "merge <method>" or "copy"
     sources: list[str]  # input paths, base first when there is one

@@ -21,8 +21,10 @@ from .vocab import IMAGE_TOKEN, prepare_tokenizer, resize_language, rows_for
 from .writer import check_layout, llava_config, llava_tensors, projector_component
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StitchPlan:
+    """Everything `stitch` decided before writing (built with keywords: it has many fields)."""
+
     vision_path: Path
     language_path: Path
     out: Path
