@@ -58,9 +58,10 @@ class Plan:
     def data(self) -> list[Path]:
         """Every file the plan reads besides its input models (the statistics files of regmean and fisher): an
         output may not replace them either."""
-        from ..methods._statistics import StatisticsFile
+        from ..methods._statistics import reads_statistics
 
-        found = {str(v) for t in self.tasks for p in t.params for v in p.values() if isinstance(v, StatisticsFile)}
+        found = {p["statistics"] for t in self.tasks if t.method is not None and reads_statistics(t.method)
+                 for p in t.params if p.get("statistics") is not None}
         return [Path(f) for f in sorted(found)]
 
     def summary(self) -> str:
@@ -144,8 +145,7 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
             params, global_params = validate_params(spec, per_model, global_raw)
         except RecipeError as e:
             raise RecipeError(f"{where}{cname} tensor {name}: {e}") from None
-        params = plan_statistics(spec, params, others, [name] * len(others), name, opener.folder,
-                                 f"{where}{cname}: ")
+        params = plan_statistics(spec, params, others, opener.folder, f"{where}{cname}: ")
         merged = [comps[r].tensors[name] for r in others]
         base = comps[base_ref].tensors[name] if base_ref is not None else None
         all_inputs = merged + ([base] if base is not None else [])
@@ -267,9 +267,7 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
              for n, c in components.items()}
     tasks = []
     for out_name, task in family_file_tensors(ref.family, comps, ref.source_config["layout"]).items():
-        task = copy.copy(task)
-        task.name = out_name
-        tasks.append(task)
+        tasks.append(task.renamed(out_name))
     if any(cp.config_updates for cp in components.values()):
         _check_class_layout(ref, cfg, tasks)
     dtype = _uniform_dtype(tasks)

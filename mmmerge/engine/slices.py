@@ -73,9 +73,9 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, spec, *, dtyp
             params, global_params = validate_params(spec, per_model, shared)
         except RecipeError as e:
             raise RecipeError(f"{at} ({out_name}): {e}") from None
+        params = plan_statistics(spec, params, [s.model for s in others], opener.folder, f"{at}: ")
         # statistics files are keyed by each input's own tensor names, not the output's renumbered ones
-        params = plan_statistics(spec, params, [s.model for s in others], [names[s.model] for s in others],
-                                 out_name, opener.folder, f"{at}: ")
+        own_names = [names[s.model] for s in others]
         merged = [tensors[s.model] for s in others]
         base = tensors[base_ref] if base_ref is not None else None
         shapes = {tuple(x.shape) for x in tensors.values()}
@@ -90,7 +90,8 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, spec, *, dtyp
                                tensors=merged, base=base, method=spec, params=params, global_params=global_params,
                                input_dtype=dtype, seed=tensor_seed(seed, cname, out_name) if spec.random else None,
                                extra_rows=extra, native_dtype=native_dtype(all_inputs, dtype, section.compute_dtype),
-                               label=max(names.values()))
+                               label=max(names.values()),
+                               input_names=None if set(own_names) == {out_name} else own_names)
 
     outside = [n for n in reference.tensors if not LAYER_RE.search(n)]
     first, last = section.slices[0], section.slices[-1]

@@ -112,7 +112,8 @@ class MethodSpec:
     full-size float32 copy of any input is made. It also takes ``out_dtype`` and writes each finished slice
     in that dtype, so no full-size float32 result is made either.
     ``takes_name``: ``fn`` also takes ``name``, the name the merge writes the tensor under (or None when the caller
-    does not know it), to look up per-tensor statistics collected beforehand (regmean, fisher: mmmerge/calibration.py).
+    does not know it), and ``input_names``, each input's own name for it where they differ (None: all ``name``), to
+    look up per-tensor statistics collected beforehand (regmean, fisher: mmmerge/calibration.py).
     ``finite_inputs``: the method runs an SVD; LAPACK fails on NaN/inf and prints its own complaint on stdout
     first, so the inputs are checked for them before it runs (a cost small next to the SVD). For the other
     methods they are looked for only after a failure or a non-finite result.
@@ -268,10 +269,12 @@ def merge_tensor(
     out_dtype: torch.dtype | None = None,
     native_dtype: torch.dtype | None = None,
     name: str | None = None,
+    input_names: Sequence[str] | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Merge one output tensor: validate, compute in float32 (float64 if an input is), return that dtype
-    (or ``out_dtype``: the same values, rounded once). ``name``: the tensor's name, for ``takes_name`` methods.
+    (or ``out_dtype``: the same values, rounded once). ``name``: the tensor's name, and ``input_names``: each input's own
+    name where they differ (layers renumbered by slices), for ``takes_name`` methods.
 
     ``out``: a tensor of the result's shape and dtype that a `widens_inputs` method writes the result into (an
     output file's own pages), returned; other methods' result is copied into it.
@@ -316,7 +319,7 @@ def merge_tensor(
         if spec.widens_inputs:
             result = spec.fn(tensors, base, params, global_params, generator, out_dtype=out_dtype or dtype, **in_place)
         elif spec.takes_name:
-            result = spec.fn(tensors, base, params, global_params, generator, name=name)
+            result = spec.fn(tensors, base, params, global_params, generator, name=name, input_names=input_names)
         else:
             result = spec.fn(tensors, base, params, global_params, generator)
     return _into(out, result if out_dtype is None else result.to(out_dtype))
