@@ -5,11 +5,8 @@ tensor names, shapes and architecture in every input (a tensor in only some inpu
 dropped); the method takes the inputs given; every parameter resolves to a valid value for every
 tensor. Only headers are read (shapes and dtypes); tensor data is read by the executor, one task at a time.
 
-Parameter values are resolved per tensor as mergekit 0.1.5 does for a ``models:`` config: a model's own
-``parameters`` first, then the global ``parameters``; per-model parameters of the base model are not
-used by methods that need a base; gradients are interpolated at t = layer / (layers - 1) for tensors of
-a numbered layer (t = 1 for a one-layer model) and t = 0 for all other tensors (embeddings, final norm,
-head).
+Each merge section is planned tensor by tensor in engine/section.py (a `models:` section as one slice of every
+layer, as mergekit plans it); this module puts the components together into the output's layout.
 """
 
 from __future__ import annotations
@@ -24,14 +21,12 @@ import torch
 from ..adapters import (family_file_layout, family_file_tensors, family_named, hf_config_dict,
                         image_processor_config, missing_from_class, untie)
 from ..checkpoint import COMPONENTS, Checkpoint, Component
-from ..errors import RecipeError, ShapeMismatchError
+from ..errors import RecipeError
 from ..io.check import check_tensors
-from .inputs import section_inputs
 from .opener import Opener
-from .slices import plan_slices
-from .tasks import ComponentPlan, SharedStream, TensorTask, native_dtype, planned, tensor_seed, written_dtype
-from .parameters import check_names, count_layers, layer_position, make_validator, resolve
-from .recipe import MergeSection, Recipe, SourceSection, dtype_of, ignored_keys, load_recipe
+from .section import plan_merge_section, same_layout
+from .tasks import ComponentPlan, SharedStream, TensorTask, planned, written_dtype
+from .recipe import Recipe, SourceSection, dtype_of, ignored_keys, load_recipe
 
 
 @dataclass(kw_only=True)
@@ -95,83 +90,6 @@ def _compact(params: dict) -> str:
         return f"{v:g}" if isinstance(v, float) else str(v)
 
     return show(dict(params))
-
-
-def _same_layout(ref_name: str, ref: Component, other_name: str, other: Component, cname: str) -> None:
-    if other.arch != ref.arch:
-        raise ShapeMismatchError(f"{cname}: {ref_name} is a {ref.arch} but {other_name} is a {other.arch}")
-    check_tensors(ref.tensors, other.tensors, cname, expected_from=ref_name, got_from=other_name)
-
-
-def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dtype=None, out_dtype=None,
-                       seed=None, where: str = "", notes: list[str], warnings: list[str]) -> ComponentPlan:
-    from ..methods import check_inputs, get_method, validate_params
-    from ..methods._statistics import plan_statistics
-
-    dtype = dtype_of(section.dtype) or dtype
-    out_dtype = dtype_of(section.out_dtype) or out_dtype
-    try:
-        spec = get_method(section.merge_method)
-    except RecipeError as e:
-        raise RecipeError(f"{where}merge_method: {e}") from None
-    base_ref = section.base_model if spec.uses_base else None
-    check_names(spec, section, base_ref, where, notes, warnings)
-    if section.slices is not None:
-        return plan_slices(section, cname, opener, spec, dtype=dtype, out_dtype=out_dtype, seed=seed, where=where,
-                           notes=notes)
-    refs = section.input_models()
-
-    ref_key = section.base_model or refs[0]
-    inputs = section_inputs(section, cname, opener, refs, ref_key, where, notes)
-    ckpts, paths, comps, extra_rows = inputs.ckpts, inputs.paths, inputs.comps, inputs.extra_rows
-    reference = comps[ref_key]
-    for r in refs:
-        if r != ref_key:
-            _same_layout(paths[ref_key], reference, paths[r], comps[r], cname)
-
-    others = [r for r in refs if r != base_ref]
-    check_inputs(spec, len(others), base_ref is not None)
-    num_layers = count_layers(reference)
-    validators = {n: make_validator(spec.name, n, p) for n, p in {**spec.model_params, **spec.global_params}.items()}
-    model_scopes = [[section.model_parameters(r), section.parameters] for r in others]
-    global_scope = [section.parameters]
-
-    tasks = {}
-    for name, ref_t in reference.tensors.items():
-        t = layer_position(name, num_layers)
-        per_model = [resolve(spec.model_params, scopes, name, t, validators) for scopes in model_scopes]
-        global_raw = resolve(spec.global_params, global_scope, name, t, validators)
-        try:
-            params, global_params = validate_params(spec, per_model, global_raw)
-        except RecipeError as e:
-            raise RecipeError(f"{where}{cname} tensor {name}: {e}") from None
-        params = plan_statistics(spec, params, others, opener.folder, f"{where}{cname}: ")
-        merged = [comps[r].tensors[name] for r in others]
-        base = comps[base_ref].tensors[name] if base_ref is not None else None
-        all_inputs = merged + ([base] if base is not None else [])
-        shape = tuple(ref_t.shape)
-        if name in extra_rows:
-            shape = (shape[0] + extra_rows[name].shape[0], *shape[1:])
-        tasks[name] = TensorTask(name=name, shape=shape, dtype=written_dtype(all_inputs, dtype, out_dtype), tensors=merged,
-                           base=base, method=spec, params=params, global_params=global_params, input_dtype=dtype,
-                           seed=tensor_seed(seed, cname, name) if spec.random else None,
-                           extra_rows=extra_rows.get(name),
-                           native_dtype=native_dtype(all_inputs, dtype, section.compute_dtype), label=name)
-    for name, t in inputs.kept.items():
-        tasks[name] = TensorTask(name=name, shape=tuple(t.shape), dtype=written_dtype([t], dtype, out_dtype),
-                                 tensors=[t], label=name)
-    if inputs.kept:  # in the order of the input that holds every tensor
-        whole = next(c for c in (ck.component(cname) for ck in ckpts.values()) if set(tasks) <= set(c.tensors))
-        tasks = {n: tasks[n] for n in whole.tensors if n in tasks}
-    sources = ([paths[base_ref]] if base_ref else []) + [paths[r] for r in others]
-    written = ([None] if base_ref else []) + [section.model_parameters(r) for r in others]
-    config = copy.deepcopy(reference.config)
-    updates = {"vocab_size": inputs.vocab} if inputs.vocab is not None else {}
-    config.update(updates)
-    return ComponentPlan(name=cname, how=f"merge {spec.name}", sources=sources,
-                         component=planned(reference, cname, config, tasks), tasks=tasks, reference=ckpts[ref_key],
-                         has_base=base_ref is not None, written=written, config_updates=updates,
-                         tokenizer=inputs.tokenizer)
 
 
 def plan_copy(ckpt: Checkpoint, path: Path, cname: str, *, dtype=None, out_dtype=None) -> ComponentPlan:
@@ -257,7 +175,7 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
         own = ref.components[cname]
         if cname == "language" and "lm_head.weight" in cp.tasks:
             own = untie(own)  # an untied output of a tied model: the config is changed below
-        _same_layout(f"the {ref.family.model_type} config of {ref.path}", own, f"the {cp.how} output",
+        same_layout(f"the {ref.family.model_type} config of {ref.path}", own, f"the {cp.how} output",
                      cp.component, cname)
     cfg = copy.deepcopy(ref.source_config["config.json"])
     cfg[ref.family.text_config].update(components["language"].config_updates)
