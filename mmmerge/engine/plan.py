@@ -228,8 +228,9 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
     components: dict[str, ComponentPlan] = {}
     if recipe.merge is not None:
         section = recipe.merge
-        ref = section.base_model or section.input_models()[0]
-        ckpts = [opener(r) for r in section.input_models()]  # opened (and checked) before anything is planned
+        models = section.input_models()
+        ref = section.base_model or models[0]
+        ckpts = [opener(r) for r in models]  # opened (and checked) before anything is planned
         common = [c for c in COMPONENTS if all(c in ck.components for ck in ckpts)]
         if not common:
             raise RecipeError("the models share no component (vision, projector, language) to merge")
@@ -240,7 +241,7 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
                 components[cname] = plan_merge_section(section, cname, opener, seed=seed, notes=notes,
                                                        warnings=warnings)
             else:  # from the base model, or else the first input that holds it (a VLM beside text-only LLMs)
-                holder = next((r for r in [ref, *section.input_models()] if cname in opener(r).components), None)
+                holder = next((r for r in [ref, *models] if cname in opener(r).components), None)
                 if holder is None:
                     continue
                 components[cname] = plan_copy(opener(holder), opener.path(holder), cname,

@@ -36,8 +36,10 @@ def same_layout(ref_name: str, ref: Component, other_name: str, other: Component
 def whole_model_slice(section: MergeSection, refs: list[str], num_layers: int) -> OutputSlice:
     """A `models:` section as mergekit normalises it: one slice whose sources hold every layer of every model.
     Built without validation: a component with no numbered layers (a projector) has an empty layer range."""
-    sources = [InputSlice.model_construct(model=r, layer_range=(0, num_layers), parameters=section.model_parameters(r))
-               for r in refs]
+    given: dict = {}
+    for entry in section.models:  # a model listed twice: its first entry's parameters, as model_parameters reads
+        given.setdefault(entry.model, entry.parameters)
+    sources = [InputSlice.model_construct(model=r, layer_range=(0, num_layers), parameters=given.get(r)) for r in refs]
     return OutputSlice.model_construct(sources=sources, base_model=None, residual_weight=None, parameters=None)
 
 
@@ -135,18 +137,18 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
         for r in refs:
             if r != ref_key:
                 same_layout(inputs.paths[ref_key], reference, inputs.paths[r], inputs.comps[r], cname)
-        walked = walk_whole_models(reference, whole_model_slice(section, refs, count_layers(reference)),
-                                   f"{where}{cname}")
+        whole = whole_model_slice(section, refs, count_layers(reference))
+        walked = walk_whole_models(reference, whole, f"{where}{cname}")
     else:
         walked, sources_of_layer = walk_slices(section, inputs.comps, where)
     tasks = {w.out_name: planner.task(w) for w in walked}
     how = f"merge {spec.name}"
     if section.slices is None:
-        return _whole_models_plan(section, cname, how, inputs, ref_key, base_ref, tasks, dtype, out_dtype)
-    return _slices_plan(section, cname, how, inputs, ref_key, tasks, sources_of_layer, where, notes)
+        return _whole_models_plan(whole, cname, how, inputs, ref_key, base_ref, tasks, dtype, out_dtype)
+    return _slices_plan(section, refs, cname, how, inputs, ref_key, tasks, sources_of_layer, where, notes)
 
 
-def _whole_models_plan(section: MergeSection, cname: str, how: str, inputs: SectionInputs, ref_key: str,
+def _whole_models_plan(whole: OutputSlice, cname: str, how: str, inputs: SectionInputs, ref_key: str,
                        base_ref: str | None, tasks: dict[str, TensorTask], dtype, out_dtype) -> ComponentPlan:
     """The component of a `models:` section; tensors only one input has (engine/inputs.py) are copied as they are."""
     for name, t in inputs.kept.items():
@@ -155,9 +157,9 @@ def _whole_models_plan(section: MergeSection, cname: str, how: str, inputs: Sect
     if inputs.kept:  # in the order of the input that holds every tensor
         whole = next(c for c in (ck.component(cname) for ck in inputs.ckpts.values()) if set(tasks) <= set(c.tensors))
         tasks = {n: tasks[n] for n in whole.tensors if n in tasks}
-    others = [r for r in section.input_models() if r != base_ref]
-    sources = ([inputs.paths[base_ref]] if base_ref else []) + [inputs.paths[r] for r in others]
-    written = ([None] if base_ref else []) + [section.model_parameters(r) for r in others]
+    others = [s for s in whole.sources if s.model != base_ref]
+    sources = ([inputs.paths[base_ref]] if base_ref else []) + [inputs.paths[s.model] for s in others]
+    written = ([None] if base_ref else []) + [s.parameters for s in others]
     reference = inputs.comps[ref_key]
     updates = {"vocab_size": inputs.vocab} if inputs.vocab is not None else {}
     config = {**copy.deepcopy(reference.config), **updates}
@@ -167,7 +169,7 @@ def _whole_models_plan(section: MergeSection, cname: str, how: str, inputs: Sect
                          config_updates=updates, tokenizer=inputs.tokenizer)
 
 
-def _slices_plan(section: MergeSection, cname: str, how: str, inputs: SectionInputs, ref_key: str,
+def _slices_plan(section: MergeSection, refs: list[str], cname: str, how: str, inputs: SectionInputs, ref_key: str,
                  tasks: dict[str, TensorTask], sources_of_layer: list[tuple[str, int]], where: str,
                  notes: list[str]) -> ComponentPlan:
     """The component of a `slices:` section: the config follows the output layers."""
@@ -176,7 +178,6 @@ def _slices_plan(section: MergeSection, cname: str, how: str, inputs: SectionInp
     if inputs.vocab is not None:
         updates["vocab_size"] = inputs.vocab
     config = {**copy.deepcopy(reference.config), **updates}
-    refs = section.input_models()
     bases = [r for r in refs if r == section.base_model]
     sources = [inputs.paths[r] for r in bases + [r for r in refs if r not in bases]]
     out_layers = len(sources_of_layer)
