@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from ..checkpoint import Component
 from ..errors import RecipeError, ShapeMismatchError
 from ..io.check import check_tensors
+from ..methods import check_inputs, get_method, validate_params
+from ..methods._statistics import plan_statistics
 from .inputs import SectionInputs, section_inputs
 from .opener import Opener
 from .parameters import check_names, count_layers, layer_position, make_validator, resolve
@@ -72,9 +74,6 @@ class TensorPlanner:
 
     def task(self, w: Walked) -> TensorTask:
         """The task of one walked output tensor: inputs, resolved and validated parameters, statistics, dtypes."""
-        from ..methods import check_inputs, validate_params
-        from ..methods._statistics import plan_statistics
-
         spec, sl, comps = self.spec, w.slice, self.inputs.comps
         base_ref = self.base_of(sl)
         if base_ref is not None and base_ref not in w.names:
@@ -118,8 +117,6 @@ class TensorPlanner:
 
 def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dtype=None, out_dtype=None,
                        seed=None, where: str = "", notes: list[str], warnings: list[str]) -> ComponentPlan:
-    from ..methods import get_method
-
     dtype = dtype_of(section.dtype) or dtype
     out_dtype = dtype_of(section.out_dtype) or out_dtype
     try:
