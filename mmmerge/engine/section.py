@@ -152,8 +152,8 @@ def _whole_models_plan(whole: OutputSlice, cname: str, how: str, inputs: Section
         tasks[name] = TensorTask(name=name, shape=tuple(t.shape), dtype=written_dtype([t], dtype, out_dtype),
                                  tensors=[t], label=name)
     if inputs.kept:  # in the order of the input that holds every tensor
-        whole = next(c for c in (ck.component(cname) for ck in inputs.ckpts.values()) if set(tasks) <= set(c.tensors))
-        tasks = {n: tasks[n] for n in whole.tensors if n in tasks}
+        holder = next(c for c in (ck.component(cname) for ck in inputs.ckpts.values()) if set(tasks) <= set(c.tensors))
+        tasks = {n: tasks[n] for n in holder.tensors if n in tasks}
     others = [s for s in whole.sources if s.model != base_ref]
     sources = ([inputs.paths[base_ref]] if base_ref else []) + [inputs.paths[s.model] for s in others]
     written = ([None] if base_ref else []) + [s.parameters for s in others]
