@@ -258,13 +258,18 @@ def test_slices_read_each_sources_statistics_under_its_own_layer(tmp_path, metho
 
 def test_statistics_names_follow_a_renamed_prefix():
     """A multimodal output writes the planned name under its layout's prefix; the input's name gets the same one."""
-    from mmmerge.methods._statistics import StatisticsFile
+    import torch
 
-    f = StatisticsFile("/s.safetensors", "model.layers.2.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight")
-    assert f.key_name("model.language_model.layers.0.mlp.up_proj.weight") == \
-        "model.language_model.layers.2.mlp.up_proj.weight"
-    assert f.key_name("language_model.model.layers.0.mlp.up_proj.weight") == \
-        "language_model.model.layers.2.mlp.up_proj.weight"
-    assert f.key_name("model.layers.0.mlp.up_proj.weight") == "model.layers.2.mlp.up_proj.weight"
-    same = StatisticsFile("/s.safetensors", "model.norm.weight", "model.norm.weight")
-    assert same.key_name("model.language_model.norm.weight") == "model.language_model.norm.weight"
+    from mmmerge.engine.tasks import TensorTask
+
+    def task(planned, own):
+        return TensorTask(name=planned, shape=(1,), dtype=torch.float32, tensors=[], input_names=[own])
+
+    f = task("model.layers.0.mlp.up_proj.weight", "model.layers.2.mlp.up_proj.weight")
+    assert f.renamed("model.language_model.layers.0.mlp.up_proj.weight").input_names == \
+        ["model.language_model.layers.2.mlp.up_proj.weight"]
+    assert f.renamed("language_model.model.layers.0.mlp.up_proj.weight").input_names == \
+        ["language_model.model.layers.2.mlp.up_proj.weight"]
+    assert f.renamed("model.layers.0.mlp.up_proj.weight").input_names == ["model.layers.2.mlp.up_proj.weight"]
+    same = task("model.norm.weight", "model.norm.weight")
+    assert same.renamed("model.language_model.norm.weight").input_names == ["model.language_model.norm.weight"]

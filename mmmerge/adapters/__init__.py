@@ -7,15 +7,25 @@ An adapter module defines
   read(path: Path) -> Checkpoint     lazy: no tensor data is read
   write_source(checkpoint, out, force=False) -> None   the exact source layout back (round trip)
 `open_checkpoint` tries them in order; the first whose `detect` says yes reads the path.
+
+The engine asks the adapters only through this module (the functions at its end): it opens checkpoints, reads
+the family table and asks how a planned component is written as transformers files; it imports no adapter
+module itself.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import Checkpoint, Component
 from ..errors import UnknownFormatError, UnreadableFileError
 from . import hf_causal_lm, hf_multimodal, hf_vision, hf_whole, open_clip_vision, timm_vision
+from .families import FAMILIES, Family, rename
+from .hf_causal_lm import is_tied, untie  # noqa: F401  (the engine's: a tied lm_head made explicit)
+from .hf_common import class_layout, layout_of
+from .hf_export import hf_config_dict  # noqa: F401  (the engine's: the config.json of a component's folder)
+from .preprocess import image_processor_config  # noqa: F401  (the engine's: a vision output's processor file)
+from .hf_whole import COMPONENT as WHOLE_COMPONENT, vocabulary_tensors  # noqa: F401  (the engine's: models merged whole)
 
 # hf_whole last: it takes any transformers folder the others do not split into components
 ADAPTERS = [open_clip_vision, timm_vision, hf_multimodal, hf_vision, hf_causal_lm, hf_whole]
@@ -49,3 +59,39 @@ def describe_found(path: Path) -> str:
         return f"a file of type '{path.suffix or 'none'}' that is no model folder"
     names = sorted(p.name for p in path.iterdir())[:6]
     return f"a folder holding {', '.join(names) if names else 'nothing'}"
+
+
+# What the engine asks of the adapters besides opening checkpoints.
+
+def output_families() -> list[str]:
+    """The model types a merge may write a whole multimodal checkpoint as (`output: {format: ...}`)."""
+    return list(FAMILIES)
+
+
+def family_named(model_type: str) -> Family:
+    return FAMILIES[model_type]
+
+
+def missing_from_class(component: Component) -> list[str]:
+    """The tensors the component's transformers class holds on disk that the component lacks (Qwen-VL's vision
+    class also holds the projector); none when it has every name the class holds in memory (transformers 5 loads
+    those too: Mixtral's fused experts)."""
+    required, _ = layout_of(component)
+    missing = [n for n in required if n not in component.tensors]
+    if missing and all(n in component.tensors for n in class_layout(component.arch, component.config)["required"]):
+        return []
+    return missing
+
+
+def family_file_tensors(family: Family, components: dict[str, Component], layout: str) -> dict:
+    """Every component tensor of a `family` checkpoint under the name files of `layout` hold it by."""
+    return hf_multimodal.family_tensors(family, components, layout)
+
+
+def family_file_layout(family: Family, config: dict, layout: str) -> dict[str, dict]:
+    """{"required": file name -> shape, "optional": ...}: the tensors the family's class built from `config` holds,
+    named as files of `layout` hold them."""
+    built = class_layout(family.cls, config)
+    renames = family.layout(layout)
+    return {part: {rename(n, renames, to_memory=False): s for n, s in built[part].items()}
+            for part in ("required", "optional")}

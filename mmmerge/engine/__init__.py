@@ -15,7 +15,8 @@ from ..io.claim import claim_output, writes_output
 from ..io.writer import DEFAULT_SHARD_BYTES
 from .execute import execute
 from .plan import Plan, TensorTask, plan_merge
-from .recipe import Recipe, evaluate_setting, load_recipe
+from .parameters import evaluate_setting
+from .recipe import Recipe, load_recipe
 
 
 def merge(recipe: str | Path | dict, out: str | Path, *, device: str = "cpu", seed: int | None = None,

@@ -73,7 +73,8 @@ def run_task(task: TensorTask, device: torch.device, rounded: bool = True, *,
             try:
                 result = merge_tensor(task.method, tensors, base, task.params, task.global_params, generator,
                                       out_dtype=task.dtype if rounded and task.dtype.is_floating_point else None,
-                                      native_dtype=task.native_dtype, name=task.name, out=out if in_place else None)
+                                      native_dtype=task.native_dtype, name=task.name, input_names=task.input_names,
+                                      out=out if in_place else None)
             except NonFiniteError:  # a method that cannot work on NaN/inf inputs (TIES' top-k): name the input
                 raise _non_finite(task, device, sources) from None
             del tensors, base

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..adapters.hf_causal_lm import is_tied, untie
-from ..adapters.hf_whole import COMPONENT as WHOLE, vocabulary_tensors
+from ..adapters import WHOLE_COMPONENT as WHOLE, is_tied, untie, vocabulary_tensors
 from ..checkpoint import Checkpoint, Component, LazyTensor
 from .cross_attention import fit_text_models
 from .opener import Opener

@@ -17,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ..checkpoint import Component
 from ..errors import RecipeError
-from .recipe import MergeSection, evaluate_setting
+from .recipe import Condition, MergeSection, Setting
 
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block|resblocks)\.(\d+)\.")
 
@@ -123,3 +123,36 @@ def resolve(schema: dict, scopes: list, tensor_name: str, t: float, validators: 
                     out[pname] = value
                     break
     return out
+
+
+def evaluate_setting(tensor_name: str, setting: Setting, t: float, validate: Callable[[Any], Any]) -> Any:
+    """One parameter value for one tensor, with mergekit 0.1.5's semantics.
+
+    `t` in [0, 1] is the position of the tensor's layer. A list of numbers is a gradient: piecewise
+    linear over evenly spaced points; a list holding a bool or a string picks the point at or below `t`.
+    Conditions: the first whose filter is a substring of `tensor_name` (or is absent / "*") gives the
+    value; when none matches the result is None (the next scope is consulted).
+    """
+    if isinstance(setting, Condition):
+        setting = [setting]
+    if isinstance(setting, (bool, int, float, str)):
+        return validate(setting)
+    if not isinstance(setting, list):
+        raise RecipeError(f"unexpected parameter value {setting!r}")
+    if not setting:
+        return None
+    if all(isinstance(e, (bool, int, float, str)) for e in setting):
+        values = [validate(e) for e in setting]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return values[int(t * (len(values) - 1))]
+        scaled = t * (len(values) - 1)
+        i0 = int(scaled)
+        i1 = min(len(values) - 1, i0 + 1)
+        frac = scaled - i0
+        return validate((1 - frac) * values[i0] + frac * values[i1])
+    for cond in setting:
+        if not isinstance(cond, Condition):
+            raise RecipeError(f"a parameter list mixes conditions and plain values: {setting!r}")
+        if cond.filter is None or cond.filter == "*" or (tensor_name and cond.filter in tensor_name):
+            return evaluate_setting(tensor_name, cond.value, t, validate)
+    return None

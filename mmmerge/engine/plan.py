@@ -5,11 +5,9 @@ tensor names, shapes and architecture in every input (a tensor in only some inpu
 dropped); the method takes the inputs given; every parameter resolves to a valid value for every
 tensor. Only headers are read (shapes and dtypes); tensor data is read by the executor, one task at a time.
 
-Parameter values are resolved per tensor as mergekit 0.1.5 does for a ``models:`` config: a model's own
-``parameters`` first, then the global ``parameters``; per-model parameters of the base model are not
-used by methods that need a base; gradients are interpolated at t = layer / (layers - 1) for tensors of
-a numbered layer (t = 1 for a one-layer model) and t = 0 for all other tensors (embeddings, final norm,
-head); in a model merged whole, within each stack of numbered layers, as mergekit infers them.
+Each merge section is planned tensor by tensor in engine/section.py (a `models:` section as one slice of every
+layer, as mergekit plans it); this module puts the components together into the output's layout.
+In a model merged whole, gradients run within each stack of numbered layers, as mergekit infers them.
 """
 
 from __future__ import annotations
@@ -21,26 +19,22 @@ from typing import Any
 
 import torch
 
-from ..adapters.families import FAMILIES, rename
-from ..adapters.hf_common import class_layout, layout_of
-from ..adapters.hf_causal_lm import untie
-from ..adapters.hf_export import hf_config_dict
-from ..adapters.hf_multimodal import family_tensors
-from ..adapters.hf_whole import COMPONENT as WHOLE, vocabulary_tensors
-from ..adapters.preprocess import image_processor_config
+from ..adapters import (family_file_layout, family_file_tensors, family_named, hf_config_dict,
+                        image_processor_config, missing_from_class, untie, vocabulary_tensors,
+                        WHOLE_COMPONENT as WHOLE)
 from ..checkpoint import COMPONENTS, Checkpoint, Component
-from ..errors import RecipeError, ShapeMismatchError
+from ..errors import RecipeError
 from ..io.check import check_tensors
-from .inputs import section_inputs
 from .opener import Opener
-from .slices import plan_slices
-from .tasks import ComponentPlan, SharedStream, TensorTask, native_dtype, planned, tensor_seed, written_dtype
-from .parameters import check_names, count_layers, layer_position, make_validator, resolve, stack_positions
+from .section import plan_merge_section, same_layout
+from .tasks import ComponentPlan, SharedStream, TensorTask, planned, written_dtype
 from .recipe import MergeSection, Recipe, SourceSection, dtype_of, ignored_keys, load_recipe
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Plan:
+    """A merge planned before any tensor data is read (built with keywords: it has many fields)."""
+
     recipe: Recipe
     components: dict[str, ComponentPlan]
     output_format: str  # "hf" | a family's model_type ("llava", "qwen2_5_vl", ...)
@@ -61,9 +55,10 @@ class Plan:
     def data(self) -> list[Path]:
         """Every file the plan reads besides its input models (the statistics files of regmean and fisher): an
         output may not replace them either."""
-        from ..methods._statistics import StatisticsFile
+        from ..methods._statistics import reads_statistics
 
-        found = {str(v) for t in self.tasks for p in t.params for v in p.values() if isinstance(v, StatisticsFile)}
+        found = {p["statistics"] for t in self.tasks if t.method is not None and reads_statistics(t.method)
+                 for p in t.params if p.get("statistics") is not None}
         return [Path(f) for f in sorted(found)]
 
     def summary(self) -> str:
@@ -99,88 +94,12 @@ def _compact(params: dict) -> str:
     return show(dict(params))
 
 
-def _same_layout(ref_name: str, ref: Component, other_name: str, other: Component, cname: str) -> None:
-    if other.arch != ref.arch:
-        raise ShapeMismatchError(f"{cname}: {ref_name} is a {ref.arch} but {other_name} is a {other.arch}")
-    check_tensors(ref.tensors, other.tensors, cname, expected_from=ref_name, got_from=other_name)
-
-
-def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dtype=None, out_dtype=None,
-                       seed=None, where: str = "", notes: list[str], warnings: list[str]) -> ComponentPlan:
-    from ..methods import check_inputs, get_method, validate_params
-    from ..methods._statistics import plan_statistics
-
-    dtype = dtype_of(section.dtype) or dtype
-    out_dtype = dtype_of(section.out_dtype) or out_dtype
-    try:
-        spec = get_method(section.merge_method)
-    except RecipeError as e:
-        raise RecipeError(f"{where}merge_method: {e}") from None
-    base_ref = section.base_model if spec.uses_base else None
-    check_names(spec, section, base_ref, where, notes, warnings)
-    if section.slices is not None:
-        return plan_slices(section, cname, opener, spec, dtype=dtype, out_dtype=out_dtype, seed=seed, where=where,
-                           notes=notes)
-    refs = section.input_models()
-
-    ref_key = section.base_model or refs[0]
-    inputs = section_inputs(section, cname, opener, refs, ref_key, where, notes)
-    ckpts, paths, comps, extra_rows = inputs.ckpts, inputs.paths, inputs.comps, inputs.extra_rows
-    reference = comps[ref_key]
-    for r in refs:
-        if r != ref_key:
-            _same_layout(paths[ref_key], reference, paths[r], comps[r], cname)
-
-    others = [r for r in refs if r != base_ref]
-    check_inputs(spec, len(others), base_ref is not None)
-    num_layers = count_layers(reference)
-    stacks = stack_positions(reference.tensors) if cname == WHOLE else None
-    validators = {n: make_validator(spec.name, n, p) for n, p in {**spec.model_params, **spec.global_params}.items()}
-    model_scopes = [[section.model_parameters(r), section.parameters] for r in others]
-    global_scope = [section.parameters]
-
-    tasks = {}
-    for name, ref_t in reference.tensors.items():
-        t = stacks[name] if stacks is not None else layer_position(name, num_layers)
-        per_model = [resolve(spec.model_params, scopes, name, t, validators) for scopes in model_scopes]
-        global_raw = resolve(spec.global_params, global_scope, name, t, validators)
-        try:
-            params, global_params = validate_params(spec, per_model, global_raw)
-        except RecipeError as e:
-            raise RecipeError(f"{where}{cname} tensor {name}: {e}") from None
-        params = plan_statistics(spec, params, others, [name] * len(others), name, opener.folder,
-                                 f"{where}{cname}: ")
-        merged = [comps[r].tensors[name] for r in others]
-        base = comps[base_ref].tensors[name] if base_ref is not None else None
-        all_inputs = merged + ([base] if base is not None else [])
-        shape = tuple(ref_t.shape)
-        if name in extra_rows:
-            shape = (shape[0] + extra_rows[name].shape[0], *shape[1:])
-        tasks[name] = TensorTask(name=name, shape=shape, dtype=written_dtype(all_inputs, dtype, out_dtype), tensors=merged,
-                           base=base, method=spec, params=params, global_params=global_params, input_dtype=dtype,
-                           seed=tensor_seed(seed, cname, name) if spec.random else None,
-                           extra_rows=extra_rows.get(name),
-                           native_dtype=native_dtype(all_inputs, dtype, section.compute_dtype), label=name)
-    for name, t in inputs.kept.items():
-        tasks[name] = TensorTask(name=name, shape=tuple(t.shape), dtype=written_dtype([t], dtype, out_dtype),
-                                 tensors=[t], label=name)
-    if inputs.kept:  # in the order of the input that holds every tensor
-        whole = next(c for c in (ck.component(cname) for ck in ckpts.values()) if set(tasks) <= set(c.tensors))
-        tasks = {n: tasks[n] for n in whole.tensors if n in tasks}
-    sources = ([paths[base_ref]] if base_ref else []) + [paths[r] for r in others]
-    written = ([None] if base_ref else []) + [section.model_parameters(r) for r in others]
-    config = copy.deepcopy(reference.config)
-    updates = {"vocab_size": inputs.vocab} if inputs.vocab is not None else {}
-    config.update(updates)
-    return ComponentPlan(cname, f"merge {spec.name}", sources, planned(reference, cname, config, tasks), tasks,
-                         ckpts[ref_key], base_ref is not None, written, updates, inputs.tokenizer)
-
-
 def plan_copy(ckpt: Checkpoint, path: Path, cname: str, *, dtype=None, out_dtype=None) -> ComponentPlan:
     comp = ckpt.component(cname)
     tasks = {n: TensorTask(name=n, shape=tuple(t.shape), dtype=written_dtype([t], dtype, out_dtype), tensors=[t])
              for n, t in comp.tensors.items()}
-    return ComponentPlan(cname, "copy", [str(path)], planned(comp, cname, copy.deepcopy(comp.config), tasks), tasks, ckpt)
+    return ComponentPlan(name=cname, how="copy", sources=[str(path)],
+                         component=planned(comp, cname, copy.deepcopy(comp.config), tasks), tasks=tasks, reference=ckpt)
 
 
 def _set_dtype(cfg: dict, dtype: torch.dtype | None) -> None:
@@ -215,10 +134,7 @@ def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[TensorTa
             notes.append(f"{cp.name}: tensor {n} is not held by {comp.arch} and is not written")
             continue
         tasks.append(t)
-    required, _ = layout_of(comp)
-    missing = [n for n in required if n not in cp.tasks]
-    if missing and all(n in cp.tasks for n in class_layout(comp.arch, comp.config)["required"]):
-        missing = []  # the class's in-memory names, which transformers 5 loads too (Mixtral's fused experts)
+    missing = missing_from_class(comp)
     if missing:  # e.g. Qwen-VL's vision class also holds the projector (`merger`)
         raise RecipeError(f"{cp.name}: the {comp.arch} class also holds tensor {missing[0]} ({len(missing)} such), "
                           f"which the {cp.name} component does not; write the whole model in its family's format "
@@ -275,7 +191,7 @@ def family_reference(components: dict[str, ComponentPlan], opener: Opener, fmt: 
     source first, then the language model's, then the vision tower's, then any other input)."""
     order = [components["projector"].reference, components["language"].reference, components["vision"].reference]
     order += list(opener.cache.values())
-    wanted = (lambda ck: ck.family is not None) if fmt == "family" else (lambda ck: ck.family is FAMILIES[fmt])
+    wanted = (lambda ck: ck.family is not None) if fmt == "family" else (lambda ck: ck.family is family_named(fmt))
     found = next((ck for ck in order if wanted(ck)), None)
     if found is None:
         what = "multimodal checkpoint" if fmt == "family" else f"{fmt} checkpoint"
@@ -293,7 +209,7 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
         own = ref.components[cname]
         if cname == "language" and "lm_head.weight" in cp.tasks:
             own = untie(own)  # an untied output of a tied model: the config is changed below
-        _same_layout(f"the {ref.family.model_type} config of {ref.path}", own, f"the {cp.how} output",
+        same_layout(f"the {ref.family.model_type} config of {ref.path}", own, f"the {cp.how} output",
                      cp.component, cname)
     cfg = copy.deepcopy(ref.source_config["config.json"])
     cfg[ref.family.text_config].update(components["language"].config_updates)
@@ -302,10 +218,8 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
     comps = {n: Component(n, c.component.arch, c.component.config, dict(c.tasks), extra=c.component.extra)
              for n, c in components.items()}
     tasks = []
-    for out_name, task in family_tensors(ref.family, comps, ref.source_config["layout"]).items():
-        task = copy.copy(task)
-        task.name = out_name
-        tasks.append(task)
+    for out_name, task in family_file_tensors(ref.family, comps, ref.source_config["layout"]).items():
+        tasks.append(task.renamed(out_name))
     if any(cp.config_updates for cp in components.values()):
         _check_class_layout(ref, cfg, tasks)
     dtype = _uniform_dtype(tasks)
@@ -317,10 +231,7 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
 
 def _check_class_layout(ref: Checkpoint, cfg: dict, tasks: list[TensorTask]) -> None:
     """Every tensor the family's class builds from `cfg` has a task, and no task writes a tensor it lacks."""
-    layout = class_layout(ref.family.cls, cfg)
-    renames = ref.family.layout(ref.source_config["layout"])
-    on_disk = {part: {rename(n, renames, to_memory=False): s for n, s in layout[part].items()}
-               for part in ("required", "optional")}
+    on_disk = family_file_layout(ref.family, cfg, ref.source_config["layout"])
     check_tensors(on_disk["required"], {t.name: t for t in tasks}, "output", optional=on_disk["optional"],
                   expected_from=f"{ref.family.cls} with the output config", got_from="the merge tasks")
 
@@ -351,8 +262,9 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
     components: dict[str, ComponentPlan] = {}
     if recipe.merge is not None:
         section = recipe.merge
-        ref = section.base_model or section.input_models()[0]
-        ckpts = [opener(r) for r in section.input_models()]  # opened (and checked) before anything is planned
+        models = section.input_models()
+        ref = section.base_model or models[0]
+        ckpts = [opener(r) for r in models]  # opened (and checked) before anything is planned
         whole = any(ck.whole for ck in ckpts)  # then no input has components to merge or copy below
         common = [] if whole else [c for c in COMPONENTS if all(c in ck.components for ck in ckpts)]
         if whole:
@@ -366,7 +278,7 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
                 components[cname] = plan_merge_section(section, cname, opener, seed=seed, notes=notes,
                                                        warnings=warnings)
             else:  # from the base model, or else the first input that holds it (a VLM beside text-only LLMs)
-                holder = next((r for r in [ref, *section.input_models()] if cname in opener(r).components), None)
+                holder = next((r for r in [ref, *models] if cname in opener(r).components), None)
                 if holder is None:
                     continue
                 components[cname] = plan_copy(opener(holder), opener.path(holder), cname,
@@ -412,8 +324,10 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
         tasks = one_random_stream(tasks, seed)
     text = components.get("language") or components.get(WHOLE)
     tokenizer = text.tokenizer if text is not None else None
-    return Plan(recipe, components, fmt, config, side, tasks, notes, warnings, tokenizer, preprocessor,
-                [part for key in opener.cache for part in opener.loras.get(key, (key,))] + opener.side_only)
+    inputs = [part for key in opener.cache for part in opener.loras.get(key, (key,))] + opener.side_only
+    return Plan(recipe=recipe, components=components, output_format=fmt, config=config, side_files_from=side,
+                tasks=tasks, notes=notes, warnings=warnings, tokenizer=tokenizer, preprocessor=preprocessor,
+                inputs=inputs)
 
 
 def plan_merge(recipe, *, seed: int | None = None, offline: bool | None = None) -> Plan:

@@ -11,7 +11,8 @@ merges the components every input has. The multimodal form names a section per c
 
 Parameter values follow mergekit 0.1.5: a scalar, a gradient (a list interpolated over the layer index),
 a ``{filter: substring, value: ...}`` condition or a list of them (the first that matches the tensor
-name wins, no ``filter`` or ``"*"`` matches all). ``evaluate_setting`` resolves one value.
+name wins, no ``filter`` or ``"*"`` matches all). ``engine.parameters.evaluate_setting`` resolves one value per
+tensor.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..adapters.families import FAMILIES
+from ..adapters import output_families
 from ..checkpoint import COMPONENTS
 from ..errors import RecipeError
 
@@ -277,8 +278,8 @@ class OutputSpec(BaseModel):
     @field_validator("format")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in ("hf", "family") and v not in FAMILIES:
-            raise ValueError(f"unknown output format {v!r} (hf, family, or a family: {', '.join(FAMILIES)})")
+        if v not in ("hf", "family", *output_families()):
+            raise ValueError(f"unknown output format {v!r} (hf, family, or a family: {', '.join(output_families())})")
         return v
 
 
@@ -466,36 +467,3 @@ def load_recipe(recipe: str | Path | dict | Recipe) -> Recipe:
         first = str(e).strip().splitlines()
         raise RecipeError(f"{where}: not valid YAML ({' '.join(first[:2])})") from None
     return parse_recipe(data, text, folder, where)
-
-
-def evaluate_setting(tensor_name: str, setting: Setting, t: float, validate: Callable[[Any], Any]) -> Any:
-    """One parameter value for one tensor, with mergekit 0.1.5's semantics.
-
-    `t` in [0, 1] is the position of the tensor's layer. A list of numbers is a gradient: piecewise
-    linear over evenly spaced points; a list holding a bool or a string picks the point at or below `t`.
-    Conditions: the first whose filter is a substring of `tensor_name` (or is absent / "*") gives the
-    value; when none matches the result is None (the next scope is consulted).
-    """
-    if isinstance(setting, Condition):
-        setting = [setting]
-    if isinstance(setting, (bool, int, float, str)):
-        return validate(setting)
-    if not isinstance(setting, list):
-        raise RecipeError(f"unexpected parameter value {setting!r}")
-    if not setting:
-        return None
-    if all(isinstance(e, (bool, int, float, str)) for e in setting):
-        values = [validate(e) for e in setting]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            return values[int(t * (len(values) - 1))]
-        scaled = t * (len(values) - 1)
-        i0 = int(scaled)
-        i1 = min(len(values) - 1, i0 + 1)
-        frac = scaled - i0
-        return validate((1 - frac) * values[i0] + frac * values[i1])
-    for cond in setting:
-        if not isinstance(cond, Condition):
-            raise RecipeError(f"a parameter list mixes conditions and plain values: {setting!r}")
-        if cond.filter is None or cond.filter == "*" or (tensor_name and cond.filter in tensor_name):
-            return evaluate_setting(tensor_name, cond.value, t, validate)
-    return None

@@ -1,4 +1,6 @@
-"""`slices:` recipes: output layers merged from layer ranges of the inputs, as mergekit 0.1.5 plans them.
+"""`slices:` recipes: output layers merged from layer ranges of the inputs, as mergekit 0.1.5 plans them. This
+module walks the slices (which output tensor comes from which source tensors); engine/section.py plans each
+tensor as it plans those of a `models:` section.
 
 Output layers are numbered in slice order. Layer `i` of a slice is merged from layer `start + i` of each
 source (sources may start at different layers); gradients run over the slice's layers (t = i / (n - 1), 1
@@ -12,15 +14,12 @@ last slice's, at t = 0. The output config gets the new layer count, and per-laye
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
 
 from ..checkpoint import Component
 from ..errors import RecipeError, ShapeMismatchError
-from .inputs import section_inputs
-from .opener import Opener
-from .parameters import LAYER_RE, count_layers, make_validator, resolve
+from .parameters import LAYER_RE, count_layers
 from .recipe import MergeSection, OutputSlice
-from .tasks import ComponentPlan, TensorTask, native_dtype, planned, tensor_seed, written_dtype
 
 # Tensors outside the layers that come before them (from the first slice's sources); the rest come after.
 PRE_LAYER_MARKERS = ("embed_tokens", "embed_positions", "wte", "wpe", "word_embeddings", "embed_in")
@@ -37,67 +36,32 @@ def layer_names(component: Component) -> dict[int, dict[str, str]]:
     return out
 
 
-def plan_slices(section: MergeSection, cname: str, opener: Opener, spec, *, dtype=None, out_dtype=None, seed=None,
-                where: str = "", notes: list[str]) -> ComponentPlan:
-    """The tasks of a `slices:` section whose method (`spec`), dtypes and parameter names plan_merge_section has
-    already looked up and checked."""
-    from ..methods import check_inputs, validate_params
-    from ..methods._statistics import plan_statistics
+@dataclass
+class Walked:
+    """One output tensor of a slice: its name, each source model's name for it, the slice, where it is in the
+    recipe (for messages) and its gradient position t."""
 
-    refs = section.input_models()
-    reference_ref = section.base_model or section.slices[0].sources[0].model
-    inputs = section_inputs(section, cname, opener, refs, reference_ref, where, notes)
-    ckpts, comps = inputs.ckpts, inputs.comps
+    out_name: str
+    names: dict[str, str]
+    slice: OutputSlice
+    at: str
+    t: float
+
+
+def walk_slices(section: MergeSection, comps: dict[str, Component], where: str
+                ) -> tuple[list[Walked], list[tuple[str, int]]]:
+    """Every output tensor of a `slices:` section in mergekit's order, and for each output layer the (model, layer)
+    it follows in the config. Layer ranges past a model's layers and layers whose tensors differ between the
+    sources of a slice are refused here."""
+    reference = comps[section.base_model or section.slices[0].sources[0].model]
     layers = {r: layer_names(c) for r, c in comps.items()}
-    reference = comps[reference_ref]
-    validators = {n: make_validator(spec.name, n, p) for n, p in {**spec.model_params, **spec.global_params}.items()}
-    tasks: dict[str, TensorTask] = {}
-    sources_of_layer: list[tuple[str, int]] = []  # output layer -> (model, layer) it follows in the config
-
-    def add(out_name: str, names: dict[str, str], sl: OutputSlice, at: str, t: float) -> None:
-        """One task: `names` maps each source model of `sl` to its tensor name."""
-        base_ref = (sl.base_model or section.base_model) if spec.uses_base else None
-        if base_ref is not None and base_ref not in names:
-            raise RecipeError(f"{at}: the base model {base_ref} is not among the slice's sources")
-        tensors = {}
-        for model, name in names.items():
-            if name not in comps[model].tensors:
-                raise ShapeMismatchError(f"{at}: {opener.path(model)} has no tensor {name}")
-            tensors[model] = comps[model].tensors[name]
-        others = [s for s in sl.sources if s.model != base_ref]
-        check_inputs(spec, len(others), base_ref is not None)
-        per_model = [resolve(spec.model_params, [s.parameters, sl.parameters, section.parameters], names[s.model], t,
-                             validators) for s in others]
-        shared = resolve(spec.global_params, [sl.parameters, section.parameters], out_name, t, validators)
-        try:
-            params, global_params = validate_params(spec, per_model, shared)
-        except RecipeError as e:
-            raise RecipeError(f"{at} ({out_name}): {e}") from None
-        # statistics files are keyed by each input's own tensor names, not the output's renumbered ones
-        params = plan_statistics(spec, params, [s.model for s in others], [names[s.model] for s in others],
-                                 out_name, opener.folder, f"{at}: ")
-        merged = [tensors[s.model] for s in others]
-        base = tensors[base_ref] if base_ref is not None else None
-        shapes = {tuple(x.shape) for x in tensors.values()}
-        if len(shapes) > 1:
-            raise ShapeMismatchError(f"{at}: tensor {out_name} has shapes {sorted(shapes)} in its sources")
-        all_inputs = merged + ([base] if base is not None else [])
-        shape = shapes.pop()
-        extra = inputs.extra_rows.get(out_name)
-        if extra is not None:
-            shape = (shape[0] + extra.shape[0], *shape[1:])
-        tasks[out_name] = TensorTask(name=out_name, shape=shape, dtype=written_dtype(all_inputs, dtype, out_dtype),
-                               tensors=merged, base=base, method=spec, params=params, global_params=global_params,
-                               input_dtype=dtype, seed=tensor_seed(seed, cname, out_name) if spec.random else None,
-                               extra_rows=extra, native_dtype=native_dtype(all_inputs, dtype, section.compute_dtype),
-                               label=max(names.values()))
-
+    walked: list[Walked] = []
+    sources_of_layer: list[tuple[str, int]] = []
     outside = [n for n in reference.tensors if not LAYER_RE.search(n)]
     first, last = section.slices[0], section.slices[-1]
     for name in outside:
         if any(marker in name for marker in PRE_LAYER_MARKERS):
-            add(name, {s.model: name for s in first.sources}, first, f"{where}slices[0]", 0.0)
-    out_layer = 0
+            walked.append(Walked(name, {s.model: name for s in first.sources}, first, f"{where}slices[0]", 0.0))
     for k, sl in enumerate(section.slices):
         at = f"{where}slices[{k}]"
         for s in sl.sources:
@@ -115,29 +79,16 @@ def plan_slices(section: MergeSection, cname: str, opener: Opener, spec, *, dtyp
                     missing = sorted(set(templates) ^ set(other))[0].format(s.layer_range[0] + i)
                     raise ShapeMismatchError(f"{at}: layer {s.layer_range[0] + i} of {s.model} and layer "
                                              f"{first_src.layer_range[0] + i} of {first_src.model} differ ({missing})")
+            out_layer = len(sources_of_layer)
             for template in templates:
-                add(template.format(out_layer), {s.model: template.format(s.layer_range[0] + i) for s in sl.sources},
-                    sl, at, t)
+                walked.append(Walked(template.format(out_layer),
+                                     {s.model: template.format(s.layer_range[0] + i) for s in sl.sources}, sl, at, t))
             sources_of_layer.append((first_src.model, first_src.layer_range[0] + i))
-            out_layer += 1
     for name in outside:
         if not any(marker in name for marker in PRE_LAYER_MARKERS):
-            add(name, {s.model: name for s in last.sources}, last, f"{where}slices[{len(section.slices) - 1}]", 0.0)
-
-    updates = layer_config(reference.config, comps, sources_of_layer)
-    if inputs.vocab is not None:
-        updates["vocab_size"] = inputs.vocab
-    config = {**copy.deepcopy(reference.config), **updates}
-    bases = [r for r in refs if r == section.base_model]
-    sources = [str(opener.path(r)) for r in bases + [r for r in refs if r not in bases]]
-    notes.append(f"{where}{cname}: {len(section.slices)} slice(s), {out_layer} output layers")
-    cp = ComponentPlan(cname, f"merge {spec.name}", sources,
-                       planned(reference, cname, config, tasks), tasks, ckpts[reference_ref], bool(bases),
-                       [None] * len(sources), updates, inputs.tokenizer)
-    if out_layer != count_layers(reference):
-        notes.append(f"{where}{cname}: {out_layer} output layers from {count_layers(reference)}-layer inputs; "
-                     f"num_hidden_layers is {out_layer}")
-    return cp
+            walked.append(Walked(name, {s.model: name for s in last.sources}, last,
+                                 f"{where}slices[{len(section.slices) - 1}]", 0.0))
+    return walked, sources_of_layer
 
 
 def layer_config(config: dict, comps: dict[str, Component], sources_of_layer: list[tuple[str, int]]) -> dict:

@@ -31,14 +31,37 @@ class TensorTask:
     native_dtype: torch.dtype | None = None  # half precision the method computes in, as mergekit does
     label: str = ""  # mergekit's name for the task (its largest input tensor name), which orders its random draws
     stream: "SharedStream | None" = None  # the merge's one random stream, when the random draws follow mergekit's
+    # each of `tensors`' own name where it differs from `name` (slices that renumber layers): the name its input's
+    # statistics file keys the tensor by (regmean, fisher); None: all are `name`
+    input_names: list[str] | None = None
 
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
 
+    def renamed(self, name: str) -> "TensorTask":
+        """This task writing its tensor as `name` (a multimodal layout's prefix on the planned name); each input's
+        own name gets the same new prefix, as a statistics file of an input in that layout names it."""
+        own = None if self.input_names is None else [same_prefix(n, self.name, name) for n in self.input_names]
+        return dataclasses.replace(self, name=name, input_names=own)
 
-@dataclass
+
+def same_prefix(other: str, planned: str, written: str) -> str:
+    """`other` with the prefix that turned `planned` into `written` (they share everything after it) turned the
+    same way; `written` itself when `other` lacks that prefix."""
+    if other == planned:
+        return written
+    n = 0
+    while n < min(len(written), len(planned)) and written[-1 - n] == planned[-1 - n]:
+        n += 1
+    old, new = planned[:len(planned) - n], written[:len(written) - n]
+    return new + other[len(old):] if other.startswith(old) else written
+
+
+@dataclass(kw_only=True)
 class ComponentPlan:
+    """One output component as planned (built with keywords)."""
+
     name: str
     how: str  # "merge <method>" or "copy"
     sources: list[str]  # input paths, base first when there is one

@@ -115,7 +115,8 @@ class MethodSpec:
     - "float32": ``fn(tensors, base, params, global_params, generator)`` on float32 copies of the inputs (float64
       where an input is);
     - "named": the same, plus ``name=``, the name the merge writes the tensor under (or None when the caller does
-      not know it), to look up per-tensor statistics collected beforehand (regmean, fisher: mmmerge/calibration.py);
+      not know it), and ``input_names=``, each input's own name for it where they differ (None: all ``name``), to
+      look up per-tensor statistics collected beforehand (regmean, fisher: mmmerge/calibration.py);
     - "streaming": ``fn`` takes the inputs in the dtype they come in (half precision too) and widens them itself,
       slice by slice, to the compute dtype: no full-size float32 copy of any input is made. It also takes
       ``out_dtype`` and writes each finished slice in that dtype, and ``out`` (an output file's own pages) to
@@ -278,10 +279,12 @@ def merge_tensor(
     out_dtype: torch.dtype | None = None,
     native_dtype: torch.dtype | None = None,
     name: str | None = None,
+    input_names: Sequence[str] | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Merge one output tensor: validate, compute in float32 (float64 if an input is), return that dtype
-    (or ``out_dtype``: the same values, rounded once). ``name``: the tensor's name, for "named" methods.
+    (or ``out_dtype``: the same values, rounded once). ``name``: the tensor's name, and ``input_names``: each
+    input's own name where they differ (layers renumbered by slices), for "named" methods.
     ``native_dtype``: half precision that a method with a ``native`` function computes in, as mergekit does.
 
     ``out``: a tensor of the result's shape and dtype that a "streaming" method writes the result into (an
@@ -315,14 +318,14 @@ def merge_tensor(
             raise bad
     with torch.no_grad(), _naming_non_finite(spec.name, everything, has_base=base is not None):
         result = call_method(spec, tensors, base, params, global_params, generator, out_dtype=out_dtype,
-                             native_dtype=native_dtype, name=name, out=out)
+                             native_dtype=native_dtype, name=name, input_names=input_names, out=out)
     return _into(out, result if out_dtype is None else result.to(out_dtype))
 
 
 def call_method(spec: MethodSpec, tensors: Sequence[torch.Tensor], base: torch.Tensor | None, params: list[dict],
                 global_params: dict, generator: torch.Generator | None, *, out_dtype: torch.dtype | None = None,
                 native_dtype: torch.dtype | None = None, name: str | None = None,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+                input_names: Sequence[str] | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Call the method's function as its ``calling`` says, on validated parameters: its ``native`` function on the
     inputs in ``native_dtype`` where it has one, else ``fn`` on inputs in the compute dtype (or as they come, for
     a "streaming" method)."""
@@ -333,7 +336,7 @@ def call_method(spec: MethodSpec, tensors: Sequence[torch.Tensor], base: torch.T
         tensors = [t.to(dtype) for t in tensors]
     base = base.to(dtype) if base is not None else None
     if spec.calling == "named":
-        return fn(tensors, base, params, global_params, generator, name=name)
+        return fn(tensors, base, params, global_params, generator, name=name, input_names=input_names)
     if spec.calling == "streaming":
         in_place = {"out": out} if out is not None else {}
         if native:  # it takes no out_dtype: merge_tensor casts its result once

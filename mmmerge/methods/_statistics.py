@@ -4,8 +4,9 @@ engine (``MethodSpec.calling`` "named"), so it stays a function of one output te
 
 At plan time the engine resolves each model's path (``plan_statistics``): relative to the recipe file's folder, as
 model paths are (the working folder for a recipe given as text or a dict), checked to exist and to be readable
-before any tensor is read, and tagged with the tensor's name in that input model (``StatisticsFile.tensor``), the
-name the file's entries are keyed by: under ``slices:`` that renumber layers the output's name is another layer's.
+before any tensor is read. The file's entries are keyed by the tensor's name in that input model: under ``slices:``
+that renumber layers the output's name is another layer's, so the engine tells the method each input's own name
+(``TensorTask.input_names``, passed as ``input_names``).
 """
 
 from __future__ import annotations
@@ -24,48 +25,20 @@ STATISTICS = Param(str, None, nullable=True,
                         "relative to the recipe's folder; null: none, the tensor is averaged")
 
 
-class StatisticsFile(str):
-    """A ``statistics`` value resolved at plan time: the file's absolute path (a str, so the method's parameter
-    schema takes it as it is), ``tensor``, this input's own name of the tensor, and ``planned``, the output's name
-    for it at plan time. They differ under ``slices:`` that renumber layers; the file is keyed by the input's."""
-
-    tensor: str | None
-    planned: str | None
-
-    def __new__(cls, path: str, tensor: str | None = None, planned: str | None = None):
-        obj = super().__new__(cls, path)
-        obj.tensor, obj.planned = tensor, planned
-        return obj
-
-    def __reduce__(self):
-        return (StatisticsFile, (str(self), self.tensor, self.planned))
-
-    def key_name(self, written: str | None) -> str | None:
-        """The name this input's entries for the output tensor ``written`` are keyed by. ``written`` is
-        ``planned`` as the output writes it (a multimodal layout may rename its prefix, never a layer number), so
-        the input's name is ``tensor`` with that prefix renamed the same way."""
-        if written is None or self.tensor is None or self.tensor == self.planned or self.planned is None:
-            return written
-        n = 0
-        while n < min(len(written), len(self.planned)) and written[-1 - n] == self.planned[-1 - n]:
-            n += 1
-        old_prefix, new_prefix = self.planned[:len(self.planned) - n], written[:len(written) - n]
-        if not self.tensor.startswith(old_prefix):
-            return written
-        return new_prefix + self.tensor[len(old_prefix):]
+def reads_statistics(spec) -> bool:
+    """Whether the method `spec` takes a per-model statistics file (regmean, fisher)."""
+    return spec.model_params.get("statistics") is STATISTICS
 
 
-def plan_statistics(spec, params: list[dict], models: list[str], tensors: list[str], planned: str,
-                    folder: Path | None, where: str) -> list[dict]:
+def plan_statistics(spec, params: list[dict], models: list[str], folder: Path | None, where: str) -> list[dict]:
     """``params`` (one validated dict per model of ``models``) with each ``statistics`` path resolved for a method
     that reads statistics: relative to ``folder`` (the recipe file's folder; None: the working folder), made
-    absolute, the file checked (its header read, no tensor), and tagged with ``tensors[i]``, the tensor's name in
-    model i, and ``planned``, the output tensor's name. A missing or unreadable file is one line naming the
+    absolute and the file checked (its header read, no tensor). A missing or unreadable file is one line naming the
     parameter, the model and the path."""
-    if spec.model_params.get("statistics") is not STATISTICS:
+    if not reads_statistics(spec):
         return params
     out = []
-    for p, model, tensor in zip(params, models, tensors):
+    for p, model in zip(params, models):
         value = p.get("statistics")
         if value is None:
             out.append(p)
@@ -80,7 +53,7 @@ def plan_statistics(spec, params: list[dict], models: list[str], tensors: list[s
             _open(str(path))
         except MMMergeError as e:
             raise type(e)(f"{where}model {model}: parameter `statistics`: {e}") from None
-        out.append({**p, "statistics": StatisticsFile(str(path), tensor, planned)})
+        out.append({**p, "statistics": str(path)})
     return out
 
 
@@ -112,7 +85,7 @@ def statistic(path: str | None, kind: str, name: str | None, method: str) -> tor
     if name is None:
         raise RecipeError(f"{method}: statistics need the tensor's name; merge through mmmerge.merge or pass name=")
     handle, keys = _open(str(path))
-    key = f"{kind}:{path.key_name(name) if isinstance(path, StatisticsFile) else name}"
+    key = f"{kind}:{name}"
     return handle.get_tensor(key) if key in keys else None
 
 

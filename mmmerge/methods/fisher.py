@@ -45,11 +45,12 @@ def _check(params: list[dict], global_params: dict) -> None:
     reference="https://arxiv.org/abs/2111.09832",
     calling="named",
 )
-def fisher(tensors, base, params, global_params, generator=None, *, name=None) -> torch.Tensor:
+def fisher(tensors, base, params, global_params, generator=None, *, name=None, input_names=None) -> torch.Tensor:
     """Fisher merging of one tensor: ``fisher_average`` with each model's diagonal Fisher for this tensor; the
     λ-weighted mean (all Fisher entries equal) for a tensor no model has statistics for."""
     weights = [p["weight"] for p in params]
-    fishers = [statistic(p["statistics"], "fisher", name, "fisher") for p in params]
+    fishers = [statistic(p["statistics"], "fisher", key, "fisher")
+              for p, key in zip(params, input_names or [name] * len(params))]
     if not all_or_none(fishers, "fisher", name, "fisher"):
         fishers = [torch.zeros_like(tensors[0]) for _ in tensors]
     for i, f in enumerate(fishers):

@@ -40,14 +40,15 @@ def regmean_weight(weights: list[torch.Tensor], grams: list[torch.Tensor], alpha
     reference="https://arxiv.org/abs/2212.09849",
     calling="named",
 )
-def regmean(tensors, base, params, global_params, generator=None, *, name=None) -> torch.Tensor:
+def regmean(tensors, base, params, global_params, generator=None, *, name=None, input_names=None) -> torch.Tensor:
     """RegMean for one tensor.
 
     A 2-D weight [out, in] for which every model's statistics hold a Gram matrix [in, in]: ``regmean_weight``.
     Every other tensor (biases, norms, embeddings, a model without statistics): the plain mean, as the paper does
     for all weights that are not inputs of a linear layer.
     """
-    grams = [statistic(p["statistics"], "gram", name, "regmean") for p in params]
+    grams = [statistic(p["statistics"], "gram", key, "regmean")
+            for p, key in zip(params, input_names or [name] * len(params))]
     if tensors[0].dim() != 2 or not all_or_none(grams, "gram", name, "regmean"):
         return torch.stack(tensors).mean(0)
     n_in = tensors[0].shape[1]

@@ -1,13 +1,16 @@
 """Candidates merged in memory: the merged model is built once, and each candidate's tensors are written into
 it in place, with no checkpoint on disk.
 
-The inputs are opened and checked once (one `Opener` for the whole search); a candidate plans its recipe over
-those open checkpoints (only the parameters differ) and runs each task as `mmmerge merge` runs it, so the
-weights a candidate holds are the ones `mmmerge merge` of its recipe writes, bit for bit.
+The inputs are opened and checked once (one `Opener` for the whole search), and the recipe is parsed once: a
+candidate whose recipe differs from the parsed one only in parameter values has them set in a copy of the parsed
+form (engine/bind.py; another method or a parameter left out parses that shape once more). It plans over those
+open checkpoints and runs each task as `mmmerge merge` runs it, so the weights a candidate holds are the ones
+`mmmerge merge` of its recipe writes, bit for bit.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -17,11 +20,12 @@ import torch
 from ..adapters.families import FAMILIES, rename
 from ..adapters.hf_common import copy_side_files, transformers_bars
 from ..adapters.hf_whole import COMPONENT as WHOLE, memory_names
+from ..engine.bind import bind_values, differences
 from ..engine.execute import SIDE_FILES_SKIPPED, resolve_device, run_task
 from ..engine.finite import input_sources
 from ..engine.opener import Opener
 from ..engine.plan import Plan, build_plan
-from ..engine.recipe import parse_recipe
+from ..engine.recipe import Recipe, parse_recipe
 from ..errors import RecipeError
 from ..eval.generate import ModelLoadError, load_processor
 
@@ -45,6 +49,18 @@ def _names_in_memory(plan: Plan, held: set[str]) -> dict[str, str]:
                       f"output config")
 
 
+def _shape(recipe: dict) -> str:
+    """The recipe with every value inside `parameters` blanked out: recipes of one shape differ only in those."""
+    def blank(node, inside: bool):
+        if isinstance(node, dict):
+            return {k: blank(v, inside or k == "parameters") for k, v in node.items()}
+        if isinstance(node, list):
+            return [blank(v, inside) for v in node]
+        return None if inside else node
+
+    return json.dumps(blank(recipe, False), sort_keys=True, default=str)
+
+
 class Candidates:
     """One model in memory that takes the weights of any candidate recipe of a search."""
 
@@ -56,6 +72,7 @@ class Candidates:
         self.model = None
         self.inputs: set[Path] = set()  # every checkpoint a planned candidate reads
         self.data: set[Path] = set()  # every other file one reads (statistics files)
+        self.parsed: dict[str, tuple[dict, Recipe]] = {}  # recipe shape -> a recipe of it as written, parsed
 
     def build(self, recipe: dict) -> None:
         """The model in memory, shaped as `recipe`'s output (any candidate's: they write the same tensors)."""
@@ -73,10 +90,24 @@ class Candidates:
 
     def plan(self, recipe: dict) -> Plan:
         """The plan of one candidate's recipe, over the checkpoints opened once."""
-        plan = build_plan(parse_recipe(recipe, folder=self.folder), seed=self.seed, opener=self.opener)
+        plan = build_plan(self.parse(recipe), seed=self.seed, opener=self.opener)
         self.inputs.update(plan.inputs)
         self.data.update(plan.data)
         return plan
+
+    def parse(self, recipe: dict) -> Recipe:
+        """`recipe` parsed: its parameter values set into the parsed form of an earlier recipe of the same shape
+        (the same keys, lists and every value outside `parameters`), else parsed and kept for the next."""
+        shape = _shape(recipe)
+        if shape in self.parsed and "modules" not in recipe:  # a `modules:` recipe is rewritten as it is parsed
+            written, parsed = self.parsed[shape]
+            changes = differences(written, recipe)
+            bound = bind_values(parsed, changes) if changes is not None else None
+            if bound is not None:
+                return bound
+        parsed = parse_recipe(recipe, folder=self.folder)
+        self.parsed[shape] = (copy.deepcopy(recipe), parsed)
+        return parsed
 
     def _build(self, plan: Plan):
         """The output model (random weights, float32, as `eval` loads a merge) and its processor, from the

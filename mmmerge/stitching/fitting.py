@@ -55,8 +55,8 @@ def _closed_form(method: str) -> Callable:
         o, vis, pairs = plan.options, plan.vision, plan.pairs
         state = _load_state({k: v for k, v in vis.tensors.items() if k not in vis.extra}, torch.float32)
         tower = getattr(transformers, vis.arch).from_pretrained(None, config=build_config(vis), state_dict=state)
-        X = image_features(tower, image_processor, pairs, plan.layer, plan.strategy, batch_size=o.batch_size,
-                           device=_device(plan), progress=o.progress)
+        X = image_features(tower, image_processor, pairs, plan.features.layer, plan.features.strategy,
+                           batch_size=o.batch_size, device=_device(plan), progress=o.progress)
         del tower
         Y = caption_embeddings(plan.language.tensors[plan.emb_in].load(), plan.tokenizer, [p.caption for p in pairs])
         projector, result = fit_projector(X, Y, "linear", method, o.alpha)

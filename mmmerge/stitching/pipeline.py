@@ -37,7 +37,7 @@ def stitch(vision: Path | str, language: Path | str, out: Path | str, *, options
         with llava_folder(out, o.force) as tmp:
             # processor first: fitting and training use it exactly as a user will
             image_processor, processor = write_processor(tmp, plan.preprocess, plan.tokenizer, plan.vision,
-                                                         plan.strategy, plan.additional)
+                                                         plan.features.strategy, plan.features.additional)
             if plan.fit is not None:
                 fitted = FITS[plan.fit](plan, image_processor, processor)
                 plan.with_projector(fitted.projector)
@@ -46,9 +46,10 @@ def stitch(vision: Path | str, language: Path | str, out: Path | str, *, options
     report = StitchReport(
         out=out, vision=f"{plan.vision_format} {plan.vision.arch}", language=plan.language.arch,
         projector=fitted.how if fitted else plan.how, projector_type=plan.projector.projector_type,
-        vision_feature_layer=plan.layer, vision_feature_select_strategy=plan.strategy,
-        num_additional_image_tokens=plan.additional, image_seq_length=plan.seq_len,
-        image_token_id=plan.image_token_id, added_tokens=plan.added_tokens, vocab_size=plan.vocab_size,
+        vision_feature_layer=plan.features.layer, vision_feature_select_strategy=plan.features.strategy,
+        num_additional_image_tokens=plan.features.additional, image_seq_length=plan.features.seq_len,
+        image_token_id=plan.tokens.image_token_id, added_tokens=plan.tokens.added,
+        vocab_size=plan.tokens.vocab_size,
         transfer=plan.transfer, fit_residual=fitted.residual if fitted else None,
         losses=fitted.losses if fitted else [], notes=plan.notes)
     if plan.source is None and plan.fit is None:

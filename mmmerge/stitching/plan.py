@@ -21,8 +21,31 @@ from .vocab import IMAGE_TOKEN, prepare_tokenizer, resize_language, rows_for
 from .writer import check_layout, llava_config, llava_tensors, projector_component
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
+class ImageFeatures:
+    """Which of the encoder's features the LLM sees: the layer(s), the token selection, how many tokens an image
+    becomes."""
+
+    layer: int | list[int]
+    strategy: str  # "default" drops the class token, "full" keeps every token
+    additional: int  # class and register tokens
+    seq_len: int  # tokens per image
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewTokens:
+    """What the language model's vocabulary gains: the added tokens, `<image>`'s id, embedding rows before and
+    after."""
+
+    added: list[str]
+    image_token_id: int
+    vocab_size: tuple[int, int]
+
+
+@dataclass(kw_only=True)
 class StitchPlan:
+    """Everything `stitch` decided before writing (built with keywords: it has many fields)."""
+
     vision_path: Path
     language_path: Path
     out: Path
@@ -36,13 +59,8 @@ class StitchPlan:
     tokenizer: object  # with <image>
     text_hidden: int
     emb_in: str
-    added_tokens: list[str]
-    image_token_id: int
-    vocab_size: tuple[int, int]  # embedding rows before, after
-    layer: int | list[int]
-    strategy: str
-    additional: int  # class and register tokens
-    seq_len: int
+    tokens: NewTokens
+    features: ImageFeatures
     source: object | None  # projectors.ProjectorSource
     projector: object  # the projector module
     how: str  # where the projector came from and how it was made
@@ -186,7 +204,8 @@ def plan_stitch(vision_path: Path, language_path: Path, out: Path, o: StitchOpti
     check_layout(cfg, tensors)
     return StitchPlan(vision_path=vision_path, language_path=language_path, out=out, options=o, dtype=dtype,
                       vision_format=vckpt.format, vision=vis, preprocess=pre, language=lang, language_out=lang_out,
-                      tokenizer=tokenizer, text_hidden=text_hidden, emb_in=emb_in, added_tokens=added,
-                      image_token_id=image_token_id, vocab_size=(old_rows, rows), layer=layer, strategy=strategy,
-                      additional=additional, seq_len=seq_len, source=source, projector=proj, how=how,
+                      tokenizer=tokenizer, text_hidden=text_hidden, emb_in=emb_in,
+                      tokens=NewTokens(added=added, image_token_id=image_token_id, vocab_size=(old_rows, rows)),
+                      features=ImageFeatures(layer=layer, strategy=strategy, additional=additional, seq_len=seq_len),
+                      source=source, projector=proj, how=how,
                       transfer=transfer_report, fit=fit, pairs=pairs, config=cfg, tensors=tensors, notes=notes)
