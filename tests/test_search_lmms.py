@@ -12,7 +12,7 @@ from make_tiny_models import make_finetune
 from tiny_llava import build_tiny_llava
 from mmmerge import merge
 from mmmerge.eval import evaluate
-from mmmerge.eval.lmms.docs_task import LmmsDocsTask
+from mmmerge.eval.lmms.task import LmmsEvalTask
 from mmmerge.searching import search
 
 NEVER = "never said"
@@ -40,8 +40,8 @@ def world(tmp_path_factory):
            for i, q in enumerate(questions)]
     for name, task, docs in (("textvqa.jsonl", "textvqa_val", textvqa), ("gqa.jsonl", "gqa", gqa)):
         write_docs(root / name, docs)
-        evaluate(str(root / "base"), LmmsDocsTask(task), questions=root / name, out=root / f"base-{task}",
-                 max_new_tokens=4, progress=False)
+        evaluate(str(root / "base"), LmmsEvalTask(task), questions=root / name, out=root / f"base-{task}",
+                 max_new_tokens=2, progress=False)
         said = [json.loads(x)["answer"] for x in (root / f"base-{task}" / "samples.jsonl").read_text().splitlines()]
         for i, d in enumerate(docs[::2]):
             d.update(answers=[said[2 * i]] * 10) if task == "textvqa_val" else d.update(answer=said[2 * i])
@@ -51,8 +51,8 @@ def world(tmp_path_factory):
 
 def test_searched_objective_equals_eval_of_the_best_merge(world, tmp_path):
     spec = {"merge_method": "task_arithmetic", "base_model": "base",
-            "models": [{"model": m, "parameters": {"weight": {"search": [0.0, 0.3]}}} for m in ("a", "b")],
-            "search": {"trials": 3, "objective": "score", "max_new_tokens": 4, "sampler": "random",
+            "models": [{"model": m, "parameters": {"weight": {"search": [0.0, 0.05]}}} for m in ("a", "b")],
+            "search": {"trials": 3, "objective": "score", "max_new_tokens": 2, "sampler": "random",
                        "tasks": [{"task": "textvqa_val", "questions": "textvqa.jsonl"},
                                  {"task": "lmms-eval:gqa", "questions": "gqa.jsonl"}]}}
     path = world / "spec.yml"
@@ -62,8 +62,8 @@ def test_searched_objective_equals_eval_of_the_best_merge(world, tmp_path):
     headlines = {}
     for task, file in (("textvqa_val", "textvqa.jsonl"), ("gqa", "gqa.jsonl")):
         out = tmp_path / f"eval-{task}"
-        metrics = evaluate(str(tmp_path / "merged"), LmmsDocsTask(task), questions=world / file, out=out,
-                           max_new_tokens=4, progress=False)
+        metrics = evaluate(str(tmp_path / "merged"), LmmsEvalTask(task), questions=world / file, out=out,
+                           max_new_tokens=2, progress=False)
         headlines[task] = metrics["exact_match"]
         r = run("score", "--task", task, out / f"lmms_samples_{task}.jsonl", "--json")  # its log, rescored
         assert r.returncode == 0, r.stderr
@@ -99,5 +99,5 @@ def test_the_score_objective_weighs_units_alike():
     from mmmerge.eval.tasks import get_task
     from mmmerge.searching.objectives import mean_percent
 
-    splits = [SimpleNamespace(task=t) for t in (get_task("vqav2"), LmmsDocsTask("mme"), LmmsDocsTask("textvqa_val"))]
+    splits = [SimpleNamespace(task=t) for t in (get_task("vqav2"), LmmsEvalTask("mme"), LmmsEvalTask("textvqa_val"))]
     assert mean_percent(splits, {"vqav2": 60.0, "mme": 1000.0, "textvqa_val": 0.3}) == pytest.approx((60 + 50 + 30) / 3)

@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import RecipeError
-from ..eval.lmms.docs_task import LmmsDocsTask
+from ..eval.lmms.task import LmmsEvalTask
 from ..eval.lmms.table import LMMS_TASKS
 from ..eval.runner import check_image_headers
 from ..eval.tasks import TASKS, get_task, read_task
@@ -76,14 +76,14 @@ LMMS_PREFIX = "lmms-eval:"
 
 def task_named(name: str):
     """mmmerge's own task of that name, else the lmms-eval task (`lmms-eval:NAME`, or NAME where mmmerge has no
-    task of that name) read from a JSONL of its documents and scored through the `eval/lmms` table."""
+    task of that name), read from a JSONL of its documents or a parquet folder, scored as lmms-eval scores it."""
     lmms = name[len(LMMS_PREFIX):] if name.startswith(LMMS_PREFIX) else None if name in TASKS else name
     if lmms is None:
         return get_task(name)
     if lmms not in LMMS_TASKS:
         raise RecipeError(f"search.tasks: unknown task {name!r}; choose one of {', '.join(TASKS)}, or an lmms-eval "
                           f"task ({', '.join(LMMS_TASKS)}; `{LMMS_PREFIX}NAME` where mmmerge has a task of that name)")
-    return LmmsDocsTask(lmms)
+    return LmmsEvalTask(lmms)
 
 
 class Split:
