@@ -21,6 +21,7 @@ from ...io import read_jsonl
 from ..parquet import embedded_image, rows, shards
 from ..tasks import EvalDataError, EvalTask, Sample
 from .log import Entry
+from .mmbench import MAIN
 from .per_document import document_scores
 from .sources import GQA_IMAGES, LMMS_SOURCES, MMMU_PLACEHOLDERS
 from .table import LMMS_TASKS
@@ -162,6 +163,15 @@ class LmmsEvalTask(EvalTask):
             raise EvalDataError(f"{where}: no column {self.source.breakdown!r} (is this the dataset of lmms-eval's "
                                 f"{self.name}?)")
         return doc[self.source.breakdown]
+
+    def split_key(self, sample: Sample):
+        """The dataset's question id where it has one (MME's pair of questions shares one; MMBench's circular
+        copies share their index modulo 1e6), else the doc_id."""
+        column = self.source.question_id
+        if column is None or column not in sample.info["doc"]:
+            return sample.question_id
+        value = sample.info["doc"][column]
+        return value % MAIN if self.name == "mmbench_en_dev_static" and isinstance(value, int) else value
 
     # ------------------------------------------------------------------------------------------------ scoring
     def answer(self, raw: str) -> str:
