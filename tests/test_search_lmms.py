@@ -151,3 +151,20 @@ def test_search_on_parquet_folders_split_by_question_id(world, tmp_path):
                                max_new_tokens=2, progress=False)
             assert scores[task] == pytest.approx(metrics[split.task.headline], abs=1e-12)
     assert result.dev_scores["textvqa_val"] + result.test_scores["textvqa_val"] > 0
+
+
+@pytest.mark.parametrize("entry, needles", [
+    ({"task": "mme", "data": "MME", "questions": "mme.jsonl"}, ("search.tasks[mme]", "questions", "data")),
+    ({"task": "mme", "split": 0.5}, ("search.tasks[mme]", "give questions (files) or data")),
+    ({"task": "mme", "data": "MME", "test": {"questions": "t.jsonl", "data": "MME"}}, ("test.questions",)),
+    ({"task": "vqav2", "data": "MME"}, ("search.tasks[vqav2]", "`data` is an lmms-eval task's dataset")),
+    ({"task": "mme", "data": "no/such/folder"}, ("no/such/folder", "no such folder")),
+])
+def test_bad_data_entries_are_one_line(world, tmp_path, entry, needles):
+    lmms_parquet.mme(tmp_path / "MME")
+    spec = {"merge_method": "linear", "models": [{"model": str(world / m), "parameters": {"weight": {"search": [0, 1]}}}
+                                                 for m in "ab"], "search": {"trials": 1, "tasks": [entry]}}
+    path = tmp_path / "bad.yml"
+    path.write_text(yaml.safe_dump(spec))
+    one_line_error(run("search", path, "--out", tmp_path / "o"), *needles)
+    assert not (tmp_path / "o").exists()
