@@ -115,6 +115,11 @@ class Split:
         def at(p):
             return None if p is None else str(Path(folder, p) if folder is not None else Path(p))
 
+        def data_at(files):
+            """A dataset: a path (relative to the spec's folder) where one exists, else a dataset ID as given."""
+            where = at(files.data)
+            return files.data if not Path(where).exists() and is_hub_id(files.data) else where
+
         if spec.test is not None and spec.split is not None:
             raise RecipeError(f"search.tasks[{spec.task}]: give `test` files or a `split`, not both")
         for part, files in (("", spec), ("test.", spec.test)):
@@ -125,11 +130,6 @@ class Split:
         self.prompt = spec.prompt if spec.prompt is not None else self.task.prompt
         if "{question}" not in self.prompt:
             raise RecipeError(f"search.tasks[{spec.task}]: prompt {self.prompt!r} has no {{question}} placeholder")
-        def data_at(files):
-            """A dataset: a path (relative to the spec's folder) where one exists, else a dataset ID as given."""
-            where = at(files.data)
-            return files.data if not Path(where).exists() and is_hub_id(files.data) else where
-
         self.source = at(spec.questions) if spec.data is None else data_at(spec)
         given = [spec.questions, spec.data, spec.annotations, spec.images]
         if spec.test is not None:
