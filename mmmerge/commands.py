@@ -253,7 +253,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
                        "and gqa with --data) read lmms-lab's parquet datasets"),
              flag("--questions", type=Path, help="the task's questions file (or JSONL / problems.json)"),
              flag("--data", help="an lmms-eval task's dataset: a folder as huggingface_hub downloads it (parquet "
-                                 "shards) or a dataset ID in the local Hugging Face cache (default: lmms-eval's)"),
+                                 "shards), a dataset ID in the local Hugging Face cache (default: lmms-eval's), or "
+                                 "a JSONL of its rows with `image` paths"),
              flag("--annotations", type=Path, help="VQAv2 annotations JSON (omit for test-dev: predictions only)"),
              flag("--images", type=Path, help="image folder (jsonl: default the JSONL's folder)"),
              OUT.but(help="folder for predictions.json, metrics.json, samples.jsonl"), BATCH_SIZE,

@@ -232,3 +232,47 @@ def test_broken_images_are_one_line(model_dir, tmp_path):
     one_line_error(run("eval", model_dir, "--task", "chartqa", "--data", data, "--out", tmp_path / "o"),
                    f"{shard}", "not a readable parquet file")
     assert not (tmp_path / "o").exists()
+
+
+def as_documents(data, folder):
+    """The parquet folder's rows as a JSONL of documents: each embedded image saved as a file, `image` its path."""
+    import pyarrow.parquet as pq
+
+    folder.mkdir()
+    lines = []
+    for shard in sorted(data.rglob("*.parquet")):
+        for row in pq.read_table(shard).to_pylist():
+            cells = [k for k, v in row.items() if isinstance(v, dict) and "bytes" in v]
+            for k in cells:
+                (folder / f"{len(lines)}-{k}.png").write_bytes(row.pop(k)["bytes"])
+            lines.append(json.dumps({**row, "image": [f"{len(lines)}-{k}.png" for k in cells]}) + "\n")
+    (folder / "docs.jsonl").write_text("".join(lines))
+    return folder / "docs.jsonl"
+
+
+@pytest.mark.parametrize("task", ["mme", "mmbench_en_dev_static", "scienceqa_img", "chartqa"])
+def test_jsonl_documents_are_the_same_task(runs, model_dir, task, tmp_path):
+    """One task, two readers: the parquet rows as JSONL documents give the same prompts, answers, scores, metrics."""
+    data, out, metrics = runs[task]
+    docs = as_documents(data, tmp_path / "docs")
+    again = evaluate(model_dir, task, data=docs, out=tmp_path / "o", batch_size=2, max_new_tokens=3, progress=False)
+    assert again == metrics
+    keys = ("question_id", "question", "prompt", "raw", "answer", "score", "target", "doc")
+    assert [{k: r[k] for k in keys} for r in samples(tmp_path / "o")] == [{k: r[k] for k in keys} for r in samples(out)]
+
+
+@pytest.mark.parametrize("task", ["mme", "mmmu_val", "mmbench_en_dev_static", "pope", "chartqa"])
+def test_eval_writes_the_lmms_eval_log(runs, task):
+    """`mmmerge score` of the sample log eval wrote gives the eval's metrics; the results JSON holds them too."""
+    _, out, metrics = runs[task]
+    log = out / f"lmms_samples_{task}.jsonl"
+    r = run("score", "--task", task, log, "--json")
+    assert r.returncode == 0, r.stderr
+    scored = json.loads(r.stdout)
+    assert scored["metrics"] == {k: metrics[k] for k in scored["metrics"]}
+    assert scored["headline"] == metrics[LMMS_TASKS[task].headline]
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(x["doc_id"], x["resps"][0][0], x["doc"]) for x in lines] == \
+        [(s["question_id"], s["raw"], s["doc"]) for s in samples(out)]
+    results = json.loads((out / "lmms_results.json").read_text())["results"][task]
+    assert {k: results[f"{k},none"] for k in scored["metrics"]} == scored["metrics"]

@@ -281,3 +281,17 @@ def test_refusals(tmp_path):
     one_line_error(run("score", "--task", "pope", path), str(path), "not UTF-8")
     with pytest.raises(mmmerge.eval.EvalDataError, match="not one mmmerge scores"):
         mmmerge.score("mmbench_cn_dev", path)
+
+
+def test_score_runs_after_every_lmms_submodule_is_imported(tmp_path):
+    """Importing a submodule sets it as an attribute of its package: none may be named as a lazy export of
+    mmmerge.eval.lmms (once `mmmerge.eval.lmms.score` was a module, and the command then called a module)."""
+    import importlib
+    import pkgutil
+
+    import mmmerge.eval.lmms as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+    test_pope(tmp_path)  # the command, scored against the hand-worked values
+    assert callable(mmmerge.score) and callable(package.score)

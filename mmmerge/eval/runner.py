@@ -85,11 +85,11 @@ def evaluate(model, task, *, questions=None, annotations=None, images=None, data
     """Evaluate an image-text-to-text checkpoint folder `model` (LLaVA, LLaVA-NeXT, Qwen2-VL, Gemma 3, PaliGemma,
     Idefics3/SmolVLM, mllama, ...: each through its own processor and chat template) on `task` ("vqav2",
     "textvqa", "gqa", "pope", "scienceqa", "jsonl", or an lmms-eval task such as "mme", "mmmu_val"); write
-    OUT/predictions.json, metrics.json, samples.jsonl (and run.json, for eval-compare; for mmmerge's tasks that
-    lmms-eval names, its sample log and results JSON too: lmms_samples_<task>.jsonl, lmms_results.json) and return
-    the metrics. `data` is another name for the task's main file (`questions`); for an lmms-eval task, the dataset
-    folder (parquet shards as huggingface_hub downloads lmms-lab's repositories) or a dataset ID in the local
-    Hugging Face cache (default: the ID lmms-eval reads). `max_new_tokens`: default the task's (lmms-eval's for its
+    OUT/predictions.json, metrics.json, samples.jsonl (and run.json, for eval-compare; for lmms-eval's tasks and
+    mmmerge's tasks that lmms-eval names, its sample log and results JSON too: lmms_samples_<task>.jsonl,
+    lmms_results.json) and return the metrics. `data` is another name for the task's main file (`questions`); for
+    an lmms-eval task, the dataset folder (parquet shards as huggingface_hub downloads lmms-lab's repositories), a
+    dataset ID in the local Hugging Face cache (default: the ID lmms-eval reads) or a JSONL of its documents. `max_new_tokens`: default the task's (lmms-eval's for its
     tasks).
     `prompt` replaces the task's template; it must contain "{question}". Under torchrun the questions are
     sharded over the ranks and rank 0 writes the files; every rank returns the metrics.

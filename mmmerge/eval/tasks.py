@@ -94,6 +94,10 @@ class EvalTask:
     def answer(self, raw: str) -> str:
         return raw.strip()
 
+    def split_key(self, sample: Sample):
+        """What a dev/test split keeps on one side: samples sharing it are scored together."""
+        return sample.question_id
+
     def score(self, answer: str, sample: Sample) -> float | None:
         raise NotImplementedError
 

@@ -50,7 +50,7 @@ class Scorer:
     def metrics(self, split: Split, part: str = "dev", answers: list[str] | None = None) -> dict:
         samples = split.dev if part == "dev" else split.test
         answers = answers if answers is not None else self.answers(split, part)
-        scores = [split.task.score(a, s) for a, s in zip(answers, samples)]
+        scores = split.task.score_all(samples, answers)
         return split.task.metrics(samples, answers, scores)
 
     def task_scores(self, part: str = "dev") -> dict[str, float]:

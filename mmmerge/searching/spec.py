@@ -14,6 +14,9 @@
         # or one file split in two: `split: 0.5` (that share of the questions is dev, the rest test)
         - task: mmstar           # any lmms-eval task `mmmerge score` knows (`lmms-eval:gqa` for its gqa),
           questions: mmstar.jsonl  # from a JSONL of its documents, scored as lmms-eval scores them
+        - task: mme              # or from lmms-lab's parquet folder (or a cached dataset ID): `data`
+          data: MME
+          split: 0.5             # by the dataset's question id: MME's pairs stay on one side
 
 Paths are relative to the spec file's folder. The test split never chooses: it is scored once, for the best
 candidate, after the search.
@@ -30,7 +33,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import RecipeError
-from ..eval.lmms.docs_task import LmmsDocsTask
+from ..hub import is_hub_id
+from ..eval.lmms.task import LmmsEvalTask
 from ..eval.lmms.table import LMMS_TASKS
 from ..eval.runner import check_image_headers
 from ..eval.tasks import TASKS, get_task, read_task
@@ -42,7 +46,8 @@ from .space import Dimension, check_read, find_dimensions
 
 class Files(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    questions: str
+    questions: Optional[str] = None
+    data: Optional[str] = None  # an lmms-eval task's parquet folder or dataset ID (or JSONL of documents)
     annotations: Optional[str] = None
     images: Optional[str] = None
 
@@ -74,16 +79,33 @@ class SearchSettings(BaseModel):
 LMMS_PREFIX = "lmms-eval:"
 
 
-def task_named(name: str):
-    """mmmerge's own task of that name, else the lmms-eval task (`lmms-eval:NAME`, or NAME where mmmerge has no
-    task of that name) read from a JSONL of its documents and scored through the `eval/lmms` table."""
-    lmms = name[len(LMMS_PREFIX):] if name.startswith(LMMS_PREFIX) else None if name in TASKS else name
+def task_named(name: str, *, dataset: bool = False):
+    """mmmerge's own task of that name, else the lmms-eval task (`lmms-eval:NAME`, NAME where mmmerge has no
+    task of that name, or any NAME read from a `dataset`: `data:`), read from a JSONL of its documents or a
+    parquet folder, scored as lmms-eval scores it."""
+    plain = None if name in TASKS and not dataset else name
+    lmms = name[len(LMMS_PREFIX):] if name.startswith(LMMS_PREFIX) else plain
     if lmms is None:
         return get_task(name)
+    if lmms not in LMMS_TASKS and dataset and name in TASKS:
+        raise RecipeError(f"search.tasks[{name}]: `data` is an lmms-eval task's dataset, and {name} is none; give its "
+                          f"files as `questions` (and `annotations`, `images`)")
     if lmms not in LMMS_TASKS:
         raise RecipeError(f"search.tasks: unknown task {name!r}; choose one of {', '.join(TASKS)}, or an lmms-eval "
                           f"task ({', '.join(LMMS_TASKS)}; `{LMMS_PREFIX}NAME` where mmmerge has a task of that name)")
-    return LmmsDocsTask(lmms)
+    return LmmsEvalTask(lmms)
+
+
+def split_by_question(samples: list, share: float, key) -> tuple[list, list]:
+    """`share` of the samples as dev, the rest test, by a hash of each one's question `key` (the same split
+    whatever the file's order); samples sharing a key (MME's pairs, MMBench's circular copies) stay together."""
+    keys = [hashlib.sha256(str(key(s)).encode()).hexdigest() for s in samples]
+    ranked = sorted(range(len(samples)), key=lambda i: keys[i])
+    cut = max(1, round(share * len(samples)))
+    while cut < len(ranked) and keys[ranked[cut]] == keys[ranked[cut - 1]]:
+        cut += 1
+    dev = set(ranked[:cut])
+    return [s for i, s in enumerate(samples) if i in dev], [s for i, s in enumerate(samples) if i not in dev]
 
 
 class Split:
@@ -93,30 +115,35 @@ class Split:
         def at(p):
             return None if p is None else str(Path(folder, p) if folder is not None else Path(p))
 
+        def data_at(files):
+            """A dataset: a path (relative to the spec's folder) where one exists, else a dataset ID as given."""
+            where = at(files.data)
+            return files.data if not Path(where).exists() and is_hub_id(files.data) else where
+
         if spec.test is not None and spec.split is not None:
             raise RecipeError(f"search.tasks[{spec.task}]: give `test` files or a `split`, not both")
-        self.task = task_named(spec.task)
+        for part, files in (("", spec), ("test.", spec.test)):
+            if files is not None and (files.questions is None) == (files.data is None):
+                raise RecipeError(f"search.tasks[{spec.task}]: give {part}questions (files) or {part}data (an "
+                                  f"lmms-eval task's parquet folder or dataset ID), one of them")
+        self.task = task_named(spec.task, dataset=spec.data is not None)
         self.prompt = spec.prompt if spec.prompt is not None else self.task.prompt
         if "{question}" not in self.prompt:
             raise RecipeError(f"search.tasks[{spec.task}]: prompt {self.prompt!r} has no {{question}} placeholder")
-        self.source = at(spec.questions)
-        given = [spec.questions, spec.annotations, spec.images]
+        self.source = at(spec.questions) if spec.data is None else data_at(spec)
+        given = [spec.questions, spec.data, spec.annotations, spec.images]
         if spec.test is not None:
-            given += [spec.test.questions, spec.test.annotations, spec.test.images]
+            given += [spec.test.questions, spec.test.data, spec.test.annotations, spec.test.images]
         self.files = [Path(at(p)) for p in given if p is not None]  # what the search reads: an output may not hold it
         samples = read_task(self.task, self.source, at(spec.annotations), at(spec.images), spec.limit)
         self.test_source = self.source
-        if spec.split is not None:  # by a hash of the question id: the same split whatever the file's order
-            ranked = sorted(range(len(samples)),
-                            key=lambda i: hashlib.sha256(str(samples[i].question_id).encode()).hexdigest())
-            dev = set(ranked[:max(1, round(spec.split * len(samples)))])
-            self.dev = [s for i, s in enumerate(samples) if i in dev]
-            self.test = [s for i, s in enumerate(samples) if i not in dev]
+        if spec.split is not None:
+            self.dev, self.test = split_by_question(samples, spec.split, self.task.split_key)
         else:
             self.dev = samples
             self.test = []
             if spec.test is not None:
-                self.test_source = at(spec.test.questions)
+                self.test_source = at(spec.test.questions) if spec.test.data is None else data_at(spec.test)
                 self.test = read_task(self.task, self.test_source, at(spec.test.annotations), at(spec.test.images))
         if not self.dev:
             raise RecipeError(f"search.tasks[{spec.task}]: no dev questions")

@@ -8,6 +8,6 @@ the module says so and `score` adds a note.
 
 from ...lazy import lazy_exports
 
-_WHERE = {"score": ".score", "Scores": ".score", "LMMS_TASKS": ".table", "read_log": ".log"}
+_WHERE = {"score": ".scoring", "Scores": ".scoring", "LMMS_TASKS": ".table", "read_log": ".log"}
 __all__ = list(_WHERE)
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())

@@ -34,6 +34,11 @@ def _mmmu(entries) -> list[float]:
     return [float(r) for r in mmmu.rights(entries)[0]]
 
 
+# Tasks whose headline is the mean of independent per-document scores: a document alone has that score, and its
+# sample log line carries it (lmms-eval's process_results field).
+PER_DOCUMENT = frozenset({"ai2d", "scienceqa_img", "realworldqa", "chartqa", "textvqa_val", "vizwiz_vqa_val",
+                          "ok_vqa_val2014", "docvqa_val", "gqa"})
+
 _SPECIAL = {"mme": _mme, "mmbench_en_dev_static": _mmbench, "ocrbench": _ocrbench, "mmmu_val": _mmmu}
 _PER_DOCUMENT_METRIC = {"pope": "pope_accuracy", "seedbench": "seed_all"}  # else the headline
 

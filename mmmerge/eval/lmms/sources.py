@@ -33,37 +33,40 @@ class LmmsSource:
     max_new_tokens: int = 1024  # generation_kwargs; lmms-eval's default when the YAML gives none
     until: tuple = ()  # generation_kwargs `until` besides the end of sequence
     breakdown: str | None = None  # the row's field (or `subject` for MMMU) scores are broken down by
+    question_id: str | None = None  # the dataset's question id column, which a dev/test split keeps together
 
 
 LMMS_SOURCES = {
     "mme": LmmsSource("lmms-lab-encoder/MME", "test", prompts.without_yes_no, SHORT, max_new_tokens=16,
-                      breakdown="category"),
-    "pope": LmmsSource("lmms-lab-encoder/POPE", "test", prompts.stripped, SHORT, max_new_tokens=128),
+                      breakdown="category", question_id="question_id"),  # a pair of questions shares one
+    "pope": LmmsSource("lmms-lab-encoder/POPE", "test", prompts.stripped, SHORT, max_new_tokens=128,
+                       question_id="question_id"),
     "mmbench_en_dev_static": LmmsSource("lmms-lab-encoder/MMBench", "dev", prompts.mmbench, LETTER, config="en",
-                                        until=("ASSISTANT:",)),
+                                        until=("ASSISTANT:",), question_id="index"),  # copies: index mod 1e6
     "mmmu_val": LmmsSource("lmms-lab-encoder/MMMU", "validation", prompts.mmmu, LETTER.strip(), image=MMMU_PLACEHOLDERS,
-                           max_new_tokens=128, breakdown="subject"),
+                           max_new_tokens=128, breakdown="subject", question_id="id"),
     "seedbench": LmmsSource("lmms-lab-encoder/SEED-Bench", "test", prompts.seedbench, LETTER, until=("ASSISTANT:",),
-                            breakdown="question_type_id"),
+                            breakdown="question_type_id", question_id="question_id"),
     "chartqa": LmmsSource("lmms-lab-encoder/ChartQA", "test", prompts.question,
                           "\nAnswer the question with a single word.", max_new_tokens=16),
     "ocrbench": LmmsSource("echo840/OCRBench", "test", prompts.stripped, max_new_tokens=128),
     "vizwiz_vqa_val": LmmsSource("lmms-lab-encoder/VizWiz-VQA", "val", prompts.capitalized, UNANSWERABLE,
-                                 until=("ASSISTANT:",)),
+                                 until=("ASSISTANT:",), question_id="question_id"),
     "ok_vqa_val2014": LmmsSource("lmms-lab-encoder/OK-VQA", "val2014", prompts.question, UNANSWERABLE,
-                                 until=("ASSISTANT:",)),
+                                 until=("ASSISTANT:",), question_id="question_id"),
     "textvqa_val": LmmsSource("lmms-lab-encoder/textvqa", "validation", prompts.capitalized, SHORT,
-                              until=("ASSISTANT:",)),
+                              until=("ASSISTANT:",), question_id="question_id"),
     "docvqa_val": LmmsSource("lmms-lab-encoder/DocVQA", "validation", prompts.question, SHORT, config="DocVQA",
-                             max_new_tokens=32),
+                             max_new_tokens=32, question_id="questionId"),
     "ai2d": LmmsSource("lmms-lab-encoder/ai2d", "test", prompts.listed_options, LETTER, max_new_tokens=16),
     "scienceqa_img": LmmsSource("lmms-lab-encoder/ScienceQA", "test", prompts.scienceqa, LETTER,
                                 config="ScienceQA-IMG", max_new_tokens=16),
     # GQA's questions and images are two configs joined by imageId (gqa/utils.py gqa_process_docs).
     "gqa": LmmsSource("lmms-lab-encoder/GQA", "testdev", prompts.question, SHORT,
-                      config="testdev_balanced_instructions", max_new_tokens=16),
+                      config="testdev_balanced_instructions", max_new_tokens=16, question_id="id"),
     "mmstar": LmmsSource("Lin-Chen/MMStar", "val", prompts.without_yes_no,
-                         "\nAnswer with the option's letter from the given choices directly", breakdown="category"),
+                         "\nAnswer with the option's letter from the given choices directly", breakdown="category",
+                         question_id="index"),
     "realworldqa": LmmsSource("lmms-lab-encoder/RealWorldQA", "test", prompts.stripped, max_new_tokens=16),
 }
 

@@ -13,8 +13,9 @@ run's files do not depend on the clock.
 `filtered_resps` holds the answer as mmmerge's official rule reads it (lmms-eval's "filter" step): so lmms-eval's
 scoring of the log equals the eval's metrics.json (fractions, not percent), with one exception: lmms-eval's `gqa`
 ignores ASCII punctuation where the official eval.py does not. mmmerge's `vqav2` has no log: lmms-eval's
-`vqav2_val` is none of the tasks `mmmerge score` scores; `jsonl` is mmmerge's own format. An lmms-eval task read
-from its documents (`LmmsDocsTask`) is logged with its rows as they are and the answer unfiltered.
+`vqav2_val` is none of the tasks `mmmerge score` scores; `jsonl` is mmmerge's own format. An lmms-eval task
+(`LmmsEvalTask`, from parquet or JSONL documents) is logged with its rows as they are (images dropped) and the
+answer unfiltered: its scorers are lmms-eval's own.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from typing import Callable
 from ...io.atomic import atomic_write_text
 from .. import metrics as M
 from ..tasks import TASKS
-from .docs_task import PER_DOCUMENT, LmmsDocsTask
 from .log import Entry, entries_from_rows
+from .per_document import PER_DOCUMENT
+from .task import LmmsEvalTask
 from .table import LMMS_TASKS
 
 SAMPLES_FILE = "lmms_samples_{task}.jsonl"
@@ -86,11 +88,12 @@ LOG_FORMS = {
 }
 
 
-def docs_form(task: LmmsDocsTask) -> LogForm:
-    """An lmms-eval task read from its documents: the row as it is, the answer unfiltered, and the headline's
+def lmms_form(task) -> LogForm:
+    """An lmms-eval task (`LmmsEvalTask`): the row as it is, the answer unfiltered, and the headline's
     per-document score where a document alone has one."""
     alone = task.name in PER_DOCUMENT
-    return LogForm(task.name, lambda s: s.target, lambda s: s.target.get("answer", ""), scored_alone=alone,
+    return LogForm(task.name, lambda s: s.info["doc"], lambda s: "" if s.target is None else s.target,
+                   scored_alone=alone,
                    fields=lambda doc, answer, one: {task.headline: one[task.headline]} if alone else {})
 
 
@@ -145,8 +148,8 @@ def results_json(task: str, lines: list[dict], run: dict) -> dict:
 def write_lmms_log(task, samples, prompts, raws, answers, scores, out: Path, run: dict) -> str | None:
     """Write OUT/lmms_samples_<lmms task>.jsonl and OUT/lmms_results.json for a task lmms-eval names, when every
     question has gold answers (a score); return the lmms-eval task name, or None when nothing is written."""
-    if isinstance(task, LmmsDocsTask):  # its documents are lmms-eval's rows already
-        form = docs_form(task)
+    if isinstance(task, LmmsEvalTask):  # its documents are lmms-eval's rows already
+        form = lmms_form(task)
     elif type(task) is TASKS.get(task.name) and task.name in LOG_FORMS and not any(sc is None for sc in scores):
         form = LOG_FORMS[task.name]
     else:
