@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..adapters.families import FAMILIES, rename
+from ..adapters.families import rename
 from ..adapters.hf_common import class_layout, layout_of
 from ..adapters.hf_causal_lm import untie
 from ..adapters.hf_export import hf_config_dict
@@ -241,7 +241,7 @@ def family_reference(components: dict[str, ComponentPlan], opener: Opener, fmt: 
     source first, then the language model's, then the vision tower's, then any other input)."""
     order = [components["projector"].reference, components["language"].reference, components["vision"].reference]
     order += list(opener.cache.values())
-    wanted = (lambda ck: ck.family is not None) if fmt == "family" else (lambda ck: ck.family is FAMILIES[fmt])
+    wanted = (lambda ck: ck.family is not None) if fmt == "family" else (lambda ck: ck.family is not None and ck.family.model_type == fmt)
     found = next((ck for ck in order if wanted(ck)), None)
     if found is None:
         what = "multimodal checkpoint" if fmt == "family" else f"{fmt} checkpoint"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapters.families import FAMILIES, rename
+from ..adapters.families import family_named, rename
 from ..adapters.hf_common import copy_side_files, transformers_bars
 from ..engine.execute import SIDE_FILES_SKIPPED, resolve_device, run_task
 from ..engine.finite import input_sources
@@ -28,7 +28,7 @@ from ..eval.generate import ModelLoadError, load_processor
 def _names_in_memory(plan: Plan, held: set[str]) -> dict[str, str]:
     """Output tensor name -> the model's own parameter name, through the family's file layouts."""
     names = [t.name for t in plan.tasks]
-    family = FAMILIES.get(plan.output_format)
+    family = family_named(plan.output_format)
     if family is None or all(n in held for n in names):
         return {n: n for n in names}
     for layout in ("saved", "hub"):
