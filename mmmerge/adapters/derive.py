@@ -28,7 +28,7 @@ from .families import Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-2"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-4"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -127,6 +127,9 @@ def _derive(model_type: str, config_json: str | None) -> Family:
     if head is not None:
         parts.append(("language", head + ".", head_name))
     projector, outside = _projector_and_outside(model, modules, names, tower, language, head, vision.model_type)
+    if all(any(n.startswith(p) for _, p, _ in projector) for n in names if n.startswith(tower + ".")):
+        raise NotDerivable(f"every part of {cls_name}'s vision tower writes another width than its first layer: "
+                           "the tower cannot be told from a projector")
     if not projector:
         raise NotDerivable(f"{cls_name} holds nothing between its vision tower and its language model")
     parts = [*projector, *parts]
@@ -317,6 +320,9 @@ def _layouts(model, family: Family, names: dict) -> dict:
             file_prefix = heads.pop()
             if file_prefix != prefix:
                 renames.append((file_prefix, prefix))
+    converted = next((n for n in names if n not in saved), None)
+    if converted is not None:
+        raise NotDerivable(f"transformers saves {converted} through a converter (split or fused), not a renaming")
     pairs = _minimal(tuple(renames), names, saved)
     layouts = {"saved": pairs} if pairs else {}
     legacy = _legacy_prefixes(model)
@@ -334,7 +340,9 @@ def _minimal(renames: tuple, names: dict, saved: dict) -> tuple:
                    and rename(saved.get(n, n), pairs, to_memory=True) == n for n in names)
 
     if not exact(renames):
-        return renames
+        wrong = next(n for n in names if rename(n, renames, to_memory=False) != saved.get(n, n))
+        raise NotDerivable(f"transformers saves {wrong} as {saved.get(wrong)}: a renaming inside a component, beyond "
+                           "the prefixes a family row renames")
     kept = list(renames)
     for pair in sorted(renames, key=lambda p: len(p[1]), reverse=True):
         trial = tuple(p for p in kept if p != pair)
