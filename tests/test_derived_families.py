@@ -8,6 +8,8 @@ Tiny models come from examples/tiny_any_family.py (no per-family code).
 """
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +22,8 @@ from mmmerge.adapters.families import FAMILIES, family_named
 from mmmerge.adapters.hf_common import auto_class_names
 from mmmerge.adapters.hf_export import build_config, model_class
 from tiny_any_family import tiny_any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 ALL_TYPES = sorted(auto_class_names("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"))
 
@@ -206,3 +210,13 @@ def test_language_merges_with_a_text_only_causal_lm(model_type, saved, tmp_path)
     for c in ("vision", "projector"):
         for name, t in merged.component(c).tensors.items():
             assert torch.equal(t.load(), mine.component(c).tensors[name].load()), name
+
+
+def test_readme_family_list_is_the_contracts():
+    """The README's family table and its "N image-text-to-text families" figures are what
+    scripts/families_table.py makes from this file's tables and the derivation (run it with `update` to fix)."""
+    import families_table
+
+    readme = families_table.README.read_text()
+    assert readme == families_table.render(readme)
+    assert families_table.COUNT.search(readme)
