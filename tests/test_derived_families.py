@@ -138,6 +138,17 @@ def test_new_families_are_derived(model_type):
     assert {c for c, _, _ in family.parts} == {"vision", "projector", "language"}
 
 
+def test_inspect_reads_a_derived_family(saved):
+    """Through the command a user runs: a family no hand row names shows its three components."""
+    from cli_run import run
+
+    r = run("inspect", saved("idefics2"), "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["format"] == "transformers-idefics2" and set(s["components"]) == {"vision", "projector", "language"}
+    assert s["components"]["language"]["architecture"] == "MistralForCausalLM"
+
+
 # ---- every derived type that builds tiny ---------------------------------------------------------------------
 
 TINY = [t for t in ALL_TYPES if t not in NOT_SPLIT and t not in NOT_TINY]
