@@ -28,7 +28,7 @@ from .families import Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-4"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-5"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -307,6 +307,7 @@ def _layouts(model, family: Family, names: dict) -> dict:
     legacy prefixes its load-time mapping removes from submodels (a CLIP tower's `vision_model.`)."""
     from .hf_export import to_file_names
 
+    names = _one_per_block_kind(names)
     by_id = {id(t): n for n, t in names.items()}
     saved = {by_id[id(t)]: f for f, t in to_file_names(model, names).items() if id(t) in by_id}  # renamed, not converted
     prefixes = sorted({p for _, p, _ in family.parts} | set(family.outside), key=len, reverse=True)
@@ -331,6 +332,18 @@ def _layouts(model, family: Family, names: dict) -> dict:
         hub += tuple((m + legacy[m], m) for m in legacy if m not in {p[1] for p in pairs})
         layouts["hub"] = hub
     return layouts
+
+
+def _one_per_block_kind(names: dict) -> dict:
+    """The names of the first block of each kind in its stack (blocks that hold the same names, layer index aside):
+    transformers renames blocks of a kind alike, and its save-time renaming of a full-depth model takes seconds."""
+    out = {}
+    for name, tensor in names.items():
+        parts = name.split(".")
+        at = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+        kind = ".".join(parts[:at] + ["*"] + parts[at + 1:]) if at is not None else name
+        out.setdefault(kind, (name, tensor))
+    return dict(out.values())
 
 
 def _minimal(renames: tuple, names: dict, saved: dict) -> tuple:
