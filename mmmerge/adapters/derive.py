@@ -28,7 +28,7 @@ from .families import Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-5"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-6"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -92,6 +92,36 @@ def family_from_json(data: dict) -> Family:
 # ---- the derivation (imports torch and transformers) ---------------------------------------------------------------
 
 def _derive(model_type: str, config_json: str | None) -> Family:
+    cls_name, text, vision, model = _build_on_meta(model_type, config_json)
+    modules = dict(model.named_modules())
+    language, tower = _built_from(modules, text), _built_from(modules, vision)
+    if language is None or tower is None:
+        which, config = ("language model", "text") if language is None else ("vision tower", "vision")
+        raise NotDerivable(f"{cls_name} holds no {which} built from its {config} config")
+    if tower.startswith(language + ".") or language.startswith(tower + "."):
+        raise NotDerivable(f"{cls_name} nests its vision tower and language model ({tower}, {language})")
+    head = next((n for n, m in modules.items() if m is model.get_output_embeddings()), None)
+    names = dict(model.state_dict())
+    counterpart = _text_only_counterpart(text, {n[len(language) + 1:]: tuple(t.shape) for n, t in names.items()
+                                               if n.startswith(language + ".")})
+    projector, outside = _projector_and_outside(model, modules, names, tower, language, head, vision.model_type)
+    if all(any(n.startswith(p) for _, p, _ in projector) for n in names if n.startswith(tower + ".")):
+        raise NotDerivable(f"every part of {cls_name}'s vision tower writes another width than its first layer: "
+                           "the tower cannot be told from a projector")
+    if not projector:
+        raise NotDerivable(f"{cls_name} holds nothing between its vision tower and its language model")
+    lm_canonical = counterpart[2] if counterpart else ""
+    parts = [*projector, ("vision", tower + ".", ""), ("language", language + ".", lm_canonical)]
+    if head is not None:
+        parts.append(("language", head + ".", "lm_head."))
+    language_type, language_arch = _language_fields(counterpart, text.model_type, type(modules[language]).__name__)
+    family = Family(model_type, cls_name, tuple(parts), {}, outside, *_vision_fields(type(modules[tower]), vision),
+                    language_type, language_arch, not_in_llava=_not_in_llava(modules[tower]))
+    return dataclasses.replace(family, layouts=_layouts(model, family, names))
+
+
+def _build_on_meta(model_type: str, config_json: str | None):
+    """(class name, text config, vision config, the class built on the meta device) of the type."""
     import torch
     import transformers
 
@@ -102,55 +132,38 @@ def _derive(model_type: str, config_json: str | None) -> Family:
     if config_json is None:
         config = transformers.AutoConfig.for_model(model_type)
     else:
-        config = klass.config_class.from_dict({k: v for k, v in json.loads(config_json).items() if k != "architectures"})
+        given = json.loads(config_json)
+        config = klass.config_class.from_dict({k: v for k, v in given.items() if k != "architectures"})
     text, vision = getattr(config, "text_config", None), getattr(config, "vision_config", None)
     if text is None or vision is None:
         missing = " and ".join(k for k, v in (("text_config", text), ("vision_config", vision)) if v is None)
         raise NotDerivable(f"{type(config).__name__} has no {missing}: no vision tower and language model to split")
     with torch.device("meta"):
-        model = klass._from_config(config)
-    modules = dict(model.named_modules())
-    language = _built_from(modules, text)
-    tower = _built_from(modules, vision)
-    if language is None or tower is None:
-        which = "language model" if language is None else "vision tower"
-        raise NotDerivable(f"{cls_name} holds no {which} built from its "
-                           f"{'text' if language is None else 'vision'} config")
-    if tower.startswith(language + ".") or language.startswith(tower + "."):
-        raise NotDerivable(f"{cls_name} nests its vision tower and language model ({tower}, {language})")
-    head = next((n for n, m in modules.items() if m is model.get_output_embeddings()), None)
-    names = dict(model.state_dict())
-    counterpart = _text_only_counterpart(text, {n[len(language) + 1:]: tuple(t.shape) for n, t in names.items()
-                                               if n.startswith(language + ".")})
-    lang_prefix, head_name = (counterpart[2], "lm_head.") if counterpart else ("", "lm_head.")
-    parts = [("vision", tower + ".", ""), ("language", language + ".", lang_prefix)]
-    if head is not None:
-        parts.append(("language", head + ".", head_name))
-    projector, outside = _projector_and_outside(model, modules, names, tower, language, head, vision.model_type)
-    if all(any(n.startswith(p) for _, p, _ in projector) for n in names if n.startswith(tower + ".")):
-        raise NotDerivable(f"every part of {cls_name}'s vision tower writes another width than its first layer: "
-                           "the tower cannot be told from a projector")
-    if not projector:
-        raise NotDerivable(f"{cls_name} holds nothing between its vision tower and its language model")
-    parts = [*projector, *parts]
-    vision_cls = type(modules[tower])
-    base_names = auto_class_names("MODEL_MAPPING_NAMES")
-    vision_arch = None if base_names.get(vision.model_type) == vision_cls.__name__ else vision_cls.__name__
-    vision_module = None
-    if vision_arch is not None and getattr(transformers, vision_arch, None) is not vision_cls:
-        vision_module = vision_cls.__module__.split(".")[-2]
-    language_type = language_arch = None
+        return cls_name, text, vision, klass._from_config(config)
+
+
+def _vision_fields(tower_cls: type, vision) -> tuple[str | None, str | None]:
+    """(vision_arch, vision_module): the tower's class where MODEL_MAPPING names another for the vision type, and
+    its transformers.models module where transformers does not export it."""
+    import transformers
+
+    if auto_class_names("MODEL_MAPPING_NAMES").get(vision.model_type) == tower_cls.__name__:
+        return None, None
+    exported = getattr(transformers, tower_cls.__name__, None) is tower_cls
+    return tower_cls.__name__, None if exported else tower_cls.__module__.split(".")[-2]
+
+
+def _language_fields(counterpart, text_type: str, base_cls: str) -> tuple[str | None, str | None]:
+    """(language_type, language_arch): the text-only type where it is not the text config's own, or the class:
+    the causal LM whose config class is the text config's (mllama), else the base model when no counterpart fits."""
     if counterpart is None:
-        language_arch = type(modules[language]).__name__
-    elif counterpart[0] != text.model_type:
-        if counterpart[1] == text.model_type:
-            language_arch = auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES")[counterpart[0]]
-        else:
-            language_type = counterpart[0]
-    family = Family(model_type, cls_name, tuple(parts), {}, outside, vision_arch, vision_module, language_type,
-                    language_arch, not_in_llava=_not_in_llava(modules[tower]))
-    layouts = _layouts(model, family, names)
-    return dataclasses.replace(family, layouts=layouts)
+        return None, base_cls
+    causal_type, config_type, _ = counterpart
+    if causal_type == text_type:
+        return None, None
+    if config_type == text_type:
+        return None, auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES")[causal_type]
+    return causal_type, None
 
 
 def _built_from(modules: dict, sub_config) -> str | None:
@@ -202,10 +215,16 @@ def _text_only_counterpart(text, language_shapes: dict) -> tuple[str, str, str] 
     return None
 
 
+def _widths(module) -> list:
+    """The widths the linear and convolution layers of `module` write, in module order."""
+    return [getattr(m, "out_features", getattr(m, "out_channels", None)) for m in module.modules()
+            if hasattr(m, "out_features") or hasattr(m, "out_channels")]
+
+
 def _writes_other_width(module, width: int | None) -> bool:
     """The last linear or convolution layer of `module` writes other than `width` features (the tower's own)."""
-    layers = [m for m in module.modules() if hasattr(m, "out_features") or hasattr(m, "out_channels")]
-    return bool(layers) and getattr(layers[-1], "out_features", getattr(layers[-1], "out_channels", None)) != width
+    widths = _widths(module)
+    return bool(widths) and widths[-1] != width
 
 
 def _projector_and_outside(model, modules: dict, names: dict, tower: str, language: str, head: str | None,
@@ -214,8 +233,7 @@ def _projector_and_outside(model, modules: dict, names: dict, tower: str, langua
     outside every component, by memory prefix, with the reason."""
     groups: dict[str, int] = {}  # memory prefix -> parameter count
     inside: set[str] = set()
-    first = next((m for m in modules[tower].modules() if hasattr(m, "out_features") or hasattr(m, "out_channels")), None)
-    tower_width = getattr(first, "out_features", getattr(first, "out_channels", None))
+    tower_width = _widths(modules[tower])[0] if _widths(modules[tower]) else None
     for child, module in modules[tower].named_children():
         if _writes_other_width(module, tower_width):
             inside.add(f"{tower}.{child}.")
@@ -309,21 +327,18 @@ def _layouts(model, family: Family, names: dict) -> dict:
 
     names = _one_per_block_kind(names)
     by_id = {id(t): n for n, t in names.items()}
-    saved = {by_id[id(t)]: f for f, t in to_file_names(model, names).items() if id(t) in by_id}  # renamed, not converted
-    prefixes = sorted({p for _, p, _ in family.parts} | set(family.outside), key=len, reverse=True)
-    renames = []
-    for prefix in prefixes:
-        mine = [n for n in names if n.startswith(prefix) and max((p for p in prefixes if n.startswith(p)), key=len) == prefix]
-        files = {saved.get(n, n) for n in mine}
-        heads = {f[:len(f) - (len(n) - len(prefix))] if f.endswith(n[len(prefix):]) else None
-                 for n, f in zip(mine, [saved.get(n, n) for n in mine])}
-        if len(heads) == 1 and None not in heads and files:
-            file_prefix = heads.pop()
-            if file_prefix != prefix:
-                renames.append((file_prefix, prefix))
+    saved = {by_id[id(t)]: f for f, t in to_file_names(model, names).items() if id(t) in by_id}  # converted: absent
     converted = next((n for n in names if n not in saved), None)
     if converted is not None:
         raise NotDerivable(f"transformers saves {converted} through a converter (split or fused), not a renaming")
+    prefixes = sorted({p for _, p, _ in family.parts} | set(family.outside), key=lambda p: (-len(p), p))
+    renames = []
+    for prefix in prefixes:  # each part's file prefix: what its names' file names hold before their own tail
+        mine = [n for n in names if next((p for p in prefixes if n.startswith(p)), None) == prefix]
+        heads = {saved[n][:len(saved[n]) - len(n) + len(prefix)] if saved[n].endswith(n[len(prefix):]) else None
+                 for n in mine}
+        if len(heads) == 1 and None not in heads and heads != {prefix}:
+            renames.append((heads.pop(), prefix))
     pairs = _minimal(tuple(renames), names, saved)
     layouts = {"saved": pairs} if pairs else {}
     legacy = _legacy_prefixes(model)
