@@ -1,7 +1,7 @@
 """Family rows derived from transformers itself, so a VLM transformers ships is read the day it ships.
 
 The family's image-text-to-text class is built on the meta device from its own config class (default values;
-the checkpoint's config where the defaults do not build) and its modules say where each component lives:
+the checkpoint's config where the defaults do not build or split) and its modules say where each component lives:
 - the language model is the submodule built from the text config (its class is the text type's base model
   class), plus the output embeddings;
 - the vision tower is the submodule built from the vision config; children of it whose last layer writes another
@@ -28,7 +28,7 @@ from .families import Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-6"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-7"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -73,9 +73,12 @@ def _derive_or_reason(model_type: str, config_json: str | None) -> dict:
         return {"family": family_to_json(_derive(model_type, config_json))}
     except NotDerivable as e:
         return {"why": str(e)}
-    except Exception as e:  # noqa: BLE001  (a class that does not build is a reason, kept with the row)
-        return {"why": f"its class does not build from {'its config' if config_json else 'default values'} "
-                       f"({type(e).__name__}: {' '.join(str(e).split())[:160]})"}
+    except Exception as e:  # noqa: BLE001  (transformers' classes fail in their own ways: a reason, not a crash)
+        return {"why": f"deriving its row failed ({_one_line(e)})"}
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
 
 
 def family_to_json(family: Family) -> dict:
@@ -129,17 +132,25 @@ def _build_on_meta(model_type: str, config_json: str | None):
     if cls_name is None:
         raise NotDerivable(f"model_type {model_type} is no image-text-to-text type of transformers")
     klass = getattr(transformers, cls_name)
-    if config_json is None:
-        config = transformers.AutoConfig.for_model(model_type)
-    else:
-        given = json.loads(config_json)
-        config = klass.config_class.from_dict({k: v for k, v in given.items() if k != "architectures"})
+    source = "its config" if config_json else "default values"
+    try:
+        if config_json is None:
+            config = transformers.AutoConfig.for_model(model_type)
+        else:
+            given = json.loads(config_json)
+            config = klass.config_class.from_dict({k: v for k, v in given.items() if k != "architectures"})
+    except Exception as e:  # noqa: BLE001  (configs fail to build in many ways)
+        raise NotDerivable(f"its config class does not build from {source} ({_one_line(e)})") from e
     text, vision = getattr(config, "text_config", None), getattr(config, "vision_config", None)
     if text is None or vision is None:
         missing = " and ".join(k for k, v in (("text_config", text), ("vision_config", vision)) if v is None)
         raise NotDerivable(f"{type(config).__name__} has no {missing}: no vision tower and language model to split")
-    with torch.device("meta"):
-        return cls_name, text, vision, klass._from_config(config)
+    try:
+        with torch.device("meta"):
+            model = klass._from_config(config)
+    except Exception as e:  # noqa: BLE001  (default configs that do not build fail in many ways)
+        raise NotDerivable(f"its class does not build from {source} ({_one_line(e)})") from e
+    return cls_name, text, vision, model
 
 
 def _vision_fields(tower_cls: type, vision) -> tuple[str | None, str | None]:
