@@ -21,6 +21,7 @@ from mmmerge.adapters.derive import NotDerivable, derive_family, family_to_json
 from mmmerge.adapters.families import FAMILIES, family_named
 from mmmerge.adapters.hf_common import auto_class_names
 from mmmerge.adapters.hf_export import build_config, model_class
+from mmmerge.io.writer import write_safetensors
 from tiny_any_family import tiny_any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -199,6 +200,30 @@ def test_reads_into_components_and_merges_whole(model_type, saved, tmp_path):
     for k, v in got.items():  # tensors outside every component are the first model's (the reference's)
         want = files_a[k] if k in ckpt.outside else (0.5 * files_a[k].double() + 0.5 * files_b[k].double()).to(v.dtype)
         torch.testing.assert_close(v, want, rtol=0, atol=1e-6, msg=k)
+
+
+# (tensors outside the components are written as read, in the saved layout: only families without them)
+WITH_HUB = [t for t in TINY if t not in HEAVY and t not in TRANSFORMERS_FAILS and "hub" in family_named(t).layouts
+            and not family_named(t).outside]
+
+
+@pytest.mark.parametrize("model_type", WITH_HUB)
+def test_derived_hub_layout_is_one_transformers_loads(model_type, saved, tmp_path):
+    """A derived `hub` layout (the legacy prefixes transformers' load-time mapping removes) is read back, and
+    transformers loads a file in it with no missing key and the same weights."""
+    path = saved(model_type)
+    ckpt = open_checkpoint(path)
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "config.json").write_text((path / "config.json").read_text())
+    write_safetensors(hub, {**hf_multimodal.family_tensors(ckpt.family, ckpt.components, "hub"), **ckpt.outside})
+    assert open_checkpoint(hub).source_config["layout"] == "hub"
+    assert load_file(hub / "model.safetensors").keys() != load_file(path / "model.safetensors").keys()
+    cls = model_class(ckpt.family.cls)
+    model, info = cls.from_pretrained(hub, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    want = cls.from_pretrained(path).state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
 
 
 WITH_TEXT_ONLY = [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=TEXT_ONLY_FAILS[t]))
