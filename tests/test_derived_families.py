@@ -71,8 +71,6 @@ TRANSFORMERS_FAILS = {
 }
 # Language merges with a text-only LM that fail, and why (strict xfail: a fix shows).
 TEXT_ONLY_FAILS = {
-    **dict.fromkeys(["glm4v", "glm46v", "glmga"], "the shrunk text config has no head_dim: as glm4 it "
-                    "takes 128, the VLM hidden / heads"),
     "qwen3_vl_moe": "the text-only Qwen3-MoE is saved with experts one by one, the VLM's fused",
 }
 

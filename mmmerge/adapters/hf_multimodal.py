@@ -62,6 +62,10 @@ def language_arch_and_config(family: Family, text_cfg: dict, tied: bool, where: 
     cfg = {**text_cfg, "tie_word_embeddings": tied}
     if family.language_type:
         cfg["model_type"] = family.language_type
+        # a text config without head_dim means hidden / heads; the text-only config may default to another (glm4)
+        heads = cfg.get("num_attention_heads")
+        if "head_dim" not in cfg and isinstance(heads, int) and heads and isinstance(cfg.get("hidden_size"), int):
+            cfg["head_dim"] = cfg["hidden_size"] // heads
     arch = family.language_arch or auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(cfg["model_type"])
     if arch is None:
         raise UnsupportedArchitectureError(f"{where}: text model type {cfg['model_type']} has no causal LM class")
