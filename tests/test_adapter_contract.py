@@ -11,7 +11,6 @@ import transformers
 import tiny_families as F
 from mmmerge.adapters import (detect_adapter, hf_causal_lm, hf_multimodal, hf_vision, hf_whole, open_checkpoint,
                               open_clip_vision, timm_vision)
-from mmmerge.adapters.families import FAMILIES
 from mmmerge.adapters.hf_export import model_class, save_hf
 from mmmerge.io import reader
 from mmmerge.io.writer import write_safetensors
@@ -41,7 +40,7 @@ BUILDERS = {
     "hf_vision/siglip": (hf_vision, siglip_vision),
     "open_clip": (open_clip_vision, lambda p: make_folder(p, VISION)),
     "timm/siglip": (timm_vision, lambda p: make_timm(p, "vit_base_patch16_siglip_224", SMALL)),
-    **{f"family/{t}": (hf_multimodal, lambda p, t=t: F.save_tiny(t, p)) for t in sorted(FAMILIES)},
+    **{f"family/{t}": (hf_multimodal, lambda p, t=t: F.save_tiny(t, p)) for t in sorted(F.CONFIGS)},
     # types with no component split whatever the family table holds (the test of every other one forces it)
     **{f"whole/{t}": (hf_whole, lambda p, t=t: save_model(t, p, seed=0)) for t in ("pi0", "vision-encoder-decoder")},
 }

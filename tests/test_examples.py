@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mmmerge.adapters import open_checkpoint
-from mmmerge.adapters.families import FAMILIES
+from tiny_family_configs import CONFIGS as FAMILIES  # the families the examples build
 from mmmerge.cli import build_parser, main
 from mmmerge.cli_flags import api_defaults
 from mmmerge.commands import COMMANDS

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import tiny_families as F
 from mmmerge import merge
 from mmmerge.adapters import open_checkpoint
-from mmmerge.adapters.families import FAMILIES, split_name
+from mmmerge.adapters.families import family_named, split_name
 from mmmerge.adapters.hf_export import build_config, model_class
 from mmmerge.errors import MMMergeError
 
@@ -47,7 +47,7 @@ def text_only(vlm, out, seed=7):
 
 
 def loads_strictly(model_type, folder):
-    model, info = model_class(FAMILIES[model_type].cls).from_pretrained(folder, output_loading_info=True)
+    model, info = model_class(family_named(model_type).cls).from_pretrained(folder, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     return model.state_dict()
 
@@ -98,7 +98,7 @@ def test_vlm_language_merges_with_a_text_only_llm(model_type, vlm_first, folders
         expect[:rows] = 0.5 * mine[:rows] + 0.5 * theirs[:rows]  # shared rows merged, image-token rows kept
         torch.testing.assert_close(t.load(), expect, rtol=0, atol=1e-6, msg=name)
         assert mine.shape[0] == theirs.shape[0] or mine.shape[0] == F.TEXT["vocab_size"]
-    vision_and_projector = {k for k in want if split_name(FAMILIES[model_type], k)[0] != "language"}
+    vision_and_projector = {k for k in want if split_name(family_named(model_type), k)[0] != "language"}
     assert vision_and_projector and all(torch.equal(got[k], want[k]) for k in vision_and_projector)
 
 
@@ -236,7 +236,7 @@ def test_base_plus_lora_on_family_module_names_matches_peft(model_type, legacy, 
     from peft import LoraConfig, PeftModel, get_peft_model
 
     base = folders(model_type, 0)
-    cls = model_class(FAMILIES[model_type].cls)
+    cls = model_class(family_named(model_type).cls)
     torch.manual_seed(3)
     peft_model = get_peft_model(cls.from_pretrained(base), LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
                                                                       target_modules=LORA_TARGETS))
@@ -270,11 +270,11 @@ def test_extracted_lora_applies_to_the_family_model_in_peft(model_type, componen
 
     base, model = folders(model_type, 0), folders(model_type, 1)
     extract_lora(base, model, tmp_path / "lora", rank=64, component=component)
-    cls = model_class(FAMILIES[model_type].cls)
+    cls = model_class(family_named(model_type).cls)
     adapted = PeftModel.from_pretrained(cls.from_pretrained(base), tmp_path / "lora").merge_and_unload().state_dict()
     sb, sm = loads_strictly(model_type, base), loads_strictly(model_type, model)
     changed = [k for k in adapted if not torch.equal(adapted[k], sb[k])]
-    assert changed and all(split_name(FAMILIES[model_type], k)[0] == component for k in changed)
+    assert changed and all(split_name(family_named(model_type), k)[0] == component for k in changed)
     assert not any(k.startswith("model.visual.merger") for k in changed)
     for k in changed:
         torch.testing.assert_close(adapted[k], sm[k], rtol=0, atol=1e-5, msg=k)
@@ -290,7 +290,7 @@ def test_language_alone_is_a_text_only_llm(model_type, folders, tmp_path):
     assert arch == open_checkpoint(path).component("language").arch and arch.endswith("ForCausalLM")
     lm, info = model_class(arch).from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    full = model_class(FAMILIES[model_type].cls).from_pretrained(path)
+    full = model_class(family_named(model_type).cls).from_pretrained(path)
     ids = torch.tensor([[1, 5, 9, 17, 33, 65]])
     with torch.no_grad():
         want, got = full(input_ids=ids).logits, lm(input_ids=ids).logits

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..checkpoint import Checkpoint, Component
 from ..errors import UnknownFormatError, UnreadableFileError
 from . import hf_causal_lm, hf_multimodal, hf_vision, hf_whole, open_clip_vision, timm_vision
-from .families import FAMILIES, Family, rename
+from .families import Family, family_named, rename  # noqa: F401  (family_named: the engine's: a family by model_type)
 from .hf_causal_lm import is_tied, untie  # noqa: F401  (the engine's: a tied lm_head made explicit)
 from .hf_common import class_layout, layout_of
 from .hf_export import hf_config_dict  # noqa: F401  (the engine's: the config.json of a component's folder)
@@ -62,15 +62,6 @@ def describe_found(path: Path) -> str:
 
 
 # What the engine asks of the adapters besides opening checkpoints.
-
-def output_families() -> list[str]:
-    """The model types a merge may write a whole multimodal checkpoint as (`output: {format: ...}`)."""
-    return list(FAMILIES)
-
-
-def family_named(model_type: str) -> Family:
-    return FAMILIES[model_type]
-
 
 def missing_from_class(component: Component) -> list[str]:
     """The tensors the component's transformers class holds on disk that the component lacks (Qwen-VL's vision

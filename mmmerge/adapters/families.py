@@ -17,9 +17,9 @@ A row says, for the family's transformers class:
 Side files (tokenizer, processor, chat template, generation config) travel for every family: they are the
 non-weight files of the folder, copied by `copy_side_files`.
 
-Adding a family is one row here, its tiny config in examples/tiny_family_configs.py (the tests' random models
-are built from it) and its checkpoint with a processor in examples/tiny_family_checkpoints.py's BUILDERS
-(tests/test_examples.py checks that every family of this table has one).
+Rows are derived from transformers (adapters/derive.py) for every image-text-to-text type whose class splits;
+the few rows written here override the derivation where it is wrong, each saying why. A new transformers VLM
+needs no row.
 """
 
 from __future__ import annotations
@@ -69,57 +69,58 @@ QWEN_VISUAL = (("projector", "model.visual.merger.", "merger."), ("vision", "mod
 QWEN_SAVED = (("visual.", "model.visual."), ("model.", "model.language_model."), ("lm_head.", "lm_head."))
 
 QWEN_TOWER = "takes flattened patches with their grid sizes, not images"
-# LLaVA-NeXT / OneVision's learned separator between rows of image tiles is trained with the projector (stage 1)
-# and merged with it.
-WRAPPED_NEWLINE = (("projector", "model.image_newline", "image_newline"), *WRAPPED)
 
+# Hand-written rows: only where the derivation from transformers (adapters/derive.py) is wrong or impossible; a
+# row that the derivation reproduces is deleted (tests/test_derived_families.py checks that each still differs).
 FAMILIES: dict[str, Family] = {f.model_type: f for f in [
-    Family("llava", "LlavaForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
-    Family("llava_next", "LlavaNextForConditionalGeneration", WRAPPED_NEWLINE, WRAPPED_LAYOUTS),
-    Family("llava_onevision", "LlavaOnevisionForConditionalGeneration", WRAPPED_NEWLINE, WRAPPED_LAYOUTS),
-    Family("qwen2_vl", "Qwen2VLForConditionalGeneration", QWEN_VISUAL, {"saved": QWEN_SAVED},
-           vision_arch="Qwen2VisionTransformerPretrainedModel", vision_module="qwen2_vl", language_type="qwen2",
-           not_in_llava=QWEN_TOWER),
+    # Derivation finds no projector: the default Qwen2_5_VLVisionConfig gives the tower and its merger the same
+    # width (3584), so the merger cannot be told from the tower by the width it writes.
     Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", QWEN_VISUAL,
            {"saved": QWEN_SAVED}, language_type="qwen2", not_in_llava=QWEN_TOWER),
-    Family("qwen3_vl", "Qwen3VLForConditionalGeneration",
-           (*QWEN_VISUAL, ("projector", "model.visual.deepstack_merger_list.", "deepstack_merger_list.")),
-           language_type="qwen3", not_in_llava=QWEN_TOWER),
-    # a hand row for `mmmerge moe`'s Qwen3-VL-MoE outputs, until the rows are derived from transformers
+    # Derivation cannot know that the VL-MoE router always renormalises its top-k weights (norm_topk_prob), which
+    # the text-only Qwen3-MoE view of its language model must say (`mmmerge moe` writes these models).
     Family("qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration",
            (*QWEN_VISUAL, ("projector", "model.visual.deepstack_merger_list.", "deepstack_merger_list.")),
            language_type="qwen3_moe", language_fields={"norm_topk_prob": True}, not_in_llava=QWEN_TOWER),
-    Family("gemma3", "Gemma3ForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
-    Family("paligemma", "PaliGemmaForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
-    Family("idefics3", "Idefics3ForConditionalGeneration",
-           (("vision", "model.vision_model.", ""), ("projector", "model.connector.", ""),
-            ("language", "model.text_model.", "model."), ("language", "lm_head.", "lm_head."))),
-    Family("smolvlm", "SmolVLMForConditionalGeneration",
-           (("vision", "model.vision_model.", ""), ("projector", "model.connector.", ""),
-            ("language", "model.text_model.", "model."), ("language", "lm_head.", "lm_head."))),
+    # Derivation cannot build the class: the default AyaVisionConfig's SigLIP tower (1152 wide, 14 heads) does not
+    # build.
+    Family("aya_vision", "AyaVisionForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
+    # Derivation lets a LLaVA hold Pixtral: its forward takes `image_sizes` only as an option, but the tower is
+    # trained on images of any size, which a fixed-size LLaVA processor cannot describe.
     Family("mistral3", "Mistral3ForConditionalGeneration", WRAPPED, {"saved": WRAPPED_SAVED},
            not_in_llava="takes images of any size with their sizes (Pixtral), which a fixed-size LLaVA processor "
                         "cannot describe"),
-    Family("internvl", "InternVLForConditionalGeneration", WRAPPED, {"saved": WRAPPED_SAVED}),
-    Family("aya_vision", "AyaVisionForConditionalGeneration", WRAPPED, WRAPPED_LAYOUTS),
-    Family("mllama", "MllamaForConditionalGeneration",
-           (("vision", "model.vision_model.", ""), ("projector", "model.multi_modal_projector.", ""), *LANGUAGE),
-           {"saved": (("vision_model.", "model.vision_model."),
-                      ("multi_modal_projector.", "model.multi_modal_projector."),
-                      ("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."))},
-           vision_arch="MllamaVisionModel", language_arch="MllamaForCausalLM",
-           not_in_llava="takes image tiles with their aspect ratios and feeds cross-attention layers"),
-    Family("glm4v", "Glm4vForConditionalGeneration",
-           (*QWEN_VISUAL, ("projector", "model.visual.downsample.", "downsample.")), language_type="glm4",
-           not_in_llava=QWEN_TOWER),
 ]}
+
+# Vision classes transformers does not export at the top level, by the module that defines them (Qwen2-VL's
+# tower): filled as rows are looked up, read by `hf_export.model_class`.
+VISION_MODULES: dict[str, str] = {}
+
+
+def family_named(model_type: str, config: dict | None = None) -> Family | None:
+    """The row of an image-text-to-text model type: the hand-written one, else the one derived from transformers
+    (from its default config, else from `config`); None when transformers lists no such type or its class does
+    not split into vision, projector and language (`derive.why_not_split` says why)."""
+    family = FAMILIES.get(model_type)
+    if family is None:
+        from .derive import NotDerivable, derive_family, is_image_text_to_text
+
+        if not is_image_text_to_text(model_type):
+            return None
+        try:
+            family = derive_family(model_type, config)
+        except NotDerivable:
+            return None
+    if family.vision_arch and family.vision_module:
+        VISION_MODULES[family.vision_arch] = family.vision_module
+    return family
 
 
 def family_of(config: dict | None) -> Family | None:
     """The row for a config.json, or None when it is no multimodal family mmmerge reads."""
-    if not isinstance(config, dict):
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         return None
-    return FAMILIES.get(config.get("model_type"))
+    return family_named(config["model_type"], config)
 
 
 def split_name(family: Family, memory_name: str) -> tuple[str, str] | None:

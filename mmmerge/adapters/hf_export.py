@@ -20,7 +20,7 @@ from ..errors import UnreadableFileError, UnsupportedArchitectureError
 from ..io.check import check_tensors
 from ..io.folder import write_model_folder
 from ..io.writer import DEFAULT_SHARD_BYTES
-from .families import FAMILIES
+from .families import VISION_MODULES
 from .preprocess import image_processor_config
 
 
@@ -30,10 +30,9 @@ def model_class(arch: str) -> type:
     import transformers
 
     cls = getattr(transformers, arch, None)
-    modules = {f.vision_module for f in FAMILIES.values() if f.vision_arch == arch and f.vision_module}
-    for module in modules:
-        if cls is None:
-            cls = getattr(importlib.import_module(f"transformers.models.{module}.modeling_{module}"), arch, None)
+    module = VISION_MODULES.get(arch)  # known once the family row that names the class has been looked up
+    if cls is None and module:
+        cls = getattr(importlib.import_module(f"transformers.models.{module}.modeling_{module}"), arch, None)
     if cls is None:
         raise UnsupportedArchitectureError(f"transformers has no class {arch}")
     return cls

@@ -1,5 +1,5 @@
-"""transformers image-text-to-text checkpoints of every family in `families.FAMILIES`, split into vision,
-projector and language components.
+"""transformers image-text-to-text checkpoints of every family with a row (`families.family_named`: written by
+hand or derived from transformers), split into vision, projector and language components.
 
 Reading is renaming: file keys are renamed to the class's in-memory names by the first of the row's layouts
 (in memory, as transformers 5 saves, as hub checkpoints hold) that explains the most of them; the whole
@@ -17,12 +17,14 @@ from ..errors import UnreadableFileError, UnsupportedArchitectureError
 from ..io.check import check_tensors
 from ..io.folder import write_model_folder
 from ..io.reader import read_folder
-from .families import FAMILIES, Family, family_of, join_name, rename, split_name
+from .derive import why_not_split
+from .families import Family, family_of, join_name, rename, split_name
 from .hf_common import auto_class_names, class_layout, read_config
 from .hf_vision import read_preprocess
 
 FORMAT = "transformers-<model_type>"  # e.g. transformers-llava, transformers-qwen2_5_vl
-DESCRIPTION = "transformers image-text-to-text folder (config.json with model_type " + ", ".join(FAMILIES) + ")"
+DESCRIPTION = ("transformers image-text-to-text folder (config.json with a model_type transformers lists for "
+               "image-text-to-text)")
 MEMORY = "memory"
 
 
@@ -53,6 +55,10 @@ def language_arch_and_config(family: Family, text_cfg: dict, tied: bool, where: 
     cfg = {**text_cfg, "tie_word_embeddings": tied, **family.language_fields}
     if family.language_type:
         cfg["model_type"] = family.language_type
+        # a text config without head_dim means hidden / heads; the text-only config may default to another (glm4)
+        heads = cfg.get("num_attention_heads")
+        if "head_dim" not in cfg and isinstance(heads, int) and heads and isinstance(cfg.get("hidden_size"), int):
+            cfg["head_dim"] = cfg["hidden_size"] // heads
     arch = family.language_arch or auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(cfg["model_type"])
     if arch is None:
         raise UnsupportedArchitectureError(f"{where}: text model type {cfg['model_type']} has no causal LM class")
@@ -81,7 +87,7 @@ def read(path: Path) -> Checkpoint:
     if family is None:
         raise UnsupportedArchitectureError(
             f"{path}/config.json: model_type {cfg.get('model_type')} is an image-text-to-text family with no row in "
-            f"mmmerge's family table yet (it reads: {', '.join(FAMILIES)})")
+            f"mmmerge's family table and none derived from transformers: {why_not_split(cfg.get('model_type'), cfg)}")
     vision_cfg = sub_config(cfg, family.vision_config, path)
     text_cfg = sub_config(cfg, family.text_config, path)
     layout = class_layout(family.cls, cfg)

@@ -191,8 +191,7 @@ def family_reference(components: dict[str, ComponentPlan], opener: Opener, fmt: 
     source first, then the language model's, then the vision tower's, then any other input)."""
     order = [components["projector"].reference, components["language"].reference, components["vision"].reference]
     order += list(opener.cache.values())
-    wanted = (lambda ck: ck.family is not None) if fmt == "family" else (lambda ck: ck.family is family_named(fmt))
-    found = next((ck for ck in order if wanted(ck)), None)
+    found = next((ck for ck in order if ck.family is not None and fmt in ("family", ck.family.model_type)), None)
     if found is None:
         what = "multimodal checkpoint" if fmt == "family" else f"{fmt} checkpoint"
         hint = "; build a new LLaVA with `mmmerge stitch`" if fmt in ("family", "llava") else ""

@@ -26,7 +26,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..adapters import output_families
+from ..adapters import family_named
 from ..checkpoint import COMPONENTS
 from ..errors import RecipeError
 
@@ -278,8 +278,9 @@ class OutputSpec(BaseModel):
     @field_validator("format")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in ("hf", "family", *output_families()):
-            raise ValueError(f"unknown output format {v!r} (hf, family, or a family: {', '.join(output_families())})")
+        if v not in ("hf", "family") and family_named(v) is None:
+            raise ValueError(f"unknown output format {v!r} (hf, family, or an image-text-to-text model_type of "
+                             "transformers whose class splits into vision, projector and language, e.g. llava)")
         return v
 
 

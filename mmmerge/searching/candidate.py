@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapters.families import FAMILIES, rename
+from ..adapters.families import family_named, rename
 from ..adapters.hf_common import copy_side_files, transformers_bars
 from ..adapters.hf_whole import COMPONENT as WHOLE, memory_names
 from ..engine.bind import bind_values, differences
@@ -33,8 +33,8 @@ from ..eval.generate import ModelLoadError, load_processor
 def _names_in_memory(plan: Plan, held: set[str]) -> dict[str, str]:
     """Output tensor name -> the model's own parameter name, through the family's file layouts."""
     names = [t.name for t in plan.tasks]
-    family = FAMILIES.get(plan.output_format)
-    if all(n in held for n in names):
+    family = family_named(plan.output_format)
+    if family is None or all(n in held for n in names):
         return {n: n for n in names}
     if WHOLE in plan.components:  # a whole model's file names, as transformers renames them on load
         mapped = memory_names(plan.components[WHOLE].reference)

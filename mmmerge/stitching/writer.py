@@ -49,10 +49,10 @@ def llava_config(vision: Component, language: Component, *, image_token_id: int,
 def llava_tensors(vision: Component, projector: Component, language: Component,
                   dtype: torch.dtype | None) -> dict[str, LazyTensor]:
     """The three components under LLaVA's names; floating tensors cast to `dtype` (lazily) when one is given."""
-    from ..adapters.families import FAMILIES
+    from ..adapters.families import family_named
     from ..adapters.hf_multimodal import family_tensors
 
-    tensors = family_tensors(FAMILIES["llava"], {"vision": vision, "projector": projector, "language": language})
+    tensors = family_tensors(family_named("llava"), {"vision": vision, "projector": projector, "language": language})
     if dtype is not None:
         tensors = {k: v if v.dtype == dtype or not v.dtype.is_floating_point
                    else LazyTensor(v.shape, dtype, (lambda v=v: v.load().to(dtype))) for k, v in tensors.items()}

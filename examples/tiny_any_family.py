@@ -1,0 +1,95 @@
+"""A tiny random model of ANY image-text-to-text type transformers lists, built from the type's own config class.
+
+    model = tiny_any("idefics2")            # a random Idefics2ForConditionalGeneration, a few hundred KB
+    model.save_pretrained(folder)
+
+No per-family code: the default config is shrunk key by key (widths, layer counts, heads, experts, vocabulary;
+lists of layer indices cut to the layers left), recursively through its sub-configs. The only family knowledge
+is the small OVERRIDES table, each entry with its reason. A tiny model is for reading, merging and loading; it
+is not meant to run a forward pass (token ids of images may lie outside the shrunk vocabulary).
+"""
+
+from __future__ import annotations
+
+import torch
+import transformers as T
+from transformers.models.auto import modeling_auto
+
+WIDTH, FFN, LAYERS, HEADS, KV_HEADS, EXPERTS, VOCAB = 32, 64, 2, 4, 2, 4, 320
+SHRINK = {
+    **dict.fromkeys(("hidden_size", "embed_dim", "d_model", "n_embd", "out_hidden_size", "projection_dim",
+                     "text_hidden_size", "vision_hidden_size", "hidden_dim", "width", "codebook_dim"), WIDTH),
+    **dict.fromkeys(("intermediate_size", "ffn_dim", "mlp_dim", "moe_intermediate_size", "encoder_ffn_dim",
+                     "decoder_ffn_dim", "shared_expert_intermediate_size", "n_inner"), FFN),
+    **dict.fromkeys(("num_hidden_layers", "num_layers", "depth", "n_layer", "encoder_layers", "decoder_layers",
+                     "num_global_layers"), LAYERS),
+    **dict.fromkeys(("num_attention_heads", "num_heads", "n_head", "encoder_attention_heads",
+                     "decoder_attention_heads", "attention_heads"), HEADS),
+    **dict.fromkeys(("num_key_value_heads",), KV_HEADS),
+    **dict.fromkeys(("num_experts", "n_routed_experts", "num_local_experts"), EXPERTS),
+    **dict.fromkeys(("num_experts_per_tok", "moe_k"), 2),
+    **dict.fromkeys(("vocab_size",), VOCAB),
+    "head_dim": WIDTH // HEADS,
+}
+
+# Family knowledge, as data: model_type -> (config keys to set after shrinking, why).
+OVERRIDES: dict[str, tuple[dict, str]] = {}
+
+LAYER_KEYS = ("num_hidden_layers", "depth", "num_layers", "n_layer")
+
+
+def _shrink(value, key: str = ""):
+    """`value` with every size SHRINK names cut down; in a config dict, the lists that hold one entry per layer cut
+    to the layers left, lists of layer indices kept to the layers left, token ids kept inside the vocabulary, and
+    multimodal rope sections split over the new head size."""
+    if isinstance(value, list):
+        return [_shrink(v, key) for v in value]
+    if not isinstance(value, dict):
+        small = SHRINK.get(key)
+        return small if small is not None and type(value) is int and value > small else value
+    layers = next((value[k] for k in LAYER_KEYS if type(value.get(k)) is int), None)
+    out = {k: _shrink(v, k) for k, v in value.items()}
+    if out.get("num_key_value_heads") and value.get("num_key_value_heads") == value.get("num_attention_heads"):
+        out["num_key_value_heads"] = out.get("num_attention_heads")
+    left = next((out[k] for k in LAYER_KEYS if type(out.get(k)) is int), None)
+    if layers and left:
+        for k, v in out.items():
+            if isinstance(v, list) and len(v) == layers and layers > left:
+                out[k] = v[:left]  # one entry per layer
+            elif isinstance(v, list) and ("layer" in k or "index" in k) and v and all(type(i) is int for i in v):
+                out[k] = [i for i in v if -left <= i < left] or [left - 1]  # layer indices
+            elif isinstance(v, dict) and ("layer" in k) and all(str(i).isdigit() for i in v):
+                out[k] = {i: c for i, c in v.items() if int(i) < left}
+    vocab = out.get("vocab_size")
+    if type(vocab) is int:
+        ids = [k for k, v in out.items() if k.endswith(("_token_id", "_token_index", "padding_idx"))
+               and type(v) is int and v >= vocab]
+        for n, k in enumerate(ids):
+            out[k] = vocab - 1 - n
+    head = out.get("head_dim") or (out.get("hidden_size", 0) // max(out.get("num_attention_heads") or 1, 1))
+    for k in ("rope_parameters", "rope_scaling"):
+        rope = out.get(k)
+        if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list) and head:
+            n = len(rope["mrope_section"])
+            half = head // 2
+            out[k] = {**rope, "mrope_section": [half // n + (1 if i < half % n else 0) for i in range(n)]}
+    return out
+
+
+def tiny_config(model_type: str) -> T.PretrainedConfig:
+    """The type's default config, shrunk (see the module docstring)."""
+    config = T.AutoConfig.for_model(model_type)
+    data = _shrink(config.to_dict())
+    data.update(OVERRIDES.get(model_type, ({}, ""))[0])
+    data.pop("model_type", None)
+    return type(config).from_dict(data)
+
+
+def model_class(model_type: str) -> type:
+    return getattr(T, modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type])
+
+
+def tiny_any(model_type: str, seed: int = 0):
+    """A random tiny model of the type's image-text-to-text class."""
+    torch.manual_seed(seed)
+    return model_class(model_type)._from_config(tiny_config(model_type)).eval()

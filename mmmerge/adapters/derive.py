@@ -1,0 +1,408 @@
+"""Family rows derived from transformers itself, so a VLM transformers ships is read the day it ships.
+
+The family's image-text-to-text class is built on the meta device from its own config class (default values;
+the checkpoint's config where the defaults do not build or split) and its modules say where each component lives:
+- the language model is the submodule built from the text config (its class is the text type's base model
+  class), plus the output embeddings;
+- the vision tower is the submodule built from the vision config; children of it whose last layer writes another
+  width than the tower's own (its first layer's) are the projector (Qwen-VL's merger): they map out of the tower;
+- the projector is what else the common parent of both holds (merger, connector, resampler, Q-Former);
+  other towers (audio, a VQ image generator) built from their own configs are kept outside, with the reason.
+The file layouts are transformers' own: `saved` is what its save-time renaming writes for each part, `hub`
+adds the legacy prefixes its load-time mapping removes (a CLIP tower's `vision_model.`). The text-only
+counterpart is the causal LM whose base model holds exactly the language model's tensors.
+
+A derived row is kept on disk per transformers version (`hf_common._kept_on_disk`): deriving imports torch and
+the class (seconds), reading it back does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+
+from ..errors import UnsupportedArchitectureError
+from .families import Family, rename
+from .hf_common import _kept_on_disk, auto_class_names
+
+ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
+KIND = "family-7"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+
+
+class NotDerivable(UnsupportedArchitectureError):
+    """transformers lists the type, but its class does not split into vision, projector and language."""
+
+
+def is_image_text_to_text(model_type: str) -> bool:
+    return model_type in auto_class_names(ITT)
+
+
+def why_not_split(model_type: str, config: dict | None = None) -> str | None:
+    """Why the type's class does not split into components (None: it does)."""
+    try:
+        derive_family(model_type, config)
+    except NotDerivable as e:
+        return str(e)
+    return None
+
+
+def derive_family(model_type: str, config: dict | None = None) -> Family:
+    """The family row of `model_type`, derived from its transformers class (built from the default config,
+    else from `config`, a config.json dict). Raises NotDerivable with the reason where the class does not split."""
+    try:
+        return _derived(model_type, None)
+    except NotDerivable:
+        if config is None:
+            raise
+        return _derived(model_type, json.dumps(config, sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=256)
+def _derived(model_type: str, config_json: str | None) -> Family:
+    key = model_type if config_json is None else f"{model_type}\n{config_json}"
+    data = _kept_on_disk(KIND, key, lambda: _derive_or_reason(model_type, config_json))
+    if "why" in data:
+        raise NotDerivable(data["why"])
+    return family_from_json(data["family"])
+
+
+def _derive_or_reason(model_type: str, config_json: str | None) -> dict:
+    try:
+        return {"family": family_to_json(_derive(model_type, config_json))}
+    except NotDerivable as e:
+        return {"why": str(e)}
+    except Exception as e:  # noqa: BLE001  (transformers' classes fail in their own ways: a reason, not a crash)
+        return {"why": f"deriving its row failed ({_one_line(e)})"}
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+
+
+def family_to_json(family: Family) -> dict:
+    return dataclasses.asdict(family)
+
+
+def family_from_json(data: dict) -> Family:
+    data = dict(data)
+    data["parts"] = tuple(tuple(p) for p in data["parts"])
+    data["layouts"] = {k: tuple(tuple(r) for r in v) for k, v in data["layouts"].items()}
+    return Family(**data)
+
+
+# ---- the derivation (imports torch and transformers) ---------------------------------------------------------------
+
+def _derive(model_type: str, config_json: str | None) -> Family:
+    cls_name, text, vision, model = _build_on_meta(model_type, config_json)
+    modules = dict(model.named_modules())
+    language, tower = _built_from(modules, text), _built_from(modules, vision)
+    if language is None or tower is None:
+        which, config = ("language model", "text") if language is None else ("vision tower", "vision")
+        raise NotDerivable(f"{cls_name} holds no {which} built from its {config} config")
+    if tower.startswith(language + ".") or language.startswith(tower + "."):
+        raise NotDerivable(f"{cls_name} nests its vision tower and language model ({tower}, {language})")
+    head = next((n for n, m in modules.items() if m is model.get_output_embeddings()), None)
+    names = dict(model.state_dict())
+    counterpart = _text_only_counterpart(text, {n[len(language) + 1:]: tuple(t.shape) for n, t in names.items()
+                                               if n.startswith(language + ".")})
+    projector, outside = _projector_and_outside(model, modules, names, tower, language, head, vision.model_type)
+    if all(any(n.startswith(p) for _, p, _ in projector) for n in names if n.startswith(tower + ".")):
+        raise NotDerivable(f"every part of {cls_name}'s vision tower writes another width than its first layer: "
+                           "the tower cannot be told from a projector")
+    if not projector:
+        raise NotDerivable(f"{cls_name} holds nothing between its vision tower and its language model")
+    lm_canonical = counterpart[2] if counterpart else ""
+    parts = [*projector, ("vision", tower + ".", ""), ("language", language + ".", lm_canonical)]
+    if head is not None:
+        parts.append(("language", head + ".", "lm_head."))
+    language_type, language_arch = _language_fields(counterpart, text.model_type, type(modules[language]).__name__)
+    family = Family(model_type, cls_name, tuple(parts), {}, outside, *_vision_fields(type(modules[tower]), vision),
+                    language_type, language_arch, not_in_llava=_not_in_llava(modules[tower]))
+    return dataclasses.replace(family, layouts=_layouts(model, family, names))
+
+
+def _build_on_meta(model_type: str, config_json: str | None):
+    """(class name, text config, vision config, the class built on the meta device) of the type."""
+    import torch
+    import transformers
+
+    cls_name = auto_class_names(ITT).get(model_type)
+    if cls_name is None:
+        raise NotDerivable(f"model_type {model_type} is no image-text-to-text type of transformers")
+    klass = getattr(transformers, cls_name)
+    source = "its config" if config_json else "default values"
+    try:
+        if config_json is None:
+            config = transformers.AutoConfig.for_model(model_type)
+        else:
+            given = json.loads(config_json)
+            config = klass.config_class.from_dict({k: v for k, v in given.items() if k != "architectures"})
+    except Exception as e:  # noqa: BLE001  (configs fail to build in many ways)
+        raise NotDerivable(f"its config class does not build from {source} ({_one_line(e)})") from e
+    text, vision = getattr(config, "text_config", None), getattr(config, "vision_config", None)
+    if text is None or vision is None:
+        missing = " and ".join(k for k, v in (("text_config", text), ("vision_config", vision)) if v is None)
+        raise NotDerivable(f"{type(config).__name__} has no {missing}: no vision tower and language model to split")
+    try:
+        with torch.device("meta"):
+            model = klass._from_config(config)
+    except Exception as e:  # noqa: BLE001  (default configs that do not build fail in many ways)
+        raise NotDerivable(f"its class does not build from {source} ({_one_line(e)})") from e
+    return cls_name, text, vision, model
+
+
+def _vision_fields(tower_cls: type, vision) -> tuple[str | None, str | None]:
+    """(vision_arch, vision_module): the tower's class where MODEL_MAPPING names another for the vision type, and
+    its transformers.models module where transformers does not export it."""
+    import transformers
+
+    if auto_class_names("MODEL_MAPPING_NAMES").get(vision.model_type) == tower_cls.__name__:
+        return None, None
+    exported = getattr(transformers, tower_cls.__name__, None) is tower_cls
+    return tower_cls.__name__, None if exported else tower_cls.__module__.split(".")[-2]
+
+
+def _language_fields(counterpart, text_type: str, base_cls: str) -> tuple[str | None, str | None]:
+    """(language_type, language_arch): the text-only type where it is not the text config's own, or the class:
+    the causal LM whose config class is the text config's (mllama), else the base model when no counterpart fits."""
+    if counterpart is None:
+        return None, base_cls
+    causal_type, config_type, _ = counterpart
+    if causal_type == text_type:
+        return None, None
+    if config_type == text_type:
+        return None, auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES")[causal_type]
+    return causal_type, None
+
+
+def _built_from(modules: dict, sub_config) -> str | None:
+    """The outermost submodule built from `sub_config`: of the type's base model class, else of its model type."""
+    from transformers import PreTrainedModel
+
+    base = auto_class_names("MODEL_MAPPING_NAMES").get(sub_config.model_type)
+    for test in (lambda m: type(m).__name__ == base, lambda m: m.config.model_type == sub_config.model_type):
+        found = [n for n, m in modules.items() if n and isinstance(m, PreTrainedModel) and test(m)]
+        if found:
+            return min(found, key=lambda n: (n.count("."), n))
+    return None
+
+
+def _candidate_types(text_type: str) -> list[str]:
+    """Text-only model types the text config's type may be a variant of, nearest first: itself, its name with
+    parts left out (qwen3_vl_moe_text -> qwen3_moe), its prefixes (glm4v_text -> glm4)."""
+    tokens = text_type.split("_")
+    out = [text_type]
+    for k in range(len(tokens) - 1, 0, -1):
+        out += ["_".join(c) for c in itertools.combinations(tokens, k)]
+    out += [text_type[:i] for i in range(len(text_type) - 1, 2, -1)]
+    return list(dict.fromkeys(out))
+
+
+def _text_only_counterpart(text, language_shapes: dict) -> tuple[str, str, str] | None:
+    """(causal LM model type, its config's model type, its base model prefix + ".") of the text-only class whose
+    base model holds exactly the language model's tensors, or None."""
+    from transformers import PreTrainedModel
+
+    from ..checkpoint import Component
+    from .hf_export import memory_layout, meta_model, model_class
+
+    causal = auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES")
+    for candidate in _candidate_types(text.model_type):
+        if candidate not in causal:
+            continue
+        try:
+            own = getattr(model_class(causal[candidate]).config_class, "model_type", None) == text.model_type
+            model = meta_model(Component("language", causal[candidate],
+                                         {**text.to_dict(), "model_type": text.model_type if own else candidate}, {}))
+        except Exception:  # noqa: BLE001  (a candidate that does not build from this config is no counterpart)
+            continue
+        prefix = next(n for n, m in model.named_modules() if n and isinstance(m, PreTrainedModel)) + "."
+        required, optional = memory_layout(model)
+        shapes = {n[len(prefix):]: s for n, s in {**required, **optional}.items() if n.startswith(prefix)}
+        if shapes == language_shapes:
+            return candidate, model.config.model_type, prefix
+    return None
+
+
+def _widths(module) -> list:
+    """The widths the linear and convolution layers of `module` write, in module order."""
+    return [getattr(m, "out_features", getattr(m, "out_channels", None)) for m in module.modules()
+            if hasattr(m, "out_features") or hasattr(m, "out_channels")]
+
+
+def _writes_other_width(module, width: int | None) -> bool:
+    """The last linear or convolution layer of `module` writes other than `width` features (the tower's own)."""
+    widths = _widths(module)
+    return bool(widths) and widths[-1] != width
+
+
+def _projector_and_outside(model, modules: dict, names: dict, tower: str, language: str, head: str | None,
+                           vision_type: str) -> tuple[list, dict]:
+    """Projector parts (component, memory prefix, canonical prefix), largest first, and the tensors kept
+    outside every component, by memory prefix, with the reason."""
+    groups: dict[str, int] = {}  # memory prefix -> parameter count
+    inside: set[str] = set()
+    tower_width = _widths(modules[tower])[0] if _widths(modules[tower]) else None
+    for child, module in modules[tower].named_children():
+        if _writes_other_width(module, tower_width):
+            inside.add(f"{tower}.{child}.")
+    shared = []
+    for p, q in zip(tower.split("."), language.split(".")):
+        if p != q:
+            break
+        shared.append(p)
+    parent = ".".join(shared)
+    claimed = [tower + ".", language + "."] + ([head + "."] if head else [])
+    outside: dict[str, str] = {}
+    for name, tensor in names.items():
+        inner = next((p for p in inside if name.startswith(p)), None)
+        if inner is not None:
+            groups[inner] = groups.get(inner, 0) + tensor.numel()
+            continue
+        if any(name.startswith(p) for p in claimed):
+            continue
+        rest = name if not parent else name[len(parent) + 1:] if name.startswith(parent + ".") else None
+        if rest is None:
+            top = name.split(".")[0]
+            outside[top + ("." if "." in name else "")] = (f"held by {type(model).__name__} outside the model that "
+                                                           "holds its vision tower and language model")
+            continue
+        child = rest.split(".")[0]
+        path = f"{parent}.{child}" if parent else child
+        prefix = path + ("." if "." in rest else "")
+        why = _another_tower(modules.get(path), vision_type)
+        if why:
+            outside[prefix] = why
+            continue
+        groups[prefix] = groups.get(prefix, 0) + tensor.numel()
+    order = sorted(groups, key=lambda p: (-groups[p], p))
+    main = next((p for p in order if p not in inside and p.endswith(".")), None)
+    parts = []
+    for p in ([main] if main else []) + [p for p in order if p != main]:
+        if p == main:
+            canonical = ""
+        elif p in inside:
+            canonical = p[len(tower) + 1:]
+        else:
+            canonical = p[len(parent) + 1:] if parent else p
+        parts.append(("projector", p, canonical))
+    return parts, outside
+
+
+OTHER_INPUTS = ("audio", "speech", "wav", "vq")  # towers of inputs other than images, or image generators
+
+
+def _another_tower(module, vision_type: str) -> str | None:
+    """Why a submodel beside the vision tower and the language model is no projector: another tower built from the
+    vision config (Video-LLaVA's video tower), or a tower of another input (audio) or a VQ image generator. Other
+    submodels there (a Q-Former, an adapter) sit between the two and are the projector."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(module, PreTrainedModel):
+        return None
+    kind = module.config.model_type
+    if kind == vision_type:
+        return f"a second {type(module).__name__} built from the vision config, beside the vision tower"
+    if any(w in f"{type(module).__name__} {kind}".lower() for w in OTHER_INPUTS):
+        return f"{type(module).__name__} ({kind}): a tower of another input, neither vision tower nor language model"
+    return None
+
+
+# What a tower's forward needs besides pixel values, in words (an argument not listed here is named as it is).
+INPUTS_IN_WORDS = {"grid_thw": "flattened patches with their grid sizes", "aspect_ratio_ids": "image tiles with their "
+                   "aspect ratios", "image_sizes": "images of any size with their sizes"}
+
+
+def _not_in_llava(tower) -> str | None:
+    """Why a LLaVA cannot hold the tower: its forward needs more than the pixel values a LLaVA passes."""
+    import inspect
+
+    params = [p for p in inspect.signature(tower.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    needed = [p.name for p in params if p.default is p.empty and p.name != "pixel_values"]
+    if params and params[0].name != "pixel_values" and params[0].name not in needed:
+        needed.insert(0, params[0].name)
+    if not needed:
+        return None
+    words = [next((w for k, w in INPUTS_IN_WORDS.items() if n.endswith(k)), None) for n in needed]
+    said = [w for w in dict.fromkeys(words) if w] or needed
+    return f"takes {', '.join(said)}, not images"
+
+
+def _layouts(model, family: Family, names: dict) -> dict:
+    """`saved`: the renamings transformers' save-time mapping makes, per part prefix; `hub`: those plus the
+    legacy prefixes its load-time mapping removes from submodels (a CLIP tower's `vision_model.`)."""
+    from .hf_export import to_file_names
+
+    names = _one_per_block_kind(names)
+    by_id = {id(t): n for n, t in names.items()}
+    saved = {by_id[id(t)]: f for f, t in to_file_names(model, names).items() if id(t) in by_id}  # converted: absent
+    converted = next((n for n in names if n not in saved), None)
+    if converted is not None:
+        raise NotDerivable(f"transformers saves {converted} through a converter (split or fused), not a renaming")
+    prefixes = sorted({p for _, p, _ in family.parts} | set(family.outside), key=lambda p: (-len(p), p))
+    renames = []
+    for prefix in prefixes:  # each part's file prefix: what its names' file names hold before their own tail
+        mine = [n for n in names if next((p for p in prefixes if n.startswith(p)), None) == prefix]
+        heads = {saved[n][:len(saved[n]) - len(n) + len(prefix)] if saved[n].endswith(n[len(prefix):]) else None
+                 for n in mine}
+        if len(heads) == 1 and None not in heads and heads != {prefix}:
+            renames.append((heads.pop(), prefix))
+    pairs = _minimal(tuple(renames), names, saved)
+    layouts = {"saved": pairs} if pairs else {}
+    legacy = _legacy_prefixes(model)
+    if legacy:
+        hub = tuple((f + legacy[m] if m in legacy else f, m) for f, m in pairs)
+        hub += tuple((m + legacy[m], m) for m in legacy if m not in {p[1] for p in pairs})
+        layouts["hub"] = hub
+    return layouts
+
+
+def _one_per_block_kind(names: dict) -> dict:
+    """The names of the first block of each kind in its stack (blocks that hold the same names, layer index aside):
+    transformers renames blocks of a kind alike, and its save-time renaming of a full-depth model takes seconds."""
+    out = {}
+    for name, tensor in names.items():
+        parts = name.split(".")
+        at = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+        kind = ".".join(parts[:at] + ["*"] + parts[at + 1:]) if at is not None else name
+        out.setdefault(kind, (name, tensor))
+    return dict(out.values())
+
+
+def _minimal(renames: tuple, names: dict, saved: dict) -> tuple:
+    """The renamings without those a shorter one already implies, checked on every name both ways."""
+    def exact(pairs):
+        return all(rename(n, pairs, to_memory=False) == saved.get(n, n)
+                   and rename(saved.get(n, n), pairs, to_memory=True) == n for n in names)
+
+    if not exact(renames):
+        wrong = next(n for n in names if rename(n, renames, to_memory=False) != saved.get(n, n))
+        raise NotDerivable(f"transformers saves {wrong} as {saved.get(wrong)}: a renaming inside a component, beyond "
+                           "the prefixes a family row renames")
+    kept = list(renames)
+    for pair in sorted(renames, key=lambda p: len(p[1]), reverse=True):
+        trial = tuple(p for p in kept if p != pair)
+        if exact(trial):
+            kept = list(trial)
+    return tuple(kept)
+
+
+def _legacy_prefixes(model) -> dict[str, str]:
+    """memory prefix of a submodel -> the prefix its load-time mapping removes (`vision_model.`)."""
+    from transformers import PreTrainedModel
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    from transformers.core_model_loading import PrefixChange
+
+    out = {}
+    for name, module in model.named_modules():
+        if not name or not isinstance(module, PreTrainedModel):
+            continue
+        conversions = (get_checkpoint_conversion_mapping(type(module).__name__)
+                       or get_checkpoint_conversion_mapping(module.config.model_type) or [])
+        for c in conversions:
+            if isinstance(c, PrefixChange) and c.prefix_to_remove and not c.model_prefix:
+                out[name + "."] = c.prefix_to_remove + "."
+    return out

@@ -1,0 +1,260 @@
+"""The contract over every image-text-to-text type transformers lists: each is read into components through a
+family row (derived from transformers, or a hand-written override), or is listed below with the reason it is not;
+each derived family that builds tiny merges whole (the output loads strictly in transformers and equals the mean),
+and its language model merges with a text-only causal LM where transformers has one.
+
+A type transformers adds fails `test_every_type_is_derived_or_has_a_reason` until it derives or gets a reason.
+Tiny models come from examples/tiny_any_family.py (no per-family code).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmmerge import merge
+from mmmerge.adapters import detect_adapter, hf_multimodal, open_checkpoint
+from mmmerge.adapters.derive import NotDerivable, derive_family, family_to_json
+from mmmerge.adapters.families import FAMILIES, family_named
+from mmmerge.adapters.hf_common import auto_class_names
+from mmmerge.adapters.hf_export import build_config, model_class
+from mmmerge.io.writer import write_safetensors
+from tiny_any_family import tiny_any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+ALL_TYPES = sorted(auto_class_names("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"))
+
+# Types whose class does not split into vision tower, projector and language model, and why.
+NOT_SPLIT = {
+    "fuyu": "no vision tower: image patches go straight into the language model's embeddings",
+    "pi0": "an action policy (a VLM inside a flow-matching action expert), not an image-text-to-text VLM",
+    "pi05": "an action policy (a VLM inside a flow-matching action expert), not an image-text-to-text VLM",
+    "evolla": "a protein-text model: no vision config",
+    "mistral4": "a text-only causal LM listed for image-text-to-text",
+    "gemma4": "the default config holds no vision config (a checkpoint with one derives)",
+    "gemma4_unified": "the default config holds no vision config (a checkpoint with one derives)",
+    "chameleon": "early fusion: images are VQ tokens of one vocabulary, no vision config",
+    "emu3": "early fusion: images are VQ tokens of one vocabulary, no vision config",
+    "git": "no text config: the decoder is configured at the top level",
+    "idefics": "no text config: the decoder is configured at the top level",
+    "blip": "a captioner: vision tower and text decoder with nothing between",
+    "pix2struct": "an encoder-decoder: nothing between the encoder and the decoder",
+    "t5gemma2": "an encoder-decoder: no text and vision configs",
+    "udop": "an encoder-decoder: no text and vision configs",
+    "vision-encoder-decoder": "an encoder-decoder: no text and vision configs",
+    "exaone4_5": "its merger writes the tower's own width: the projector cannot be told from the tower",
+    "qwen2_5_omni_thinker": "its merger writes the tower's own width: the projector cannot be told from the tower",
+    "cohere_compass": "the default config does not build",
+    "deepseek_ocr2": "the default config does not build",
+    "diffusion_gemma": "the default config does not build",
+    "granite4_vision": "the default config does not build",
+    "hunyuan_vl": "the default config does not build",
+    "perception_lm": "the default config does not build",
+    "qwen4_exp": "the default config does not build",
+    **dict.fromkeys(["florence2", "fast_vlm", "gemma3n", "unlimited_ocr"],
+                    "every part of its vision tower writes another width: the tower cannot be told from a projector"),
+    # transformers saves these with renamings inside a component or through converters, which a row cannot say
+    **dict.fromkeys(["aria", "cosmos3_edge", "cosmos3_omni", "lfm3_vl", "llava_onevision1_5", "hy_v4_vl"],
+                    "transformers saves it with renamings inside a component, beyond the prefixes a row renames"),
+    **dict.fromkeys(["kimi_k25", "minimax_m3_vl", "mistral_large4", "ovis2_5", "qianfan_ocr", "step3p7",
+                     "qwen3_omni_moe_thinker", "glm4v_moe", "qwen3_5_moe", "dots3_note", "ernie4_5_vl_moe",
+                     "glm5_next", "inkling2", "inkling2_loop", "inkling_mm_model", "molmo2", "nemotron_h_omni"],
+                    "transformers saves it through converters (experts or projections split), not renamings"),
+}
+# Derived types whose whole merge fails for a transformers reason, checked to still fail (strict xfail).
+TRANSFORMERS_FAILS = {
+    "shieldgemma2": "transformers does not load what its own save-time mapping writes (model.language_model.model.*)",
+}
+# Language merges with a text-only LM that fail, and why (strict xfail: a fix shows).
+TEXT_ONLY_FAILS = {
+    "qwen3_vl_moe": "the text-only Qwen3-MoE is saved with experts one by one, the VLM's fused",
+}
+
+# Derived types the generic tiny builder cannot build, and why.
+NOT_TINY = {
+    "apertus1p5": "its audio token range must lie inside the vocabulary, which shrinking cuts",
+}
+# Tiny models of more than a few million parameters: marked slow.
+HEAVY = {"janus", "muse_spark", "muse_glimmer", "llama4", "deepseek_vl_hybrid", "cohere2_vision", "pp_formulanet"}
+
+
+def _derivable(model_type):
+    return family_named(model_type) is not None
+
+
+def test_every_type_is_derived_or_has_a_reason():
+    """Each type transformers lists reads into components, or is listed in NOT_SPLIT with its reason; and no
+    listed type derives (a stale reason fails too)."""
+    unexplained = [t for t in ALL_TYPES if t not in NOT_SPLIT and not _derivable(t)]
+    assert not unexplained, {t: str(_why(t)) for t in unexplained}
+    stale = [t for t in NOT_SPLIT if t in ALL_TYPES and _derivable(t)]
+    assert not stale
+
+
+def test_the_tables_name_derived_types_only():
+    """NOT_TINY, HEAVY and the failure tables name types that derive (else their entry is stale), and a type listed
+    as not building tiny really does not build."""
+    derived = {t for t in ALL_TYPES if t not in NOT_SPLIT}
+    assert set(NOT_TINY) | HEAVY | set(TRANSFORMERS_FAILS) | set(TEXT_ONLY_FAILS) <= derived
+    for model_type in NOT_TINY:
+        with pytest.raises(Exception):
+            tiny_any(model_type)
+
+
+def _why(model_type):
+    try:
+        derive_family(model_type)
+    except NotDerivable as e:
+        return e
+
+
+def test_each_hand_written_row_differs_from_its_derivation():
+    """A hand row is an override: the derivation gives something else for it (or nothing), else it is deleted."""
+    for model_type, row in FAMILIES.items():
+        try:
+            derived = derive_family(model_type)
+        except NotDerivable:
+            continue
+        assert _meaning(derived) != _meaning(row), f"{model_type}: the derivation reproduces the hand row"
+
+
+def _meaning(family):
+    """What a row says, in an order-free form; renamings of prefixes the class does not hold are left out by
+    comparing only the renamings both rows agree a class would use."""
+    d = family_to_json(family)
+    d["parts"] = sorted(map(tuple, d["parts"]))
+    memory = {p for _, p, _ in family.parts}
+    d["layouts"] = {k: sorted(tuple(p) for p in v if p[0] != p[1] and any(m.startswith(p[1]) for m in memory))
+                    for k, v in d["layouts"].items()}
+    return json.dumps(d, sort_keys=True)
+
+
+@pytest.mark.parametrize("model_type", ["idefics2", "llava_next_video", "vipllava", "qwen3_vl_moe", "llama4",
+                                        "cohere2_vision", "lfm2_vl", "janus", "deepseek_vl", "qwen3_5"])
+def test_new_families_are_derived(model_type):
+    family = family_named(model_type)
+    assert family is not None and model_type not in FAMILIES
+    assert {c for c, _, _ in family.parts} == {"vision", "projector", "language"}
+
+
+def test_inspect_reads_a_derived_family(saved):
+    """Through the command a user runs: a family no hand row names shows its three components."""
+    from cli_run import run
+
+    r = run("inspect", saved("idefics2"), "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["format"] == "transformers-idefics2" and set(s["components"]) == {"vision", "projector", "language"}
+    assert s["components"]["language"]["architecture"] == "MistralForCausalLM"
+
+
+# ---- every derived type that builds tiny ---------------------------------------------------------------------
+
+TINY = [t for t in ALL_TYPES if t not in NOT_SPLIT and t not in NOT_TINY]
+PARAMS = [pytest.param(t, marks=pytest.mark.slow) if t in HEAVY else
+          pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=TRANSFORMERS_FAILS[t]))
+          if t in TRANSFORMERS_FAILS else t for t in TINY]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """(model_type, seed) -> a folder written by save_pretrained of a random tiny model."""
+    made = {}
+
+    def get(model_type, seed=0):
+        if (model_type, seed) not in made:
+            path = tmp_path_factory.mktemp(f"{model_type}-{seed}")
+            model = tiny_any(model_type, seed=seed)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.normal_(0, 0.05, generator=torch.Generator().manual_seed(seed))
+            model.save_pretrained(path)
+            made[model_type, seed] = path
+        return made[model_type, seed]
+
+    return get
+
+
+@pytest.mark.parametrize("model_type", PARAMS)
+def test_reads_into_components_and_merges_whole(model_type, saved, tmp_path):
+    a, b = saved(model_type, 0), saved(model_type, 1)
+    assert detect_adapter(a) is hf_multimodal
+    ckpt = open_checkpoint(a)
+    assert all(ckpt.components[c].tensors for c in ("vision", "projector", "language"))
+    files_a, files_b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    held = sum(c.num_params for c in ckpt.components.values()) + sum(t.numel for t in ckpt.outside.values())
+    assert held == sum(t.numel() for t in files_a.values())
+    out = merge({"merge_method": "linear", "models": [{"model": str(a), "parameters": {"weight": 0.5}},
+                                                      {"model": str(b), "parameters": {"weight": 0.5}}]},
+                tmp_path / "out", quiet=True)
+    model, info = model_class(ckpt.family.cls).from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    got = load_file(out / "model.safetensors")
+    assert got.keys() == files_a.keys()
+    for k, v in got.items():  # tensors outside every component are the first model's (the reference's)
+        want = files_a[k] if k in ckpt.outside else (0.5 * files_a[k].double() + 0.5 * files_b[k].double()).to(v.dtype)
+        torch.testing.assert_close(v, want, rtol=0, atol=1e-6, msg=k)
+
+
+# (tensors outside the components are written as read, in the saved layout: only families without them)
+WITH_HUB = [t for t in TINY if t not in HEAVY and t not in TRANSFORMERS_FAILS and "hub" in family_named(t).layouts
+            and not family_named(t).outside]
+
+
+@pytest.mark.parametrize("model_type", WITH_HUB)
+def test_derived_hub_layout_is_one_transformers_loads(model_type, saved, tmp_path):
+    """A derived `hub` layout (the legacy prefixes transformers' load-time mapping removes) is read back, and
+    transformers loads a file in it with no missing key and the same weights."""
+    path = saved(model_type)
+    ckpt = open_checkpoint(path)
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "config.json").write_text((path / "config.json").read_text())
+    write_safetensors(hub, {**hf_multimodal.family_tensors(ckpt.family, ckpt.components, "hub"), **ckpt.outside})
+    assert open_checkpoint(hub).source_config["layout"] == "hub"
+    assert load_file(hub / "model.safetensors").keys() != load_file(path / "model.safetensors").keys()
+    cls = model_class(ckpt.family.cls)
+    model, info = cls.from_pretrained(hub, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    want = cls.from_pretrained(path).state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+
+
+WITH_TEXT_ONLY = [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=TEXT_ONLY_FAILS[t]))
+                  if t in TEXT_ONLY_FAILS else t for t in TINY
+                  if t not in HEAVY and t not in TRANSFORMERS_FAILS and family_named(t).language_arch is None]
+
+
+@pytest.mark.parametrize("model_type", WITH_TEXT_ONLY)
+def test_language_merges_with_a_text_only_causal_lm(model_type, saved, tmp_path):
+    """The VLM's language model merges with a text-only *ForCausalLM built from its language component's config:
+    the language tensors are the mean, the vision tower and projector are the VLM's."""
+    vlm = saved(model_type)
+    lang = open_checkpoint(vlm).component("language")
+    torch.manual_seed(7)
+    model_class(lang.arch)._from_config(build_config(lang)).save_pretrained(tmp_path / "llm")
+    out = merge({"merge_method": "linear", "models": [{"model": str(vlm), "parameters": {"weight": 0.5}},
+                                                      {"model": str(tmp_path / "llm"), "parameters": {"weight": 0.5}}]},
+                tmp_path / "out", quiet=True)
+    merged, mine = open_checkpoint(out), open_checkpoint(vlm)
+    text = open_checkpoint(tmp_path / "llm").component("language").tensors
+    for name, t in merged.component("language").tensors.items():
+        want = 0.5 * mine.component("language").tensors[name].load() + 0.5 * text[name].load()
+        torch.testing.assert_close(t.load(), want, rtol=0, atol=1e-6, msg=name)
+    for c in ("vision", "projector"):
+        for name, t in merged.component(c).tensors.items():
+            assert torch.equal(t.load(), mine.component(c).tensors[name].load()), name
+
+
+def test_readme_family_list_is_the_contracts():
+    """The README's family table and its "N image-text-to-text families" figures are what
+    scripts/families_table.py makes from this file's tables and the derivation (run it with `update` to fix)."""
+    import families_table
+
+    readme = families_table.README.read_text()
+    assert readme == families_table.render(readme)
+    assert families_table.COUNT.search(readme)
