@@ -33,8 +33,8 @@ from ..eval.generate import ModelLoadError, load_processor
 def _names_in_memory(plan: Plan, held: set[str]) -> dict[str, str]:
     """Output tensor name -> the model's own parameter name, through the family's file layouts."""
     names = [t.name for t in plan.tasks]
-    family = family_named(plan.output_format)
-    if family is None or all(n in held for n in names):
+    family = family_named(plan.output_format) if plan.output_format not in ("hf", "whole") else None
+    if all(n in held for n in names):
         return {n: n for n in names}
     if WHOLE in plan.components:  # a whole model's file names, as transformers renames them on load
         mapped = memory_names(plan.components[WHOLE].reference)
