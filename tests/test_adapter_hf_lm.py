@@ -103,3 +103,45 @@ def test_extra_tensors_are_kept_and_reported(tmp_path):
     assert list(ckpt.outside) == ["model.layers.0.self_attn.rotary_emb.inv_freq"] and "model" in ckpt.outside_reasons
     hf_causal_lm.write_source(ckpt, tmp_path / "back")
     assert set(read_tensors(tmp_path / "back")) == set(tensors)
+
+
+MOE = {  # transformers 5 saves these one tensor per expert and holds them fused; Mixtral renames its MLP too
+    "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM,
+                  {"head_dim": 8, "num_experts": 3, "num_experts_per_tok": 2, "moe_intermediate_size": 16}),
+    "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM,
+                {"num_local_experts": 3, "num_experts_per_tok": 2, "sliding_window": None}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(MOE))
+def test_experts_saved_one_per_tensor_are_read_fused_as_transformers_loads_them(family, tmp_path):
+    from mmmerge import merge
+
+    cfg_cls, model_cls, extra = MOE[family]
+    folders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = randomize(model_cls(cfg_cls(**{**LM, **extra})), seed=seed)
+        model.save_pretrained(tmp_path / f"m{seed}")
+        folders.append(tmp_path / f"m{seed}")
+    on_disk = load_file(folders[0] / "model.safetensors")
+    assert any(".experts.0." in k for k in on_disk) and not any(k.endswith("experts.gate_up_proj") for k in on_disk)
+
+    states = [model_cls.from_pretrained(f).state_dict() for f in folders]
+    lang = open_checkpoint(folders[0]).component("language")
+    tied = {"lm_head.weight"} if lang.config.get("tie_word_embeddings") else set()
+    assert set(lang.tensors) == set(states[0]) - tied
+    for name, t in lang.tensors.items():
+        assert t.shape == tuple(states[0][name].shape) and torch.equal(t.load(), states[0][name]), name
+
+    merge({"merge_method": "linear", "dtype": "float32",
+           "models": [{"model": str(f), "parameters": {"weight": w}} for f, w in zip(folders, (0.3, 0.7))]},
+          tmp_path / "merged", quiet=True)
+    loaded, info = model_cls.from_pretrained(tmp_path / "merged", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    for name, t in loaded.state_dict().items():
+        torch.testing.assert_close(t, 0.3 * states[0][name] + 0.7 * states[1][name], rtol=0, atol=1e-6, msg=name)
+
+    assert save_hf(lang, tmp_path / "converted") == []  # `mmmerge convert` writes it as the class holds it
+    again = model_cls.from_pretrained(tmp_path / "converted").state_dict()
+    assert all(torch.equal(again[k], v) for k, v in states[0].items())
