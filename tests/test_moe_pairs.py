@@ -105,3 +105,34 @@ def test_a_pair_whose_moe_class_lacks_dense_tensors_is_refused_before_reading(tm
     assert not (tmp_path / "out").exists()
     assert set(load_file(models[0] / "model.safetensors")) >= {"model.language_model.layers.0.post_mlp_layernorm.weight"}
     shutil.rmtree(tmp_path / "g1")
+
+
+def test_qwen3_5_moe_hidden_gates_are_the_base_vlms_hidden_states(qwen35, tmp_path):
+    """Hidden gates through a VLM with no family row: each router row is the base VLM's hidden state of the prompt's
+    last token at that layer's input (transformers run here in bfloat16, bos + prompt), normalised."""
+    from tiny_tokenizer import make_tokenizer
+
+    base = tmp_path / "base"
+    shutil.copytree(qwen35 / "m0", base)
+    make_tokenizer(base)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base)  # as the folder's model type reads it
+    prompts = ["a red square on a blue field", "is there a circle ?", "a red square ."]  # each its own last token
+    out = moe({"base_model": str(base), "gate_mode": "hidden", "experts_per_token": 1,
+               "experts": [{"source_model": str(qwen35 / f"m{i}"), "positive_prompts": [p]}
+                           for i, p in zip((1, 2), prompts)],
+               "shared_experts": [{"source_model": str(base), "positive_prompts": [prompts[2]]}]},
+              tmp_path / "moe", quiet=True)
+    got = load_file(out / "model.safetensors")
+    model = transformers.Qwen3_5ForConditionalGeneration.from_pretrained(base, dtype=torch.bfloat16).eval()
+    for e, prompt in enumerate(prompts):
+        ids = tokenizer(tokenizer.bos_token + prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            states = model(input_ids=ids, output_hidden_states=True).hidden_states
+        for layer in range(TEXT["num_hidden_layers"]):
+            row = states[layer][0, -1]
+            row = row / row.norm(p=2)  # in bfloat16, as mergekit-moe normalises
+            if e < 2:
+                gate = got[LAYER.format(layer) + "gate.weight"][e]
+            else:
+                gate = got[LAYER.format(layer) + "shared_expert_gate.weight"][0]
+            torch.testing.assert_close(gate.float(), row.float(), rtol=0, atol=0)
