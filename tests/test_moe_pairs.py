@@ -98,13 +98,13 @@ def test_a_pair_whose_moe_class_lacks_dense_tensors_is_refused_before_reading(tm
         F.save_tiny("glm4v", tmp_path / f"g{i}", seed=i)
         models.append(tmp_path / f"g{i}")
     cfg = {"base_model": str(models[0]), "gate_mode": "random",
-           "experts": [{"source_model": str(m)} for m in models[1:]], "shared_experts": [{"source_model": str(models[0])}]}
+           "experts": [{"source_model": str(m)} for m in models[1:]],
+           "shared_experts": [{"source_model": str(models[0])}]}
     (tmp_path / "moe.yml").write_text(json.dumps(cfg))
     one_line_error(run("moe", tmp_path / "moe.yml", "--out", tmp_path / "out"),
                    "Glm4vMoeForConditionalGeneration", "post_mlp_layernorm", "glm4v")
     assert not (tmp_path / "out").exists()
-    assert set(load_file(models[0] / "model.safetensors")) >= {"model.language_model.layers.0.post_mlp_layernorm.weight"}
-    shutil.rmtree(tmp_path / "g1")
+    assert "model.language_model.layers.0.post_mlp_layernorm.weight" in load_file(models[0] / "model.safetensors")
 
 
 def test_qwen3_5_moe_hidden_gates_are_the_base_vlms_hidden_states(qwen35, tmp_path):

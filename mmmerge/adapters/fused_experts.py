@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 
-from ..checkpoint import Component, LazyTensor, combine
+from ..checkpoint import Component, combine
 from ..errors import MMMergeError
 from .hf_common import _kept_on_disk, class_layout
 

@@ -115,8 +115,9 @@ def save_hf(component: Component, out: Path, *, force: bool = False, max_shard_b
     """Write config, weights and (for vision) the image processor config; return the names left out."""
     model = meta_model(component)
     required, optional = file_layout(model)
-    if any(k not in component.tensors for k in required) and all(k in component.tensors for k in memory_layout(model)[0]):
-        required, optional = memory_layout(model)  # experts read fused (fused_experts.py), which transformers 5 loads
+    in_memory = memory_layout(model)
+    if any(k not in component.tensors for k in required) and all(k in component.tensors for k in in_memory[0]):
+        required, optional = in_memory  # experts read fused (fused_experts.py), which transformers 5 loads too
     check_tensors(required, component.tensors, component.arch, optional=optional, allow_unexpected=True,
                   expected_from=f"{component.arch} with this config", got_from=f"the {component.name} component")
     keep = {k: component.tensors[k] for k in required}

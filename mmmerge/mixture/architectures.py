@@ -33,7 +33,7 @@ class TensorNames:
 
     source: str = "model.layers.{layer}.mlp.{proj}.weight"
     router: str = "model.layers.{layer}.mlp.gate.weight"
-    shared_router: str | None = "model.layers.{layer}.mlp.shared_expert_gate.weight"  # None: the shared expert has no gate
+    shared_router: str | None = "model.layers.{layer}.mlp.shared_expert_gate.weight"  # None: a shared expert ungated
     expert: str = "model.layers.{layer}.mlp.experts.{expert}.{proj}.weight"
     shared_expert: str = "model.layers.{layer}.mlp.shared_expert.{proj}.weight"
     gate_up: str = "model.layers.{layer}.mlp.experts.gate_up_proj"
@@ -166,7 +166,8 @@ def choose(config: MoEConfig, model_type: str, where: str = "config") -> OutputA
     if not fitting and model_type in moe_pairs() and not any(model_type in r.inputs for r in every):
         raise UnsupportedArchitectureError(f"{where}: transformers pairs {model_type} with {moe_pairs()[model_type]}, "
                                            "an MoE text config mmmerge has no row for (mixture/architectures.py)")
-    vlm = family_of({"model_type": model_type}) or model_type in auto_class_names("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES")
+    vlm = (family_of({"model_type": model_type})
+           or model_type in auto_class_names("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"))
     if not fitting and vlm and not any(model_type in r.inputs for r in every):
         pairs = [f"{r.class_name} from {'/'.join(r.inputs)}" for r in every if r.text_config]
         raise UnsupportedArchitectureError(f"{where}: {model_type} is a vision-language family with no MoE counterpart "
