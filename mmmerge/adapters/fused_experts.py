@@ -47,8 +47,12 @@ def _plan(arch: str, config_json: str, names: tuple[str, ...]) -> dict[str, list
     tensor is converted (fused or split), or when the result would not be exactly the class's tensors."""
 
     def compute() -> dict:
-        from transformers.core_model_loading import dot_natural_key, rename_source_key
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, dot_natural_key, rename_source_key
 
+        mappings = [get_checkpoint_conversion_mapping(key) or [] for key in (arch, json.loads(config_json).get("model_type"))]
+        if not any(isinstance(t, WeightConverter) for mapping in mappings for t in mapping):
+            return {}  # nothing converted: no need to build the class (a third of a second for a 1B model)
         model, renamings, converters = _conversions(arch, config_json)
         held = model.state_dict()
         plan: dict[str, list] = {}
