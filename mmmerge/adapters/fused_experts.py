@@ -50,7 +50,8 @@ def _plan(arch: str, config_json: str, names: tuple[str, ...]) -> dict[str, list
         from transformers.conversion_mapping import get_checkpoint_conversion_mapping
         from transformers.core_model_loading import WeightConverter, dot_natural_key, rename_source_key
 
-        mappings = [get_checkpoint_conversion_mapping(key) or [] for key in (arch, json.loads(config_json).get("model_type"))]
+        keys = (arch, json.loads(config_json).get("model_type"))
+        mappings = [get_checkpoint_conversion_mapping(key) or [] for key in keys]
         if not any(isinstance(t, WeightConverter) for mapping in mappings for t in mapping):
             return {}  # nothing converted: no need to build the class (a third of a second for a 1B model)
         model, renamings, converters = _conversions(arch, config_json)
