@@ -136,3 +136,19 @@ def test_qwen3_5_moe_hidden_gates_are_the_base_vlms_hidden_states(qwen35, tmp_pa
             else:
                 gate = got[LAYER.format(layer) + "shared_expert_gate.weight"][0]
             torch.testing.assert_close(gate.float(), row.float(), rtol=0, atol=0)
+
+
+def test_a_pair_transformers_ships_without_a_row_is_named_in_one_line(monkeypatch):
+    """A new `T_moe` type in transformers is found at run time; until a row says its fields, the refusal names both."""
+    from mmmerge.errors import UnsupportedArchitectureError
+    from mmmerge.mixture import architectures
+    from mmmerge.mixture.config import load_config
+
+    monkeypatch.setattr(architectures, "moe_pairs", lambda: {**moe_pairs(), "gemma3": "gemma3_moe"})
+    config = load_config({"base_model": "base", "gate_mode": "random",
+                          "experts": [{"source_model": "a"}, {"source_model": "b"}]})
+    with pytest.raises(UnsupportedArchitectureError, match="transformers pairs gemma3 with gemma3_moe"):
+        architectures.choose(config, "gemma3")
+    with pytest.raises(UnsupportedArchitectureError, match="llava is a vision-language family with no MoE counterpart"):
+        architectures.choose(config, "llava")
+    assert architectures.choose(config, "qwen3_vl").class_name == "Qwen3VLMoeForConditionalGeneration"
