@@ -16,13 +16,15 @@ from typing import Mapping
 import torch
 
 from ..adapters.families import family_of
-from ..adapters.hf_whole import has_vision_tower
+from ..adapters.hf_common import class_layout
+from ..adapters.hf_whole import architecture, has_vision_tower
 from ..checkpoint import LazyTensor
 from ..device import resolve_device
 from ..engine.execute import progress_bar
 from ..engine.opener import Opener
 from ..engine.recipe import DTYPES, dtype_of
-from ..errors import MMMergeWarning, RecipeError, ShapeMismatchError, UnreadableFileError, UnsupportedArchitectureError
+from ..errors import (MMMergeError, MMMergeWarning, RecipeError, ShapeMismatchError, UnreadableFileError,
+                      UnsupportedArchitectureError)
 from ..io import atomic_output_dir, claim_output, read_json, read_tensors, write_safetensors
 from ..io.folder import copy_side_files
 from ..io.writer import DEFAULT_SHARD_BYTES
@@ -210,10 +212,19 @@ def check_against_class(row: OutputArch, tensors: Mapping[str, LazyTensor], shap
 
 
 def check_nothing_dropped(row: OutputArch, shapes: dict, base: Model) -> None:
-    """The output class holds every tensor of the base outside the language model's MLPs (GLM-4.5V's MoE layers lack
-    GLM-4.1V's extra norms): nothing of the base is dropped silently."""
+    """A VLM output's class holds every tensor of the dense base's class outside the language model's MLPs
+    (GLM-4.5V's MoE layers lack GLM-4.1V's extra norms): nothing the base computes with is dropped silently. Text
+    outputs keep mergekit-moe's rules."""
+    if not row.text_config:
+        return
     layers = row.names.router.split("{layer}")[0]
-    lost = [n for n in base.whole if n not in shapes and not (n.startswith(layers) and ".mlp." in n)]
+    held = set(base.whole)
+    try:
+        layout = class_layout(architecture(base.config), base.config)
+        held &= {*layout["required"], *layout["optional"]}  # not stray buffers of old checkpoints (inv_freq)
+    except MMMergeError:
+        pass
+    lost = [n for n in base.whole if n in held and n not in shapes and not (n.startswith(layers) and ".mlp." in n)]
     if lost:
         raise UnsupportedArchitectureError(
             f"base_model: {base.path}: {row.class_name} holds no {lost[0]} ({len(lost)} such tensor(s) of the "
