@@ -145,3 +145,37 @@ def test_experts_saved_one_per_tensor_are_read_fused_as_transformers_loads_them(
     assert save_hf(lang, tmp_path / "converted") == []  # `mmmerge convert` writes it as the class holds it
     again = model_cls.from_pretrained(tmp_path / "converted").state_dict()
     assert all(torch.equal(again[k], v) for k, v in states[0].items())
+
+
+def test_a_lora_of_per_expert_modules_applies_before_the_experts_are_fused(tmp_path):
+    """A transformers 4 era Mixtral LoRA targets one expert's `w1`: `mmmerge merge` of `base+lora` adds
+    (alpha / r) B A to that expert's file tensor, which the output holds inside the fused `gate_up_proj`."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from mmmerge import merge
+
+    cfg_cls, model_cls, extra = MOE["mixtral"]
+    torch.manual_seed(0)
+    randomize(model_cls(cfg_cls(**{**LM, **extra}))).save_pretrained(tmp_path / "base")
+    w1 = "model.layers.1.block_sparse_moe.experts.2.w1"
+    assert w1 + ".weight" in load_file(tmp_path / "base" / "model.safetensors")
+    g = torch.Generator().manual_seed(3)
+    A, B = torch.randn(2, LM["hidden_size"], generator=g), torch.randn(LM["intermediate_size"], 2, generator=g)
+    (tmp_path / "lora").mkdir()
+    save_file({f"base_model.model.{w1}.lora_A.weight": A, f"base_model.model.{w1}.lora_B.weight": B},
+              tmp_path / "lora" / "adapter_model.safetensors")
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["w1"], "fan_in_fan_out": False}))
+    merge({"merge_method": "passthrough", "dtype": "float32",
+           "models": [{"model": f"{tmp_path / 'base'}+{tmp_path / 'lora'}"}]}, tmp_path / "out", quiet=True)
+    base = model_cls.from_pretrained(tmp_path / "base").state_dict()
+    got, info = model_cls.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    got = got.state_dict()
+    fused = "model.layers.1.mlp.experts.gate_up_proj"
+    expected = base[fused].clone()
+    expected[2, :LM["intermediate_size"]] += 2.0 * B @ A  # w1 is the gate, the first half of [gate; up]
+    torch.testing.assert_close(got[fused], expected, rtol=0, atol=1e-5)
+    assert all(torch.equal(got[k], v) for k, v in base.items() if k != fused)

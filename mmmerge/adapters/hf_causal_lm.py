@@ -35,7 +35,8 @@ def detect(path: Path) -> bool:
     return bool(cfg) and "architecture" not in cfg and causal_lm_arch(cfg) is not None and not has_vision_tower(cfg)
 
 
-def read(path: Path) -> Checkpoint:
+def read(path: Path, *, fused: bool = True) -> Checkpoint:
+    """`fused=False`: experts under their file names, one tensor per expert (a LoRA of per-expert modules)."""
     path = Path(path)
     cfg = read_config(path)
     require_model_type(cfg, path)
@@ -43,7 +44,8 @@ def read(path: Path) -> Checkpoint:
     tensors = read_folder(path)
     language, _ = take_component("language", arch, cfg, tensors, ("",), path)
     outside = leftovers(tensors, set(language.tensors))
-    language = in_memory_layout(language)
+    if fused:
+        language = in_memory_layout(language)
     return Checkpoint(path, FORMAT, {"language": language}, describe_outside(outside, f"not held by {arch}"), outside,
                       {"config.json": cfg}, side_files=path)
 
