@@ -28,13 +28,14 @@ def in_memory_layout(component: Component) -> Component:
         return component
     if not plan:
         return component
+    shapes = class_layout(component.arch, component.config)["required"]
     tensors = {}
     for target, sources in plan.items():
         parts = [component.tensors[name] for _, name in sources]
         if len(sources) == 1 and sources[0][0] is None:
             tensors[target] = parts[0]  # renamed only
         else:
-            shape = class_layout(component.arch, component.config)["required"][target]
+            shape = shapes[target]
             fuse = functools.partial(_fuse, component.arch, config, target, [pattern for pattern, _ in sources])
             tensors[target] = combine(parts, fuse, shape)
     return Component(component.name, component.arch, component.config, tensors, component.preprocess,
