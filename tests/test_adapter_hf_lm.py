@@ -103,3 +103,79 @@ def test_extra_tensors_are_kept_and_reported(tmp_path):
     assert list(ckpt.outside) == ["model.layers.0.self_attn.rotary_emb.inv_freq"] and "model" in ckpt.outside_reasons
     hf_causal_lm.write_source(ckpt, tmp_path / "back")
     assert set(read_tensors(tmp_path / "back")) == set(tensors)
+
+
+MOE = {  # transformers 5 saves these one tensor per expert and holds them fused; Mixtral renames its MLP too
+    "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM,
+                  {"head_dim": 8, "num_experts": 3, "num_experts_per_tok": 2, "moe_intermediate_size": 16}),
+    "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM,
+                {"num_local_experts": 3, "num_experts_per_tok": 2, "sliding_window": None}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(MOE))
+def test_experts_saved_one_per_tensor_are_read_fused_as_transformers_loads_them(family, tmp_path):
+    from mmmerge import merge
+
+    cfg_cls, model_cls, extra = MOE[family]
+    folders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = randomize(model_cls(cfg_cls(**{**LM, **extra})), seed=seed)
+        model.save_pretrained(tmp_path / f"m{seed}")
+        folders.append(tmp_path / f"m{seed}")
+    on_disk = load_file(folders[0] / "model.safetensors")
+    assert any(".experts.0." in k for k in on_disk) and not any(k.endswith("experts.gate_up_proj") for k in on_disk)
+
+    states = [model_cls.from_pretrained(f).state_dict() for f in folders]
+    lang = open_checkpoint(folders[0]).component("language")
+    tied = {"lm_head.weight"} if lang.config.get("tie_word_embeddings") else set()
+    assert set(lang.tensors) == set(states[0]) - tied
+    for name, t in lang.tensors.items():
+        assert t.shape == tuple(states[0][name].shape) and torch.equal(t.load(), states[0][name]), name
+
+    merge({"merge_method": "linear", "dtype": "float32",
+           "models": [{"model": str(f), "parameters": {"weight": w}} for f, w in zip(folders, (0.3, 0.7))]},
+          tmp_path / "merged", quiet=True)
+    loaded, info = model_cls.from_pretrained(tmp_path / "merged", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    for name, t in loaded.state_dict().items():
+        torch.testing.assert_close(t, 0.3 * states[0][name] + 0.7 * states[1][name], rtol=0, atol=1e-6, msg=name)
+
+    assert save_hf(lang, tmp_path / "converted") == []  # `mmmerge convert` writes it as the class holds it
+    again = model_cls.from_pretrained(tmp_path / "converted").state_dict()
+    assert all(torch.equal(again[k], v) for k, v in states[0].items())
+
+
+def test_a_lora_of_per_expert_modules_applies_before_the_experts_are_fused(tmp_path):
+    """A transformers 4 era Mixtral LoRA targets one expert's `w1`: `mmmerge merge` of `base+lora` adds
+    (alpha / r) B A to that expert's file tensor, which the output holds inside the fused `gate_up_proj`."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from mmmerge import merge
+
+    cfg_cls, model_cls, extra = MOE["mixtral"]
+    torch.manual_seed(0)
+    randomize(model_cls(cfg_cls(**{**LM, **extra}))).save_pretrained(tmp_path / "base")
+    w1 = "model.layers.1.block_sparse_moe.experts.2.w1"
+    assert w1 + ".weight" in load_file(tmp_path / "base" / "model.safetensors")
+    g = torch.Generator().manual_seed(3)
+    A, B = torch.randn(2, LM["hidden_size"], generator=g), torch.randn(LM["intermediate_size"], 2, generator=g)
+    (tmp_path / "lora").mkdir()
+    save_file({f"base_model.model.{w1}.lora_A.weight": A, f"base_model.model.{w1}.lora_B.weight": B},
+              tmp_path / "lora" / "adapter_model.safetensors")
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["w1"], "fan_in_fan_out": False}))
+    merge({"merge_method": "passthrough", "dtype": "float32",
+           "models": [{"model": f"{tmp_path / 'base'}+{tmp_path / 'lora'}"}]}, tmp_path / "out", quiet=True)
+    base = model_cls.from_pretrained(tmp_path / "base").state_dict()
+    got, info = model_cls.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    got = got.state_dict()
+    fused = "model.layers.1.mlp.experts.gate_up_proj"
+    expected = base[fused].clone()
+    expected[2, :LM["intermediate_size"]] += 2.0 * B @ A  # w1 is the gate, the first half of [gate; up]
+    torch.testing.assert_close(got[fused], expected, rtol=0, atol=1e-5)
+    assert all(torch.equal(got[k], v) for k, v in base.items() if k != fused)

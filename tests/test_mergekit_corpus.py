@@ -21,10 +21,10 @@ EXPECTED = {
     "040_dr_samantha_7b_slerp_union.yml": ("both refuse", "the base model is not among the slice's sources"),
     "038_llama2_13b_estopia_task_arithmetic_malformed.yml": ("both refuse", "not valid YAML as published"),
     "075_hx_mistral_1_5b_linear_one_slice.yml": ("both refuse", "one model twice in one slice"),
-    # mergekit 0.1.5 merges Mixtral's experts as transformers 5 fuses them in memory; mmmerge merges them as the
-    # files hold them (one tensor per expert, as the published models were merged), so the sparsifiers differ
-    "033_mixtral_8x7b_limarp_dare_ties.yml": ("differs", "Mixtral experts fused by mergekit, per expert here"),
-    "034_open_gpt4_8x7b_v0_2_ties.yml": ("differs", "Mixtral experts fused by mergekit, per expert here"),
+    # both merge Mixtral's experts fused, as transformers 5 holds them (034's ties comes out identical), but here
+    # every tensor's DARE mask differs, the first drawn (lm_head) too: mergekit draws this model's masks in another
+    # order than its tensors' names (not yet understood)
+    "033_mixtral_8x7b_limarp_dare_ties.yml": ("differs", "Mixtral DARE masks drawn in another order than mergekit's"),
     "013_mergekit_vlm_branch_linear_qwen2vl.yml": ("skipped", "mergekit's qwen2_vl definition refuses tiny configs"),
     "060_zamba2_7b_slerp_hybrid.yml": ("skipped", "no tiny Zamba2 (hybrid Mamba) stand-in"),
 }

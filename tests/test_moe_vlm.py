@@ -347,3 +347,34 @@ def test_image_paths_are_relative_to_the_config_and_inputs_of_the_run(vlm, built
     r = run("moe", tmp_path / "moe.yml", "--out", tmp_path / "images", "--force")
     one_line_error(r, "images", "red.png", "which this run reads")
     assert (tmp_path / "images" / "red.png").is_file()
+
+
+def test_search_runs_on_moe_outputs_and_its_best_candidate_is_what_merge_writes(vlm, tmp_path):
+    """A search over the linear weights of two MoE outputs: the candidate held in memory for the best recipe equals
+    `mmmerge merge best_recipe.yml` as transformers loads it, and that equals the formula on the two inputs."""
+    import yaml
+
+    from mmmerge.searching import search
+    from mmmerge.searching.candidate import Candidates
+
+    for seed in (1, 2):
+        moe(config(vlm, mode="random"), tmp_path / f"moe{seed}", random_seed=seed, quiet=True)
+    data = {k: str(v) for k, v in eval_data.vqav2(tmp_path / "vqav2", n=2).items()}
+    spec = {"merge_method": "linear", "dtype": "float32",
+            "models": [{"model": str(tmp_path / f"moe{s}"), "parameters": {"weight": {"search": [0.1, 1.0]}}}
+                       for s in (1, 2)],
+            "search": {"trials": 2, "max_new_tokens": 2, "tasks": [{"task": "vqav2", **data}]}}
+    (tmp_path / "spec.yml").write_text(yaml.safe_dump(spec))
+    result = search(tmp_path / "spec.yml", tmp_path / "out", quiet=True)
+    assert result.trials == 2
+    best = tmp_path / "out" / "best_recipe.yml"
+    merge(best, tmp_path / "merged", quiet=True)
+    candidates = Candidates(None)
+    candidates.load(yaml.safe_load(best.read_text()))
+    in_memory, written = candidates.model.state_dict(), loaded(tmp_path / "merged").state_dict()
+    assert set(in_memory) == set(written)
+    assert all(torch.equal(written[k], in_memory[k]) for k in written)
+    a, b = (loaded(tmp_path / f"moe{s}").state_dict() for s in (1, 2))
+    w = [m["parameters"]["weight"] for m in yaml.safe_load(best.read_text())["models"]]
+    experts = "model.language_model.layers.0.mlp.experts.gate_up_proj"
+    torch.testing.assert_close(written[experts], (w[0] * a[experts] + w[1] * b[experts]) / (w[0] + w[1]))

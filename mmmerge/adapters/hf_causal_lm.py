@@ -2,7 +2,8 @@
 
 Their own layout is the canonical one, so reading is selecting: the tensors the class holds form the
 `language` component; anything else in the files is kept aside and reported. A tied `lm_head` is not
-stored; `untie` makes it explicit when a merge needs both matrices.
+stored; `untie` makes it explicit when a merge needs both matrices. Experts that transformers saves one tensor
+per expert and holds fused (Qwen3-MoE, Mixtral) are read fused, as the class holds them (`fused_experts.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from ..checkpoint import Checkpoint, Component
 from ..io.folder import write_model_folder
 from ..io.reader import read_folder
+from .fused_experts import in_memory_layout
 from .hf_whole import has_vision_tower
 from .hf_common import auto_class_names, describe_outside, leftovers, read_config, require_model_type, take_component
 
@@ -33,7 +35,8 @@ def detect(path: Path) -> bool:
     return bool(cfg) and "architecture" not in cfg and causal_lm_arch(cfg) is not None and not has_vision_tower(cfg)
 
 
-def read(path: Path) -> Checkpoint:
+def read(path: Path, *, fused: bool = True) -> Checkpoint:
+    """`fused=False`: experts under their file names, one tensor per expert (a LoRA of per-expert modules)."""
     path = Path(path)
     cfg = read_config(path)
     require_model_type(cfg, path)
@@ -41,6 +44,8 @@ def read(path: Path) -> Checkpoint:
     tensors = read_folder(path)
     language, _ = take_component("language", arch, cfg, tensors, ("",), path)
     outside = leftovers(tensors, set(language.tensors))
+    if fused:
+        language = in_memory_layout(language)
     return Checkpoint(path, FORMAT, {"language": language}, describe_outside(outside, f"not held by {arch}"), outside,
                       {"config.json": cfg}, side_files=path)
 

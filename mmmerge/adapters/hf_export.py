@@ -112,7 +112,11 @@ def hf_config_dict(component: Component) -> dict:
 def save_hf(component: Component, out: Path, *, force: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
             metadata: dict | None = None) -> list[str]:
     """Write config, weights and (for vision) the image processor config; return the names left out."""
-    required, optional = file_layout(meta_model(component))
+    model = meta_model(component)
+    required, optional = file_layout(model)
+    in_memory = memory_layout(model)
+    if any(k not in component.tensors for k in required) and all(k in component.tensors for k in in_memory[0]):
+        required, optional = in_memory  # experts read fused (fused_experts.py), which transformers 5 loads too
     check_tensors(required, component.tensors, component.arch, optional=optional, allow_unexpected=True,
                   expected_from=f"{component.arch} with this config", got_from=f"the {component.name} component")
     keep = {k: component.tensors[k] for k in required}

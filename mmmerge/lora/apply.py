@@ -78,7 +78,15 @@ def _cast(t: LazyTensor, dtype: torch.dtype) -> LazyTensor:
 
 
 def open_with_lora(base: Path, lora: Path) -> Checkpoint:
-    """Open `base` (any supported format) and apply the peft LoRA folder `lora` to it."""
-    from ..adapters import open_checkpoint
+    """Open `base` (any supported format) and apply the peft LoRA folder `lora` to it. A causal LM whose experts
+    are read fused takes a LoRA of per-expert modules (transformers 4's Mixtral `experts.0.w1`) on its per-expert file
+    tensors, fused afterwards."""
+    from ..adapters import hf_causal_lm, open_checkpoint
+    from ..adapters.fused_experts import in_memory_layout
 
-    return apply_lora(open_checkpoint(base), read_adapter(lora))
+    ckpt, adapter = open_checkpoint(base), read_adapter(lora)
+    if ckpt.format != hf_causal_lm.FORMAT or all(locate(ckpt, name) is not None for name in adapter.modules):
+        return apply_lora(ckpt, adapter)
+    adapted = apply_lora(hf_causal_lm.read(base, fused=False), adapter)
+    language = in_memory_layout(adapted.component("language"))
+    return dataclasses.replace(adapted, components={**adapted.components, "language": language})

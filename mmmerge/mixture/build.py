@@ -16,18 +16,21 @@ from typing import Mapping
 import torch
 
 from ..adapters.families import family_of
+from ..adapters.hf_common import class_layout
+from ..adapters.hf_whole import architecture, has_vision_tower
 from ..checkpoint import LazyTensor
 from ..device import resolve_device
 from ..engine.execute import progress_bar
 from ..engine.opener import Opener
 from ..engine.recipe import DTYPES, dtype_of
-from ..errors import MMMergeWarning, RecipeError, ShapeMismatchError, UnreadableFileError, UnsupportedArchitectureError
+from ..errors import (MMMergeError, MMMergeWarning, RecipeError, ShapeMismatchError, UnreadableFileError,
+                      UnsupportedArchitectureError)
 from ..io import atomic_output_dir, claim_output, read_json, read_tensors, write_safetensors
 from ..io.folder import copy_side_files
 from ..io.writer import DEFAULT_SHARD_BYTES
 from ..projectors.language import has_tokenizer
 from ..validate import byte_size
-from .architectures import OutputArch, choose
+from .architectures import LANGUAGE_PREFIX, OutputArch, choose
 from .config import PROMPTED_MODES, MoEConfig, load_config
 from .experts import PROJECTIONS, Source, expert_tensors, mlp_name, noise_states
 from .gates import degenerate_layers, prompt_gates, random_gates
@@ -50,6 +53,12 @@ def read_model(path: Path) -> tuple[dict, Mapping[str, LazyTensor], dict, Mappin
     """A folder's config, language tensors, language config and whole tensors (headers only). A VLM of a family in
     mmmerge's table is read through its row: the language component under its text-only names."""
     config = read_json(path / "config.json")
+    if family_of(config) is None and has_vision_tower(config) and isinstance(config.get("text_config"), dict):
+        # a VLM mmmerge has no family row for (Qwen3.5): its language model where transformers 5 holds one
+        whole = read_tensors(path)
+        language = {"model." + k.removeprefix(LANGUAGE_PREFIX): t for k, t in whole.items()
+                    if k.startswith(LANGUAGE_PREFIX)}
+        return config, language, config["text_config"], whole
     if family_of(config) is None:
         tensors = read_tensors(path)
         return config, tensors, config, tensors
@@ -202,6 +211,27 @@ def check_against_class(row: OutputArch, tensors: Mapping[str, LazyTensor], shap
                                      f"and mmmerge would write {tuple(t.shape)}; this output is not written")
 
 
+def check_nothing_dropped(row: OutputArch, shapes: dict, base: Model) -> None:
+    """A VLM output's class holds every tensor of the dense base's class outside the language model's MLPs
+    (GLM-4.5V's MoE layers lack GLM-4.1V's extra norms): nothing the base computes with is dropped silently. Text
+    outputs keep mergekit-moe's rules."""
+    if not row.text_config:
+        return
+    layers = row.names.router.split("{layer}")[0]
+    held = set(base.whole)
+    try:
+        layout = class_layout(architecture(base.config), base.config)
+        held &= {*layout["required"], *layout["optional"]}  # not stray buffers of old checkpoints (inv_freq)
+    except MMMergeError:
+        pass
+    lost = [n for n in base.whole if n in held and n not in shapes and not (n.startswith(layers) and ".mlp." in n)]
+    if lost:
+        raise UnsupportedArchitectureError(
+            f"base_model: {base.path}: {row.class_name} holds no {lost[0]} ({len(lost)} such tensor(s) of the "
+            f"{base.config.get('model_type')} base), so its MoE counterpart in transformers is another architecture "
+            "and would drop them; this output is not written")
+
+
 def base_tensors(row: OutputArch, shapes: dict, out_config, base: Model, dtype: torch.dtype | None) -> dict[str, LazyTensor]:
     """The output's tensors outside the MLPs (those its class holds), from the base (a VLM's vision tower and
     projector too); q/k/v biases the base lacks are zeros where the row says so (Qwen2-MoE from Llama/Mistral),
@@ -230,7 +260,7 @@ def gate_tensors(row: OutputArch, gates: torch.Tensor, experts: int, dtype: torc
     out = {}
     for layer in range(gates.shape[0]):
         parts = {row.names.router: gates[layer, :experts]}
-        if gates.shape[1] > experts:
+        if gates.shape[1] > experts and row.names.shared_router:
             parts[row.names.shared_router] = gates[layer, experts:]
         for name, value in parts.items():
             out[name.format(layer=layer)] = LazyTensor.of(value.to(dtype or value.dtype).contiguous())
@@ -252,12 +282,13 @@ def moe(config, out, *, random_seed: int | None = None, i_understand_this_is_not
         base, experts, shared = open_models(cfg, offline)
         check_architectures(base, [*experts, *shared])
         row = choose(cfg, base.config.get("model_type"))
-        check_shapes(base, [*experts, *shared])
-        check_tokenizer(cfg, base)
-        check_image_prompts(cfg, base)
         dtype = dtype_of(cfg.dtype) or saved_dtype(base.config)
         out_config = output_config(row, cfg, base.path, dtype)
         shapes = class_shapes(row, out_config)
+        check_nothing_dropped(row, shapes, base)
+        check_shapes(base, [*experts, *shared])
+        check_tokenizer(cfg, base)
+        check_image_prompts(cfg, base)
         tensors = base_tensors(row, shapes, out_config, base, dtype)
         layers = base.language["num_hidden_layers"]
         sources = [Source(e, m.tensors) for e, m in zip(cfg.experts, experts)]

@@ -1,5 +1,6 @@
 """The experts' MLP tensors of the output, read only when written: each expert's dense MLP as it is, stacked
-(fused rows) or one tensor per expert (Qwen2-MoE), with mergekit's `noise_scale` and `residual_scale`.
+(fused rows) or one tensor per expert (Qwen2-MoE), a shared expert one tensor per projection, with mergekit's
+`noise_scale` and `residual_scale`.
 
 mergekit adds `randn_like(w) * noise_scale` to a source MLP weight, in its dtype, drawing from torch's global
 generator in the order it writes (after the random gates). The tensors here are read in another order, so
@@ -38,7 +39,7 @@ def draw_order(row: OutputArch, layers: int, experts: list[Source], shared: list
     """(layer, source, projection) in the order mergekit-moe reads, and so draws noise for, the experts' MLPs."""
     for layer in range(layers):
         if row.fused:
-            for source in experts:
+            for source in [*experts, *shared]:
                 for proj in row.read_order:
                     yield layer, source, proj
         else:
@@ -101,7 +102,7 @@ def expert_tensors(row: OutputArch, layers: int, experts: list[Source], shared: 
             for e, source in enumerate(experts):
                 for proj in PROJECTIONS:
                     out[names.expert.format(layer=layer, expert=e, proj=proj)] = one(source, layer, proj)
-            for source in shared:
-                for proj in PROJECTIONS:
-                    out[names.shared_expert.format(layer=layer, proj=proj)] = one(source, layer, proj)
+        for source in shared:  # one tensor per projection beside fused experts too (Qwen3.5-MoE)
+            for proj in PROJECTIONS:
+                out[names.shared_expert.format(layer=layer, proj=proj)] = one(source, layer, proj)
     return out

@@ -1,0 +1,106 @@
+"""A causal LM's per-expert file tensors read as the class holds them: fused, as transformers converts them on load.
+
+transformers 5 saves some MoE language models (Qwen3-MoE, Qwen2-MoE, Mixtral, GLM-4-MoE) with one tensor per expert
+and projection (`mlp.experts.3.gate_proj.weight`) and holds them fused (`mlp.experts.gate_up_proj`, all experts
+stacked), while the language model of a VLM of the same architecture (Qwen3-VL-MoE) is saved fused. Read in the
+class's in-memory layout, the two line up name by name, and a merge merges the fused tensors, as mergekit 0.1.5 does
+(it loads through transformers). Which file tensors make which fused one, and how, is transformers' own conversion
+mapping of the class, asked at run time; the tensors are fused only when read.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from ..checkpoint import Component, combine
+from ..errors import MMMergeError
+from .hf_common import _kept_on_disk, class_layout
+
+
+def in_memory_layout(component: Component) -> Component:
+    """`component` with its tensors under the class's in-memory names, fused where transformers fuses them on load;
+    `component` itself when transformers converts none of them (or the result would not be the class's layout)."""
+    config = json.dumps(component.config, sort_keys=True, default=str)
+    try:
+        plan = _plan(component.arch, config, tuple(sorted(component.tensors)))
+    except MMMergeError:  # no such class in the installed transformers: the file names are all there is
+        return component
+    if not plan:
+        return component
+    shapes = class_layout(component.arch, component.config)["required"]
+    tensors = {}
+    for target, sources in plan.items():
+        parts = [component.tensors[name] for _, name in sources]
+        if len(sources) == 1 and sources[0][0] is None:
+            tensors[target] = parts[0]  # renamed only
+        else:
+            shape = shapes[target]
+            fuse = functools.partial(_fuse, component.arch, config, target, [pattern for pattern, _ in sources])
+            tensors[target] = combine(parts, fuse, shape)
+    return Component(component.name, component.arch, component.config, tensors, component.preprocess,
+                     component.extra)
+
+
+@functools.lru_cache(maxsize=8)
+def _plan(arch: str, config_json: str, names: tuple[str, ...]) -> dict[str, list[list]]:
+    """in-memory name -> [[source pattern or None, file name], ...] in transformers' loading order; {} when no file
+    tensor is converted (fused or split), or when the result would not be exactly the class's tensors."""
+
+    def compute() -> dict:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, dot_natural_key, rename_source_key
+
+        keys = (arch, json.loads(config_json).get("model_type"))
+        mappings = [get_checkpoint_conversion_mapping(key) or [] for key in keys]
+        if not any(isinstance(t, WeightConverter) for mapping in mappings for t in mapping):
+            return {}  # nothing converted: no need to build the class (a third of a second for a 1B model)
+        model, renamings, converters = _conversions(arch, config_json)
+        held = model.state_dict()
+        plan: dict[str, list] = {}
+        for name in sorted(names, key=dot_natural_key):
+            target, pattern = rename_source_key(name, renamings, converters, model.base_model_prefix, held)
+            plan.setdefault(target, []).append([pattern, name])
+        if not any(pattern is not None for sources in plan.values() for pattern, _ in sources):
+            return {}
+        layout = class_layout(arch, json.loads(config_json))
+        if not set(layout["required"]) <= set(plan) <= {*layout["required"], *layout["optional"]}:
+            return {}
+        order = [*layout["required"], *layout["optional"]]  # the class's own order, which random methods draw in
+        return {target: _by_pattern(plan[target], converters) for target in order if target in plan}
+
+    return _kept_on_disk("fused-experts", f"{arch}\n{config_json}\n" + "\n".join(names), compute)
+
+
+def _by_pattern(sources: list[list], converters) -> list[list]:
+    """The sources grouped by their converter's source patterns, in its order (gate before up), experts in order."""
+    patterns = next((c.source_patterns for c in converters if sources[0][0] in c.source_patterns), [None])
+    return [s for p in patterns for s in sources if s[0] == p]
+
+
+@functools.lru_cache(maxsize=8)
+def _conversions(arch: str, config_json: str):
+    """The class built on the meta device, its renamings and its converters (transformers' load-time mapping)."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming
+
+    from .hf_whole import _meta_model
+
+    model = _meta_model(arch, config_json)
+    transforms = get_model_conversion_mapping(model)
+    return (model, [t for t in transforms if isinstance(t, WeightRenaming)],
+            [t for t in transforms if isinstance(t, WeightConverter)])
+
+
+def _fuse(arch: str, config_json: str, target: str, patterns: list[str], *tensors):
+    """The in-memory tensor `target` from its file tensors, by the operations of the converter that makes it."""
+    _, _, converters = _conversions(arch, config_json)
+    converter = next(c for c in converters if patterns[0] in c.source_patterns)
+    collected: dict[str, list] = {}
+    for pattern, tensor in zip(patterns, tensors):
+        collected.setdefault(pattern, []).append(tensor)
+    for op in converter.operations:
+        collected = op.convert(collected, source_patterns=converter.source_patterns,
+                               target_patterns=converter.target_patterns, full_layer_name=target)
+    (result,) = collected.values()
+    return result
