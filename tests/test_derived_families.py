@@ -70,9 +70,7 @@ TRANSFORMERS_FAILS = {
     "shieldgemma2": "transformers does not load what its own save-time mapping writes (model.language_model.model.*)",
 }
 # Language merges with a text-only LM that fail, and why (strict xfail: a fix shows).
-TEXT_ONLY_FAILS = {
-    "qwen3_vl_moe": "the text-only Qwen3-MoE is saved with experts one by one, the VLM's fused",
-}
+TEXT_ONLY_FAILS: dict[str, str] = {}
 
 # Derived types the generic tiny builder cannot build, and why.
 NOT_TINY = {
