@@ -4,8 +4,8 @@ A `Keep` zeroes what a sparsifier drops in one slice of a task vector, as mergek
 dropped entry keeps its sign: -x·0 is -0), and applies the L1 rescale factor where the method rescales.
 
 TIES and breadcrumbs keep the entries of largest magnitude. mergekit ranks them with `torch.argsort`, a full sort
-of the whole tensor; here a histogram of the magnitudes' bit patterns finds the cut value, and where the ties
-at the cut end is found by a second scan, or, for the low end, counted during the merge's own pass (`TieCount`).
+of the whole tensor; here a histogram of the magnitudes' bit patterns finds the cut value, and a second scan of
+the few slices around the deciding tie (found from snapshots of the histogram) finds where the ties at the cut end.
 For bfloat16 and float16 each histogram bin is one value, so the cut is exact from the histogram alone; float32
 refines the one bin holding it.
 
@@ -46,8 +46,8 @@ class TopKeep:
     """Entries whose magnitude exceeds `cut`, and those equal to it on one side of position `split`: before it
     (`ties_low`, a stable descending sort's order) or from it on (a stable ascending sort's top)."""
 
-    def __init__(self, cut: torch.Tensor, split: int | None, *, ties_low: bool, ties: "TieCount | None" = None):
-        self.cut, self.split, self.ties_low, self.ties = cut, split, ties_low, ties
+    def __init__(self, cut: torch.Tensor, split: int, *, ties_low: bool):
+        self.cut, self.split, self.ties_low = cut, split, ties_low
         self.below = previous_value(cut)  # |x| > below  <=>  |x| >= cut, in cut's dtype
 
     @classmethod
@@ -59,11 +59,7 @@ class TopKeep:
         return cls(torch.tensor(float("inf"), dtype=like.dtype), 0, ties_low=True)
 
     def apply_(self, d: torch.Tensor, start: int, scratch: torch.Tensor) -> torch.Tensor:
-        if self.split is None:  # the ties at the cut are counted as the slices come
-            self.split = self.ties.count(d, start, scratch)
-            at = d.numel() if self.split is None else min(max(self.split - start, 0), d.numel())
-        else:
-            at = min(max(self.split - start, 0), d.numel())
+        at = min(max(self.split - start, 0), d.numel())
         before, after = (self.below, self.cut) if self.ties_low else (self.cut, self.below)
         kept = scratch[:d.numel()]
         # hardshrink zeroes |x| <= lambda in one pass; copysign gives each zero its entry's sign, as x·0 does
@@ -73,8 +69,6 @@ class TopKeep:
 
     def kept(self, d: torch.Tensor, start: int = 0) -> torch.Tensor:
         """The kept entries of a slice (positions start..), as booleans."""
-        if self.split is None:
-            self.split = self.ties.finish()
         flat = d.reshape(-1).abs()
         kept, tie = flat > self.cut, flat == self.cut
         at = min(max(self.split - start, 0), flat.numel())
@@ -144,20 +138,29 @@ class Rescaled:
         return self.keep.apply_(d, start, scratch).mul_(self.factor)
 
 
+SNAPSHOTS = 64  # times the histogram is kept during its pass: the tie scan then reads at most 1/64 of the slices
+
+
 def select_top(part: Part, n: int, chunk: int, k: int, *, ties_low: bool, like: torch.Tensor,
                bins_of: torch.dtype | None = None, keys: Part | None = None) -> TopKeep:
     """The k (0 < k < n) entries of largest magnitude, without a sort: a histogram of `magnitude_keys` over every
     slice finds the bin of the k-th largest; unless each bin is one value (half precision; or `bins_of`, the half
     dtype whose bit patterns `keys` returns for float32 values rounded to it) that bin's entries are ranked
     exactly; a last scan finds where the kept ties at the cut end, in index order from the low end (`ties_low`)
-    or the high end. `keys`: start -> the slice's `magnitude_keys`, where the caller has a cheaper way to them
-    than from `part`."""
+    or the high end. With one value per bin the histogram is kept (`SNAPSHOTS` times) as it is counted, so that
+    scan reads only the slices between the two snapshots around the deciding tie. `keys`: start -> the slice's
+    `magnitude_keys`, where the caller has a cheaper way to them than from `part`."""
     keys = keys or (lambda start: magnitude_keys(part(start)))
-    counts = torch.zeros(BINS, dtype=torch.int64)
-    for start in range(0, n, chunk):
-        counts += torch.bincount(keys(start), minlength=BINS)
     if like.dtype in HALF:
         bins_of = like.dtype
+    starts = list(range(0, n, chunk))
+    every = -(-len(starts) // SNAPSHOTS)
+    counts = torch.zeros(BINS, dtype=torch.int64)
+    marks = []  # (slices counted, the histogram so far) at the end of each block of `every` slices
+    for i, start in enumerate(starts):
+        counts += torch.bincount(keys(start), minlength=BINS)
+        if bins_of is not None and ((i + 1) % every == 0 or i + 1 == len(starts)):
+            marks.append((i + 1, counts.to(torch.int32)))
     if int(counts[_INF_KEY[bins_of or like.dtype]:].sum()):
         raise ValueError("inf or NaN in a task vector")  # merge_tensor names the input that holds it
     at_or_above = counts.flip(0).cumsum(0).flip(0)
@@ -165,60 +168,27 @@ def select_top(part: Part, n: int, chunk: int, k: int, *, ties_low: bool, like: 
     need = k - int(at_or_above[b] - counts[b])  # how many of bin b's entries are kept: 1..counts[b]
     if bins_of is not None:
         cut = torch.tensor([b], dtype=torch.int16).view(bins_of).to(like.dtype).reshape(())
-    else:
-        inside = torch.cat([d.abs()[magnitude_keys(d) == b] for d in map(part, range(0, n, chunk))])
-        cut = torch.kthvalue(inside, inside.numel() - need + 1).values
-        need -= int((inside > cut).sum())
-
-        def equal(d):
-            return d.abs() == cut
-    if ties_low and bins_of is not None:  # the merge's own pass over the slices counts the ties: no scan here
-        return TopKeep(cut, None, ties_low=True, ties=TieCount(cut, need, lambda start: keys(start) == b, n, chunk))
-    starts = range(0, n, chunk) if ties_low else reversed(range(0, n, chunk))
-    for start in starts:
-        at = (keys(start) == b if bins_of is not None else equal(part(start))).nonzero().squeeze(1)
+        # the split is at the m-th entry of bin b in index order: the need-th from the low end, or from the high end
+        m = need if ties_low else int(counts[b]) - need + 1
+        before, first = 0, 0
+        for end, seen in marks:
+            if int(seen[b]) >= m:
+                break
+            before, first = int(seen[b]), end
+        for start in starts[first:end]:
+            at = (keys(start) == b).nonzero().squeeze(1)
+            if m - before <= at.numel():
+                index = start + int(at[m - before - 1])
+                return TopKeep(cut, index + 1 if ties_low else index, ties_low=ties_low)
+            before += at.numel()
+        raise AssertionError("the histogram and the scan disagree")  # unreachable: the same slices are counted
+    inside = torch.cat([d.abs()[magnitude_keys(d) == b] for d in map(part, starts)])
+    cut = torch.kthvalue(inside, inside.numel() - need + 1).values
+    need -= int((inside > cut).sum())
+    for start in (starts if ties_low else reversed(starts)):
+        at = (part(start).abs() == cut).nonzero().squeeze(1)
         if need <= at.numel():
             split = start + int(at[need - 1]) + 1 if ties_low else start + int(at[at.numel() - need])
             return TopKeep(cut, split, ties_low=ties_low)
         need -= at.numel()
     raise AssertionError("the histogram and the scan disagree")  # unreachable: the same slices are counted
-
-
-class TieCount:
-    """Where the `need` entries equal to the cut that a top-k keeps end, in index order, found from the slices a
-    merge applies its keep to in order (an entry of a slice equals the cut when its magnitude does), so no scan
-    of its own reads the task vector again; slices applied out of order are scanned with `ties`."""
-
-    def __init__(self, cut: torch.Tensor, need: int, ties: Part, n: int, chunk: int):
-        self.cut, self.need, self.ties, self.n, self.chunk = cut, need, ties, n, chunk
-        self.counted = 0  # the ties before this position are counted
-
-    def count(self, d: torch.Tensor, start: int, scratch: torch.Tensor) -> int | None:
-        """The split, once the slice of `d` (positions start..) holds the last kept tie; None before."""
-        if start != self.counted:
-            split = self._scan_to(start)
-            if split is not None or start < self.counted:
-                return split if split is not None else self.finish()
-        equal = torch.eq(torch.abs(d.reshape(-1), out=scratch[:d.numel()]), self.cut)
-        return self._take(equal, start, d.numel())
-
-    def finish(self) -> int:
-        split = self._scan_to(self.n)
-        if split is None:
-            raise AssertionError("the histogram and the scan disagree")  # unreachable: the same slices are counted
-        return split
-
-    def _scan_to(self, end: int) -> int | None:
-        while self.counted < end:
-            split = self._take(self.ties(self.counted), self.counted, min(self.chunk, self.n - self.counted))
-            if split is not None:
-                return split
-        return None
-
-    def _take(self, equal: torch.Tensor, start: int, size: int) -> int | None:
-        found = int(equal.sum())
-        if self.need <= found:
-            return start + int(equal.nonzero()[self.need - 1]) + 1
-        self.need -= found
-        self.counted = start + size
-        return None
