@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from mmmerge import merge
 from mmmerge.adapters import detect_adapter, hf_multimodal, open_checkpoint
 from mmmerge.adapters.derive import NotDerivable, derive_family, family_to_json
-from mmmerge.adapters.families import FAMILIES, family_named
+from mmmerge.adapters.families import FAMILIES, family_named, split_name
 from mmmerge.adapters.hf_common import auto_class_names
 from mmmerge.adapters.hf_export import build_config, model_class
 from mmmerge.io.writer import write_safetensors
@@ -256,3 +256,40 @@ def test_readme_family_list_is_the_contracts():
     readme = families_table.README.read_text()
     assert readme == families_table.render(readme)
     assert families_table.COUNT.search(readme)
+
+
+# ---- components recipe, LoRA and stitch on derived families (#24 item 3) ----------------------------------------
+
+def _loads_strictly(model_type, folder):
+    model, info = model_class(family_named(model_type).cls).from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    return model.state_dict()
+
+
+def _component_of(model_type, memory_name):
+    part = split_name(family_named(model_type), memory_name)
+    return part and part[0]
+
+
+# Components recipes that fail, and why (strict xfail: a fix shows).
+COMPONENTS_FAILS: dict[str, str] = {}
+WITH_COMPONENTS = [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=COMPONENTS_FAILS[t]))
+                   if t in COMPONENTS_FAILS else t for t in TINY if t not in HEAVY and t not in TRANSFORMERS_FAILS]
+
+
+@pytest.mark.parametrize("model_type", WITH_COMPONENTS)
+def test_components_recipe_vision_from_one_language_merged(model_type, saved, tmp_path):
+    """`components:` with vision and projector copied from one model and the language models merged, written in
+    the family's format: transformers loads it strictly, the language tensors are the mean, the rest the source's."""
+    a, b = saved(model_type, 0), saved(model_type, 1)
+    recipe = {"components": {"vision": {"source": str(b)}, "projector": {"source": str(b)},
+                             "language": {"merge_method": "linear", "parameters": {"weight": 1.0},
+                                          "models": [{"model": str(a)}, {"model": str(b)}]}},
+              "output": {"format": model_type}}
+    out = merge(recipe, tmp_path / "out", quiet=True)
+    got, sa, sb = (_loads_strictly(model_type, f) for f in (out, a, b))
+    assert got.keys() == sa.keys()
+    for k, v in got.items():
+        want = (sa[k] + sb[k]) / 2 if _component_of(model_type, k) == "language" else sb[k]
+        torch.testing.assert_close(v, want, rtol=0, atol=1e-6, msg=k)
+    assert any(not torch.equal(sa[k], sb[k]) and _component_of(model_type, k) == "vision" for k in got)
