@@ -1,7 +1,9 @@
 """The contract over every image-text-to-text type transformers lists: each is read into components through a
 family row (derived from transformers, or a hand-written override), or is listed below with the reason it is not;
 each derived family that builds tiny merges whole (the output loads strictly in transformers and equals the mean),
-and its language model merges with a text-only causal LM where transformers has one.
+and its language model merges with a text-only causal LM where transformers has one. One type per distinct
+split (REPRESENTATIVE) also merges by a `components:` recipe and takes a peft LoRA exactly as peft's
+merge_and_unload does; every type whose tower a LLaVA cannot hold is refused by `stitch` in one line.
 
 A type transformers adds fails `test_every_type_is_derived_or_has_a_reason` until it derives or gets a reason.
 Tiny models come from examples/tiny_any_family.py (no per-family code).
@@ -273,8 +275,22 @@ def _component_of(model_type, memory_name):
 
 # Components recipes that fail, and why (strict xfail: a fix shows).
 COMPONENTS_FAILS: dict[str, str] = {}
+
+
+def _one_per_split(types):
+    """One type for each distinct way a class splits into components (the same part prefixes and outside
+    tensors), a derived one before a hand-written row (tests/test_family_merges.py covers those): the components
+    and LoRA checks cost about a second a type, and types that split alike exercise the same renamings."""
+    chosen = {}
+    for t in sorted(types, key=lambda t: t in FAMILIES):
+        family = family_named(t)
+        chosen.setdefault((tuple(sorted(family.parts)), tuple(sorted(family.outside))), t)
+    return sorted(chosen.values())
+
+
+REPRESENTATIVE = _one_per_split(t for t in TINY if t not in HEAVY and t not in TRANSFORMERS_FAILS)
 WITH_COMPONENTS = [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=COMPONENTS_FAILS[t]))
-                   if t in COMPONENTS_FAILS else t for t in TINY if t not in HEAVY and t not in TRANSFORMERS_FAILS]
+                   if t in COMPONENTS_FAILS else t for t in REPRESENTATIVE]
 
 
 @pytest.mark.parametrize("model_type", WITH_COMPONENTS)
@@ -293,3 +309,74 @@ def test_components_recipe_vision_from_one_language_merged(model_type, saved, tm
         want = (sa[k] + sb[k]) / 2 if _component_of(model_type, k) == "language" else sb[k]
         torch.testing.assert_close(v, want, rtol=0, atol=1e-6, msg=k)
     assert any(not torch.equal(sa[k], sb[k]) and _component_of(model_type, k) == "vision" for k in got)
+
+
+def _linear_targets(model, model_type, per_component=2):
+    """Full names of the first few nn.Linear modules of the language model and of the vision tower."""
+    picked = {"language": [], "vision": []}
+    for name, module in model.named_modules():
+        c = _component_of(model_type, name + ".weight")
+        if isinstance(module, torch.nn.Linear) and c in picked and len(picked[c]) < per_component \
+                and not name.endswith("lm_head"):
+            picked[c].append(name)
+    return picked["language"] + picked["vision"]
+
+
+# LoRA applications that fail, and why (strict xfail: a fix shows).
+LORA_FAILS: dict[str, str] = {}
+WITH_LORA = [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=LORA_FAILS[t]))
+             if t in LORA_FAILS else t for t in REPRESENTATIVE]
+
+
+@pytest.mark.parametrize("model_type", WITH_LORA)
+def test_base_plus_peft_lora_matches_merge_and_unload(model_type, saved, tmp_path):
+    """A peft LoRA on linear layers of the language model and the vision tower, applied by `base+lora`: every
+    tensor equals peft's merge_and_unload on the family's own class."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = saved(model_type)
+    cls = model_class(family_named(model_type).cls)
+    model = cls.from_pretrained(base)
+    targets = _linear_targets(model, model_type)
+    torch.manual_seed(3)
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=targets)
+                   ).save_pretrained(tmp_path / "lora")
+    theirs = PeftModel.from_pretrained(cls.from_pretrained(base), tmp_path / "lora").merge_and_unload().state_dict()
+    out = merge({"merge_method": "passthrough", "dtype": "float32", "models": [{"model": f"{base}+{tmp_path / 'lora'}"}]},
+                tmp_path / "out", quiet=True)
+    ours, plain = _loads_strictly(model_type, out), _loads_strictly(model_type, base)
+    changed = {_component_of(model_type, k) for k in ours if not torch.equal(ours[k], plain[k])}
+    assert changed == {"language", "vision"}, (targets, changed)
+    for k, v in ours.items():
+        torch.testing.assert_close(v, theirs[k], rtol=0, atol=1e-5, msg=k)
+
+
+REFUSED_BY_STITCH = [t for t in TINY if t not in HEAVY and family_named(t).not_in_llava]
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    from stitch_parts import make_lm
+
+    return make_lm(tmp_path_factory.mktemp("lm"))
+
+
+@pytest.mark.parametrize("model_type", REFUSED_BY_STITCH)
+def test_stitch_refuses_a_tower_llava_cannot_hold_in_one_line(model_type, saved, lm, tmp_path):
+    """`mmmerge stitch --vision` of a family whose tower needs more than pixel values: one `error:` line that says
+    why, nothing written; and the tower, called as a LLaVA calls its tower (pixel values only), does fail."""
+    from cli_run import one_line_error, run
+
+    r = run("stitch", "--vision", saved(model_type), "--language", lm, "--projector-type", "mlp2x_gelu",
+            "--out", tmp_path / "out", "--quiet")
+    one_line_error(r, family_named(model_type).not_in_llava, "a LLaVA checkpoint cannot hold it")
+    assert not (tmp_path / "out").exists()
+    if model_type in FAMILIES:  # a hand row's reason is proven in tests/test_stitch_families.py
+        return
+    family = family_named(model_type)
+    model = model_class(family.cls).from_pretrained(saved(model_type))
+    tower = model.get_submodule(next(p for c, p, _ in family.parts if c == "vision").rstrip("."))
+    size = getattr(getattr(model.config, family.vision_config), "image_size", 32)
+    size = size if type(size) is int else 32
+    with pytest.raises((TypeError, RuntimeError)):
+        tower(torch.zeros(1, 3, size, size), output_hidden_states=True)
