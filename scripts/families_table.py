@@ -4,8 +4,9 @@
     python scripts/families_table.py update   # write it
 
 Every model type transformers' image-text-to-text mapping lists gets one row: read into components (derived from
-transformers, or by a hand-written override), and whether tests/test_derived_families.py merges a tiny model of it
-whole and with a text-only causal LM; or the reason it is not read. The README's "N image-text-to-text families"
+transformers, or by a hand-written override), and what tests/test_derived_families.py proves on a tiny model of it
+(merged whole, with a text-only causal LM, by a `components:` recipe, with a LoRA, refused by stitch); or the
+reason it is not read. The README's "N image-text-to-text families"
 figures are the number read into components. tests/test_derived_families.py keeps the README equal to this output.
 """
 
@@ -71,6 +72,14 @@ def _proven(c, t: str, family) -> str:
         return proven + "; LM + text-only fails: " + c.TEXT_ONLY_FAILS[t]
     if family.language_arch is None and t not in c.HEAVY:
         proven += ", LM + text-only LM"
+    for check, fails, name in ((c.WITH_COMPONENTS, c.COMPONENTS_FAILS, "`components:`"),
+                               (c.WITH_LORA, c.LORA_FAILS, "LoRA")):
+        if t in fails:
+            proven += f"; {name} fails: {fails[t]}"
+        elif t in check:
+            proven += f", {name}"
+    if t in c.REFUSED_BY_STITCH:
+        proven += "; stitch refuses its tower in one line"
     return proven
 
 
