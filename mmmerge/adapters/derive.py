@@ -28,7 +28,7 @@ from .families import Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-7"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-8"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -312,7 +312,11 @@ def _another_tower(module, vision_type: str) -> str | None:
 
 # What a tower's forward needs besides pixel values, in words (an argument not listed here is named as it is).
 INPUTS_IN_WORDS = {"grid_thw": "flattened patches with their grid sizes", "aspect_ratio_ids": "image tiles with their "
-                   "aspect ratios", "image_sizes": "images of any size with their sizes"}
+                   "aspect ratios", "image_sizes": "images of any size with their sizes",
+                   "target_sizes": "images of any size with their sizes"}
+# Needed even where the signature gives them a default of None: PaddleOCR-VL's and MiniCPM-V's towers fail without
+# them (Pixtral's `image_sizes` is truly optional: a tower runs on square images without it).
+NEEDED_THOUGH_DEFAULTED = ("grid_thw", "target_sizes")
 
 
 def _not_in_llava(tower) -> str | None:
@@ -321,7 +325,8 @@ def _not_in_llava(tower) -> str | None:
 
     params = [p for p in inspect.signature(tower.forward).parameters.values()
               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    needed = [p.name for p in params if p.default is p.empty and p.name != "pixel_values"]
+    needed = [p.name for p in params if p.name != "pixel_values"
+              and (p.default is p.empty or p.name.endswith(NEEDED_THOUGH_DEFAULTED))]
     if params and params[0].name != "pixel_values" and params[0].name not in needed:
         needed.insert(0, params[0].name)
     if not needed:
