@@ -343,8 +343,8 @@ def test_base_plus_peft_lora_matches_merge_and_unload(model_type, saved, tmp_pat
     get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=targets)
                    ).save_pretrained(tmp_path / "lora")
     theirs = PeftModel.from_pretrained(cls.from_pretrained(base), tmp_path / "lora").merge_and_unload().state_dict()
-    out = merge({"merge_method": "passthrough", "dtype": "float32", "models": [{"model": f"{base}+{tmp_path / 'lora'}"}]},
-                tmp_path / "out", quiet=True)
+    recipe = {"merge_method": "passthrough", "dtype": "float32", "models": [{"model": f"{base}+{tmp_path / 'lora'}"}]}
+    out = merge(recipe, tmp_path / "out", quiet=True)
     ours, plain = _loads_strictly(model_type, out), _loads_strictly(model_type, base)
     changed = {_component_of(model_type, k) for k in ours if not torch.equal(ours[k], plain[k])}
     assert changed == {"language", "vision"}, (targets, changed)
