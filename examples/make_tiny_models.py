@@ -10,7 +10,7 @@ Nothing is downloaded: every model is built from a config with random weights, e
     recipe.yml             a ties merge of llava-a and llava-b on llava, written as a LLaVA
     search.yml             a search of the ties merge's weights and densities, scored on world/'s questions
     regmean.yml            a regmean merge of llava-a and llava-b with the statistics `mmmerge calibrate` writes
-    families/TYPE/         a tiny checkpoint with its processor of each of the 16 multimodal families
+    families/TYPE/         a tiny checkpoint with its processor of each family tiny_family_checkpoints.py builds
     clip/ siglip/ dinov2/ vit/          transformers vision encoders with their image processors
     open_clip/ timm_siglip/ timm_vit/   vision encoders in open_clip's and timm's hub layouts
     llama/                 a causal LM with its tokenizer and chat template (its words cover the captions)
