@@ -80,3 +80,23 @@ def magnitude_sorts_stable():
         yield
     finally:
         sparsify.torch = real
+
+
+def assert_linear_merge_is_mergekits(first, second, out, weights=(0.3, 0.7)) -> tuple[dict, dict]:
+    """`mmmerge merge` of two model folders with `linear` in float32 into `out`: every written tensor is mergekit's
+    linear kernel on the two inputs' tensors, and no tensor is dropped or added. Returns the inputs' tensors."""
+    from safetensors.torch import load_file
+
+    from mmmerge import merge
+
+    recipe = {"merge_method": "linear", "dtype": "float32",
+              "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip((first, second), weights)]}
+    merge(recipe, out, quiet=True)
+    a, b = (load_file(m / "model.safetensors") for m in (first, second))
+    merged = load_file(out / "model.safetensors")
+    assert set(merged) == set(a)
+    for name in merged:
+        expected = mergekit_result("linear", [a[name].float(), b[name].float()], None, W(*weights), {})
+        assert (merged[name].float() - expected).abs().max() <= TOL, name
+    return a, b
+

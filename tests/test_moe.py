@@ -237,23 +237,14 @@ def test_the_flag_allows_experts_that_are_all_the_same(models, tmp_path):
 def test_moe_outputs_read_and_merge_tensor_by_tensor(models, tmp_path):
     """The fused layout (as transformers 5 saves Mixtral) is read by mmmerge and merged tensor by tensor: each
     tensor of a linear merge of two MoE outputs is mergekit's linear kernel on the two."""
-    from mergekit_oracle import TOL, W, mergekit_result
-    from mmmerge import describe, merge
+    from mergekit_oracle import assert_linear_merge_is_mergekits
+    from mmmerge import describe
 
     for seed in (1, 2):
         moe(case_config(models["llama"], "random", {}), tmp_path / f"moe{seed}", random_seed=seed, quiet=True)
     shown = describe(tmp_path / "moe1")  # what `mmmerge inspect` prints: the experts and how many route a token
     assert "MixtralForCausalLM" in shown and "num_local_experts=2, num_experts_per_tok=2" in shown
-    recipe = {"merge_method": "linear", "dtype": "float32",
-              "models": [{"model": str(tmp_path / "moe1"), "parameters": {"weight": 0.3}},
-                         {"model": str(tmp_path / "moe2"), "parameters": {"weight": 0.7}}]}
-    merge(recipe, tmp_path / "merged", quiet=True)
-    a, b = (load_file(tmp_path / f"moe{seed}" / "model.safetensors") for seed in (1, 2))
-    out = load_file(tmp_path / "merged" / "model.safetensors")
-    assert set(out) == set(a)
-    for name in out:
-        expected = mergekit_result("linear", [a[name].float(), b[name].float()], None, W(0.3, 0.7), {})
-        assert (out[name].float() - expected).abs().max() <= TOL, name
+    a, b = assert_linear_merge_is_mergekits(tmp_path / "moe1", tmp_path / "moe2", tmp_path / "merged")
     assert not torch.equal(a["model.layers.0.mlp.gate.weight"], b["model.layers.0.mlp.gate.weight"])
     assert_loads_and_runs(tmp_path / "merged", "MixtralForCausalLM")
 

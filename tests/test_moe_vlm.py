@@ -223,20 +223,11 @@ def test_a_lora_applies_as_peft_merges_it(vlm, built, tmp_path):
 
 
 def test_two_moe_outputs_merge_tensor_by_tensor(vlm, tmp_path):
-    from mergekit_oracle import TOL, W, mergekit_result
+    from mergekit_oracle import assert_linear_merge_is_mergekits
 
     for seed in (1, 2):
         moe(config(vlm, mode="random"), tmp_path / f"moe{seed}", random_seed=seed, quiet=True)
-    recipe = {"merge_method": "linear", "dtype": "float32",
-              "models": [{"model": str(tmp_path / "moe1"), "parameters": {"weight": 0.3}},
-                         {"model": str(tmp_path / "moe2"), "parameters": {"weight": 0.7}}]}
-    merge(recipe, tmp_path / "merged", quiet=True)
-    a, b = (load_file(tmp_path / f"moe{seed}" / "model.safetensors") for seed in (1, 2))
-    out = load_file(tmp_path / "merged" / "model.safetensors")
-    assert set(out) == set(a)
-    for name in out:
-        expected = mergekit_result("linear", [a[name].float(), b[name].float()], None, W(0.3, 0.7), {})
-        assert (out[name].float() - expected).abs().max() <= TOL, name
+    a, b = assert_linear_merge_is_mergekits(tmp_path / "moe1", tmp_path / "moe2", tmp_path / "merged")
     router = "model.language_model.layers.0.mlp.gate.weight"
     assert not torch.equal(a[router], b[router])
     loaded(tmp_path / "merged")
