@@ -36,7 +36,7 @@ def readme_lines(work: Path) -> list[tuple[str, list[str], Path]]:
     """(the line as written, the argv that runs it, its folder) for each line of the README's Commands block, as a
     user types them from the repository's root: `python` is this interpreter, `mmmerge` the installed command,
     `cd` changes the folder of the lines after it."""
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path[:0] = [str(REPO / "tests"), str(REPO / "examples")]  # as tests/conftest.py puts them
     from test_examples import SKIPPED, readme_commands
 
     cwd, lines = work, []
