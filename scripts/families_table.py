@@ -5,9 +5,11 @@
 
 Every model type transformers' image-text-to-text mapping lists gets one row: read into components (derived from
 transformers, or by a hand-written override), and what tests/test_derived_families.py proves on a tiny model of it
-(merged whole, with a text-only causal LM, by a `components:` recipe, with a LoRA, refused by stitch); or the
-reason it is not read, and what tests/test_not_split_whole.py proves of it (merged whole) or why not. The README's "N image-text-to-text families"
-figures are the number read into components. tests/test_derived_families.py keeps the README equal to this output.
+(merged whole, with a text-only causal LM, by a `components:` recipe, with a LoRA, refused by stitch) and what
+tests/test_derived_generate.py proves (generate and eval with a processor built tiny, or why not); or the reason it
+is not read, and what tests/test_not_split_whole.py proves of it (merged whole) or why not. The README's
+"N image-text-to-text families" figures are the number read into components. tests/test_derived_families.py keeps
+the README equal to this output.
 """
 
 from __future__ import annotations
@@ -86,9 +88,25 @@ def _proven(c, t: str, family) -> str:
             proven += f"; {name} fails: {fails[t]}"
         elif t in check:
             proven += f", {name}"
+    proven += _generates(t)
     if t in c.REFUSED_BY_STITCH:
         proven += "; stitch refuses its tower in one line"
     return proven
+
+
+def generate_contract():
+    """The generate/eval contract over derived types with a processor built tiny (tests/test_derived_generate.py)."""
+    contract()
+    import test_derived_generate
+
+    return test_derived_generate
+
+
+def _generates(t: str) -> str:
+    g = generate_contract()
+    if t in g.NO_PROCESSOR:
+        return f"; no generate/eval: {g.NO_PROCESSOR[t]}"
+    return ", generate and eval as transformers" if t in g.WITH_PROCESSOR else ""
 
 
 def _proven_whole(t: str) -> str:
