@@ -149,3 +149,28 @@ def test_generate_through_the_command(merged, tmp_path):
     r = run("generate", out, "--image", tmp_path / "red.png", "--prompt", QUESTION, "--max-new-tokens", 4)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == generate(out, tmp_path / "red.png", QUESTION, max_new_tokens=4).strip()
+
+
+@pytest.mark.parametrize("text_only_first", [False, True], ids=["vlm-first", "text-only-first"])
+def test_an_lm_and_text_only_merge_holds_the_vlms_processor(merged, tmp_path, text_only_first):
+    """The language model of a VLM merged with a text-only causal LM that has a tokenizer of its own: the output's
+    side files are the VLM's, whichever model the recipe names first, and it generates as transformers does."""
+    from mmmerge.adapters import open_checkpoint
+    from mmmerge.adapters.hf_export import build_config
+    from mmmerge.adapters.hf_export import model_class as class_named
+    from tiny_tokenizer import make_tokenizer
+
+    base, _, _, _ = merged("llava")
+    lang = open_checkpoint(base).component("language")
+    torch.manual_seed(7)
+    class_named(lang.arch)._from_config(build_config(lang)).save_pretrained(tmp_path / "llm")
+    make_tokenizer(tmp_path / "llm")
+    models = [{"model": str(base), "parameters": {"weight": 0.5}},
+              {"model": str(tmp_path / "llm"), "parameters": {"weight": 0.5}}]
+    out = merge({"merge_method": "linear", "models": models[::-1] if text_only_first else models},
+                tmp_path / "out", quiet=True)
+    got, want = T.AutoProcessor.from_pretrained(out), T.AutoProcessor.from_pretrained(base)
+    assert type(got) is type(want) and got.tokenizer.get_vocab() == want.tokenizer.get_vocab()
+    model = model_class("llava").from_pretrained(out, dtype=torch.float32).eval()
+    ours = generate(out, _image(), QUESTION, max_new_tokens=4)
+    assert ours == _transformers_answer(model, got, build_prompt(got, QUESTION), _image(), 4)
