@@ -11,7 +11,8 @@ also has (the vision config's image_size as its size, `patch_size`, ...); its to
 names by id (`image_token_id`, `video_token_index`, bos, eos, pad) at that id under the string the processor class
 uses for it, and each token the processor asks the tokenizer for (`tokenizer.image_boundary_token`) at a free id.
 The processor's other arguments are the config's fields of the same name (`patch_size`, `image_seq_length`, ...),
-and `num_additional_image_tokens` is 1 where the vision tower holds a class embedding.
+`num_additional_image_tokens` is 1 where the vision tower holds a class embedding, and an unset image token
+count (`image_seq_length`, `num_image_tokens`) is the tower's patches per image.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tiny_family_checkpoints import word_tokenizer
 
 TOKEN_ID_ENDINGS = ("_token_id", "_token_index")
 OWN_ROLES = ("bos", "eos", "pad")
+IMAGE_TOKEN_COUNTS = ("num_image_tokens", "image_seq_length")  # processor arguments the hub's processor config sets
 SIDES = ("height", "width", "shortest_edge", "longest_edge")  # the size keys set to the image size
 
 
@@ -127,6 +129,13 @@ def _class_tokens(config) -> int:
     return int(any(n.endswith(("class_embedding", "cls_token")) for n, _ in tower.named_parameters()))
 
 
+def _patches(config) -> int | None:
+    """The vision tower's patches per image, (image_size // patch_size)², where its config says both."""
+    vision = getattr(config, "vision_config", None)
+    size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+    return (size // patch) ** 2 if type(size) is int and type(patch) is int and patch else None
+
+
 def _fields(config) -> dict:
     fields = {}
     for c in (config.get_text_config(), getattr(config, "vision_config", None), config):
@@ -157,6 +166,13 @@ def tiny_processor(model_type: str, config):
     kwargs = {k: fields[k] for k in params if k in fields and k not in parts and not k.endswith("_token")}
     if "num_additional_image_tokens" in params and "num_additional_image_tokens" not in kwargs:
         kwargs["num_additional_image_tokens"] = _class_tokens(config)
+    patches = _patches(config)
+    for key in IMAGE_TOKEN_COUNTS:  # unset: one token per patch of the tower's image
+        if key in params and kwargs.get(key) is None and patches:
+            kwargs[key] = patches
+        image_processor = parts.get("image_processor")
+        if getattr(image_processor, key, 0) is None and patches:
+            setattr(image_processor, key, patches)
     more = []
     while True:  # the tokens the processor asks its tokenizer for (`tokenizer.image_boundary_token`), one by one
         tokenizer = tiny_tokenizer(cls, config, more)

@@ -30,12 +30,12 @@ NO_PROCESSOR = {
     **dict.fromkeys(["instructblip", "instructblipvideo"],
                     "its processor needs a second (Q-Former) tokenizer that no mapping names"),
     "qwen3_vl_moe": "transformers maps no image processor class to it",
-    **dict.fromkeys(["aya_vision", "got_ocr2", "deepseek_vl", "ovis2", "pp_chart2table", "idefics3", "smolvlm",
+    **dict.fromkeys(["aya_vision", "got_ocr2", "ovis2", "pp_chart2table", "idefics3", "smolvlm",
                      "internvl", "mllama", "vipllava"],
                     "the default image processor and the shrunk config disagree on the image's tokens or features"),
     **dict.fromkeys(["glm4v", "glm46v", "paddleocr_vl", "qwen2_vl", "qwen2_5_vl"],
                     "the vision tower's rotary sections do not fit its shrunk head size"),
-    **dict.fromkeys(["llava_onevision", "paligemma", "blip-2", "minicpm_ocr", "minicpmv4_6", "minicpmv4_7"],
+    **dict.fromkeys(["blip-2", "minicpm_ocr", "minicpmv4_6", "minicpmv4_7"],
                     "its processor needs arguments the model config does not hold (the hub's processor config does)"),
     "gemma3": "the shrunk config's image pooling does not fit its tower's patches",
     "qwen3_5": "generate fails once two layers leave only linear-attention layers in the cache",
@@ -64,6 +64,7 @@ def _encode(processor, prompts, images):
 def _transformers_answer(model, processor, prompt, image, max_new_tokens):
     """transformers' own greedy generate on the processor's inputs, cut at the first end-of-sequence token."""
     enc = _encode(processor, [prompt], [image])
+    enc.pop("labels", None)  # PaliGemma's processor makes training labels too
     with torch.no_grad():
         out = model.generate(**enc, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens)
     eos = model.generation_config.eos_token_id
