@@ -112,7 +112,8 @@ def _generates(t: str) -> str:
 def _proven_whole(t: str) -> str:
     w = whole_contract()
     for table, what in ((w.NOT_BUILT_TINY, "not built tiny"), (w.TOO_SLOW_TO_BUILD, "not built tiny"),
-                        (w.TOO_LARGE, "not merged in tests"), (w.TRANSFORMERS_FAILS, "merge fails (transformers)")):
+                        (w.TOO_LARGE, "not merged in tests"),
+                        (w.TRANSFORMERS_FAILS, "merged whole; the output does not load (transformers)")):
         if t in table:
             return f"{what}: {table[t]}"
     if t not in w.WHOLE:
