@@ -103,10 +103,16 @@ def generate_contract():
 
 
 def _generates(t: str) -> str:
+    from tiny_family_checkpoints import BUILDERS  # hand-built processors: tests/test_eval_families.py
+
     g = generate_contract()
+    if t in g.WITH_PROCESSOR:
+        return ", generate and eval as transformers"
+    if t in BUILDERS:
+        return ", eval with a hand-built processor"
     if t in g.NO_PROCESSOR:
-        return f"; no generate/eval: {g.NO_PROCESSOR[t]}"
-    return ", generate and eval as transformers" if t in g.WITH_PROCESSOR else ""
+        return f"; no generate/eval (no processor built tiny: {g.NO_PROCESSOR[t]})"
+    return ""
 
 
 def _proven_whole(t: str) -> str:
