@@ -5,8 +5,8 @@
 
 No per-family code: the default config is shrunk key by key (widths, layer counts, heads, experts, vocabulary;
 lists of layer indices cut to the layers left), recursively through its sub-configs. The only family knowledge
-is the small OVERRIDES table, each entry with its reason. A tiny model is for reading, merging and loading; it
-is not meant to run a forward pass (token ids of images may lie outside the shrunk vocabulary).
+is the small OVERRIDES table, each entry with its reason. Token ids the shrunk vocabulary no longer holds move inside
+it, so a tiny model with a processor (examples/tiny_any_processor.py) can generate.
 """
 
 from __future__ import annotations
@@ -76,10 +76,23 @@ def _shrink(value, key: str = ""):
     return out
 
 
+def _ids_inside_the_text_vocabulary(data: dict) -> dict:
+    """`data` with its top-level token ids (`image_token_id`, ...) that the shrunk text vocabulary no longer holds
+    moved to free ids at its top: the model looks them up in its embeddings when it runs."""
+    text = data.get("text_config")
+    vocab = text.get("vocab_size") if isinstance(text, dict) else None
+    if type(vocab) is not int:
+        return data
+    used = {v for k, v in text.items() if k.endswith(("_token_id", "_token_index")) and type(v) is int}
+    free = (i for i in range(vocab - 1, -1, -1) if i not in used)
+    return {k: next(free) if k.endswith(("_token_id", "_token_index")) and type(v) is int and v >= vocab else v
+            for k, v in data.items()}
+
+
 def tiny_config(model_type: str) -> T.PretrainedConfig:
     """The type's default config, shrunk (see the module docstring)."""
     config = T.AutoConfig.for_model(model_type)
-    data = _shrink(config.to_dict())
+    data = _ids_inside_the_text_vocabulary(_shrink(config.to_dict()))
     data.update(OVERRIDES.get(model_type, ({}, ""))[0])
     data.pop("model_type", None)
     return type(config).from_dict(data)

@@ -5,9 +5,11 @@
 
 Every model type transformers' image-text-to-text mapping lists gets one row: read into components (derived from
 transformers, or by a hand-written override), and what tests/test_derived_families.py proves on a tiny model of it
-(merged whole, with a text-only causal LM, by a `components:` recipe, with a LoRA, refused by stitch); or the
-reason it is not read. The README's "N image-text-to-text families"
-figures are the number read into components. tests/test_derived_families.py keeps the README equal to this output.
+(merged whole, with a text-only causal LM, by a `components:` recipe, with a LoRA, refused by stitch) and what
+tests/test_derived_generate.py proves (generate and eval with a processor built tiny, or why not); or the reason it
+is not read, and what tests/test_not_split_whole.py proves of it (merged whole) or why not. The README's
+"N image-text-to-text families" figures are the number read into components. tests/test_derived_families.py keeps
+the README equal to this output.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ def contract():
     return test_derived_families
 
 
+def whole_contract():
+    """The whole-model contract over the types the first does not split (tests/test_not_split_whole.py)."""
+    contract()
+    import test_not_split_whole
+
+    return test_not_split_whole
+
+
 def rows() -> list[tuple[str, str, str]]:
     """(model_type, how it is read, what the contract proves on a tiny model) per type transformers lists."""
     from mmmerge.adapters.families import FAMILIES, family_named
@@ -41,7 +51,7 @@ def rows() -> list[tuple[str, str, str]]:
     for t in c.ALL_TYPES:
         family = family_named(t)
         if family is None:
-            out.append((t, "not split: " + c.NOT_SPLIT.get(t, "no reason listed"), "—"))
+            out.append((t, "not split: " + c.NOT_SPLIT.get(t, "no reason listed"), _proven_whole(t)))
             continue
         how = "hand-written override" if t in FAMILIES else "derived"
         out.append((t, f"{how}; {_language(family)}", _proven(c, t, family)))
@@ -78,9 +88,47 @@ def _proven(c, t: str, family) -> str:
             proven += f"; {name} fails: {fails[t]}"
         elif t in check:
             proven += f", {name}"
+    proven += _generates(t)
     if t in c.REFUSED_BY_STITCH:
         proven += "; stitch refuses its tower in one line"
     return proven
+
+
+def generate_contract():
+    """The generate/eval contract over derived types with a processor built tiny (tests/test_derived_generate.py)."""
+    contract()
+    import test_derived_generate
+
+    return test_derived_generate
+
+
+def _generates(t: str) -> str:
+    from tiny_family_checkpoints import BUILDERS  # hand-built processors: tests/test_eval_families.py
+
+    g = generate_contract()
+    if t in g.WITH_PROCESSOR:
+        return ", generate and eval as transformers"
+    if t in BUILDERS:
+        return ", eval with a hand-built processor"
+    if t in g.NO_PROCESSOR:
+        return f"; no generate/eval (no processor built tiny: {g.NO_PROCESSOR[t]})"
+    return ""
+
+
+def _proven_whole(t: str) -> str:
+    w = whole_contract()
+    for table, what in ((w.NOT_BUILT_TINY, "not built tiny"), (w.TOO_SLOW_TO_BUILD, "not built tiny"),
+                        (w.TOO_LARGE, "not merged in tests"),
+                        (w.TRANSFORMERS_FAILS, "merged whole; the output does not load (transformers)")):
+        if t in table:
+            return f"{what}: {table[t]}"
+    if t not in w.WHOLE:
+        return "—"
+    proven = "merged whole" + (" (slow tests)" if t in w.HEAVY else "")
+    if t in w.READ_BY_ANOTHER:
+        adapter, why = w.READ_BY_ANOTHER[t]
+        return f"{proven}; read by `{adapter}`: {why}"
+    return proven + "; inspect says why it is whole"
 
 
 def section(table: list[tuple[str, str, str]]) -> str:

@@ -133,7 +133,8 @@ def _vocabulary_names(arch: str, config_json: str) -> list[str]:
 
 
 def _meta_model(arch: str, config_json: str):
-    """The class built from the config on the meta device (no memory, no initialisation)."""
+    """The class built from the config on the meta device (no memory, no initialisation). Floats JSON cannot hold
+    are decoded as transformers' own loader decodes them (nemotron_h_omni's Infinity)."""
     import torch
 
     from .hf_export import model_class
@@ -141,8 +142,9 @@ def _meta_model(arch: str, config_json: str):
     config = dict(json.loads(config_json))
     config.pop("architectures", None)
     klass = model_class(arch)
+    decode = getattr(klass.config_class, "_decode_special_floats", None)  # {"__float__": "Infinity"}, as saved
     with torch.device("meta"):
-        return klass._from_config(klass.config_class.from_dict(config))
+        return klass._from_config(klass.config_class.from_dict(decode(config) if decode else config))
 
 
 def read(path: Path) -> Checkpoint:

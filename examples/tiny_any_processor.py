@@ -1,0 +1,187 @@
+"""A tiny processor for a tiny model of any image-text-to-text type (examples/tiny_any_family.py), from
+transformers' own tables: no per-family code.
+
+    config = tiny_config("llava")
+    processor = tiny_processor("llava", config)   # raises NoTinyProcessor with the reason where it cannot
+
+The processor class is the one transformers' PROCESSOR_MAPPING_NAMES names for the type; its image (and video)
+processor the one the type's image (video) processor mapping names, at its defaults but for the fields the config
+also has (the vision config's image_size as its size, `patch_size`, ...); its tokenizer a word-level one
+(examples/tiny_family_checkpoints.word_tokenizer) of exactly the config's vocabulary, with each token the config
+names by id (`image_token_id`, `video_token_index`, bos, eos, pad) at that id under the string the processor class
+uses for it, and each token the processor asks the tokenizer for (`tokenizer.image_boundary_token`) at a free id.
+The processor's other arguments are the config's fields of the same name (`patch_size`, `image_seq_length`, ...),
+`num_additional_image_tokens` is 1 where the vision tower holds a class embedding, and an unset image token
+count (`image_seq_length`, `num_image_tokens`) is the tower's patches per image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+
+import transformers as T
+
+from tiny_family_checkpoints import word_tokenizer
+
+TOKEN_ID_ENDINGS = ("_token_id", "_token_index")
+OWN_ROLES = ("bos", "eos", "pad")
+IMAGE_TOKEN_COUNTS = ("num_image_tokens", "image_seq_length")  # processor arguments the hub's processor config sets
+SIDES = ("height", "width", "shortest_edge", "longest_edge")  # the size keys set to the image size
+
+
+class NoTinyProcessor(Exception):
+    """The type's processor cannot be built tiny (the reason is the message)."""
+
+
+def _mapped_class(mapping_name: str, model_type: str):
+    """The class an auto mapping names for the type (torchvision image processors before PIL ones), or None."""
+    from transformers.models.auto import image_processing_auto, processing_auto, video_processing_auto
+
+    for module in (processing_auto, image_processing_auto, video_processing_auto):
+        names = getattr(module, mapping_name, None)
+        if names is not None:
+            break
+    found = names.get(model_type)
+    if isinstance(found, dict):
+        found = found.get("torchvision") or found.get("pil")
+    if isinstance(found, (tuple, list)):
+        found = next((n for n in found if n), None)
+    return getattr(T, found, None) if found else None
+
+
+def config_token_ids(config) -> dict[str, int]:
+    """Token role -> id for every `X_token_id`/`X_token_index` the config (top level) and its text config name."""
+    ids = {}
+    for source in (config.get_text_config().to_dict(), config.to_dict()):
+        for key, value in source.items():
+            if key.endswith(TOKEN_ID_ENDINGS) and type(value) is int:
+                ids[key[: -len(next(e for e in TOKEN_ID_ENDINGS if key.endswith(e)))]] = value
+    return ids
+
+
+def _token_strings(processor_class, roles) -> dict[str, str]:
+    """Role -> the string the processor class uses for it (its `X_token` argument's default), else `<X>`."""
+    params = inspect.signature(processor_class.__init__).parameters
+    out = {}
+    for role in roles:
+        default = params.get(f"{role}_token")
+        out[role] = default.default if default is not None and isinstance(default.default, str) else f"<{role}>"
+    return out
+
+
+def tiny_tokenizer(processor_class, config, more=()):
+    """A word-level tokenizer of the config's vocabulary, every token the config names at its id, and the tokens
+    `more` names (roles the processor asks the tokenizer for) at free ids."""
+    vocab = config.get_text_config().vocab_size
+    ids = config_token_ids(config)
+    outside = {r: i for r, i in ids.items() if not 0 <= i < vocab}
+    if outside:
+        raise NoTinyProcessor(f"token ids outside the {vocab}-token vocabulary: {outside}")
+    strings = _token_strings(processor_class, ids)
+    special, by_id = {}, {}
+    for role, i in sorted(ids.items(), key=lambda x: x[0] not in OWN_ROLES):
+        strings[role] = by_id.setdefault(i, strings[role])  # two roles of one id share its string
+        special.setdefault(strings[role], i)
+    for role in more:
+        strings.setdefault(role, f"<{role}>")
+        special.setdefault(strings[role], None)
+    for role in OWN_ROLES:  # a config without one: a token of its own at the next free id
+        if role not in strings:
+            strings[role] = f"<{role}>"
+            special.setdefault(strings[role], None)
+    special.setdefault("<unk>", None)
+    extra = {f"{r}_token": s for r, s in strings.items() if r not in OWN_ROLES}
+    return word_tokenizer(special, bos=strings["bos"], eos=strings["eos"], pad=strings["pad"], add_bos=True,
+                          extra_special_tokens=extra, size=vocab)
+
+
+def _sized(image_processor_class, config):
+    """The image (video) processor at its defaults but for the integer fields the config has too (`patch_size`,
+    `temporal_patch_size`) and its `size` and `crop_size`, set to the vision config's image_size where it has one
+    (the tower's position embeddings are made for it)."""
+    default = image_processor_class()
+    fields = _fields(config)
+    sizes = {k: fields[k] for k in vars(default) if k in fields and type(fields[k]) is int}  # patch_size, ...
+    side = getattr(getattr(config, "vision_config", None), "image_size", None)
+    if type(side) is not int:
+        return image_processor_class(**sizes) if sizes else default
+    for key in ("size", "crop_size"):
+        value = getattr(default, key, None)
+        if dataclasses.is_dataclass(value):  # transformers' SizeDict
+            value = dataclasses.asdict(value)
+        if isinstance(value, dict) and any(value.get(k) is not None for k in SIDES):
+            sizes[key] = {k: side for k in SIDES if value.get(k) is not None}
+    return image_processor_class(**sizes) if sizes else default
+
+
+def _class_tokens(config) -> int:
+    """How many tokens the vision tower adds to its patches: 1 where it holds a class embedding (CLIP's), else 0
+    (the hub's processor config says it; the model config does not). Asked of the tower built on the meta device."""
+    import torch
+
+    vision = getattr(config, "vision_config", None)
+    if vision is None:
+        return 0
+    with torch.device("meta"):
+        tower = T.AutoModel.from_config(vision)
+    return int(any(n.endswith(("class_embedding", "cls_token")) for n, _ in tower.named_parameters()))
+
+
+def _patches(config) -> int | None:
+    """The vision tower's patches per image, (image_size // patch_size)², where its config says both."""
+    vision = getattr(config, "vision_config", None)
+    size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+    return (size // patch) ** 2 if type(size) is int and type(patch) is int and patch else None
+
+
+def _fields(config) -> dict:
+    fields = {}
+    for c in (config.get_text_config(), getattr(config, "vision_config", None), config):
+        if c is not None:
+            fields.update(c.to_dict())
+    return fields
+
+
+def tiny_processor(model_type: str, config):
+    """The type's processor built tiny for `config` (see the module docstring); NoTinyProcessor says why not."""
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    cls = getattr(T, PROCESSOR_MAPPING_NAMES.get(model_type) or "", None)
+    if cls is None:
+        raise NoTinyProcessor("transformers names no processor class for it")
+    parts = {}
+    for attribute in cls.get_attributes():
+        if attribute == "tokenizer":
+            continue
+        mapping = {"image_processor": "IMAGE_PROCESSOR_MAPPING_NAMES",
+                   "video_processor": "VIDEO_PROCESSOR_MAPPING_NAMES"}.get(attribute)
+        part = mapping and _mapped_class(mapping, model_type)
+        if part is None:
+            raise NoTinyProcessor(f"its processor needs a {attribute} transformers maps to no class for it")
+        parts[attribute] = _sized(part, config)
+    fields = _fields(config)
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {k: fields[k] for k in params if k in fields and k not in parts and not k.endswith("_token")}
+    if "num_additional_image_tokens" in params and "num_additional_image_tokens" not in kwargs:
+        kwargs["num_additional_image_tokens"] = _class_tokens(config)
+    patches = _patches(config)
+    for key in IMAGE_TOKEN_COUNTS:  # unset: one token per patch of the tower's image
+        if key in params and kwargs.get(key) is None and patches:
+            kwargs[key] = patches
+        image_processor = parts.get("image_processor")
+        if getattr(image_processor, key, 0) is None and patches:
+            setattr(image_processor, key, patches)
+    more = []
+    while True:  # the tokens the processor asks its tokenizer for (`tokenizer.image_boundary_token`), one by one
+        tokenizer = tiny_tokenizer(cls, config, more)
+        try:
+            return cls(**parts, tokenizer=tokenizer, **kwargs)
+        except AttributeError as e:
+            asked = re.search(r"has no attribute '?(\w+)_token'?", str(e))
+            if asked is None or asked.group(1) in more or len(more) > 8:
+                raise NoTinyProcessor(f"{cls.__name__} refuses its parts (AttributeError: {e})") from e
+            more.append(asked.group(1))
+        except Exception as e:  # noqa: BLE001  (any refusal is the reason)
+            raise NoTinyProcessor(f"{cls.__name__} refuses its parts ({type(e).__name__}: {e})") from e
