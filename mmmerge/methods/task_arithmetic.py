@@ -79,8 +79,9 @@ class Deltas:
     def keys(self, start: int) -> torch.Tensor:
         """`magnitude_keys` of the entries start .., for the selection's histogram: for half precision, read
         straight from the half-precision slice (one histogram bin per value, half the bytes)."""
-        if self.in_half:
-            return self._half(start).view(torch.int16) & 0x7FFF
+        if self.in_half:  # masked in place: no new tensor per slice
+            half = self._half(start).view(torch.int16)
+            return torch.bitwise_and(half, 0x7FFF, out=half)
         if self.round.half != torch.bfloat16:
             return magnitude_keys(self.part(start))
         wide = self._difference(start, None, None)
