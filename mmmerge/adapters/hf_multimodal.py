@@ -74,10 +74,25 @@ def projector_config(cfg: dict, vision_cfg: dict, text_cfg: dict) -> dict:
     return out
 
 
-def choose_layout(family: Family, names: list[str], expected: set[str]) -> str:
-    """The layout under which the most file keys are names of the class."""
+def class_names(family: Family, layout: dict) -> dict[str, tuple[dict, dict]]:
+    """(required, optional) name -> shape of the family's class (`class_layout`), in the row's names two ways: as
+    the class holds them in memory, and as its save path writes them, each part's file prefix read back to its
+    memory prefix (converted tensors keep their written tails: experts held fused are written one per expert)."""
+    saved = family.layout("saved")
+    return {MEMORY: (layout["required"], layout["optional"]),
+            "saved": tuple({rename(n, saved, to_memory=True): s for n, s in layout["saved"][k].items()}
+                           for k in ("required", "optional"))}
+
+
+def choose_layout(family: Family, names: list[str], expected: dict[str, tuple[dict, dict]]) -> tuple[str, str]:
+    """(layout, names of `expected`) under which the most file keys are names of the class."""
     candidates = {MEMORY: (), **family.layouts}
-    return max(candidates, key=lambda n: sum(rename(k, candidates[n], to_memory=True) in expected for k in names))
+
+    def explained(pair):
+        shapes = expected[pair[1]]
+        return sum(any(rename(k, candidates[pair[0]], to_memory=True) in s for s in shapes) for k in names)
+
+    return max(((layout, kind) for layout in candidates for kind in expected), key=explained)
 
 
 def read(path: Path) -> Checkpoint:
@@ -91,9 +106,10 @@ def read(path: Path) -> Checkpoint:
     vision_cfg = sub_config(cfg, family.vision_config, path)
     text_cfg = sub_config(cfg, family.text_config, path)
     layout = class_layout(family.cls, cfg)
-    required, optional = layout["required"], layout["optional"]
+    expected = class_names(family, layout)
     files = read_folder(path)
-    layout_name = choose_layout(family, list(files), {*required, *optional})
+    layout_name, kind = choose_layout(family, list(files), expected)
+    required, optional = expected[kind]
     renames = family.layout(layout_name)
     memory = {rename(k, renames, to_memory=True): k for k in files}
 
@@ -127,7 +143,7 @@ def read(path: Path) -> Checkpoint:
                                projector_config(cfg, vision_cfg, text_cfg), parts["projector"]),
         "language": Component("language", lang_arch, lang_cfg, parts["language"]),
     }
-    source = {"config.json": cfg, "layout": layout_name}
+    source = {"config.json": cfg, "layout": layout_name, "names": kind}
     return Checkpoint(path, f"transformers-{family.model_type}", components, why, outside, source, family=family,
                       side_files=path)
 
