@@ -78,7 +78,9 @@ def _proven(c, t: str, family) -> str:
             proven += f"; {name} fails: {fails[t]}"
         elif t in check:
             proven += f", {name}"
-    if t in c.REFUSED_BY_STITCH:
+    if t in c.REFUSED_BUT_RUNS:
+        proven += "; stitch refuses its tower, which runs on images alone: " + c.REFUSED_BUT_RUNS[t]
+    elif t in c.REFUSED_BY_STITCH:
         proven += "; stitch refuses its tower in one line"
     return proven
 

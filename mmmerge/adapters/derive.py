@@ -5,7 +5,8 @@ the checkpoint's config where the defaults do not build or split) and its module
 - the language model is the submodule built from the text config (its class is the text type's base model
   class), plus the output embeddings;
 - the vision tower is the submodule built from the vision config; children of it whose last layer writes another
-  width than the tower's own (its first layer's) are the projector (Qwen-VL's merger): they map out of the tower;
+  width than the tower's own (what its largest child, its blocks, writes) are the projector (Qwen-VL's merger):
+  they map out of the tower;
 - the projector is what else the common parent of both holds (merger, connector, resampler, Q-Former);
   other towers (audio, a VQ image generator) built from their own configs are kept outside, with the reason.
 The file layouts are transformers' own: `saved` is the file prefix its save path writes each part under (canonical
@@ -111,7 +112,7 @@ def _derive(model_type: str, config_json: str | None) -> Family:
                                                if n.startswith(language + ".")})
     projector, outside = _projector_and_outside(model, modules, names, tower, language, head, vision.model_type)
     if all(any(n.startswith(p) for _, p, _ in projector) for n in names if n.startswith(tower + ".")):
-        raise NotDerivable(f"every part of {cls_name}'s vision tower writes another width than its first layer: "
+        raise NotDerivable(f"every part of {cls_name}'s vision tower writes another width than its blocks: "
                            "the tower cannot be told from a projector")
     if not projector:
         raise NotDerivable(f"{cls_name} holds nothing between its vision tower and its language model")
@@ -234,6 +235,16 @@ def _widths(module) -> list:
             if hasattr(m, "out_features") or hasattr(m, "out_channels")]
 
 
+def _tower_width(tower) -> int | None:
+    """The width the tower itself writes: what the last layer of its largest child (its blocks) writes, not its first
+    layer's, which may be a merger registered before the blocks (Qwen3-Omni's `merger_list`)."""
+    children = [m for _, m in tower.named_children() if _widths(m)]
+    if not children:
+        return None
+    largest = max(children, key=lambda m: sum(p.numel() for p in m.parameters()))
+    return _widths(largest)[-1]
+
+
 def _writes_other_width(module, width: int | None) -> bool:
     """The last linear or convolution layer of `module` writes other than `width` features (the tower's own)."""
     widths = _widths(module)
@@ -246,7 +257,7 @@ def _projector_and_outside(model, modules: dict, names: dict, tower: str, langua
     outside every component, by memory prefix, with the reason."""
     groups: dict[str, int] = {}  # memory prefix -> parameter count
     inside: set[str] = set()
-    tower_width = _widths(modules[tower])[0] if _widths(modules[tower]) else None
+    tower_width = _tower_width(modules[tower])
     for child, module in modules[tower].named_children():
         if _writes_other_width(module, tower_width):
             inside.add(f"{tower}.{child}.")
