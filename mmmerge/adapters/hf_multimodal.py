@@ -1,11 +1,13 @@
 """transformers image-text-to-text checkpoints of every family with a row (`families.family_named`: written by
 hand or derived from transformers), split into vision, projector and language components.
 
-Reading is renaming: file keys are renamed to the class's in-memory names by the first of the row's layouts
-(in memory, as transformers 5 saves, as hub checkpoints hold) that explains the most of them; the whole
-class's layout (built on the meta device from config.json) says what must be there and with which shape;
-each tensor then goes to the component whose prefix holds it, under the component class's own names. What
-no component holds is kept and written back. A checkpoint is written back in the layout it was read in.
+Reading is renaming: file keys are renamed by part prefix (file prefix -> memory prefix) by the first of the row's
+layouts (in memory, as transformers 5 saves, as hub checkpoints hold) that explains the most of them; the whole
+class (built on the meta device from config.json) says what must be there and with which shape, by the names it
+holds in memory or by those its save path writes (converted tensors keep their file tails: experts held fused are
+written one per expert), whichever the files hold; each tensor then goes to the component whose prefix holds it,
+under the component class's own names. What no component holds is kept and written back. A checkpoint is written
+back in the layout it was read in.
 """
 
 from __future__ import annotations
