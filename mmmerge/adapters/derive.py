@@ -123,7 +123,7 @@ def _derive(model_type: str, config_json: str | None) -> Family:
     language_type, language_arch = _language_fields(counterpart, text.model_type, type(modules[language]).__name__)
     family = Family(model_type, cls_name, tuple(parts), {}, outside, *_vision_fields(type(modules[tower]), vision),
                     language_type, language_arch, not_in_llava=_not_in_llava(modules[tower]))
-    return dataclasses.replace(family, layouts=_layouts(model, family, names))
+    return _with_layouts(model, family, names)
 
 
 def _build_on_meta(model_type: str, config_json: str | None):
@@ -349,6 +349,41 @@ def _not_in_llava(tower) -> str | None:
     return f"takes {', '.join(said)}, not images"
 
 
+def _with_layouts(model, family: Family, names: dict) -> Family:
+    """The row with its layouts (`_layouts`); a part whose tensors transformers writes under several file prefixes
+    is split into its children, each a part of the same component with its own file prefix (Kimi-K2.5's projector:
+    `mm_projector.proj.0` beside `model.mm_projector.pre_norm`)."""
+    names = _one_per_block_kind(names)
+    try:
+        return dataclasses.replace(family, layouts=_layouts(model, family, names))
+    except NotDerivable as why:
+        prefixes = sorted({p for _, p, _ in family.parts} | set(family.outside), key=lambda p: (-len(p), p))
+        written = _written_per_part(model, names, prefixes)
+        parts = []
+        for component, prefix, canonical in family.parts:
+            parts.append((component, prefix, canonical))
+            if _one_file_prefix(prefix, written[prefix]):
+                continue
+            mine = [n[len(prefix):] for n in names if n.startswith(prefix)]
+            parts += [(component, prefix + c, canonical + c)
+                      for c in sorted({t.split(".")[0] + ("." if "." in t else "") for t in mine})]
+        if len(parts) == len(family.parts):
+            raise
+        split = dataclasses.replace(family, parts=tuple(parts))
+        try:
+            return dataclasses.replace(split, layouts=_layouts(model, split, names))
+        except NotDerivable:
+            raise why from None
+
+
+def _one_file_prefix(prefix: str, files: dict) -> bool:
+    try:
+        _file_prefix(prefix, files)
+    except NotDerivable:
+        return False
+    return True
+
+
 def _layouts(model, family: Family, names: dict) -> dict:
     """`saved`: the file prefix transformers' save path writes each part under, per part prefix; `hub`: those plus
     the legacy prefixes its load-time mapping removes from submodels (a CLIP tower's `vision_model.`).
@@ -356,9 +391,8 @@ def _layouts(model, family: Family, names: dict) -> dict:
     Canonical names are file names, so a part holds when every file name written for its tensors starts with one
     file prefix: converters that rewrite the tail inside a part (experts held fused and written one per expert,
     a fused qkv) and renamings inside it (Aria's `experts.fc1`) leave the split as it is."""
-    names = _one_per_block_kind(names)
     prefixes = sorted({p for _, p, _ in family.parts} | set(family.outside), key=lambda p: (-len(p), p))
-    written = _written_per_part(model, names, prefixes)
+    written = {p: files for p, files in _written_per_part(model, names, prefixes).items() if files}
     heads = {prefix: _file_prefix(prefix, files) for prefix, files in written.items()}
     pairs = _minimal(tuple((h, p) for p, h in heads.items() if h != p), written, heads)
     layouts = {"saved": pairs} if pairs else {}
