@@ -343,11 +343,9 @@ def _linear_targets(model, model_type, per_component=2):
 
 # LoRA applications that fail, and why (strict xfail: a fix shows).
 LORA_FAILS: dict[str, str] = {
-    **dict.fromkeys(["minimax_m3_vl", "qianfan_ocr"], "transformers renames the attention projections inside a part "
-                    "when it saves (peft's k_proj is a memory name no file holds): LoRA targets are not yet mapped "
-                    "through transformers' renamings"),
-    "step3p7": "its vision tower's q/k/v are held apart in memory but written fused: peft's k_proj names no file "
-               "tensor, and LoRA targets are not yet mapped through transformers' converters",
+    **dict.fromkeys(["step3p7", "qianfan_ocr"], "its vision tower's q/k/v are held apart in memory but written fused "
+                    "(qkv): peft's k_proj names no file tensor, and LoRA targets are not yet mapped through "
+                    "transformers' converters"),
 }
 WITH_LORA = [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=LORA_FAILS[t]))
              if t in LORA_FAILS else t for t in REPRESENTATIVE]

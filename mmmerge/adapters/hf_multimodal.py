@@ -12,6 +12,8 @@ back in the layout it was read in.
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 from ..checkpoint import Checkpoint, Component, LazyTensor
@@ -21,7 +23,7 @@ from ..io.folder import write_model_folder
 from ..io.reader import read_folder
 from .derive import why_not_split
 from .families import Family, family_of, join_name, rename, split_name
-from .hf_common import auto_class_names, class_layout, read_config
+from .hf_common import _kept_on_disk, auto_class_names, class_layout, read_config
 from .hf_vision import read_preprocess
 
 FORMAT = "transformers-<model_type>"  # e.g. transformers-llava, transformers-qwen2_5_vl
@@ -169,3 +171,35 @@ def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None
     tensors = family_tensors(checkpoint.family, checkpoint.components, src["layout"])
     write_model_folder(out, {**tensors, **checkpoint.outside}, src["config.json"], force=force,
                        side_files=checkpoint.path)
+
+
+def saved_name(checkpoint: Checkpoint, memory_name: str) -> str | None:
+    """The file name transformers' save path gives the in-memory tensor `memory_name` of the checkpoint's class (peft
+    names modules by memory names; a renaming inside a part, MiniMax-M3-VL's `encoder.`, leaves no prefix to rename
+    by); None when the class has no such tensor or a converter writes it together with others (a fused qkv)."""
+    config = checkpoint.source_config.get("config.json")
+    if checkpoint.family is None or config is None:
+        return None
+    return _saved_names(checkpoint.family.cls, json.dumps(config, sort_keys=True, default=str)).get(memory_name)
+
+
+@functools.lru_cache(maxsize=8)
+def _saved_names(cls: str, config_json: str) -> dict[str, str]:
+    def compute() -> dict:
+        import torch
+
+        from .hf_export import model_class, to_file_names
+
+        config = dict(json.loads(config_json))
+        config.pop("architectures", None)
+        klass = model_class(cls)
+        with torch.device("meta"):
+            model = klass._from_config(klass.config_class.from_dict(config))
+        out = {}
+        for name, tensor in model.state_dict().items():
+            written = to_file_names(model, {name: tensor})
+            if len(written) == 1 and next(iter(written.values())) is tensor:  # renamed only, not converted
+                out[name] = next(iter(written))
+        return out
+
+    return _kept_on_disk("saved-names", f"{cls}\n{config_json}", compute)
