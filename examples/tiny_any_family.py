@@ -21,8 +21,8 @@ SHRINK = {
                      "text_hidden_size", "vision_hidden_size", "hidden_dim", "width", "codebook_dim"), WIDTH),
     **dict.fromkeys(("intermediate_size", "ffn_dim", "mlp_dim", "moe_intermediate_size", "encoder_ffn_dim",
                      "decoder_ffn_dim", "shared_expert_intermediate_size", "n_inner"), FFN),
-    **dict.fromkeys(("num_hidden_layers", "num_layers", "depth", "n_layer", "encoder_layers", "decoder_layers",
-                     "num_global_layers"), LAYERS),
+    **dict.fromkeys(("num_hidden_layers", "num_layers", "depth", "n_layer", "n_layers", "encoder_layers",
+                     "decoder_layers", "num_global_layers"), LAYERS),
     **dict.fromkeys(("num_attention_heads", "num_heads", "n_head", "encoder_attention_heads",
                      "decoder_attention_heads", "attention_heads"), HEADS),
     **dict.fromkeys(("num_key_value_heads",), KV_HEADS),
@@ -35,7 +35,7 @@ SHRINK = {
 # Family knowledge, as data: model_type -> (config keys to set after shrinking, why).
 OVERRIDES: dict[str, tuple[dict, str]] = {}
 
-LAYER_KEYS = ("num_hidden_layers", "depth", "num_layers", "n_layer")
+LAYER_KEYS = ("num_hidden_layers", "depth", "num_layers", "n_layer", "n_layers")
 
 
 def _shrink(value, key: str = ""):

@@ -89,7 +89,9 @@ def _proven(c, t: str, family) -> str:
         elif t in check:
             proven += f", {name}"
     proven += _generates(t)
-    if t in c.REFUSED_BY_STITCH:
+    if t in c.REFUSED_BUT_RUNS:
+        proven += "; stitch refuses its tower, which runs on images alone: " + c.REFUSED_BUT_RUNS[t]
+    elif t in c.REFUSED_BY_STITCH:
         proven += "; stitch refuses its tower in one line"
     return proven
 

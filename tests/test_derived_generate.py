@@ -26,19 +26,25 @@ OTHER_MEAN = [0.25, 0.5, 0.75]  # the tuned copy's image processor: the output m
 
 # Derived types whose processor is not built tiny, or does not run with the tiny model, and why (checked below).
 NO_PROCESSOR = {
-    **dict.fromkeys(["glm_ocr", "glmga", "kosmos-2", "kosmos-2.5"], "transformers names no processor class for it"),
+    **dict.fromkeys(["glm_ocr", "glmga", "kosmos-2", "kosmos-2.5", "qwen3_omni_moe_thinker"],
+                    "transformers names no processor class for it"),
     **dict.fromkeys(["instructblip", "instructblipvideo"],
                     "its processor needs a second (Q-Former) tokenizer that no mapping names"),
-    "qwen3_vl_moe": "transformers maps no image processor class to it",
+    **dict.fromkeys(["qwen3_vl_moe", "glm4v_moe"], "transformers maps no image processor class to it"),
     **dict.fromkeys(["aya_vision", "got_ocr2", "ovis2", "pp_chart2table", "idefics3", "smolvlm",
-                     "internvl", "mllama", "vipllava"],
+                     "internvl", "mllama", "vipllava", "minimax_m3_vl", "step3p7"],
                     "the default image processor and the shrunk config disagree on the image's tokens or features"),
-    **dict.fromkeys(["glm4v", "glm46v", "paddleocr_vl", "qwen2_vl", "qwen2_5_vl"],
+    **dict.fromkeys(["glm4v", "glm46v", "paddleocr_vl", "qwen2_vl", "qwen2_5_vl", "llava_onevision1_5"],
                     "the vision tower's rotary sections do not fit its shrunk head size"),
     **dict.fromkeys(["blip-2", "minicpm_ocr", "minicpmv4_6", "minicpmv4_7"],
                     "its processor needs arguments the model config does not hold (the hub's processor config does)"),
     "gemma3": "the shrunk config's image pooling does not fit its tower's patches",
-    "qwen3_5": "generate fails once two layers leave only linear-attention layers in the cache",
+    **dict.fromkeys(["qwen3_5", "qwen3_5_moe"],
+                    "generate fails once two layers leave only linear-attention layers in the cache"),
+    "aria": "the shrunk tower's patch count is not one its projector's query table holds",
+    "florence2": "its vision config is not one AutoModel builds (the tiny processor reads the tower's patch count)",
+    "ovis2_5": "its default image processor holds no image size (0 by 0)",
+    "qianfan_ocr": "its processor counts `<image>` placeholders that no prompt of the tiny processor holds",
 }
 
 CANDIDATES = [t for t in TINY if t not in HEAVY and t not in TRANSFORMERS_FAILS]

@@ -28,20 +28,14 @@ NOT_BUILT_TINY = {
     "diffusion_gemma": "the default config leaves a size None that the class allocates",
     "dots3_note": "its adapter's input width must equal the hidden size, which shrinking changes apart",
     "ernie4_5_vl_moe": "its expert layout does not fit the shrunk expert count",
-    "gemma3n": "its cache-sharing layer types do not fit two layers",
     "granite4_vision": "the default config leaves a list None that the class measures",
     "hunyuan_vl": "the default config leaves a rope value None that the class raises to a power",
-    "hy_v4_vl": "its mrope sections must sum to a head size that shrinking changes",
-    "molmo2": "its adapter's vision_feature_layer indices do not fit two layers",
     "perception_lm": "the default config leaves a sub-config None that the class indexes",
-    **dict.fromkeys(["inkling2", "inkling2_loop"],
-                    "transformers' save-time converter pads the embedding to a vocabulary larger than the shrunk one"),
 }
 # Built tiny, but not tried: building it takes longer than a test may (not checked: that is the point).
 TOO_SLOW_TO_BUILD = {"inkling_mm_model": "building the tiny model does not finish within a minute"}
 # Built tiny, but large: not merged here (a meta-device build checks the size below).
 TOO_LARGE = {
-    "fast_vlm": "its tiny model still holds over 100M parameters (the FastViT tower is not shrunk by the generic keys)",
     "gemma4": "its tiny model still holds over 100M parameters (per-layer input embeddings of the full vocabulary)",
 }
 LARGE = 20_000_000
@@ -53,11 +47,10 @@ READ_BY_ANOTHER = {
     **dict.fromkeys(["fuyu", "gemma4_unified", "mistral4"],
                     ("hf_causal_lm", "transformers registers its class as a causal LM and the config has no vision "
                                      "tower: read as one language model")),
-    "florence2": ("hf_multimodal", "the tiny checkpoint's config derives a split the default config does not"),
 }
 
 # Tiny models that still take seconds to build and merge: marked slow.
-HEAVY = {"glm5_next", "udop", "unlimited_ocr", "qwen3_omni_moe_thinker"}
+HEAVY = {"udop", "unlimited_ocr"}
 
 LISTED = {**NOT_BUILT_TINY, **TOO_SLOW_TO_BUILD, **TOO_LARGE}
 WHOLE = [t for t in sorted(NOT_SPLIT) if t in ALL_TYPES and t not in LISTED]

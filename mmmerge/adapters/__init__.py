@@ -21,6 +21,7 @@ from ..checkpoint import Checkpoint, Component
 from ..errors import UnknownFormatError, UnreadableFileError
 from . import hf_causal_lm, hf_multimodal, hf_vision, hf_whole, open_clip_vision, timm_vision
 from .families import Family, family_named, rename  # noqa: F401  (family_named: the engine's: a family by model_type)
+from .fused_experts import in_memory_layout  # noqa: F401  (the engine's: experts fused where inputs differ)
 from .hf_causal_lm import is_tied, untie  # noqa: F401  (the engine's: a tied lm_head made explicit)
 from .hf_common import class_layout, layout_of
 from .hf_export import hf_config_dict  # noqa: F401  (the engine's: the config.json of a component's folder)
@@ -79,10 +80,11 @@ def family_file_tensors(family: Family, components: dict[str, Component], layout
     return hf_multimodal.family_tensors(family, components, layout)
 
 
-def family_file_layout(family: Family, config: dict, layout: str) -> dict[str, dict]:
+def family_file_layout(family: Family, config: dict, layout: str, names: str = hf_multimodal.MEMORY) -> dict[str, dict]:
     """{"required": file name -> shape, "optional": ...}: the tensors the family's class built from `config` holds,
-    named as files of `layout` hold them."""
-    built = class_layout(family.cls, config)
+    named as files of `layout` hold them; `names`: as held in memory or as its save path writes them (the
+    checkpoint's `source_config["names"]`)."""
+    built = hf_multimodal.class_names(family, class_layout(family.cls, config))[names]
     renames = family.layout(layout)
-    return {part: {rename(n, renames, to_memory=False): s for n, s in built[part].items()}
-            for part in ("required", "optional")}
+    return {part: {rename(n, renames, to_memory=False): s for n, s in shapes.items()}
+            for part, shapes in zip(("required", "optional"), built)}

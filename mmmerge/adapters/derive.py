@@ -5,11 +5,14 @@ the checkpoint's config where the defaults do not build or split) and its module
 - the language model is the submodule built from the text config (its class is the text type's base model
   class), plus the output embeddings;
 - the vision tower is the submodule built from the vision config; children of it whose last layer writes another
-  width than the tower's own (its first layer's) are the projector (Qwen-VL's merger): they map out of the tower;
+  width than the tower's own (what its largest child, its blocks, writes) are the projector (Qwen-VL's merger):
+  they map out of the tower;
 - the projector is what else the common parent of both holds (merger, connector, resampler, Q-Former);
   other towers (audio, a VQ image generator) built from their own configs are kept outside, with the reason.
-The file layouts are transformers' own: `saved` is what its save-time renaming writes for each part, `hub`
-adds the legacy prefixes its load-time mapping removes (a CLIP tower's `vision_model.`). The text-only
+The file layouts are transformers' own: `saved` is the file prefix its save path writes each part under (canonical
+names are file names, so converters and renamings inside a part, such as experts held fused and written one per
+expert, leave the split as it is), `hub` adds the legacy prefixes its load-time mapping removes (a CLIP tower's
+`vision_model.`). The text-only
 counterpart is the causal LM whose base model holds exactly the language model's tensors.
 
 A derived row is kept on disk per transformers version (`hf_common._kept_on_disk`): deriving imports torch and
@@ -28,7 +31,7 @@ from .families import Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-8"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-11"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -109,7 +112,7 @@ def _derive(model_type: str, config_json: str | None) -> Family:
                                                if n.startswith(language + ".")})
     projector, outside = _projector_and_outside(model, modules, names, tower, language, head, vision.model_type)
     if all(any(n.startswith(p) for _, p, _ in projector) for n in names if n.startswith(tower + ".")):
-        raise NotDerivable(f"every part of {cls_name}'s vision tower writes another width than its first layer: "
+        raise NotDerivable(f"every part of {cls_name}'s vision tower writes another width than its blocks: "
                            "the tower cannot be told from a projector")
     if not projector:
         raise NotDerivable(f"{cls_name} holds nothing between its vision tower and its language model")
@@ -120,7 +123,7 @@ def _derive(model_type: str, config_json: str | None) -> Family:
     language_type, language_arch = _language_fields(counterpart, text.model_type, type(modules[language]).__name__)
     family = Family(model_type, cls_name, tuple(parts), {}, outside, *_vision_fields(type(modules[tower]), vision),
                     language_type, language_arch, not_in_llava=_not_in_llava(modules[tower]))
-    return dataclasses.replace(family, layouts=_layouts(model, family, names))
+    return _with_layouts(model, family, names)
 
 
 def _build_on_meta(model_type: str, config_json: str | None):
@@ -232,6 +235,16 @@ def _widths(module) -> list:
             if hasattr(m, "out_features") or hasattr(m, "out_channels")]
 
 
+def _tower_width(tower) -> int | None:
+    """The width the tower itself writes: what the last layer of its largest child (its blocks) writes, not its first
+    layer's, which may be a merger registered before the blocks (Qwen3-Omni's `merger_list`)."""
+    children = [m for _, m in tower.named_children() if _widths(m)]
+    if not children:
+        return None
+    largest = max(children, key=lambda m: sum(p.numel() for p in m.parameters()))
+    return _widths(largest)[-1]
+
+
 def _writes_other_width(module, width: int | None) -> bool:
     """The last linear or convolution layer of `module` writes other than `width` features (the tower's own)."""
     widths = _widths(module)
@@ -244,7 +257,7 @@ def _projector_and_outside(model, modules: dict, names: dict, tower: str, langua
     outside every component, by memory prefix, with the reason."""
     groups: dict[str, int] = {}  # memory prefix -> parameter count
     inside: set[str] = set()
-    tower_width = _widths(modules[tower])[0] if _widths(modules[tower]) else None
+    tower_width = _tower_width(modules[tower])
     for child, module in modules[tower].named_children():
         if _writes_other_width(module, tower_width):
             inside.add(f"{tower}.{child}.")
@@ -336,26 +349,52 @@ def _not_in_llava(tower) -> str | None:
     return f"takes {', '.join(said)}, not images"
 
 
-def _layouts(model, family: Family, names: dict) -> dict:
-    """`saved`: the renamings transformers' save-time mapping makes, per part prefix; `hub`: those plus the
-    legacy prefixes its load-time mapping removes from submodels (a CLIP tower's `vision_model.`)."""
-    from .hf_export import to_file_names
-
+def _with_layouts(model, family: Family, names: dict) -> Family:
+    """The row with its layouts (`_layouts`); a part whose tensors transformers writes under several file prefixes
+    is split into its children, each a part of the same component with its own file prefix (Kimi-K2.5's projector:
+    `mm_projector.proj.0` beside `model.mm_projector.pre_norm`)."""
     names = _one_per_block_kind(names)
-    by_id = {id(t): n for n, t in names.items()}
-    saved = {by_id[id(t)]: f for f, t in to_file_names(model, names).items() if id(t) in by_id}  # converted: absent
-    converted = next((n for n in names if n not in saved), None)
-    if converted is not None:
-        raise NotDerivable(f"transformers saves {converted} through a converter (split or fused), not a renaming")
+    try:
+        return dataclasses.replace(family, layouts=_layouts(model, family, names))
+    except NotDerivable as why:
+        prefixes = sorted({p for _, p, _ in family.parts} | set(family.outside), key=lambda p: (-len(p), p))
+        written = _written_per_part(model, names, prefixes)
+        parts = []
+        for component, prefix, canonical in family.parts:
+            parts.append((component, prefix, canonical))
+            if _one_file_prefix(prefix, written[prefix]):
+                continue
+            mine = [n[len(prefix):] for n in names if n.startswith(prefix)]
+            parts += [(component, prefix + c, canonical + c)
+                      for c in sorted({t.split(".")[0] + ("." if "." in t else "") for t in mine})]
+        if len(parts) == len(family.parts):
+            raise
+        split = dataclasses.replace(family, parts=tuple(parts))
+        try:
+            return dataclasses.replace(split, layouts=_layouts(model, split, names))
+        except NotDerivable:
+            raise why from None
+
+
+def _one_file_prefix(prefix: str, files: dict) -> bool:
+    try:
+        _file_prefix(prefix, files)
+    except NotDerivable:
+        return False
+    return True
+
+
+def _layouts(model, family: Family, names: dict) -> dict:
+    """`saved`: the file prefix transformers' save path writes each part under, per part prefix; `hub`: those plus
+    the legacy prefixes its load-time mapping removes from submodels (a CLIP tower's `vision_model.`).
+
+    Canonical names are file names, so a part holds when every file name written for its tensors starts with one
+    file prefix: converters that rewrite the tail inside a part (experts held fused and written one per expert,
+    a fused qkv) and renamings inside it (Aria's `experts.fc1`) leave the split as it is."""
     prefixes = sorted({p for _, p, _ in family.parts} | set(family.outside), key=lambda p: (-len(p), p))
-    renames = []
-    for prefix in prefixes:  # each part's file prefix: what its names' file names hold before their own tail
-        mine = [n for n in names if next((p for p in prefixes if n.startswith(p)), None) == prefix]
-        heads = {saved[n][:len(saved[n]) - len(n) + len(prefix)] if saved[n].endswith(n[len(prefix):]) else None
-                 for n in mine}
-        if len(heads) == 1 and None not in heads and heads != {prefix}:
-            renames.append((heads.pop(), prefix))
-    pairs = _minimal(tuple(renames), names, saved)
+    written = {p: files for p, files in _written_per_part(model, names, prefixes).items() if files}
+    heads = {prefix: _file_prefix(prefix, files) for prefix, files in written.items()}
+    pairs = _minimal(tuple((h, p) for p, h in heads.items() if h != p), written, heads)
     layouts = {"saved": pairs} if pairs else {}
     legacy = _legacy_prefixes(model)
     if legacy:
@@ -363,6 +402,62 @@ def _layouts(model, family: Family, names: dict) -> dict:
         hub += tuple((m + legacy[m], m) for m in legacy if m not in {p[1] for p in pairs})
         layouts["hub"] = hub
     return layouts
+
+
+def _written_per_part(model, names: dict, prefixes: list[str]) -> dict[str, dict[str, str | None]]:
+    """part prefix -> {file name: the memory name it was renamed from, None when a converter wrote it}: what
+    transformers' save path writes for each part's tensors, each part passed through it on its own (a converter
+    works within a layer, so a part holds all of its inputs)."""
+    from .hf_export import to_file_names
+
+    out: dict[str, dict] = {}
+    for prefix in prefixes:
+        mine = {n: t for n, t in names.items() if next(p for p in prefixes if n.startswith(p)) == prefix}
+        by_id = {id(t): n for n, t in mine.items()}
+        try:
+            files = to_file_names(model, mine)
+        except Exception as e:  # noqa: BLE001  (a converter that needs tensors of another part)
+            why = f"transformers' save path does not convert {prefix}* on its own ({_one_line(e)})"
+            raise NotDerivable(why) from e
+        out[prefix] = {f: by_id.get(id(t)) for f, t in files.items()}
+    return out
+
+
+def _file_prefix(prefix: str, files: dict[str, str | None]) -> str:
+    """The file prefix of a part: what the file names of its renamed-only tensors hold before their own tail (one
+    for all of them), else, where every name is rewritten inside the part, the longest prefix all its file names
+    share; every file name written for the part must lie under it."""
+    heads = {f[:len(f) - len(m) + len(prefix)] for f, m in files.items()
+             if m is not None and _keeps_tail(f, m[len(prefix):])}
+    if not heads:  # a part of one tensor (`query_tokens`) is its own prefix
+        heads = {_common_prefix(list(files))} if prefix.endswith(".") else set(files)
+    shortest = min(heads, key=len)
+    if all(h.startswith(shortest) for h in heads):  # a renaming inside the part that adds a level (`encoder.`)
+        heads = {shortest}
+    if len(heads) != 1:
+        said = ", ".join(sorted(h or "the top level" for h in heads))
+        raise NotDerivable(f"transformers writes {prefix}* under {len(heads)} file prefixes, not one ({said})")
+    head = heads.pop()
+    stray = next((f for f in files if not f.startswith(head)), None)
+    if stray is not None:
+        raise NotDerivable(f"transformers writes {stray}, a tensor of {prefix}*, outside its file prefix {head}")
+    return head
+
+
+def _keeps_tail(file_name: str, tail: str) -> bool:
+    """The file name ends with the memory name's tail after its part prefix, at a name part's start."""
+    return not tail or file_name == tail or file_name.endswith("." + tail)
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The longest prefix of whole name parts (ending in a dot) that every name starts with."""
+    parts = [n.split(".")[:-1] for n in names]
+    shared = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        shared.append(level[0])
+    return "".join(p + "." for p in shared)
 
 
 def _one_per_block_kind(names: dict) -> dict:
@@ -377,16 +472,23 @@ def _one_per_block_kind(names: dict) -> dict:
     return dict(out.values())
 
 
-def _minimal(renames: tuple, names: dict, saved: dict) -> tuple:
-    """The renamings without those a shorter one already implies, checked on every name both ways."""
+def _minimal(renames: tuple, written: dict[str, dict[str, str | None]], heads: dict[str, str]) -> tuple:
+    """The renamings without those a shorter one already implies, checked both ways on every file name: it reads
+    back into its own part (under its memory name where only its prefix is renamed), and writes back as itself."""
+    longest_first = sorted(written, key=len, reverse=True)
+
+    def reads_back(pairs, prefix: str, file_name: str, memory_name: str | None) -> bool:
+        back = rename(file_name, pairs, to_memory=True)
+        renamed_only = memory_name is not None and file_name == heads[prefix] + memory_name[len(prefix):]
+        return (next((p for p in longest_first if back.startswith(p)), None) == prefix
+                and (not renamed_only or back == memory_name) and rename(back, pairs, to_memory=False) == file_name)
+
     def exact(pairs):
-        return all(rename(n, pairs, to_memory=False) == saved.get(n, n)
-                   and rename(saved.get(n, n), pairs, to_memory=True) == n for n in names)
+        return all(reads_back(pairs, prefix, f, m) for prefix, files in written.items() for f, m in files.items())
 
     if not exact(renames):
-        wrong = next(n for n in names if rename(n, renames, to_memory=False) != saved.get(n, n))
-        raise NotDerivable(f"transformers saves {wrong} as {saved.get(wrong)}: a renaming inside a component, beyond "
-                           "the prefixes a family row renames")
+        raise NotDerivable(f"the file prefixes of its parts ({', '.join(f for f, _ in renames)}) do not read back "
+                           "into the parts they were written for")
     kept = list(renames)
     for pair in sorted(renames, key=lambda p: len(p[1]), reverse=True):
         trial = tuple(p for p in kept if p != pair)

@@ -91,7 +91,7 @@ def _class_layout(cls: str, config_json: str) -> dict:
     def compute() -> dict:
         import torch
 
-        from .hf_export import memory_layout, model_class
+        from .hf_export import file_layout, memory_layout, model_class
 
         config = dict(json.loads(config_json))
         config.pop("architectures", None)
@@ -99,20 +99,25 @@ def _class_layout(cls: str, config_json: str) -> dict:
         with torch.device("meta"):
             model = klass._from_config(klass.config_class.from_dict(config))
         required, optional = memory_layout(model)
+        saved_required, saved_optional = file_layout(model)
         modules = {name: type(module).__name__ for name, module in model.named_modules()}
-        return {"required": required, "optional": optional, "modules": modules}
+        return {"required": required, "optional": optional, "modules": modules,
+                "saved": {"required": saved_required, "optional": saved_optional}}
 
     def parse(data: dict) -> dict:
         required, optional = _shapes(data)
-        return {"required": required, "optional": optional, "modules": dict(data["modules"])}
+        saved_required, saved_optional = _shapes(data["saved"])
+        return {"required": required, "optional": optional, "modules": dict(data["modules"]),
+                "saved": {"required": saved_required, "optional": saved_optional}}
 
     return _kept_on_disk("class-layout", f"{cls}\n{config_json}", compute, parse)
 
 
 def class_layout(cls: str, config: dict) -> dict:
     """The in-memory layout of a whole transformers class built from `config` (a config.json dict):
-    {"required": name -> shape, "optional": tied duplicates, "modules": module name -> class name}; kept on
-    disk per transformers version like `layout_of`."""
+    {"required": name -> shape, "optional": tied duplicates, "modules": module name -> class name, "saved":
+    {"required", "optional"} as its save path names them (converted: experts one tensor each)}; kept on disk per
+    transformers version like `layout_of`."""
     return _class_layout(cls, json.dumps(config, sort_keys=True, default=str))
 
 

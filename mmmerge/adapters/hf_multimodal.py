@@ -1,15 +1,19 @@
 """transformers image-text-to-text checkpoints of every family with a row (`families.family_named`: written by
 hand or derived from transformers), split into vision, projector and language components.
 
-Reading is renaming: file keys are renamed to the class's in-memory names by the first of the row's layouts
-(in memory, as transformers 5 saves, as hub checkpoints hold) that explains the most of them; the whole
-class's layout (built on the meta device from config.json) says what must be there and with which shape;
-each tensor then goes to the component whose prefix holds it, under the component class's own names. What
-no component holds is kept and written back. A checkpoint is written back in the layout it was read in.
+Reading is renaming: file keys are renamed by part prefix (file prefix -> memory prefix) by the first of the row's
+layouts (in memory, as transformers 5 saves, as hub checkpoints hold) that explains the most of them; the whole
+class (built on the meta device from config.json) says what must be there and with which shape, by the names it
+holds in memory or by those its save path writes (converted tensors keep their file tails: experts held fused are
+written one per expert), whichever the files hold; each tensor then goes to the component whose prefix holds it,
+under the component class's own names. What no component holds is kept and written back. A checkpoint is written
+back in the layout it was read in.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 from ..checkpoint import Checkpoint, Component, LazyTensor
@@ -19,7 +23,7 @@ from ..io.folder import write_model_folder
 from ..io.reader import read_folder
 from .derive import why_not_split
 from .families import Family, family_of, join_name, rename, split_name
-from .hf_common import auto_class_names, class_layout, read_config
+from .hf_common import _kept_on_disk, auto_class_names, class_layout, read_config
 from .hf_vision import read_preprocess
 
 FORMAT = "transformers-<model_type>"  # e.g. transformers-llava, transformers-qwen2_5_vl
@@ -74,10 +78,25 @@ def projector_config(cfg: dict, vision_cfg: dict, text_cfg: dict) -> dict:
     return out
 
 
-def choose_layout(family: Family, names: list[str], expected: set[str]) -> str:
-    """The layout under which the most file keys are names of the class."""
+def class_names(family: Family, layout: dict) -> dict[str, tuple[dict, dict]]:
+    """(required, optional) name -> shape of the family's class (`class_layout`), in the row's names two ways: as
+    the class holds them in memory, and as its save path writes them, each part's file prefix read back to its
+    memory prefix (converted tensors keep their written tails: experts held fused are written one per expert)."""
+    saved = family.layout("saved")
+    return {MEMORY: (layout["required"], layout["optional"]),
+            "saved": tuple({rename(n, saved, to_memory=True): s for n, s in layout["saved"][k].items()}
+                           for k in ("required", "optional"))}
+
+
+def choose_layout(family: Family, names: list[str], expected: dict[str, tuple[dict, dict]]) -> tuple[str, str]:
+    """(layout, names of `expected`) under which the most file keys are names of the class."""
     candidates = {MEMORY: (), **family.layouts}
-    return max(candidates, key=lambda n: sum(rename(k, candidates[n], to_memory=True) in expected for k in names))
+
+    def explained(pair):
+        shapes = expected[pair[1]]
+        return sum(any(rename(k, candidates[pair[0]], to_memory=True) in s for s in shapes) for k in names)
+
+    return max(((layout, kind) for layout in candidates for kind in expected), key=explained)
 
 
 def read(path: Path) -> Checkpoint:
@@ -91,9 +110,10 @@ def read(path: Path) -> Checkpoint:
     vision_cfg = sub_config(cfg, family.vision_config, path)
     text_cfg = sub_config(cfg, family.text_config, path)
     layout = class_layout(family.cls, cfg)
-    required, optional = layout["required"], layout["optional"]
+    expected = class_names(family, layout)
     files = read_folder(path)
-    layout_name = choose_layout(family, list(files), {*required, *optional})
+    layout_name, kind = choose_layout(family, list(files), expected)
+    required, optional = expected[kind]
     renames = family.layout(layout_name)
     memory = {rename(k, renames, to_memory=True): k for k in files}
 
@@ -127,7 +147,7 @@ def read(path: Path) -> Checkpoint:
                                projector_config(cfg, vision_cfg, text_cfg), parts["projector"]),
         "language": Component("language", lang_arch, lang_cfg, parts["language"]),
     }
-    source = {"config.json": cfg, "layout": layout_name}
+    source = {"config.json": cfg, "layout": layout_name, "names": kind}
     return Checkpoint(path, f"transformers-{family.model_type}", components, why, outside, source, family=family,
                       side_files=path)
 
@@ -151,3 +171,35 @@ def write_source(checkpoint: Checkpoint, out: Path, force: bool = False) -> None
     tensors = family_tensors(checkpoint.family, checkpoint.components, src["layout"])
     write_model_folder(out, {**tensors, **checkpoint.outside}, src["config.json"], force=force,
                        side_files=checkpoint.path)
+
+
+def saved_name(checkpoint: Checkpoint, memory_name: str) -> str | None:
+    """The file name transformers' save path gives the in-memory tensor `memory_name` of the checkpoint's class (peft
+    names modules by memory names; a renaming inside a part, MiniMax-M3-VL's `encoder.`, leaves no prefix to rename
+    by); None when the class has no such tensor or a converter writes it together with others (a fused qkv)."""
+    config = checkpoint.source_config.get("config.json")
+    if checkpoint.family is None or config is None:
+        return None
+    return _saved_names(checkpoint.family.cls, json.dumps(config, sort_keys=True, default=str)).get(memory_name)
+
+
+@functools.lru_cache(maxsize=8)
+def _saved_names(cls: str, config_json: str) -> dict[str, str]:
+    def compute() -> dict:
+        import torch
+
+        from .hf_export import model_class, to_file_names
+
+        config = dict(json.loads(config_json))
+        config.pop("architectures", None)
+        klass = model_class(cls)
+        with torch.device("meta"):
+            model = klass._from_config(klass.config_class.from_dict(config))
+        out = {}
+        for name, tensor in model.state_dict().items():
+            written = to_file_names(model, {name: tensor})
+            if len(written) == 1 and next(iter(written.values())) is tensor:  # renamed only, not converted
+                out[name] = next(iter(written))
+        return out
+
+    return _kept_on_disk("saved-names", f"{cls}\n{config_json}", compute)

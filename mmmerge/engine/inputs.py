@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..adapters import WHOLE_COMPONENT as WHOLE, is_tied, untie, vocabulary_tensors
+from ..adapters import WHOLE_COMPONENT as WHOLE, in_memory_layout, is_tied, untie, vocabulary_tensors
 from ..checkpoint import Checkpoint, Component, LazyTensor
 from .cross_attention import fit_text_models
 from .opener import Opener
@@ -38,6 +38,8 @@ def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list
         comps = {r: untie(c) for r, c in comps.items()}
         notes.append(f"{where}{cname}: some inputs tie lm_head to the embeddings and some do not; "
                      f"the output stores lm_head (tie_word_embeddings: false)")
+    if cname == "language":
+        comps = fused_where_mixed(comps, where, cname, notes)
     comps = drop_partial_extras(comps, paths, where, cname, notes)
     out = SectionInputs(ckpts, paths, comps)
     if cname not in ("language", WHOLE):
@@ -65,3 +67,17 @@ def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list
     out.vocab = vocab if aligned else None
     out.extra_rows = {**vlm_rows, **aligned}
     return out
+
+
+def fused_where_mixed(comps: dict[str, Component], where: str, cname: str, notes: list[str]) -> dict[str, Component]:
+    """Language models that hold their experts one tensor per expert (a VLM as transformers saves it: canonical
+    names are file names) beside ones read fused (a text-only causal LM, `fused_experts.py`): all fused, as
+    transformers holds them, so that they line up name by name; `comps` as they are when that does not help."""
+    if len({frozenset(c.tensors) for c in comps.values()}) == 1:
+        return comps
+    fused = {r: in_memory_layout(c) for r, c in comps.items()}
+    if len({frozenset(c.tensors) for c in fused.values()}) != 1:
+        return comps
+    notes.append(f"{where}{cname}: some inputs hold their experts one tensor per expert and some fused; they are "
+                 "merged fused, as transformers holds them")
+    return fused

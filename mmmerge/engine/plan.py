@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..adapters import (family_file_layout, family_file_tensors, family_named, hf_config_dict,
+from ..adapters import (family_file_layout, family_file_tensors, family_named, hf_config_dict, in_memory_layout,
                         image_processor_config, missing_from_class, untie, vocabulary_tensors,
                         WHOLE_COMPONENT as WHOLE)
 from ..checkpoint import COMPONENTS, Checkpoint, Component
@@ -206,6 +206,8 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
         if cp.config_updates:  # a new layer count: checked against the class built from the new config below
             continue
         own = ref.components[cname]
+        if cname == "language" and set(own.tensors) != set(cp.tasks):
+            own = in_memory_layout(own)  # experts merged fused beside a text-only LM (engine/inputs.py)
         if cname == "language" and "lm_head.weight" in cp.tasks:
             own = untie(own)  # an untied output of a tied model: the config is changed below
         same_layout(f"the {ref.family.model_type} config of {ref.path}", own, f"the {cp.how} output",
@@ -230,7 +232,8 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
 
 def _check_class_layout(ref: Checkpoint, cfg: dict, tasks: list[TensorTask]) -> None:
     """Every tensor the family's class builds from `cfg` has a task, and no task writes a tensor it lacks."""
-    on_disk = family_file_layout(ref.family, cfg, ref.source_config["layout"])
+    on_disk = family_file_layout(ref.family, cfg, ref.source_config["layout"],
+                                 ref.source_config.get("names", "memory"))
     check_tensors(on_disk["required"], {t.name: t for t in tasks}, "output", optional=on_disk["optional"],
                   expected_from=f"{ref.family.cls} with the output config", got_from="the merge tasks")
 

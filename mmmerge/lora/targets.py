@@ -6,13 +6,15 @@ in-memory names of the transformers version it was trained with: today's (`model
 `lm_head`, `model.vision_tower.*`, `model.visual.*`, ...) or, before transformers 5, the names its files
 hold (`language_model.model.*`, `vision_tower.vision_model.*`, `visual.*`, ...). The family table knows
 both: a name is renamed from each of the family's layouts to the in-memory name, which the table splits into
-(component, canonical name); a module is found when that `.weight` is a tensor of the component. A model read
+(component, canonical name); a module is found when that `.weight` is a tensor of the component. Canonical names
+are file names: a tensor transformers renames inside its part when it saves is found by its saved name. A model read
 whole keeps its file names; transformers' own renaming on load maps them to peft's.
 """
 
 from __future__ import annotations
 
 from ..adapters.families import join_name, rename, split_name
+from ..adapters.hf_multimodal import saved_name
 from ..adapters.hf_whole import COMPONENT, memory_names
 from ..checkpoint import Checkpoint
 
@@ -33,6 +35,10 @@ def locate(ckpt: Checkpoint, name: str, suffix: str = ".weight") -> tuple[str, s
         where = split_name(family, rename(name + suffix, layout, to_memory=True))
         if where is not None and where[0] in ckpt.components and where[1] in ckpt.components[where[0]].tensors:
             return where
+    file = saved_name(ckpt, name + suffix)  # renamed inside its part when saved: the row's name of its file name
+    where = file and split_name(family, rename(file, family.layout("saved"), to_memory=True))
+    if where and where[0] in ckpt.components and where[1] in ckpt.components[where[0]].tensors:
+        return where
     return None
 
 
