@@ -84,9 +84,9 @@ def _conversions(arch: str, config_json: str):
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightConverter, WeightRenaming
 
-    from .hf_whole import _meta_model
+    from .hf_export import class_on_meta
 
-    model = _meta_model(arch, config_json)
+    model = class_on_meta(arch, config_json)
     transforms = get_model_conversion_mapping(model)
     return (model, [t for t in transforms if isinstance(t, WeightRenaming)],
             [t for t in transforms if isinstance(t, WeightConverter)])

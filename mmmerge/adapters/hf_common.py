@@ -89,15 +89,9 @@ def _layout(arch: str, config_json: str) -> tuple[dict, dict]:
 @functools.lru_cache(maxsize=32)
 def _class_layout(cls: str, config_json: str) -> dict:
     def compute() -> dict:
-        import torch
+        from .hf_export import class_on_meta, file_layout, memory_layout
 
-        from .hf_export import file_layout, memory_layout, model_class
-
-        config = dict(json.loads(config_json))
-        config.pop("architectures", None)
-        klass = model_class(cls)
-        with torch.device("meta"):
-            model = klass._from_config(klass.config_class.from_dict(config))
+        model = class_on_meta(cls, config_json)
         required, optional = memory_layout(model)
         saved_required, saved_optional = file_layout(model)
         modules = {name: type(module).__name__ for name, module in model.named_modules()}

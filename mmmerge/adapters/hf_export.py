@@ -72,6 +72,19 @@ def meta_model(component: Component) -> torch.nn.Module:
         return cls._from_config(build_config(component))
 
 
+def class_on_meta(arch: str, config_json: str) -> torch.nn.Module:
+    """The class `arch` built on the meta device (no memory, no initialisation) from a config.json's text. Floats
+    JSON cannot hold are decoded as transformers' own loader decodes them (nemotron_h_omni's Infinity)."""
+    import json
+
+    config = dict(json.loads(config_json))
+    config.pop("architectures", None)
+    klass = model_class(arch)
+    decode = getattr(klass.config_class, "_decode_special_floats", None)  # {"__float__": "Infinity"}, as saved
+    with torch.device("meta"):
+        return klass._from_config(klass.config_class.from_dict(decode(config) if decode else config))
+
+
 def memory_layout(model: torch.nn.Module) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """(required, optional): the model's in-memory tensor names -> shapes; optional are tied duplicates."""
     dupes = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}

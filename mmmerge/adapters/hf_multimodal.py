@@ -186,15 +186,9 @@ def saved_name(checkpoint: Checkpoint, memory_name: str) -> str | None:
 @functools.lru_cache(maxsize=8)
 def _saved_names(cls: str, config_json: str) -> dict[str, str]:
     def compute() -> dict:
-        import torch
+        from .hf_export import class_on_meta, to_file_names
 
-        from .hf_export import model_class, to_file_names
-
-        config = dict(json.loads(config_json))
-        config.pop("architectures", None)
-        klass = model_class(cls)
-        with torch.device("meta"):
-            model = klass._from_config(klass.config_class.from_dict(config))
+        model = class_on_meta(cls, config_json)
         out = {}
         for name, tensor in model.state_dict().items():
             written = to_file_names(model, {name: tensor})

@@ -87,7 +87,9 @@ def _memory_names(arch: str, config_json: str, names: tuple[str, ...]) -> dict[s
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightRenaming, rename_source_key
 
-        model = _meta_model(arch, config_json)
+        from .hf_export import class_on_meta
+
+        model = class_on_meta(arch, config_json)
         renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
         held = model.state_dict()
         out = {}
@@ -115,7 +117,9 @@ def _vocabulary_names(arch: str, config_json: str) -> list[str]:
     def compute() -> dict:
         import torch
 
-        model = _meta_model(arch, config_json)
+        from .hf_export import class_on_meta
+
+        model = class_on_meta(arch, config_json)
         embeddings = model.get_input_embeddings()
         if not isinstance(embeddings, torch.nn.Embedding):  # a vision encoder's patch embedding is no vocabulary
             return {"names": []}
@@ -130,21 +134,6 @@ def _vocabulary_names(arch: str, config_json: str) -> list[str]:
         return _kept_on_disk("vocabulary", f"{arch}\n{config_json}", compute)["names"]
     except MMMergeError:
         return []
-
-
-def _meta_model(arch: str, config_json: str):
-    """The class built from the config on the meta device (no memory, no initialisation). Floats JSON cannot hold
-    are decoded as transformers' own loader decodes them (nemotron_h_omni's Infinity)."""
-    import torch
-
-    from .hf_export import model_class
-
-    config = dict(json.loads(config_json))
-    config.pop("architectures", None)
-    klass = model_class(arch)
-    decode = getattr(klass.config_class, "_decode_special_floats", None)  # {"__float__": "Infinity"}, as saved
-    with torch.device("meta"):
-        return klass._from_config(klass.config_class.from_dict(decode(config) if decode else config))
 
 
 def read(path: Path) -> Checkpoint:
