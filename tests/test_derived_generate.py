@@ -44,6 +44,7 @@ NO_PROCESSOR = {
     "aria": "the shrunk tower's patch count is not one its projector's query table holds",
     "florence2": "its vision config is not one AutoModel builds (the tiny processor reads the tower's patch count)",
     "ovis2_5": "its default image processor holds no image size (0 by 0)",
+    "nemotron_h_omni": "its processor needs an audio feature extractor that transformers maps to no class for it",
     "qianfan_ocr": "its processor counts `<image>` placeholders that no prompt of the tiny processor holds",
 }
 

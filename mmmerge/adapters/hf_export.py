@@ -43,7 +43,7 @@ def build_config(component: Component) -> transformers.PretrainedConfig:
     multimodal family builds its text-only class), else the auto class of its model_type."""
     import transformers
 
-    cfg = dict(component.config)
+    cfg = decoded(component.config)
     model_type = cfg.pop("model_type")
     cfg.pop("architectures", None)
     config_class = getattr(model_class(component.arch), "config_class", None)
@@ -73,16 +73,23 @@ def meta_model(component: Component) -> torch.nn.Module:
 
 
 def class_on_meta(arch: str, config_json: str) -> torch.nn.Module:
-    """The class `arch` built on the meta device (no memory, no initialisation) from a config.json's text. Floats
-    JSON cannot hold are decoded as transformers' own loader decodes them (nemotron_h_omni's Infinity)."""
+    """The class `arch` built on the meta device (no memory, no initialisation) from a config.json's text."""
     import json
 
-    config = dict(json.loads(config_json))
+    config = decoded(json.loads(config_json))
     config.pop("architectures", None)
     klass = model_class(arch)
-    decode = getattr(klass.config_class, "_decode_special_floats", None)  # {"__float__": "Infinity"}, as saved
     with torch.device("meta"):
-        return klass._from_config(klass.config_class.from_dict(decode(config) if decode else config))
+        return klass._from_config(klass.config_class.from_dict(config))
+
+
+def decoded(config: dict) -> dict:
+    """A config.json's dict with the floats JSON cannot hold decoded as transformers' own loader decodes them
+    ({"__float__": "Infinity"}, as it saves nemotron_h_omni's time_step_limit)."""
+    import transformers
+
+    decode = getattr(transformers.PretrainedConfig, "_decode_special_floats", None)
+    return dict(decode(dict(config)) if decode else config)
 
 
 def memory_layout(model: torch.nn.Module) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
