@@ -397,7 +397,8 @@ REFUSED_BUT_RUNS = {
                  "input (it writes a feature map, not the hidden-state sequence a LLaVA takes, so it stays refused)",
 }
 REFUSED_BY_STITCH = [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=REFUSED_BUT_RUNS[t]))
-                     if t in REFUSED_BUT_RUNS else t for t in TINY if t not in HEAVY and contract_family(t).not_in_llava]
+                     if t in REFUSED_BUT_RUNS else t
+                     for t in TINY if t not in HEAVY and contract_family(t).not_in_llava]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ the checkpoint's config where the defaults do not build or split) and its module
   class), plus the output embeddings;
 - the vision tower is the submodule built from the vision config; children of it whose last layer writes another
   width than the tower's own (what its largest child, its blocks, writes) are the projector (Qwen-VL's merger):
-  they map out of the tower;
+  they map out of the tower; where the default widths coincide and nothing else lies between, a child whose width
+  does not follow the blocks' when a width of the vision config changes is (Qwen2.5-VL's merger);
 - the projector is what else the common parent of both holds (merger, connector, resampler, Q-Former);
   other towers (audio, a VQ image generator) built from their own configs are kept outside, with the reason.
 The file layouts are transformers' own: `saved` is the file prefix its save path writes each part under (canonical
