@@ -26,7 +26,8 @@ OTHER_MEAN = [0.25, 0.5, 0.75]  # the tuned copy's image processor: the output m
 
 # Derived types whose processor is not built tiny, or does not run with the tiny model, and why (checked below).
 NO_PROCESSOR = {
-    **dict.fromkeys(["glm_ocr", "glmga", "kosmos-2", "kosmos-2.5", "qwen3_omni_moe_thinker"],
+    **dict.fromkeys(["glm_ocr", "glmga", "kosmos-2", "kosmos-2.5", "qwen2_5_omni_thinker",
+                     "qwen3_omni_moe_thinker"],
                     "transformers names no processor class for it"),
     **dict.fromkeys(["instructblip", "instructblipvideo"],
                     "its processor needs a second (Q-Former) tokenizer that no mapping names"),
@@ -39,7 +40,7 @@ NO_PROCESSOR = {
     **dict.fromkeys(["blip-2", "minicpm_ocr", "minicpmv4_6", "minicpmv4_7"],
                     "its processor needs arguments the model config does not hold (the hub's processor config does)"),
     "gemma3": "the shrunk config's image pooling does not fit its tower's patches",
-    **dict.fromkeys(["qwen3_5", "qwen3_5_moe"],
+    **dict.fromkeys(["qwen3_5", "qwen3_5_moe", "qwen4_exp"],
                     "generate fails once two layers leave only linear-attention layers in the cache"),
     "aria": "the shrunk tower's patch count is not one its projector's query table holds",
     "florence2": "its vision config is not one AutoModel builds (the tiny processor reads the tower's patch count)",

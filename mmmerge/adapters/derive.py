@@ -6,7 +6,8 @@ the checkpoint's config where the defaults do not build or split) and its module
   class), plus the output embeddings;
 - the vision tower is the submodule built from the vision config; children of it whose last layer writes another
   width than the tower's own (what its largest child, its blocks, writes) are the projector (Qwen-VL's merger):
-  they map out of the tower;
+  they map out of the tower; where the default widths coincide and nothing else lies between, a child whose width
+  does not follow the blocks' when a width of the vision config changes is (Qwen2.5-VL's merger);
 - the projector is what else the common parent of both holds (merger, connector, resampler, Q-Former);
   other towers (audio, a VQ image generator) built from their own configs are kept outside, with the reason.
 The file layouts are transformers' own: `saved` is the file prefix its save path writes each part under (canonical
@@ -31,7 +32,7 @@ from .families import Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-11"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-12"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -110,7 +111,13 @@ def _derive(model_type: str, config_json: str | None) -> Family:
     names = dict(model.state_dict())
     counterpart = _text_only_counterpart(text, {n[len(language) + 1:]: tuple(t.shape) for n, t in names.items()
                                                if n.startswith(language + ".")})
-    projector, outside = _projector_and_outside(model, modules, names, tower, language, head, vision.model_type)
+    mapped_out = _writing_other_width(modules[tower])
+    projector, outside = _projector_and_outside(model, modules, names, tower, language, head, vision.model_type,
+                                                mapped_out)
+    if not projector:  # the default widths may coincide (Qwen2.5-VL's merger writes 3584, as its blocks do)
+        mapped_out = _apart_from_blocks(modules[tower], vision)
+        projector, outside = _projector_and_outside(model, modules, names, tower, language, head, vision.model_type,
+                                                    mapped_out)
     if all(any(n.startswith(p) for _, p, _ in projector) for n in names if n.startswith(tower + ".")):
         raise NotDerivable(f"every part of {cls_name}'s vision tower writes another width than its blocks: "
                            "the tower cannot be told from a projector")
@@ -251,16 +258,52 @@ def _writes_other_width(module, width: int | None) -> bool:
     return bool(widths) and widths[-1] != width
 
 
+def _writing_other_width(tower) -> set[str]:
+    """The tower's children whose last layer writes another width than the tower's own."""
+    width = _tower_width(tower)
+    return {child for child, module in tower.named_children() if _writes_other_width(module, width)}
+
+
+def _apart_from_blocks(tower, vision) -> set[str]:
+    """The tower's children whose width does not follow its blocks' (its largest child's) when a width of the
+    vision config is changed: each integer field equal to the tower's width is doubled in turn and the tower built
+    again on the meta device; a child whose last layer's width moves while the blocks' stays, or stays while theirs
+    moves, writes a width set apart from the tower's (Qwen2.5-VL's merger: `out_hidden_size`, the language model's
+    width, equal to the tower's `hidden_size` by default)."""
+    import copy
+
+    import torch
+
+    width = _tower_width(tower)
+    children = {c: m for c, m in tower.named_children() if _widths(m)}
+    largest = max(children, key=lambda c: sum(p.numel() for p in children[c].parameters()), default=None)
+    apart: set[str] = set()
+    for key, value in vision.to_dict().items():
+        if largest is None or type(value) is not int or value != width:
+            continue
+        changed = copy.deepcopy(vision)
+        try:
+            setattr(changed, key, 2 * value)
+            with torch.device("meta"):
+                probe = type(tower)._from_config(changed)
+        except Exception:  # noqa: BLE001  (a field that cannot change alone tells nothing)
+            continue
+        again = dict(probe.named_children())
+
+        def moved(c):
+            return _widths(again[c])[-1:] != _widths(children[c])[-1:]
+
+        apart |= {c for c in children if c in again and moved(c) != moved(largest)}
+    return apart
+
+
 def _projector_and_outside(model, modules: dict, names: dict, tower: str, language: str, head: str | None,
-                           vision_type: str) -> tuple[list, dict]:
+                           vision_type: str, mapped_out: set[str]) -> tuple[list, dict]:
     """Projector parts (component, memory prefix, canonical prefix), largest first, and the tensors kept
-    outside every component, by memory prefix, with the reason."""
+    outside every component, by memory prefix, with the reason. `mapped_out` names the tower's children that map
+    out of it (its merger)."""
     groups: dict[str, int] = {}  # memory prefix -> parameter count
-    inside: set[str] = set()
-    tower_width = _tower_width(modules[tower])
-    for child, module in modules[tower].named_children():
-        if _writes_other_width(module, tower_width):
-            inside.add(f"{tower}.{child}.")
+    inside = {f"{tower}.{child}." for child in mapped_out}
     shared = []
     for p, q in zip(tower.split("."), language.split(".")):
         if p != q:

@@ -63,20 +63,14 @@ WRAPPED_SAVED = (("vision_tower.", "model.vision_tower."), *_WRAPPED_REST)
 WRAPPED_HUB = (("vision_tower.vision_model.", "model.vision_tower."), *_WRAPPED_REST)
 WRAPPED_LAYOUTS = {"saved": WRAPPED_SAVED, "hub": WRAPPED_HUB}
 
-# Qwen2-VL and Qwen2.5-VL files (saved and on the hub alike): `visual.*` and the decoder at the top level as a
-# Qwen2 causal LM holds it.
+# Qwen-VL: the merger inside the vision class is the projector.
 QWEN_VISUAL = (("projector", "model.visual.merger.", "merger."), ("vision", "model.visual.", ""), *LANGUAGE)
-QWEN_SAVED = (("visual.", "model.visual."), ("model.", "model.language_model."), ("lm_head.", "lm_head."))
 
 QWEN_TOWER = "takes flattened patches with their grid sizes, not images"
 
 # Hand-written rows: only where the derivation from transformers (adapters/derive.py) is wrong or impossible; a
 # row that the derivation reproduces is deleted (tests/test_derived_families.py checks that each still differs).
 FAMILIES: dict[str, Family] = {f.model_type: f for f in [
-    # Derivation finds no projector: the default Qwen2_5_VLVisionConfig gives the tower and its merger the same
-    # width (3584), so the merger cannot be told from the tower by the width it writes.
-    Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", QWEN_VISUAL,
-           {"saved": QWEN_SAVED}, language_type="qwen2", not_in_llava=QWEN_TOWER),
     # Derivation cannot know that the VL-MoE router always renormalises its top-k weights (norm_topk_prob), which
     # the text-only Qwen3-MoE view of its language model must say (`mmmerge moe` writes these models).
     Family("qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration",
