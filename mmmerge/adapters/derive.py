@@ -11,8 +11,9 @@ the checkpoint's config where the defaults do not build or split) and its module
   other towers (audio, a VQ image generator) built from their own configs are kept outside, with the reason.
 The file layouts are transformers' own: `saved` is the file prefix its save path writes each part under (canonical
 names are file names, so converters and renamings inside a part, such as experts held fused and written one per
-expert, leave the split as it is), `hub` adds the legacy prefixes its load-time mapping removes (a CLIP tower's
-`vision_model.`). The text-only
+expert, leave the split as it is; a part written under several file prefixes, or at the top level beside other
+parts, is split into its children until each reads back), `hub` adds the legacy prefixes its load-time mapping
+removes (a CLIP tower's `vision_model.`). The text-only
 counterpart is the causal LM whose base model holds exactly the language model's tensors.
 
 A derived row is kept on disk per transformers version (`hf_common._kept_on_disk`): deriving imports torch and
