@@ -60,17 +60,8 @@ NOT_SPLIT = {
     "hunyuan_vl": "its default text config leaves head_dim None, which its attention raises to a power",
     "perception_lm": "its default vision config (a timm wrapper) holds no model_args, whose embed_dim sizes its "
                      "projector",
-    "unlimited_ocr": "transformers writes its projector's layers under model.projector.layers. beside the rest at "
-                     "model.: the file prefixes do not read back into the parts they were written for",
     "inkling_mm_model": "its vision tower's layers each write another width (the tower is its encoder layers): "
                         "nothing lies between the tower and the language model",
-    # canonical names are file names: a part holds when all it writes lies under one file prefix; these do not
-    **dict.fromkeys(["kimi_k25", "dots3_note"],
-                    "transformers writes a tensor of one part outside the file prefix the rest of that part is "
-                    "written under"),
-    **dict.fromkeys(["mistral_large4", "ernie4_5_vl_moe", "cosmos3_edge", "cosmos3_omni"],
-                    "transformers writes parts at the top level beside each other: their file prefixes do not read "
-                    "back into the parts they were written for"),
 }
 # Derived types whose whole merge fails for a transformers reason, checked to still fail (strict xfail).
 TRANSFORMERS_FAILS = {
@@ -84,6 +75,10 @@ TEXT_ONLY_FAILS: dict[str, str] = {
                      "text-only MiniMaxM3VLForCausalLM as it holds it (mlp.experts.gate_up_proj)",
     "qianfan_ocr": "transformers writes the VLM's language layers under model.encoder.layers.N and the text-only "
                    "class's under model.layers.N",
+    "kimi_k25": "transformers writes the VLM's language layers as model.blocks.N (its vision tower's unanchored "
+                "blocks -> layers renaming, reversed, renames them too) and the text-only class's as model.layers.N",
+    "cosmos3_omni": "transformers writes the VLM's attention norms as self_attn.norm_q/norm_k (its mapping from "
+                    "Diffusers-style names, reversed) and the text-only class's as q_norm/k_norm",
 }
 
 # Derived types the generic tiny builder cannot build (or transformers cannot save once built), and why.
@@ -94,10 +89,12 @@ NOT_TINY = {
     "gemma3n": "cut to two layers, its layer types no longer hold a layer that produces each cache they use",
     **dict.fromkeys(["inkling2", "inkling2_loop"], "transformers' save path sizes a tensor by a token id beyond the "
                     "shrunk vocabulary (a negative dimension)"),
+    "dots3_note": "its adapter's input width must equal the hidden size, which shrinking changes apart",
+    "ernie4_5_vl_moe": "its expert layout does not fit the shrunk expert count",
 }
 # Tiny models of more than a few million parameters: marked slow.
 HEAVY = {"fast_vlm", "janus", "muse_spark", "muse_glimmer", "llama4", "deepseek_vl_hybrid", "cohere2_vision",
-         "pp_formulanet"}
+         "pp_formulanet", "unlimited_ocr"}
 
 
 @functools.cache
@@ -360,9 +357,9 @@ def _linear_targets(model, model_type, per_component=2):
 
 # LoRA applications that fail, and why (strict xfail: a fix shows).
 LORA_FAILS: dict[str, str] = {
-    **dict.fromkeys(["step3p7", "qianfan_ocr"], "its vision tower's q/k/v are held apart in memory but written fused "
-                    "(qkv): peft's k_proj names no file tensor, and LoRA targets are not yet mapped through "
-                    "transformers' converters"),
+    **dict.fromkeys(["step3p7", "qianfan_ocr", "kimi_k25"], "its vision tower's q/k/v are held apart in memory but "
+                    "written fused (qkv): peft's k_proj names no file tensor, and LoRA targets are not yet mapped "
+                    "through transformers' converters"),
 }
 WITH_LORA = [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=LORA_FAILS[t]))
              if t in LORA_FAILS else t for t in REPRESENTATIVE]

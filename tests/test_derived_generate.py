@@ -47,6 +47,10 @@ NO_PROCESSOR = {
     "ovis2_5": "its default image processor holds no image size (0 by 0)",
     "nemotron_h_omni": "its processor needs an audio feature extractor that transformers maps to no class for it",
     "qianfan_ocr": "its processor counts `<image>` placeholders that no prompt of the tiny processor holds",
+    "cosmos3_omni": "transformers names no processor class for it",
+    "cosmos3_edge": "its processor returns no mm_token_type_ids, which the model's multimodal RoPE needs",
+    "kimi_k25": "its projector's norm keeps the default width (projection_hidden_size), which the shrunk tower does "
+                "not write",
 }
 
 CANDIDATES = [t for t in TINY if t not in HEAVY and t not in TRANSFORMERS_FAILS]

@@ -26,8 +26,6 @@ NOT_BUILT_TINY = {
     "cohere_compass": "its layer types name no `full_attention` layer once cut to two layers",
     "deepseek_ocr2": "the default config leaves a sub-config None that the class indexes",
     "diffusion_gemma": "the default config leaves a size None that the class allocates",
-    "dots3_note": "its adapter's input width must equal the hidden size, which shrinking changes apart",
-    "ernie4_5_vl_moe": "its expert layout does not fit the shrunk expert count",
     "granite4_vision": "the default config leaves a list None that the class measures",
     "hunyuan_vl": "the default config leaves a rope value None that the class raises to a power",
     "perception_lm": "the default config leaves a sub-config None that the class indexes",
@@ -50,7 +48,7 @@ READ_BY_ANOTHER = {
 }
 
 # Tiny models that still take seconds to build and merge: marked slow.
-HEAVY = {"udop", "unlimited_ocr"}
+HEAVY = {"udop"}
 
 LISTED = {**NOT_BUILT_TINY, **TOO_SLOW_TO_BUILD, **TOO_LARGE}
 WHOLE = [t for t in sorted(NOT_SPLIT) if t in ALL_TYPES and t not in LISTED]

@@ -12,8 +12,9 @@ the checkpoint's config where the defaults do not build or split) and its module
   other towers (audio, a VQ image generator) built from their own configs are kept outside, with the reason.
 The file layouts are transformers' own: `saved` is the file prefix its save path writes each part under (canonical
 names are file names, so converters and renamings inside a part, such as experts held fused and written one per
-expert, leave the split as it is), `hub` adds the legacy prefixes its load-time mapping removes (a CLIP tower's
-`vision_model.`). The text-only
+expert, leave the split as it is; a part written under several file prefixes, or at the top level beside other
+parts, is split into its children until each reads back), `hub` adds the legacy prefixes its load-time mapping
+removes (a CLIP tower's `vision_model.`). The text-only
 counterpart is the causal LM whose base model holds exactly the language model's tensors.
 
 A derived row is kept on disk per transformers version (`hf_common._kept_on_disk`): deriving imports torch and
@@ -32,7 +33,7 @@ from .families import Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-12"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-13"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -393,38 +394,67 @@ def _not_in_llava(tower) -> str | None:
 
 
 def _with_layouts(model, family: Family, names: dict) -> Family:
-    """The row with its layouts (`_layouts`); a part whose tensors transformers writes under several file prefixes
-    is split into its children, each a part of the same component with its own file prefix (Kimi-K2.5's projector:
-    `mm_projector.proj.0` beside `model.mm_projector.pre_norm`)."""
+    """The row with its layouts (`_layouts`). Where they do not read back, a part whose tensors transformers writes
+    under several file prefixes (Kimi-K2.5's projector: `mm_projector.proj.0` beside `model.mm_projector.pre_norm`;
+    its tower's `pos_emb` outside `vision_tower.encoder.`), or whose file prefix claims names written for another
+    part (a language model written at the top level beside the vision tower, Mistral-Large-4's), is split into its
+    children, each a part of the same component with its own file prefix, level by level down to single tensors."""
     names = _one_per_block_kind(names)
-    try:
-        return dataclasses.replace(family, layouts=_layouts(model, family, names))
-    except NotDerivable as why:
-        prefixes = sorted({p for _, p, _ in family.parts} | set(family.outside), key=lambda p: (-len(p), p))
-        written = _written_per_part(model, names, prefixes)
-        parts = []
-        for component, prefix, canonical in family.parts:
-            parts.append((component, prefix, canonical))
-            if _one_file_prefix(prefix, written[prefix]):
-                continue
-            mine = [n[len(prefix):] for n in names if n.startswith(prefix)]
-            parts += [(component, prefix + c, canonical + c)
-                      for c in sorted({t.split(".")[0] + ("." if "." in t else "") for t in mine})]
-        if len(parts) == len(family.parts):
-            raise
-        split = dataclasses.replace(family, parts=tuple(parts))
+    while True:
         try:
-            return dataclasses.replace(split, layouts=_layouts(model, split, names))
-        except NotDerivable:
-            raise why from None
+            return dataclasses.replace(family, layouts=_layouts(model, family, names))
+        except NotDerivable as why:
+            split = _split_where_misread(model, family, names)
+            if split == family:
+                raise why from None
+            family = split
 
 
-def _one_file_prefix(prefix: str, files: dict) -> bool:
+def _split_where_misread(model, family: Family, names: dict) -> Family:
+    """The row with each part (or prefix kept outside) that has no one file prefix, or whose file prefix claims file
+    names written for another part, followed by its children (a part left holding no tensor of its own writes
+    nothing and needs no renaming)."""
+    prefixes = sorted({p for _, p, _ in family.parts} | set(family.outside), key=lambda p: (-len(p), p))
+    written = {p: files for p, files in _written_per_part(model, names, prefixes).items() if files}
+    heads = {p: h for p, h in ((p, _one_file_prefix(p, files)) for p, files in written.items()) if h is not None}
+    pairs = tuple((h, p) for p, h in heads.items() if h != p)
+    longest_first = sorted(written, key=len, reverse=True)
+    to_split = set(written) - set(heads)
+    for prefix, files in written.items():
+        for file_name, memory_name in files.items():
+            if prefix in heads and not _reads_back(pairs, longest_first, heads[prefix], prefix, file_name,
+                                                   memory_name):
+                claimed = max((p for h, p in pairs if file_name.startswith(h)), key=lambda p: len(heads[p]),
+                              default=prefix)
+                to_split.add(claimed)
+    parts = []
+    for component, prefix, canonical in family.parts:
+        parts.append((component, prefix, canonical))
+        if prefix in to_split:
+            parts += [(component, prefix + c, canonical + c) for c in _children(prefix, prefixes, names)]
+    outside = dict(family.outside)
+    for prefix, why in family.outside.items():
+        if prefix in to_split:
+            outside.update((prefix + c, why) for c in _children(prefix, prefixes, names))
+    return dataclasses.replace(family, parts=tuple(parts), outside=outside)
+
+
+def _children(prefix: str, prefixes: list[str], names: dict) -> list[str]:
+    """The next name level under a part prefix, over the names no longer prefix holds; none for a single tensor
+    or for block indices (only the first block of each kind is named: `_one_per_block_kind`)."""
+    if not prefix.endswith("."):
+        return []
+    mine = [n[len(prefix):] for n in names
+            if n.startswith(prefix) and next(p for p in prefixes if n.startswith(p)) == prefix]
+    children = sorted({t.split(".")[0] + ("." if "." in t else "") for t in mine})
+    return [] if any(c.rstrip(".").isdigit() for c in children) else children
+
+
+def _one_file_prefix(prefix: str, files: dict) -> str | None:
     try:
-        _file_prefix(prefix, files)
+        return _file_prefix(prefix, files)
     except NotDerivable:
-        return False
-    return True
+        return None
 
 
 def _layouts(model, family: Family, names: dict) -> dict:
@@ -493,11 +523,13 @@ def _keeps_tail(file_name: str, tail: str) -> bool:
 
 
 def _common_prefix(names: list[str]) -> str:
-    """The longest prefix of whole name parts (ending in a dot) that every name starts with."""
+    """The longest prefix of whole name parts (ending in a dot) that every name starts with, short of a block index:
+    only the first block of each kind is named (`_one_per_block_kind`), so an index shared by them all is no prefix
+    the other blocks share."""
     parts = [n.split(".")[:-1] for n in names]
     shared = []
     for level in zip(*parts):
-        if len(set(level)) != 1:
+        if len(set(level)) != 1 or level[0].isdigit():
             break
         shared.append(level[0])
     return "".join(p + "." for p in shared)
@@ -515,19 +547,24 @@ def _one_per_block_kind(names: dict) -> dict:
     return dict(out.values())
 
 
+def _reads_back(pairs: tuple, prefixes: list[str], head: str, prefix: str, file_name: str,
+                memory_name: str | None) -> bool:
+    """A file name written for the part `prefix` (file prefix `head`) reads back into that part (under its memory
+    name where only its prefix is renamed) and writes back as itself; `prefixes` longest first."""
+    back = rename(file_name, pairs, to_memory=True)
+    renamed_only = memory_name is not None and file_name == head + memory_name[len(prefix):]
+    return (next((p for p in prefixes if back.startswith(p)), None) == prefix
+            and (not renamed_only or back == memory_name) and rename(back, pairs, to_memory=False) == file_name)
+
+
 def _minimal(renames: tuple, written: dict[str, dict[str, str | None]], heads: dict[str, str]) -> tuple:
-    """The renamings without those a shorter one already implies, checked both ways on every file name: it reads
-    back into its own part (under its memory name where only its prefix is renamed), and writes back as itself."""
+    """The renamings without those a shorter one already implies, checked both ways on every file name
+    (`_reads_back`)."""
     longest_first = sorted(written, key=len, reverse=True)
 
-    def reads_back(pairs, prefix: str, file_name: str, memory_name: str | None) -> bool:
-        back = rename(file_name, pairs, to_memory=True)
-        renamed_only = memory_name is not None and file_name == heads[prefix] + memory_name[len(prefix):]
-        return (next((p for p in longest_first if back.startswith(p)), None) == prefix
-                and (not renamed_only or back == memory_name) and rename(back, pairs, to_memory=False) == file_name)
-
     def exact(pairs):
-        return all(reads_back(pairs, prefix, f, m) for prefix, files in written.items() for f, m in files.items())
+        return all(_reads_back(pairs, longest_first, heads[prefix], prefix, f, m)
+                   for prefix, files in written.items() for f, m in files.items())
 
     if not exact(renames):
         raise NotDerivable(f"the file prefixes of its parts ({', '.join(f for f, _ in renames)}) do not read back "
