@@ -79,9 +79,8 @@ def _proven(c, t: str, family) -> str:
     if t not in c.TINY:
         return "—"
     proven = "read, merged whole" + (" (slow tests)" if t in c.HEAVY else "")
-    if t in c.TEXT_ONLY_FAILS:
-        return proven + "; LM + text-only fails: " + c.TEXT_ONLY_FAILS[t]
-    if family.language_arch is None and t not in c.HEAVY:
+    text_only_fails = c.TEXT_ONLY_FAILS.get(t)
+    if family.language_arch is None and t not in c.HEAVY and not text_only_fails:
         proven += ", LM + text-only LM"
     for check, fails, name in ((c.WITH_COMPONENTS, c.COMPONENTS_FAILS, "`components:`"),
                                (c.WITH_LORA, c.LORA_FAILS, "LoRA")):
@@ -90,6 +89,8 @@ def _proven(c, t: str, family) -> str:
         elif t in check:
             proven += f", {name}"
     proven += _generates(t)
+    if text_only_fails:
+        proven += "; LM + text-only fails: " + text_only_fails
     if t in c.REFUSED_BUT_RUNS:
         proven += "; stitch refuses its tower, which runs on images alone: " + c.REFUSED_BUT_RUNS[t]
     elif t in c.REFUSED_BY_STITCH:
