@@ -26,6 +26,7 @@ from ..signals import deferred_signals, signals_delivered
 from .samplers import SAMPLERS
 from .spec import SearchSettings
 
+SQLITE_LOCK_WAIT_SECONDS = 120  # how long a process waits for another's write lock on a shared SQLite study
 HEARTBEAT_SECONDS = 30  # a trial whose process stopped beating for twice this is failed and its budget freed
 
 
@@ -110,7 +111,10 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith(("sqlite:", "postgresql", "mysql")):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
+            # SQLite's writers wait for each other's lock 5 s by default: processes sharing a study on a loaded
+            # machine may wait longer, and a wait that runs out fails the whole run
+            patient = {"connect_args": {"timeout": SQLITE_LOCK_WAIT_SECONDS}} if url.startswith("sqlite:") else None
+            return optuna.storages.RDBStorage(url, engine_kwargs=patient, heartbeat_interval=HEARTBEAT_SECONDS,
                                               grace_period=2 * HEARTBEAT_SECONDS)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
 
