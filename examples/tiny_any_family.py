@@ -106,3 +106,12 @@ def tiny_any(model_type: str, seed: int = 0):
     """A random tiny model of the type's image-text-to-text class."""
     torch.manual_seed(seed)
     return model_class(model_type)._from_config(tiny_config(model_type)).eval()
+
+
+def perturb_(model, seed: int = 1, scale: float = 0.05):
+    """The model as a fine-tune of itself: every parameter plus seeded noise (in place; returns the model)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * scale)
+    return model

@@ -18,8 +18,8 @@ import eval_data
 from mmmerge import evaluate, generate, merge
 from mmmerge.eval.generate import build_prompt
 from test_derived_families import HEAVY, TINY, TRANSFORMERS_FAILS
-from tiny_any_family import model_class, tiny_any, tiny_config
-from tiny_any_processor import NoTinyProcessor, tiny_processor
+from tiny_any_family import model_class, perturb_, tiny_any, tiny_config
+from tiny_any_processor import tiny_processor
 
 QUESTION = "what is the color of the dog ?"
 OTHER_MEAN = [0.25, 0.5, 0.75]  # the tuned copy's image processor: the output must not hold it
@@ -106,11 +106,7 @@ def merged(tmp_path_factory):
             model = tiny_any(model_type)
             model.save_pretrained(root / "base")
             processor.save_pretrained(root / "base")
-            g = torch.Generator().manual_seed(1)
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.05)
-            model.save_pretrained(root / "tuned")
+            perturb_(model).save_pretrained(root / "tuned")
             processor.image_processor.image_mean = OTHER_MEAN
             processor.save_pretrained(root / "tuned")
             out = merge({"merge_method": "linear",

@@ -18,7 +18,7 @@ from mmmerge import describe, merge
 from mmmerge.adapters import detect_adapter, hf_whole
 from mmmerge.adapters.hf_common import read_config
 from test_derived_families import ALL_TYPES, NOT_SPLIT
-from tiny_any_family import model_class, tiny_any, tiny_config
+from tiny_any_family import model_class, perturb_, tiny_any, tiny_config
 
 # Types whose shrunk default config does not build or save a model, and why (each checked to fail below).
 NOT_BUILT_TINY = {
@@ -94,11 +94,7 @@ def pair(tmp_path_factory):
             root = tmp_path_factory.mktemp(model_type)
             model = tiny_any(model_type)
             model.save_pretrained(root / "base")
-            g = torch.Generator().manual_seed(1)
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.05)
-            model.save_pretrained(root / "tuned")
+            perturb_(model).save_pretrained(root / "tuned")
             made[model_type] = root / "base", root / "tuned"
         return made[model_type]
 
