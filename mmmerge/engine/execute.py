@@ -21,7 +21,7 @@ from .. import __version__
 from ..checkpoint import LazyTensor
 from ..device import resolve_device  # re-exported: callers import it from here
 from ..errors import MMMergeError, NonFiniteError
-from ..io import atomic_output_dir, check_output_dir, write_safetensors
+from ..io import atomic_output_dir, check_output_dir, pages, write_safetensors
 from ..io.folder import copy_side_files
 from ..io.writer import DEFAULT_SHARD_BYTES
 from ..methods import merge_tensor
@@ -86,7 +86,7 @@ def run_task(task: TensorTask, device: torch.device, rounded: bool = True, *,
                 raise _non_finite(task, device, sources)
         if out is None:
             return result.to("cpu")
-        return result if result is out else out.copy_(result)
+        return result if result is out else pages.copy(out, result)
 
 
 def _non_finite(task: TensorTask, device: torch.device, sources: dict[int, str] | None = None) -> MMMergeError:

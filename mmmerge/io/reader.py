@@ -19,6 +19,7 @@ import torch
 from ..checkpoint import LazyTensor
 from ..errors import MMMergeError, UnreadableFileError, UnsafeCheckpointError
 from ..terminal import printable
+from . import pages
 from .safetensors_header import read_header
 
 SAFETENSORS_DTYPES = {
@@ -50,7 +51,8 @@ def _read_range(path: Path, offset: int, nbytes: int, dtype: torch.dtype, shape:
 
     Each tensor gets its own private mapping, released with the tensor, so its pages leave the process when
     it is freed and peak memory stays a few tensors, not the touched part of the file; writes to the tensor
-    stay in the process (copy-on-write). Where a file cannot be mapped (some file systems, or the process's
+    would stay in the process (copy-on-write), but nothing writes to an input: a tensor over
+    `pages.STREAMED_FROM` bytes has its pages let go a slice at a time as a merge passes over it. Where a file cannot be mapped (some file systems, or the process's
     limit on mappings) the bytes are read instead."""
     if not nbytes:
         return torch.empty(shape, dtype=dtype)
@@ -69,7 +71,10 @@ def _read_range(path: Path, offset: int, nbytes: int, dtype: torch.dtype, shape:
                 return data.view(dtype).reshape(shape)
     except OSError as e:
         raise UnreadableFileError(f"{path}: cannot read tensor data ({first_line(e)})") from e
-    return torch.frombuffer(mapped, dtype=torch.uint8, count=nbytes, offset=offset - start).view(dtype).reshape(shape)
+    data = torch.frombuffer(mapped, dtype=torch.uint8, count=nbytes, offset=offset - start)
+    if nbytes > pages.STREAMED_FROM:  # nothing writes to an input: its pages can be let go as a merge passes
+        pages.track(mapped, data.data_ptr() - (offset - start), shared=False)
+    return data.view(dtype).reshape(shape)
 
 
 def read_pickle(path: Path) -> dict[str, LazyTensor]:

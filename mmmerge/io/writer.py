@@ -20,12 +20,12 @@ import torch
 
 from ..checkpoint import LazyTensor
 from ..errors import ShapeMismatchError
+from . import pages
 from .reader import SAFETENSORS_DTYPES
 
 DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 DEFAULT_SHARD_BYTES = 5 * 1024**3
-MAPPED_FROM = 64 << 20  # bytes: a larger output tensor is computed in place, in the file's mapped pages
-MADV_POPULATE_WRITE = 23  # Linux's number; Python's mmap module does not name it
+MAPPED_FROM = pages.STREAMED_FROM  # bytes: a larger output tensor is computed in place, in the file's mapped pages
 ONE_FILE = 2**62  # max_shard_bytes that never shards: for readers of one file only (open_clip, timm, peft)
 
 
@@ -88,7 +88,7 @@ def write_shard(path: Path, names: list[str], tensors: Mapping[str, LazyTensor],
                     if t.fill is not None:
                         t.fill(view)
                     else:
-                        view.copy_(_checked(name, t, t.load()))
+                        pages.copy(view, _checked(name, t, t.load()))
                 f.seek(offset + t.nbytes)
                 if on_tensor:
                     on_tensor(name, t.nbytes)
@@ -142,17 +142,16 @@ def _reserve(f, size: int) -> bool:
 @contextlib.contextmanager
 def _mapping(f, offset: int, t: LazyTensor):
     """The tensor's bytes in the file as a writable tensor of its dtype and shape, unmapped on leaving (its pages
-    then belong to the page cache alone)."""
+    then belong to the page cache alone). Whoever fills it makes its pages writable and lets them go a slice at
+    a time (io/pages.py), so the process never holds all of them."""
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     region = mmap.mmap(f.fileno(), offset + t.nbytes - start, access=mmap.ACCESS_WRITE, offset=start)
-    try:  # the pages made writable in one call: 3-5x faster than a fault at the first write to each page
-        region.madvise(MADV_POPULATE_WRITE)
-    except OSError:  # Linux before 5.14: the pages fault in as they are written
-        pass
     view = torch.frombuffer(region, dtype=torch.uint8, count=t.nbytes, offset=offset - start)
+    pages.track(region, view.data_ptr() - (offset - start), shared=True)
     try:
         yield view.view(t.dtype).view(t.shape)
     finally:
+        pages.untrack(region)
         del view
         region.close()
 

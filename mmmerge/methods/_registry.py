@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..errors import NonFiniteError, RecipeError, ShapeMismatchError
+from ..io import pages
 
 REQUIRED = object()  # marks a parameter without a default
 BASE_POLICIES = ("required", "optional", "ignored")
@@ -349,7 +350,7 @@ def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
     """`result`, in `out` when one is given (a method that wrote it in place returned it)."""
     if out is None or result is out:
         return result
-    return out.copy_(result)
+    return pages.copy(out, result)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import RecipeError
+from ..io import pages
 from . import _common
 from ._common import WEIGHT, widened
 from ._registry import Param, compute_dtype, method
@@ -43,6 +44,7 @@ def linear(tensors, base, params, global_params, generator=None, out_dtype=None,
     buffer, total = (_common.scratch(("linear", k), min(chunk, out.numel()), dtype, out.device) for k in ("x", "sum"))
     for start in range(0, out.numel(), chunk):
         part = out[start:start + chunk]
+        pages.ready(part)
         acc = part if part.dtype == dtype else total[:part.numel()]
         for i, (x, w) in enumerate(zip(flat, weights)):
             x = widened(x[start:start + chunk], buffer)
@@ -54,4 +56,7 @@ def linear(tensors, base, params, global_params, generator=None, out_dtype=None,
             acc.div_(sum(weights))
         if acc is not part:
             part.copy_(acc)
+        for x in flat:  # a large tensor's file pages, done with (io/pages.py)
+            pages.release(x[start:start + chunk])
+        pages.release(part)
     return out.view(tensors[0].shape) if result is None else result

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from ..io import pages
 from . import _common
 from ._common import DENSITY, INT8_MASK, WEIGHT, check_della_epsilon
 from ._registry import MethodSpec, Param, compute_dtype, register
@@ -89,26 +90,38 @@ class Deltas:
 
     def _half(self, start: int) -> torch.Tensor:
         """The slice's task vector in the half dtype, in the rounding's buffer (valid until its next use)."""
-        x = self.x[start:start + self.chunk]
-        return torch.sub(x, self.base[start:start + self.chunk], out=self.round.buffer[:x.numel()])
+        x, base = self.x[start:start + self.chunk], self.base[start:start + self.chunk]
+        half = torch.sub(x, base, out=self.round.buffer[:x.numel()])
+        _done_with(x, base)
+        return half
 
     def _difference(self, start: int, out: torch.Tensor | None, base: torch.Tensor | None) -> torch.Tensor:
         part = slice(start, start + self.chunk)
         x = self.x[part]
         out = (self.buffer if out is None else out)[:x.numel()]
-        if base is None:
-            base = self.base[part]
-            if base.dtype != self.compute:
-                base = self.wide_base[:x.numel()].copy_(base)
+        own_base = self.base[part] if base is None else None
+        if own_base is not None:
+            base = own_base if own_base.dtype == self.compute else self.wide_base[:x.numel()].copy_(own_base)
         if x.dtype == self.compute:
-            return torch.sub(x, base, out=out)
-        return out.copy_(x).sub_(base)  # widened exactly by a copy: a mixed-dtype subtraction is 2x slower
+            torch.sub(x, base, out=out)
+        else:
+            out.copy_(x).sub_(base)  # widened exactly by a copy: a mixed-dtype subtraction is 2x slower
+        _done_with(x, own_base)
+        return out
 
     def whole(self) -> torch.Tensor:
         out = torch.empty(self.n, dtype=self.dtype, device=self.base.device)
         for start in range(0, self.n, self.chunk):
             out[start:start + self.chunk].copy_(self.part(start))
         return out
+
+
+def _done_with(*inputs: torch.Tensor | None) -> None:
+    """Slices of inputs read for the last time in this pass: a large tensor's file pages leave the process (a later
+    pass maps them again from the page cache; io/pages.py)."""
+    for x in inputs:
+        if x is not None:
+            pages.release(x)
 
 
 # ---- sparsifiers: what each keeps of one task vector, as mergekit 0.1.5's sparsify.py decides it ------------------
@@ -285,6 +298,7 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
         if global_params["lambda"] != 1:
             rounding(mixed.mul_(global_params["lambda"]))
         part = out[start:start + m]
+        pages.ready(part)
         if part.dtype == compute and half is None:
             torch.add(wide_b, mixed, out=part)
         else:
@@ -292,6 +306,7 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
             if half is not None and part.dtype != half:
                 rounding(total)  # mergekit's half-precision result, then written in another dtype
             part.copy_(total)  # rounded once, from float32: the half-precision sum's bits
+        _done_with(b, part)
     return out.view(base.shape) if result is None else result
 
 

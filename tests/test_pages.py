@@ -1,0 +1,115 @@
+"""A large tensor's file pages are held a slice at a time (io/pages.py): released pages leave the process (read
+from the kernel's own account, /proc/self/smaps), read back unchanged, and a merge streamed this way writes the
+same bytes as one that holds whole tensors."""
+
+import os
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import save_file
+
+import mmmerge.io.writer as writer
+from mmmerge import merge
+from mmmerge.checkpoint import LazyTensor
+from mmmerge.io import pages, read_tensors, write_safetensors
+from mmmerge.methods import _common
+from tiny import llama_config, randomize
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads the kernel's page account")
+
+
+def resident_kib(t: torch.Tensor) -> int:
+    """Resident KiB of the mapping that holds `t`'s first byte, as the kernel counts it."""
+    address, inside = t.data_ptr(), False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                low, high = (int(x, 16) for x in head.split("-"))
+                inside = low <= address < high
+            elif inside and head == "Rss:":
+                return int(line.split()[1])
+    raise AssertionError("no mapping holds the tensor")
+
+
+def test_released_input_pages_leave_the_process_and_read_back_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setattr(pages, "STREAMED_FROM", 1 << 20)
+    value = torch.randn(1 << 20, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)  # 2 MiB
+    save_file({"w": value}, tmp_path / "model.safetensors")
+    t = read_tensors(tmp_path / "model.safetensors")["w"].load()
+    assert torch.equal(t, value)  # every page read
+    assert resident_kib(t) >= 2048
+    pages.release(t[: t.numel() // 2])
+    assert resident_kib(t) <= 1024 + 8  # the half released, less a page it shares with the rest
+    pages.release(t)
+    assert resident_kib(t) <= 8
+    assert torch.equal(t, value)  # mapped again from the file
+
+
+def test_memory_the_process_computed_is_never_released(tmp_path, monkeypatch):
+    """Only registered file mappings lose pages: releasing anything else would zero a computed tensor; a small
+    input (under STREAMED_FROM) keeps its pages."""
+    value = torch.randn(1 << 20, generator=torch.Generator().manual_seed(1))
+    computed = value.clone()
+    pages.release(computed)
+    assert torch.equal(computed, value)
+    save_file({"w": value}, tmp_path / "model.safetensors")
+    small = read_tensors(tmp_path / "model.safetensors")["w"].load()
+    assert torch.equal(small, value)
+    before = resident_kib(small)
+    pages.release(small)
+    assert resident_kib(small) == before >= 4096
+
+
+def test_an_output_tensor_filled_in_the_file_leaves_the_process_as_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer, "MAPPED_FROM", 0)
+    value = torch.arange(1 << 20, dtype=torch.float32)
+    held = []
+
+    def fill(out):
+        pages.copy(out, value)
+        held.append(resident_kib(out))
+
+    write_safetensors(tmp_path, {"w": LazyTensor(tuple(value.shape), value.dtype, lambda: value, fill=fill)})
+    assert held[0] <= 8  # 4 MiB written, a page or two still held
+    assert torch.equal(read_tensors(tmp_path / "model.safetensors")["w"].load(), value)
+
+
+@pytest.fixture(scope="module")
+def bf16_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pages")
+    config = llama_config(hidden_size=64, intermediate_size=128, vocab_size=1024)
+    paths = []
+    for i in range(3):
+        model = randomize(transformers.LlamaForCausalLM(config), 0)
+        if i:
+            randomize(model, i)
+        model.to(torch.bfloat16).save_pretrained(root / f"m{i}")
+        paths.append(str(root / f"m{i}"))
+    return paths
+
+
+@pytest.mark.parametrize("method", ["linear", "ties", "dare_ties", "breadcrumbs"])
+def test_a_merge_streamed_a_slice_at_a_time_writes_the_same_bytes(bf16_models, tmp_path, monkeypatch, method):
+    """With slices of 4096 entries and every tensor over 16 KiB streamed (the 1024 x 64 embeddings, the MLPs),
+    the merge releases pages as it goes and writes what it writes holding whole tensors."""
+    base, *models = bf16_models
+    recipe = {"merge_method": method, "dtype": "bfloat16", **({} if method == "linear" else {"base_model": base}),
+              "models": [{"model": m, "parameters": {"weight": w, **({} if method == "linear" else {"density": 0.5})}}
+                         for m, w in zip(models, (0.6, 0.4))]}
+    monkeypatch.setattr(_common, "CHUNK", 4096)
+    whole = merge(recipe, tmp_path / "whole", seed=3, quiet=True)
+    released = []
+
+    def counted(t, release=pages.release):
+        released.append(pages._pages(t, outward=False) is not None)
+        release(t)
+
+    monkeypatch.setattr(pages, "STREAMED_FROM", 16 << 10)
+    monkeypatch.setattr(writer, "MAPPED_FROM", 16 << 10)
+    monkeypatch.setattr(pages, "release", counted)
+    streamed = merge(recipe, tmp_path / "streamed", seed=3, quiet=True)
+    assert sum(released) > 20  # slices of tracked mappings let go
+    assert (streamed / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
