@@ -36,6 +36,7 @@ def resident_kib(t: torch.Tensor) -> int:
 
 def test_released_input_pages_leave_the_process_and_read_back_unchanged(tmp_path, monkeypatch):
     monkeypatch.setattr(pages, "STREAMED_FROM", 1 << 20)
+    monkeypatch.setattr(pages, "RELEASED_EVERY", 0)
     value = torch.randn(1 << 20, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)  # 2 MiB
     save_file({"w": value}, tmp_path / "model.safetensors")
     t = read_tensors(tmp_path / "model.safetensors")["w"].load()
@@ -46,6 +47,26 @@ def test_released_input_pages_leave_the_process_and_read_back_unchanged(tmp_path
     pages.release(t)
     assert resident_kib(t) <= 8
     assert torch.equal(t, value)  # mapped again from the file
+
+
+def test_pages_are_let_go_a_few_mib_at_a_time(tmp_path, monkeypatch):
+    """Slices released one by one leave together once RELEASED_EVERY bytes are due (each call flushes every
+    thread's TLB); a new pass from the start lets the pending ones go first."""
+    monkeypatch.setattr(pages, "STREAMED_FROM", 1 << 20)
+    monkeypatch.setattr(pages, "RELEASED_EVERY", 768 << 10)
+    value = torch.randn(1 << 21, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)  # 4 MiB
+    save_file({"w": value}, tmp_path / "model.safetensors")
+    t = read_tensors(tmp_path / "model.safetensors")["w"].load()
+    assert torch.equal(t, value)
+    quarter = 1 << 18  # entries: 512 KiB
+    pages.release(t[:quarter])
+    assert resident_kib(t) >= 4096  # pending
+    pages.release(t[quarter:2 * quarter])
+    assert 3072 - 8 <= resident_kib(t) <= 3072 + 8  # 768 KiB due: both let go
+    pages.release(t[2 * quarter:3 * quarter])
+    pages.release(t[:quarter])  # a new pass: the pending slice goes first
+    assert resident_kib(t) <= 2560 + 16  # less a page at each boundary
+    assert torch.equal(t, value)
 
 
 def test_memory_the_process_computed_is_never_released(tmp_path, monkeypatch):
@@ -65,6 +86,7 @@ def test_memory_the_process_computed_is_never_released(tmp_path, monkeypatch):
 
 def test_an_output_tensor_filled_in_the_file_leaves_the_process_as_written(tmp_path, monkeypatch):
     monkeypatch.setattr(writer, "MAPPED_FROM", 0)
+    monkeypatch.setattr(pages, "RELEASED_EVERY", 0)
     value = torch.arange(1 << 20, dtype=torch.float32)
     held = []
 

@@ -21,16 +21,43 @@ import torch
 
 MADV_POPULATE_WRITE = 23  # Linux's number; Python's mmap module does not name it
 STREAMED_FROM = 64 << 20  # bytes: a larger tensor's pages are held a slice at a time
+RELEASED_EVERY = 8 << 20  # bytes let go in one call: each call stops every thread of the process to flush its TLB,
+#                           so releasing every 512 KiB slice on its own cost more than the pages' faults
 SLICE = 8 << 20  # bytes copied at a time by `copy`
 
-_TRACKED: dict[int, tuple[int, int, weakref.ref, bool]] = {}  # id(mapping) -> (address, length, mapping, shared)
+
+class _Mapping:
+    """A registered mapping: where it lies, and the pages done with but not yet let go (`pending`, byte offsets)."""
+
+    def __init__(self, mapping: mmap.mmap, address: int, *, shared: bool):
+        key = id(mapping)
+        self.ref = weakref.ref(mapping, lambda _: _TRACKED.pop(key, None))
+        self.address, self.length, self.shared, self.pending = address, len(mapping), shared, None
+
+    def release(self, lo: int, hi: int) -> None:
+        """Let go of bytes lo..hi (whole pages), with the pending ones before them, once RELEASED_EVERY are due;
+        a range that starts before the pending ones (a new pass over the tensor) lets those go first."""
+        if self.pending is not None and lo < self.pending[0]:
+            self.flush()
+        self.pending = (lo, hi) if self.pending is None else (self.pending[0], max(hi, self.pending[1]))
+        if self.pending[1] - self.pending[0] >= RELEASED_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        mapping = self.ref()
+        if self.pending is not None and mapping is not None and not mapping.closed:
+            lo, hi = self.pending
+            mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        self.pending = None
+
+
+_TRACKED: dict[int, _Mapping] = {}  # id(mapping) -> its registration
 
 
 def track(mapping: mmap.mmap, address: int, *, shared: bool) -> None:
     """Register a mapping at `address` whose pages `release` may drop (`shared`: the output file's, which `ready`
     also makes writable). Unregistered when the mapping is freed or `untrack`ed."""
-    key = id(mapping)
-    _TRACKED[key] = (address, len(mapping), weakref.ref(mapping, lambda _: _TRACKED.pop(key, None)), shared)
+    _TRACKED[id(mapping)] = _Mapping(mapping, address, shared=shared)
 
 
 def untrack(mapping: mmap.mmap) -> None:
@@ -38,40 +65,41 @@ def untrack(mapping: mmap.mmap) -> None:
 
 
 def _pages(t: torch.Tensor, *, outward: bool):
-    """(mapping, first byte, length) of the whole pages of a tracked mapping that `t`'s bytes cover (`outward`:
-    also the pages it covers in part), or None."""
+    """(registration, first byte, end byte) of the whole pages of a tracked mapping that `t`'s bytes cover
+    (`outward`: also the pages it covers in part), or None."""
     if not _TRACKED or not t.is_contiguous() or t.device.type != "cpu":
         return None
     begin = t.data_ptr()
     end = begin + t.numel() * t.element_size()
-    for address, length, ref, shared in _TRACKED.values():
-        if address <= begin and end <= address + length:
-            mapping = ref()
+    for entry in _TRACKED.values():
+        if entry.address <= begin and end <= entry.address + entry.length:
+            mapping = entry.ref()
             if mapping is None or mapping.closed:
                 return None
             page = mmap.PAGESIZE
-            lo, hi = begin - address, end - address
+            lo, hi = begin - entry.address, end - entry.address
             lo, hi = (lo // page * page, -(-hi // page) * page) if outward else (-(-lo // page) * page, hi // page * page)
-            return (mapping, lo, min(hi, length) - lo, shared) if hi > lo else None
+            return (entry, lo, min(hi, entry.length)) if hi > lo else None
     return None
 
 
 def release(t: torch.Tensor) -> None:
-    """Drop the pages wholly inside `t`'s bytes from the process, where `t` lies in a tracked mapping."""
+    """Let the pages wholly inside `t`'s bytes leave the process, where `t` lies in a tracked mapping: with those
+    released before them, once RELEASED_EVERY bytes are due."""
     found = _pages(t, outward=False)
     if found is not None:
-        mapping, start, length, _ = found
-        mapping.madvise(mmap.MADV_DONTNEED, start, length)
+        entry, lo, hi = found
+        entry.release(lo, hi)
 
 
 def ready(t: torch.Tensor) -> None:
     """Make the pages of `t`'s bytes writable in one call, where `t` lies in a tracked shared mapping (a fault at
     the first write to each page is 3-5x slower)."""
     found = _pages(t, outward=True)
-    if found is not None and found[3]:
-        mapping, start, length, _ = found
+    if found is not None and found[0].shared:
+        entry, lo, hi = found
         try:
-            mapping.madvise(MADV_POPULATE_WRITE, start, length)
+            entry.ref().madvise(MADV_POPULATE_WRITE, lo, hi - lo)
         except OSError:  # Linux before 5.14: the pages fault in as they are written
             pass
 
