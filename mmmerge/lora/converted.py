@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from typing import Callable
 
 import torch
 
 from ..adapters.hf_common import _kept_on_disk
-from ..adapters.hf_whole import COMPONENT
 from ..checkpoint import Checkpoint, LazyTensor
 
 
@@ -68,11 +68,8 @@ def converted_groups(arch: str, config_json: str) -> dict[str, dict]:
 
 
 def class_of(ckpt: Checkpoint) -> tuple[str, str] | None:
-    """(transformers class, its config as JSON) of the model peft wrapped: a whole model's own class, a multimodal
-    family's class with the folder's config.json; None for other formats (nothing is converted there)."""
-    if ckpt.whole is not None:
-        component = ckpt.component(COMPONENT)
-        return component.arch, json.dumps(component.config, sort_keys=True, default=str)
+    """(transformers class, its config as JSON) of the multimodal model peft wrapped; None for other formats and
+    models read whole (none of whose tiny types converts a Linear layer's weight)."""
     config = ckpt.source_config.get("config.json")
     if ckpt.family is None or config is None:
         return None
@@ -84,6 +81,7 @@ def file_updates(arch: str, config_json: str, group: dict,
     """File name -> its float32 update, for the file tensors of `group`, from the in-memory updates of its members
     (name -> the update in the member's own layout). The group's conversion runs once per use, on first demand."""
     pending: dict[str, torch.Tensor] = {}
+    lock = threading.Lock()  # the executor may load a group's file tensors from several threads
 
     def convert() -> dict[str, torch.Tensor]:
         from ..adapters.hf_export import to_file_names
@@ -93,10 +91,10 @@ def file_updates(arch: str, config_json: str, group: dict,
         return to_file_names(_meta_model(arch, config_json), state)
 
     def take(file: str) -> torch.Tensor:
-        nonlocal pending
-        if file not in pending:  # each file tensor takes its share once; a second load converts again
-            pending = convert()
-        return pending.pop(file)
+        with lock:
+            if file not in pending:  # each file tensor takes its share once; a second load converts again
+                pending.update(convert())
+            return pending.pop(file)
 
     return {f: functools.partial(take, f) for f in group["file"]}
 

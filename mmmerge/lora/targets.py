@@ -41,9 +41,7 @@ def locate(ckpt: Checkpoint, name: str, suffix: str = ".weight") -> tuple[str, s
 
 def file_tensor(ckpt: Checkpoint, file: str) -> tuple[str, str] | None:
     """(component, canonical name) of the tensor a file written by transformers' save path names `file`, or None
-    when the checkpoint holds no such tensor."""
-    if ckpt.whole is not None:
-        return (COMPONENT, file) if file in ckpt.component(COMPONENT).tensors else None
+    when the checkpoint holds no such tensor (or is not a multimodal family)."""
     if ckpt.family is None:
         return None
     where = split_name(ckpt.family, rename(file, ckpt.family.layout("saved"), to_memory=True))
