@@ -356,11 +356,7 @@ def _linear_targets(model, model_type, per_component=2):
 
 
 # LoRA applications that fail, and why (strict xfail: a fix shows).
-LORA_FAILS: dict[str, str] = {
-    **dict.fromkeys(["step3p7", "qianfan_ocr", "kimi_k25"], "its vision tower's q/k/v are held apart in memory but "
-                    "written fused (qkv): peft's k_proj names no file tensor, and LoRA targets are not yet mapped "
-                    "through transformers' converters"),
-}
+LORA_FAILS: dict[str, str] = {}
 WITH_LORA = [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=LORA_FAILS[t]))
              if t in LORA_FAILS else t for t in REPRESENTATIVE]
 

@@ -9,14 +9,16 @@ shapes first, so a wrong base fails before any data is read.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import Checkpoint, Component, LazyTensor
 from ..errors import ShapeMismatchError
+from . import converted
 from .adapter import AdapterMismatchError, LoraAdapter, LoraModule, read_adapter
-from .targets import locate, locate_tensor
+from .targets import file_tensor, locate, locate_tensor
 
 
 def _adapted(w: LazyTensor, module: LoraModule) -> LazyTensor:
@@ -52,10 +54,12 @@ def apply_lora(ckpt: Checkpoint, adapter: LoraAdapter) -> Checkpoint:
             raise ShapeMismatchError(f"{adapter.file}: tensor {name} has shape {tuple(t.shape)} but {cname} tensor "
                                      f"{tname} of {ckpt.path} has shape {tuple(tensors[cname][tname].shape)}")
         tensors[cname][tname] = _cast(t, tensors[cname][tname].dtype)
+    unfound = {}
     for name, module in adapter.modules.items():
         found = locate(ckpt, name)
         if found is None:
-            raise _missing(adapter, ckpt, name)
+            unfound[name] = module
+            continue
         cname, tname = found
         w = tensors[cname][tname]
         if tuple(w.shape) != module.weight_shape:
@@ -69,8 +73,58 @@ def apply_lora(ckpt: Checkpoint, adapter: LoraAdapter) -> Checkpoint:
                 raise ShapeMismatchError(f"{adapter.file}: module {name}: lora_B.bias needs a bias of shape "
                                          f"{tuple(module.bias.shape)} in the base; {cname} tensor {bname} does not fit")
             tensors[cname][bname] = _with_bias(tensors[cname][bname], module)
+    if unfound:
+        _apply_converted(ckpt, adapter, tensors, unfound)
     comps = {c: dataclasses.replace(comp, tensors=tensors[c]) for c, comp in ckpt.components.items()}
     return dataclasses.replace(ckpt, components=comps)
+
+
+def _apply_converted(ckpt: Checkpoint, adapter: LoraAdapter, tensors: dict[str, dict[str, LazyTensor]],
+                     modules: dict[str, LoraModule]) -> None:
+    """Modules that name no file tensor because transformers converts them when it saves (q/k/v held apart, written
+    fused): each group's updates are written as transformers writes the group (converted.py)."""
+    key = converted.class_of(ckpt)
+    groups = converted.converted_groups(*key) if key else {}
+    updates = {}  # in-memory tensor name -> its update
+    for name, module in modules.items():
+        weight = groups.get(name + ".weight")
+        if weight is None:
+            raise _missing(adapter, ckpt, name)
+        if tuple(weight["memory"][name + ".weight"]) != module.weight_shape:
+            raise ShapeMismatchError(f"{adapter.file}: module {name}: the LoRA update has shape {module.weight_shape}"
+                                     f" but {key[0]} holds "
+                                     f"{name}.weight with shape {tuple(weight['memory'][name + '.weight'])}")
+        updates[name + ".weight"] = module.delta
+        if module.bias is not None:
+            _add_bias(ckpt, adapter, tensors, groups, updates, name, module)
+    done = set()
+    for name in updates:
+        group = groups[name]
+        if tuple(group["memory"]) in done:  # each member holds its group (a copy, once kept on disk)
+            continue
+        done.add(tuple(group["memory"]))
+        members = {m: updates[m] for m in group["memory"] if m in updates}
+        for file, update in converted.file_updates(*key, group, members).items():
+            found = file_tensor(ckpt, file)
+            if found is None or tuple(tensors[found[0]][found[1]].shape) != tuple(group["file"][file]):
+                raise _missing(adapter, ckpt, f"{', '.join(m.removesuffix('.weight') for m in members)} (written "
+                                              f"as {file})")
+            cname, tname = found
+            tensors[cname][tname] = converted.adapted(tensors[cname][tname], update)
+
+
+def _add_bias(ckpt, adapter, tensors, groups, updates, name, module) -> None:
+    """lora_B.bias of a converted module: its bias is renamed only (added as it is) or converted with its group."""
+    scaled = functools.partial(lambda b, s: b.load().float() * s, module.bias, module.scale)
+    found = locate(ckpt, name, ".bias")
+    if found is not None and tuple(tensors[found[0]][found[1]].shape) == tuple(module.bias.shape):
+        tensors[found[0]][found[1]] = converted.adapted(tensors[found[0]][found[1]], scaled)
+    elif groups.get(name + ".bias") and tuple(groups[name + ".bias"]["memory"][name + ".bias"]) == tuple(
+            module.bias.shape):
+        updates[name + ".bias"] = scaled
+    else:
+        raise ShapeMismatchError(f"{adapter.file}: module {name}: lora_B.bias needs a bias of shape "
+                                 f"{tuple(module.bias.shape)} in the base; {ckpt.path} has none that fits")
 
 
 def _cast(t: LazyTensor, dtype: torch.dtype) -> LazyTensor:

@@ -36,7 +36,15 @@ def locate(ckpt: Checkpoint, name: str, suffix: str = ".weight") -> tuple[str, s
         if where is not None and where[0] in ckpt.components and where[1] in ckpt.components[where[0]].tensors:
             return where
     file = saved_name(ckpt, name + suffix)  # renamed inside its part when saved: the row's name of its file name
-    where = file and split_name(family, rename(file, family.layout("saved"), to_memory=True))
+    return file and file_tensor(ckpt, file)
+
+
+def file_tensor(ckpt: Checkpoint, file: str) -> tuple[str, str] | None:
+    """(component, canonical name) of the tensor a file written by transformers' save path names `file`, or None
+    when the checkpoint holds no such tensor (or is not a multimodal family)."""
+    if ckpt.family is None:
+        return None
+    where = split_name(ckpt.family, rename(file, ckpt.family.layout("saved"), to_memory=True))
     if where and where[0] in ckpt.components and where[1] in ckpt.components[where[0]].tensors:
         return where
     return None
