@@ -71,7 +71,7 @@ def _pages(t: torch.Tensor, *, outward: bool):
         return None
     begin = t.data_ptr()
     end = begin + t.numel() * t.element_size()
-    for entry in _TRACKED.values():
+    for entry in list(_TRACKED.values()):  # a snapshot: another thread, or a freed mapping, may change it
         if entry.address <= begin and end <= entry.address + entry.length:
             mapping = entry.ref()
             if mapping is None or mapping.closed:
