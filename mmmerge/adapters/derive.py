@@ -33,7 +33,7 @@ from .families import Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-13"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-14"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -153,6 +153,10 @@ def _build_on_meta(model_type: str, config_json: str | None):
     except Exception as e:  # noqa: BLE001  (configs fail to build in many ways)
         raise NotDerivable(f"its config class does not build from {source} ({_one_line(e)})") from e
     text, vision = getattr(config, "text_config", None), getattr(config, "vision_config", None)
+    if text is None and vision is not None and type(getattr(config, "vocab_size", None)) is int:
+        why = _why_no_language_apart(model_type, cls_name, type(config).__name__)
+        if why:
+            raise NotDerivable(why)
     if text is None or vision is None:
         missing = " and ".join(k for k, v in (("text_config", text), ("vision_config", vision)) if v is None)
         raise NotDerivable(f"{type(config).__name__} has no {missing}: no vision tower and language model to split")
@@ -162,6 +166,21 @@ def _build_on_meta(model_type: str, config_json: str | None):
     except Exception as e:  # noqa: BLE001  (default configs that do not build fail in many ways)
         raise NotDerivable(f"its class does not build from {source} ({_one_line(e)})") from e
     return cls_name, text, vision, model
+
+
+def _why_no_language_apart(model_type: str, cls_name: str, config_name: str) -> str | None:
+    """Why a class whose config is itself the decoder's (no text config: IDEFICS, GIT) has no language model apart,
+    or None where transformers maps the type to a causal LM other than the VLM: its decoder is built inside the
+    type's base model beside the vision tower, and only a text-only causal LM of the type would say which of the
+    base model's tensors are the language model's."""
+    causal = auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(model_type)
+    if causal not in (None, cls_name):
+        return None
+    base = auto_class_names("MODEL_MAPPING_NAMES").get(model_type, f"the {model_type} model")
+    said = (f"transformers' causal LM of {model_type} is {causal}, the VLM itself" if causal
+            else f"transformers maps {model_type} to no causal LM")
+    return (f"{config_name} configures the decoder at the top level and {base} builds it beside the vision tower; "
+            f"{said}, so no text-only class holds the language model alone")
 
 
 def _vision_fields(tower_cls: type, vision) -> tuple[str | None, str | None]:
