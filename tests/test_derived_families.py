@@ -201,6 +201,34 @@ def test_a_vision_config_the_default_leaves_out_derives_from_a_checkpoints_confi
     assert tower.config.model_type == config.vision_config.model_type
 
 
+def test_an_audio_embedder_beside_the_image_projector_is_kept_outside():
+    """A gemma4 checkpoint with an audio tower too (as Gemma 4's small models have): `embed_audio` is kept outside
+    with the audio tower, and the projector is the row's without audio. Independently, from transformers: the
+    embedder's size follows the audio config's output width, not the vision config's width."""
+    import copy
+
+    import transformers as T
+
+    from tiny_any_family import with_default_vision
+
+    config = with_default_vision(T.AutoConfig.for_model("gemma4"))
+    config.audio_config = T.Gemma4AudioConfig()
+    family = derive_family("gemma4", config.to_dict())
+    assert {"model.audio_tower.", "model.embed_audio."} <= set(family.outside)
+    assert [p for p in family.parts if p[0] == "projector"] == \
+        [p for p in contract_family("gemma4").parts if p[0] == "projector"]
+
+    def embedder_size(cfg):
+        with torch.device("meta"):
+            model = model_class(family.cls)._from_config(cfg)
+        return sum(p.numel() for p in model.get_submodule("model.embed_audio").parameters())
+
+    wider_audio, wider_vision = copy.deepcopy(config), copy.deepcopy(config)
+    wider_audio.audio_config.output_proj_dims *= 2
+    wider_vision.vision_config.hidden_size *= 2
+    assert embedder_size(wider_audio) != embedder_size(config) == embedder_size(wider_vision)
+
+
 @pytest.mark.parametrize("model_type", ["idefics", "git"])
 def test_a_decoder_configured_at_the_top_level_says_why_it_is_not_split(model_type):
     """IDEFICS and GIT configure the decoder at the top level (no text config): the reason names the base model that
