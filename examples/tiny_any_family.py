@@ -3,7 +3,8 @@
     model = tiny_any("idefics2")            # a random Idefics2ForConditionalGeneration, a few hundred KB
     model.save_pretrained(folder)
 
-No per-family code: the default config is shrunk key by key (widths, layer counts, heads, experts, vocabulary;
+No per-family code: the default config (with a vision sub-config it leaves out filled with that sub-config's own
+defaults) is shrunk key by key (widths, layer counts, heads, experts, vocabulary;
 lists of layer indices cut to the layers left), recursively through its sub-configs. The only family knowledge
 is the small OVERRIDES table, each entry with its reason. Token ids the shrunk vocabulary no longer holds move inside
 it, so a tiny model with a processor (examples/tiny_any_processor.py) can generate.
@@ -18,7 +19,8 @@ from transformers.models.auto import modeling_auto
 WIDTH, FFN, LAYERS, HEADS, KV_HEADS, EXPERTS, VOCAB = 32, 64, 2, 4, 2, 4, 320
 SHRINK = {
     **dict.fromkeys(("hidden_size", "embed_dim", "d_model", "n_embd", "out_hidden_size", "projection_dim",
-                     "text_hidden_size", "vision_hidden_size", "hidden_dim", "width", "codebook_dim"), WIDTH),
+                     "text_hidden_size", "vision_hidden_size", "hidden_dim", "width", "codebook_dim",
+                     "hidden_size_per_layer_input", "mm_embed_dim"), WIDTH),
     **dict.fromkeys(("intermediate_size", "ffn_dim", "mlp_dim", "moe_intermediate_size", "encoder_ffn_dim",
                      "decoder_ffn_dim", "shared_expert_intermediate_size", "n_inner"), FFN),
     **dict.fromkeys(("num_hidden_layers", "num_layers", "depth", "n_layer", "n_layers", "encoder_layers",
@@ -28,7 +30,7 @@ SHRINK = {
     **dict.fromkeys(("num_key_value_heads",), KV_HEADS),
     **dict.fromkeys(("num_experts", "n_routed_experts", "num_local_experts"), EXPERTS),
     **dict.fromkeys(("num_experts_per_tok", "moe_k"), 2),
-    **dict.fromkeys(("vocab_size",), VOCAB),
+    **dict.fromkeys(("vocab_size", "vocab_size_per_layer_input"), VOCAB),
     "head_dim": WIDTH // HEADS,
 }
 
@@ -89,9 +91,19 @@ def _ids_inside_the_text_vocabulary(data: dict) -> dict:
             for k, v in data.items()}
 
 
+def with_default_vision(config: T.PretrainedConfig) -> T.PretrainedConfig:
+    """`config` with each vision sub-config its class declares optional but leaves None filled with that
+    sub-config's own defaults (in place): gemma4's default config has no vision tower, its checkpoints do."""
+    for key, spec in getattr(type(config), "sub_configs_defaults", {}).items():
+        if "vision" in key and getattr(config, key, None) is None:
+            setattr(config, key, spec.create_subconfig(key)[0])
+    return config
+
+
 def tiny_config(model_type: str) -> T.PretrainedConfig:
-    """The type's default config, shrunk (see the module docstring)."""
-    config = T.AutoConfig.for_model(model_type)
+    """The type's default config, its vision sub-config filled in where the default leaves it out, shrunk (see the
+    module docstring)."""
+    config = with_default_vision(T.AutoConfig.for_model(model_type))
     data = _ids_inside_the_text_vocabulary(_shrink(config.to_dict()))
     data.update(OVERRIDES.get(model_type, ({}, ""))[0])
     data.pop("model_type", None)

@@ -54,7 +54,7 @@ def rows() -> list[tuple[str, str, str]]:
             out.append((t, "not split: " + c.NOT_SPLIT.get(t, "no reason listed"), _proven_whole(t)))
             continue
         how = ("hand-written override" if t in FAMILIES else "derived" if family_named(t) is not None
-               else "derived from a checkpoint's config (its default config does not build)")
+               else "derived from a checkpoint's config (its default config does not build or split)")
         out.append((t, f"{how}; {_language(family)}", _proven(c, t, family)))
     return out
 

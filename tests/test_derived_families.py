@@ -39,12 +39,16 @@ NOT_SPLIT = {
     "pi05": "an action policy (a VLM inside a flow-matching action expert), not an image-text-to-text VLM",
     "evolla": "a protein-text model: no vision config",
     "mistral4": "a text-only causal LM listed for image-text-to-text",
-    "gemma4": "the default config holds no vision config (a checkpoint with one derives)",
-    "gemma4_unified": "the default config holds no vision config (a checkpoint with one derives)",
+    "gemma4_unified": "no vision tower: an encoder-free embedder (Gemma4UnifiedVisionEmbedder) projects raw pixel "
+                      "patches into the language model",
     "chameleon": "early fusion: images are VQ tokens of one vocabulary, no vision config",
     "emu3": "early fusion: images are VQ tokens of one vocabulary, no vision config",
-    "git": "no text config: the decoder is configured at the top level",
-    "idefics": "no text config: the decoder is configured at the top level",
+    "git": "no text config: its BERT-style decoder is built inside GitModel beside the image encoder, and "
+           "transformers' causal LM of git is GitForCausalLM, the captioner itself: no text-only class holds the "
+           "language model alone",
+    "idefics": "no text config: its decoder is built inside IdeficsModel beside the vision tower, the perceiver and "
+               "the gated cross-attention layers, and transformers maps idefics to no causal LM: no text-only class "
+               "holds the language model alone (its decoder layers carry Llama's names, but no mapping says so)",
     "blip": "a captioner: vision tower and text decoder with nothing between",
     "pix2struct": "an encoder-decoder: nothing between the encoder and the decoder",
     "t5gemma2": "an encoder-decoder: no text and vision configs",
@@ -170,6 +174,85 @@ def test_new_families_are_derived(model_type):
     family = family_named(model_type)
     assert family is not None and model_type not in FAMILIES
     assert {c for c, _, _ in family.parts} == {"vision", "projector", "language"}
+
+
+def test_a_vision_config_the_default_leaves_out_derives_from_a_checkpoints_config(tmp_path):
+    """gemma4's default config leaves its optional vision config None (no row from default values); a checkpoint's
+    config.json holds one. From a full-size config with the vision sub-config's defaults, as save_pretrained writes
+    it, the folder's row is the contract's (derived from the tiny config), and its vision prefix is the submodule
+    transformers builds from that vision config."""
+    import transformers as T
+
+    from mmmerge.adapters.families import family_of
+    from mmmerge.adapters.hf_common import read_config
+    from tiny_any_family import with_default_vision
+
+    model_type = "gemma4"
+    assert T.AutoConfig.for_model(model_type).vision_config is None
+    with pytest.raises(NotDerivable):
+        derive_family(model_type)
+    config = with_default_vision(T.AutoConfig.for_model(model_type))
+    config.save_pretrained(tmp_path)
+    family = family_of(read_config(tmp_path))
+    assert family is not None and family == contract_family(model_type)
+    with torch.device("meta"):
+        model = model_class(family.cls)._from_config(config)
+    tower = model.get_submodule(next(p for c, p, _ in family.parts if c == "vision").rstrip("."))
+    assert tower.config.model_type == config.vision_config.model_type
+
+
+def test_an_audio_embedder_beside_the_image_projector_is_kept_outside():
+    """A gemma4 checkpoint with an audio tower too (as Gemma 4's small models have): `embed_audio` is kept outside
+    with the audio tower, and the projector is the row's without audio. Independently, from transformers: the
+    embedder's size follows the audio config's output width, not the vision config's width."""
+    import copy
+
+    import transformers as T
+
+    from tiny_any_family import with_default_vision
+
+    config = with_default_vision(T.AutoConfig.for_model("gemma4"))
+    config.audio_config = T.Gemma4AudioConfig()
+    family = derive_family("gemma4", config.to_dict())
+    assert {"model.audio_tower.", "model.embed_audio."} <= set(family.outside)
+    assert [p for p in family.parts if p[0] == "projector"] == \
+        [p for p in contract_family("gemma4").parts if p[0] == "projector"]
+
+    def embedder_size(cfg):
+        with torch.device("meta"):
+            model = model_class(family.cls)._from_config(cfg)
+        return sum(p.numel() for p in model.get_submodule("model.embed_audio").parameters())
+
+    wider_audio, wider_vision = copy.deepcopy(config), copy.deepcopy(config)
+    wider_audio.audio_config.output_proj_dims *= 2
+    wider_vision.vision_config.hidden_size *= 2
+    assert embedder_size(wider_audio) != embedder_size(config) == embedder_size(wider_vision)
+
+
+@pytest.mark.parametrize("model_type", ["idefics", "git"])
+def test_a_decoder_configured_at_the_top_level_says_why_it_is_not_split(model_type):
+    """IDEFICS and GIT configure the decoder at the top level (no text config): the reason names the base model that
+    builds it, and what it says holds in transformers: that base model, and the type's causal LM where transformers
+    maps one (the VLM's own class), grow with the vision tower's depth, so each holds the tower too."""
+    import copy
+
+    import transformers as T
+
+    why = str(_why(model_type))
+    base = auto_class_names("MODEL_MAPPING_NAMES")[model_type]
+    causal = auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(model_type)
+    assert "configures the decoder at the top level" in why and base in why, why
+    assert causal in (None, auto_class_names("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES")[model_type])
+    config = tiny_config(model_type)
+    deeper = copy.deepcopy(config)
+    deeper.vision_config.num_hidden_layers += 1
+
+    def size(cls, cfg):
+        with torch.device("meta"):
+            return sum(p.numel() for p in getattr(T, cls)(cfg).parameters())
+
+    for cls in [base] + ([causal] if causal else []):
+        assert size(cls, deeper) > size(cls, config), cls
 
 
 def test_inspect_reads_a_derived_family(saved):

@@ -33,16 +33,14 @@ NOT_BUILT_TINY = {
 # Built tiny, but not tried: building it takes longer than a test may (not checked: that is the point).
 TOO_SLOW_TO_BUILD = {"inkling_mm_model": "building the tiny model does not finish within a minute"}
 # Built tiny, but large: not merged here (a meta-device build checks the size below).
-TOO_LARGE = {
-    "gemma4": "its tiny model still holds over 100M parameters (per-layer input embeddings of the full vocabulary)",
-}
+TOO_LARGE: dict[str, str] = {}
 LARGE = 20_000_000
 # Types that merge whole but whose output (as their input) transformers cannot load, and why (checked to fail: a fix
 # in transformers shows).
 TRANSFORMERS_FAILS: dict[str, str] = {}
 # Types another adapter than the whole-model one reads: (the adapter module's name, why).
 READ_BY_ANOTHER = {
-    **dict.fromkeys(["fuyu", "gemma4_unified", "mistral4"],
+    **dict.fromkeys(["fuyu", "mistral4"],
                     ("hf_causal_lm", "transformers registers its class as a causal LM and the config has no vision "
                                      "tower: read as one language model")),
 }

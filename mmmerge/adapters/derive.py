@@ -9,7 +9,8 @@ the checkpoint's config where the defaults do not build or split) and its module
   they map out of the tower; where the default widths coincide and nothing else lies between, a child whose width
   does not follow the blocks' when a width of the vision config changes is (Qwen2.5-VL's merger);
 - the projector is what else the common parent of both holds (merger, connector, resampler, Q-Former);
-  other towers (audio, a VQ image generator) built from their own configs are kept outside, with the reason.
+  other towers (audio, a VQ image generator) built from their own configs, and the embedders of sound inputs into
+  the language model (Gemma 4's `embed_audio`), are kept outside, with the reason.
 The file layouts are transformers' own: `saved` is the file prefix its save path writes each part under (canonical
 names are file names, so converters and renamings inside a part, such as experts held fused and written one per
 expert, leave the split as it is; a part written under several file prefixes, or at the top level beside other
@@ -33,7 +34,7 @@ from .families import Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-13"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-15"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -153,6 +154,10 @@ def _build_on_meta(model_type: str, config_json: str | None):
     except Exception as e:  # noqa: BLE001  (configs fail to build in many ways)
         raise NotDerivable(f"its config class does not build from {source} ({_one_line(e)})") from e
     text, vision = getattr(config, "text_config", None), getattr(config, "vision_config", None)
+    if text is None and vision is not None and type(getattr(config, "vocab_size", None)) is int:
+        why = _why_no_language_apart(model_type, cls_name, type(config).__name__)
+        if why:
+            raise NotDerivable(why)
     if text is None or vision is None:
         missing = " and ".join(k for k, v in (("text_config", text), ("vision_config", vision)) if v is None)
         raise NotDerivable(f"{type(config).__name__} has no {missing}: no vision tower and language model to split")
@@ -162,6 +167,21 @@ def _build_on_meta(model_type: str, config_json: str | None):
     except Exception as e:  # noqa: BLE001  (default configs that do not build fail in many ways)
         raise NotDerivable(f"its class does not build from {source} ({_one_line(e)})") from e
     return cls_name, text, vision, model
+
+
+def _why_no_language_apart(model_type: str, cls_name: str, config_name: str) -> str | None:
+    """Why a class whose config is itself the decoder's (no text config: IDEFICS, GIT) has no language model apart,
+    or None where transformers maps the type to a causal LM other than the VLM: its decoder is built inside the
+    type's base model beside the vision tower, and only a text-only causal LM of the type would say which of the
+    base model's tensors are the language model's."""
+    causal = auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(model_type)
+    if causal not in (None, cls_name):
+        return None
+    base = auto_class_names("MODEL_MAPPING_NAMES").get(model_type, f"the {model_type} model")
+    said = (f"transformers' causal LM of {model_type} is {causal}, the VLM itself" if causal
+            else f"transformers maps {model_type} to no causal LM")
+    return (f"{config_name} configures the decoder at the top level and {base} builds it beside the vision tower; "
+            f"{said}, so no text-only class holds the language model alone")
 
 
 def _vision_fields(tower_cls: type, vision) -> tuple[str | None, str | None]:
@@ -329,7 +349,7 @@ def _projector_and_outside(model, modules: dict, names: dict, tower: str, langua
         child = rest.split(".")[0]
         path = f"{parent}.{child}" if parent else child
         prefix = path + ("." if "." in rest else "")
-        why = _another_tower(modules.get(path), vision_type)
+        why = _another_tower(modules.get(path), vision_type) or _another_inputs_embedder(modules.get(path), child)
         if why:
             outside[prefix] = why
             continue
@@ -365,6 +385,17 @@ def _another_tower(module, vision_type: str) -> str | None:
     if any(w in f"{type(module).__name__} {kind}".lower() for w in OTHER_INPUTS):
         return f"{type(module).__name__} ({kind}): a tower of another input, neither vision tower nor language model"
     return None
+
+
+SOUND_INPUTS = ("audio", "speech")  # inputs whose embedders sit beside the image projector (Gemma 3n's, Gemma 4's)
+
+
+def _another_inputs_embedder(module, child: str) -> str | None:
+    """Why a module beside the vision tower and the language model, named for a sound input (Gemma 3n's and Gemma
+    4's `embed_audio`, which maps the audio tower's output into the language model), is no image projector."""
+    if module is None or not any(w in child.lower() for w in SOUND_INPUTS):
+        return None
+    return f"{type(module).__name__} ({child}): maps another input than images into the language model"
 
 
 # What a tower's forward needs besides pixel values, in words (an argument not listed here is named as it is).

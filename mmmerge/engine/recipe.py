@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..adapters import family_named
+from ..adapters.derive import is_image_text_to_text
 from ..checkpoint import COMPONENTS
 from ..errors import RecipeError
 
@@ -278,7 +279,9 @@ class OutputSpec(BaseModel):
     @field_validator("format")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in ("hf", "family") and family_named(v) is None:
+        """A family's model_type: one with a row, or one transformers lists whose row may derive only from a
+        checkpoint's config (gemma4's default config has no vision config); the inputs are checked when planning."""
+        if v not in ("hf", "family") and not is_image_text_to_text(v) and family_named(v) is None:
             raise ValueError(f"unknown output format {v!r} (hf, family, or an image-text-to-text model_type of "
                              "transformers whose class splits into vision, projector and language, e.g. llava)")
         return v
