@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..adapters import WHOLE_COMPONENT as WHOLE, in_memory_layout, is_tied, untie, vocabulary_tensors
+from ..adapters import WHOLE_COMPONENT as WHOLE, as_vlm_language, in_memory_layout, is_tied, untie, vocabulary_tensors
 from ..checkpoint import Checkpoint, Component, LazyTensor
 from .cross_attention import fit_text_models
 from .opener import Opener
@@ -39,6 +39,7 @@ def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list
         notes.append(f"{where}{cname}: some inputs tie lm_head to the embeddings and some do not; "
                      f"the output stores lm_head (tie_word_embeddings: false)")
     if cname == "language":
+        comps = text_only_as_vlm(ckpts, comps, ref_key, where, cname, notes)
         comps = fused_where_mixed(comps, where, cname, notes)
     comps = drop_partial_extras(comps, paths, where, cname, notes)
     out = SectionInputs(ckpts, paths, comps)
@@ -81,3 +82,22 @@ def fused_where_mixed(comps: dict[str, Component], where: str, cname: str, notes
     notes.append(f"{where}{cname}: some inputs hold their experts one tensor per expert and some fused; they are "
                  "merged fused, as transformers holds them")
     return fused
+
+
+def text_only_as_vlm(ckpts: dict[str, Checkpoint], comps: dict[str, Component], ref_key: str, where: str, cname: str,
+                     notes: list[str]) -> dict[str, Component]:
+    """Text-only LMs beside a VLM whose language model transformers saves under other names than theirs (Kimi-K2.5's
+    `blocks.N`, MiniMax-M3-VL's experts one per expert): each under the VLM's names, through the names both hold in
+    memory (adapters/language_pairing.py), so that the output is the VLM's own format; `comps` as they are when the
+    reference is no VLM or that does not make the names agree."""
+    ref = ckpts[ref_key]
+    names = set(comps[ref_key].tensors)
+    if ref.family is None or all(set(c.tensors) == names for c in comps.values()):
+        return comps
+    paired = {r: as_vlm_language(ref, c) if set(c.tensors) != names and ckpts[r].family is None else c
+              for r, c in comps.items()}
+    if any(c is None or set(c.tensors) != names for c in paired.values()):
+        return comps
+    notes.append(f"{where}{cname}: the text-only models' tensors are named as {ref.family.cls} saves its language "
+                 "model, through the names both classes hold in memory")
+    return paired
