@@ -29,7 +29,7 @@ class SectionInputs:
 
 
 def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list[str], ref_key: str, where: str,
-                   notes: list[str]) -> SectionInputs:
+                   notes: list[str], *, in_family: bool = False) -> SectionInputs:
     ckpts = {r: opener(r) for r in refs}
     paths = {r: str(opener.path(r)) for r in refs}
     comps = {r: ckpts[r].component(cname) for r in refs}
@@ -39,7 +39,7 @@ def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list
         notes.append(f"{where}{cname}: some inputs tie lm_head to the embeddings and some do not; "
                      f"the output stores lm_head (tie_word_embeddings: false)")
     if cname == "language":
-        comps = text_only_as_vlm(ckpts, comps, ref_key, where, cname, notes)
+        comps = text_only_as_vlm(ckpts, comps, ref_key, where, cname, notes, in_family=in_family)
         comps = fused_where_mixed(comps, where, cname, notes)
     comps = drop_partial_extras(comps, paths, where, cname, notes)
     out = SectionInputs(ckpts, paths, comps)
@@ -85,19 +85,22 @@ def fused_where_mixed(comps: dict[str, Component], where: str, cname: str, notes
 
 
 def text_only_as_vlm(ckpts: dict[str, Checkpoint], comps: dict[str, Component], ref_key: str, where: str, cname: str,
-                     notes: list[str]) -> dict[str, Component]:
+                     notes: list[str], *, in_family: bool) -> dict[str, Component]:
     """Text-only LMs beside a VLM whose language model transformers saves under other names than theirs (Kimi-K2.5's
-    `blocks.N`, MiniMax-M3-VL's experts one per expert): each under the VLM's names, through the names both hold in
-    memory (adapters/language_pairing.py), so that the output is the VLM's own format; `comps` as they are when the
-    reference is no VLM or that does not make the names agree."""
-    ref = ckpts[ref_key]
-    names = set(comps[ref_key].tensors)
-    if ref.family is None or all(set(c.tensors) == names for c in comps.values()):
+    `blocks.N`, MiniMax-M3-VL's experts one per expert), in an output of the VLM's family: each under the VLM's
+    names (the reference's, else the first VLM's), through the names both hold in memory
+    (adapters/language_pairing.py), so that the output is the VLM's own format; `comps` as they are when the output
+    is no family checkpoint or that does not make the names agree."""
+    vlm = next((r for r in (ref_key, *comps) if ckpts[r].family is not None), None)
+    if not in_family or vlm is None:
         return comps
-    paired = {r: as_vlm_language(ref, c) if set(c.tensors) != names and ckpts[r].family is None else c
+    names = set(comps[vlm].tensors)
+    if all(set(c.tensors) == names for c in comps.values()):
+        return comps
+    paired = {r: as_vlm_language(ckpts[vlm], c) if set(c.tensors) != names and ckpts[r].family is None else c
               for r, c in comps.items()}
     if any(c is None or set(c.tensors) != names for c in paired.values()):
         return comps
-    notes.append(f"{where}{cname}: the text-only models' tensors are named as {ref.family.cls} saves its language "
-                 "model, through the names both classes hold in memory")
+    notes.append(f"{where}{cname}: the text-only models' tensors are named as {ckpts[vlm].family.cls} saves its "
+                 "language model, through the names both classes hold in memory")
     return paired
