@@ -281,6 +281,24 @@ def test_language_merges_with_a_text_only_causal_lm(model_type, vlm_first, saved
             assert torch.equal(t, mine[name]), name
 
 
+@pytest.mark.parametrize("model_type", NAMED_APART)
+def test_language_alone_is_its_text_only_class(model_type, saved, tmp_path):
+    """A `components:` recipe with only the language model writes the text-only class, which loads it strictly with
+    the VLM's language weights as transformers loads them, though the VLM's files name them otherwise."""
+    vlm = saved(model_type)
+    out = merge({"components": {"language": {"merge_method": "passthrough", "models": [{"model": str(vlm)}]}}},
+                tmp_path / "out", quiet=True)
+    arch = json.loads((out / "config.json").read_text())["architectures"][0]
+    lm, info = model_class(arch).from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    family = contract_family(model_type)
+    want = {split_name(family, k)[1]: v for k, v in model_class(family.cls).from_pretrained(vlm).state_dict().items()
+            if (split_name(family, k) or ("",))[0] == "language"}
+    got = lm.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in got)
+
+
 def test_readme_family_list_is_the_contracts():
     """The README's family table and its "N image-text-to-text families" figures are what
     scripts/families_table.py makes from this file's tables and the derivation (run it with `update` to fix)."""

@@ -9,6 +9,8 @@ placed where the VLM's class holds it and passed through the VLM class's own sav
 `revert_weight_conversion`), as the VLM's `save_pretrained` writes it: renamed, or converted (an expert tensor
 split one per expert, transposed). A merge then pairs the two name by name and writes the VLM's own format. The
 text-only tensors' bits are not changed: renamed ones are the same tensors, converted ones are converted when read.
+Where the output is the text-only class, the other way: the VLM's language tensors are read back through the VLM
+class's own load-time conversion into the names it holds in memory (`as_text_only_language`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import functools
 import json
 
 from ..checkpoint import Checkpoint, Component, LazyTensor, combine
+from .fused_experts import _by_pattern, _conversions, _fuse
 from .families import join_name, rename, split_name
 from .hf_common import _kept_on_disk
 
@@ -99,3 +102,45 @@ def _converted_together(cls: str, config_json: str, held: str):
         return done.pop(file_name)
 
     return take
+
+
+def as_text_only_language(vlm: Checkpoint, language: Component) -> Component | None:
+    """`vlm`'s language component (`language`, its head made explicit where a merge needs it) under the in-memory names of its text-only class (which transformers loads),
+    each file tensor read back through the VLM class's own load-time conversion: renamed, or joined (experts one
+    per expert fused); None where one is read into another component."""
+    family, source = vlm.family, vlm.source_config
+    if source.get("names") == "memory":  # its files hold the in-memory names already
+        return language
+    config = json.dumps(source["config.json"], sort_keys=True, default=str)
+    renames = family.layout(source["layout"])
+    files = {rename(join_name(family, "language", n), renames, to_memory=False): n for n in language.tensors}
+    loaded = _loaded(family.cls, config, tuple(sorted(files)))
+    tensors: dict[str, LazyTensor] = {}
+    for held, (shape, sources) in loaded.items():
+        where = split_name(family, held)
+        if shape is None or where is None or where[0] != "language":
+            return None
+        parts = [language.tensors[files[name]] for _, name in sources]
+        patterns = [pattern for pattern, _ in sources]
+        tensors[where[1]] = parts[0] if patterns == [None] else combine(
+            parts, functools.partial(_fuse, family.cls, config, held, patterns), shape)
+    return Component(language.name, language.arch, language.config, tensors, language.preprocess)
+
+
+def _loaded(cls: str, config_json: str, names: tuple[str, ...]) -> dict:
+    """in-memory name -> (shape, [[source pattern or None, file name], ...]): where the class's load-time conversion
+    puts each of the file tensors `names`, in its order (gate before up, experts in order)."""
+
+    def compute() -> dict:
+        from transformers.core_model_loading import dot_natural_key, rename_source_key
+
+        model, renamings, converters = _conversions(cls, config_json)
+        held = model.state_dict()
+        plan: dict[str, list] = {}
+        for name in sorted(names, key=dot_natural_key):
+            target, pattern = rename_source_key(name, renamings, converters, model.base_model_prefix, held)
+            plan.setdefault(target, []).append([pattern, name])
+        return {target: [list(held[target].shape) if target in held else None, _by_pattern(sources, converters)]
+                for target, sources in plan.items()}
+
+    return _kept_on_disk("vlm-language-loaded", f"{cls}\n{config_json}\n" + "\n".join(names), compute)
