@@ -63,7 +63,7 @@ def _written(cls: str, config_json: str, held: tuple[str, ...]) -> dict | None:
     def compute() -> dict:
         from .hf_export import to_file_names
 
-        model = _model(cls, config_json)
+        model = _conversions(cls, config_json)[0]
         state = model.state_dict()
         out = {}
         for name in held:
@@ -81,13 +81,6 @@ def _written(cls: str, config_json: str, held: tuple[str, ...]) -> dict | None:
     return _kept_on_disk("vlm-language-names", f"{cls}\n{config_json}\n" + "\n".join(held), compute)["written"]
 
 
-@functools.lru_cache(maxsize=4)
-def _model(cls: str, config_json: str):
-    from .hf_export import class_on_meta
-
-    return class_on_meta(cls, config_json)
-
-
 def _converted_together(cls: str, config_json: str, held: str):
     """(file name, the loaded in-memory tensor `held`) -> that file tensor, as the class's save path writes it: the
     tensors converted together (one per expert) are converted once while they are read in turn."""
@@ -98,16 +91,17 @@ def _converted_together(cls: str, config_json: str, held: str):
             from .hf_export import to_file_names
 
             done.clear()
-            done.update(to_file_names(_model(cls, config_json), {held: loaded}))
+            done.update(to_file_names(_conversions(cls, config_json)[0], {held: loaded}))
         return done.pop(file_name)
 
     return take
 
 
 def as_text_only_language(vlm: Checkpoint, language: Component) -> Component | None:
-    """`vlm`'s language component (`language`, its head made explicit where a merge needs it) under the in-memory names of its text-only class (which transformers loads),
-    each file tensor read back through the VLM class's own load-time conversion: renamed, or joined (experts one
-    per expert fused); None where one is read into another component."""
+    """`vlm`'s language component (`language`, its head made explicit where a merge needs it) under the in-memory
+    names of its text-only class (which transformers loads), each file tensor read back through the VLM class's own
+    load-time conversion: renamed, or joined (experts one per expert fused); None where one is read into another
+    component."""
     family, source = vlm.family, vlm.source_config
     if source.get("names") == "memory":  # its files hold the in-memory names already
         return language
