@@ -22,7 +22,6 @@ from mmmerge import merge
 from mmmerge.adapters import detect_adapter, hf_multimodal, open_checkpoint
 from mmmerge.adapters.derive import NotDerivable, derive_family, family_to_json
 from mmmerge.adapters.families import FAMILIES, family_named, split_name
-from mmmerge.adapters.fused_experts import in_memory_layout
 from mmmerge.adapters.hf_common import auto_class_names
 from mmmerge.adapters.hf_export import build_config, model_class
 from mmmerge.io.writer import write_safetensors
@@ -72,18 +71,7 @@ TRANSFORMERS_FAILS = {
     "shieldgemma2": "transformers does not load what its own save-time mapping writes (model.language_model.model.*)",
 }
 # Language merges with a text-only LM that fail, and why (strict xfail: a fix shows).
-TEXT_ONLY_FAILS: dict[str, str] = {
-    "nemotron_h_omni": "the text-only NemotronHForCausalLM's experts (written per expert under backbone.) are read "
-                       "under other names than the VLM's language model's: 8 of 32 names of an MoE layer do not pair",
-    "minimax_m3_vl": "transformers writes the VLM's MoE as block_sparse_moe.experts.N.w1 (converted) but saves its "
-                     "text-only MiniMaxM3VLForCausalLM as it holds it (mlp.experts.gate_up_proj)",
-    "qianfan_ocr": "transformers writes the VLM's language layers under model.encoder.layers.N and the text-only "
-                   "class's under model.layers.N",
-    "kimi_k25": "transformers writes the VLM's language layers as model.blocks.N (its vision tower's unanchored "
-                "blocks -> layers renaming, reversed, renames them too) and the text-only class's as model.layers.N",
-    "cosmos3_omni": "transformers writes the VLM's attention norms as self_attn.norm_q/norm_k (its mapping from "
-                    "Diffusers-style names, reversed) and the text-only class's as q_norm/k_norm",
-}
+TEXT_ONLY_FAILS: dict[str, str] = {}
 
 # Derived types the generic tiny builder cannot build (or transformers cannot save once built), and why.
 NOT_TINY = {
@@ -338,32 +326,60 @@ def test_derived_hub_layout_is_one_transformers_loads(model_type, saved, tmp_pat
     assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
 
 
-WITH_TEXT_ONLY = [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=TEXT_ONLY_FAILS[t]))
-                  if t in TEXT_ONLY_FAILS else t for t in TINY
+WITH_TEXT_ONLY = [t for t in TINY
                   if t not in HEAVY and t not in TRANSFORMERS_FAILS and contract_family(t).language_arch is None]
+# Types whose VLM transformers saves under other language names than the text-only class: merged text-only first too
+# (the output is still the VLM's family, in its names)
+NAMED_APART = ["kimi_k25", "cosmos3_omni", "qianfan_ocr", "minimax_m3_vl", "nemotron_h_omni"]
 
 
-@pytest.mark.parametrize("model_type", WITH_TEXT_ONLY)
-def test_language_merges_with_a_text_only_causal_lm(model_type, saved, tmp_path):
-    """The VLM's language model merges with a text-only *ForCausalLM built from its language component's config:
-    the language tensors are the mean, the vision tower and projector are the VLM's."""
+@pytest.mark.parametrize("model_type,vlm_first", [
+    pytest.param(t, True, marks=pytest.mark.xfail(strict=True, reason=TEXT_ONLY_FAILS[t])) if t in TEXT_ONLY_FAILS
+    else (t, True) for t in WITH_TEXT_ONLY] + [(t, False) for t in NAMED_APART])
+def test_language_merges_with_a_text_only_causal_lm(model_type, vlm_first, saved, tmp_path):
+    """The VLM's language model merges with a text-only *ForCausalLM built from its language component's config,
+    where transformers saves the two under other names too: the output loads strictly in the VLM's class, its
+    language model is the mean of the two as transformers loads them (in memory the VLM's language submodule and
+    the text-only class's base model are one class), its vision tower, projector and other tensors are the VLM's."""
     vlm = saved(model_type)
     lang = open_checkpoint(vlm).component("language")
     torch.manual_seed(7)
     model_class(lang.arch)._from_config(build_config(lang)).save_pretrained(tmp_path / "llm")
-    out = merge({"merge_method": "linear", "models": [{"model": str(vlm), "parameters": {"weight": 0.5}},
-                                                      {"model": str(tmp_path / "llm"), "parameters": {"weight": 0.5}}]},
+    entries = [{"model": str(vlm), "parameters": {"weight": 0.5}},
+               {"model": str(tmp_path / "llm"), "parameters": {"weight": 0.5}}]
+    out = merge({"merge_method": "linear", "models": entries if vlm_first else entries[::-1]}, tmp_path / "out",
+                quiet=True)
+    family = contract_family(model_type)
+    cls = model_class(family.cls)
+    merged, info = cls.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert open_checkpoint(out).component("language").tensors  # mmmerge reads its own output back
+    mine = cls.from_pretrained(vlm).state_dict()
+    text = model_class(lang.arch).from_pretrained(tmp_path / "llm").state_dict()
+    for name, t in merged.state_dict().items():
+        where = split_name(family, name)
+        if where is not None and where[0] == "language":
+            torch.testing.assert_close(t, 0.5 * mine[name] + 0.5 * text[where[1]], rtol=0, atol=1e-6, msg=name)
+        else:
+            assert torch.equal(t, mine[name]), name
+
+
+@pytest.mark.parametrize("model_type", NAMED_APART)
+def test_language_alone_is_its_text_only_class(model_type, saved, tmp_path):
+    """A `components:` recipe with only the language model writes the text-only class, which loads it strictly with
+    the VLM's language weights as transformers loads them, though the VLM's files name them otherwise."""
+    vlm = saved(model_type)
+    out = merge({"components": {"language": {"merge_method": "passthrough", "models": [{"model": str(vlm)}]}}},
                 tmp_path / "out", quiet=True)
-    merged, mine = open_checkpoint(out), open_checkpoint(vlm)
-    text = open_checkpoint(tmp_path / "llm").component("language").tensors
-    # experts as transformers holds them, as the text-only LM is read: the VLM's are one tensor per expert in files
-    own = in_memory_layout(mine.component("language")).tensors
-    for name, t in in_memory_layout(merged.component("language")).tensors.items():
-        want = 0.5 * own[name].load() + 0.5 * text[name].load()
-        torch.testing.assert_close(t.load(), want, rtol=0, atol=1e-6, msg=name)
-    for c in ("vision", "projector"):
-        for name, t in merged.component(c).tensors.items():
-            assert torch.equal(t.load(), mine.component(c).tensors[name].load()), name
+    arch = json.loads((out / "config.json").read_text())["architectures"][0]
+    lm, info = model_class(arch).from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    family = contract_family(model_type)
+    want = {split_name(family, k)[1]: v for k, v in model_class(family.cls).from_pretrained(vlm).state_dict().items()
+            if (split_name(family, k) or ("",))[0] == "language"}
+    got = lm.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in got)
 
 
 def test_readme_family_list_is_the_contracts():

@@ -34,7 +34,7 @@ from .families import Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-15"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-16"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -109,7 +109,7 @@ def _derive(model_type: str, config_json: str | None) -> Family:
         raise NotDerivable(f"{cls_name} holds no {which} built from its {config} config")
     if tower.startswith(language + ".") or language.startswith(tower + "."):
         raise NotDerivable(f"{cls_name} nests its vision tower and language model ({tower}, {language})")
-    head = next((n for n, m in modules.items() if m is model.get_output_embeddings()), None)
+    head = _head(model, modules, language)
     names = dict(model.state_dict())
     counterpart = _text_only_counterpart(text, {n[len(language) + 1:]: tuple(t.shape) for n, t in names.items()
                                                if n.startswith(language + ".")})
@@ -133,6 +133,16 @@ def _derive(model_type: str, config_json: str | None) -> Family:
     family = Family(model_type, cls_name, tuple(parts), {}, outside, *_vision_fields(type(modules[tower]), vision),
                     language_type, language_arch, not_in_llava=_not_in_llava(modules[tower]))
     return _with_layouts(model, family, names)
+
+
+def _head(model, modules: dict, language: str) -> str | None:
+    """The output embeddings' module: the class's own, else those of the causal LM that holds the language model
+    (Nemotron-H-Omni keeps its head at `language_model.lm_head`, beside `language_model.model`, and exposes none)."""
+    for owner in (model, modules.get(language.rpartition(".")[0])):
+        found = owner.get_output_embeddings() if hasattr(owner, "get_output_embeddings") else None
+        if found is not None:
+            return next((n for n, m in modules.items() if m is found), None)
+    return None
 
 
 def _build_on_meta(model_type: str, config_json: str | None):

@@ -1,5 +1,7 @@
 """The inputs of one merge section, made mergeable by named steps before any task is planned:
-open each model's component, make tied heads explicit where only some inputs tie them, leave out extras
+open each model's component, make tied heads explicit where only some inputs tie them, name language models alike
+where transformers saves a VLM's under other names than its text-only class (the VLM's names in an output of its
+family, the text-only class's in-memory names otherwise), leave out extras
 only some inputs carry, fit text-only Llamas to an Mllama language model (engine/cross_attention.py), then give
 every input the output's vocabulary (the recipe's tokenizer) or, without one, cut vocabularies that differ only by
 appended rows (a VLM's image tokens) to the shared rows."""
@@ -8,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..adapters import WHOLE_COMPONENT as WHOLE, in_memory_layout, is_tied, untie, vocabulary_tensors
+from ..adapters import (WHOLE_COMPONENT as WHOLE, as_text_only_language, as_vlm_language, in_memory_layout, is_tied,
+                        missing_from_class, untie, vocabulary_tensors)
 from ..checkpoint import Checkpoint, Component, LazyTensor
 from .cross_attention import fit_text_models
 from .opener import Opener
@@ -29,7 +32,7 @@ class SectionInputs:
 
 
 def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list[str], ref_key: str, where: str,
-                   notes: list[str]) -> SectionInputs:
+                   notes: list[str], *, in_family: bool = False) -> SectionInputs:
     ckpts = {r: opener(r) for r in refs}
     paths = {r: str(opener.path(r)) for r in refs}
     comps = {r: ckpts[r].component(cname) for r in refs}
@@ -39,6 +42,10 @@ def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list
         notes.append(f"{where}{cname}: some inputs tie lm_head to the embeddings and some do not; "
                      f"the output stores lm_head (tie_word_embeddings: false)")
     if cname == "language":
+        if in_family:
+            comps = text_only_as_vlm(ckpts, comps, ref_key, where, cname, notes)
+        else:
+            comps = vlm_as_text_only(ckpts, comps, where, cname, notes)
         comps = fused_where_mixed(comps, where, cname, notes)
     comps = drop_partial_extras(comps, paths, where, cname, notes)
     out = SectionInputs(ckpts, paths, comps)
@@ -81,3 +88,42 @@ def fused_where_mixed(comps: dict[str, Component], where: str, cname: str, notes
     notes.append(f"{where}{cname}: some inputs hold their experts one tensor per expert and some fused; they are "
                  "merged fused, as transformers holds them")
     return fused
+
+
+def text_only_as_vlm(ckpts: dict[str, Checkpoint], comps: dict[str, Component], ref_key: str, where: str, cname: str,
+                     notes: list[str]) -> dict[str, Component]:
+    """Text-only LMs beside a VLM whose language model transformers saves under other names than theirs (Kimi-K2.5's
+    `blocks.N`, MiniMax-M3-VL's experts one per expert), in an output of the VLM's family: each under the VLM's
+    names (the reference's, else the first VLM's), through the names both hold in memory
+    (adapters/language_pairing.py), so that the output is the VLM's own format; `comps` as they are when that does
+    not make the names agree."""
+    vlm = next((r for r in (ref_key, *comps) if ckpts[r].family is not None), None)
+    if vlm is None:
+        return comps
+    names = set(comps[vlm].tensors)
+    if all(set(c.tensors) == names for c in comps.values()):
+        return comps
+    paired = {r: as_vlm_language(ckpts[vlm], c) if set(c.tensors) != names and ckpts[r].family is None else c
+              for r, c in comps.items()}
+    if any(c is None or set(c.tensors) != names for c in paired.values()):
+        return comps
+    notes.append(f"{where}{cname}: the text-only models' tensors are named as {ckpts[vlm].family.cls} saves its "
+                 "language model, through the names both classes hold in memory")
+    return paired
+
+
+def vlm_as_text_only(ckpts: dict[str, Checkpoint], comps: dict[str, Component], where: str, cname: str,
+                     notes: list[str]) -> dict[str, Component]:
+    """VLMs' language models written as their text-only class where transformers saves the VLM's under other names
+    (Kimi-K2.5's `blocks.N`): each under the names the text-only class holds in memory, read back through the VLM
+    class's own load-time conversion (adapters/language_pairing.py); others as they are."""
+    out = dict(comps)
+    for r, c in comps.items():
+        if ckpts[r].family is None or not missing_from_class(c):
+            continue
+        loaded = as_text_only_language(ckpts[r], c)
+        if loaded is not None and not missing_from_class(loaded):
+            out[r] = loaded
+            notes.append(f"{where}{cname}: {ckpts[r].path}'s language model is read under the names "
+                         f"{c.arch} holds in memory, through {ckpts[r].family.cls}'s own conversion")
+    return out

@@ -273,12 +273,13 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
             components[WHOLE] = plan_whole(section, ckpts, opener, seed=seed, notes=notes, warnings=warnings)
         elif not common:
             raise RecipeError("the models share no component (vision, projector, language) to merge")
+        in_family = any(ck.family is not None for ck in ckpts)  # a VLM's other components come along below
         if section.slices is not None and len(common) > 1:  # layer ranges name the language model's layers
             common = ["language"]
         for cname in COMPONENTS:
             if cname in common:
                 components[cname] = plan_merge_section(section, cname, opener, seed=seed, notes=notes,
-                                                       warnings=warnings)
+                                                       warnings=warnings, in_family=in_family)
             else:  # from the base model, or else the first input that holds it (a VLM beside text-only LLMs)
                 holder = next((r for r in [ref, *models] if cname in opener(r).components), None)
                 if holder is None:
@@ -299,7 +300,8 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
                                               dtype=dtype, out_dtype=out_dtype)
             else:
                 components[cname] = plan_merge_section(section, cname, opener, dtype=dtype, out_dtype=out_dtype,
-                                                       seed=seed, where=where, notes=notes, warnings=warnings)
+                                                       seed=seed, where=where, notes=notes, warnings=warnings,
+                                                       in_family=mm.output.format != "hf")
         components = {c: components[c] for c in COMPONENTS if c in components}
         fmt = mm.output.format
 

@@ -122,7 +122,9 @@ class TensorPlanner:
 
 
 def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dtype=None, out_dtype=None,
-                       seed=None, where: str = "", notes: list[str], warnings: list[str]) -> ComponentPlan:
+                       seed=None, where: str = "", notes: list[str], warnings: list[str],
+                       in_family: bool = False) -> ComponentPlan:
+    """`in_family`: the output is a VLM family's checkpoint, whose names the merged language model takes."""
     dtype = dtype_of(section.dtype) or dtype
     out_dtype = dtype_of(section.out_dtype) or out_dtype
     try:
@@ -133,7 +135,7 @@ def plan_merge_section(section: MergeSection, cname: str, opener: Opener, *, dty
     check_names(spec, section, base_ref, where, notes, warnings)
     refs = section.input_models()
     ref_key = section.base_model or refs[0]  # a `slices:` section's: its first slice's first source
-    inputs = section_inputs(section, cname, opener, refs, ref_key, where, notes)
+    inputs = section_inputs(section, cname, opener, refs, ref_key, where, notes, in_family=in_family)
     reference = inputs.comps[ref_key]
     planner = TensorPlanner(section, cname, spec, inputs, opener, dtype, out_dtype, seed)
     if section.slices is None:
