@@ -66,14 +66,47 @@ def _shrink(value, key: str = ""):
                and type(v) is int and v >= vocab]
         for n, k in enumerate(ids):
             out[k] = vocab - 1 - n
-    head = out.get("head_dim") or (out.get("hidden_size", 0) // max(out.get("num_attention_heads") or 1, 1))
+    head = _head_size(out)
     for k in ("rope_parameters", "rope_scaling"):
         rope = out.get(k)
         if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list) and head:
-            n = len(rope["mrope_section"])
-            half = head // 2
-            out[k] = {**rope, "mrope_section": [half // n + (1 if i < half % n else 0) for i in range(n)]}
+            out[k] = {**rope, "mrope_section": _sections(_rotary_size(head, rope), len(rope["mrope_section"]))}
     return out
+
+
+def _head_size(config: dict) -> int:
+    return config.get("head_dim") or (config.get("hidden_size", 0) // max(config.get("num_attention_heads") or 1, 1))
+
+
+def _rotary_size(head: int, rope: dict) -> int:
+    """The part of the head the rope rotates."""
+    return int(head * rope.get("partial_rotary_factor", 1.0))
+
+
+def _sections(rotary: int, n: int) -> list[int]:
+    """`n` multimodal rope sections that together cover its rotary frequencies (half the rotated size), as even as
+    can be."""
+    half = rotary // 2
+    return [half // n + (1 if i < half % n else 0) for i in range(n)]
+
+
+def _model_default_rope_sections(config, model_type: str):
+    """`config` with the multimodal rope sections its model's code defaults to (Qwen2-VL's [16, 24, 24], sized for
+    the full head) written into each sub-config that takes `mrope_section` but holds none, split over the shrunk head
+    as _shrink splits the sections a config holds. The default is read from the model built on the meta device."""
+    wanting = [c for c in (config, *(getattr(config, k, None) for k in config.sub_configs))
+               if isinstance(getattr(c, "rope_parameters", None), dict) and "mrope_section" not in c.rope_parameters]
+    if not wanting:
+        return config
+    with torch.device("meta"):
+        model = model_class(model_type)._from_config(config)
+    for module in model.modules():
+        default, owner = getattr(module, "mrope_section", None), getattr(module, "config", None)
+        for c in wanting:
+            if isinstance(default, list) and type(owner) is type(c) and _head_size(c.to_dict()):
+                rotary = _rotary_size(_head_size(c.to_dict()), c.rope_parameters)
+                c.rope_parameters["mrope_section"] = _sections(rotary, len(default))
+    return config
 
 
 def _ids_inside_the_text_vocabulary(data: dict) -> dict:
@@ -95,7 +128,7 @@ def tiny_config(model_type: str) -> T.PretrainedConfig:
     data = _ids_inside_the_text_vocabulary(_shrink(config.to_dict()))
     data.update(OVERRIDES.get(model_type, ({}, ""))[0])
     data.pop("model_type", None)
-    return type(config).from_dict(data)
+    return _model_default_rope_sections(type(config).from_dict(data), model_type)
 
 
 def model_class(model_type: str) -> type:

@@ -35,8 +35,8 @@ NO_PROCESSOR = {
     **dict.fromkeys(["aya_vision", "got_ocr2", "ovis2", "pp_chart2table", "idefics3", "smolvlm",
                      "internvl", "mllama", "vipllava", "minimax_m3_vl", "step3p7"],
                     "the default image processor and the shrunk config disagree on the image's tokens or features"),
-    **dict.fromkeys(["glm4v", "glm46v", "paddleocr_vl", "qwen2_vl", "qwen2_5_vl", "llava_onevision1_5"],
-                    "the vision tower's rotary sections do not fit its shrunk head size"),
+    "llava_onevision1_5": "its default image processor cuts patches of two frames (temporal_patch_size 2), which its "
+                          "tower's 2-D patch embedding reads as two patches",
     **dict.fromkeys(["blip-2", "minicpm_ocr", "minicpmv4_6", "minicpmv4_7"],
                     "its processor needs arguments the model config does not hold (the hub's processor config does)"),
     "gemma3": "the shrunk config's image pooling does not fit its tower's patches",
