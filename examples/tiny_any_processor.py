@@ -71,15 +71,16 @@ def _token_strings(processor_class, roles) -> dict[str, str]:
     return out
 
 
-def tiny_tokenizer(processor_class, config, more=()):
-    """A word-level tokenizer of the config's vocabulary, every token the config names at its id, and the tokens
-    `more` names (roles the processor asks the tokenizer for) at free ids."""
+def tiny_tokenizer(processor_class, config, more=(), named=None):
+    """A word-level tokenizer of the config's vocabulary, every token the config names at its id (under the string
+    `named` gives for its role, if any), and the tokens `more` names (roles the processor asks the tokenizer for) at
+    free ids."""
     vocab = config.get_text_config().vocab_size
     ids = config_token_ids(config)
     outside = {r: i for r, i in ids.items() if not 0 <= i < vocab}
     if outside:
         raise NoTinyProcessor(f"token ids outside the {vocab}-token vocabulary: {outside}")
-    strings = _token_strings(processor_class, ids)
+    strings = {**_token_strings(processor_class, ids), **(named or {})}
     special, by_id = {}, {}
     for role, i in sorted(ids.items(), key=lambda x: x[0] not in OWN_ROLES):
         strings[role] = by_id.setdefault(i, strings[role])  # two roles of one id share its string
@@ -97,18 +98,35 @@ def tiny_tokenizer(processor_class, config, more=()):
                           extra_special_tokens=extra, size=vocab)
 
 
+def _own_strings(processor, config) -> dict[str, str]:
+    """Role -> the string the processor uses for a token the config names by id (its `image_token`: GOT-OCR2's
+    `<imgpad>`, InternVL's tokenizer.context_image_token) where the tokenizer holds that string at another id."""
+    out = {}
+    for role, i in config_token_ids(config).items():
+        string = getattr(processor, f"{role}_token", None)
+        if isinstance(string, str) and processor.tokenizer.convert_tokens_to_ids(string) != i:
+            out[role] = string
+    return out
+
+
+def _square(value) -> int | None:
+    """The side of a square size given as one int or as [side, side]; None for anything else."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]
+    return value if type(value) is int else None
+
+
 def _sized(image_processor_class, config):
     """The image (video) processor at its defaults but for the integer fields the config has too (`patch_size`,
-    `temporal_patch_size`) and its `size` and `crop_size`, set to the vision config's image_size where it has one
-    (the tower's position embeddings are made for it)."""
+    `temporal_patch_size`) and each of its sizes (`size`, `crop_size`, `max_image_size`), set to the vision config's
+    image_size where it has one (the tower's position embeddings are made for it)."""
     default = image_processor_class()
     fields = _fields(config)
-    sizes = {k: fields[k] for k in vars(default) if k in fields and type(fields[k]) is int}  # patch_size, ...
-    side = getattr(getattr(config, "vision_config", None), "image_size", None)
-    if type(side) is not int:
+    sizes = {k: _square(fields[k]) for k in vars(default) if k in fields and _square(fields[k])}  # patch_size, ...
+    side = _square(getattr(getattr(config, "vision_config", None), "image_size", None))
+    if side is None:
         return image_processor_class(**sizes) if sizes else default
-    for key in ("size", "crop_size"):
-        value = getattr(default, key, None)
+    for key, value in vars(default).items():
         if dataclasses.is_dataclass(value):  # transformers' SizeDict
             value = dataclasses.asdict(value)
         if isinstance(value, dict) and any(value.get(k) is not None for k in SIDES):
@@ -132,8 +150,8 @@ def _class_tokens(config) -> int:
 def _patches(config) -> int | None:
     """The vision tower's patches per image, (image_size // patch_size)², where its config says both."""
     vision = getattr(config, "vision_config", None)
-    size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
-    return (size // patch) ** 2 if type(size) is int and type(patch) is int and patch else None
+    size, patch = _square(getattr(vision, "image_size", None)), _square(getattr(vision, "patch_size", None))
+    return (size // patch) ** 2 if size and patch else None
 
 
 def _fields(config) -> dict:
@@ -173,11 +191,15 @@ def tiny_processor(model_type: str, config):
         image_processor = parts.get("image_processor")
         if getattr(image_processor, key, 0) is None and patches:
             setattr(image_processor, key, patches)
-    more = []
+    more, named = [], {}
     while True:  # the tokens the processor asks its tokenizer for (`tokenizer.image_boundary_token`), one by one
-        tokenizer = tiny_tokenizer(cls, config, more)
+        tokenizer = tiny_tokenizer(cls, config, more, named)
         try:
-            return cls(**parts, tokenizer=tokenizer, **kwargs)
+            processor = cls(**parts, tokenizer=tokenizer, **kwargs)
+            own = {r: v for r, v in _own_strings(processor, config).items() if named.get(r) != v}
+            if not own:
+                return processor
+            named.update(own)
         except AttributeError as e:
             asked = re.search(r"has no attribute '?(\w+)_token'?", str(e))
             if asked is None or asked.group(1) in more or len(more) > 8:

@@ -32,8 +32,7 @@ NO_PROCESSOR = {
     **dict.fromkeys(["instructblip", "instructblipvideo"],
                     "its processor needs a second (Q-Former) tokenizer that no mapping names"),
     **dict.fromkeys(["qwen3_vl_moe", "glm4v_moe"], "transformers maps no image processor class to it"),
-    **dict.fromkeys(["aya_vision", "got_ocr2", "ovis2", "pp_chart2table", "idefics3", "smolvlm",
-                     "internvl", "mllama", "vipllava", "minimax_m3_vl", "step3p7"],
+    **dict.fromkeys(["aya_vision", "ovis2", "pp_chart2table", "idefics3", "smolvlm", "mllama", "vipllava"],
                     "the default image processor and the shrunk config disagree on the image's tokens or features"),
     "llava_onevision1_5": "its default image processor cuts patches of two frames (temporal_patch_size 2), which its "
                           "tower's 2-D patch embedding reads as two patches",
@@ -44,6 +43,7 @@ NO_PROCESSOR = {
                     "generate fails once two layers leave only linear-attention layers in the cache"),
     "aria": "the shrunk tower's patch count is not one its projector's query table holds",
     "florence2": "its vision config is not one AutoModel builds (the tiny processor reads the tower's patch count)",
+    "step3p7": "its shrunk text config's layers use sliding-window attention with no sliding_window set",
     "ovis2_5": "its default image processor holds no image size (0 by 0)",
     "nemotron_h_omni": "its processor needs an audio feature extractor that transformers maps to no class for it",
     "qianfan_ocr": "its processor counts `<image>` placeholders that no prompt of the tiny processor holds",
