@@ -55,7 +55,7 @@ def _shrink(value, key: str = ""):
     if layers and left:
         for k, v in out.items():
             if isinstance(v, list) and len(v) == layers and layers > left:
-                out[k] = v[:left]  # one entry per layer
+                out[k] = _cut_per_layer(v, left)
             elif isinstance(v, list) and ("layer" in k or "index" in k) and v and all(type(i) is int for i in v):
                 out[k] = [i for i in v if -left <= i < left] or [left - 1]  # layer indices
             elif isinstance(v, dict) and ("layer" in k) and all(str(i).isdigit() for i in v):
@@ -107,6 +107,20 @@ def _model_default_rope_sections(config, model_type: str):
                 rotary = _rotary_size(_head_size(c.to_dict()), c.rope_parameters)
                 c.rope_parameters["mrope_section"] = _sections(rotary, len(default))
     return config
+
+
+def _cut_per_layer(values: list, left: int) -> list:
+    """A list of one entry per layer cut to the first `left` layers; where its entries are layer kinds and the cut
+    keeps no plain attention layer (full or sliding: Qwen3.5's first layers are all linear attention), its last entry
+    is the first plain attention kind of the full list: a model with no attention cache does not generate. The kinds
+    are read from transformers' cache table; other attention kinds (indexed) need sizes of their own, left alone."""
+    from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, DynamicLayer, DynamicSlidingWindowLayer
+
+    cut = values[:left]
+    if not all(isinstance(v, str) and v in DYNAMIC_LAYER_TYPE_MAPPING for v in values):
+        return cut
+    plain = [v for v in values if DYNAMIC_LAYER_TYPE_MAPPING[v] in (DynamicLayer, DynamicSlidingWindowLayer)]
+    return cut if not plain or set(cut) & set(plain) else cut[:-1] + plain[:1]
 
 
 def _ids_inside_the_text_vocabulary(data: dict) -> dict:

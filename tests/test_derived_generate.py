@@ -39,8 +39,8 @@ NO_PROCESSOR = {
     **dict.fromkeys(["blip-2", "minicpm_ocr", "minicpmv4_6", "minicpmv4_7"],
                     "its processor needs arguments the model config does not hold (the hub's processor config does)"),
     "gemma3": "the shrunk config's image pooling does not fit its tower's patches",
-    **dict.fromkeys(["qwen3_5", "qwen3_5_moe", "qwen4_exp"],
-                    "generate fails once two layers leave only linear-attention layers in the cache"),
+    "qwen4_exp": "two layers leave only linear-attention layers in the cache; its other kind (indexed attention) "
+                 "needs indexer sizes its default config leaves unset",
     "aria": "the shrunk tower's patch count is not one its projector's query table holds",
     "florence2": "its vision config is not one AutoModel builds (the tiny processor reads the tower's patch count)",
     "step3p7": "its shrunk text config's layers use sliding-window attention with no sliding_window set",
