@@ -136,10 +136,26 @@ def _ids_inside_the_text_vocabulary(data: dict) -> dict:
             for k, v in data.items()}
 
 
+def _placeholder_ids_set(data: dict, model_type: str) -> dict:
+    """`data` with each placeholder id of the model's input modalities (`image_token_id`, `video_token_id`) that the
+    default config leaves None (MiniCPM-V's; the hub's config sets it) at a free id at the top of the text
+    vocabulary: the model finds its features' places by it."""
+    text = data.get("text_config")
+    vocab = text.get("vocab_size") if isinstance(text, dict) else None
+    keys = [f"{m}_token{end}" for m in getattr(model_class(model_type), "input_modalities", ()) if m != "text"
+            for end in ("_id", "_index")]
+    unset = [k for k in keys if k in data and data[k] is None]
+    if type(vocab) is not int or not unset:
+        return data
+    used = {v for c in (text, data) for k, v in c.items() if k.endswith(("_token_id", "_token_index")) and type(v) is int}
+    free = (i for i in range(vocab - 1, -1, -1) if i not in used)
+    return {**data, **{k: next(free) for k in unset}}
+
+
 def tiny_config(model_type: str) -> T.PretrainedConfig:
     """The type's default config, shrunk (see the module docstring)."""
     config = T.AutoConfig.for_model(model_type)
-    data = _ids_inside_the_text_vocabulary(_shrink(config.to_dict()))
+    data = _placeholder_ids_set(_ids_inside_the_text_vocabulary(_shrink(config.to_dict())), model_type)
     data.update(OVERRIDES.get(model_type, ({}, ""))[0])
     data.pop("model_type", None)
     return _model_default_rope_sections(type(config).from_dict(data), model_type)

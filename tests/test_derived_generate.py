@@ -36,8 +36,8 @@ NO_PROCESSOR = {
                     "the default image processor and the shrunk config disagree on the image's tokens or features"),
     "llava_onevision1_5": "its default image processor cuts patches of two frames (temporal_patch_size 2), which its "
                           "tower's 2-D patch embedding reads as two patches",
-    **dict.fromkeys(["blip-2", "minicpm_ocr", "minicpmv4_6", "minicpmv4_7"],
-                    "its processor needs arguments the model config does not hold (the hub's processor config does)"),
+    "blip-2": "its processor reads the tokenizer's image_token as an AddedToken (`.content`), which the tiny "
+              "tokenizer's image token, a string, is not",
     "gemma3": "the shrunk config's image pooling does not fit its tower's patches",
     "qwen4_exp": "two layers leave only linear-attention layers in the cache; its other kind (indexed attention) "
                  "needs indexer sizes its default config leaves unset",
