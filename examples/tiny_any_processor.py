@@ -123,6 +123,8 @@ def _sized(image_processor_class, config):
     default = image_processor_class()
     fields = _fields(config)
     sizes = {k: _square(fields[k]) for k in vars(default) if k in fields and _square(fields[k])}  # patch_size, ...
+    if "temporal_patch_size" in vars(default) and "temporal_patch_size" not in sizes:
+        sizes.update(temporal_patch_size=_frames_per_patch(config) or default.temporal_patch_size)
     side = _square(getattr(getattr(config, "vision_config", None), "image_size", None))
     if side is None:
         return image_processor_class(**sizes) if sizes else default
@@ -137,14 +139,28 @@ def _sized(image_processor_class, config):
 def _class_tokens(config) -> int:
     """How many tokens the vision tower adds to its patches: 1 where it holds a class embedding (CLIP's), else 0
     (the hub's processor config says it; the model config does not). Asked of the tower built on the meta device."""
+    tower = _meta_tower(config)
+    return int(tower is not None and any(n.endswith(("class_embedding", "cls_token")) for n, _ in tower.named_parameters()))
+
+
+def _meta_tower(config):
+    """The vision tower built from the vision config on the meta device; None where the config has no vision config."""
     import torch
 
     vision = getattr(config, "vision_config", None)
     if vision is None:
-        return 0
+        return None
     with torch.device("meta"):
-        tower = T.AutoModel.from_config(vision)
-    return int(any(n.endswith(("class_embedding", "cls_token")) for n, _ in tower.named_parameters()))
+        return T.AutoModel.from_config(vision)
+
+
+def _frames_per_patch(config) -> int | None:
+    """How many frames one patch of the tower spans, read from its patch embedding's kernel: a 3-D one's depth, 1 for
+    a 2-D one (LLaVA-OneVision-1.5's tower; the Qwen2-VL image processor it is mapped to cuts patches of 2 frames)."""
+    tower = _meta_tower(config)
+    kernel = next((p for n, p in (tower.named_parameters() if tower is not None else ())
+                   if "patch" in n and p.dim() in (4, 5)), None)
+    return None if kernel is None else kernel.shape[2] if kernel.dim() == 5 else 1
 
 
 def _patches(config) -> int | None:

@@ -34,8 +34,6 @@ NO_PROCESSOR = {
     **dict.fromkeys(["qwen3_vl_moe", "glm4v_moe"], "transformers maps no image processor class to it"),
     **dict.fromkeys(["aya_vision", "ovis2", "pp_chart2table", "idefics3", "smolvlm", "mllama", "vipllava"],
                     "the default image processor and the shrunk config disagree on the image's tokens or features"),
-    "llava_onevision1_5": "its default image processor cuts patches of two frames (temporal_patch_size 2), which its "
-                          "tower's 2-D patch embedding reads as two patches",
     "blip-2": "its processor reads the tokenizer's image_token as an AddedToken (`.content`), which the tiny "
               "tokenizer's image token, a string, is not",
     "gemma3": "the shrunk config's image pooling does not fit its tower's patches",
