@@ -46,7 +46,6 @@ NO_PROCESSOR = {
     "nemotron_h_omni": "its processor needs an audio feature extractor that transformers maps to no class for it",
     "qianfan_ocr": "its processor counts `<image>` placeholders that no prompt of the tiny processor holds",
     "cosmos3_omni": "transformers names no processor class for it",
-    "cosmos3_edge": "its processor returns no mm_token_type_ids, which the model's multimodal RoPE needs",
     "kimi_k25": "its projector's norm keeps the default width (projection_hidden_size), which the shrunk tower does "
                 "not write",
 }
@@ -64,11 +63,13 @@ def _image():
 
 
 def _encode(processor, prompts, images):
-    """The processor's inputs: one image list per prompt where it takes that, else one flat list."""
+    """The processor's inputs: one image list per prompt where it takes that, else one flat list; token types where
+    the model takes them."""
+    asked = {"return_mm_token_type_ids": True} if "mm_token_type_ids" in processor.model_input_names else {}
     try:
-        return processor(images=[[im] for im in images], text=prompts, return_tensors="pt", padding=True)
+        return processor(images=[[im] for im in images], text=prompts, return_tensors="pt", padding=True, **asked)
     except (ValueError, TypeError, IndexError):
-        return processor(images=images, text=prompts, return_tensors="pt", padding=True)
+        return processor(images=images, text=prompts, return_tensors="pt", padding=True, **asked)
 
 
 def _transformers_answer(model, processor, prompt, image, max_new_tokens):
