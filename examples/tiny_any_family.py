@@ -36,6 +36,9 @@ SHRINK = {
 OVERRIDES: dict[str, tuple[dict, str]] = {}
 
 LAYER_KEYS = ("num_hidden_layers", "depth", "num_layers", "n_layer", "n_layers")
+# Integer factors by which a model merges its vision tower's patch grid (pixel shuffle, spatial merge), in its config
+# or its vision config.
+MERGE_FACTORS = ("scale_factor", "spatial_merge_size", "downsample_factor")
 
 
 def _shrink(value, key: str = ""):
@@ -147,15 +150,30 @@ def _placeholder_ids_set(data: dict, model_type: str) -> dict:
     unset = [k for k in keys if k in data and data[k] is None]
     if type(vocab) is not int or not unset:
         return data
-    used = {v for c in (text, data) for k, v in c.items() if k.endswith(("_token_id", "_token_index")) and type(v) is int}
+    used = {v for c in (text, data) for k, v in c.items()
+            if k.endswith(("_token_id", "_token_index")) and type(v) is int}
     free = (i for i in range(vocab - 1, -1, -1) if i not in used)
     return {**data, **{k: next(free) for k in unset}}
+
+
+def _image_fits_its_merge(data: dict) -> dict:
+    """`data` with its vision config's image size, where it holds a whole number of patches a side, rounded up to a
+    whole number of merged patches: Idefics3's default 224-pixel image holds 7 patches of 32 a side, which its
+    scale_factor 2 cannot pixel-shuffle."""
+    vision = data.get("vision_config")
+    size, patch = (vision.get("image_size"), vision.get("patch_size")) if isinstance(vision, dict) else (None, None)
+    if type(size) is not int or type(patch) is not int or size % patch:
+        return data
+    factor = next((c[k] for c in (data, vision) for k in MERGE_FACTORS if type(c.get(k)) is int and c[k] > 1), 1)
+    side = -(-(size // patch) // factor) * factor * patch
+    return data if side == size else {**data, "vision_config": {**vision, "image_size": side}}
 
 
 def tiny_config(model_type: str) -> T.PretrainedConfig:
     """The type's default config, shrunk (see the module docstring)."""
     config = T.AutoConfig.for_model(model_type)
     data = _placeholder_ids_set(_ids_inside_the_text_vocabulary(_shrink(config.to_dict())), model_type)
+    data = _image_fits_its_merge(data)
     data.update(OVERRIDES.get(model_type, ({}, ""))[0])
     data.pop("model_type", None)
     return _model_default_rope_sections(type(config).from_dict(data), model_type)

@@ -71,10 +71,10 @@ def _token_strings(processor_class, roles) -> dict[str, str]:
     return out
 
 
-def tiny_tokenizer(processor_class, config, more=(), named=None):
+def tiny_tokenizer(processor_class, config, more=(), named=None, added=()):
     """A word-level tokenizer of the config's vocabulary, every token the config names at its id (under the string
-    `named` gives for its role, if any), and the tokens `more` names (roles the processor asks the tokenizer for) at
-    free ids."""
+    `named` gives for its role, if any), and the tokens `more` names (roles the processor asks the tokenizer for) and
+    the strings `added` (tokens the processor adds) at free ids."""
     vocab = config.get_text_config().vocab_size
     ids = config_token_ids(config)
     outside = {r: i for r, i in ids.items() if not 0 <= i < vocab}
@@ -92,6 +92,8 @@ def tiny_tokenizer(processor_class, config, more=(), named=None):
         if role not in strings:
             strings[role] = f"<{role}>"
             special.setdefault(strings[role], None)
+    for string in added:
+        special.setdefault(string, None)
     special.setdefault("<unk>", None)
     extra = {f"{r}_token": s for r, s in strings.items() if r not in OWN_ROLES}
     return word_tokenizer(special, bos=strings["bos"], eos=strings["eos"], pad=strings["pad"], add_bos=True,
@@ -107,6 +109,22 @@ def _own_strings(processor, config) -> dict[str, str]:
         if isinstance(string, str) and processor.tokenizer.convert_tokens_to_ids(string) != i:
             out[role] = string
     return out
+
+
+def _counts_the_model_holds(model_type: str, config, params) -> dict[str, int]:
+    """The processor's image token count arguments (`image_seq_len`) that the model computes from its config and
+    holds under the same name (Idefics3's tokens per image after its pixel shuffle), read from the model built on the
+    meta device."""
+    import torch
+
+    from tiny_any_family import model_class
+
+    wanted = [k for k in (*IMAGE_TOKEN_COUNTS, "image_seq_len") if k in params]
+    if not wanted:
+        return {}
+    with torch.device("meta"):
+        model = model_class(model_type)._from_config(config)
+    return {k: getattr(m, k) for m in model.modules() for k in wanted if type(getattr(m, k, None)) is int}
 
 
 def _square(value) -> int | None:
@@ -140,7 +158,8 @@ def _class_tokens(config) -> int:
     """How many tokens the vision tower adds to its patches: 1 where it holds a class embedding (CLIP's), else 0
     (the hub's processor config says it; the model config does not). Asked of the tower built on the meta device."""
     tower = _meta_tower(config)
-    return int(tower is not None and any(n.endswith(("class_embedding", "cls_token")) for n, _ in tower.named_parameters()))
+    names = (n for n, _ in tower.named_parameters()) if tower is not None else ()
+    return int(any(n.endswith(("class_embedding", "cls_token")) for n in names))
 
 
 def _meta_tower(config):
@@ -157,7 +176,10 @@ def _meta_tower(config):
 def _frames_per_patch(config) -> int | None:
     """How many frames one patch of the tower spans, read from its patch embedding's kernel: a 3-D one's depth, 1 for
     a 2-D one (LLaVA-OneVision-1.5's tower; the Qwen2-VL image processor it is mapped to cuts patches of 2 frames)."""
-    tower = _meta_tower(config)
+    try:
+        tower = _meta_tower(config)
+    except ValueError:  # a vision config AutoModel does not build (PaddleOCR-VL's): the image processor's default
+        return None
     kernel = next((p for n, p in (tower.named_parameters() if tower is not None else ())
                    if "patch" in n and p.dim() in (4, 5)), None)
     return None if kernel is None else kernel.shape[2] if kernel.dim() == 5 else 1
@@ -200,6 +222,7 @@ def tiny_processor(model_type: str, config):
     kwargs = {k: fields[k] for k in params if k in fields and k not in parts and not k.endswith("_token")}
     if "num_additional_image_tokens" in params and "num_additional_image_tokens" not in kwargs:
         kwargs["num_additional_image_tokens"] = _class_tokens(config)
+    kwargs.update(_counts_the_model_holds(model_type, config, params))
     patches = _patches(config)
     for key in IMAGE_TOKEN_COUNTS:  # unset: one token per patch of the tower's image
         if key in params and kwargs.get(key) is None and patches:
@@ -207,15 +230,19 @@ def tiny_processor(model_type: str, config):
         image_processor = parts.get("image_processor")
         if getattr(image_processor, key, 0) is None and patches:
             setattr(image_processor, key, patches)
-    more, named = [], {}
+    more, named, added = [], {}, []
     while True:  # the tokens the processor asks its tokenizer for (`tokenizer.image_boundary_token`), one by one
-        tokenizer = tiny_tokenizer(cls, config, more, named)
+        tokenizer = tiny_tokenizer(cls, config, more, named, added)
         try:
             processor = cls(**parts, tokenizer=tokenizer, **kwargs)
             own = {r: v for r, v in _own_strings(processor, config).items() if named.get(r) != v}
-            if not own:
+            vocab = config.get_text_config().vocab_size  # a few tokens added past it: Idefics3's <end_of_utterance>
+            beyond = [t for t, i in processor.tokenizer.get_vocab().items() if i >= vocab and t not in added]
+            beyond = beyond if len(beyond) <= 8 else []  # not PaliGemma's 1024 location tokens
+            if not own and not beyond:
                 return processor
             named.update(own)
+            added += beyond
         except AttributeError as e:
             asked = re.search(r"has no attribute '?(\w+)_token'?", str(e))
             if asked is None or asked.group(1) in more or len(more) > 8:

@@ -7,6 +7,7 @@ processor loads with AutoProcessor and is the base's; `mmmerge.generate` and `mm
 transformers' own generate answers on the same inputs (greedy). The other types are listed with the reason.
 """
 
+import inspect
 import json
 
 import pytest
@@ -32,7 +33,7 @@ NO_PROCESSOR = {
     **dict.fromkeys(["instructblip", "instructblipvideo"],
                     "its processor needs a second (Q-Former) tokenizer that no mapping names"),
     **dict.fromkeys(["qwen3_vl_moe", "glm4v_moe"], "transformers maps no image processor class to it"),
-    **dict.fromkeys(["aya_vision", "ovis2", "pp_chart2table", "idefics3", "smolvlm", "mllama", "vipllava"],
+    **dict.fromkeys(["aya_vision", "ovis2", "pp_chart2table", "mllama", "vipllava"],
                     "the default image processor and the shrunk config disagree on the image's tokens or features"),
     "blip-2": "its processor reads the tokenizer's image_token as an AddedToken (`.content`), which the tiny "
               "tokenizer's image token, a string, is not",
@@ -62,10 +63,11 @@ def _image():
     return Image.new("RGB", (64, 48), (200, 30, 40))
 
 
-def _encode(processor, prompts, images):
+def _encode(processor, prompts, images, model):
     """The processor's inputs: one image list per prompt where it takes that, else one flat list; token types where
     the model takes them."""
-    asked = {"return_mm_token_type_ids": True} if "mm_token_type_ids" in processor.model_input_names else {}
+    takes = "mm_token_type_ids" in inspect.signature(model.forward).parameters
+    asked = {"return_mm_token_type_ids": True} if takes and "mm_token_type_ids" in processor.model_input_names else {}
     try:
         return processor(images=[[im] for im in images], text=prompts, return_tensors="pt", padding=True, **asked)
     except (ValueError, TypeError, IndexError):
@@ -74,7 +76,7 @@ def _encode(processor, prompts, images):
 
 def _transformers_answer(model, processor, prompt, image, max_new_tokens):
     """transformers' own greedy generate on the processor's inputs, cut at the first end-of-sequence token."""
-    enc = _encode(processor, [prompt], [image])
+    enc = _encode(processor, [prompt], [image], model)
     enc.pop("labels", None)  # PaliGemma's processor makes training labels too
     with torch.no_grad():
         out = model.generate(**enc, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens)
