@@ -5,8 +5,11 @@
 
 No per-family code: the default config is shrunk key by key (widths, layer counts, heads, experts, vocabulary;
 lists of layer indices cut to the layers left), recursively through its sub-configs. The only family knowledge
-is the small OVERRIDES table, each entry with its reason. Token ids the shrunk vocabulary no longer holds move inside
-it, so a tiny model with a processor (examples/tiny_any_processor.py) can generate.
+is the small OVERRIDES table, each entry with its reason. So that a tiny model with a processor
+(examples/tiny_any_processor.py) can generate: token ids the shrunk vocabulary no longer holds move inside it, and
+placeholder ids the default config leaves None get free ids; multimodal rope sections (the config's, or the model's
+code default) are split over the shrunk head; a cut list of layer kinds keeps a plain attention layer; an image
+size whose patch grid the model's merge factor cannot divide is rounded up.
 """
 
 from __future__ import annotations

@@ -6,13 +6,14 @@ transformers' own tables: no per-family code.
 
 The processor class is the one transformers' PROCESSOR_MAPPING_NAMES names for the type; its image (and video)
 processor the one the type's image (video) processor mapping names, at its defaults but for the fields the config
-also has (the vision config's image_size as its size, `patch_size`, ...); its tokenizer a word-level one
-(examples/tiny_family_checkpoints.word_tokenizer) of exactly the config's vocabulary, with each token the config
-names by id (`image_token_id`, `video_token_index`, bos, eos, pad) at that id under the string the processor class
-uses for it, and each token the processor asks the tokenizer for (`tokenizer.image_boundary_token`) at a free id.
-The processor's other arguments are the config's fields of the same name (`patch_size`, `image_seq_length`, ...),
-`num_additional_image_tokens` is 1 where the vision tower holds a class embedding, and an unset image token
-count (`image_seq_length`, `num_image_tokens`) is the tower's patches per image.
+also has (the vision config's image_size as each of its sizes, `patch_size`, ...) and the frames per patch the
+tower's patch embedding reads; its tokenizer a word-level one (examples/tiny_family_checkpoints.word_tokenizer) of
+exactly the config's vocabulary, with each token the config names by id (`image_token_id`, `video_token_index`, bos,
+eos, pad) at that id under the string the processor uses for it, and each token the processor asks the tokenizer for
+(`tokenizer.image_boundary_token`) or adds to it at a free id. The processor's other arguments are the config's
+fields of the same name (`patch_size`, `image_seq_length`, ...), or the model's where it computes them
+(`image_seq_len`); `num_additional_image_tokens` is 1 where the vision tower holds a class embedding, and an unset
+image token count (`image_seq_length`, `num_image_tokens`) is the tower's patches per image.
 """
 
 from __future__ import annotations

@@ -33,8 +33,12 @@ NO_PROCESSOR = {
     **dict.fromkeys(["instructblip", "instructblipvideo"],
                     "its processor needs a second (Q-Former) tokenizer that no mapping names"),
     **dict.fromkeys(["qwen3_vl_moe", "glm4v_moe"], "transformers maps no image processor class to it"),
-    **dict.fromkeys(["aya_vision", "ovis2", "pp_chart2table", "mllama", "vipllava"],
-                    "the default image processor and the shrunk config disagree on the image's tokens or features"),
+    "aya_vision": "its processor writes more image-token ids than image tokens in the prompt (the tiny tokenizer "
+                  "gives other image strings of its processor the same id)",
+    "ovis2": "its processor expands an image into <IMG_ATOM> tokens, not the token the config names by image_token_id",
+    "pp_chart2table": "its processor leaves the image token unexpanded: one token for the image's 256 features",
+    "mllama": "its vision_output_dim keeps the default width (7680), which the shrunk tower's layers do not write",
+    "vipllava": "its vision_feature_layer lists layers (-5, -8, -11, 6) the shrunk two-layer tower does not have",
     "blip-2": "its processor reads the tokenizer's image_token as an AddedToken (`.content`), which the tiny "
               "tokenizer's image token, a string, is not",
     "gemma3": "the shrunk config's image pooling does not fit its tower's patches",
@@ -42,8 +46,9 @@ NO_PROCESSOR = {
                  "needs indexer sizes its default config leaves unset",
     "aria": "the shrunk tower's patch count is not one its projector's query table holds",
     "florence2": "its vision config is not one AutoModel builds (the tiny processor reads the tower's patch count)",
-    "step3p7": "its shrunk text config's layers use sliding-window attention with no sliding_window set",
-    "ovis2_5": "its default image processor holds no image size (0 by 0)",
+    "step3p7": "its model masks a sliding window that its default config leaves unset (sliding_window None)",
+    "ovis2_5": "its image processor's size is a pixel area (shortest_edge/longest_edge), which set to the vision "
+               "config's side makes 0-by-0 images",
     "nemotron_h_omni": "its processor needs an audio feature extractor that transformers maps to no class for it",
     "qianfan_ocr": "its processor counts `<image>` placeholders that no prompt of the tiny processor holds",
     "cosmos3_omni": "transformers names no processor class for it",
