@@ -6,8 +6,11 @@
 No per-family code: the default config (with a vision sub-config it leaves out filled with that sub-config's own
 defaults) is shrunk key by key (widths, layer counts, heads, experts, vocabulary;
 lists of layer indices cut to the layers left), recursively through its sub-configs. The only family knowledge
-is the small OVERRIDES table, each entry with its reason. Token ids the shrunk vocabulary no longer holds move inside
-it, so a tiny model with a processor (examples/tiny_any_processor.py) can generate.
+is the small OVERRIDES table, each entry with its reason. So that a tiny model with a processor
+(examples/tiny_any_processor.py) can generate: token ids the shrunk vocabulary no longer holds move inside it, and
+placeholder ids the default config leaves None get free ids; multimodal rope sections (the config's, or the model's
+code default) are split over the shrunk head; a cut list of layer kinds keeps a plain attention layer; an image
+size whose patch grid the model's merge factor cannot divide is rounded up.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ SHRINK = {
 OVERRIDES: dict[str, tuple[dict, str]] = {}
 
 LAYER_KEYS = ("num_hidden_layers", "depth", "num_layers", "n_layer", "n_layers")
+# Integer factors by which a model merges its vision tower's patch grid (pixel shuffle, spatial merge), in its config
+# or its vision config.
+MERGE_FACTORS = ("scale_factor", "spatial_merge_size", "downsample_factor")
 
 
 def _shrink(value, key: str = ""):
@@ -57,7 +63,7 @@ def _shrink(value, key: str = ""):
     if layers and left:
         for k, v in out.items():
             if isinstance(v, list) and len(v) == layers and layers > left:
-                out[k] = v[:left]  # one entry per layer
+                out[k] = _cut_per_layer(v, left)
             elif isinstance(v, list) and ("layer" in k or "index" in k) and v and all(type(i) is int for i in v):
                 out[k] = [i for i in v if -left <= i < left] or [left - 1]  # layer indices
             elif isinstance(v, dict) and ("layer" in k) and all(str(i).isdigit() for i in v):
@@ -68,14 +74,61 @@ def _shrink(value, key: str = ""):
                and type(v) is int and v >= vocab]
         for n, k in enumerate(ids):
             out[k] = vocab - 1 - n
-    head = out.get("head_dim") or (out.get("hidden_size", 0) // max(out.get("num_attention_heads") or 1, 1))
+    head = _head_size(out)
     for k in ("rope_parameters", "rope_scaling"):
         rope = out.get(k)
         if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list) and head:
-            n = len(rope["mrope_section"])
-            half = head // 2
-            out[k] = {**rope, "mrope_section": [half // n + (1 if i < half % n else 0) for i in range(n)]}
+            out[k] = {**rope, "mrope_section": _sections(_rotary_size(head, rope), len(rope["mrope_section"]))}
     return out
+
+
+def _head_size(config: dict) -> int:
+    return config.get("head_dim") or (config.get("hidden_size", 0) // max(config.get("num_attention_heads") or 1, 1))
+
+
+def _rotary_size(head: int, rope: dict) -> int:
+    """The part of the head the rope rotates."""
+    return int(head * rope.get("partial_rotary_factor", 1.0))
+
+
+def _sections(rotary: int, n: int) -> list[int]:
+    """`n` multimodal rope sections that together cover its rotary frequencies (half the rotated size), as even as
+    can be."""
+    half = rotary // 2
+    return [half // n + (1 if i < half % n else 0) for i in range(n)]
+
+
+def _model_default_rope_sections(config, model_type: str):
+    """`config` with the multimodal rope sections its model's code defaults to (Qwen2-VL's [16, 24, 24], sized for
+    the full head) written into each sub-config that takes `mrope_section` but holds none, split over the shrunk head
+    as _shrink splits the sections a config holds. The default is read from the model built on the meta device."""
+    wanting = [c for c in (config, *(getattr(config, k, None) for k in config.sub_configs))
+               if isinstance(getattr(c, "rope_parameters", None), dict) and "mrope_section" not in c.rope_parameters]
+    if not wanting:
+        return config
+    with torch.device("meta"):
+        model = model_class(model_type)._from_config(config)
+    for module in model.modules():
+        default, owner = getattr(module, "mrope_section", None), getattr(module, "config", None)
+        for c in wanting:
+            if isinstance(default, list) and type(owner) is type(c) and _head_size(c.to_dict()):
+                rotary = _rotary_size(_head_size(c.to_dict()), c.rope_parameters)
+                c.rope_parameters["mrope_section"] = _sections(rotary, len(default))
+    return config
+
+
+def _cut_per_layer(values: list, left: int) -> list:
+    """A list of one entry per layer cut to the first `left` layers; where its entries are layer kinds and the cut
+    keeps no plain attention layer (full or sliding: Qwen3.5's first layers are all linear attention), its last entry
+    is the first plain attention kind of the full list: a model with no attention cache does not generate. The kinds
+    are read from transformers' cache table; other attention kinds (indexed) need sizes of their own, left alone."""
+    from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, DynamicLayer, DynamicSlidingWindowLayer
+
+    cut = values[:left]
+    if not all(isinstance(v, str) and v in DYNAMIC_LAYER_TYPE_MAPPING for v in values):
+        return cut
+    plain = [v for v in values if DYNAMIC_LAYER_TYPE_MAPPING[v] in (DynamicLayer, DynamicSlidingWindowLayer)]
+    return cut if not plain or set(cut) & set(plain) else cut[:-1] + plain[:1]
 
 
 def _ids_inside_the_text_vocabulary(data: dict) -> dict:
@@ -100,14 +153,45 @@ def with_default_vision(config: T.PretrainedConfig) -> T.PretrainedConfig:
     return config
 
 
+def _placeholder_ids_set(data: dict, model_type: str) -> dict:
+    """`data` with each placeholder id of the model's input modalities (`image_token_id`, `video_token_id`) that the
+    default config leaves None (MiniCPM-V's; the hub's config sets it) at a free id at the top of the text
+    vocabulary: the model finds its features' places by it."""
+    text = data.get("text_config")
+    vocab = text.get("vocab_size") if isinstance(text, dict) else None
+    keys = [f"{m}_token{end}" for m in getattr(model_class(model_type), "input_modalities", ()) if m != "text"
+            for end in ("_id", "_index")]
+    unset = [k for k in keys if k in data and data[k] is None]
+    if type(vocab) is not int or not unset:
+        return data
+    used = {v for c in (text, data) for k, v in c.items()
+            if k.endswith(("_token_id", "_token_index")) and type(v) is int}
+    free = (i for i in range(vocab - 1, -1, -1) if i not in used)
+    return {**data, **{k: next(free) for k in unset}}
+
+
+def _image_fits_its_merge(data: dict) -> dict:
+    """`data` with its vision config's image size, where it holds a whole number of patches a side, rounded up to a
+    whole number of merged patches: Idefics3's default 224-pixel image holds 7 patches of 32 a side, which its
+    scale_factor 2 cannot pixel-shuffle."""
+    vision = data.get("vision_config")
+    size, patch = (vision.get("image_size"), vision.get("patch_size")) if isinstance(vision, dict) else (None, None)
+    if type(size) is not int or type(patch) is not int or size % patch:
+        return data
+    factor = next((c[k] for c in (data, vision) for k in MERGE_FACTORS if type(c.get(k)) is int and c[k] > 1), 1)
+    side = -(-(size // patch) // factor) * factor * patch
+    return data if side == size else {**data, "vision_config": {**vision, "image_size": side}}
+
+
 def tiny_config(model_type: str) -> T.PretrainedConfig:
     """The type's default config, its vision sub-config filled in where the default leaves it out, shrunk (see the
     module docstring)."""
     config = with_default_vision(T.AutoConfig.for_model(model_type))
-    data = _ids_inside_the_text_vocabulary(_shrink(config.to_dict()))
+    data = _placeholder_ids_set(_ids_inside_the_text_vocabulary(_shrink(config.to_dict())), model_type)
+    data = _image_fits_its_merge(data)
     data.update(OVERRIDES.get(model_type, ({}, ""))[0])
     data.pop("model_type", None)
-    return type(config).from_dict(data)
+    return _model_default_rope_sections(type(config).from_dict(data), model_type)
 
 
 def model_class(model_type: str) -> type:

@@ -6,13 +6,14 @@ transformers' own tables: no per-family code.
 
 The processor class is the one transformers' PROCESSOR_MAPPING_NAMES names for the type; its image (and video)
 processor the one the type's image (video) processor mapping names, at its defaults but for the fields the config
-also has (the vision config's image_size as its size, `patch_size`, ...); its tokenizer a word-level one
-(examples/tiny_family_checkpoints.word_tokenizer) of exactly the config's vocabulary, with each token the config
-names by id (`image_token_id`, `video_token_index`, bos, eos, pad) at that id under the string the processor class
-uses for it, and each token the processor asks the tokenizer for (`tokenizer.image_boundary_token`) at a free id.
-The processor's other arguments are the config's fields of the same name (`patch_size`, `image_seq_length`, ...),
-`num_additional_image_tokens` is 1 where the vision tower holds a class embedding, and an unset image token
-count (`image_seq_length`, `num_image_tokens`) is the tower's patches per image.
+also has (the vision config's image_size as each of its sizes, `patch_size`, ...) and the frames per patch the
+tower's patch embedding reads; its tokenizer a word-level one (examples/tiny_family_checkpoints.word_tokenizer) of
+exactly the config's vocabulary, with each token the config names by id (`image_token_id`, `video_token_index`, bos,
+eos, pad) at that id under the string the processor uses for it, and each token the processor asks the tokenizer for
+(`tokenizer.image_boundary_token`) or adds to it at a free id. The processor's other arguments are the config's
+fields of the same name (`patch_size`, `image_seq_length`, ...), or the model's where it computes them
+(`image_seq_len`); `num_additional_image_tokens` is 1 where the vision tower holds a class embedding, and an unset
+image token count (`image_seq_length`, `num_image_tokens`) is the tower's patches per image.
 """
 
 from __future__ import annotations
@@ -71,15 +72,16 @@ def _token_strings(processor_class, roles) -> dict[str, str]:
     return out
 
 
-def tiny_tokenizer(processor_class, config, more=()):
-    """A word-level tokenizer of the config's vocabulary, every token the config names at its id, and the tokens
-    `more` names (roles the processor asks the tokenizer for) at free ids."""
+def tiny_tokenizer(processor_class, config, more=(), named=None, added=()):
+    """A word-level tokenizer of the config's vocabulary, every token the config names at its id (under the string
+    `named` gives for its role, if any), and the tokens `more` names (roles the processor asks the tokenizer for) and
+    the strings `added` (tokens the processor adds) at free ids."""
     vocab = config.get_text_config().vocab_size
     ids = config_token_ids(config)
     outside = {r: i for r, i in ids.items() if not 0 <= i < vocab}
     if outside:
         raise NoTinyProcessor(f"token ids outside the {vocab}-token vocabulary: {outside}")
-    strings = _token_strings(processor_class, ids)
+    strings = {**_token_strings(processor_class, ids), **(named or {})}
     special, by_id = {}, {}
     for role, i in sorted(ids.items(), key=lambda x: x[0] not in OWN_ROLES):
         strings[role] = by_id.setdefault(i, strings[role])  # two roles of one id share its string
@@ -91,24 +93,61 @@ def tiny_tokenizer(processor_class, config, more=()):
         if role not in strings:
             strings[role] = f"<{role}>"
             special.setdefault(strings[role], None)
+    for string in added:
+        special.setdefault(string, None)
     special.setdefault("<unk>", None)
     extra = {f"{r}_token": s for r, s in strings.items() if r not in OWN_ROLES}
     return word_tokenizer(special, bos=strings["bos"], eos=strings["eos"], pad=strings["pad"], add_bos=True,
                           extra_special_tokens=extra, size=vocab)
 
 
+def _own_strings(processor, config) -> dict[str, str]:
+    """Role -> the string the processor uses for a token the config names by id (its `image_token`: GOT-OCR2's
+    `<imgpad>`, InternVL's tokenizer.context_image_token) where the tokenizer holds that string at another id."""
+    out = {}
+    for role, i in config_token_ids(config).items():
+        string = getattr(processor, f"{role}_token", None)
+        if isinstance(string, str) and processor.tokenizer.convert_tokens_to_ids(string) != i:
+            out[role] = string
+    return out
+
+
+def _counts_the_model_holds(model_type: str, config, params) -> dict[str, int]:
+    """The processor's image token count arguments (`image_seq_len`) that the model computes from its config and
+    holds under the same name (Idefics3's tokens per image after its pixel shuffle), read from the model built on the
+    meta device."""
+    import torch
+
+    from tiny_any_family import model_class
+
+    wanted = [k for k in (*IMAGE_TOKEN_COUNTS, "image_seq_len") if k in params]
+    if not wanted:
+        return {}
+    with torch.device("meta"):
+        model = model_class(model_type)._from_config(config)
+    return {k: getattr(m, k) for m in model.modules() for k in wanted if type(getattr(m, k, None)) is int}
+
+
+def _square(value) -> int | None:
+    """The side of a square size given as one int or as [side, side]; None for anything else."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]
+    return value if type(value) is int else None
+
+
 def _sized(image_processor_class, config):
     """The image (video) processor at its defaults but for the integer fields the config has too (`patch_size`,
-    `temporal_patch_size`) and its `size` and `crop_size`, set to the vision config's image_size where it has one
-    (the tower's position embeddings are made for it)."""
+    `temporal_patch_size`) and each of its sizes (`size`, `crop_size`, `max_image_size`), set to the vision config's
+    image_size where it has one (the tower's position embeddings are made for it)."""
     default = image_processor_class()
     fields = _fields(config)
-    sizes = {k: fields[k] for k in vars(default) if k in fields and type(fields[k]) is int}  # patch_size, ...
-    side = getattr(getattr(config, "vision_config", None), "image_size", None)
-    if type(side) is not int:
+    sizes = {k: _square(fields[k]) for k in vars(default) if k in fields and _square(fields[k])}  # patch_size, ...
+    if "temporal_patch_size" in vars(default) and "temporal_patch_size" not in sizes:
+        sizes.update(temporal_patch_size=_frames_per_patch(config) or default.temporal_patch_size)
+    side = _square(getattr(getattr(config, "vision_config", None), "image_size", None))
+    if side is None:
         return image_processor_class(**sizes) if sizes else default
-    for key in ("size", "crop_size"):
-        value = getattr(default, key, None)
+    for key, value in vars(default).items():
         if dataclasses.is_dataclass(value):  # transformers' SizeDict
             value = dataclasses.asdict(value)
         if isinstance(value, dict) and any(value.get(k) is not None for k in SIDES):
@@ -119,21 +158,39 @@ def _sized(image_processor_class, config):
 def _class_tokens(config) -> int:
     """How many tokens the vision tower adds to its patches: 1 where it holds a class embedding (CLIP's), else 0
     (the hub's processor config says it; the model config does not). Asked of the tower built on the meta device."""
+    tower = _meta_tower(config)
+    names = (n for n, _ in tower.named_parameters()) if tower is not None else ()
+    return int(any(n.endswith(("class_embedding", "cls_token")) for n in names))
+
+
+def _meta_tower(config):
+    """The vision tower built from the vision config on the meta device; None where the config has no vision config."""
     import torch
 
     vision = getattr(config, "vision_config", None)
     if vision is None:
-        return 0
+        return None
     with torch.device("meta"):
-        tower = T.AutoModel.from_config(vision)
-    return int(any(n.endswith(("class_embedding", "cls_token")) for n, _ in tower.named_parameters()))
+        return T.AutoModel.from_config(vision)
+
+
+def _frames_per_patch(config) -> int | None:
+    """How many frames one patch of the tower spans, read from its patch embedding's kernel: a 3-D one's depth, 1 for
+    a 2-D one (LLaVA-OneVision-1.5's tower; the Qwen2-VL image processor it is mapped to cuts patches of 2 frames)."""
+    try:
+        tower = _meta_tower(config)
+    except ValueError:  # a vision config AutoModel does not build (PaddleOCR-VL's): the image processor's default
+        return None
+    kernel = next((p for n, p in (tower.named_parameters() if tower is not None else ())
+                   if "patch" in n and p.dim() in (4, 5)), None)
+    return None if kernel is None else kernel.shape[2] if kernel.dim() == 5 else 1
 
 
 def _patches(config) -> int | None:
     """The vision tower's patches per image, (image_size // patch_size)², where its config says both."""
     vision = getattr(config, "vision_config", None)
-    size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
-    return (size // patch) ** 2 if type(size) is int and type(patch) is int and patch else None
+    size, patch = _square(getattr(vision, "image_size", None)), _square(getattr(vision, "patch_size", None))
+    return (size // patch) ** 2 if size and patch else None
 
 
 def _fields(config) -> dict:
@@ -166,6 +223,7 @@ def tiny_processor(model_type: str, config):
     kwargs = {k: fields[k] for k in params if k in fields and k not in parts and not k.endswith("_token")}
     if "num_additional_image_tokens" in params and "num_additional_image_tokens" not in kwargs:
         kwargs["num_additional_image_tokens"] = _class_tokens(config)
+    kwargs.update(_counts_the_model_holds(model_type, config, params))
     patches = _patches(config)
     for key in IMAGE_TOKEN_COUNTS:  # unset: one token per patch of the tower's image
         if key in params and kwargs.get(key) is None and patches:
@@ -173,11 +231,19 @@ def tiny_processor(model_type: str, config):
         image_processor = parts.get("image_processor")
         if getattr(image_processor, key, 0) is None and patches:
             setattr(image_processor, key, patches)
-    more = []
+    more, named, added = [], {}, []
     while True:  # the tokens the processor asks its tokenizer for (`tokenizer.image_boundary_token`), one by one
-        tokenizer = tiny_tokenizer(cls, config, more)
+        tokenizer = tiny_tokenizer(cls, config, more, named, added)
         try:
-            return cls(**parts, tokenizer=tokenizer, **kwargs)
+            processor = cls(**parts, tokenizer=tokenizer, **kwargs)
+            own = {r: v for r, v in _own_strings(processor, config).items() if named.get(r) != v}
+            vocab = config.get_text_config().vocab_size  # a few tokens added past it: Idefics3's <end_of_utterance>
+            beyond = [t for t, i in processor.tokenizer.get_vocab().items() if i >= vocab and t not in added]
+            beyond = beyond if len(beyond) <= 8 else []  # not PaliGemma's 1024 location tokens
+            if not own and not beyond:
+                return processor
+            named.update(own)
+            added += beyond
         except AttributeError as e:
             asked = re.search(r"has no attribute '?(\w+)_token'?", str(e))
             if asked is None or asked.group(1) in more or len(more) > 8:

@@ -7,6 +7,7 @@ processor loads with AutoProcessor and is the base's; `mmmerge.generate` and `mm
 transformers' own generate answers on the same inputs (greedy). The other types are listed with the reason.
 """
 
+import inspect
 import json
 
 import pytest
@@ -32,24 +33,26 @@ NO_PROCESSOR = {
     **dict.fromkeys(["instructblip", "instructblipvideo"],
                     "its processor needs a second (Q-Former) tokenizer that no mapping names"),
     **dict.fromkeys(["qwen3_vl_moe", "glm4v_moe"], "transformers maps no image processor class to it"),
-    **dict.fromkeys(["aya_vision", "got_ocr2", "ovis2", "pp_chart2table", "idefics3", "smolvlm",
-                     "internvl", "mllama", "vipllava", "minimax_m3_vl", "step3p7"],
-                    "the default image processor and the shrunk config disagree on the image's tokens or features"),
-    **dict.fromkeys(["glm4v", "glm46v", "paddleocr_vl", "qwen2_vl", "qwen2_5_vl", "llava_onevision1_5"],
-                    "the vision tower's rotary sections do not fit its shrunk head size"),
-    **dict.fromkeys(["blip-2", "minicpm_ocr", "minicpmv4_6", "minicpmv4_7"],
-                    "its processor needs arguments the model config does not hold (the hub's processor config does)"),
+    "aya_vision": "its processor writes more image-token ids than image tokens in the prompt (the tiny tokenizer "
+                  "gives other image strings of its processor the same id)",
+    "ovis2": "its processor expands an image into <IMG_ATOM> tokens, not the token the config names by image_token_id",
+    "pp_chart2table": "its processor leaves the image token unexpanded: one token for the image's 256 features",
+    "mllama": "its vision_output_dim keeps the default width (7680), which the shrunk tower's layers do not write",
+    "vipllava": "its vision_feature_layer lists layers (-5, -8, -11, 6) the shrunk two-layer tower does not have",
+    "blip-2": "its processor reads the tokenizer's image_token as an AddedToken (`.content`), which the tiny "
+              "tokenizer's image token, a string, is not",
     "gemma3": "the shrunk config's image pooling does not fit its tower's patches",
-    **dict.fromkeys(["qwen3_5", "qwen3_5_moe", "qwen4_exp"],
-                    "generate fails once two layers leave only linear-attention layers in the cache"),
+    "qwen4_exp": "two layers leave only linear-attention layers in the cache; its other kind (indexed attention) "
+                 "needs indexer sizes its default config leaves unset",
     "aria": "the shrunk tower's patch count is not one its projector's query table holds",
     "florence2": "its vision config is not one AutoModel builds (the tiny processor reads the tower's patch count)",
-    "ovis2_5": "its default image processor holds no image size (0 by 0)",
+    "step3p7": "its model masks a sliding window that its default config leaves unset (sliding_window None)",
+    "ovis2_5": "its image processor's size is a pixel area (shortest_edge/longest_edge), which set to the vision "
+               "config's side makes 0-by-0 images",
     **dict.fromkeys(["nemotron_h_omni", "gemma4"],
                     "its processor needs an audio feature extractor that transformers maps to no class for it"),
     "qianfan_ocr": "its processor counts `<image>` placeholders that no prompt of the tiny processor holds",
     "cosmos3_omni": "transformers names no processor class for it",
-    "cosmos3_edge": "its processor returns no mm_token_type_ids, which the model's multimodal RoPE needs",
     "kimi_k25": "its projector's norm keeps the default width (projection_hidden_size), which the shrunk tower does "
                 "not write",
 }
@@ -66,17 +69,20 @@ def _image():
     return Image.new("RGB", (64, 48), (200, 30, 40))
 
 
-def _encode(processor, prompts, images):
-    """The processor's inputs: one image list per prompt where it takes that, else one flat list."""
+def _encode(processor, prompts, images, model):
+    """The processor's inputs: one image list per prompt where it takes that, else one flat list; token types where
+    the model takes them."""
+    takes = "mm_token_type_ids" in inspect.signature(model.forward).parameters
+    asked = {"return_mm_token_type_ids": True} if takes and "mm_token_type_ids" in processor.model_input_names else {}
     try:
-        return processor(images=[[im] for im in images], text=prompts, return_tensors="pt", padding=True)
+        return processor(images=[[im] for im in images], text=prompts, return_tensors="pt", padding=True, **asked)
     except (ValueError, TypeError, IndexError):
-        return processor(images=images, text=prompts, return_tensors="pt", padding=True)
+        return processor(images=images, text=prompts, return_tensors="pt", padding=True, **asked)
 
 
 def _transformers_answer(model, processor, prompt, image, max_new_tokens):
     """transformers' own greedy generate on the processor's inputs, cut at the first end-of-sequence token."""
-    enc = _encode(processor, [prompt], [image])
+    enc = _encode(processor, [prompt], [image], model)
     enc.pop("labels", None)  # PaliGemma's processor makes training labels too
     with torch.no_grad():
         out = model.generate(**enc, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens)

@@ -10,6 +10,7 @@ the rounding is smaller than the guard, which float32 keeps it by orders of magn
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -114,6 +115,13 @@ def adds_special_tokens(tokenizer, prompts: list[str]) -> bool:
     return not (bos and all(p.startswith(bos) for p in prompts))
 
 
+def token_types_asked(processor, model) -> dict:
+    """The argument that asks the processor for `mm_token_type_ids` where it makes them and the model takes them
+    (Cosmos3-Edge's multimodal RoPE needs them, and its processor returns them only when asked)."""
+    takes = "mm_token_type_ids" in inspect.signature(model.forward).parameters
+    return {"return_mm_token_type_ids": True} if takes and "mm_token_type_ids" in processor.model_input_names else {}
+
+
 def prompt_lengths(processor, prompts: list[str]) -> list[int]:
     """Token counts of the prompts before the image placeholders are expanded (to sort by length)."""
     tok = processor.tokenizer
@@ -178,7 +186,8 @@ class Generator:
 
     def _call_processor(self, prompts, images, per_prompt: bool):
         return self.processor(images=self._layout(images, per_prompt), text=prompts, return_tensors="pt",
-                              padding=True, add_special_tokens=adds_special_tokens(self.processor.tokenizer, prompts))
+                              padding=True, add_special_tokens=adds_special_tokens(self.processor.tokenizer, prompts),
+                              **token_types_asked(self.processor, self.model))
 
     def _find_layout(self, prompt: str, images: list[Image.Image]) -> bool:
         """Whether the processor takes images as one list per prompt (Gemma 3, SmolVLM and mllama need it;
