@@ -22,6 +22,7 @@ from ..errors import UnknownFormatError, UnreadableFileError
 from . import hf_causal_lm, hf_multimodal, hf_vision, hf_whole, open_clip_vision, timm_vision
 from .families import Family, family_named, rename  # noqa: F401  (family_named: the engine's: a family by model_type)
 from .fused_experts import in_memory_layout  # noqa: F401  (the engine's: experts fused where inputs differ)
+from .derive import is_image_text_to_text  # noqa: F401  (the engine's: a model_type transformers lists as a VLM)
 from .language_pairing import as_text_only_language, as_vlm_language  # noqa: F401  (the engine's: one LM's names)
 from .hf_causal_lm import is_tied, untie  # noqa: F401  (the engine's: a tied lm_head made explicit)
 from .hf_common import class_layout, layout_of
