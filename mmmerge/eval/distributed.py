@@ -6,6 +6,7 @@ gloo on CPU, nccl on GPU (one GPU per rank, by LOCAL_RANK). Without WORLD_SIZE >
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -67,5 +68,10 @@ def broadcast(obj, ranks: Ranks):
 
 
 def teardown(ranks: Ranks) -> None:
+    """End the process group we started. Called from a `finally`: where no error is on its way out, every rank got
+    here, so each first waits for the others (a rank closing the group while its peer still finishes the last
+    collective can abort that peer: "terminate called without an active exception", seen once under load)."""
     if ranks.owns_group and dist.is_initialized():
+        if sys.exc_info()[1] is None:
+            dist.barrier()
         dist.destroy_process_group()
