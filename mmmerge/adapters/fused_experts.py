@@ -49,18 +49,14 @@ def _plan(arch: str, config_json: str, names: tuple[str, ...]) -> dict[str, list
 
     def compute() -> dict:
         from transformers.conversion_mapping import get_checkpoint_conversion_mapping
-        from transformers.core_model_loading import WeightConverter, dot_natural_key, rename_source_key
+        from transformers.core_model_loading import WeightConverter
 
         keys = (arch, json.loads(config_json).get("model_type"))
         mappings = [get_checkpoint_conversion_mapping(key) or [] for key in keys]
         if not any(isinstance(t, WeightConverter) for mapping in mappings for t in mapping):
             return {}  # nothing converted: no need to build the class (a third of a second for a 1B model)
-        model, renamings, converters = _conversions(arch, config_json)
-        held = model.state_dict()
-        plan: dict[str, list] = {}
-        for name in sorted(names, key=dot_natural_key):
-            target, pattern = rename_source_key(name, renamings, converters, model.base_model_prefix, held)
-            plan.setdefault(target, []).append([pattern, name])
+        _, _, converters = class_conversions(arch, config_json)
+        plan = load_plan(arch, config_json, names)
         if not any(pattern is not None for sources in plan.values() for pattern, _ in sources):
             return {}
         layout = class_layout(arch, json.loads(config_json))
@@ -78,9 +74,25 @@ def _by_pattern(sources: list[list], converters) -> list[list]:
     return [s for p in patterns for s in sources if s[0] == p]
 
 
+def load_plan(arch: str, config_json: str, names) -> dict[str, list[list]]:
+    """in-memory name -> [[source pattern or None, file name], ...]: where the class's load-time conversion puts each
+    of the file tensors `names`, in its order (sorted as transformers sorts them); a target the class does not hold
+    is named too."""
+    from transformers.core_model_loading import dot_natural_key, rename_source_key
+
+    model, renamings, converters = class_conversions(arch, config_json)
+    held = model.state_dict()
+    plan: dict[str, list] = {}
+    for name in sorted(names, key=dot_natural_key):
+        target, pattern = rename_source_key(name, renamings, converters, model.base_model_prefix, held)
+        plan.setdefault(target, []).append([pattern, name])
+    return plan
+
+
 @functools.lru_cache(maxsize=8)
-def _conversions(arch: str, config_json: str):
-    """The class built on the meta device, its renamings and its converters (transformers' load-time mapping)."""
+def class_conversions(arch: str, config_json: str):
+    """The class built on the meta device, its renamings and its converters (transformers' load-time mapping): one
+    build per class and config for everything that asks how the class converts its tensors."""
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightConverter, WeightRenaming
 
@@ -94,7 +106,7 @@ def _conversions(arch: str, config_json: str):
 
 def _fuse(arch: str, config_json: str, target: str, patterns: list[str], *tensors):
     """The in-memory tensor `target` from its file tensors, by the operations of the converter that makes it."""
-    _, _, converters = _conversions(arch, config_json)
+    _, _, converters = class_conversions(arch, config_json)
     converter = next(c for c in converters if patterns[0] in c.source_patterns)
     collected: dict[str, list] = {}
     for pattern, tensor in zip(patterns, tensors):

@@ -19,7 +19,7 @@ import functools
 import json
 
 from ..checkpoint import Checkpoint, Component, LazyTensor, combine
-from .fused_experts import _by_pattern, _conversions, _fuse
+from .fused_experts import _by_pattern, _fuse, class_conversions, load_plan
 from .families import join_name, rename, split_name
 from .hf_common import _kept_on_disk
 
@@ -63,7 +63,7 @@ def _written(cls: str, config_json: str, held: tuple[str, ...]) -> dict | None:
     def compute() -> dict:
         from .hf_export import to_file_names
 
-        model = _conversions(cls, config_json)[0]
+        model = class_conversions(cls, config_json)[0]
         state = model.state_dict()
         out = {}
         for name in held:
@@ -91,7 +91,7 @@ def _converted_together(cls: str, config_json: str, held: str):
             from .hf_export import to_file_names
 
             done.clear()
-            done.update(to_file_names(_conversions(cls, config_json)[0], {held: loaded}))
+            done.update(to_file_names(class_conversions(cls, config_json)[0], {held: loaded}))
         return done.pop(file_name)
 
     return take
@@ -126,14 +126,9 @@ def _loaded(cls: str, config_json: str, names: tuple[str, ...]) -> dict:
     puts each of the file tensors `names`, in its order (gate before up, experts in order)."""
 
     def compute() -> dict:
-        from transformers.core_model_loading import dot_natural_key, rename_source_key
-
-        model, renamings, converters = _conversions(cls, config_json)
+        model, _, converters = class_conversions(cls, config_json)
         held = model.state_dict()
-        plan: dict[str, list] = {}
-        for name in sorted(names, key=dot_natural_key):
-            target, pattern = rename_source_key(name, renamings, converters, model.base_model_prefix, held)
-            plan.setdefault(target, []).append([pattern, name])
+        plan = load_plan(cls, config_json, names)
         return {target: [list(held[target].shape) if target in held else None, _by_pattern(sources, converters)]
                 for target, sources in plan.items()}
 

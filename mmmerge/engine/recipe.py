@@ -26,8 +26,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..adapters import family_named
-from ..adapters import is_image_text_to_text
+from ..adapters import family_named, is_image_text_to_text
 from ..checkpoint import COMPONENTS
 from ..errors import RecipeError
 

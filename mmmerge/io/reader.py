@@ -52,8 +52,8 @@ def _read_range(path: Path, offset: int, nbytes: int, dtype: torch.dtype, shape:
     Each tensor gets its own private mapping, released with the tensor, so its pages leave the process when
     it is freed and peak memory stays a few tensors, not the touched part of the file; writes to the tensor
     would stay in the process (copy-on-write), but nothing writes to an input: a tensor over
-    `pages.STREAMED_FROM` bytes has its pages let go a slice at a time as a merge passes over it. Where a file cannot be mapped (some file systems, or the process's
-    limit on mappings) the bytes are read instead."""
+    `pages.STREAMED_FROM` bytes has its pages let go a slice at a time as a merge passes over it. Where a file
+    cannot be mapped (some file systems, or the process's limit on mappings) the bytes are read instead."""
     if not nbytes:
         return torch.empty(shape, dtype=dtype)
     start = offset - offset % mmap.ALLOCATIONGRANULARITY

@@ -23,11 +23,11 @@ from ..adapters.hf_common import _kept_on_disk
 from ..checkpoint import Checkpoint, LazyTensor
 
 
-@functools.lru_cache(maxsize=4)
 def _meta_model(arch: str, config_json: str):
-    from ..adapters.hf_export import class_on_meta
+    """The class on the meta device, built once with the other conversion facts asked of it."""
+    from ..adapters.fused_experts import class_conversions
 
-    return class_on_meta(arch, config_json)
+    return class_conversions(arch, config_json)[0]
 
 
 @functools.lru_cache(maxsize=8)
