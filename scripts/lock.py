@@ -19,7 +19,7 @@ README = ROOT / "README.md"
 
 # the packages whose versions decide results, in the order the README names them
 DECISIVE = ["torch", "torchvision", "transformers", "tokenizers", "huggingface_hub", "safetensors", "peft", "timm",
-            "open_clip_torch", "optuna", "numpy", "pillow", "mergekit"]
+            "open_clip_torch", "optuna", "numpy", "numba", "pillow", "mergekit"]
 HEADER = "# The exact versions the test suite last passed with (scripts/lock.py update wrote them; Python {python})."
 MARK = "<!-- tested-versions -->"
 

@@ -141,6 +141,14 @@ class Rescaled:
 SNAPSHOTS = 64  # times the histogram is kept during its pass: the tie scan then reads at most 1/64 of the slices
 
 
+def cut_in_counts(counts: torch.Tensor, k: int) -> tuple[int, int]:
+    """(b, need): the bin of the k-th largest entry in a histogram of magnitude keys, and how many of its entries
+    are kept (1..counts[b]) so that k are."""
+    at_or_above = counts.flip(0).cumsum(0).flip(0)
+    b = int((at_or_above >= k).nonzero()[-1])
+    return b, k - int(at_or_above[b] - counts[b])
+
+
 def select_top(part: Part, n: int, chunk: int, k: int, *, ties_low: bool, like: torch.Tensor,
                bins_of: torch.dtype | None = None, keys: Part | None = None) -> TopKeep:
     """The k (0 < k < n) entries of largest magnitude, without a sort: a histogram of `magnitude_keys` over every
@@ -163,9 +171,7 @@ def select_top(part: Part, n: int, chunk: int, k: int, *, ties_low: bool, like: 
             marks.append((i + 1, counts.to(torch.int32)))
     if int(counts[_INF_KEY[bins_of or like.dtype]:].sum()):
         raise ValueError("inf or NaN in a task vector")  # merge_tensor names the input that holds it
-    at_or_above = counts.flip(0).cumsum(0).flip(0)
-    b = int((at_or_above >= k).nonzero()[-1])
-    need = k - int(at_or_above[b] - counts[b])  # how many of bin b's entries are kept: 1..counts[b]
+    b, need = cut_in_counts(counts, k)
     if bins_of is not None:
         cut = torch.tensor([b], dtype=torch.int16).view(bins_of).to(like.dtype).reshape(())
         # the split is at the m-th entry of bin b in index order: the need-th from the low end, or from the high end

@@ -265,6 +265,9 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
     n = len(tensors)
     if not n:
         return base if out_dtype is None else base.to(out_dtype)  # merge_tensor copies it into `out`
+    fused = _fused(tensors, base, params, global_params, sparsify, consensus, half, out_dtype, out)
+    if fused is not None:
+        return fused
     chunk = max(8, _common.CHUNK // 8 * 8)  # a multiple of 8: random choices are stored 8 to a byte
     size = base.numel()
     compute = compute_dtype([base, *tensors])
@@ -308,6 +311,29 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
             part.copy_(total)  # rounded once, from float32: the half-precision sum's bits
         _done_with(b, part)
     return out.view(base.shape) if result is None else result
+
+
+def _fused(tensors, base, params, global_params, sparsify, consensus, half, out_dtype, out):
+    """The merge by the compiled bf16 kernels (_fused_bf16.py) where they compute it: everything bf16 on the CPU,
+    no sparsifier or magnitude (`tie_break: index`), no rescale; None otherwise."""
+    if half != torch.bfloat16 or (out_dtype or half) != half or global_params["rescale"] or base.numel() == 0:
+        return None
+    if sparsify not in (_none, _magnitude) or global_params.get("tie_break", "index") != "index":
+        return None
+    from . import _fused_bf16  # numba: imported by the first merge that uses it, not by every command
+
+    if not _fused_bf16.applies(tensors, base, out):
+        return None
+    n = base.numel()
+    keep = [None if sparsify is _none or p["density"] >= 1 else 0 if p["density"] <= 0 else max(1, int(p["density"] * n))
+            for p in params]
+    weights = torch.tensor([p["weight"] for p in params], dtype=half).float()
+    divisor = float(_sum_over_models(weights.view(-1, 1), torch.empty(1), half).to(half))  # as _merge's
+    divisor = 1.0 if abs(divisor) < 1e-8 or not global_params["normalize"] else divisor
+    result = torch.empty(base.shape, dtype=half) if out is None else out
+    _fused_bf16.merge(tensors, base, keep, weights.tolist(), consensus=consensus, normalize=global_params["normalize"],
+                      divisor=divisor, lam=global_params["lambda"], out=result)
+    return result
 
 
 class _Buffers:

@@ -1,0 +1,115 @@
+"""The compiled bf16 task-vector merge (methods/_fused_bf16.py) gives the torch path's bits, which are mergekit's
+(tests/test_methods_native.py checks those against mergekit itself, through the compiled path too): on tensors
+that span several histogram rows, thread ranges and page windows, on equal magnitudes at the cut, zeros and -0,
+subnormals, 30 orders of magnitude, for 1 to 4 models, every density from none kept to all, negative and
+cancelling weights, with and without normalising, consensus and lambda."""
+
+import pytest
+import torch
+
+from mmmerge.methods import _fused_bf16, merge_tensor
+from mmmerge.methods import task_arithmetic as ta
+from test_methods_native import adversarial
+
+
+@pytest.fixture
+def small_windows(monkeypatch):
+    """Rows, thread ranges and windows a few blocks long, so that tensors of a few 100k entries cross them all."""
+    monkeypatch.setattr(_fused_bf16, "ROW_MIN", 4 * _fused_bf16.BLOCK)
+    monkeypatch.setattr(_fused_bf16, "WINDOW", 3 * _fused_bf16.BLOCK + 5)
+    monkeypatch.setattr(_fused_bf16, "SERIAL_BELOW", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield
+    torch.set_num_threads(threads)
+
+
+def both_paths(monkeypatch, tensors, base, params, global_params, *, sparsify, consensus):
+    """(compiled, torch) results of one bf16 merge; fails if the compiled path was not taken."""
+    calls = []
+    real = _fused_bf16.merge
+    monkeypatch.setattr(_fused_bf16, "merge", lambda *a, **k: calls.append(1) or real(*a, **k))
+    compiled = ta._merge(tensors, base, params, global_params, None, sparsify=sparsify, consensus=consensus,
+                         half=torch.bfloat16)
+    assert calls, "the compiled path was not taken"
+    monkeypatch.setattr(ta, "_fused", lambda *a: None)
+    reference = ta._merge(tensors, base, params, global_params, None, sparsify=sparsify, consensus=consensus,
+                          half=torch.bfloat16)
+    monkeypatch.undo()
+    return compiled, reference
+
+
+def same_bits(a, b):
+    return a.dtype == b.dtype and torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
+GLOBAL = {"normalize": True, "rescale": False, "lambda": 1.0, "int8_mask": False, "tie_break": "index"}
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "zeros", "subnormal", "wide"])
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic"])
+def test_compiled_merge_is_the_torch_paths_bit_for_bit(kind, method, small_windows, monkeypatch):
+    sparsify, consensus = (ta._magnitude, True) if method == "ties" else (ta._none, False)
+    models, base = adversarial(kind, (389, 517), torch.bfloat16, n=4, seed=3)  # 201113 entries: not a block multiple
+    cases = [
+        ([0.5, 0.3, 0.2], [0.5, 0.5, 0.5], GLOBAL),
+        ([0.9, -0.4, 0.7, 0.2], [0.1, 0.9, 1.0, 0.3], {**GLOBAL, "lambda": 0.7}),
+        ([1.0, -1.0], [1e-6, 0.5], GLOBAL),  # weights cancelling: a zero normaliser counts as 1; k = 1
+        ([0.6], [0.0], {**GLOBAL, "normalize": False}),  # nothing kept
+        ([0.3, 0.3, 0.4], [1.0, 0.25, 0.75], {**GLOBAL, "normalize": False, "lambda": 1.5}),
+    ]
+    for weights, densities, global_params in cases:
+        params = [{"weight": w, "density": d} for w, d in zip(weights, densities)]
+        compiled, reference = both_paths(monkeypatch, models[:len(params)], base, params, global_params,
+                                         sparsify=sparsify, consensus=consensus)
+        assert same_bits(compiled, reference), (weights, densities, global_params)
+
+
+def test_consensus_without_normalising_and_one_model(small_windows, monkeypatch):
+    models, base = adversarial("ties", (300, 301), torch.bfloat16, n=2, seed=5)
+    for params, global_params in [([{"weight": 0.7, "density": 0.3}], GLOBAL),
+                                  ([{"weight": 0.7, "density": 0.4}, {"weight": 0.2, "density": 0.8}],
+                                   {**GLOBAL, "normalize": False})]:
+        compiled, reference = both_paths(monkeypatch, models[:len(params)], base, params, global_params,
+                                         sparsify=ta._magnitude, consensus=True)
+        assert same_bits(compiled, reference)
+
+
+def test_a_tensor_as_large_as_a_real_embedding_row_block_crosses_the_default_windows(monkeypatch):
+    """The defaults (64 histogram rows, 4M-entry windows per thread), on a tensor of 9M entries."""
+    g = torch.Generator().manual_seed(1)
+    base = (torch.randn(3000, 3001, generator=g) * 0.02).to(torch.bfloat16)
+    models = [(base.float() + torch.randn(base.shape, generator=g) * 0.002).to(torch.bfloat16) for _ in range(2)]
+    params = [{"weight": 0.6, "density": 0.5}, {"weight": 0.4, "density": 0.3}]
+    compiled, reference = both_paths(monkeypatch, models, base, params, GLOBAL, sparsify=ta._magnitude,
+                                     consensus=True)
+    assert same_bits(compiled, reference)
+
+
+def test_non_finite_task_vectors_are_refused_as_by_the_torch_path(small_windows):
+    models, base = adversarial("random", (200, 300), torch.bfloat16, n=2)
+    models[1].view(-1)[12345] = float("nan")
+    params = [{"weight": 0.5, "density": 0.5}] * 2
+    with pytest.raises(ValueError, match="inf or NaN"):
+        ta._merge(models, base, params, GLOBAL, None, sparsify=ta._magnitude, consensus=True, half=torch.bfloat16)
+    # without a sparsifier the NaN reaches the output, where the engine's finite check refuses it
+    out = ta._merge(models, base, params, GLOBAL, None, sparsify=ta._none, consensus=False, half=torch.bfloat16)
+    assert torch.isnan(out.view(-1)[12345]) and torch.isfinite(out.view(-1)[:12345]).all()
+
+
+def test_other_cases_keep_the_torch_path(monkeypatch):
+    """fp16, random sparsifiers and `tie_break: sort` are not compiled; a float32 input of a bf16 merge is (mergekit
+    rounds it to bf16 first, and so does merge_tensor)."""
+    calls = []
+    monkeypatch.setattr(_fused_bf16, "merge", lambda *a, **k: calls.append(1))
+    models, base = adversarial("random", (40, 50), torch.bfloat16, n=2)
+    params = [{"weight": 0.5, "density": 0.5}] * 2
+    merge_tensor("ties", [m.half() for m in models], base.half(), params, {"tie_break": "sort"},
+                 native_dtype=torch.float16)
+    merge_tensor("ties", models, base, params, {"tie_break": "sort"}, native_dtype=torch.bfloat16)
+    merge_tensor("dare_ties", models, base, params, {}, torch.Generator().manual_seed(1),
+                 native_dtype=torch.bfloat16)
+    merge_tensor("task_arithmetic", [m.half() for m in models], base.half(), params, {}, native_dtype=torch.float16)
+    assert not calls
+    merge_tensor("ties", [models[0].float(), models[1]], base, params, {}, native_dtype=torch.bfloat16)
+    assert calls
