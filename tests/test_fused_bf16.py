@@ -7,6 +7,7 @@ cancelling weights, with and without normalising, consensus and lambda."""
 import pytest
 import torch
 
+from mmmerge.io import pages
 from mmmerge.methods import _fused_bf16, merge_tensor
 from mmmerge.methods import task_arithmetic as ta
 from test_methods_native import adversarial
@@ -15,6 +16,7 @@ from test_methods_native import adversarial
 @pytest.fixture
 def small_windows(monkeypatch):
     """Rows, thread ranges and windows a few blocks long, so that tensors of a few 100k entries cross them all."""
+    monkeypatch.setattr(pages, "STREAMED_FROM", 1 << 16)
     monkeypatch.setattr(_fused_bf16, "ROW_MIN", 4 * _fused_bf16.BLOCK)
     monkeypatch.setattr(_fused_bf16, "WINDOW", 3 * _fused_bf16.BLOCK + 5)
     monkeypatch.setattr(_fused_bf16, "SERIAL_BELOW", 1)

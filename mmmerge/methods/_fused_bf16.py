@@ -14,6 +14,7 @@ Only the common case is compiled: every input and the output in bf16 on the CPU,
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -103,14 +104,19 @@ def _keys(base, x, keys):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _counts(base, x, row):
-    """Adds to `row` the histogram of the magnitude keys of the task vector x - base."""
+def _counts(base, xs, chosen, counts, lo, hi, size):
+    """Adds to counts[c, r] the histogram of the magnitude keys of the task vector xs[chosen[c]] - base over the
+    entries lo..hi that lie in row r (entries r·size .. (r+1)·size)."""
     keys = np.empty(BLOCK, np.uint16)
-    for s in range(0, len(x), BLOCK):
-        m = min(BLOCK, len(x) - s)
-        _keys(base[s:s + m], x[s:s + m], keys)
-        for j in range(m):
-            row[keys[j]] += 1
+    for s in range(lo, hi, BLOCK):
+        m = min(BLOCK, hi - s, size - s % size)  # a block never straddles two rows
+        r = s // size
+        for c in range(len(chosen)):
+            x = xs[chosen[c]]
+            _keys(base[s:s + m], x[s:s + m], keys)
+            row = counts[c, r]
+            for j in range(m):
+                row[keys[j]] += 1
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -140,7 +146,7 @@ def _merge_range(base, xs, out, lo, hi, cut, split, weights, consensus, normaliz
     is vectorised."""
     n = len(xs)
     fd = np.empty((n, BLOCK), np.float32)  # each model's weighted, kept task vector
-    total = np.empty(BLOCK, np.float32)  # the sum electing the sign, then -1 (elected -) or 0 (elected +)
+    total = np.empty(BLOCK, np.float32)  # the sum electing the sign, then the sign: +1 (zero counting as +) or -1
     weight = np.empty(BLOCK, np.float32)  # the agreeing models' Σ wᵢ
     zero = np.float32(0.0)
     for s in range(lo, hi, BLOCK):
@@ -156,31 +162,30 @@ def _merge_range(base, xs, out, lo, hi, cut, split, weights, consensus, normaliz
                 for j in range(m):
                     v = _delta(x[j], b[j])
                     k = _key(v)
-                    dropped = k < c or (k == c and j >= first)
+                    dropped = (k < c) | ((k == c) & (j >= first))  # bitwise: no branch in the loop
                     d[j] = _round((v * zero if dropped else v) * w)  # dropped: a zero of the entry's sign
+            if consensus:  # the sum electing the sign, in model order
+                if i == 0:
+                    for j in range(m):
+                        total[j] = d[j]
+                else:
+                    for j in range(m):
+                        total[j] = total[j] + d[j]
         mixed = fd[0]
         if consensus:
             for j in range(m):
-                total[j] = mixed[j]
-            for i in range(1, n):
-                d = fd[i]
-                for j in range(m):
-                    total[j] = total[j] + d[j]
-            for j in range(m):
-                total[j] = zero if _round(total[j]) >= 0 else np.float32(-1.0)
-            w = weights[0]
-            for j in range(m):
-                v = mixed[j]
-                agree = (v < 0) if total[j] < 0 else (v > 0)
-                mixed[j] = v if agree else v * zero
-                weight[j] = w if agree else w * zero
-            for i in range(1, n):
+                total[j] = np.float32(1.0) if _round(total[j]) >= 0 else np.float32(-1.0)  # the elected sign
+            for i in range(n):
                 d, w = fd[i], weights[i]
                 for j in range(m):
                     v = d[j]
-                    agree = (v < 0) if total[j] < 0 else (v > 0)
-                    mixed[j] = mixed[j] + (v if agree else v * zero)
-                    weight[j] = weight[j] + (w if agree else w * zero)
+                    agree = v * total[j] > 0  # exact: a sign flip at most
+                    if i == 0:
+                        mixed[j] = v if agree else v * zero
+                        weight[j] = w if agree else w * zero
+                    else:
+                        mixed[j] = mixed[j] + (v if agree else v * zero)
+                        weight[j] = weight[j] + (w if agree else w * zero)
         else:
             for i in range(1, n):
                 d = fd[i]
@@ -237,33 +242,69 @@ def applies(tensors: list[torch.Tensor], base: torch.Tensor, out: torch.Tensor |
     return all(t.dtype == torch.bfloat16 and t.device.type == "cpu" and t.is_contiguous() for t in every)
 
 
-def top_cut(base: torch.Tensor, x: torch.Tensor, k: int) -> tuple[int, int]:
-    """(key, split) of the k (0 < k < n) task-vector entries of largest magnitude, ties at the cut taken in index
-    order: kept are the entries whose magnitude key exceeds `key`, and those equal to it at indices below
-    `split`."""
-    b, xb = bits(base), bits(x)
-    n = b.size
+def top_cuts(base: torch.Tensor, tensors: list[torch.Tensor], keep: list[int]) -> list[tuple[int, int]]:
+    """For each task vector xᵢ - base and its k = keep[i] (0 < k < n), (key, split): its k entries of largest
+    magnitude, ties at the cut taken in index order, are those whose magnitude key exceeds `key` and those equal to
+    it at indices below `split`. One pass over the inputs counts every histogram, a row of them per 1/ROWS of the
+    tensor, so that the entry deciding the tie is then looked for in one row only."""
+    if not tensors:
+        return []
+    b, xs, n = bits(base), tuple(bits(x) for x in tensors), base.numel()
     rows = min(ROWS, max(1, n // ROW_MIN))
     size = -(-n // rows // BLOCK) * BLOCK
-    counts = np.zeros((-(-n // size), BINS), np.int32)
-    step = _threads() * size
-    for lo in range(0, n, step):  # a window of one row per thread, its pages let go when counted
-        hi = min(n, lo + step)
-        _parallel(lambda a, z: _counts(b[a:z], xb[a:z], counts[a // size]), _ranges(lo, hi, size))
-        _release(base, x, lo=lo, hi=hi)
-    total = counts.sum(axis=0, dtype=np.int64)
-    if total[INF_KEY:].any():
-        raise ValueError("inf or NaN in a task vector")  # merge_tensor names the input that holds it
-    key, need = cut_in_counts(torch.from_numpy(total), k)
-    before = np.cumsum(counts[:, key], dtype=np.int64)
-    row = int(np.searchsorted(before, need))  # the row holding the need-th entry of the cut's bin
-    seen = int(before[row - 1]) if row else 0
-    lo = row * size
-    at = _find(b[lo:lo + size], xb[lo:lo + size], key, need - seen)
-    _release(base, x, lo=lo, hi=min(n, lo + size))
-    if at < 0:
-        raise AssertionError("the histogram and the scan disagree")  # unreachable: the same entries are counted
-    return key, lo + at + 1
+    rows = -(-n // size)
+    counts = _zeroed((len(tensors), rows, BINS))
+    chosen = np.arange(len(tensors), dtype=np.int64)
+    for lo, hi in _windows(n, size * _threads(), base):
+        share = -(-(hi - lo) // _threads() // size) * size  # whole rows to each thread
+        _parallel(lambda a, z: _counts(b, xs, chosen, counts, a, z, size), _ranges(lo, hi, share))
+        _release(base, *tensors, lo=lo, hi=hi)
+    found = []
+    for i, k in enumerate(keep):
+        total = counts[i].sum(axis=0, dtype=np.int64)
+        if total[INF_KEY:].any():
+            raise ValueError("inf or NaN in a task vector")  # merge_tensor names the input that holds it
+        key, need = cut_in_counts(torch.from_numpy(total), k)
+        before = np.cumsum(counts[i, :, key], dtype=np.int64)
+        row = int(np.searchsorted(before, need))  # the row holding the need-th entry of the cut's bin
+        found.append((key, row, need - (int(before[row - 1]) if row else 0)))
+    splits = [0] * len(found)
+
+    def scan(i, _):
+        key, row, count = found[i]
+        lo = row * size
+        at = _find(b[lo:lo + size], xs[i][lo:lo + size], key, count)
+        if at < 0:
+            raise AssertionError("the histogram and the scan disagree")  # unreachable: the same entries are counted
+        splits[i] = lo + at + 1
+
+    _parallel(scan, [(i, 0) for i in range(len(found))])
+    for (key, row, _), x in zip(found, tensors):
+        _release(base, x, lo=row * size, hi=min(n, (row + 1) * size))
+    return [(key, split) for (key, _, _), split in zip(found, splits)]
+
+
+def _windows(n: int, step: int, like: torch.Tensor) -> list[tuple[int, int]]:
+    """0..n whole, or in windows of `step` entries for a tensor large enough to have its pages let go as a pass
+    goes (io/pages.py)."""
+    if n * like.element_size() <= pages.STREAMED_FROM:
+        return [(0, n)]
+    return _ranges(0, n, step)
+
+
+_ZEROED = threading.local()
+
+
+def _zeroed(shape: tuple[int, ...]) -> np.ndarray:
+    """Zeros of `shape` (int32), in a buffer kept per thread: fresh memory faults in a page at a time, which costs
+    more than counting a small tensor."""
+    need = int(np.prod(shape))
+    kept = getattr(_ZEROED, "buffer", None)
+    if kept is None or kept.size < need:
+        kept = _ZEROED.buffer = np.empty(max(need, 1 << 20), np.int32)
+    out = kept[:need].reshape(shape)
+    out.fill(0)
+    return out
 
 
 def _release(*tensors: torch.Tensor, lo: int, hi: int) -> None:
@@ -278,17 +319,17 @@ def merge(tensors: list[torch.Tensor], base: torch.Tensor, keep: list[int | None
     cut = np.full(len(tensors), -1, np.int64)
     split = np.zeros(len(tensors), np.int64)
     n = base.numel()
-    for i, (x, k) in enumerate(zip(tensors, keep)):
-        if k is None or k >= n:
-            continue
-        cut[i], split[i] = (BINS, 0) if k <= 0 else top_cut(base, x, k)
+    for i, k in enumerate(keep):
+        if k is not None and k <= 0:
+            cut[i] = BINS  # nothing kept
+    ranked = [i for i, k in enumerate(keep) if k is not None and 0 < k < n]
+    for i, (key, at) in zip(ranked, top_cuts(base, [tensors[i] for i in ranked], [keep[i] for i in ranked])):
+        cut[i], split[i] = key, at
     b, xs, o = bits(base), tuple(bits(x) for x in tensors), bits(out)
     w = np.asarray(weights, np.float32)
     flat_out = out.reshape(-1)
     parts = _threads() if n >= SERIAL_BELOW else 1
-    step = parts * WINDOW
-    for lo in range(0, n, step):  # a window of WINDOW entries per thread, its pages let go when merged
-        hi = min(n, lo + step)
+    for lo, hi in _windows(n, parts * WINDOW, base):
         pages.ready(flat_out[lo:hi])
         share = -(-(hi - lo) // parts // BLOCK) * BLOCK
         _parallel(lambda a, z: _merge_range(b, xs, o, a, z, cut, split, w, consensus, normalize,
