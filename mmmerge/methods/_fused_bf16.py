@@ -30,7 +30,7 @@ BINS = 1 << 15
 INF_KEY = 0x7F80  # |inf|'s bit pattern: keys from it on are inf or NaN
 BLOCK = 2048  # entries per inner block: a few float32 rows of it stay in the first-level cache
 WINDOW = 1 << 22  # entries merged per thread between two releases of the pages done with
-ROWS = 64  # histograms kept per task vector (one per 1/64 of it): the tie scan reads at most one row's entries
+ROWS = 16  # histograms kept per task vector (one per 1/16 of it): the tie scan reads at most one row's entries
 ROW_MIN = 1 << 18  # entries: a smaller tensor has fewer rows
 
 
