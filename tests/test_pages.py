@@ -138,3 +138,39 @@ def test_a_merge_streamed_a_slice_at_a_time_writes_the_same_bytes(bf16_models, t
     streamed = merge(recipe, tmp_path / "streamed", seed=3, quiet=True)
     assert sum(released) > 20  # slices of tracked mappings let go
     assert (streamed / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+
+
+def test_the_compiled_bf16_merge_holds_a_large_inputs_pages_a_window_at_a_time(tmp_path, monkeypatch):
+    """ties through methods/_fused_bf16.py on 32 MiB inputs, with windows of 256K entries per thread and releases
+    every 512 KiB: no input ever has more than a few MiB of its pages in the process (the kernel may map a file's
+    pages 2 MiB at a time), in the histogram pass or the merge pass, and the result is the one computed from
+    whole in-memory tensors."""
+    from mmmerge.methods import _fused_bf16
+    from mmmerge.methods import task_arithmetic as ta
+
+    monkeypatch.setattr(pages, "STREAMED_FROM", 1 << 20)
+    monkeypatch.setattr(pages, "RELEASED_EVERY", 512 << 10)
+    monkeypatch.setattr(_fused_bf16, "WINDOW", 1 << 18)
+    g = torch.Generator().manual_seed(0)
+    base = (torch.randn(1 << 24, generator=g) * 0.02).to(torch.bfloat16)
+    values = [base] + [(base.float() + torch.randn(base.shape, generator=g) * 0.002).to(torch.bfloat16)
+                       for _ in range(3)]
+    for i, v in enumerate(values):
+        save_file({"w": v}, tmp_path / f"m{i}.safetensors")
+    mapped = [read_tensors(tmp_path / f"m{i}.safetensors")["w"].load() for i in range(4)]
+    held = []
+    release = _fused_bf16._release
+
+    def measured(*tensors, lo, hi):
+        held.append(max(resident_kib(t) for t in mapped))
+        release(*tensors, lo=lo, hi=hi)
+
+    monkeypatch.setattr(_fused_bf16, "_release", measured)
+    params = [{"weight": w, "density": 0.5} for w in (0.5, 0.3, 0.2)]
+    global_params = {"normalize": True, "rescale": False, "lambda": 1.0, "int8_mask": False, "tie_break": "index"}
+    got = ta._merge(mapped[1:], mapped[0], params, global_params, None, sparsify=ta._magnitude, consensus=True,
+                    half=torch.bfloat16)
+    assert len(held) > 40 and max(held) <= 8192  # of 32768 KiB each
+    expected = ta._merge(values[1:], values[0], params, global_params, None, sparsify=ta._magnitude,
+                         consensus=True, half=torch.bfloat16)
+    assert torch.equal(got.view(torch.int16), expected.view(torch.int16))

@@ -29,7 +29,7 @@ from ._selection import cut_in_counts
 BINS = 1 << 15
 INF_KEY = 0x7F80  # |inf|'s bit pattern: keys from it on are inf or NaN
 BLOCK = 2048  # entries per inner block: a few float32 rows of it stay in the first-level cache
-WINDOW = 1 << 22  # entries merged per thread between two releases of the pages done with
+WINDOW = 1 << 20  # entries per thread between two releases of a large tensor's pages (2 MiB of each input)
 ROWS = 16  # histograms kept per task vector (one per 1/16 of it): the tie scan reads at most one row's entries
 ROW_MIN = 1 << 18  # entries: a smaller tensor has fewer rows
 
@@ -108,7 +108,8 @@ def _counts(base, xs, chosen, counts, lo, hi, size):
     """Adds to counts[c, r] the histogram of the magnitude keys of the task vector xs[chosen[c]] - base over the
     entries lo..hi that lie in row r (entries r·size .. (r+1)·size)."""
     keys = np.empty(BLOCK, np.uint16)
-    for s in range(lo, hi, BLOCK):
+    s = lo
+    while s < hi:
         m = min(BLOCK, hi - s, size - s % size)  # a block never straddles two rows
         r = s // size
         for c in range(len(chosen)):
@@ -117,6 +118,7 @@ def _counts(base, xs, chosen, counts, lo, hi, size):
             row = counts[c, r]
             for j in range(m):
                 row[keys[j]] += 1
+        s += m
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -214,15 +216,15 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def _parallel(fn, ranges: list[tuple[int, int]]) -> None:
-    """fn(lo, hi) for each range, each on a thread of its own (the kernels release the GIL)."""
-    if len(ranges) == 1:
-        fn(*ranges[0])
+def _parallel(fn, calls: list[tuple]) -> None:
+    """fn(*args) for each args in `calls`, each on a thread of its own (the kernels release the GIL)."""
+    if len(calls) == 1:
+        fn(*calls[0])
         return
-    pool = _POOLS.get(len(ranges))
+    pool = _POOLS.get(len(calls))
     if pool is None:
-        pool = _POOLS[len(ranges)] = ThreadPoolExecutor(len(ranges), thread_name_prefix="mmmerge-bf16")
-    for done in [pool.submit(fn, lo, hi) for lo, hi in ranges]:
+        pool = _POOLS[len(calls)] = ThreadPoolExecutor(len(calls), thread_name_prefix="mmmerge-bf16")
+    for done in [pool.submit(fn, *args) for args in calls]:
         done.result()
 
 
@@ -253,12 +255,17 @@ def top_cuts(base: torch.Tensor, tensors: list[torch.Tensor], keep: list[int]) -
     rows = min(ROWS, max(1, n // ROW_MIN))
     size = -(-n // rows // BLOCK) * BLOCK
     rows = -(-n // size)
-    counts = _zeroed((len(tensors), rows, BINS))
+    parts = _threads() if n >= SERIAL_BELOW else 1
+    counts = _zeroed((parts, len(tensors), rows, BINS))  # a set of histograms per thread
     chosen = np.arange(len(tensors), dtype=np.int64)
-    for lo, hi in _windows(n, size * _threads(), base):
-        share = -(-(hi - lo) // _threads() // size) * size  # whole rows to each thread
-        _parallel(lambda a, z: _counts(b, xs, chosen, counts, a, z, size), _ranges(lo, hi, share))
+    for lo, hi in _windows(n, parts * WINDOW, base):
+        share = -(-(hi - lo) // parts // BLOCK) * BLOCK
+        _parallel(lambda t, a, z: _counts(b, xs, chosen, counts[t], a, z, size),
+                  [(t, a, z) for t, (a, z) in enumerate(_ranges(lo, hi, share))])
         _release(base, *tensors, lo=lo, hi=hi)
+    for other in counts[1:]:
+        np.add(counts[0], other, out=counts[0])
+    counts = counts[0]
     found = []
     for i, k in enumerate(keep):
         total = counts[i].sum(axis=0, dtype=np.int64)

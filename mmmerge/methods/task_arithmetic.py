@@ -132,16 +132,22 @@ def _none(deltas, p, gp, generator):
 
 def _magnitude(deltas, p, gp, generator):
     """TIES: the max(1, ⌊density·n⌋) largest magnitudes."""
-    n, density = deltas.n, p["density"]
-    if density >= 1:
+    n, k = deltas.n, _top_count(deltas.n, p["density"])
+    if k is None:
         return None
-    if density <= 0 or n == 0:
+    if k == 0:
         return _rescaled(deltas, TopKeep.nothing(deltas.buffer), gp)
-    k = max(1, int(density * n))
     if gp["tie_break"] == "sort":
         order = torch.argsort(_sort_keys(deltas.whole()), descending=True)
         return _rescaled(deltas, _sorted(order[:k], n), gp)
     return _rescaled(deltas, _top(deltas, k, ties_low=True), gp)
+
+
+def _top_count(n: int, density: float) -> int | None:
+    """How many entries TIES keeps of n: max(1, ⌊density·n⌋), none at density <= 0 (or n = 0), all (None) at 1."""
+    if density >= 1:
+        return None
+    return 0 if density <= 0 or n == 0 else max(1, int(density * n))
 
 
 def _outliers(deltas, p, gp, generator):
@@ -325,8 +331,7 @@ def _fused(tensors, base, params, global_params, sparsify, consensus, half, out_
     if not _fused_bf16.applies(tensors, base, out):
         return None
     n = base.numel()
-    keep = [None if sparsify is _none or p["density"] >= 1 else 0 if p["density"] <= 0 else max(1, int(p["density"] * n))
-            for p in params]
+    keep = [None if sparsify is _none else _top_count(n, p["density"]) for p in params]
     weights = torch.tensor([p["weight"] for p in params], dtype=half).float()
     divisor = float(_sum_over_models(weights.view(-1, 1), torch.empty(1), half).to(half))  # as _merge's
     divisor = 1.0 if abs(divisor) < 1e-8 or not global_params["normalize"] else divisor
