@@ -3,7 +3,7 @@
 A bf16 TIES merge written in torch operations passes over every slice a dozen times (subtract, round, compare,
 zero, weigh, round, sign, sum, ...), each pass a kernel of its own. Here the histogram pass (task vectors and their
 magnitudes' counts) and the merge pass (task vectors, kept entries, weights, sign election, sums, division, base)
-are one compiled loop each, over 2 KiB-entry blocks that stay in the first-level cache, run by several threads on
+are one compiled loop each, over 2,048-entry blocks that stay in the first-level cache, run by several threads on
 separate ranges (the kernels release the GIL). The arithmetic is the torch path's: float32 operations rounded to
 bfloat16 (to nearest, ties to even) after every operation whose result mergekit holds in bf16, the sums over the
 models in model order, so the bits are the same (tests/test_fused_bf16.py checks them against the torch path).
@@ -104,18 +104,17 @@ def _keys(base, x, keys):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _counts(base, xs, chosen, counts, lo, hi, size):
-    """Adds to counts[c, r] the histogram of the magnitude keys of the task vector xs[chosen[c]] - base over the
-    entries lo..hi that lie in row r (entries r·size .. (r+1)·size)."""
+def _counts(base, xs, counts, lo, hi, size):
+    """Adds to counts[i, r] the histogram of the magnitude keys of the task vector xs[i] - base over the entries
+    lo..hi that lie in row r (entries r·size .. (r+1)·size)."""
     keys = np.empty(BLOCK, np.uint16)
     s = lo
     while s < hi:
         m = min(BLOCK, hi - s, size - s % size)  # a block never straddles two rows
         r = s // size
-        for c in range(len(chosen)):
-            x = xs[chosen[c]]
-            _keys(base[s:s + m], x[s:s + m], keys)
-            row = counts[c, r]
+        for i in range(len(xs)):
+            _keys(base[s:s + m], xs[i][s:s + m], keys)
+            row = counts[i, r]
             for j in range(m):
                 row[keys[j]] += 1
         s += m
@@ -257,10 +256,9 @@ def top_cuts(base: torch.Tensor, tensors: list[torch.Tensor], keep: list[int]) -
     rows = -(-n // size)
     parts = _threads() if n >= SERIAL_BELOW else 1
     counts = _zeroed((parts, len(tensors), rows, BINS))  # a set of histograms per thread
-    chosen = np.arange(len(tensors), dtype=np.int64)
     for lo, hi in _windows(n, parts * WINDOW, base):
         share = -(-(hi - lo) // parts // BLOCK) * BLOCK
-        _parallel(lambda t, a, z: _counts(b, xs, chosen, counts[t], a, z, size),
+        _parallel(lambda t, a, z: _counts(b, xs, counts[t], a, z, size),
                   [(t, a, z) for t, (a, z) in enumerate(_ranges(lo, hi, share))])
         _release(base, *tensors, lo=lo, hi=hi)
     for other in counts[1:]:
