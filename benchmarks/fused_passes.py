@@ -15,6 +15,7 @@ import argparse
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from measure import machine_line
@@ -24,7 +25,7 @@ from mmmerge.methods import task_arithmetic as ta
 GLOBAL = {"normalize": True, "rescale": False, "lambda": 1.0, "int8_mask": False, "tie_break": "index"}
 
 
-def best_of(repeat: int, fn) -> float:
+def median_of(repeat: int, fn) -> float:
     """The median of `repeat` timed calls, after one untimed call (which loads or compiles the kernels)."""
     fn()
     times = []
@@ -64,13 +65,13 @@ def main() -> None:
             ta._fused = real
 
     same = torch.equal(compiled().view(torch.int16), torch_path().view(torch.int16))
-    t_compiled, t_torch = best_of(args.repeat, compiled), best_of(args.repeat, torch_path)
-    cuts = _fused_bf16.top_cuts(base, models, keep)
+    t_compiled, t_torch = median_of(args.repeat, compiled), median_of(args.repeat, torch_path)
+    cut, split = (np.array(column, dtype=np.int64) for column in zip(*_fused_bf16.top_cuts(base, models, keep)))
     weights = torch.tensor([p["weight"] for p in params], dtype=torch.bfloat16).float().tolist()
 
-    def merge_pass():
-        _fused_bf16.merge(models, base, [None] * 3, weights, consensus=True, normalize=True, divisor=1.0, lam=1.0,
-                          out=out)
+    def merge_pass():  # TIES' second pass, with the cuts the first one found
+        _fused_bf16.merge_pass(models, base, cut, split, weights, consensus=True, normalize=True, divisor=1.0,
+                               lam=1.0, out=out)
 
     rows = []
     for label, fn, entries in [("histogram pass (3 models)", lambda: _fused_bf16.top_cuts(base, models, keep), 3 * n),
@@ -78,11 +79,11 @@ def main() -> None:
         timed = {}
         for t in sorted({1, threads}):
             torch.set_num_threads(t)
-            timed[t] = best_of(args.repeat, fn)
+            timed[t] = median_of(args.repeat, fn)
         torch.set_num_threads(threads)
         rows.append((label, entries, timed))
     print(f"\nties, whole merge: compiled {t_compiled * 1e3:.1f} ms, torch path {t_torch * 1e3:.1f} ms: "
-          f"{t_torch / t_compiled:.2f}x; bit for bit the same: {same} (cuts {cuts[0]}, ...)")
+          f"{t_torch / t_compiled:.2f}x; bit for bit the same: {same}")
     print(f"\n| pass | ns per entry, 1 thread | ns per entry, {threads} threads | speed-up from threads |")
     print("|---|---|---|---|")
     for label, entries, timed in rows:

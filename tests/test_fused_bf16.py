@@ -77,8 +77,9 @@ def test_consensus_without_normalising_and_one_model(small_windows, monkeypatch)
         assert same_bits(compiled, reference)
 
 
-def test_a_tensor_as_large_as_a_real_embedding_row_block_crosses_the_default_windows(monkeypatch):
-    """The defaults (64 histogram rows, 4M-entry windows per thread), on a tensor of 9M entries."""
+def test_a_9m_entry_tensor_at_the_default_sizes(monkeypatch):
+    """The default histogram rows (16 here) and thread ranges, on a tensor of 9M entries (under
+    pages.STREAMED_FROM, so in one window; `small_windows` tests crossing windows)."""
     g = torch.Generator().manual_seed(1)
     base = (torch.randn(3000, 3001, generator=g) * 0.02).to(torch.bfloat16)
     models = [(base.float() + torch.randn(base.shape, generator=g) * 0.002).to(torch.bfloat16) for _ in range(2)]

@@ -140,8 +140,8 @@ def _find(base, x, key, count):
 @njit(nogil=True, cache=True, error_model="numpy")
 def _merge_range(base, xs, out, lo, hi, cut, split, weights, consensus, normalize, divisor, lam):
     """out[lo:hi] = base + lam · Σᵢ wᵢ·keepᵢ(xᵢ − base) [· agreement] [/ normaliser], bf16 bit patterns in and out,
-    every operation rounded to bf16 as mergekit's bf16 tensors are (`divisor`: 1 unless normalize). keep i: |δ|'s key > cut[i], or == cut[i] at an
-    index below split[i] (cut[i] < 0: everything). Under consensus the elected sign is the rounded sum's in model
+    every operation rounded to bf16 as mergekit's bf16 tensors are (`divisor`: 1 unless normalize). keep i: |δ|'s
+    key > cut[i], or == cut[i] at an index below split[i] (cut[i] < 0: everything). Under consensus the elected sign is the rounded sum's in model
     order (zero counting as +) and the normaliser the agreeing models' Σ wᵢ, a disagreeing entry adding δ·0 and
     w·0 as mergekit's mask product does. A block at a time, one pass per model and step, so that every loop
     is vectorised."""
@@ -330,6 +330,16 @@ def merge(tensors: list[torch.Tensor], base: torch.Tensor, keep: list[int | None
     ranked = [i for i, k in enumerate(keep) if k is not None and 0 < k < n]
     for i, (key, at) in zip(ranked, top_cuts(base, [tensors[i] for i in ranked], [keep[i] for i in ranked])):
         cut[i], split[i] = key, at
+    return merge_pass(tensors, base, cut, split, weights, consensus=consensus, normalize=normalize, divisor=divisor,
+                      lam=lam, out=out)
+
+
+def merge_pass(tensors: list[torch.Tensor], base: torch.Tensor, cut: np.ndarray, split: np.ndarray,
+               weights: list[float], *, consensus: bool, normalize: bool, divisor: float, lam: float,
+               out: torch.Tensor) -> torch.Tensor:
+    """The second pass: `out` from the inputs and each model's cut and split (see _merge_range), in windows and
+    thread ranges."""
+    n = base.numel()
     b, xs, o = bits(base), tuple(bits(x) for x in tensors), bits(out)
     w = np.asarray(weights, np.float32)
     flat_out = out.reshape(-1)

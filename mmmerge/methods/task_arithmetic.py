@@ -280,15 +280,12 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
     rounding = Rounding(half, min(chunk, size), base.device)
     deltas = [Deltas(x, base, compute, rounding, chunk, index=i) for i, x in enumerate(tensors)]
     keeps = [sparsify(d, p, global_params, generator) for d, p in zip(deltas, params)]
-    weights = torch.tensor([p["weight"] for p in params], dtype=half or compute).to(compute).reshape(n, 1)
+    weights = _weights(params, half, compute)
     work = _Buffers(n, min(chunk, size), compute, base.device)
     flat_base = base.reshape(-1)
     result = out
     out = torch.empty(size, dtype=out_dtype or half or base.dtype, device=base.device) if out is None else out.view(-1)
-    divisor = None
-    if not consensus:
-        divisor = rounding(_sum_over_models(weights, torch.empty(1, dtype=compute), half))
-        divisor[divisor.abs() < 1e-8] = 1
+    divisor = None if consensus else _plain_normaliser(weights, half)
     for start in range(0, size, chunk):
         m = min(chunk, size - start)
         b = flat_base[start:start + m]
@@ -332,13 +329,26 @@ def _fused(tensors, base, params, global_params, sparsify, consensus, half, out_
         return None
     n = base.numel()
     keep = [None if sparsify is _none else _top_count(n, p["density"]) for p in params]
-    weights = torch.tensor([p["weight"] for p in params], dtype=half).float()
-    divisor = float(_sum_over_models(weights.view(-1, 1), torch.empty(1), half).to(half))  # as _merge's
-    divisor = 1.0 if abs(divisor) < 1e-8 or not global_params["normalize"] else divisor
+    weights = _weights(params, half, torch.float32)
+    divisor = float(_plain_normaliser(weights, half)) if global_params["normalize"] else 1.0
     result = torch.empty(base.shape, dtype=half) if out is None else out
-    _fused_bf16.merge(tensors, base, keep, weights.tolist(), consensus=consensus, normalize=global_params["normalize"],
-                      divisor=divisor, lam=global_params["lambda"], out=result)
+    _fused_bf16.merge(tensors, base, keep, weights.view(-1).tolist(), consensus=consensus,
+                      normalize=global_params["normalize"], divisor=divisor, lam=global_params["lambda"], out=result)
     return result
+
+
+def _weights(params, half: torch.dtype | None, compute: torch.dtype) -> torch.Tensor:
+    """The models' weights as mergekit's dtype holds them (rounded to `half`), in `compute`, one row per model."""
+    return torch.tensor([p["weight"] for p in params], dtype=half or compute).to(compute).reshape(-1, 1)
+
+
+def _plain_normaliser(weights: torch.Tensor, half: torch.dtype | None) -> torch.Tensor:
+    """Σ wᵢ in mergekit's dtype, a zero sum counting as 1: the normaliser without sign consensus."""
+    total = _sum_over_models(weights, torch.empty(1, dtype=weights.dtype), half)
+    if half is not None:
+        total = total.to(half).to(weights.dtype)
+    total[total.abs() < 1e-8] = 1
+    return total
 
 
 class _Buffers:
