@@ -104,3 +104,12 @@ def drop_page_cache() -> bool:
 def machine_line() -> str:
     load = os.getloadavg()
     return f"{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)"
+
+
+def tool_env(**values: str) -> dict:
+    """The environment the compared tools run in: this one with `values` set, and Python writing bytecode as it
+    does by default (some sandboxes set PYTHONDONTWRITEBYTECODE; pip installs mergekit with its bytecode compiled,
+    while an editable mmmerge would then compile its modules again in every run)."""
+    env = {**os.environ, **values}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env

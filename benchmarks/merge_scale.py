@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from measure import Run, Runner, drop_page_cache, folder_bytes, machine_line
+from measure import Run, Runner, drop_page_cache, folder_bytes, machine_line, tool_env
 from mmmerge.checkpoint import LazyTensor
 from mmmerge.io import write_safetensors
 
@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--mergekit", default="1B", help="sizes also merged by mergekit ('' for none)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints for another run")
     args = ap.parse_args()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MMMERGE_CACHE_DIR": str(args.workdir / "cache")}
+    env = tool_env(HF_HUB_OFFLINE="1", MMMERGE_CACHE_DIR=str(args.workdir / "cache"))
     bindir = Path(sys.executable).parent
     runner = Runner(interval=0.1)
     rows = []

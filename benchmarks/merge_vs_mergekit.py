@@ -15,7 +15,6 @@ largest peaks of each.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -25,7 +24,7 @@ import torch
 import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from measure import Run, Runner, machine_line
+from measure import Run, Runner, machine_line, tool_env
 from mmmerge.checkpoint import LazyTensor
 from mmmerge.io import read_tensors, write_safetensors
 
@@ -103,8 +102,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     paths = build_models(args.workdir / f"models-{args.layers}x{args.hidden}", args.layers, args.hidden)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "MMMERGE_CACHE_DIR": str(args.workdir / "mmmerge-cache")}
+    env = tool_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MMMERGE_CACHE_DIR=str(args.workdir / "mmmerge-cache"))
     bindir = Path(sys.executable).parent
     runner = Runner()
     print(f"start: {machine_line()}", flush=True)
