@@ -26,16 +26,20 @@ def small_windows(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def both_paths(monkeypatch, tensors, base, params, global_params, *, sparsify, consensus):
-    """(compiled, torch) results of one bf16 merge; fails if the compiled path was not taken."""
+def both_paths(monkeypatch, tensors, base, params, global_params, *, sparsify, consensus, seed=None):
+    """(compiled, torch) results of one bf16 merge, random draws from generators seeded with `seed`; fails if the
+    compiled path was not taken."""
+    def generator():
+        return None if seed is None else torch.Generator().manual_seed(seed)
+
     calls = []
     real = _fused_bf16.merge
     monkeypatch.setattr(_fused_bf16, "merge", lambda *a, **k: calls.append(1) or real(*a, **k))
-    compiled = ta._merge(tensors, base, params, global_params, None, sparsify=sparsify, consensus=consensus,
+    compiled = ta._merge(tensors, base, params, global_params, generator(), sparsify=sparsify, consensus=consensus,
                          half=torch.bfloat16)
     assert calls, "the compiled path was not taken"
     monkeypatch.setattr(ta, "_fused", lambda *a: None)
-    reference = ta._merge(tensors, base, params, global_params, None, sparsify=sparsify, consensus=consensus,
+    reference = ta._merge(tensors, base, params, global_params, generator(), sparsify=sparsify, consensus=consensus,
                           half=torch.bfloat16)
     monkeypatch.undo()
     return compiled, reference
@@ -64,6 +68,27 @@ def test_compiled_merge_is_the_torch_paths_bit_for_bit(kind, method, small_windo
         params = [{"weight": w, "density": d} for w, d in zip(weights, densities)]
         compiled, reference = both_paths(monkeypatch, models[:len(params)], base, params, global_params,
                                          sparsify=sparsify, consensus=consensus)
+        assert same_bits(compiled, reference), (weights, densities, global_params)
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "zeros", "subnormal", "wide"])
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
+def test_compiled_dare_is_the_torch_paths_bit_for_bit(kind, method, small_windows, monkeypatch):
+    """DARE's draws (the same generator stream), kept bits and L1 rescale factors, with and without the rescale,
+    a model kept whole (density 1), consensus and lambda."""
+    consensus = method == "dare_ties"
+    models, base = adversarial(kind, (389, 517), torch.bfloat16, n=4, seed=4)
+    plain = {**GLOBAL, "normalize": False, "rescale": True}
+    cases = [
+        ([0.5, 0.3, 0.2], [0.5, 0.5, 0.5], plain),
+        ([0.9, -0.4, 0.7, 0.2], [0.1, 0.9, 1.0, 0.3], {**plain, "lambda": 0.7}),
+        ([1.0, -1.0], [1e-6, 0.5], {**plain, "normalize": True}),  # about nothing kept: no rescale
+        ([0.3, 0.3, 0.4], [0.7, 0.25, 0.75], {**plain, "rescale": False, "lambda": 1.5}),
+    ]
+    for weights, densities, global_params in cases:
+        params = [{"weight": w, "density": d} for w, d in zip(weights, densities)]
+        compiled, reference = both_paths(monkeypatch, models[:len(params)], base, params, global_params,
+                                         sparsify=ta._random, consensus=consensus, seed=11)
         assert same_bits(compiled, reference), (weights, densities, global_params)
 
 
@@ -101,8 +126,8 @@ def test_non_finite_task_vectors_are_refused_as_by_the_torch_path(small_windows)
 
 
 def test_other_cases_keep_the_torch_path(monkeypatch):
-    """fp16, random sparsifiers and `tie_break: sort` are not compiled; a float32 input of a bf16 merge is (mergekit
-    rounds it to bf16 first, and so does merge_tensor)."""
+    """fp16, DELLA's ranked draws, breadcrumbs and `tie_break: sort` are not compiled; DARE's draws are, and a float32
+    input of a bf16 merge is (mergekit rounds it to bf16 first, and so does merge_tensor)."""
     calls = []
     monkeypatch.setattr(_fused_bf16, "merge", lambda *a, **k: calls.append(1))
     models, base = adversarial("random", (40, 50), torch.bfloat16, n=2)
@@ -110,9 +135,12 @@ def test_other_cases_keep_the_torch_path(monkeypatch):
     merge_tensor("ties", [m.half() for m in models], base.half(), params, {"tie_break": "sort"},
                  native_dtype=torch.float16)
     merge_tensor("ties", models, base, params, {"tie_break": "sort"}, native_dtype=torch.bfloat16)
-    merge_tensor("dare_ties", models, base, params, {}, torch.Generator().manual_seed(1),
-                 native_dtype=torch.bfloat16)
+    merge_tensor("della", models, base, params, {}, torch.Generator().manual_seed(1), native_dtype=torch.bfloat16)
+    merge_tensor("breadcrumbs", models, base, params, {}, native_dtype=torch.bfloat16)
+    merge_tensor("dare_ties", [m.half() for m in models], base.half(), params, {}, torch.Generator().manual_seed(1),
+                 native_dtype=torch.float16)
     merge_tensor("task_arithmetic", [m.half() for m in models], base.half(), params, {}, native_dtype=torch.float16)
     assert not calls
     merge_tensor("ties", [models[0].float(), models[1]], base, params, {}, native_dtype=torch.bfloat16)
-    assert calls
+    merge_tensor("dare_ties", models, base, params, {}, torch.Generator().manual_seed(1), native_dtype=torch.bfloat16)
+    assert len(calls) == 2

@@ -24,6 +24,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from ..io import pages
+from . import _common
 from ._selection import cut_in_counts
 
 BINS = 1 << 15
@@ -138,13 +139,30 @@ def _find(base, x, key, count):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _merge_range(base, xs, out, lo, hi, cut, split, weights, consensus, normalize, divisor, lam):
+def _magnitudes(base, x, out):
+    """out = |x - base| (bf16 bit patterns): the task vector's magnitudes, whose sums the L1 rescale compares."""
+    for j in range(len(x)):
+        out[j] = np.uint16(_key(_delta(x[j], base[j])))
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _drop(values, packed, start):
+    """values[j] = 0 where the bit of entry start + j is not set in `packed` (np.packbits' order)."""
+    for j in range(len(values)):
+        i = start + j
+        if ((packed[i >> 3] >> (7 - (i & 7))) & 1) == 0:
+            values[j] = 0
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _merge_range(base, xs, out, lo, hi, cut, split, masks, factors, weights, consensus, normalize, divisor, lam):
     """out[lo:hi] = base + lam · Σᵢ wᵢ·keepᵢ(xᵢ − base) [· agreement] [/ normaliser], bf16 bit patterns in and out,
     every operation rounded to bf16 as mergekit's bf16 tensors are (`divisor`: 1 unless normalize). keep i: |δ|'s
-    key > cut[i], or == cut[i] at an index below split[i] (cut[i] < 0: everything). Under consensus the elected sign is the rounded sum's in model
-    order (zero counting as +) and the normaliser the agreeing models' Σ wᵢ, a disagreeing entry adding δ·0 and
-    w·0 as mergekit's mask product does. A block at a time, one pass per model and step, so that every loop
-    is vectorised."""
+    key > cut[i], or == cut[i] at an index below split[i]; with cut[i] < 0, everything, or where `masks` has a row
+    per model, the entries whose bit is set in masks[i] (np.packbits' order), times factors[i] (DARE's L1 rescale;
+    1 changes no bf16 value). Under consensus the elected sign is the rounded sum's in model order (zero counting
+    as +) and the normaliser the agreeing models' Σ wᵢ, a disagreeing entry adding δ·0 and w·0 as mergekit's mask
+    product does. A block at a time, one pass per model and step, so that every loop is vectorised."""
     n = len(xs)
     fd = np.empty((n, BLOCK), np.float32)  # each model's weighted, kept task vector
     total = np.empty(BLOCK, np.float32)  # the sum electing the sign, then the sign: +1 (zero counting as +) or -1
@@ -155,7 +173,14 @@ def _merge_range(base, xs, out, lo, hi, cut, split, weights, consensus, normaliz
         b = base[s:s + m]
         for i in range(n):
             x, d, first, w = xs[i][s:s + m], fd[i], split[i] - s, weights[i]
-            if cut[i] < 0:
+            if cut[i] < 0 and len(masks):
+                bits, f, at = masks[i], factors[i], s & 7
+                kept = bits[s >> 3:(s + m + 7) >> 3]
+                for j in range(m):
+                    v = _delta(x[j], b[j])
+                    dropped = ((kept[(at + j) >> 3] >> (7 - ((at + j) & 7))) & 1) == 0
+                    d[j] = _round(_round((v * zero if dropped else v) * f) * w)
+            elif cut[i] < 0:
                 for j in range(m):
                     d[j] = _round(_delta(x[j], b[j]) * w)
             else:
@@ -209,6 +234,7 @@ def _merge_range(base, xs, out, lo, hi, cut, split, weights, consensus, normaliz
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}  # threads -> a pool of them, made once
 SERIAL_BELOW = 1 << 16  # entries: a smaller tensor is merged by the calling thread alone
+NO_MASKS = np.zeros((0, 0), np.uint8)  # no model's entries kept by random draws
 
 
 def _threads() -> int:
@@ -318,9 +344,10 @@ def _release(*tensors: torch.Tensor, lo: int, hi: int) -> None:
 
 
 def merge(tensors: list[torch.Tensor], base: torch.Tensor, keep: list[int | None], weights: list[float],
-          *, consensus: bool, normalize: bool, divisor: float, lam: float, out: torch.Tensor) -> torch.Tensor:
+          *, consensus: bool, normalize: bool, divisor: float, lam: float, out: torch.Tensor,
+          masks: np.ndarray = NO_MASKS, factors: np.ndarray | None = None) -> torch.Tensor:
     """out = the merge (see _merge_range), each model's task vector kept whole (None) or its `keep` entries of
-    largest magnitude."""
+    largest magnitude, or, with `masks` (keep all None), the entries of its random draws times its factor."""
     cut = np.full(len(tensors), -1, np.int64)
     split = np.zeros(len(tensors), np.int64)
     n = base.numel()
@@ -330,24 +357,45 @@ def merge(tensors: list[torch.Tensor], base: torch.Tensor, keep: list[int | None
     ranked = [i for i, k in enumerate(keep) if k is not None and 0 < k < n]
     for i, (key, at) in zip(ranked, top_cuts(base, [tensors[i] for i in ranked], [keep[i] for i in ranked])):
         cut[i], split[i] = key, at
+    factors = np.ones(len(tensors), np.float32) if factors is None else factors
     return merge_pass(tensors, base, cut, split, weights, consensus=consensus, normalize=normalize, divisor=divisor,
-                      lam=lam, out=out)
+                      lam=lam, out=out, masks=masks, factors=factors)
 
 
 def merge_pass(tensors: list[torch.Tensor], base: torch.Tensor, cut: np.ndarray, split: np.ndarray,
                weights: list[float], *, consensus: bool, normalize: bool, divisor: float, lam: float,
-               out: torch.Tensor) -> torch.Tensor:
+               out: torch.Tensor, masks: np.ndarray = NO_MASKS, factors: np.ndarray | None = None) -> torch.Tensor:
     """The second pass: `out` from the inputs and each model's cut and split (see _merge_range), in windows and
     thread ranges."""
     n = base.numel()
     b, xs, o = bits(base), tuple(bits(x) for x in tensors), bits(out)
     w = np.asarray(weights, np.float32)
+    f = np.ones(len(tensors), np.float32) if factors is None else np.asarray(factors, np.float32)
     flat_out = out.reshape(-1)
     parts = _threads() if n >= SERIAL_BELOW else 1
     for lo, hi in _windows(n, parts * WINDOW, base):
         pages.ready(flat_out[lo:hi])
         share = -(-(hi - lo) // parts // BLOCK) * BLOCK
-        _parallel(lambda a, z: _merge_range(b, xs, o, a, z, cut, split, w, consensus, normalize,
+        _parallel(lambda a, z: _merge_range(b, xs, o, a, z, cut, split, masks, f, w, consensus, normalize,
                                             np.float32(divisor), np.float32(lam)), _ranges(lo, hi, share))
         _release(base, *tensors, out, lo=lo, hi=hi)
     return out
+
+
+# ---- DARE: the L1 rescale's sums -------------------------------------------------------------
+
+def l1_sums(base: torch.Tensor, x: torch.Tensor, packed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ|δ|, Σ|kept δ|) of the task vector x - base and its kept entries (bits set in `packed`), as bf16 sums:
+    torch's own sums of the whole magnitudes, as mergekit's are (a sum in another order could round otherwise)."""
+    n = base.numel()
+    magnitudes = _common.scratch(("bf16 magnitudes",), n, torch.bfloat16, base.device)
+    b, xs, m = bits(base), bits(x), bits(magnitudes)
+    parts = _threads() if n >= SERIAL_BELOW else 1
+    for lo, hi in _windows(n, parts * WINDOW, base):
+        share = -(-(hi - lo) // parts // BLOCK) * BLOCK
+        _parallel(lambda a, z: _magnitudes(b[a:z], xs[a:z], m[a:z]), _ranges(lo, hi, share))
+        _release(base, x, lo=lo, hi=hi)
+    before = magnitudes.sum()
+    share = -(-n // parts // BLOCK) * BLOCK
+    _parallel(lambda a, z: _drop(m[a:z], packed, a), _ranges(0, n, share))
+    return before, magnitudes.sum()

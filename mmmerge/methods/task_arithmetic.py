@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..io import pages
-from . import _common
+from . import _bernoulli_bits, _common
 from ._common import DENSITY, INT8_MASK, WEIGHT, check_della_epsilon
 from ._registry import MethodSpec, Param, compute_dtype, register
 from ._selection import TIE_BREAKS, BandKeep, MaskKeep, Rescaled, TopKeep, magnitude_keys, select_top
@@ -172,13 +172,27 @@ def _random(deltas, p, gp, generator):
     if density >= 1:
         return None
     work = _draw_dtype(deltas.dtype, deltas.base.device)
-    keep = MaskKeep(deltas.n)
-    probs = torch.full((min(deltas.chunk, deltas.n),), density, dtype=work)  # made once, not per slice
-    drawn = torch.empty_like(probs)
-    for start in range(0, deltas.n, deltas.chunk):
-        m = min(deltas.chunk, deltas.n - start)
-        keep.store(start, torch.bernoulli(probs[:m], generator=generator, out=drawn[:m]))
+    keep = _drawn(deltas.n, density, work, generator, deltas.base.device, deltas.chunk)
     return _rescaled(deltas, keep, gp, work=work)
+
+
+def _drawn(n: int, density: float, work: torch.dtype, generator, device: torch.device, chunk: int) -> MaskKeep:
+    """DARE's n Bernoulli(density) draws in `work` from `generator` (None: torch's default one), as the entries they
+    keep: on the CPU computed from the generator's state, where that gives torch's draws (_bernoulli_bits, 7x
+    faster); else drawn by torch a slice of `chunk` (a multiple of 8) at a time, the same stream as one draw of all
+    n, as mergekit's."""
+    keep = MaskKeep(n)
+    source = torch.default_generator if generator is None and device.type == "cpu" else generator
+    if (source is not None and source.device.type == "cpu" and device.type == "cpu" and work in _bernoulli_bits.DTYPES
+            and _bernoulli_bits.replicates()):
+        _bernoulli_bits.draw_bits(source, n, density, work, keep.bits)
+        return keep
+    probs = torch.full((min(chunk, n),), density, dtype=work, device=device)  # made once, not per slice
+    drawn = torch.empty_like(probs)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        keep.store(start, torch.bernoulli(probs[:m], generator=generator, out=drawn[:m]))
+    return keep
 
 
 def _rank(deltas, p, gp, generator):
@@ -249,10 +263,16 @@ def _rescaled(deltas, keep, gp, *, work=None, whole=None):
     scratch = torch.empty(min(deltas.chunk, deltas.n), dtype=work)
     for start in range(0, deltas.n, deltas.chunk):
         keep.apply_(magnitudes[start:start + deltas.chunk], start, scratch)
-    after = magnitudes.sum()
+    factor = _l1_factor(before, magnitudes.sum(), deltas.compute)
+    return keep if factor is None else Rescaled(keep, factor)
+
+
+def _l1_factor(before: torch.Tensor, after: torch.Tensor, compute: torch.dtype) -> torch.Tensor | None:
+    """mergekit's L1 rescale factor before / after (Σ|δ| over Σ|kept δ|) as the sums' dtype holds it, in `compute`;
+    None (no rescale) when either sum is below L1_EPS."""
     if before < L1_EPS or after < L1_EPS:
-        return keep
-    return Rescaled(keep, (before / after).to(deltas.compute))  # the factor as mergekit's dtype holds it
+        return None
+    return (before / after).to(compute)
 
 
 L1_EPS = 1e-7  # below this an L1 norm is not matched (mergekit's tolerance)
@@ -271,7 +291,7 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
     n = len(tensors)
     if not n:
         return base if out_dtype is None else base.to(out_dtype)  # merge_tensor copies it into `out`
-    fused = _fused(tensors, base, params, global_params, sparsify, consensus, half, out_dtype, out)
+    fused = _fused(tensors, base, params, global_params, generator, sparsify, consensus, half, out_dtype, out)
     if fused is not None:
         return fused
     chunk = max(8, _common.CHUNK // 8 * 8)  # a multiple of 8: random choices are stored 8 to a byte
@@ -316,25 +336,54 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
     return out.view(base.shape) if result is None else result
 
 
-def _fused(tensors, base, params, global_params, sparsify, consensus, half, out_dtype, out):
-    """The merge by the compiled bf16 kernels (_fused_bf16.py) where they compute it: everything bf16 on the CPU,
-    no sparsifier or magnitude (`tie_break: index`), no rescale; None otherwise."""
-    if half != torch.bfloat16 or (out_dtype or half) != half or global_params["rescale"] or base.numel() == 0:
+def _fused(tensors, base, params, global_params, generator, sparsify, consensus, half, out_dtype, out):
+    """The merge by the compiled bf16 kernels (_fused_bf16.py) where they compute it: everything bf16 on the CPU;
+    no sparsifier, magnitude (`tie_break: index`) without the L1 rescale, or DARE's random draws with or without it;
+    None otherwise."""
+    if half != torch.bfloat16 or (out_dtype or half) != half or base.numel() == 0:
         return None
-    if sparsify not in (_none, _magnitude) or global_params.get("tie_break", "index") != "index":
+    if sparsify not in (_none, _magnitude, _random) or global_params.get("tie_break", "index") != "index":
+        return None
+    if global_params["rescale"] and sparsify is not _random:
         return None
     from . import _fused_bf16  # numba: imported by the first merge that uses it, not by every command
 
     if not _fused_bf16.applies(tensors, base, out):
         return None
     n = base.numel()
-    keep = [None if sparsify is _none else _top_count(n, p["density"]) for p in params]
+    random = sparsify is _random
+    keep = [None if sparsify is not _magnitude else _top_count(n, p["density"]) for p in params]
+    masks, factors = (_random_masks(tensors, base, params, global_params, generator) if random
+                      else (_fused_bf16.NO_MASKS, None))
     weights = _weights(params, half, torch.float32)
     divisor = float(_plain_normaliser(weights, half)) if global_params["normalize"] else 1.0
     result = torch.empty(base.shape, dtype=half) if out is None else out
     _fused_bf16.merge(tensors, base, keep, weights.view(-1).tolist(), consensus=consensus,
-                      normalize=global_params["normalize"], divisor=divisor, lam=global_params["lambda"], out=result)
+                      normalize=global_params["normalize"], divisor=divisor, lam=global_params["lambda"], out=result,
+                      masks=masks, factors=factors)
     return result
+
+
+def _random_masks(tensors, base, params, global_params, generator):
+    """DARE's choices for the compiled path: each model's draws as bits (all set where density >= 1: nothing is
+    dropped) and its L1 rescale factor (1: none), drawn and summed as `_random` and `_rescaled` do."""
+    import numpy as np
+
+    from . import _fused_bf16
+
+    n = base.numel()
+    masks = np.full((len(tensors), (n + 7) // 8), 0xFF, np.uint8)
+    factors = np.ones(len(tensors), np.float32)
+    chunk = max(8, _common.CHUNK // 8 * 8)
+    for i, (x, p) in enumerate(zip(tensors, params)):
+        if p["density"] >= 1:
+            continue
+        masks[i] = _drawn(n, p["density"], _draw_dtype(torch.bfloat16, base.device), generator, base.device,
+                          chunk).bits
+        if global_params["rescale"]:
+            factor = _l1_factor(*_fused_bf16.l1_sums(base, x, masks[i]), torch.float32)
+            factors[i] = 1.0 if factor is None else float(factor)
+    return masks, factors
 
 
 def _weights(params, half: torch.dtype | None, compute: torch.dtype) -> torch.Tensor:
