@@ -73,7 +73,7 @@ def run_task(task: TensorTask, device: torch.device, rounded: bool = True, *,
         """The output merged again without the infs every input agrees on, when there are such; else the error."""
         found = agreed_inf(task) if agreed is None and rounded else None
         if found is None:
-            raise _non_finite(task, device, sources, agreed)
+            raise _non_finite(task, device, sources, agreed) from None
         return run_task(task, device, sources=sources, out=out, agreed=found)
 
     with torch.no_grad():
@@ -93,7 +93,7 @@ def run_task(task: TensorTask, device: torch.device, rounded: bool = True, *,
                                       out_dtype=task.dtype if rounded and task.dtype.is_floating_point else None,
                                       native_dtype=task.native_dtype, name=task.name, input_names=task.input_names,
                                       out=out if in_place else None)
-            except NonFiniteError:  # a method that cannot work on NaN/inf inputs (TIES' top-k): name the input
+            except NonFiniteError:  # a method that cannot work on NaN/inf inputs (TIES' top-k): look at the inputs
                 del tensors, base
                 return again_or_error()
             del tensors, base

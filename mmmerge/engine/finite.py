@@ -75,7 +75,8 @@ def count_non_finite(t: torch.Tensor, agreed: AgreedInf | None = None) -> int:
     return int(bad.sum())
 
 
-def non_finite_input(task: TensorTask, sources: dict[int, str], agreed: AgreedInf | None = None) -> NonFiniteError | None:
+def non_finite_input(task: TensorTask, sources: dict[int, str],
+                     agreed: AgreedInf | None = None) -> NonFiniteError | None:
     """The error for the first input of `task` that holds NaN/inf (but for `agreed` infs), as stored or once
     rounded to the recipe's `dtype`; None when every input is finite."""
     inputs = list(task.tensors) + ([task.base] if task.base is not None else [])
