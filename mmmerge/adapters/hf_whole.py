@@ -19,6 +19,7 @@ from ..checkpoint import Checkpoint, Component
 from ..errors import MMMergeError
 from ..io.folder import write_model_folder
 from ..io.reader import read_folder
+from .derive import why_not_split
 from .families import family_of
 from .hf_common import _kept_on_disk, auto_class_names, read_config, require_model_type
 
@@ -68,7 +69,8 @@ def why_whole(cfg: dict) -> str:
         return f"{model_type}: an encoder-decoder ({arch}); its decoder is no causal LM a language component holds"
     if not isinstance(cfg.get("vision_config"), dict):
         return f"{model_type}: no vision_config, so no vision tower to split off ({arch})"
-    return f"{model_type}: no vision/projector/language split known for {arch}"
+    why = why_not_split(model_type, cfg)  # the derivation's own reason (its result is cached)
+    return f"{model_type}: {why}" if why else f"{model_type}: no vision/projector/language split known for {arch}"
 
 
 def memory_names(checkpoint: Checkpoint) -> dict[str, str]:

@@ -26,7 +26,7 @@ from ..io.folder import copy_side_files
 from ..io.writer import DEFAULT_SHARD_BYTES
 from ..methods import merge_tensor
 from ..model_card import model_card
-from .finite import input_sources, non_finite_input
+from .finite import AgreedInf, agreed_inf, input_sources, non_finite_input
 from .plan import Plan, TensorTask
 
 SIDE_FILES_SKIPPED = ("config.json", "README.md", "mergekit_config.yml", "mergekit_moe_config.yml", "mmmerge_recipe.yml")
@@ -54,16 +54,27 @@ def _all_finite(t: torch.Tensor) -> bool:
 
 
 def run_task(task: TensorTask, device: torch.device, rounded: bool = True, *,
-             sources: dict[int, str] | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+             sources: dict[int, str] | None = None, out: torch.Tensor | None = None,
+             agreed: AgreedInf | None = None) -> torch.Tensor:
     """The output tensor of one task, on the CPU in the task's dtype (`rounded=False`: in the compute dtype,
     to tell apart the two causes of a non-finite output). `sources` names the inputs in errors
     (finite.input_sources). `out`: where to write it (the output file's pages); a method that can computes
-    into it on the CPU, so no whole-tensor result is held."""
+    into it on the CPU, so no whole-tensor result is held. `agreed`: infs every input holds at the same places,
+    merged as zeros and put back in the output (finite.py); looked for only once an output is not finite."""
     def fetch(t: LazyTensor) -> torch.Tensor:
         x = t.load().to(device)
+        if agreed is not None and t is not task.extra_rows:
+            x = agreed.take_out(x)
         if task.input_dtype is not None and x.is_floating_point() and not _exact_in(x.dtype, task.input_dtype):
             x = x.to(task.input_dtype)  # the recipe's `dtype`: inputs are rounded to it, the math is float32
         return x
+
+    def again_or_error() -> torch.Tensor:
+        """The output merged again without the infs every input agrees on, when there are such; else the error."""
+        found = agreed_inf(task) if agreed is None and rounded else None
+        if found is None:
+            raise _non_finite(task, device, sources, agreed) from None
+        return run_task(task, device, sources=sources, out=out, agreed=found)
 
     with torch.no_grad():
         if task.method is None:
@@ -82,27 +93,32 @@ def run_task(task: TensorTask, device: torch.device, rounded: bool = True, *,
                                       out_dtype=task.dtype if rounded and task.dtype.is_floating_point else None,
                                       native_dtype=task.native_dtype, name=task.name, input_names=task.input_names,
                                       out=out if in_place else None)
-            except NonFiniteError:  # a method that cannot work on NaN/inf inputs (TIES' top-k): name the input
-                raise _non_finite(task, device, sources) from None
+            except NonFiniteError:  # a method that cannot work on NaN/inf inputs (TIES' top-k): look at the inputs
+                del tensors, base
+                return again_or_error()
             del tensors, base
             if task.extra_rows is not None:
                 result = torch.cat([result, fetch(task.extra_rows).to(result.dtype)])
         if rounded and result.is_floating_point():
             result = result.to(task.dtype)
             if not _all_finite(result):
-                raise _non_finite(task, device, sources)
+                return again_or_error()
+            if agreed is not None:
+                agreed.put_back(result)
         if out is None:
             return result.to("cpu")
         return result if result is out else pages.copy(out, result)
 
 
-def _non_finite(task: TensorTask, device: torch.device, sources: dict[int, str] | None = None) -> MMMergeError:
-    """The error for a task whose output holds inf/NaN: an input that holds them, a merge that produced them, or
-    values beyond the range of the output dtype (told apart by merging again without rounding to it)."""
-    bad_input = non_finite_input(task, sources or {})
+def _non_finite(task: TensorTask, device: torch.device, sources: dict[int, str] | None = None,
+                agreed: AgreedInf | None = None) -> MMMergeError:
+    """The error for a task whose output holds inf/NaN (but for the `agreed` infs): an input that holds them, a
+    merge that produced them, or values beyond the range of the output dtype (told apart by merging again without
+    rounding to it)."""
+    bad_input = non_finite_input(task, sources or {}, agreed)
     if bad_input is not None:
         return bad_input
-    wide = run_task(task, device, rounded=False)
+    wide = run_task(task, device, rounded=False, agreed=agreed)
     bad = int((~torch.isfinite(wide)).sum())
     if bad:
         return NonFiniteError(f"tensor {task.name}: the merge produced {bad} non-finite value(s) (inf/NaN); "
