@@ -1,10 +1,11 @@
 """mmmerge against mergekit on the same configs, in the same run: wall time, peak memory, agreement.
 
 Builds a base Llama and three fine-tunes of it (~250M parameters each, bf16; `--layers`/`--hidden` make
-them smaller for a quick look), then runs ties (density 0.5) and linear through `mergekit-yaml` and
-`mmmerge merge`, each in its own process (benchmarks/measure.py reads its memory). First the form published
-configs take, `dtype: bfloat16` (mergekit computes ties in bf16, rounding after every operation; mmmerge gives
-the same bits), then `dtype: float32` with `out_dtype: bfloat16`.
+them smaller for a quick look), then runs ties (density 0.5), linear and dare_ties (density 0.5; both tools
+seeded 0, mergekit's one random stream) through `mergekit-yaml` and `mmmerge merge`, each in its own process
+(benchmarks/measure.py reads its memory). First the form published configs take, `dtype: bfloat16` (mergekit
+computes in bf16, rounding after every operation; mmmerge gives the same bits), then `dtype: float32` with
+`out_dtype: bfloat16`.
 
     python benchmarks/merge_vs_mergekit.py [--workdir DIR] [--layers 16] [--hidden 1024] [--repeat 3]
 
@@ -66,9 +67,9 @@ FORMS = {"bf16": {"dtype": "bfloat16"}, "f32": {"dtype": "float32", "out_dtype":
 
 def recipe(method: str, form: str, paths: list[Path]) -> dict:
     base, *fts = [str(p.absolute()) for p in paths]
-    if method == "ties":
+    if method in ("ties", "dare_ties"):
         models = [{"model": p, "parameters": {"weight": w, "density": 0.5}} for p, w in zip(fts, (0.5, 0.3, 0.2))]
-        return {"merge_method": "ties", "base_model": base, "models": models, **FORMS[form]}
+        return {"merge_method": method, "base_model": base, "models": models, **FORMS[form]}
     models = [{"model": p, "parameters": {"weight": w}} for p, w in zip(fts, (0.5, 0.3, 0.2))]
     return {"merge_method": "linear", "models": models, **FORMS[form]}
 
@@ -98,7 +99,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mmmerge-bench"))
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--hidden", type=int, default=1024)
-    ap.add_argument("--runs", default="ties-bf16,linear-bf16,ties-f32,linear-f32", help="METHOD-FORM, comma-separated")
+    ap.add_argument("--runs", default="ties-bf16,linear-bf16,dare_ties-bf16,ties-f32,linear-f32",
+                    help="METHOD-FORM, comma-separated")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     paths = build_models(args.workdir / f"models-{args.layers}x{args.hidden}", args.layers, args.hidden)
@@ -118,15 +120,17 @@ def main() -> None:
         cfg.write_text(yaml.safe_dump(recipe(method, form, paths)))
         out_k, out_m = args.workdir / f"out-mergekit-{run}", args.workdir / f"out-mmmerge-{run}"
         runs_k, runs_m = [], []
+        # DARE draws at random: both tools seeded alike (mergekit's one stream), so their outputs can be compared
+        seeds = (["--random-seed", "0"], ["--seed", "0"]) if method.startswith("dare") else ([], [])
         for _ in range(args.repeat):
             # Each command starts right after its own previous output is deleted, so both write into memory
             # the system has just freed (on a VM, memory touched for the first time is much slower).
             shutil.rmtree(out_k, ignore_errors=True)
             runs_k.append(runner.run([str(bindir / "mergekit-yaml"), str(cfg), str(out_k), "--no-copy-tokenizer",
-                                      "--quiet"], env))
+                                      "--quiet", *seeds[0]], env))
             shutil.rmtree(out_m, ignore_errors=True)
-            runs_m.append(runner.run([str(bindir / "mmmerge"), "merge", str(cfg), "--out", str(out_m), "--quiet"],
-                                     env))
+            runs_m.append(runner.run([str(bindir / "mmmerge"), "merge", str(cfg), "--out", str(out_m), "--quiet",
+                                      *seeds[1]], env))
         print(f"{run}: mergekit {', '.join(f'{r.wall:.1f}' for r in runs_k)} s; "
               f"mmmerge {', '.join(f'{r.wall:.1f}' for r in runs_m)} s ({machine_line()})", flush=True)
         rows.append((run, *summary(runs_k), *summary(runs_m), *differences(out_k, out_m)))
