@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..io import pages
-from . import _bernoulli_bits, _common
+from . import _common
 from ._common import DENSITY, INT8_MASK, WEIGHT, check_della_epsilon
 from ._registry import MethodSpec, Param, compute_dtype, register
 from ._selection import TIE_BREAKS, BandKeep, MaskKeep, Rescaled, TopKeep, magnitude_keys, select_top
@@ -183,10 +183,12 @@ def _drawn(n: int, density: float, work: torch.dtype, generator, device: torch.d
     n, as mergekit's."""
     keep = MaskKeep(n)
     source = torch.default_generator if generator is None and device.type == "cpu" else generator
-    if (source is not None and source.device.type == "cpu" and device.type == "cpu" and work in _bernoulli_bits.DTYPES
-            and _bernoulli_bits.replicates()):
-        _bernoulli_bits.draw_bits(source, n, density, work, keep.bits)
-        return keep
+    if source is not None and source.device.type == "cpu" and device.type == "cpu":
+        from . import _bernoulli_bits  # numba: imported by the first draw, not by every command
+
+        if work in _bernoulli_bits.DTYPES and _bernoulli_bits.replicates():
+            _bernoulli_bits.draw_bits(source, n, density, work, keep.bits)
+            return keep
     probs = torch.full((min(chunk, n),), density, dtype=work, device=device)  # made once, not per slice
     drawn = torch.empty_like(probs)
     for start in range(0, n, chunk):
@@ -344,7 +346,7 @@ def _fused(tensors, base, params, global_params, generator, sparsify, consensus,
         return None
     if sparsify not in (_none, _magnitude, _random) or global_params.get("tie_break", "index") != "index":
         return None
-    if global_params["rescale"] and sparsify is not _random:
+    if (global_params["rescale"] and sparsify is not _random) or base.device.type != "cpu":
         return None
     from . import _fused_bf16  # numba: imported by the first merge that uses it, not by every command
 
