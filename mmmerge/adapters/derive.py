@@ -10,7 +10,10 @@ the checkpoint's config where the defaults do not build or split) and its module
   does not follow the blocks' when a width of the vision config changes is (Qwen2.5-VL's merger);
 - the projector is what else the common parent of both holds (merger, connector, resampler, Q-Former);
   other towers (audio, a VQ image generator) built from their own configs, and the embedders of sound inputs into
-  the language model (Gemma 4's `embed_audio`), are kept outside, with the reason.
+  the language model (Gemma 4's `embed_audio`), are kept outside, with the reason;
+- where the config has no text config and configures the decoder at its top level (IDEFICS, GIT), the projector is
+  what beside the tower reads its width and the language model every other child there, plus the head
+  (`_derive_top_level`).
 The file layouts are transformers' own: `saved` is the file prefix its save path writes each part under (canonical
 names are file names, so converters and renamings inside a part, such as experts held fused and written one per
 expert, leave the split as it is; a part written under several file prefixes, or at the top level beside other
