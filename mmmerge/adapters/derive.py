@@ -211,28 +211,27 @@ def _derive_top_level(model_type: str, cls_name: str, vision, model) -> Family:
     if tower is None:
         raise NotDerivable(f"{cls_name} holds no vision tower built from its vision config")
     parent = tower.rpartition(".")[0]
+    under = parent + "." if parent else ""
     head = _head(model, modules, tower)
-    names = dict(model.state_dict())
     reading = _reading_the_tower(model, modules, parent, tower)
-    sizes: dict[str, int] = {}
+    names = dict(model.state_dict())
+    sizes: dict[str, int] = {}  # part prefix -> parameter count
     outside: dict[str, str] = {}
     for name, tensor in names.items():
         if name.startswith(tower + ".") or (head and name.startswith(head + ".")):
             continue
-        rest = name[len(parent) + 1:] if parent and name.startswith(parent + ".") else None if parent else name
-        if rest is None:
+        if not name.startswith(under):
             outside[name.split(".")[0] + ("." if "." in name else "")] = (
                 f"held by {cls_name} outside the model that holds its vision tower and language model")
             continue
-        prefix = (f"{parent}." if parent else "") + rest.split(".")[0] + ("." if "." in rest else "")
+        rest = name[len(under):]
+        prefix = under + rest.split(".")[0] + ("." if "." in rest else "")
         sizes[prefix] = sizes.get(prefix, 0) + tensor.numel()
-    projector = sorted((p for p in sizes if p.rstrip(".").rpartition(".")[2] in reading), key=lambda p: (-sizes[p], p))
-    language = sorted(p for p in sizes if p not in projector)
+    projector = sorted((p for p in sizes if p[len(under):].rstrip(".") in reading), key=lambda p: (-sizes[p], p))
     if not projector:
-        raise NotDerivable(f"{cls_name} holds nothing between its vision tower and its decoder that reads the tower's "
-                           "width")
-    parts = [("projector", p, "" if i == 0 else p[len(parent) + 1:] if parent else p) for i, p in enumerate(projector)]
-    parts += [("vision", tower + ".", ""), *(("language", p, p) for p in language)]
+        raise NotDerivable(f"{cls_name} holds nothing beside its vision tower that reads the tower's width")
+    parts = [("projector", p, p[len(under):] if i else "") for i, p in enumerate(projector)]
+    parts += [("vision", tower + ".", ""), *(("language", p, p) for p in sorted(sizes) if p not in projector)]
     if head is not None:
         parts.append(("language", head + ".", head + "."))
     family = Family(model_type, cls_name, tuple(parts), {}, outside, *_vision_fields(type(modules[tower]), vision),
@@ -251,7 +250,7 @@ def _reading_the_tower(model, modules: dict, parent: str, tower: str) -> set[str
     def shapes(m) -> dict:
         under = m.get_submodule(parent) if parent else m
         return {c: [tuple(t.shape) for t in sub.state_dict().values()] for c, sub in under.named_children()
-                if f"{parent}.{c}".lstrip(".") != tower}
+                if sub is not under.get_submodule(tower.rpartition(".")[2])}
 
     width, before, out = _tower_width(modules[tower]), shapes(model), set()
     for key, value in model.config.vision_config.to_dict().items():
