@@ -286,11 +286,28 @@ def test_a_language_model_no_class_holds_alone_refuses_a_text_only_lm_in_one_lin
                                      num_hidden_layers=config.num_hidden_layers)).save_pretrained(tmp_path / "llm")
     for first, second in ((vlm, tmp_path / "llm"), (tmp_path / "llm", vlm)):
         recipe = tmp_path / "recipe.json"
-        recipe.write_text(json.dumps({"merge_method": "linear", "models": [
-            {"model": str(first), "parameters": {"weight": 0.5}}, {"model": str(second), "parameters": {"weight": 0.5}}]}))
+        models = [{"model": str(m), "parameters": {"weight": 0.5}} for m in (first, second)]
+        recipe.write_text(json.dumps({"merge_method": "linear", "models": models}))
         r = run("merge", recipe, "--out", tmp_path / "out", "--quiet")
         one_line_error(r, "no causal LM holding this language model alone", str(vlm))
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("component,said", [("vision", "IdeficsVisionTransformer is no transformers model class"),
+                                             ("language", "class also holds tensor model.vision_model.")])
+def test_an_idefics_component_no_class_holds_alone_is_refused_in_one_line(component, said, saved, tmp_path):
+    """IDEFICS' vision tower is a plain module of transformers (no model class, no config of its own), and its
+    language model has no class without the tower: either written alone stops with one line, and writes nothing."""
+    import transformers as T
+
+    from cli_run import one_line_error, run
+
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"components": {component: {"source": str(saved("idefics"))}}}))
+    r = run("merge", recipe, "--out", tmp_path / "out", "--quiet")
+    one_line_error(r, said)
+    assert not (tmp_path / "out").exists()
+    assert not issubclass(T.models.idefics.modeling_idefics.IdeficsVisionTransformer, T.PreTrainedModel)
 
 
 def test_inspect_reads_a_derived_family(saved):
