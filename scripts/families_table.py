@@ -60,8 +60,11 @@ def rows() -> list[tuple[str, str, str]]:
 
 
 def _language(family) -> str:
+    from mmmerge.adapters.families import TOP_LEVEL
     from mmmerge.adapters.hf_common import auto_class_names
 
+    if family.text_config == TOP_LEVEL:
+        return f"decoder configured at the top level: no class holds the language model alone (`{family.cls}`'s names)"
     if family.language_arch and not family.language_arch.endswith("ForCausalLM"):
         return f"no text-only counterpart (language as `{family.language_arch}`)"
     if family.language_arch:
@@ -91,6 +94,8 @@ def _proven(c, t: str, family) -> str:
     proven += _generates(t)
     if text_only_fails:
         proven += "; LM + text-only fails: " + text_only_fails
+    if t in c.TOP_LEVEL_TYPES:
+        proven += "; LM + text-only refused in one line"
     if t in c.REFUSED_BUT_RUNS:
         proven += "; stitch refuses its tower, which runs on images alone: " + c.REFUSED_BUT_RUNS[t]
     elif t in c.REFUSED_BY_STITCH:

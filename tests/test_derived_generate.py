@@ -156,6 +156,22 @@ def test_eval_answers_as_transformers_does(model_type, merged, tmp_path):
         assert s["raw"] == _transformers_answer(model, processor, s["prompt"], image, 3), s
 
 
+def test_a_processor_that_writes_the_bos_itself_gets_no_second_one():
+    """IDEFICS' processor builds each prompt from the BOS and passes add_special_tokens on to its tokenizer: the
+    prompts the runner encodes hold the BOS once, exactly as the processor's own defaults encode them."""
+    from mmmerge.eval.generate import Generator
+
+    processor = tiny_processor("idefics", tiny_config("idefics"))
+    processor.tokenizer.padding_side = "left"
+    prompts = [build_prompt(processor, q) for q in (QUESTION, "is there a cat ?")]
+    ours = Generator(tiny_any("idefics"), processor).encode(prompts, [_image(), _image()])
+    theirs = processor(images=[[_image()], [_image()]], text=prompts, return_tensors="pt", padding=True)
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    bos = processor.tokenizer.bos_token_id
+    assert [row[mask.bool()].tolist().count(bos) for row, mask in zip(ours["input_ids"], ours["attention_mask"])] == \
+        [1, 1]
+
+
 def test_generate_through_the_command(merged, tmp_path):
     """`mmmerge generate` prints what the API answers (one CLI check)."""
     from cli_run import run

@@ -10,7 +10,10 @@ the checkpoint's config where the defaults do not build or split) and its module
   does not follow the blocks' when a width of the vision config changes is (Qwen2.5-VL's merger);
 - the projector is what else the common parent of both holds (merger, connector, resampler, Q-Former);
   other towers (audio, a VQ image generator) built from their own configs, and the embedders of sound inputs into
-  the language model (Gemma 4's `embed_audio`), are kept outside, with the reason.
+  the language model (Gemma 4's `embed_audio`), are kept outside, with the reason;
+- where the config has no text config and configures the decoder at its top level (IDEFICS, GIT), the projector is
+  what beside the tower reads its width and the language model every other child there, plus the head
+  (`_derive_top_level`).
 The file layouts are transformers' own: `saved` is the file prefix its save path writes each part under (canonical
 names are file names, so converters and renamings inside a part, such as experts held fused and written one per
 expert, leave the split as it is; a part written under several file prefixes, or at the top level beside other
@@ -30,11 +33,11 @@ import itertools
 import json
 
 from ..errors import UnsupportedArchitectureError
-from .families import Family, rename
+from .families import TOP_LEVEL, Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-16"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-17"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -102,6 +105,8 @@ def family_from_json(data: dict) -> Family:
 
 def _derive(model_type: str, config_json: str | None) -> Family:
     cls_name, text, vision, model = _build_on_meta(model_type, config_json)
+    if text is None:
+        return _derive_top_level(model_type, cls_name, vision, model)
     modules = dict(model.named_modules())
     language, tower = _built_from(modules, text), _built_from(modules, vision)
     if language is None or tower is None:
@@ -146,7 +151,8 @@ def _head(model, modules: dict, language: str) -> str | None:
 
 
 def _build_on_meta(model_type: str, config_json: str | None):
-    """(class name, text config, vision config, the class built on the meta device) of the type."""
+    """(class name, text config (None where the config itself configures the decoder), vision config, the class
+    built on the meta device) of the type."""
     import torch
     import transformers
 
@@ -157,18 +163,16 @@ def _build_on_meta(model_type: str, config_json: str | None):
     source = "its config" if config_json else "default values"
     try:
         if config_json is None:
-            config = transformers.AutoConfig.for_model(model_type)
+            config = transformers.AutoConfig.for_model(model_type, **DERIVED_WITH.get(model_type, ({}, ""))[0])
         else:
             given = json.loads(config_json)
             config = klass.config_class.from_dict({k: v for k, v in given.items() if k != "architectures"})
     except Exception as e:  # noqa: BLE001  (configs fail to build in many ways)
         raise NotDerivable(f"its config class does not build from {source} ({_one_line(e)})") from e
     text, vision = getattr(config, "text_config", None), getattr(config, "vision_config", None)
-    if text is None and vision is not None and type(getattr(config, "vocab_size", None)) is int:
-        why = _why_no_language_apart(model_type, cls_name, type(config).__name__)
-        if why:
-            raise NotDerivable(why)
-    if text is None or vision is None:
+    top_level = (text is None and vision is not None and type(getattr(config, "vocab_size", None)) is int
+                 and _no_language_apart(model_type, cls_name))
+    if (text is None and not top_level) or vision is None:
         missing = " and ".join(k for k, v in (("text_config", text), ("vision_config", vision)) if v is None)
         raise NotDerivable(f"{type(config).__name__} has no {missing}: no vision tower and language model to split")
     try:
@@ -179,19 +183,88 @@ def _build_on_meta(model_type: str, config_json: str | None):
     return cls_name, text, vision, model
 
 
-def _why_no_language_apart(model_type: str, cls_name: str, config_name: str) -> str | None:
-    """Why a class whose config is itself the decoder's (no text config: IDEFICS, GIT) has no language model apart,
-    or None where transformers maps the type to a causal LM other than the VLM: its decoder is built inside the
-    type's base model beside the vision tower, and only a text-only causal LM of the type would say which of the
-    base model's tensors are the language model's."""
-    causal = auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(model_type)
-    if causal not in (None, cls_name):
-        return None
-    base = auto_class_names("MODEL_MAPPING_NAMES").get(model_type, f"the {model_type} model")
-    said = (f"transformers' causal LM of {model_type} is {causal}, the VLM itself" if causal
-            else f"transformers maps {model_type} to no causal LM")
-    return (f"{config_name} configures the decoder at the top level and {base} builds it beside the vision tower; "
-            f"{said}, so no text-only class holds the language model alone")
+def _no_language_apart(model_type: str, cls_name: str) -> bool:
+    """A class whose config is itself the decoder's (no text config: IDEFICS, GIT) builds its decoder inside its base
+    model beside the vision tower, unless transformers maps the type to a causal LM other than the VLM itself."""
+    return auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(model_type) in (None, cls_name)
+
+
+# Config fields set before deriving a type's row from its default config, and why (a row names only the modules
+# the class builds from the config it is derived from).
+DERIVED_WITH = {
+    "idefics": ({"use_resampler": True}, "IDEFICS checkpoints (idefics-9b, idefics-80b) resample the image features "
+                "with a perceiver, which the default config leaves out: without it the row would keep the "
+                "perceiver outside every component"),
+}
+
+
+def _derive_top_level(model_type: str, cls_name: str, vision, model) -> Family:
+    """The row of a class whose config configures the decoder at its top level (IDEFICS, GIT): the vision tower is
+    the module built from the vision config; the projector is what else its parent holds that reads the tower's
+    width (`_reading_the_tower`: GIT's visual projection; IDEFICS' perceiver resampler and its gated cross-attention
+    layers, which read the image features inside the decoder stack: the Flamingo connector, trained while IDEFICS
+    freezes its text layers (`freeze_text_layers`), and absent from the LLaMA its decoder starts from); the language
+    model is every other child of that parent, plus the head, under the class's own names: no class of transformers
+    holds it alone, so `language_arch` is the class itself and a merge with a text-only LM is refused."""
+    modules = dict(model.named_modules())
+    tower = _built_from(modules, vision, of_any_class=True)
+    if tower is None:
+        raise NotDerivable(f"{cls_name} holds no vision tower built from its vision config")
+    parent = tower.rpartition(".")[0]
+    under = parent + "." if parent else ""
+    head = _head(model, modules, tower)
+    reading = _reading_the_tower(model, modules, parent, tower)
+    names = dict(model.state_dict())
+    sizes: dict[str, int] = {}  # part prefix -> parameter count
+    outside: dict[str, str] = {}
+    for name, tensor in names.items():
+        if name.startswith(tower + ".") or (head and name.startswith(head + ".")):
+            continue
+        if not name.startswith(under):
+            outside[name.split(".")[0] + ("." if "." in name else "")] = (
+                f"held by {cls_name} outside the model that holds its vision tower and language model")
+            continue
+        rest = name[len(under):]
+        prefix = under + rest.split(".")[0] + ("." if "." in rest else "")
+        sizes[prefix] = sizes.get(prefix, 0) + tensor.numel()
+    projector = sorted((p for p in sizes if p[len(under):].rstrip(".") in reading), key=lambda p: (-sizes[p], p))
+    if not projector:
+        raise NotDerivable(f"{cls_name} holds nothing beside its vision tower that reads the tower's width")
+    parts = [("projector", p, p[len(under):] if i else "") for i, p in enumerate(projector)]
+    parts += [("vision", tower + ".", ""), *(("language", p, p) for p in sorted(sizes) if p not in projector)]
+    if head is not None:
+        parts.append(("language", head + ".", head + "."))
+    family = Family(model_type, cls_name, tuple(parts), {}, outside, *_vision_fields(type(modules[tower]), vision),
+                    None, cls_name, text_config=TOP_LEVEL, not_in_llava=_not_in_llava(modules[tower]))
+    return _with_layouts(model, family, names)
+
+
+def _reading_the_tower(model, modules: dict, parent: str, tower: str) -> set[str]:
+    """The children of `parent` beside the tower whose tensors change shape when the vision config's width (each of
+    its integer fields equal to the tower's width) is doubled and the class built again on the meta device: they
+    read the tower's output."""
+    import copy
+
+    import torch
+
+    def shapes(m) -> dict:
+        under = m.get_submodule(parent) if parent else m
+        return {c: [tuple(t.shape) for t in sub.state_dict().values()] for c, sub in under.named_children()
+                if sub is not under.get_submodule(tower.rpartition(".")[2])}
+
+    width, before, out = _tower_width(modules[tower]), shapes(model), set()
+    for key, value in model.config.vision_config.to_dict().items():
+        if type(value) is not int or value != width:
+            continue
+        changed = copy.deepcopy(model.config)
+        try:
+            setattr(changed.vision_config, key, 2 * value)
+            with torch.device("meta"):
+                after = shapes(type(model)._from_config(changed))
+        except Exception:  # noqa: BLE001  (a field that cannot change alone tells nothing)
+            continue
+        out |= {c for c in before if after.get(c) != before[c]}
+    return out
 
 
 def _vision_fields(tower_cls: type, vision) -> tuple[str | None, str | None]:
@@ -218,13 +291,17 @@ def _language_fields(counterpart, text_type: str, base_cls: str) -> tuple[str | 
     return causal_type, None
 
 
-def _built_from(modules: dict, sub_config) -> str | None:
-    """The outermost submodule built from `sub_config`: of the type's base model class, else of its model type."""
+def _built_from(modules: dict, sub_config, *, of_any_class: bool = False) -> str | None:
+    """The outermost submodule built from `sub_config`: of the type's base model class, else of its model type
+    (`of_any_class`: a module that is no PreTrainedModel too, IDEFICS' vision transformer)."""
+    from torch import nn
     from transformers import PreTrainedModel
 
     base = auto_class_names("MODEL_MAPPING_NAMES").get(sub_config.model_type)
-    for test in (lambda m: type(m).__name__ == base, lambda m: m.config.model_type == sub_config.model_type):
-        found = [n for n, m in modules.items() if n and isinstance(m, PreTrainedModel) and test(m)]
+    kind = nn.Module if of_any_class else PreTrainedModel
+    for test in (lambda m: type(m).__name__ == base,
+                 lambda m: getattr(getattr(m, "config", None), "model_type", None) == sub_config.model_type):
+        found = [n for n, m in modules.items() if n and isinstance(m, kind) and test(m)]
         if found:
             return min(found, key=lambda n: (n.count("."), n))
     return None
@@ -418,9 +495,15 @@ NEEDED_THOUGH_DEFAULTED = ("grid_thw", "target_sizes")
 
 
 def _not_in_llava(tower) -> str | None:
-    """Why a LLaVA cannot hold the tower: its forward needs more than the pixel values a LLaVA passes."""
+    """Why a LLaVA cannot hold the tower: its forward needs more than the pixel values a LLaVA passes, or it records
+    no hidden states."""
     import inspect
 
+    from transformers import PreTrainedModel
+
+    if not isinstance(tower, PreTrainedModel):  # IDEFICS' vision transformer, a plain module
+        return ("returns no hidden states per layer (it is no transformers model class), from which a LLaVA selects "
+                "its image features")
     params = [p for p in inspect.signature(tower.forward).parameters.values()
               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     needed = [p.name for p in params if p.name != "pixel_values"

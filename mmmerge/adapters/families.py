@@ -12,7 +12,10 @@ A row says, for the family's transformers class:
 - `outside`: tensors of the class that belong to no component, and why; they are kept and written back;
 - `vision_arch` / `language_type`: where the vision class or the text-only language model type cannot be
   read from transformers' auto mappings (Qwen2-VL's vision class; Qwen-VL text models as `qwen2`/`qwen3`);
-  `language_arch` names a language class outright when no text-only type fits (mllama's cross-attention LM).
+  `language_arch` names a language class outright when no text-only type fits (mllama's cross-attention LM);
+- `text_config`: the config key of the language model's settings; TOP_LEVEL where the family's config is itself the
+  decoder's (IDEFICS, GIT): then no class holds the language model alone, its names are the family class's own and
+  `language_arch` is the family class.
 
 Side files (tokenizer, processor, chat template, generation config) travel for every family: they are the
 non-weight files of the folder, copied by `copy_side_files`.
@@ -42,12 +45,25 @@ class Family:
     language_arch: str | None = None  # the language class, when no text-only model type fits
     language_fields: dict = field(default_factory=dict)  # set on the text-only config: what the family's text
     # class does without a field (Qwen3-VL-MoE's router always renormalises its top-k, Qwen3-MoE's by a field)
-    text_config: str = "text_config"
+    text_config: str = "text_config"  # TOP_LEVEL: the family's config itself configures the decoder
     vision_config: str = "vision_config"
     not_in_llava: str | None = None  # why a LLaVA cannot hold this family's vision tower (stitch refuses it)
 
     def layout(self, name: str) -> Renames:
         return self.layouts.get(name, ())
+
+    @property
+    def language_alone(self) -> bool:
+        """Some class of transformers holds the language model without the vision tower."""
+        return self.text_config != TOP_LEVEL
+
+
+TOP_LEVEL = ""  # `text_config` of a family whose config configures the decoder at its top level
+
+
+def text_config_of(family: Family, config: dict) -> dict:
+    """The dict of a family's config.json that configures its language model (the config itself at TOP_LEVEL)."""
+    return config if family.text_config == TOP_LEVEL else config[family.text_config]
 
 
 # In memory (transformers 5): the usual wrapper of a vision tower, a projector and a decoder.

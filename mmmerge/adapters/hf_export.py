@@ -26,7 +26,7 @@ from .preprocess import image_processor_config
 
 def model_class(arch: str) -> type:
     """A transformers model class by name: exported at the top level, or defined in a family's modeling
-    module (Qwen2-VL's vision class is not exported)."""
+    module (Qwen2-VL's vision class is not exported); a module that is no model class is refused."""
     import transformers
 
     cls = getattr(transformers, arch, None)
@@ -35,6 +35,9 @@ def model_class(arch: str) -> type:
         cls = getattr(importlib.import_module(f"transformers.models.{module}.modeling_{module}"), arch, None)
     if cls is None:
         raise UnsupportedArchitectureError(f"transformers has no class {arch}")
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):  # IDEFICS' vision transformer
+        raise UnsupportedArchitectureError(f"{arch} is no transformers model class: transformers builds it only inside "
+                                           "its family's model, so it is written only within the whole model")
     return cls
 
 

@@ -22,7 +22,7 @@ from ..io.check import check_tensors
 from ..io.folder import write_model_folder
 from ..io.reader import read_folder
 from .derive import why_not_split
-from .families import Family, family_of, join_name, rename, split_name
+from .families import TOP_LEVEL, Family, family_of, join_name, rename, split_name
 from .hf_common import _kept_on_disk, auto_class_names, class_layout, read_config
 from .hf_vision import read_preprocess
 
@@ -55,7 +55,10 @@ def vision_arch(family: Family, vision_cfg: dict, where: Path) -> str:
 
 def language_arch_and_config(family: Family, text_cfg: dict, tied: bool, where: Path) -> tuple[str, dict]:
     """The text-only class that holds the language model, and its config: the text config, renamed to the
-    text-only model type where the family's text type has no causal LM of its own (Qwen2-VL's -> qwen2)."""
+    text-only model type where the family's text type has no causal LM of its own (Qwen2-VL's -> qwen2); the family
+    class and its config as they are where that config configures the decoder (TOP_LEVEL: no class holds it alone)."""
+    if family.text_config == TOP_LEVEL:
+        return family.cls, dict(text_cfg)
     cfg = {**text_cfg, "tie_word_embeddings": tied, **family.language_fields}
     if family.language_type:
         cfg["model_type"] = family.language_type
@@ -108,7 +111,7 @@ def read(path: Path) -> Checkpoint:
             f"{path}/config.json: model_type {cfg.get('model_type')} is an image-text-to-text family with no row in "
             f"mmmerge's family table and none derived from transformers: {why_not_split(cfg.get('model_type'), cfg)}")
     vision_cfg = sub_config(cfg, family.vision_config, path)
-    text_cfg = sub_config(cfg, family.text_config, path)
+    text_cfg = dict(cfg) if family.text_config == TOP_LEVEL else sub_config(cfg, family.text_config, path)
     layout = class_layout(family.cls, cfg)
     expected = class_names(family, layout)
     files = read_folder(path)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..adapters import (WHOLE_COMPONENT as WHOLE, as_text_only_language, as_vlm_language, in_memory_layout, is_tied,
                         missing_from_class, untie, vocabulary_tensors)
 from ..checkpoint import Checkpoint, Component, LazyTensor
+from ..errors import ShapeMismatchError
 from .cross_attention import fit_text_models
 from .opener import Opener
 from .recipe import MergeSection
@@ -42,6 +43,7 @@ def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list
         notes.append(f"{where}{cname}: some inputs tie lm_head to the embeddings and some do not; "
                      f"the output stores lm_head (tie_word_embeddings: false)")
     if cname == "language":
+        refuse_language_no_class_holds(ckpts, paths, comps, where)
         if in_family:
             comps = text_only_as_vlm(ckpts, comps, ref_key, where, cname, notes)
         else:
@@ -74,6 +76,23 @@ def section_inputs(section: MergeSection, cname: str, opener: Opener, refs: list
     out.vocab = vocab if aligned else None
     out.extra_rows = {**vlm_rows, **aligned}
     return out
+
+
+def refuse_language_no_class_holds(ckpts: dict[str, Checkpoint], paths: dict[str, str], comps: dict[str, Component],
+                                   where: str) -> None:
+    """A language model that no class of transformers holds alone (its family's config configures the decoder at the
+    top level: IDEFICS, GIT) merges only with those of its own family; with any other (a text-only LM) one line
+    says why, before the names are compared."""
+    own = next((r for r, ck in ckpts.items() if ck.family is not None and not ck.family.language_alone), None)
+    if own is None:
+        return
+    family = ckpts[own].family
+    other = next((r for r, ck in ckpts.items() if ck.family is None or ck.family.model_type != family.model_type), None)
+    if other is not None:
+        raise ShapeMismatchError(
+            f"{where}language: {paths[own]} ({family.model_type}) configures its decoder at the top level of its "
+            f"config: transformers has no causal LM holding this language model alone, so it merges only with "
+            f"{family.model_type} models, not with {paths[other]} ({comps[other].arch})")
 
 
 def fused_where_mixed(comps: dict[str, Component], where: str, cname: str, notes: list[str]) -> dict[str, Component]:

@@ -22,6 +22,7 @@ import torch
 from ..adapters import (family_file_layout, family_file_tensors, family_named, hf_config_dict, in_memory_layout,
                         image_processor_config, missing_from_class, untie, vocabulary_tensors,
                         WHOLE_COMPONENT as WHOLE)
+from ..adapters.families import text_config_of
 from ..checkpoint import COMPONENTS, Checkpoint, Component
 from ..errors import RecipeError
 from ..io.check import check_tensors
@@ -213,7 +214,7 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
         same_layout(f"the {ref.family.model_type} config of {ref.path}", own, f"the {cp.how} output",
                      cp.component, cname)
     cfg = copy.deepcopy(ref.source_config["config.json"])
-    cfg[ref.family.text_config].update(components["language"].config_updates)
+    text_config_of(ref.family, cfg).update(components["language"].config_updates)
     if "lm_head.weight" in components["language"].tasks:
         _untie_config(cfg)
     comps = {n: Component(n, c.component.arch, c.component.config, dict(c.tasks), extra=c.component.extra)

@@ -115,6 +115,31 @@ def adds_special_tokens(tokenizer, prompts: list[str]) -> bool:
     return not (bos and all(p.startswith(bos) for p in prompts))
 
 
+def special_tokens_for(processor, prompts: list[str]) -> bool:
+    """`add_special_tokens` for the processor's encoding of `prompts`: False where the processor writes the BOS itself
+    whatever it is told (IDEFICS' builds each prompt from the BOS and passes the flag on to its tokenizer, so True
+    would double it), else `adds_special_tokens`."""
+    return False if _writes_bos_itself(processor) else adds_special_tokens(processor.tokenizer, prompts)
+
+
+def _writes_bos_itself(processor) -> bool:
+    """Whether the processor starts a text with the BOS though asked for no special tokens, asked once by encoding a
+    text alone (a processor that refuses a text without images writes none we know of)."""
+    cached = getattr(processor, "_mmmerge_writes_bos", None)
+    if cached is None:
+        bos = getattr(processor.tokenizer, "bos_token_id", None)
+        try:
+            ids = processor(text=["probe"], add_special_tokens=False)["input_ids"][0]
+            cached = bos is not None and len(ids) > 0 and int(ids[0]) == bos
+        except Exception:  # noqa: BLE001  (a processor that needs images with its text)
+            cached = False
+        try:
+            processor._mmmerge_writes_bos = cached
+        except AttributeError:
+            pass
+    return cached
+
+
 def token_types_asked(processor, model) -> dict:
     """The argument that asks the processor for `mm_token_type_ids` where it makes them and the model takes them
     (Cosmos3-Edge's multimodal RoPE needs them, and its processor returns them only when asked)."""
@@ -125,7 +150,7 @@ def token_types_asked(processor, model) -> dict:
 def prompt_lengths(processor, prompts: list[str]) -> list[int]:
     """Token counts of the prompts before the image placeholders are expanded (to sort by length)."""
     tok = processor.tokenizer
-    return [len(ids) for ids in tok(prompts, add_special_tokens=adds_special_tokens(tok, prompts))["input_ids"]]
+    return [len(ids) for ids in tok(prompts, add_special_tokens=special_tokens_for(processor, prompts))["input_ids"]]
 
 
 @contextmanager
@@ -186,7 +211,7 @@ class Generator:
 
     def _call_processor(self, prompts, images, per_prompt: bool):
         return self.processor(images=self._layout(images, per_prompt), text=prompts, return_tensors="pt",
-                              padding=True, add_special_tokens=adds_special_tokens(self.processor.tokenizer, prompts),
+                              padding=True, add_special_tokens=special_tokens_for(self.processor, prompts),
                               **token_types_asked(self.processor, self.model))
 
     def _find_layout(self, prompt: str, images: list[Image.Image]) -> bool:

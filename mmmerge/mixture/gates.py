@@ -91,7 +91,7 @@ def image_inputs(base: Path, folder: Path | None) -> Callable:
     own, as for a text prompt; the template's closing tokens are the same for every prompt and would leave the
     experts' rows hardly apart."""
     from ..eval.ask import open_image
-    from ..eval.generate import adds_special_tokens, build_prompt, load_processor
+    from ..eval.generate import build_prompt, load_processor, special_tokens_for
 
     processor = load_processor(base)
 
@@ -100,7 +100,7 @@ def image_inputs(base: Path, folder: Path | None) -> Callable:
         end = text.rfind(prompt.text)  # the last token is the prompt's own, as for a text prompt
         text = text[:end + len(prompt.text)] if end >= 0 else text
         return processor(images=[open_image((folder or Path()) / prompt.image)], text=[text], return_tensors="pt",
-                         add_special_tokens=adds_special_tokens(processor.tokenizer, [text]))
+                         add_special_tokens=special_tokens_for(processor, [text]))
 
     return encode
 
