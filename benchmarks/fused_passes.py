@@ -1,4 +1,4 @@
-"""The compiled bf16 TIES merge (mmmerge/methods/_fused_bf16.py) against the torch path on the same in-memory
+"""The compiled bf16 TIES merge (mmmerge/methods/_fused_half.py) against the torch path on the same in-memory
 tensors, and each of its two passes with one thread and with all of torch's threads: how much faster the kernels
 are than torch's operations, and whether a pass is bound by arithmetic (it speeds up with a second thread) or by
 memory (it does not). No files are read or written, so the page cache and the disk play no part.
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from measure import machine_line
-from mmmerge.methods import _fused_bf16
+from mmmerge.methods import _fused_half
 from mmmerge.methods import task_arithmetic as ta
 
 GLOBAL = {"normalize": True, "rescale": False, "lambda": 1.0, "int8_mask": False, "tie_break": "index"}
@@ -66,15 +66,15 @@ def main() -> None:
 
     same = torch.equal(compiled().view(torch.int16), torch_path().view(torch.int16))
     t_compiled, t_torch = median_of(args.repeat, compiled), median_of(args.repeat, torch_path)
-    cut, split = (np.array(column, dtype=np.int64) for column in zip(*_fused_bf16.top_cuts(base, models, keep)))
+    cut, split = (np.array(column, dtype=np.int64) for column in zip(*_fused_half.top_cuts(base, models, keep)))
     weights = torch.tensor([p["weight"] for p in params], dtype=torch.bfloat16).float().tolist()
 
     def merge_pass():  # TIES' second pass, with the cuts the first one found
-        _fused_bf16.merge_pass(models, base, cut, split, weights, consensus=True, normalize=True, divisor=1.0,
+        _fused_half.merge_pass(models, base, cut, split, weights, consensus=True, normalize=True, divisor=1.0,
                                lam=1.0, out=out)
 
     rows = []
-    for label, fn, entries in [("histogram pass (3 models)", lambda: _fused_bf16.top_cuts(base, models, keep), 3 * n),
+    for label, fn, entries in [("histogram pass (3 models)", lambda: _fused_half.top_cuts(base, models, keep), 3 * n),
                                ("merge pass", merge_pass, n)]:
         timed = {}
         for t in sorted({1, threads}):

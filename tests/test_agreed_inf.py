@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from mmmerge.engine import merge
 from mmmerge.errors import NonFiniteError
-from mmmerge.methods import REGISTRY, _fused_bf16
+from mmmerge.methods import REGISTRY, _fused_half
 from cli_run import one_line_error, run
 from mergekit_oracle import TOL, W, mergekit_result
 from tiny_world import make_lm
@@ -73,8 +73,8 @@ def test_every_method_keeps_the_inf_every_input_holds(lms, tmp_path, method):
 def test_in_every_dtype_and_in_the_compiled_bf16_merge(lms, tmp_path, monkeypatch, method, dtype):
     """bf16 TIES and task arithmetic run the compiled kernels (which refuse inf in a task vector themselves)."""
     calls = []
-    real = _fused_bf16.merge
-    monkeypatch.setattr(_fused_bf16, "merge", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = _fused_half.merge
+    monkeypatch.setattr(_fused_half, "merge", lambda *a, **k: calls.append(1) or real(*a, **k))
     merged = assert_kept_and_finite_elsewhere(merge(recipe(method, lms, dtype), tmp_path / "out", quiet=True, seed=0))
     assert merged[TENSOR].dtype == getattr(torch, dtype)
     if method in ("task_arithmetic", "ties") and dtype == "bfloat16":

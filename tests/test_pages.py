@@ -14,7 +14,7 @@ from mmmerge import merge
 from mmmerge.checkpoint import LazyTensor
 from mmmerge.engine.execute import _all_finite
 from mmmerge.io import pages, read_tensors, write_safetensors
-from mmmerge.methods import _common
+from mmmerge.methods import _common, _fused_half
 from tiny import llama_config, randomize
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -118,13 +118,14 @@ def bf16_models(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["linear", "ties", "dare_ties", "breadcrumbs"])
 def test_a_merge_streamed_a_slice_at_a_time_writes_the_same_bytes(bf16_models, tmp_path, monkeypatch, method):
-    """With slices of 4096 entries and every tensor over 16 KiB streamed (the 1024 x 64 embeddings, the MLPs),
+    """With slices (and the compiled passes' windows) of 4096 entries and every tensor over 16 KiB streamed (the 1024 x 64 embeddings, the MLPs),
     the merge releases pages as it goes and writes what it writes holding whole tensors."""
     base, *models = bf16_models
     recipe = {"merge_method": method, "dtype": "bfloat16", **({} if method == "linear" else {"base_model": base}),
               "models": [{"model": m, "parameters": {"weight": w, **({} if method == "linear" else {"density": 0.5})}}
                          for m, w in zip(models, (0.6, 0.4))]}
     monkeypatch.setattr(_common, "CHUNK", 4096)
+    monkeypatch.setattr(_fused_half, "WINDOW", 4096)  # the compiled passes' windows: slices of the same size
     whole = merge(recipe, tmp_path / "whole", seed=3, quiet=True)
     released = []
 
@@ -141,16 +142,15 @@ def test_a_merge_streamed_a_slice_at_a_time_writes_the_same_bytes(bf16_models, t
 
 
 def test_the_compiled_bf16_merge_holds_a_large_inputs_pages_a_window_at_a_time(tmp_path, monkeypatch):
-    """ties through methods/_fused_bf16.py on 32 MiB inputs, with windows of 256K entries per thread and releases
+    """ties through methods/_fused_half.py on 32 MiB inputs, with windows of 256K entries per thread and releases
     every 512 KiB: no input ever has more than a few MiB of its pages in the process (the kernel may map a file's
     pages 2 MiB at a time), in the histogram pass or the merge pass, and the result is the one computed from
     whole in-memory tensors."""
-    from mmmerge.methods import _fused_bf16
     from mmmerge.methods import task_arithmetic as ta
 
     monkeypatch.setattr(pages, "STREAMED_FROM", 1 << 20)
     monkeypatch.setattr(pages, "RELEASED_EVERY", 512 << 10)
-    monkeypatch.setattr(_fused_bf16, "WINDOW", 1 << 18)
+    monkeypatch.setattr(_fused_half, "WINDOW", 1 << 18)
     g = torch.Generator().manual_seed(0)
     base = (torch.randn(1 << 24, generator=g) * 0.02).to(torch.bfloat16)
     values = [base] + [(base.float() + torch.randn(base.shape, generator=g) * 0.002).to(torch.bfloat16)
@@ -159,13 +159,13 @@ def test_the_compiled_bf16_merge_holds_a_large_inputs_pages_a_window_at_a_time(t
         save_file({"w": v}, tmp_path / f"m{i}.safetensors")
     mapped = [read_tensors(tmp_path / f"m{i}.safetensors")["w"].load() for i in range(4)]
     held = []
-    release = _fused_bf16._release
+    release = _fused_half._release
 
     def measured(*tensors, lo, hi):
         held.append(max(resident_kib(t) for t in mapped))
         release(*tensors, lo=lo, hi=hi)
 
-    monkeypatch.setattr(_fused_bf16, "_release", measured)
+    monkeypatch.setattr(_fused_half, "_release", measured)
     params = [{"weight": w, "density": 0.5} for w in (0.5, 0.3, 0.2)]
     global_params = {"normalize": True, "rescale": False, "lambda": 1.0, "int8_mask": False, "tie_break": "index"}
     got = ta._merge(mapped[1:], mapped[0], params, global_params, None, sparsify=ta._magnitude, consensus=True,

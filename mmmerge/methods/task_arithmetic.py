@@ -339,28 +339,30 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
 
 
 def _fused(tensors, base, params, global_params, generator, sparsify, consensus, half, out_dtype, out):
-    """The merge by the compiled bf16 kernels (_fused_bf16.py) where they compute it: everything bf16 on the CPU;
-    no sparsifier, magnitude (`tie_break: index`) without the L1 rescale, or DARE's random draws with or without it;
-    None otherwise."""
-    if half != torch.bfloat16 or (out_dtype or half) != half or base.numel() == 0:
+    """The merge by the compiled kernels (_fused_half.py) where they compute it: everything bf16 or fp16 on the CPU;
+    no sparsifier, magnitude (`tie_break: index`) without the L1 rescale, or (bf16) DARE's random draws with or
+    without it; None otherwise."""
+    if half not in (torch.bfloat16, torch.float16) or (out_dtype or half) != half or base.numel() == 0:
+        return None
+    if sparsify is _random and half != torch.bfloat16:  # fp16's draws and L1 sums are float32 (_draw_dtype)
         return None
     if sparsify not in (_none, _magnitude, _random) or global_params.get("tie_break", "index") != "index":
         return None
     if (global_params["rescale"] and sparsify is not _random) or base.device.type != "cpu":
         return None
-    from . import _fused_bf16  # numba: imported by the first merge that uses it, not by every command
+    from . import _fused_half  # numba: imported by the first merge that uses it, not by every command
 
-    if not _fused_bf16.applies(tensors, base, out):
+    if not _fused_half.applies(tensors, base, out):
         return None
     n = base.numel()
     random = sparsify is _random
     keep = [None if sparsify is not _magnitude else _top_count(n, p["density"]) for p in params]
     masks, factors = (_random_masks(tensors, base, params, global_params, generator) if random
-                      else (_fused_bf16.NO_MASKS, None))
+                      else (_fused_half.NO_MASKS, None))
     weights = _weights(params, half, torch.float32)
     divisor = float(_plain_normaliser(weights, half)) if global_params["normalize"] else 1.0
     result = torch.empty(base.shape, dtype=half) if out is None else out
-    _fused_bf16.merge(tensors, base, keep, weights.view(-1).tolist(), consensus=consensus,
+    _fused_half.merge(tensors, base, keep, weights.view(-1).tolist(), consensus=consensus,
                       normalize=global_params["normalize"], divisor=divisor, lam=global_params["lambda"], out=result,
                       masks=masks, factors=factors)
     return result
@@ -371,7 +373,7 @@ def _random_masks(tensors, base, params, global_params, generator):
     dropped) and its L1 rescale factor (1: none), drawn and summed as `_random` and `_rescaled` do."""
     import numpy as np
 
-    from . import _fused_bf16
+    from . import _fused_half
 
     n = base.numel()
     masks = np.full((len(tensors), (n + 7) // 8), 0xFF, np.uint8)
@@ -383,7 +385,7 @@ def _random_masks(tensors, base, params, global_params, generator):
         masks[i] = _drawn(n, p["density"], _draw_dtype(torch.bfloat16, base.device), generator, base.device,
                           chunk).bits
         if global_params["rescale"]:
-            factor = _l1_factor(*_fused_bf16.l1_sums(base, x, masks[i]), torch.float32)
+            factor = _l1_factor(*_fused_half.l1_sums(base, x, masks[i]), torch.float32)
             factors[i] = 1.0 if factor is None else float(factor)
     return masks, factors
 
