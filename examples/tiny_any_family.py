@@ -37,9 +37,6 @@ SHRINK = {
     "head_dim": WIDTH // HEADS,
 }
 
-# Family knowledge, as data: model_type -> (config keys to set after shrinking, why).
-OVERRIDES: dict[str, tuple[dict, str]] = {}
-
 LAYER_KEYS = ("num_hidden_layers", "depth", "num_layers", "n_layer", "n_layers")
 # Integer factors by which a model merges its vision tower's patch grid (pixel shuffle, spatial merge), in its config
 # or its vision config.
@@ -96,6 +93,39 @@ def _sections(rotary: int, n: int) -> list[int]:
     can be."""
     half = rotary // 2
     return [half // n + (1 if i < half % n else 0) for i in range(n)]
+
+
+# Family knowledge, as data: model_type -> (config keys to set after shrinking, why). A dict set on a sub-config is
+# merged into it key by key. Each sets what the type's checkpoints hold in config.json and its default config leaves
+# None or unusable, at the shrunk sizes (the hub repository named is the one transformers' docstrings and tests cite).
+OVERRIDES: dict[str, tuple[dict, str]] = {
+    "cohere_compass": ({"text_config": {"rope_parameters": {"full_attention": {
+        "rope_type": "default", "rope_theta": 10000.0, "mrope_section": _sections(WIDTH // HEADS, 3)}}}},
+        "CohereLabs/North-Micro-Vision-Instruct gives rope parameters per layer type, which the rotary embedding "
+        "reads by the layers' type; the default gives none"),
+    "deepseek_ocr2": ({"text_config": {"mlp_layer_types": ["dense"] + ["sparse"] * (LAYERS - 1),
+                                       "num_experts_per_tok": 2},
+                       "vision_config": {"sam_config": {"output_channels": WIDTH // 2,
+                                                        "downsample_channels": [WIDTH // 2, WIDTH]}}},
+                      "deepseek-community/DeepSeek-OCR-2's decoder has a dense first layer and mixture-of-experts "
+                      "layers after it, and routes each token to a few experts; the default names neither (its SAM "
+                      "neck's channels, which no shrunk key names, are cut as transformers' own test cuts them)"),
+    "granite4_vision": ({"deepstack_layer_map": [[LAYERS - 1, 0]], "downsample_rate": "1/2",
+                         "vision_config": {"hidden_size": 64}},
+                        "ibm-granite/granite-vision-4.1-4b maps vision layers to the language layers their features "
+                        "enter (one Q-Former downsampler each) and sets the rate they downsample by; the default "
+                        "leaves both None (and its Q-Former takes a head per 64 vision channels)"),
+    "hunyuan_vl": ({"text_config": {"head_dim": WIDTH // HEADS}},
+                   "tencent/HunyuanOCR sets head_dim, which its attention reads as given; the default leaves it None"),
+    "perception_lm": ({"vision_config": {"architecture": "vit_pe_core_large_patch14_336", "num_classes": 0,
+                                         "do_pooling": False, "model_args": {
+                                             "embed_dim": WIDTH, "depth": LAYERS, "num_heads": HEADS, "img_size": 32,
+                                             "patch_size": 16,
+                                             "ref_feat_shape": [2, 2], "global_pool": "",
+                                             "use_post_transformer_norm": False, "init_values": 0.1}}},
+                      "facebook/Perception-LM-1B's tower is timm's vit_pe_core with its sizes in model_args, whose "
+                      "embed_dim its projector reads; the default tower is a resnet50 with none"),
+}
 
 
 def _model_default_rope_sections(config, model_type: str):
@@ -189,9 +219,15 @@ def tiny_config(model_type: str) -> T.PretrainedConfig:
     config = with_default_vision(T.AutoConfig.for_model(model_type))
     data = _placeholder_ids_set(_ids_inside_the_text_vocabulary(_shrink(config.to_dict())), model_type)
     data = _image_fits_its_merge(data)
-    data.update(OVERRIDES.get(model_type, ({}, ""))[0])
+    data = _merged(data, OVERRIDES.get(model_type, ({}, ""))[0])
     data.pop("model_type", None)
     return _model_default_rope_sections(type(config).from_dict(data), model_type)
+
+
+def _merged(data: dict, override: dict) -> dict:
+    """`data` with `override`'s keys set; a dict set on a key that holds a dict is merged into it key by key."""
+    return {**data, **{k: _merged(data[k], v) if isinstance(v, dict) and isinstance(data.get(k), dict) else v
+                       for k, v in override.items()}}
 
 
 def model_class(model_type: str) -> type:

@@ -53,6 +53,11 @@ NO_PROCESSOR = {
                     "its processor needs an audio feature extractor that transformers maps to no class for it"),
     "qianfan_ocr": "its processor counts `<image>` placeholders that no prompt of the tiny processor holds",
     "cosmos3_omni": "transformers names no processor class for it",
+    "hunyuan_vl": "its processor asks the tokenizer for an image_start_token, which the tiny tokenizer does not name",
+    "granite4_vision": "the tiny processor's image tiles give its Window Q-Former a patch grid it cannot cut into "
+                       "windows",
+    "perception_lm": "its processor divides by a patch size that the tiny processor leaves None (the timm tower's "
+                     "config holds its patch size in model_args)",
     "kimi_k25": "its projector's norm keeps the default width (projection_hidden_size), which the shrunk tower does "
                 "not write",
 }
