@@ -117,6 +117,23 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                         "leaves both None (and its Q-Former takes a head per 64 vision channels)"),
     "hunyuan_vl": ({"text_config": {"head_dim": WIDTH // HEADS}},
                    "tencent/HunyuanOCR sets head_dim, which its attention reads as given; the default leaves it None"),
+    "molmo2": ({"adapter_config": {"vision_feature_layer": [LAYERS - 1, 0]}},
+               "allenai/Molmo2-8B's adapter reads two vision layers (the 25th and 19th of its tower), which must be "
+               "layers the tower has: here the shrunk tower's last and first"),
+    "apertus1p5": ({"image_token_offset": 128, "audio_token_offset": 256,
+                    "vision_config": {"codebook_size": 128, "base_channels": WIDTH, "latent_channels": WIDTH,
+                                      "channel_multiplier": [1] * 5, "num_res_blocks": 1},
+                    "audio_config": {"codebook_size": 32, "num_filters": 2}},
+                   "swiss-ai/Apertus-v1.5-8B's vocabulary holds the text tokens, then one token per image code, then "
+                   "one per audio code; here the shrunk vocabulary (320) is laid out the same way, with small "
+                   "codebooks (and image and audio tokenizers whose channels no shrunk key names, made narrow)"),
+    "hy_v4_vl": ({"text_config": {"q_lora_rank": WIDTH, "kv_lora_rank": WIDTH // 2, "qk_nope_head_dim": WIDTH // HEADS,
+                                  "qk_rope_head_dim": WIDTH // HEADS, "v_head_dim": WIDTH // HEADS,
+                                  "index_head_dim": WIDTH // 2, "index_n_heads": 2,
+                                  "rope_parameters": {"mrope_section": _sections(WIDTH // HEADS, 3)}}},
+                 "tencent/Hy4's attention is multi-head latent attention, whose ranks and head parts no shrunk key "
+                 "names, and its rope sections must cover the rope part of the head (qk_rope_head_dim): shrunk "
+                 "together"),
     "perception_lm": ({"vision_config": {"architecture": "vit_pe_core_large_patch14_336", "num_classes": 0,
                                          "do_pooling": False, "model_args": {
                                              "embed_dim": WIDTH, "depth": LAYERS, "num_heads": HEADS, "img_size": 32,

@@ -34,7 +34,7 @@ from .families import Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-16"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-17"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -418,9 +418,14 @@ NEEDED_THOUGH_DEFAULTED = ("grid_thw", "target_sizes")
 
 
 def _not_in_llava(tower) -> str | None:
-    """Why a LLaVA cannot hold the tower: its forward needs more than the pixel values a LLaVA passes."""
+    """Why a LLaVA cannot hold the tower: its forward needs more than the pixel values a LLaVA passes, or it has no
+    forward (Apertus 1.5's VQ image tokenizer encodes through other methods)."""
     import inspect
 
+    import torch
+
+    if type(tower).forward is torch.nn.Module.forward:
+        return "has no forward of its own (it encodes through other methods), not one on images"
     params = [p for p in inspect.signature(tower.forward).parameters.values()
               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     needed = [p.name for p in params if p.name != "pixel_values"
