@@ -134,6 +134,16 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                  "tencent/Hy4's attention is multi-head latent attention, whose ranks and head parts no shrunk key "
                  "names, and its rope sections must cover the rope part of the head (qk_rope_head_dim): shrunk "
                  "together"),
+    "dots3_note": ({"text_config": {"q_lora_rank": WIDTH, "kv_lora_rank": WIDTH // 2,
+                                    "qk_nope_head_dim": WIDTH // HEADS // 2, "qk_rope_head_dim": WIDTH // HEADS // 2,
+                                    "v_head_dim": WIDTH // HEADS, "index_head_dim": WIDTH // HEADS, "index_n_heads": 2,
+                                    "shared_experts_intermediate_size": FFN},
+                    "vision_config": {"adapter_in_dim": WIDTH, "adapter_out_dim": WIDTH},
+                    "audio_config": {"adapter_input_size": WIDTH, "adapter_out_dim": WIDTH,
+                                     "downsample_hidden_size": WIDTH}},
+                   "dots-studio/dots3-note-prev's adapters take their tower's width and write the text model's, and "
+                   "its sliding-window head is its latent attention's two head parts: widths no shrunk key names, "
+                   "shrunk together"),
     "perception_lm": ({"vision_config": {"architecture": "vit_pe_core_large_patch14_336", "num_classes": 0,
                                          "do_pooling": False, "model_args": {
                                              "embed_dim": WIDTH, "depth": LAYERS, "num_heads": HEADS, "img_size": 32,

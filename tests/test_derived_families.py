@@ -77,7 +77,6 @@ NOT_TINY = {
     "gemma3n": "cut to two layers, its layer types no longer hold a layer that produces each cache they use",
     **dict.fromkeys(["inkling2", "inkling2_loop"], "transformers' save path sizes a tensor by a token id beyond the "
                     "shrunk vocabulary (a negative dimension)"),
-    "dots3_note": "its adapter's input width must equal the hidden size, which shrinking changes apart",
     "ernie4_5_vl_moe": "its expert layout does not fit the shrunk expert count",
 }
 # Tiny models of more than a few million parameters: marked slow.

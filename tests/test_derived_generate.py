@@ -58,7 +58,8 @@ NO_PROCESSOR = {
                        "windows",
     "perception_lm": "its processor divides by a patch size that the tiny processor leaves None (the timm tower's "
                      "config holds its patch size in model_args)",
-    "apertus1p5": "its processor needs a feature extractor (audio) that transformers maps to no class for it",
+    **dict.fromkeys(["apertus1p5", "dots3_note"],
+                    "its processor needs a feature extractor (audio) that transformers maps to no class for it"),
     "molmo2": "its processor counts image tokens in the prompt by a string the tiny processor's prompt does not "
               "hold (none in the text, hundreds in the ids)",
     "kimi_k25": "its projector's norm keeps the default width (projection_hidden_size), which the shrunk tower does "
