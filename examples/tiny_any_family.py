@@ -33,7 +33,7 @@ SHRINK = {
     **dict.fromkeys(("num_key_value_heads",), KV_HEADS),
     **dict.fromkeys(("num_experts", "n_routed_experts", "num_local_experts"), EXPERTS),
     **dict.fromkeys(("num_experts_per_tok", "moe_k"), 2),
-    **dict.fromkeys(("vocab_size", "vocab_size_per_layer_input"), VOCAB),
+    **dict.fromkeys(("vocab_size", "vocab_size_per_layer_input", "unpadded_vocab_size"), VOCAB),
     "head_dim": WIDTH // HEADS,
 }
 
@@ -144,6 +144,17 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                    "dots-studio/dots3-note-prev's adapters take their tower's width and write the text model's, and "
                    "its sliding-window head is its latent attention's two head parts: widths no shrunk key names, "
                    "shrunk together"),
+    "gemma3n": ({"text_config": {"num_kv_shared_layers": 0,
+                                 "layer_types": ["sliding_attention"] * (LAYERS - 1) + ["full_attention"]},
+                 "vision_config": {"model_args": {"channel_multiplier": 1 / 64}, "hidden_size": 2048}},
+                "google/gemma-3n-E4B's last 15 of 35 layers reuse the caches of earlier layers of each kind; two "
+                "layers cannot hold a producer of each kind and a consumer, so here a sliding and a full layer share "
+                "none (and its tower, timm's MobileNetV5-300M, is narrowed by timm's channel multiplier: its output "
+                "stays 2048 wide, the width its embedder reads)"),
+    "ernie4_5_vl_moe": ({"text_config": {"moe_num_experts": EXPERTS,
+                                         "rope_parameters": {"mrope_section": _sections(WIDTH // HEADS, 3)}}},
+                        "baidu/ERNIE-4.5-VL-28B-A3B-PT's rope sections (its code's default [22, 22, 20], for a "
+                        "128-wide head) must fit the head, and its expert count is a key no shrunk key names"),
     "perception_lm": ({"vision_config": {"architecture": "vit_pe_core_large_patch14_336", "num_classes": 0,
                                          "do_pooling": False, "model_args": {
                                              "embed_dim": WIDTH, "depth": LAYERS, "num_heads": HEADS, "img_size": 32,

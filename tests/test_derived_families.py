@@ -73,12 +73,7 @@ TEXT_ONLY_FAILS = {
 }
 
 # Derived types the generic tiny builder cannot build (or transformers cannot save once built), and why.
-NOT_TINY = {
-    "gemma3n": "cut to two layers, its layer types no longer hold a layer that produces each cache they use",
-    **dict.fromkeys(["inkling2", "inkling2_loop"], "transformers' save path sizes a tensor by a token id beyond the "
-                    "shrunk vocabulary (a negative dimension)"),
-    "ernie4_5_vl_moe": "its expert layout does not fit the shrunk expert count",
-}
+NOT_TINY: dict[str, str] = {}
 # Tiny models of more than a few million parameters: marked slow.
 HEAVY = {"fast_vlm", "janus", "muse_spark", "muse_glimmer", "llama4", "deepseek_vl_hybrid", "cohere2_vision",
          "pp_formulanet", "unlimited_ocr"}
@@ -452,6 +447,7 @@ def _linear_targets(model, model_type, per_component=2):
 # LoRA applications that fail, and why (strict xfail: a fix shows).
 LORA_FAILS = {
     "apertus1p5": "its vision part is a VQ image tokenizer of convolutions: no nn.Linear for the LoRA to target",
+    "gemma3n": "its tower, timm's MobileNetV5, projects by convolutions: no nn.Linear for the LoRA to target",
     "deepseek_ocr2": "the reference is wrong: peft loads its own saved adapter without the language model's weights "
                      "(it warns of missing adapter keys), as transformers' load-time renaming of `layers.` to "
                      "`language_model.layers.` matches again inside `language_model.layers.`",
