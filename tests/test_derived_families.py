@@ -54,9 +54,9 @@ NOT_SPLIT = {
     "udop": "an encoder-decoder: no text and vision configs",
     "vision-encoder-decoder": "an encoder-decoder: no text and vision configs",
     "diffusion_gemma": "its default config leaves num_experts None, the width of its router's linear layer; set as "
-                       "google/diffusiongemma-26B-A4B-it sets it, transformers saves the text encoder's weights under "
-                       "the decoder names they are tied to, and mmmerge expects the encoder's (the names torch lists "
-                       "first), so it refuses the checkpoint",
+                       "google/diffusiongemma-26B-A4B-it sets it, its text encoder is tied to its decoder, whose names "
+                       "the files hold: the row derived from the class puts the language model at the encoder's "
+                       "names, which read empty",
     "inkling_mm_model": "its vision tower's layers each write another width (the tower is its encoder layers): "
                         "nothing lies between the tower and the language model",
 }
