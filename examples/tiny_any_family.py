@@ -96,9 +96,17 @@ def _sections(rotary: int, n: int) -> list[int]:
 
 
 # Family knowledge, as data: model_type -> (config keys to set after shrinking, why). A dict set on a sub-config is
-# merged into it key by key. Each sets what the type's checkpoints hold in config.json and its default config leaves
-# None or unusable, at the shrunk sizes (the hub repository named is the one transformers' docstrings and tests cite).
+# merged into it key by key. Each sets, at the shrunk sizes, what the type's checkpoints hold in config.json and its
+# default config leaves None or unusable, or fields that must agree with others and that no SHRINK key names (the hub
+# repository named is the one transformers' docstrings and tests cite).
 OVERRIDES: dict[str, tuple[dict, str]] = {
+    "apertus1p5": ({"image_token_offset": 128, "audio_token_offset": 256,
+                    "vision_config": {"codebook_size": 128, "base_channels": WIDTH, "latent_channels": WIDTH,
+                                      "channel_multiplier": [1] * 5, "num_res_blocks": 1},
+                    "audio_config": {"codebook_size": 32, "num_filters": 2}},
+                   "swiss-ai/Apertus-v1.5-8B's vocabulary holds the text tokens, then one token per image code, then "
+                   "one per audio code; here the shrunk vocabulary (320) is laid out the same way, with small "
+                   "codebooks (and image and audio tokenizers whose channels no shrunk key names, made narrow)"),
     "cohere_compass": ({"text_config": {"rope_parameters": {"full_attention": {
         "rope_type": "default", "rope_theta": 10000.0, "mrope_section": _sections(WIDTH // HEADS, 3)}}}},
         "CohereLabs/North-Micro-Vision-Instruct gives rope parameters per layer type, which the rotary embedding "
@@ -110,30 +118,6 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                       "deepseek-community/DeepSeek-OCR-2's decoder has a dense first layer and mixture-of-experts "
                       "layers after it, and routes each token to a few experts; the default names neither (its SAM "
                       "neck's channels, which no shrunk key names, are cut as transformers' own test cuts them)"),
-    "granite4_vision": ({"deepstack_layer_map": [[LAYERS - 1, 0]], "downsample_rate": "1/2",
-                         "vision_config": {"hidden_size": 64}},
-                        "ibm-granite/granite-vision-4.1-4b maps vision layers to the language layers their features "
-                        "enter (one Q-Former downsampler each) and sets the rate they downsample by; the default "
-                        "leaves both None (and its Q-Former takes a head per 64 vision channels)"),
-    "hunyuan_vl": ({"text_config": {"head_dim": WIDTH // HEADS}},
-                   "tencent/HunyuanOCR sets head_dim, which its attention reads as given; the default leaves it None"),
-    "molmo2": ({"adapter_config": {"vision_feature_layer": [LAYERS - 1, 0]}},
-               "allenai/Molmo2-8B's adapter reads two vision layers (the 25th and 19th of its tower), which must be "
-               "layers the tower has: here the shrunk tower's last and first"),
-    "apertus1p5": ({"image_token_offset": 128, "audio_token_offset": 256,
-                    "vision_config": {"codebook_size": 128, "base_channels": WIDTH, "latent_channels": WIDTH,
-                                      "channel_multiplier": [1] * 5, "num_res_blocks": 1},
-                    "audio_config": {"codebook_size": 32, "num_filters": 2}},
-                   "swiss-ai/Apertus-v1.5-8B's vocabulary holds the text tokens, then one token per image code, then "
-                   "one per audio code; here the shrunk vocabulary (320) is laid out the same way, with small "
-                   "codebooks (and image and audio tokenizers whose channels no shrunk key names, made narrow)"),
-    "hy_v4_vl": ({"text_config": {"q_lora_rank": WIDTH, "kv_lora_rank": WIDTH // 2, "qk_nope_head_dim": WIDTH // HEADS,
-                                  "qk_rope_head_dim": WIDTH // HEADS, "v_head_dim": WIDTH // HEADS,
-                                  "index_head_dim": WIDTH // 2, "index_n_heads": 2,
-                                  "rope_parameters": {"mrope_section": _sections(WIDTH // HEADS, 3)}}},
-                 "tencent/Hy4's attention is multi-head latent attention, whose ranks and head parts no shrunk key "
-                 "names, and its rope sections must cover the rope part of the head (qk_rope_head_dim): shrunk "
-                 "together"),
     "dots3_note": ({"text_config": {"q_lora_rank": WIDTH, "kv_lora_rank": WIDTH // 2,
                                     "qk_nope_head_dim": WIDTH // HEADS // 2, "qk_rope_head_dim": WIDTH // HEADS // 2,
                                     "v_head_dim": WIDTH // HEADS, "index_head_dim": WIDTH // HEADS, "index_n_heads": 2,
@@ -144,6 +128,10 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                    "dots-studio/dots3-note-prev's adapters take their tower's width and write the text model's, and "
                    "its sliding-window head is its latent attention's two head parts: widths no shrunk key names, "
                    "shrunk together"),
+    "ernie4_5_vl_moe": ({"text_config": {"moe_num_experts": EXPERTS,
+                                         "rope_parameters": {"mrope_section": _sections(WIDTH // HEADS, 3)}}},
+                        "baidu/ERNIE-4.5-VL-28B-A3B-PT's rope sections (its code's default [22, 22, 20], for a "
+                        "128-wide head) must fit the head, and its expert count is a key no shrunk key names"),
     "gemma3n": ({"text_config": {"num_kv_shared_layers": 0,
                                  "layer_types": ["sliding_attention"] * (LAYERS - 1) + ["full_attention"]},
                  "vision_config": {"model_args": {"channel_multiplier": 1 / 64}, "hidden_size": 2048}},
@@ -151,15 +139,27 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                 "layers cannot hold a producer of each kind and a consumer, so here a sliding and a full layer share "
                 "none (and its tower, timm's MobileNetV5-300M, is narrowed by timm's channel multiplier: its output "
                 "stays 2048 wide, the width its embedder reads)"),
-    "ernie4_5_vl_moe": ({"text_config": {"moe_num_experts": EXPERTS,
-                                         "rope_parameters": {"mrope_section": _sections(WIDTH // HEADS, 3)}}},
-                        "baidu/ERNIE-4.5-VL-28B-A3B-PT's rope sections (its code's default [22, 22, 20], for a "
-                        "128-wide head) must fit the head, and its expert count is a key no shrunk key names"),
+    "granite4_vision": ({"deepstack_layer_map": [[LAYERS - 1, 0]], "downsample_rate": "1/2",
+                         "vision_config": {"hidden_size": 64}},
+                        "ibm-granite/granite-vision-4.1-4b maps vision layers to the language layers their features "
+                        "enter (one Q-Former downsampler each) and sets the rate they downsample by; the default "
+                        "leaves both None (and its Q-Former takes a head per 64 vision channels)"),
+    "hunyuan_vl": ({"text_config": {"head_dim": WIDTH // HEADS}},
+                   "tencent/HunyuanOCR sets head_dim, which its attention reads as given; the default leaves it None"),
+    "hy_v4_vl": ({"text_config": {"q_lora_rank": WIDTH, "kv_lora_rank": WIDTH // 2, "qk_nope_head_dim": WIDTH // HEADS,
+                                  "qk_rope_head_dim": WIDTH // HEADS, "v_head_dim": WIDTH // HEADS,
+                                  "index_head_dim": WIDTH // 2, "index_n_heads": 2,
+                                  "rope_parameters": {"mrope_section": _sections(WIDTH // HEADS, 3)}}},
+                 "tencent/Hy4's attention is multi-head latent attention, whose ranks and head parts no shrunk key "
+                 "names, and its rope sections must cover the rope part of the head (qk_rope_head_dim): shrunk "
+                 "together"),
+    "molmo2": ({"adapter_config": {"vision_feature_layer": [LAYERS - 1, 0]}},
+               "allenai/Molmo2-8B's adapter reads two vision layers (the 25th and 19th of its tower), which must be "
+               "layers the tower has: here the shrunk tower's last and first"),
     "perception_lm": ({"vision_config": {"architecture": "vit_pe_core_large_patch14_336", "num_classes": 0,
                                          "do_pooling": False, "model_args": {
                                              "embed_dim": WIDTH, "depth": LAYERS, "num_heads": HEADS, "img_size": 32,
-                                             "patch_size": 16,
-                                             "ref_feat_shape": [2, 2], "global_pool": "",
+                                             "patch_size": 16, "ref_feat_shape": [2, 2], "global_pool": "",
                                              "use_post_transformer_norm": False, "init_values": 0.1}}},
                       "facebook/Perception-LM-1B's tower is timm's vit_pe_core with its sizes in model_args, whose "
                       "embed_dim its projector reads; the default tower is a resnet50 with none"),
