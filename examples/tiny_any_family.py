@@ -33,12 +33,9 @@ SHRINK = {
     **dict.fromkeys(("num_key_value_heads",), KV_HEADS),
     **dict.fromkeys(("num_experts", "n_routed_experts", "num_local_experts"), EXPERTS),
     **dict.fromkeys(("num_experts_per_tok", "moe_k"), 2),
-    **dict.fromkeys(("vocab_size", "vocab_size_per_layer_input"), VOCAB),
+    **dict.fromkeys(("vocab_size", "vocab_size_per_layer_input", "unpadded_vocab_size"), VOCAB),
     "head_dim": WIDTH // HEADS,
 }
-
-# Family knowledge, as data: model_type -> (config keys to set after shrinking, why).
-OVERRIDES: dict[str, tuple[dict, str]] = {}
 
 LAYER_KEYS = ("num_hidden_layers", "depth", "num_layers", "n_layer", "n_layers")
 # Integer factors by which a model merges its vision tower's patch grid (pixel shuffle, spatial merge), in its config
@@ -96,6 +93,77 @@ def _sections(rotary: int, n: int) -> list[int]:
     can be."""
     half = rotary // 2
     return [half // n + (1 if i < half % n else 0) for i in range(n)]
+
+
+# Family knowledge, as data: model_type -> (config keys to set after shrinking, why). A dict set on a sub-config is
+# merged into it key by key. Each sets, at the shrunk sizes, what the type's checkpoints hold in config.json and its
+# default config leaves None or unusable, or fields that must agree with others and that no SHRINK key names (the hub
+# repository named is the one transformers' docstrings and tests cite).
+OVERRIDES: dict[str, tuple[dict, str]] = {
+    "apertus1p5": ({"image_token_offset": 128, "audio_token_offset": 256,
+                    "vision_config": {"codebook_size": 128, "base_channels": WIDTH, "latent_channels": WIDTH,
+                                      "channel_multiplier": [1] * 5, "num_res_blocks": 1},
+                    "audio_config": {"codebook_size": 32, "num_filters": 2}},
+                   "swiss-ai/Apertus-v1.5-8B's vocabulary holds the text tokens, then one token per image code, then "
+                   "one per audio code; here the shrunk vocabulary (320) is laid out the same way, with small "
+                   "codebooks (and image and audio tokenizers whose channels no shrunk key names, made narrow)"),
+    "cohere_compass": ({"text_config": {"rope_parameters": {"full_attention": {
+        "rope_type": "default", "rope_theta": 10000.0, "mrope_section": _sections(WIDTH // HEADS, 3)}}}},
+        "CohereLabs/North-Micro-Vision-Instruct gives rope parameters per layer type, which the rotary embedding "
+        "reads by the layers' type; the default gives none"),
+    "deepseek_ocr2": ({"text_config": {"mlp_layer_types": ["dense"] + ["sparse"] * (LAYERS - 1),
+                                       "num_experts_per_tok": 2},
+                       "vision_config": {"sam_config": {"output_channels": WIDTH // 2,
+                                                        "downsample_channels": [WIDTH // 2, WIDTH]}}},
+                      "deepseek-community/DeepSeek-OCR-2's decoder has a dense first layer and mixture-of-experts "
+                      "layers after it, and routes each token to a few experts; the default names neither (its SAM "
+                      "neck's channels, which no shrunk key names, are cut as transformers' own test cuts them)"),
+    "dots3_note": ({"text_config": {"q_lora_rank": WIDTH, "kv_lora_rank": WIDTH // 2,
+                                    "qk_nope_head_dim": WIDTH // HEADS // 2, "qk_rope_head_dim": WIDTH // HEADS // 2,
+                                    "v_head_dim": WIDTH // HEADS, "index_head_dim": WIDTH // HEADS, "index_n_heads": 2,
+                                    "shared_experts_intermediate_size": FFN},
+                    "vision_config": {"adapter_in_dim": WIDTH, "adapter_out_dim": WIDTH},
+                    "audio_config": {"adapter_input_size": WIDTH, "adapter_out_dim": WIDTH,
+                                     "downsample_hidden_size": WIDTH}},
+                   "dots-studio/dots3-note-prev's adapters take their tower's width and write the text model's, and "
+                   "its sliding-window head is its latent attention's two head parts: widths no shrunk key names, "
+                   "shrunk together"),
+    "ernie4_5_vl_moe": ({"text_config": {"moe_num_experts": EXPERTS,
+                                         "rope_parameters": {"mrope_section": _sections(WIDTH // HEADS, 3)}}},
+                        "baidu/ERNIE-4.5-VL-28B-A3B-PT's rope sections (its code's default [22, 22, 20], for a "
+                        "128-wide head) must fit the head, and its expert count is a key no shrunk key names"),
+    "gemma3n": ({"text_config": {"num_kv_shared_layers": 0,
+                                 "layer_types": ["sliding_attention"] * (LAYERS - 1) + ["full_attention"]},
+                 "vision_config": {"model_args": {"channel_multiplier": 1 / 64}, "hidden_size": 2048}},
+                "google/gemma-3n-E4B's last 15 of 35 layers reuse the caches of earlier layers of each kind; two "
+                "layers cannot hold a producer of each kind and a consumer, so here a sliding and a full layer share "
+                "none (and its tower, timm's MobileNetV5-300M, is narrowed by timm's channel multiplier: its output "
+                "stays 2048 wide, the width its embedder reads)"),
+    "granite4_vision": ({"deepstack_layer_map": [[LAYERS - 1, 0]], "downsample_rate": "1/2",
+                         "vision_config": {"hidden_size": 64}},
+                        "ibm-granite/granite-vision-4.1-4b maps vision layers to the language layers their features "
+                        "enter (one Q-Former downsampler each) and sets the rate they downsample by; the default "
+                        "leaves both None (and its Q-Former takes a head per 64 vision channels)"),
+    "hunyuan_vl": ({"text_config": {"head_dim": WIDTH // HEADS}},
+                   "tencent/HunyuanOCR sets head_dim, which its attention reads as given; the default leaves it None"),
+    "hy_v4_vl": ({"text_config": {"q_lora_rank": WIDTH, "kv_lora_rank": WIDTH // 2, "qk_nope_head_dim": WIDTH // HEADS,
+                                  "qk_rope_head_dim": WIDTH // HEADS, "v_head_dim": WIDTH // HEADS,
+                                  "index_head_dim": WIDTH // 2, "index_n_heads": 2,
+                                  "rope_parameters": {"mrope_section": _sections(WIDTH // HEADS, 3)}}},
+                 "tencent/Hy4's attention is multi-head latent attention, whose ranks and head parts no shrunk key "
+                 "names, and its rope sections must cover the rope part of the head (qk_rope_head_dim): shrunk "
+                 "together"),
+    "molmo2": ({"adapter_config": {"vision_feature_layer": [LAYERS - 1, 0]}},
+               "allenai/Molmo2-8B's adapter reads two vision layers (the 25th and 19th of its tower), which must be "
+               "layers the tower has: here the shrunk tower's last and first"),
+    "perception_lm": ({"vision_config": {"architecture": "vit_pe_core_large_patch14_336", "num_classes": 0,
+                                         "do_pooling": False, "model_args": {
+                                             "embed_dim": WIDTH, "depth": LAYERS, "num_heads": HEADS, "img_size": 32,
+                                             "patch_size": 16, "ref_feat_shape": [2, 2], "global_pool": "",
+                                             "use_post_transformer_norm": False, "init_values": 0.1}}},
+                      "facebook/Perception-LM-1B's tower is timm's vit_pe_core with its sizes in model_args, whose "
+                      "embed_dim its projector reads; the default tower is a resnet50 with none"),
+}
 
 
 def _model_default_rope_sections(config, model_type: str):
@@ -189,9 +257,15 @@ def tiny_config(model_type: str) -> T.PretrainedConfig:
     config = with_default_vision(T.AutoConfig.for_model(model_type))
     data = _placeholder_ids_set(_ids_inside_the_text_vocabulary(_shrink(config.to_dict())), model_type)
     data = _image_fits_its_merge(data)
-    data.update(OVERRIDES.get(model_type, ({}, ""))[0])
+    data = _merged(data, OVERRIDES.get(model_type, ({}, ""))[0])
     data.pop("model_type", None)
     return _model_default_rope_sections(type(config).from_dict(data), model_type)
+
+
+def _merged(data: dict, override: dict) -> dict:
+    """`data` with `override`'s keys set; a dict set on a key that holds a dict is merged into it key by key."""
+    return {**data, **{k: _merged(data[k], v) if isinstance(v, dict) and isinstance(data.get(k), dict) else v
+                       for k, v in override.items()}}
 
 
 def model_class(model_type: str) -> type:

@@ -37,7 +37,7 @@ from .families import TOP_LEVEL, Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-17"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-18"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -495,12 +495,15 @@ NEEDED_THOUGH_DEFAULTED = ("grid_thw", "target_sizes")
 
 
 def _not_in_llava(tower) -> str | None:
-    """Why a LLaVA cannot hold the tower: its forward needs more than the pixel values a LLaVA passes, or it records
-    no hidden states."""
+    """Why a LLaVA cannot hold the tower: its forward needs more than the pixel values a LLaVA passes, it has no
+    forward (Apertus 1.5's VQ image tokenizer encodes through other methods), or it records no hidden states."""
     import inspect
 
+    import torch
     from transformers import PreTrainedModel
 
+    if type(tower).forward is torch.nn.Module.forward:
+        return "has no forward of its own (it encodes through other methods), not one on images"
     if not isinstance(tower, PreTrainedModel):  # IDEFICS' vision transformer, a plain module
         return ("returns no hidden states per layer (it is no transformers model class), from which a LLaVA selects "
                 "its image features")

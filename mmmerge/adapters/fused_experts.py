@@ -105,14 +105,16 @@ def class_conversions(arch: str, config_json: str):
 
 
 def _fuse(arch: str, config_json: str, target: str, patterns: list[str], *tensors):
-    """The in-memory tensor `target` from its file tensors, by the operations of the converter that makes it."""
-    _, _, converters = class_conversions(arch, config_json)
+    """The in-memory tensor `target` from its file tensors, by the operations of the converter that makes it (given
+    the class and its config, as transformers gives them: Inkling 2's unpadding of its unembedding reads both)."""
+    model, _, converters = class_conversions(arch, config_json)
     converter = next(c for c in converters if patterns[0] in c.source_patterns)
     collected: dict[str, list] = {}
     for pattern, tensor in zip(patterns, tensors):
         collected.setdefault(pattern, []).append(tensor)
     for op in converter.operations:
         collected = op.convert(collected, source_patterns=converter.source_patterns,
-                               target_patterns=converter.target_patterns, full_layer_name=target)
+                               target_patterns=converter.target_patterns, full_layer_name=target,
+                               config=model.config, model=model)
     (result,) = collected.values()
     return result

@@ -95,9 +95,25 @@ def decoded(config: dict) -> dict:
     return dict(decode(dict(config)) if decode else config)
 
 
+def tied_duplicates(model: torch.nn.Module) -> set[str]:
+    """The names of tensors that alias another, as transformers' save path leaves them out: by the ties the class
+    declares (Diffusion Gemma's files hold its decoder's names, not the text encoder's that torch lists first), else,
+    where transformers does not say, every alias after the first in module order."""
+    in_order = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    try:
+        from transformers.modeling_utils import remove_tied_weights_from_state_dict
+    except ImportError:
+        return in_order
+    state = model.state_dict()
+    try:
+        return set(state) - set(remove_tied_weights_from_state_dict(dict(state), model))
+    except RuntimeError:  # aliases the class does not declare: transformers refuses to save them
+        return in_order
+
+
 def memory_layout(model: torch.nn.Module) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """(required, optional): the model's in-memory tensor names -> shapes; optional are tied duplicates."""
-    dupes = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    dupes = tied_duplicates(model)
     state = model.state_dict()
     return ({k: tuple(v.shape) for k, v in state.items() if k not in dupes},
             {k: tuple(v.shape) for k, v in state.items() if k in dupes})
@@ -108,7 +124,7 @@ def file_layout(model: torch.nn.Module) -> tuple[dict[str, tuple[int, ...]], dic
 
     Optional tensors are tied duplicates (the lm_head of tied embeddings): files may hold them or not.
     """
-    dupes = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    dupes = tied_duplicates(model)
     state = model.state_dict()
     required = to_file_names(model, {k: v for k, v in state.items() if k not in dupes})
     optional = to_file_names(model, {k: v for k, v in state.items() if k in dupes})
