@@ -94,7 +94,7 @@ def test_outside_tensors_not_held_alike_are_copied_and_named(gemma4, tmp_path, c
         assert all(f"{k} (shape {tuple(tb[k].shape)} in {other}, {tuple(ta[k].shape)} in {a})" in kept[0]
                    for k in unlike), kept[0]
         assert not any(k in kept[0] for k in alike)
-        assert f"outside every component, merged by linear: the other {len(alike)}" in plan.notes
+        assert f"outside every component, merged by linear: every other one ({len(alike)} tensors)" in plan.notes
     out = merge(cfg, tmp_path / "out", quiet=True)
     got = load_file(out / "model.safetensors")
     assert all(torch.equal(got[k], ta[k]) for k in unlike)

@@ -69,7 +69,7 @@ def merge_outside(tasks: list[TensorTask], section: MergeSection, ref: Checkpoin
     position = stack_positions(mergeable)  # gradients within each stack of numbered layers, as mergekit infers
     merged = {n: planner.task(Walked(n, {r: n for r in refs}, sl, CNAME, position[n])) for n in mergeable}
     out = [dataclasses.replace(merged[t.name], dtype=t.dtype) if t.name in merged else t for t in tasks]
-    what = f"the other {len(mergeable)}" if kept else shown(mergeable, ref)
+    what = f"every other one ({len(mergeable)} tensors)" if kept else shown(mergeable, ref)
     notes.append(f"outside every component, merged by {spec.name}: {what}")
     return out, set(merged)
 
