@@ -137,7 +137,7 @@ BOUNDS = ("input_min", "input_max", "output_min", "output_max")
 
 @pytest.fixture(scope="module")
 def gemma4(tmp_path_factory):
-    """Two tiny gemma4 checkpoints with an audio tower (kept outside the components, copied from the first model) and
+    """Two tiny gemma4 checkpoints with an audio tower (outside the components, merged by a plain recipe too) and
     clipped vision linears (merged), their bounds the +-inf transformers builds (perturb_ moves parameters only)."""
     import transformers as T
 

@@ -27,6 +27,7 @@ from ..checkpoint import COMPONENTS, Checkpoint, Component
 from ..errors import RecipeError
 from ..io.check import check_tensors
 from .opener import Opener
+from .outside import merge_outside, shown
 from .section import plan_merge_section, same_layout
 from .tasks import ComponentPlan, SharedStream, TensorTask, planned, written_dtype
 from .recipe import MergeSection, Recipe, SourceSection, dtype_of, ignored_keys, load_recipe
@@ -201,7 +202,10 @@ def family_reference(components: dict[str, ComponentPlan], opener: Opener, fmt: 
     return found
 
 
-def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: str) -> tuple[dict, list[TensorTask], Path, str]:
+def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: str
+                   ) -> tuple[dict, list[TensorTask], Checkpoint, str]:
+    """The output in a family's layout: the reference's config, the components' tasks under its names, and the
+    tensors outside every component as the reference holds them (a plain recipe merges them: engine/outside.py)."""
     ref = family_reference(components, opener, fmt)
     for cname, cp in components.items():
         if cp.config_updates:  # a new layer count: checked against the class built from the new config below
@@ -228,7 +232,15 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
     for out_name, tensor in ref.outside.items():  # outside every component: kept as the reference holds it
         out_dtype = dtype if dtype is not None and tensor.dtype.is_floating_point else tensor.dtype
         tasks.append(TensorTask(name=out_name, shape=tuple(tensor.shape), dtype=out_dtype, tensors=[tensor]))
-    return cfg, tasks, ref.path, ref.family.model_type
+    return cfg, tasks, ref, ref.family.model_type
+
+
+def _outside_use(ck: Checkpoint, kept_from: Checkpoint | None, merged: set[str], recipe: Recipe) -> str:
+    """What the output does with the tensors outside `ck`'s components."""
+    if merged and set(ck.outside) <= merged:
+        return f"merged by {recipe.merge.merge_method}"
+    own = "copied to the output as they are" if kept_from is not None and ck.path == kept_from.path else "not used"
+    return f"merged by {recipe.merge.merge_method} where every model holds them alike, else {own}" if merged else own
 
 
 def _check_class_layout(ref: Checkpoint, cfg: dict, tasks: list[TensorTask]) -> None:
@@ -307,24 +319,27 @@ def build_plan(recipe: Recipe, *, seed: int | None = None, offline: bool | None 
         fmt = mm.output.format
 
     preprocessor = None
-    kept_from = None
+    kept_from = None  # the checkpoint whose outside tensors the output holds
+    merged: set[str] = set()  # those of them merged across the inputs
     if fmt == "whole":
         config, tasks, side = _whole_output(components[WHOLE])
     elif fmt == "hf":
         (cp,) = components.values()
         config, tasks, side, preprocessor = _hf_output(cp, notes)
     else:
-        config, tasks, side, fmt = _family_output(components, opener, fmt)
-        kept_from = side
+        config, tasks, kept_from, fmt = _family_output(components, opener, fmt)
+        side = kept_from.path
+        if recipe.merge is not None and recipe.merge.slices is None:
+            tasks, merged = merge_outside(tasks, recipe.merge, kept_from, opener, seed=seed, notes=notes)
     _set_dtype(config, _uniform_dtype(tasks))
     for ck in opener.cache.values():
         by_reason: dict[str, list[str]] = {}
         for prefix, why in ck.outside_reasons.items():
-            by_reason.setdefault(why, []).append(f"{prefix}*")
+            by_reason.setdefault(why, []).append(prefix)
         if by_reason:
-            how = "copied to the output as they are" if ck.path == kept_from else "not used"
+            how = _outside_use(ck, kept_from, merged, recipe)
             notes.append(f"{ck.path}: outside its components, {how}: "
-                         + "; ".join(f"{', '.join(p)} ({why})" for why, p in by_reason.items()))
+                         + "; ".join(f"{shown(p, ck)} ({why})" for why, p in by_reason.items()))
     if seed is not None and not any(getattr(sec, "random_stream", None) == "per_tensor" for sec in sections(recipe)):
         tasks = one_random_stream(tasks, seed)
     text = components.get("language") or components.get(WHOLE)
