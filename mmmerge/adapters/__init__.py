@@ -21,6 +21,7 @@ from ..checkpoint import Checkpoint, Component
 from ..errors import UnknownFormatError, UnreadableFileError
 from . import hf_causal_lm, hf_multimodal, hf_vision, hf_whole, open_clip_vision, timm_vision
 from .families import Family, family_named, rename  # noqa: F401  (family_named: the engine's: a family by model_type)
+from .families import text_config_of  # noqa: F401  (the engine's: where a family's config holds its text model)
 from .fused_experts import in_memory_layout  # noqa: F401  (the engine's: experts fused where inputs differ)
 from .derive import is_image_text_to_text  # noqa: F401  (the engine's: a model_type transformers lists as a VLM)
 from .language_pairing import as_text_only_language, as_vlm_language  # noqa: F401  (the engine's: one LM's names)

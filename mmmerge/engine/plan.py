@@ -20,9 +20,8 @@ from typing import Any
 import torch
 
 from ..adapters import (family_file_layout, family_file_tensors, family_named, hf_config_dict, in_memory_layout,
-                        image_processor_config, missing_from_class, untie, vocabulary_tensors,
+                        image_processor_config, missing_from_class, text_config_of, untie, vocabulary_tensors,
                         WHOLE_COMPONENT as WHOLE)
-from ..adapters.families import text_config_of
 from ..checkpoint import COMPONENTS, Checkpoint, Component
 from ..errors import RecipeError
 from ..io.check import check_tensors
