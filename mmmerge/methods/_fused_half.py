@@ -95,27 +95,25 @@ def _half_bits(f, half):
     """The bf16 or fp16 bit pattern of a float32 that the half dtype holds exactly (or inf/NaN)."""
 
 
-@overload(_widen, inline="always")
+@overload(_widen)
 def _widen_code(h, half):
     if half == types.uint16:
         return lambda h, half: _float_of(np.uint64(h) << _SHIFT)
 
-    def fp16(h, half):
+    def fp16(h, half):  # one return: an inlined overload with several leaves numba a pedantic warning
         h = np.uint64(h)
         sign = (h & np.uint64(0x8000)) << _SHIFT
         e = (h >> np.uint64(10)) & np.uint64(0x1F)
         m = h & np.uint64(0x3FF)
-        if e == 0:  # zero or subnormal: m · 2⁻²⁴, exact in float32
-            v = np.float32(m) * _F16_SPACING
-            return -v if sign else v
-        if e == 31:
-            return _float_of(sign | _INF32 | (m << np.uint64(13)))
-        return _float_of(sign | ((e + np.uint64(112)) << np.uint64(23)) | (m << np.uint64(13)))
+        tiny = np.float32(m) * _F16_SPACING  # zero or subnormal: m · 2⁻²⁴, exact in float32
+        exponent = _INF32 if e == 31 else (e + np.uint64(112)) << np.uint64(23)
+        wide = _float_of(sign | exponent | (m << np.uint64(13)))
+        return wide if e != 0 else (-tiny if sign else tiny)
 
     return fp16
 
 
-@overload(_round, inline="always")
+@overload(_round)
 def _round_code(f, half):
     if half == types.uint16:
         def bf16(f, half):
@@ -127,19 +125,17 @@ def _round_code(f, half):
     def fp16(f, half):
         x = _bits_of(f)
         a = x & _ABS
-        if a >= _INF32:
-            return f
-        if a >= _F16_NORMAL:
-            r = (a + np.uint64(0xFFF) + ((a >> np.uint64(13)) & _ONE)) & np.uint64(0xFFFFE000)
-            return _float_of((x & _SIGN) | (_INF32 if r > _F16_MAX else r))
+        r = (a + np.uint64(0xFFF) + ((a >> np.uint64(13)) & _ONE)) & np.uint64(0xFFFFE000)
+        normal = _float_of((x & _SIGN) | (_INF32 if r > _F16_MAX else r))
         # below fp16's normals its spacing is 2⁻²⁴, float32's at 0.5: adding 0.5 rounds to it, ties to even
-        v = (_float_of(a) + _HALF) - _HALF
-        return -v if x & _SIGN else v
+        tiny = (_float_of(a) + _HALF) - _HALF
+        small = -tiny if x & _SIGN else tiny
+        return f if a >= _INF32 else (normal if a >= _F16_NORMAL else small)
 
     return fp16
 
 
-@overload(_half_bits, inline="always")
+@overload(_half_bits)
 def _half_bits_code(f, half):
     if half == types.uint16:
         return lambda f, half: _bits_of(f) >> _SHIFT
@@ -148,13 +144,11 @@ def _half_bits_code(f, half):
         x = _bits_of(f)
         sign = (x >> _SHIFT) & np.uint64(0x8000)
         a = x & _ABS
-        if a >= _INF32:
-            m = (a >> np.uint64(13)) & np.uint64(0x3FF)
-            return sign | np.uint64(0x7C00) | (np.uint64(0x200) if a > _INF32 and m == 0 else m)
-        if a >= _F16_NORMAL:
-            return (sign | (((a >> np.uint64(23)) - np.uint64(112)) << np.uint64(10))
-                    | ((a >> np.uint64(13)) & np.uint64(0x3FF)))
-        return sign | np.uint64(_float_of(a) * _F16_RESCALE)
+        m = (a >> np.uint64(13)) & np.uint64(0x3FF)
+        special = np.uint64(0x7C00) | (np.uint64(0x200) if a > _INF32 and m == 0 else m)  # inf, NaN
+        normal = (((a >> np.uint64(23)) - np.uint64(112)) << np.uint64(10)) | m
+        small = np.uint64(_float_of(a) * _F16_RESCALE)
+        return sign | (special if a >= _INF32 else (normal if a >= _F16_NORMAL else small))
 
     return fp16
 
@@ -232,12 +226,24 @@ def _magnitudes(base, x, out, half):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _drop(values, packed, start):
-    """values[j] = 0 where the bit of entry start + j is not set in `packed` (np.packbits' order)."""
-    for j in range(len(values)):
-        i = start + j
-        if ((packed[i >> 3] >> (7 - (i & 7))) & 1) == 0:
-            values[j] = 0
+def _drop(values, packed):
+    """values[j] = 0 where bit j is not set in `packed` (np.packbits' order), a block at a time."""
+    kept = np.empty(BLOCK, np.uint8)
+    for s in range(0, len(values), BLOCK):
+        v = values[s:s + BLOCK]
+        _unpack(packed[s >> 3:(s + len(v) + 7) >> 3], kept)
+        for j in range(len(v)):
+            v[j] = v[j] if kept[j] else 0
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _unpack(packed, out):
+    """out[8q + k] = bit k of packed[q] (np.packbits' order: the first in the highest bit), 0 or 1, for every byte
+    of `packed`: a loop of its own, over slices, which is vectorised where one indexed by bit is not (3x)."""
+    for q in range(len(packed)):
+        byte, eight = packed[q], out[8 * q:8 * q + 8]
+        for k in range(8):
+            eight[k] = (byte >> np.uint8(7 - k)) & np.uint8(1)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -251,6 +257,7 @@ def _merge_range(base, xs, out, lo, hi, cut, split, masks, factors, weights, con
     product does. A block at a time, one pass per model and step, so that every loop is vectorised."""
     n = len(xs)
     fd = np.empty((n, BLOCK), np.float32)  # each model's weighted, kept task vector
+    kept = np.empty(BLOCK, np.uint8)  # a block's bits of `masks`, one byte each
     total = np.empty(BLOCK, np.float32)  # the sum electing the sign, then the sign: +1 (zero counting as +) or -1
     weight = np.empty(BLOCK, np.float32)  # the agreeing models' Σ wᵢ
     zero = np.float32(0.0)
@@ -259,13 +266,12 @@ def _merge_range(base, xs, out, lo, hi, cut, split, masks, factors, weights, con
         b = base[s:s + m]
         for i in range(n):
             x, d, first, w = xs[i][s:s + m], fd[i], split[i] - s, weights[i]
-            if cut[i] < 0 and len(masks):
-                bits, f, at = masks[i], factors[i], s & 7
-                kept = bits[s >> 3:(s + m + 7) >> 3]
+            if cut[i] < 0 and len(masks):  # s is a multiple of 8 (_windows): the block's bits start a byte
+                f = factors[i]
+                _unpack(masks[i][s >> 3:(s + m + 7) >> 3], kept)
                 for j in range(m):
                     v = _delta(x[j], b[j], half)
-                    dropped = ((kept[(at + j) >> 3] >> (7 - ((at + j) & 7))) & 1) == 0
-                    d[j] = _round(_round((v * zero if dropped else v) * f, half) * w, half)
+                    d[j] = _round(_round((v if kept[j] else v * zero) * f, half) * w, half)
             elif cut[i] < 0:
                 for j in range(m):
                     d[j] = _round(_delta(x[j], b[j], half) * w, half)
@@ -407,7 +413,7 @@ def _windows(n: int, step: int, like: torch.Tensor) -> list[tuple[int, int]]:
     goes (io/pages.py)."""
     if n * like.element_size() <= pages.STREAMED_FROM:
         return [(0, n)]
-    return _ranges(0, n, step)
+    return _ranges(0, n, -(-step // 8) * 8)  # windows start at multiples of 8: a byte of DARE's bits each
 
 
 _ZEROED = threading.local()
@@ -484,5 +490,5 @@ def l1_sums(base: torch.Tensor, x: torch.Tensor, packed: np.ndarray) -> tuple[to
         _release(base, x, lo=lo, hi=hi)
     before = magnitudes.sum()
     share = -(-n // parts // BLOCK) * BLOCK
-    _parallel(lambda a, z: _drop(m[a:z], packed, a), _ranges(0, n, share))
+    _parallel(lambda a, z: _drop(m[a:z], packed[a >> 3:]), _ranges(0, n, share))  # a: a multiple of BLOCK
     return before, magnitudes.sum()
