@@ -1,4 +1,4 @@
-"""torch.bernoulli's draws on the CPU, computed by compiled code straight into bits, 5x faster.
+"""torch.bernoulli's draws on the CPU, computed by compiled code straight into bits, several times faster.
 
 DARE keeps each entry of a task vector with probability `density`, one `torch.bernoulli` draw per entry from the
 merge's generator (mergekit's stream: a seeded merge must give mergekit's bits). torch draws them one at a time

@@ -350,6 +350,11 @@ def _ranges(lo: int, hi: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, hi)) for s in range(lo, hi, size)]
 
 
+def _thread_ranges(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
+    """lo..hi in `parts` ranges of whole blocks (the last one shorter), one per thread."""
+    return _ranges(lo, hi, -(-(hi - lo) // parts // BLOCK) * BLOCK)
+
+
 def bits(t: torch.Tensor) -> np.ndarray:
     """A contiguous half-precision tensor's bit patterns as a flat uint16 array (no copy)."""
     return t.reshape(-1).view(torch.int16).numpy().view(np.uint16)
@@ -376,9 +381,8 @@ def top_cuts(base: torch.Tensor, tensors: list[torch.Tensor], keep: list[int]) -
     parts = _threads() if n >= SERIAL_BELOW else 1
     counts = _zeroed((parts, len(tensors), rows, BINS))  # a set of histograms per thread
     for lo, hi in _windows(n, parts * WINDOW, base):
-        share = -(-(hi - lo) // parts // BLOCK) * BLOCK
         _parallel(lambda t, a, z: _counts(b, xs, counts[t], a, z, size, half),
-                  [(t, a, z) for t, (a, z) in enumerate(_ranges(lo, hi, share))])
+                  [(t, a, z) for t, (a, z) in enumerate(_thread_ranges(lo, hi, parts))])
         _release(base, *tensors, lo=lo, hi=hi)
     for other in counts[1:]:
         np.add(counts[0], other, out=counts[0])
@@ -450,7 +454,6 @@ def merge(tensors: list[torch.Tensor], base: torch.Tensor, keep: list[int | None
     ranked = [i for i, k in enumerate(keep) if k is not None and 0 < k < n]
     for i, (key, at) in zip(ranked, top_cuts(base, [tensors[i] for i in ranked], [keep[i] for i in ranked])):
         cut[i], split[i] = key, at
-    factors = np.ones(len(tensors), np.float32) if factors is None else factors
     return merge_pass(tensors, base, cut, split, weights, consensus=consensus, normalize=normalize, divisor=divisor,
                       lam=lam, out=out, masks=masks, factors=factors)
 
@@ -468,9 +471,8 @@ def merge_pass(tensors: list[torch.Tensor], base: torch.Tensor, cut: np.ndarray,
     parts = _threads() if n >= SERIAL_BELOW else 1
     for lo, hi in _windows(n, parts * WINDOW, base):
         pages.ready(flat_out[lo:hi])
-        share = -(-(hi - lo) // parts // BLOCK) * BLOCK
         _parallel(lambda a, z: _merge_range(b, xs, o, a, z, cut, split, masks, f, w, consensus, normalize,
-                                            np.float32(divisor), np.float32(lam), half), _ranges(lo, hi, share))
+                                            np.float32(divisor), np.float32(lam), half), _thread_ranges(lo, hi, parts))
         _release(base, *tensors, out, lo=lo, hi=hi)
     return out
 
@@ -485,10 +487,8 @@ def l1_sums(base: torch.Tensor, x: torch.Tensor, packed: np.ndarray) -> tuple[to
     b, xs, m, half = bits(base), bits(x), bits(magnitudes), HALVES[base.dtype]
     parts = _threads() if n >= SERIAL_BELOW else 1
     for lo, hi in _windows(n, parts * WINDOW, base):
-        share = -(-(hi - lo) // parts // BLOCK) * BLOCK
-        _parallel(lambda a, z: _magnitudes(b[a:z], xs[a:z], m[a:z], half), _ranges(lo, hi, share))
+        _parallel(lambda a, z: _magnitudes(b[a:z], xs[a:z], m[a:z], half), _thread_ranges(lo, hi, parts))
         _release(base, x, lo=lo, hi=hi)
     before = magnitudes.sum()
-    share = -(-n // parts // BLOCK) * BLOCK
-    _parallel(lambda a, z: _drop(m[a:z], packed[a >> 3:]), _ranges(0, n, share))  # a: a multiple of BLOCK
+    _parallel(lambda a, z: _drop(m[a:z], packed[a >> 3:]), _thread_ranges(0, n, parts))  # a: a multiple of BLOCK
     return before, magnitudes.sum()

@@ -21,6 +21,7 @@ mergekit compatibility and change nothing.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..io import pages
@@ -178,8 +179,8 @@ def _random(deltas, p, gp, generator):
 
 def _drawn(n: int, density: float, work: torch.dtype, generator, device: torch.device, chunk: int) -> MaskKeep:
     """DARE's n Bernoulli(density) draws in `work` from `generator` (None: torch's default one), as the entries they
-    keep: on the CPU computed from the generator's state, where that gives torch's draws (_bernoulli_bits, 7x
-    faster); else drawn by torch a slice of `chunk` (a multiple of 8) at a time, the same stream as one draw of all
+    keep: on the CPU computed from the generator's state, where that gives torch's draws (_bernoulli_bits, several
+    times faster); else drawn by torch a slice of `chunk` (a multiple of 8) at a time, the same stream as one draw of all
     n, as mergekit's."""
     keep = MaskKeep(n)
     source = torch.default_generator if generator is None and device.type == "cpu" else generator
@@ -296,7 +297,7 @@ def _merge(tensors, base, params, global_params, generator, *, sparsify, consens
     fused = _fused(tensors, base, params, global_params, generator, sparsify, consensus, half, out_dtype, out)
     if fused is not None:
         return fused
-    chunk = max(8, _common.CHUNK // 8 * 8)  # a multiple of 8: random choices are stored 8 to a byte
+    chunk = _chunk()
     size = base.numel()
     compute = compute_dtype([base, *tensors])
     rounding = Rounding(half, min(chunk, size), base.device)
@@ -371,14 +372,12 @@ def _fused(tensors, base, params, global_params, generator, sparsify, consensus,
 def _random_masks(tensors, base, params, global_params, generator):
     """DARE's choices for the compiled path: each model's draws as bits (all set where density >= 1: nothing is
     dropped) and its L1 rescale factor (1: none), drawn and summed as `_random` and `_rescaled` do."""
-    import numpy as np
-
     from . import _fused_half
 
     n = base.numel()
     masks = np.full((len(tensors), (n + 7) // 8), 0xFF, np.uint8)
     factors = np.ones(len(tensors), np.float32)
-    chunk = max(8, _common.CHUNK // 8 * 8)
+    chunk = _chunk()
     for i, (x, p) in enumerate(zip(tensors, params)):
         if p["density"] >= 1:
             continue
@@ -388,6 +387,11 @@ def _random_masks(tensors, base, params, global_params, generator):
             factor = _l1_factor(*_fused_half.l1_sums(base, x, masks[i]), torch.float32)
             factors[i] = 1.0 if factor is None else float(factor)
     return masks, factors
+
+
+def _chunk() -> int:
+    """Entries per slice: _common.CHUNK, a multiple of 8 (random choices are stored 8 to a byte)."""
+    return max(8, _common.CHUNK // 8 * 8)
 
 
 def _weights(params, half: torch.dtype | None, compute: torch.dtype) -> torch.Tensor:
