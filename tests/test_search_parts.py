@@ -67,3 +67,29 @@ def test_the_private_optuna_call_still_ends_another_process_trial(tmp_path, stor
     assert len(running) == 1 and hasattr(running[0], "_trial_id")
     assert S.fail_abandoned(other) == 1
     assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.FAIL]
+
+
+def test_a_process_that_opens_the_study_while_another_stamps_its_schema_goes_on(tmp_path, monkeypatch):
+    """Two torchrun ranks start together: optuna checks that the database has no schema version, then stamps it,
+    with no lock between, so one rank's stamp can land between the other's check and its own stamp (a UNIQUE
+    constraint error that failed a CI run). Replayed here: the second process reads no version twice (its check and
+    its stamp) on a database the first process has already stamped."""
+    from alembic.runtime.migration import MigrationContext
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    S.make_storage(url)  # the first process: tables made and stamped
+    heads = MigrationContext.get_current_heads
+    calls = []
+
+    def before_the_other_stamped(self):  # its check, then its stamp's own read: both before the other's write
+        calls.append(None)
+        return () if len(calls) <= 2 else heads(self)
+
+    monkeypatch.setattr(MigrationContext, "get_current_heads", before_the_other_stamped)
+    import sqlalchemy.exc
+    with pytest.raises(sqlalchemy.exc.IntegrityError):  # the race as optuna meets it
+        optuna.storages.RDBStorage(url)
+    calls.clear()
+    storage = S.make_storage(url)  # the second process: tries again and finds the schema
+    assert len(calls) > 2
+    assert optuna.create_study(storage=storage, study_name="s").study_name == "s"

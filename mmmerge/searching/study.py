@@ -107,6 +107,17 @@ def check_storage(url: str) -> None:
         raise OSError(code, os.strerror(code), str(path))
 
 
+SCHEMA_TRIES = 20  # how often a process opens a database whose schema another process is making at that moment
+
+
+def _schema_race(error: Exception) -> bool:
+    """The error a process gets when another made the same table or stamped the same schema version between its
+    own check and its write: optuna checks, then writes, with no lock between (two ranks starting together)."""
+    import sqlalchemy.exc
+    return isinstance(error, sqlalchemy.exc.IntegrityError) or (
+        isinstance(error, sqlalchemy.exc.OperationalError) and "already exists" in str(error))
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith(("sqlite:", "postgresql", "mysql")):
         with warnings.catch_warnings():
@@ -114,8 +125,14 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
             # SQLite's writers wait for each other's lock 5 s by default: processes sharing a study on a loaded
             # machine may wait longer, and a wait that runs out fails the whole run
             patient = {"connect_args": {"timeout": SQLITE_LOCK_WAIT_SECONDS}} if url.startswith("sqlite:") else None
-            return optuna.storages.RDBStorage(url, engine_kwargs=patient, heartbeat_interval=HEARTBEAT_SECONDS,
-                                              grace_period=2 * HEARTBEAT_SECONDS)
+            for attempt in range(SCHEMA_TRIES):
+                try:
+                    return optuna.storages.RDBStorage(url, engine_kwargs=patient, heartbeat_interval=HEARTBEAT_SECONDS,
+                                                      grace_period=2 * HEARTBEAT_SECONDS)
+                except Exception as error:  # the other process's schema is there on the next try
+                    if not _schema_race(error) or attempt == SCHEMA_TRIES - 1:
+                        raise
+                    time.sleep(0.25)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
 
 
