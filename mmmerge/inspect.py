@@ -91,7 +91,7 @@ def format_summary(s: dict) -> str:
             lines.append(f"    preprocess: {p['resize_mode']} resize to {p['resize'] or p['image_size']}, crop "
                          f"{p['image_size']}, {p['interpolation']}, mean {p['mean']}, std {p['std']}")
     if s["not_in_components"]:
-        lines.append(f"  outside components ({s['not_in_components_parameters']:,} parameters, kept as they are):")
+        lines.append(f"  outside components ({s['not_in_components_parameters']:,} parameters):")
         lines.extend(f"    {prefix}*: {why}" for prefix, why in s["not_in_components"].items())
     return "\n".join(lines)
 

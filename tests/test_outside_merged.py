@@ -4,7 +4,7 @@ plan says which and why; a `components:` recipe, which names no method for them,
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from mmmerge.engine import merge, plan_merge
 from mergekit_oracle import mergekit_result
@@ -116,3 +116,32 @@ def test_a_components_recipe_copies_them_from_the_reference(gemma4, tmp_path):
     out = merge(cfg, tmp_path / "out", quiet=True)
     ta, got = (load_file(m / "model.safetensors") for m in (a, out))
     assert all(torch.equal(got[k], v) for k, v in audio(ta).items())
+
+
+def test_outside_tensors_match_across_file_layouts(tmp_path):
+    """Video-LLaVA's video tower lies outside its components. A hub checkpoint names it `video_tower.vision_model.*`,
+    transformers 5 saves `video_tower.*`: the same tensors, merged (not copied as missing), written under the
+    reference's names, whichever layout the reference has."""
+    from tiny_any_family import perturb_, tiny_any
+
+    from mmmerge.adapters.families import family_named, rename
+
+    saved, hub = tmp_path / "saved", tmp_path / "hub"
+    perturb_(tiny_any("video_llava"), 0).save_pretrained(saved)
+    perturb_(tiny_any("video_llava"), 1).save_pretrained(hub)
+    layouts = family_named("video_llava").layouts
+    memory = {rename(k, layouts["saved"], to_memory=True): v for k, v in load_file(hub / "model.safetensors").items()}
+    as_hub = {rename(k, layouts["hub"], to_memory=False): v for k, v in memory.items()}
+    assert any(k.startswith("video_tower.vision_model.") for k in as_hub)
+    save_file(as_hub, hub / "model.safetensors", metadata={"format": "pt"})
+    video = {k: v for k, v in memory.items() if k.startswith("model.video_tower.")}
+    mine = {rename(k, layouts["saved"], to_memory=True): v for k, v in load_file(saved / "model.safetensors").items()}
+    for ref, other, layout in ((saved, hub, "saved"), (hub, saved, "hub")):
+        cfg = recipe("linear", ref, other, weights=(0.5, 0.5))
+        plan = plan_merge(cfg)
+        assert not any("not merged but copied" in n for n in plan.notes), plan.notes
+        merge(cfg, tmp_path / f"out-{layout}", quiet=True)
+        out = load_file(tmp_path / f"out-{layout}" / "model.safetensors")
+        for name, theirs in video.items():
+            expected = ((mine[name].float() + theirs.float()) / 2).to(theirs.dtype)
+            torch.testing.assert_close(out[rename(name, layouts[layout], to_memory=False)], expected, msg=name)

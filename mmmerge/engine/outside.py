@@ -1,6 +1,7 @@
 """Tensors outside every component of a multimodal output (another modality's tower, its embedder, buffers), in a
 recipe with one method for the whole model: merged by that method, as mergekit merges every tensor of an
-architecture, wherever every input model holds them under the same name with the same shape and dtype kind.
+architecture, wherever every input model holds them under the same name (in memory: the files' layouts may differ)
+with the same shape and dtype kind.
 
 The others stay as the output's reference model holds them, and the plan notes which and why. A `components:`
 recipe names a method per component only; its outside tensors belong to no section and stay the reference's.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..adapters.families import rename
 from ..checkpoint import Checkpoint, Component
 from ..methods import get_method
 from .inputs import SectionInputs
@@ -23,11 +25,27 @@ from .tasks import TensorTask
 CNAME = "outside"  # the seed of a random method's per-tensor stream is keyed by it
 
 
+def in_memory(ck: Checkpoint) -> dict[str, str]:
+    """The checkpoint's outside tensors by the name its class gives them in memory (name -> file name): files of
+    two layouts (a hub checkpoint's `video_tower.vision_model.`, transformers 5's `video_tower.`) name one tensor
+    differently, and it is the same tensor."""
+    renames = ck.family.layout(ck.source_config.get("layout", "")) if ck.family is not None else ()
+    return {rename(n, renames, to_memory=True): n for n in ck.outside}
+
+
+def counterpart(name: str, ref: Checkpoint, ck: Checkpoint) -> str | None:
+    """The file name under which `ck` holds the reference's outside tensor `name`, if it holds it."""
+    if ck is ref:
+        return name
+    memory = {file: mem for mem, file in in_memory(ref).items()}[name]
+    return in_memory(ck).get(memory)
+
+
 def why_not_merged(name: str, ref: Checkpoint, others: dict[str, Checkpoint]) -> str | None:
     """Why the reference's outside tensor `name` cannot be merged across `others` (path -> checkpoint), else None."""
     mine = ref.outside[name]
     for path, ck in others.items():
-        theirs = ck.outside.get(name)
+        theirs = ck.outside.get(counterpart(name, ref, ck) or "")
         if theirs is None:
             return f"missing in {path}"
         if tuple(theirs.shape) != tuple(mine.shape):
@@ -60,7 +78,8 @@ def merge_outside(tasks: list[TensorTask], section: MergeSection, ref: Checkpoin
     if not mergeable:
         return tasks, set()
     spec = get_method(section.merge_method)
-    comps = {r: Component(name=CNAME, arch=ref.family.cls, config={}, tensors={n: ck.outside[n] for n in mergeable})
+    comps = {r: Component(name=CNAME, arch=ref.family.cls, config={},
+                          tensors={n: ck.outside[counterpart(n, ref, ck)] for n in mergeable})
              for r, ck in ckpts.items()}
     inputs = SectionInputs(ckpts=ckpts, paths={r: str(opener.path(r)) for r in refs}, comps=comps)
     planner = TensorPlanner(section, CNAME, spec, inputs, opener, dtype_of(section.dtype),
