@@ -156,6 +156,9 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
     "molmo2": ({"adapter_config": {"vision_feature_layer": [LAYERS - 1, 0]}},
                "allenai/Molmo2-8B's adapter reads two vision layers (the 25th and 19th of its tower), which must be "
                "layers the tower has: here the shrunk tower's last and first"),
+    "fun_asr_nano": ({"adaptor_config": {"intermediate_size": WIDTH // 4}},
+                     "transformers' own check of FunAsrNano's config asks that its adaptor's intermediate size be a "
+                     "quarter of the language model's width"),
     "perception_lm": ({"vision_config": {"architecture": "vit_pe_core_large_patch14_336", "num_classes": 0,
                                          "do_pooling": False, "model_args": {
                                              "embed_dim": WIDTH, "depth": LAYERS, "num_heads": HEADS, "img_size": 32,
@@ -268,8 +271,14 @@ def _merged(data: dict, override: dict) -> dict:
                        for k, v in override.items()}}
 
 
+MAPPINGS = ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES")  # the latter
+# adds the audio-text models (Voxtral, Qwen2-Audio, the Qwen omni models whole)
+
+
 def model_class(model_type: str) -> type:
-    return getattr(T, modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type])
+    """The type's image-text-to-text class, else its multimodal LM class (an audio-text model)."""
+    return getattr(T, next(getattr(modeling_auto, m)[model_type] for m in MAPPINGS
+                           if model_type in getattr(modeling_auto, m)))
 
 
 def tiny_any(model_type: str, seed: int = 0):

@@ -23,6 +23,8 @@ from .derive import why_not_split
 from .families import family_of
 from .hf_common import _kept_on_disk, auto_class_names, read_config, require_model_type
 
+ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
+MULTIMODAL_LM = "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES"  # image-text-to-text and the audio-text models
 FORMAT = "transformers-<model_type>-whole"  # e.g. transformers-idefics2-whole
 DESCRIPTION = "any other transformers folder (config.json with a model_type transformers knows), merged whole"
 COMPONENT = "model"  # the one component of a whole model
@@ -41,7 +43,7 @@ def has_vision_tower(cfg: dict | None) -> bool:
     """An image-text-to-text model with a vision tower config: a causal LM class of its type (gemma4's, llama4's)
     would take it for a language model only."""
     return (isinstance(cfg, dict) and isinstance(cfg.get("vision_config"), dict)
-            and cfg.get("model_type") in auto_class_names("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"))
+            and cfg.get("model_type") in auto_class_names(ITT))
 
 
 def architecture(cfg: dict) -> str:
@@ -50,7 +52,7 @@ def architecture(cfg: dict) -> str:
         if isinstance(arch, str):
             return arch
     model_type = cfg.get("model_type")
-    for mapping in ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "MODEL_MAPPING_NAMES"):
+    for mapping in (ITT, MULTIMODAL_LM, "MODEL_MAPPING_NAMES"):
         found = auto_class_names(mapping).get(model_type)
         if found:
             return found
@@ -61,7 +63,10 @@ def why_whole(cfg: dict) -> str:
     """One short, true reason why the model has no components."""
     model_type = cfg.get("model_type")
     arch = architecture(cfg)
-    if model_type not in auto_class_names("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"):
+    if model_type not in auto_class_names(ITT):
+        if model_type in auto_class_names(MULTIMODAL_LM):  # Voxtral, Qwen2-Audio, the Qwen omni models whole
+            return (f"{model_type}: a multimodal LM ({arch}) that transformers does not list as image-text-to-text, "
+                    "so no vision/projector/language split is derived")
         return f"{model_type}: {arch} is no causal LM, vision encoder or multimodal family mmmerge splits"
     if any("action" in key for key in cfg):
         return f"{model_type}: an action policy ({arch}), not a vision tower + projector + language model"
