@@ -84,7 +84,7 @@ def test_clip_patch_embedding_conv2d_and_a_linear(root, clip, patterns):
     assert load_file(lora / "adapter_model.safetensors")[
         f"base_model.model.{CLIP_PATCH}.lora_A.weight"].shape == (3 if patterns else 4, 3, 8, 8)
     ours = {n: t.load() for n, t in open_with_lora(clip, lora).component("vision").tensors.items()}
-    theirs = {k.removeprefix("vision_model."): v for k, v in peft_merged(transformers.CLIPVisionModel, clip, lora).items()}
+    theirs = peft_merged(transformers.CLIPVisionModel, clip, lora)
     plain = {n: t.load() for n, t in open_checkpoint(clip).component("vision").tensors.items()}
     assert_matches(ours, theirs, plain, [f"{CLIP_PATCH}.weight", "encoder.layers.1.self_attn.q_proj.weight"])
 
@@ -210,8 +210,8 @@ def test_grouped_conv_lora_is_refused_like_peft(root, tmp_path):
     """A LoRA on a depthwise convolution (ConvNeXt's, groups > 1): peft refuses to merge it; so does `base+lora`, in
     one line naming the module."""
     base = root / "convnext"
-    randomize(transformers.ConvNextModel(transformers.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1])),
-              seed=7).save_pretrained(base)
+    config = transformers.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1])
+    randomize(transformers.ConvNextModel(config), seed=7).save_pretrained(base)
     name = "encoder.stages.0.layers.0.dwconv"
     assert conv_layers(transformers.ConvNextModel, base)[name].groups > 1
     with warnings.catch_warnings():
