@@ -4,7 +4,8 @@ A conv LoRA's lora_A is a convolution with the layer's kernel, (r, in, *kernel),
 (out, r, 1, ...); peft merges their product into the layer's weight. The tiny real modules: CLIP's patch embedding
 (Conv2d 8x8) in a tower and inside a LLaVA, wav2vec2's feature extractor (Conv1d, with a bias for lora_bias),
 ResNet's bottleneck (1x1 Conv2d: peft's matrix-product branch) and VideoMAE's tubelet embedding (Conv3d), the last
-three read whole. `merge-loras` is checked against peft's `add_weighted_adapter` on the same conv adapters.
+three read whole. `merge-loras` is checked against peft's `add_weighted_adapter` on a Conv2d, and on Conv1d and Conv3d
+(whose updates peft's SVD does not reshape) against the weighted sum of peft's own deltas.
 """
 
 import os
@@ -131,11 +132,19 @@ WHOLE = {  # model read whole: (class, config, target modules, which convolution
 }
 
 
+def whole_base(root, case):
+    """The tiny model of WHOLE[case], saved once per module."""
+    cls, config, _, _ = WHOLE[case]
+    base = root / case
+    if not base.exists():
+        randomize(cls(cls.config_class(**config)), seed=6).save_pretrained(base)
+    return base
+
+
 @pytest.mark.parametrize("case", list(WHOLE))
 def test_conv1d_kernel_1_and_conv3d_read_whole(root, case):
     cls, config, targets, kind = WHOLE[case]
-    base = root / case
-    randomize(cls(cls.config_class(**config)), seed=6).save_pretrained(base)
+    base = whole_base(root, case)
     convs = {n: m for n, m in conv_layers(cls, base).items() if n in targets}
     assert convs and all(type(m) is kind for m in convs.values()), convs
     if case == "conv2d_kernel_1":  # peft's matrix-product branch, next to a 3x3 kernel
@@ -183,6 +192,30 @@ def test_merge_loras_on_a_conv2d_matches_add_weighted_adapter(root, clip, tmp_pa
     if method == "cat":  # exact: B A = sum w B_i A_i s_i, from the inputs themselves
         want = sum(w * patch.get_delta_weight(a) for a, w in zip(["c1", "c2"], weights))
         assert max_diff(patch.get_delta_weight("ours"), want) <= TOL
+
+
+@pytest.mark.parametrize("case", ["conv1d_with_lora_bias", "conv3d"])
+def test_merge_loras_svd_at_full_rank_is_the_weighted_sum_on_conv1d_and_conv3d(root, tmp_path, case):
+    """peft's SVD reshapes Conv2d updates only; ours treats every convolution as its matrix, so at a rank that keeps
+    every singular value the combined update is exactly sum w_i s_i B_i A_i, each term peft's own delta."""
+    cls, _, targets, _ = WHOLE[case]
+    base = whole_base(root, case)
+    convs = [n for n in conv_layers(cls, base) if n in targets]
+    for i, alpha in ((1, 8), (2, 4)):
+        make_adapter(cls, base, tmp_path / f"w{i}", seed=20 + i, r=4, lora_alpha=alpha, target_modules=convs)
+    weights = [0.7, -0.4]
+    merge_loras([tmp_path / "w1", tmp_path / "w2"], tmp_path / "ours", method="svd", weights=weights, rank=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = PeftModel.from_pretrained(cls.from_pretrained(base), tmp_path / "w1", adapter_name="w1")
+        model.load_adapter(tmp_path / "w2", adapter_name="w2")
+        model.load_adapter(tmp_path / "ours", adapter_name="ours")
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and "ours" in m.lora_A}
+    assert len(layers) == len(convs) and all(m.lora_A["ours"].weight.dim() > 2 for m in layers.values())
+    for n, m in layers.items():
+        want = sum(w * m.get_delta_weight(a) for a, w in zip(["w1", "w2"], weights))
+        assert want.abs().max() > 1e-3, n
+        assert max_diff(m.get_delta_weight("ours"), want) <= TOL, (n, max_diff(m.get_delta_weight("ours"), want))
 
 
 def test_bad_conv_adapters_are_one_line(root, clip, tmp_path):
