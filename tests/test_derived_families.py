@@ -500,30 +500,34 @@ def test_components_recipe_vision_from_one_language_merged(model_type, saved, tm
     assert any(not torch.equal(sa[k], sb[k]) and _component_of(model_type, k) == "vision" for k in got)
 
 
+CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
 def _linear_targets(model, model_type, per_component=2):
-    """Full names of the first few nn.Linear modules of the language model and of the vision tower."""
+    """Full names of the first few nn.Linear modules of the language model and of the vision tower; a vision part
+    with no nn.Linear (a tower or tokenizer of convolutions) gets its first ungrouped convolutions instead."""
     picked = {"language": [], "vision": []}
+    convs = []
     for name, module in model.named_modules():
         c = _component_of(model_type, name + ".weight")
         if isinstance(module, torch.nn.Linear) and c in picked and len(picked[c]) < per_component \
                 and not name.endswith("lm_head"):
             picked[c].append(name)
-    return picked["language"] + picked["vision"]
+        elif isinstance(module, CONVS) and module.groups == 1 and c == "vision" and len(convs) < per_component:
+            convs.append(name)
+    return picked["language"] + (picked["vision"] or convs)
 
 
 # LoRA applications that fail, and why (strict xfail: a fix shows).
-LORA_FAILS = {
-    "apertus1p5": "its vision part is a VQ image tokenizer of convolutions: no nn.Linear for the LoRA to target",
-    "gemma3n": "its tower, timm's MobileNetV5, projects by convolutions: no nn.Linear for the LoRA to target",
-}
+LORA_FAILS: dict[str, str] = {}
 WITH_LORA = [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=LORA_FAILS[t]))
              if t in LORA_FAILS else t for t in REPRESENTATIVE]
 
 
 @pytest.mark.parametrize("model_type", WITH_LORA)
 def test_base_plus_peft_lora_matches_merge_and_unload(model_type, saved, tmp_path):
-    """A peft LoRA on linear layers of the language model and the vision tower, applied by `base+lora`: every
-    tensor equals peft's merge_and_unload on the family's own class."""
+    """A peft LoRA on linear layers of the language model and the vision tower (its convolutions where it has no
+    linear layer), applied by `base+lora`: every tensor equals peft's merge_and_unload on the family's own class."""
     from peft import LoraConfig, get_peft_model
 
     base = saved(model_type)

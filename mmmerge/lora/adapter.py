@@ -2,7 +2,9 @@
 
 peft saves `adapter_model.safetensors` (or `.bin`) with keys `base_model.model.<module>.lora_A.weight`,
 `...lora_B.weight` (`lora_embedding_A/B` for embeddings, `lora_B.bias` with `lora_bias`), plus whole
-tensors it carries (`modules_to_save`, saved embedding layers as `<module>.base_layer.weight`). The scale
+tensors it carries (`modules_to_save`, saved embedding layers as `<module>.base_layer.weight`). A LoRA on a
+Conv1d/2d/3d has lora_A a convolution of the layer's kernel (r, in, *kernel) and lora_B a 1-kernel one (out, r, 1, ...),
+so its update is B @ A over A's flattened input and kernel, reshaped to the layer's (out, in, *kernel). The scale
 of a module is alpha / r (alpha / sqrt(r) with rsLoRA), r and alpha taken from `rank_pattern` /
 `alpha_pattern` with peft's own matching rule. Nothing is read beyond the config and the file header.
 """
@@ -35,8 +37,8 @@ class LoraModule:
     """One target module: delta = scale * B @ A, transposed into the weight's layout when `transpose`."""
 
     name: str  # the module's name in the model peft wrapped (no `base_model.model.`)
-    A: LazyTensor  # (r, in); embeddings: (r, num_embeddings)
-    B: LazyTensor  # (out, r); embeddings: (dim, r)
+    A: LazyTensor  # (r, in); embeddings: (r, num_embeddings); convolutions: (r, in, *kernel)
+    B: LazyTensor  # (out, r); embeddings: (dim, r); convolutions: (out, r, 1, ...)
     r: int
     alpha: float
     scale: float
@@ -45,13 +47,22 @@ class LoraModule:
     bias: LazyTensor | None = None  # lora_B.bias: scale * bias is added to the module's bias
 
     @property
-    def weight_shape(self) -> tuple[int, int]:
+    def conv(self) -> bool:
+        """A LoRA on an nn.Conv1d/2d/3d (its factors carry kernel dimensions)."""
+        return len(self.A.shape) > 2
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
         out, inp = self.B.shape[0], self.A.shape[1]
+        if self.conv:
+            return (out, inp, *self.A.shape[2:])
         return (inp, out) if self.transpose else (out, inp)
 
     def delta(self) -> torch.Tensor:
         """The float32 update of the module's weight, in the weight's own layout."""
-        d = (self.B.load().float() @ self.A.load().float()) * self.scale
+        d = (self.B.load().float().flatten(1) @ self.A.load().float().flatten(1)) * self.scale
+        if self.conv:  # peft's convolution of A by B's 1-kernel is this product, kernel position by position
+            return d.reshape(self.weight_shape)
         return d.T if self.transpose else d
 
 
@@ -151,14 +162,17 @@ def _module(name: str, p: dict[str, LazyTensor], config: dict, file: Path) -> Lo
         if k not in p:
             raise UnreadableFileError(f"{file}: module {name} has no {k} (the adapter file is incomplete)")
     A, B = p[a_key], p[b_key]
-    if len(A.shape) != 2 or len(B.shape) != 2:
-        raise UnreadableFileError(f"{file}: module {name}: only LoRA on Linear, Conv1D and Embedding layers is "
-                                  f"supported (lora_A has shape {A.shape})")
+    conv = not embedding and 3 <= len(A.shape) <= 5 and len(B.shape) == len(A.shape) and set(B.shape[2:]) == {1}
+    if not conv and (len(A.shape) != 2 or len(B.shape) != 2):
+        raise UnreadableFileError(f"{file}: module {name}: lora_A of shape {tuple(A.shape)} and lora_B of shape "
+                                  f"{tuple(B.shape)} are neither a LoRA on a Linear, Conv1D or Embedding layer nor "
+                                  f"one on a Conv1d/2d/3d (lora_B of kernel 1)")
     r, alpha = _rank_and_alpha(config, name, file)
     if A.shape[0] != r or B.shape[1] != r:
+        grouped = " (or a LoRA on a grouped convolution, which peft cannot merge either)" if conv else ""
         raise ShapeMismatchError(f"{file}: module {name}: factors {tuple(B.shape)} @ {tuple(A.shape)} do not have "
-                                 f"rank r={r} from {CONFIG}")
-    transpose = embedding or bool(config.get("fan_in_fan_out"))
+                                 f"rank r={r} from {CONFIG}{grouped}")
+    transpose = embedding or (bool(config.get("fan_in_fan_out")) and not conv)  # peft ignores it on convolutions
     return LoraModule(name, A, B, r, alpha, module_scale(config, r, alpha), transpose, embedding,
                       p.get("lora_B.bias"))
 

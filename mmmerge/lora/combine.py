@@ -6,7 +6,8 @@ Per module, over the adapters that target it (weight w, scale s = its own alpha 
   rank kept, but B A is not sum w s B_i A_i), with weights sqrt(|w s|) (the sign of w s on A's side).
 - `svd` and `<method>_svd`: the update sum w s B_i A_i (pruned per `<method>`) is truncated by SVD to
   `rank` (default: the largest rank among the inputs), B = U S, A = Vᵀ.
-The result has scale 1 (lora_alpha = r) and exact per-module ranks in rank_pattern.
+The result has scale 1 (lora_alpha = r) and exact per-module ranks in rank_pattern. A LoRA on a Conv1d/2d/3d is
+combined as the matrices B (out, r) and A (r, in * kernel) its update is made of.
 """
 
 from __future__ import annotations
@@ -64,9 +65,17 @@ def _svd(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def combine_module(method: str, mods: list[LoraModule], weights: list[float], *, density=None, rank=None,
                    sign_method="total", generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) of the combined module, scale 1."""
-    As = [m.A.load().float() for m in mods]
-    Bs = [m.B.load().float() for m in mods]
+    """(A, B) of the combined module, scale 1. A convolution's factors are combined as matrices, A (r, in * kernel)
+    and B (out, r), as peft's SVD flattens a Conv2d's update, and get their kernel dimensions back after."""
+    A, B = _combine_matrices(method, mods, weights, density=density, rank=rank, sign_method=sign_method,
+                             generator=generator)
+    return A.reshape(A.shape[0], *mods[0].A.shape[1:]), B.reshape(*B.shape, *mods[0].B.shape[2:])
+
+
+def _combine_matrices(method: str, mods: list[LoraModule], weights: list[float], *, density, rank, sign_method,
+                      generator) -> tuple[torch.Tensor, torch.Tensor]:
+    As = [m.A.load().float().flatten(1) for m in mods]
+    Bs = [m.B.load().float().flatten(1) for m in mods]
     ws = [w * m.scale for w, m in zip(weights, mods)]
     if method == "cat":
         return torch.cat([w * A for w, A in zip(ws, As)]), torch.cat(Bs, dim=1)
