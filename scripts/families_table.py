@@ -7,7 +7,8 @@ Every model type transformers' image-text-to-text mapping lists gets one row: re
 transformers, or by a hand-written override), and what tests/test_derived_families.py proves on a tiny model of it
 (merged whole, with a text-only causal LM, by a `components:` recipe, with a LoRA, refused by stitch) and what
 tests/test_derived_generate.py proves (generate and eval with a processor built tiny, or why not); or the reason it
-is not read, and what tests/test_not_split_whole.py proves of it (merged whole) or why not. The README's
+is not read, and what tests/test_not_split_whole.py proves of it (merged whole) or why not; then the multimodal
+LMs transformers lists beyond image-text-to-text, with what that test proves of each. The README's
 "N image-text-to-text families" figures are the number read into components. tests/test_derived_families.py keeps
 the README equal to this output.
 """
@@ -140,13 +141,22 @@ def _proven_whole(t: str) -> str:
     return proven + "; inspect says why it is whole"
 
 
-def section(table: list[tuple[str, str, str]]) -> str:
+def other_rows() -> list[tuple[str, str]]:
+    """(model_type, what tests/test_not_split_whole.py proves) per multimodal LM beyond image-text-to-text."""
+    return [(t, _proven_whole(t)) for t in whole_contract().AUDIO_TEXT]
+
+
+def section(table: list[tuple[str, str, str]], others: list[tuple[str, str]]) -> str:
     read = sum(1 for _, how, _ in table if not how.startswith("not split"))
     lines = [BEGIN,
              f"transformers lists {len(table)} image-text-to-text model types; mmmerge reads {read} into components "
              "(made by `scripts/families_table.py` from `tests/test_derived_families.py`).",
              "", "| model_type | read | proven on a tiny model |", "|---|---|---|"]
     lines += [f"| `{t}` | {how} | {proven} |" for t, how, proven in table]
+    lines += ["", f"transformers lists {len(others)} more multimodal LMs (audio-text models, and the Qwen omni models "
+              "whole) that are not image-text-to-text: none has a vision tower to split off, so they merge whole "
+              "(`tests/test_not_split_whole.py`).", "", "| model_type | proven on a tiny model |", "|---|---|"]
+    lines += [f"| `{t}` | {proven} |" for t, proven in others]
     return "\n".join(lines + [END])
 
 
@@ -156,7 +166,7 @@ def render(readme: str) -> str:
     read = sum(1 for _, how, _ in table if not how.startswith("not split"))
     head, rest = readme.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    return COUNT.sub(f"{read} image-text-to-text families", head + section(table) + tail)
+    return COUNT.sub(f"{read} image-text-to-text families", head + section(table, other_rows()) + tail)
 
 
 if __name__ == "__main__":
