@@ -338,3 +338,41 @@ def test_mergekit_merges_idefics2_whole_as_mmmerge_does(models, tmp_path):
     theirs = file_tensors(tmp_path / "mergekit")
     assert ours.keys() == theirs.keys()
     assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+ENCODER_DECODERS = {  # types whose causal LM class (WhisperForCausalLM, BartForCausalLM) is their decoder alone
+    "whisper": lambda: T.WhisperForConditionalGeneration(T.WhisperConfig(
+        vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=8, max_source_positions=16,
+        max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)),
+    "bart": lambda: T.BartForConditionalGeneration(T.BartConfig(
+        vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32)),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(ENCODER_DECODERS))
+def test_an_encoder_decoder_whose_type_has_a_causal_lm_merges_whole(model_type, tmp_path):
+    """A Whisper or BART folder saved from its encoder-decoder class is not read as its type's causal LM (the decoder
+    alone, which holds none of the file's names): it merges whole, as the mean, and loads strictly."""
+    from safetensors.torch import load_file
+
+    from mmmerge import merge
+
+    torch.manual_seed(0)
+    model = ENCODER_DECODERS[model_type]()
+    model.save_pretrained(tmp_path / "a")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(tmp_path / "b")
+    assert detect_adapter(tmp_path / "a") is hf_whole
+    merge({"merge_method": "linear", "models": [{"model": str(tmp_path / m), "parameters": {"weight": 0.5}}
+                                                for m in "ab"]}, tmp_path / "out", quiet=True)
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    got = load_file(tmp_path / "out" / "model.safetensors")
+    assert set(got) == set(a)
+    for k, v in got.items():
+        torch.testing.assert_close(v, (a[k] + b[k]) / 2, msg=k)
+    _, info = type(model).from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info

@@ -25,6 +25,8 @@ def causal_lm_arch(cfg: dict) -> str | None:
     for arch in cfg.get("architectures") or []:
         if arch.endswith("ForCausalLM"):
             return arch
+    if cfg.get("is_encoder_decoder") and cfg.get("architectures"):
+        return None  # saved from the encoder-decoder (Whisper, BART): its type's causal LM is the decoder alone
     return auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(cfg.get("model_type"))
 
 
