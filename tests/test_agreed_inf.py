@@ -97,6 +97,23 @@ def test_equals_mergekit_where_mergekit_is_finite(lms, tmp_path, method):
     assert merged[AT].item() == INF
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_random_stream_goes_on_as_after_one_merge(lms, tmp_path, dtype):
+    """With one random stream (a seeded DARE), the tensor holding agreed infs is merged a second time without them;
+    its draws are then taken again from where they began, so every tensor after it gets the masks it gets when no
+    input holds that inf (mergekit's stream advances once per tensor)."""
+    plain = [m.parent / f"plain{i}" for i, m in enumerate(lms)]
+    cfg = {**recipe("dare_ties", lms, dtype)}
+    with_inf = load_file(merge(cfg, tmp_path / "inf", quiet=True, seed=0) / "model.safetensors")
+    cfg["models"] = [{**m, "model": str(p)} for m, p in zip(cfg["models"], plain)]
+    cfg["base_model"] = str(plain[len(cfg["models"])])
+    without = load_file(merge(cfg, tmp_path / "plain", quiet=True, seed=0) / "model.safetensors")
+    assert with_inf[TENSOR][AT].item() == INF
+    assert set(with_inf) == set(without)
+    differ = [k for k in with_inf if k != TENSOR and not torch.equal(with_inf[k], without[k])]
+    assert not differ, differ
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", ["linear", "ties"])
 def test_on_cuda(lms, tmp_path, method):

@@ -69,11 +69,15 @@ def run_task(task: TensorTask, device: torch.device, rounded: bool = True, *,
             x = x.to(task.input_dtype)  # the recipe's `dtype`: inputs are rounded to it, the math is float32
         return x
 
+    drawn_from = None  # the shared stream's state before this task drew: a merge again draws the same values
+
     def again_or_error() -> torch.Tensor:
         """The output merged again without the infs every input agrees on, when there are such; else the error."""
         found = agreed_inf(task) if agreed is None and rounded else None
         if found is None:
             raise _non_finite(task, device, sources, agreed) from None
+        if drawn_from is not None:  # the stream goes on as after one merge of the tensor, as mergekit's does
+            task.stream.generator(device).set_state(drawn_from)
         return run_task(task, device, sources=sources, out=out, agreed=found)
 
     with torch.no_grad():
@@ -85,6 +89,7 @@ def run_task(task: TensorTask, device: torch.device, rounded: bool = True, *,
             generator = None
             if task.stream is not None:
                 generator = task.stream.generator(device)
+                drawn_from = generator.get_state() if rounded and agreed is None else None
             elif task.seed is not None:
                 generator = torch.Generator(device=device).manual_seed(task.seed)
             in_place = out is not None and rounded and device.type == "cpu" and task.extra_rows is None
