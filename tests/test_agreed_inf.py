@@ -194,3 +194,15 @@ def test_gemma4_bounds_are_the_inputs_inf(gemma4, tmp_path, method):
     assert len(clipped) * len(BOUNDS) == len(theirs)
     for m in clipped:
         assert m.input_min == m.output_min == -INF and m.input_max == m.output_max == INF
+
+
+def test_a_finished_merge_lets_go_of_its_kept_buffers(lms, tmp_path, monkeypatch):
+    """The slice-wise methods keep their temporaries from tensor to tensor (DARE's whole-tensor magnitudes are
+    0.5 GiB at 1B); a merge that is done lets them go, so a process that goes on does not hold them."""
+    from mmmerge.methods import _common
+
+    seen, kept = [], _common.scratch
+    monkeypatch.setattr(_common, "scratch", lambda key, *args: seen.append(key) or kept(key, *args))
+    merge(recipe("dare_ties", lms, "bfloat16"), tmp_path / "out", quiet=True, seed=0)
+    assert seen  # the merge kept buffers ...
+    assert not getattr(_common._SCRATCH, "buffers", {})  # ... and let them go

@@ -25,6 +25,7 @@ from ..io import atomic_output_dir, check_output_dir, pages, write_safetensors
 from ..io.folder import copy_side_files
 from ..io.writer import DEFAULT_SHARD_BYTES
 from ..methods import merge_tensor
+from ..methods._common import release_scratch
 from ..model_card import model_card
 from .finite import AgreedInf, agreed_inf, input_sources, non_finite_input
 from .plan import Plan, TensorTask
@@ -197,6 +198,7 @@ def execute(plan: Plan, out: Path, *, device: str = "cpu", force: bool = False, 
             write_other_files(plan, tmp, out)
     finally:
         bar.close()
+        release_scratch()  # the next merge of this process may be of other shapes, or never come
     if not quiet:
         secs = time.perf_counter() - start
         print(f"wrote {len(tensors)} tensors ({plan.nbytes / 2**20:,.1f} MiB) to {out} in {secs:.1f} s")
