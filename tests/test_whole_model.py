@@ -340,27 +340,32 @@ def test_mergekit_merges_idefics2_whole_as_mmmerge_does(models, tmp_path):
     assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-ENCODER_DECODERS = {  # types whose causal LM class (WhisperForCausalLM, BartForCausalLM) is their decoder alone
-    "whisper": lambda: T.WhisperForConditionalGeneration(T.WhisperConfig(
+SMALL_LLAMA = dict(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+OTHER_CLASSES = {  # classes other than their type's causal LM: Whisper's and BART's causal LM is the decoder alone
+    "LlamaModel": lambda: T.LlamaModel(T.LlamaConfig(**SMALL_LLAMA)),
+    "LlamaForSequenceClassification": lambda: T.LlamaForSequenceClassification(T.LlamaConfig(**SMALL_LLAMA,
+                                                                                              pad_token_id=0)),
+    "WhisperForConditionalGeneration": lambda: T.WhisperForConditionalGeneration(T.WhisperConfig(
         vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
         decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=8, max_source_positions=16,
         max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)),
-    "bart": lambda: T.BartForConditionalGeneration(T.BartConfig(
+    "BartForConditionalGeneration": lambda: T.BartForConditionalGeneration(T.BartConfig(
         vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
         decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32)),
 }
 
 
-@pytest.mark.parametrize("model_type", sorted(ENCODER_DECODERS))
-def test_an_encoder_decoder_whose_type_has_a_causal_lm_merges_whole(model_type, tmp_path):
-    """A Whisper or BART folder saved from its encoder-decoder class is not read as its type's causal LM (the decoder
-    alone, which holds none of the file's names): it merges whole, as the mean, and loads strictly."""
+@pytest.mark.parametrize("cls", sorted(OTHER_CLASSES))
+def test_a_folder_saved_from_another_class_than_its_causal_lm_merges_whole(cls, tmp_path):
+    """A folder whose type has a causal LM class but that was saved from another class (a base model, a classifier,
+    an encoder-decoder) is not read as that causal LM, which holds other names ("12 of 12 missing"): it merges whole,
+    as the mean, and loads strictly."""
     from safetensors.torch import load_file
 
     from mmmerge import merge
 
     torch.manual_seed(0)
-    model = ENCODER_DECODERS[model_type]()
+    model = OTHER_CLASSES[cls]()
     model.save_pretrained(tmp_path / "a")
     with torch.no_grad():
         for p in model.parameters():

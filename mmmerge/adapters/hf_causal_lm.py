@@ -22,12 +22,15 @@ DESCRIPTION = "transformers causal LM folder (config.json with a *ForCausalLM ar
 
 
 def causal_lm_arch(cfg: dict) -> str | None:
-    for arch in cfg.get("architectures") or []:
-        if arch.endswith("ForCausalLM"):
+    """The causal LM class the folder was saved from (or, where it names none, its type's); None where it names
+    another class: a base model (LlamaModel), an encoder-decoder (Whisper, BART: their causal LM is the decoder
+    alone), a classifier. Those hold other tensors, and merge whole."""
+    registered = auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(cfg.get("model_type"))
+    named = [arch for arch in cfg.get("architectures") or [] if isinstance(arch, str)]
+    for arch in named:
+        if arch.endswith("ForCausalLM") or arch == registered:
             return arch
-    if cfg.get("is_encoder_decoder") and cfg.get("architectures"):
-        return None  # saved from the encoder-decoder (Whisper, BART): its type's causal LM is the decoder alone
-    return auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(cfg.get("model_type"))
+    return None if named else registered
 
 
 def detect(path: Path) -> bool:
