@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..adapters.families import rename
+from ..adapters import rename
 from ..checkpoint import Checkpoint, Component
 from ..methods import get_method
 from .inputs import SectionInputs
