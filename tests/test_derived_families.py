@@ -51,8 +51,6 @@ NOT_SPLIT = {
                        "google/diffusiongemma-26B-A4B-it sets it, its text encoder is tied to its decoder, whose names "
                        "the files hold: the row derived from the class puts the language model at the encoder's "
                        "names, which read empty",
-    "inkling_mm_model": "its vision tower's layers each write another width (the tower is its encoder layers): "
-                        "nothing lies between the tower and the language model",
 }
 # Derived types whose whole merge fails for a transformers reason, checked to still fail (strict xfail).
 TRANSFORMERS_FAILS = {
@@ -171,6 +169,31 @@ def test_a_vision_config_the_default_leaves_out_derives_from_a_checkpoints_confi
         model = model_class(family.cls)._from_config(config)
     tower = model.get_submodule(next(p for c, p, _ in family.parts if c == "vision").rstrip("."))
     assert tower.config.model_type == config.vision_config.model_type
+
+
+def test_a_tower_that_writes_the_language_width_is_read_with_no_projector():
+    """Inkling's vision tower ends in a linear layer that writes the language model's width: its row has no projector
+    part, the tower and the language model are the modules transformers builds from their configs, and the audio
+    tower is kept outside. Against transformers: built with another text width, the tower's last linear layer writes
+    that width. BLIP's tower and text decoder have one width by default (768), but the tower's does not follow the
+    text config's: BLIP stays unsplit."""
+    import transformers as T
+
+    family = contract_family("inkling_mm_model")
+    assert [p for p in family.parts if p[0] == "projector"] == []
+    assert {p for c, p, _ in family.parts if c != "language"} == {"model.vision_tower."}
+    assert set(family.outside) == {"model.audio_tower."}
+    config = tiny_config("inkling_mm_model").to_dict()
+    config["text_config"]["hidden_size"] = 48
+    with torch.device("meta"):
+        model = model_class(family.cls)._from_config(T.InklingConfig.from_dict(config))
+    tower = model.get_submodule("model.vision_tower")
+    assert [m for m in tower.modules() if isinstance(m, torch.nn.Linear)][-1].out_features == 48
+    assert model.get_submodule("model.language_model").config.hidden_size == 48
+    blip = T.BlipConfig()
+    assert blip.vision_config.hidden_size == blip.text_config.hidden_size
+    with pytest.raises(NotDerivable, match="nothing between"):
+        derive_family("blip")
 
 
 def test_an_audio_embedder_beside_the_image_projector_is_kept_outside():
@@ -343,7 +366,8 @@ def test_reads_into_components_and_merges_whole(model_type, saved, tmp_path):
     a, b = saved(model_type, 0), saved(model_type, 1)
     assert detect_adapter(a) is hf_multimodal
     ckpt = open_checkpoint(a)
-    assert all(ckpt.components[c].tensors for c in ("vision", "projector", "language"))
+    named = {c for c, _, _ in ckpt.family.parts}  # no projector where the tower writes the language width (inkling)
+    assert {c for c, comp in ckpt.components.items() if comp.tensors} == named >= {"vision", "language"}
     files_a, files_b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     held = sum(c.num_params for c in ckpt.components.values()) + sum(t.numel for t in ckpt.outside.values())
     assert held == sum(t.numel() for t in files_a.values())
@@ -387,7 +411,7 @@ WITH_TEXT_ONLY = [t for t in TINY
                   if t not in HEAVY and t not in TRANSFORMERS_FAILS and contract_family(t).language_arch is None]
 # Types whose VLM transformers saves under other language names than the text-only class: merged text-only first too
 # (the output is still the VLM's family, in its names)
-NAMED_APART = ["kimi_k25", "cosmos3_omni", "qianfan_ocr", "minimax_m3_vl", "nemotron_h_omni"]
+NAMED_APART = ["kimi_k25", "cosmos3_omni", "qianfan_ocr", "minimax_m3_vl", "nemotron_h_omni", "inkling_mm_model"]
 
 
 @pytest.mark.parametrize("model_type,vlm_first", [
@@ -597,6 +621,8 @@ def _tower_on_pixels_alone(folder, model_type):
 
 # Towers the derivation lets a LLaVA hold that do not run on pixel values alone (strict xfail: a fix shows).
 HELD_BUT_FAILS = {
+    "inkling_mm_model": "its tower embeds pre-cut patches (a tensor of patches by their temporal and spatial pixels) "
+                        "with linear layers, not images: the derivation should refuse it",
     "molmo2": "its tower embeds pre-cut 14x14 patches with a linear layer (588 inputs), not images: the derivation "
               "should refuse it",
 }
