@@ -524,6 +524,42 @@ def test_components_recipe_vision_from_one_language_merged(model_type, saved, tm
     assert any(not torch.equal(sa[k], sb[k]) and _component_of(model_type, k) == "vision" for k in got)
 
 
+def test_a_family_without_a_projector_leaves_it_out_of_components(saved, lm, tmp_path):
+    """inkling_mm_model has no projector: a `components:` recipe that leaves it out writes the family (transformers
+    loads it strictly: language the mean, the rest the source's), as one that names a source of it does; a LLaVA's
+    projector has no place in it, a LLaVA needs its own named, and the empty projector is no folder of its own: each
+    refused in one line, nothing written. Stitch takes no projector from it either; inspect shows it empty."""
+    from cli_run import one_line_error, run
+
+    model_type = "inkling_mm_model"
+    a, b, llava = saved(model_type, 0), saved(model_type, 1), saved("llava")
+    language = {"merge_method": "linear", "parameters": {"weight": 1.0}, "models": [{"model": str(a)}, {"model": str(b)}]}
+    left_out = merge({"components": {"vision": {"source": str(b)}, "language": language},
+                      "output": {"format": "family"}}, tmp_path / "left_out", quiet=True)
+    named = merge({"components": {"vision": {"source": str(b)}, "projector": {"source": str(a)}, "language": language},
+                   "output": {"format": model_type}}, tmp_path / "named", quiet=True)
+    got, sa, sb = (_loads_strictly(model_type, f) for f in (left_out, a, b))
+    for k, v in got.items():  # the audio tower, outside: the language model's reference's (no projector source)
+        want = {"language": (sa[k] + sb[k]) / 2, "vision": sb[k], None: sa[k]}[_component_of(model_type, k)]
+        torch.testing.assert_close(v, want, rtol=0, atol=1e-6, msg=k)
+    assert load_file(named / "model.safetensors").keys() == load_file(left_out / "model.safetensors").keys()
+    refused = [({"vision": {"source": str(b)}, "projector": {"source": str(llava)}, "language": language}, model_type,
+                "has no projector (its vision tower writes the language model's width itself)"),
+               ({"vision": {"source": str(llava)}, "language": {"source": str(llava)}}, "llava",
+                "llava (" + str(llava) + ") holds a projector"),
+               ({"projector": {"source": str(a)}}, "hf", "holds no projector tensors: nothing to write")]
+    for components, fmt, said in refused:
+        recipe = tmp_path / "recipe.json"
+        recipe.write_text(json.dumps({"components": components, "output": {"format": fmt}}))
+        one_line_error(run("merge", recipe, "--out", tmp_path / "out", "--quiet"), said)
+        assert not (tmp_path / "out").exists()
+    r = run("stitch", "--vision", llava, "--language", lm, "--projector", a, "--out", tmp_path / "out", "--quiet")
+    one_line_error(r, str(a), "holds no projector")
+    assert not (tmp_path / "out").exists()
+    shown = json.loads(run("inspect", a, "--json").stdout)["components"]
+    assert shown["projector"]["tensors"] == 0 and shown["vision"]["tensors"] and shown["language"]["tensors"]
+
+
 CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
 
