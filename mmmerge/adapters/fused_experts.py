@@ -65,7 +65,7 @@ def _plan(arch: str, config_json: str, names: tuple[str, ...]) -> dict[str, list
         order = [*layout["required"], *layout["optional"]]  # the class's own order, which random methods draw in
         return {target: _by_pattern(plan[target], converters) for target in order if target in plan}
 
-    return _kept_on_disk("fused-experts-2", f"{arch}\n{config_json}\n" + "\n".join(names), compute)
+    return _kept_on_disk("fused-experts-3", f"{arch}\n{config_json}\n" + "\n".join(names), compute)
 
 
 def _by_pattern(sources: list[list], converters) -> list[list]:
@@ -92,12 +92,17 @@ def load_plan(arch: str, config_json: str, names) -> dict[str, list[list]]:
 
 
 def _split_targets(target: str, pattern: str | None, converters) -> list[str]:
-    """`target` and the other targets its converter writes beside it (its other target patterns, in its order)."""
+    """`target` and the other targets its converter cuts the same source into (its other target patterns, in its
+    order), where the converter's last operation is transformers' own chunking (other converters with several
+    targets, Ernie-4.5-VL's text and vision experts, route each source by its own rule)."""
+    from transformers import core_model_loading as loading
+
     converter = next((c for c in converters if pattern in c.source_patterns), None)
-    first = next((t for t in converter.target_patterns if t in target), None) if converter else None
-    if first is None or len(converter.target_patterns) < 2:
+    cuts = tuple(getattr(loading, name) for name in ("Chunk", "Split") if hasattr(loading, name))
+    if converter is None or len(converter.target_patterns) < 2 or not isinstance(converter.operations[-1], cuts):
         return [target]
-    return [target.replace(first, t) for t in converter.target_patterns]
+    first = next((t for t in converter.target_patterns if t in target), None)
+    return [target] if first is None else [target.replace(first, t) for t in converter.target_patterns]
 
 
 @functools.lru_cache(maxsize=8)

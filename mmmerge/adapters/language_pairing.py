@@ -146,4 +146,4 @@ def _loaded(cls: str, config_json: str, names: tuple[str, ...]) -> dict:
         return {target: [list(held[target].shape) if target in held else None, _by_pattern(sources, converters)]
                 for target, sources in plan.items()}
 
-    return _kept_on_disk("vlm-language-loaded-2", f"{cls}\n{config_json}\n" + "\n".join(names), compute)
+    return _kept_on_disk("vlm-language-loaded-3", f"{cls}\n{config_json}\n" + "\n".join(names), compute)
