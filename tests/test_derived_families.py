@@ -533,7 +533,8 @@ def test_a_family_without_a_projector_leaves_it_out_of_components(saved, lm, tmp
 
     model_type = "inkling_mm_model"
     a, b, llava = saved(model_type, 0), saved(model_type, 1), saved("llava")
-    language = {"merge_method": "linear", "parameters": {"weight": 1.0}, "models": [{"model": str(a)}, {"model": str(b)}]}
+    language = {"merge_method": "linear", "parameters": {"weight": 1.0},
+                "models": [{"model": str(a)}, {"model": str(b)}]}
     left_out = merge({"components": {"vision": {"source": str(b)}, "language": language},
                       "output": {"format": "family"}}, tmp_path / "left_out", quiet=True)
     named = merge({"components": {"vision": {"source": str(b)}, "projector": {"source": str(a)}, "language": language},
