@@ -56,7 +56,9 @@ def rows() -> list[tuple[str, str, str]]:
             continue
         how = ("hand-written override" if t in FAMILIES else "derived" if family_named(t) is not None
                else "derived from a checkpoint's config (its default config does not build or split)")
-        out.append((t, f"{how}; {_language(family)}", _proven(c, t, family)))
+        none = "" if any(part == "projector" for part, _, _ in family.parts) else \
+            "; no projector (its vision tower writes the language model's width)"
+        out.append((t, f"{how}{none}; {_language(family)}", _proven(c, t, family)))
     return out
 
 

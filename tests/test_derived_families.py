@@ -51,8 +51,6 @@ NOT_SPLIT = {
                        "google/diffusiongemma-26B-A4B-it sets it, its text encoder is tied to its decoder, whose names "
                        "the files hold: the row derived from the class puts the language model at the encoder's "
                        "names, which read empty",
-    "inkling_mm_model": "its vision tower's layers each write another width (the tower is its encoder layers): "
-                        "nothing lies between the tower and the language model",
 }
 # Derived types whose whole merge fails for a transformers reason, checked to still fail (strict xfail).
 TRANSFORMERS_FAILS = {
@@ -171,6 +169,31 @@ def test_a_vision_config_the_default_leaves_out_derives_from_a_checkpoints_confi
         model = model_class(family.cls)._from_config(config)
     tower = model.get_submodule(next(p for c, p, _ in family.parts if c == "vision").rstrip("."))
     assert tower.config.model_type == config.vision_config.model_type
+
+
+def test_a_tower_that_writes_the_language_width_is_read_with_no_projector():
+    """Inkling's vision tower ends in a linear layer that writes the language model's width: its row has no projector
+    part, the tower and the language model are the modules transformers builds from their configs, and the audio
+    tower is kept outside. Against transformers: built with another text width, the tower's last linear layer writes
+    that width. BLIP's tower and text decoder have one width by default (768), but the tower's does not follow the
+    text config's: BLIP stays unsplit."""
+    import transformers as T
+
+    family = contract_family("inkling_mm_model")
+    assert [p for p in family.parts if p[0] == "projector"] == []
+    assert {p for c, p, _ in family.parts if c != "language"} == {"model.vision_tower."}
+    assert set(family.outside) == {"model.audio_tower."}
+    config = tiny_config("inkling_mm_model").to_dict()
+    config["text_config"]["hidden_size"] = 48
+    with torch.device("meta"):
+        model = model_class(family.cls)._from_config(T.InklingConfig.from_dict(config))
+    tower = model.get_submodule("model.vision_tower")
+    assert [m for m in tower.modules() if isinstance(m, torch.nn.Linear)][-1].out_features == 48
+    assert model.get_submodule("model.language_model").config.hidden_size == 48
+    blip = T.BlipConfig()
+    assert blip.vision_config.hidden_size == blip.text_config.hidden_size
+    with pytest.raises(NotDerivable, match="nothing between"):
+        derive_family("blip")
 
 
 def test_an_audio_embedder_beside_the_image_projector_is_kept_outside():
@@ -343,7 +366,8 @@ def test_reads_into_components_and_merges_whole(model_type, saved, tmp_path):
     a, b = saved(model_type, 0), saved(model_type, 1)
     assert detect_adapter(a) is hf_multimodal
     ckpt = open_checkpoint(a)
-    assert all(ckpt.components[c].tensors for c in ("vision", "projector", "language"))
+    named = {c for c, _, _ in ckpt.family.parts}  # no projector where the tower writes the language width (inkling)
+    assert {c for c, comp in ckpt.components.items() if comp.tensors} == named >= {"vision", "language"}
     files_a, files_b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     held = sum(c.num_params for c in ckpt.components.values()) + sum(t.numel for t in ckpt.outside.values())
     assert held == sum(t.numel() for t in files_a.values())
@@ -387,7 +411,7 @@ WITH_TEXT_ONLY = [t for t in TINY
                   if t not in HEAVY and t not in TRANSFORMERS_FAILS and contract_family(t).language_arch is None]
 # Types whose VLM transformers saves under other language names than the text-only class: merged text-only first too
 # (the output is still the VLM's family, in its names)
-NAMED_APART = ["kimi_k25", "cosmos3_omni", "qianfan_ocr", "minimax_m3_vl", "nemotron_h_omni"]
+NAMED_APART = ["kimi_k25", "cosmos3_omni", "qianfan_ocr", "minimax_m3_vl", "nemotron_h_omni", "inkling_mm_model"]
 
 
 @pytest.mark.parametrize("model_type,vlm_first", [
@@ -500,6 +524,43 @@ def test_components_recipe_vision_from_one_language_merged(model_type, saved, tm
     assert any(not torch.equal(sa[k], sb[k]) and _component_of(model_type, k) == "vision" for k in got)
 
 
+def test_a_family_without_a_projector_leaves_it_out_of_components(saved, lm, tmp_path):
+    """inkling_mm_model has no projector: a `components:` recipe that leaves it out writes the family (transformers
+    loads it strictly: language the mean, the rest the source's), as one that names a source of it does; a LLaVA's
+    projector has no place in it, a LLaVA needs its own named, and the empty projector is no folder of its own: each
+    refused in one line, nothing written. Stitch takes no projector from it either; inspect shows it empty."""
+    from cli_run import one_line_error, run
+
+    model_type = "inkling_mm_model"
+    a, b, llava = saved(model_type, 0), saved(model_type, 1), saved("llava")
+    language = {"merge_method": "linear", "parameters": {"weight": 1.0},
+                "models": [{"model": str(a)}, {"model": str(b)}]}
+    left_out = merge({"components": {"vision": {"source": str(b)}, "language": language},
+                      "output": {"format": "family"}}, tmp_path / "left_out", quiet=True)
+    named = merge({"components": {"vision": {"source": str(b)}, "projector": {"source": str(a)}, "language": language},
+                   "output": {"format": model_type}}, tmp_path / "named", quiet=True)
+    got, sa, sb = (_loads_strictly(model_type, f) for f in (left_out, a, b))
+    for k, v in got.items():  # the audio tower, outside: the language model's reference's (no projector source)
+        want = {"language": (sa[k] + sb[k]) / 2, "vision": sb[k], None: sa[k]}[_component_of(model_type, k)]
+        torch.testing.assert_close(v, want, rtol=0, atol=1e-6, msg=k)
+    assert load_file(named / "model.safetensors").keys() == load_file(left_out / "model.safetensors").keys()
+    refused = [({"vision": {"source": str(b)}, "projector": {"source": str(llava)}, "language": language}, model_type,
+                "has no projector (its vision tower writes the language model's width itself)"),
+               ({"vision": {"source": str(llava)}, "language": {"source": str(llava)}}, "llava",
+                "llava (" + str(llava) + ") holds a projector"),
+               ({"projector": {"source": str(a)}}, "hf", "holds no projector tensors: nothing to write")]
+    for components, fmt, said in refused:
+        recipe = tmp_path / "recipe.json"
+        recipe.write_text(json.dumps({"components": components, "output": {"format": fmt}}))
+        one_line_error(run("merge", recipe, "--out", tmp_path / "out", "--quiet"), said)
+        assert not (tmp_path / "out").exists()
+    r = run("stitch", "--vision", llava, "--language", lm, "--projector", a, "--out", tmp_path / "out", "--quiet")
+    one_line_error(r, str(a), "holds no projector")
+    assert not (tmp_path / "out").exists()
+    shown = json.loads(run("inspect", a, "--json").stdout)["components"]
+    assert shown["projector"]["tensors"] == 0 and shown["vision"]["tensors"] and shown["language"]["tensors"]
+
+
 CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
 
@@ -597,6 +658,8 @@ def _tower_on_pixels_alone(folder, model_type):
 
 # Towers the derivation lets a LLaVA hold that do not run on pixel values alone (strict xfail: a fix shows).
 HELD_BUT_FAILS = {
+    "inkling_mm_model": "its tower embeds pre-cut patches (a tensor of patches by their temporal and spatial pixels) "
+                        "with linear layers, not images: the derivation should refuse it",
     "molmo2": "its tower embeds pre-cut 14x14 patches with a linear layer (588 inputs), not images: the derivation "
               "should refuse it",
 }

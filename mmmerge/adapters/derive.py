@@ -37,7 +37,7 @@ from .families import TOP_LEVEL, Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-18"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-19"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -128,7 +128,7 @@ def _derive(model_type: str, config_json: str | None) -> Family:
     if all(any(n.startswith(p) for _, p, _ in projector) for n in names if n.startswith(tower + ".")):
         raise NotDerivable(f"every part of {cls_name}'s vision tower writes another width than its blocks: "
                            "the tower cannot be told from a projector")
-    if not projector:
+    if not projector and not _writes_the_language_width(model.config, text, modules[tower]):
         raise NotDerivable(f"{cls_name} holds nothing between its vision tower and its language model")
     lm_canonical = counterpart[2] if counterpart else ""
     parts = [*projector, ("vision", tower + ".", ""), ("language", language + ".", lm_canonical)]
@@ -358,6 +358,30 @@ def _tower_width(tower) -> int | None:
         return None
     largest = max(children, key=lambda m: sum(p.numel() for p in m.parameters()))
     return _widths(largest)[-1]
+
+
+def _writes_the_language_width(config, text, tower) -> bool:
+    """The tower itself writes the language model's width (Inkling's last encoder layer: nothing lies between, the
+    projector is empty): it writes the text config's `hidden_size`, and, the config built again with that width
+    doubled (so that ties the config makes, `vision_config.text_hidden_size`, follow), the tower built again on the
+    meta device writes the doubled width. A width that only coincides (BLIP's 768 both sides) does not follow."""
+    import torch
+
+    width = getattr(text, "hidden_size", None)
+    if type(width) is not int or _tower_width(tower) != width:
+        return False
+    data = config.to_dict()
+    key = next((k for k, v in data.items() if isinstance(v, dict) and v.get("model_type") == text.model_type), None)
+    if key is None:
+        return False
+    data[key] = {**data[key], "hidden_size": 2 * width}
+    try:
+        changed = type(config).from_dict(data)
+        vision = next(v for v in vars(changed).values() if type(v) is type(tower.config))
+        with torch.device("meta"):
+            return _tower_width(type(tower)._from_config(vision)) == 2 * width
+    except Exception:  # noqa: BLE001  (a config that does not build again with another width tells nothing)
+        return False
 
 
 def _writes_other_width(module, width: int | None) -> bool:

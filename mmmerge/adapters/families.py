@@ -53,6 +53,12 @@ class Family:
         return self.layouts.get(name, ())
 
     @property
+    def has_projector(self) -> bool:
+        """Something lies between the vision tower and the language model; not where the tower writes the language
+        model's width itself (Inkling's last encoder layer), whose projector component holds no tensor."""
+        return any(component == "projector" for component, _, _ in self.parts)
+
+    @property
     def language_alone(self) -> bool:
         """Some class of transformers holds the language model without the vision tower."""
         return self.text_config != TOP_LEVEL

@@ -65,7 +65,7 @@ def _plan(arch: str, config_json: str, names: tuple[str, ...]) -> dict[str, list
         order = [*layout["required"], *layout["optional"]]  # the class's own order, which random methods draw in
         return {target: _by_pattern(plan[target], converters) for target in order if target in plan}
 
-    return _kept_on_disk("fused-experts", f"{arch}\n{config_json}\n" + "\n".join(names), compute)
+    return _kept_on_disk("fused-experts-3", f"{arch}\n{config_json}\n" + "\n".join(names), compute)
 
 
 def _by_pattern(sources: list[list], converters) -> list[list]:
@@ -77,7 +77,8 @@ def _by_pattern(sources: list[list], converters) -> list[list]:
 def load_plan(arch: str, config_json: str, names) -> dict[str, list[list]]:
     """in-memory name -> [[source pattern or None, file name], ...]: where the class's load-time conversion puts each
     of the file tensors `names`, in its order (sorted as transformers sorts them); a target the class does not hold
-    is named too."""
+    is named too. A file tensor a converter splits into several targets (Inkling's `shared_w13_weight` into gate and
+    up) is a source of each."""
     from transformers.core_model_loading import dot_natural_key, rename_source_key
 
     model, renamings, converters = class_conversions(arch, config_json)
@@ -85,8 +86,23 @@ def load_plan(arch: str, config_json: str, names) -> dict[str, list[list]]:
     plan: dict[str, list] = {}
     for name in sorted(names, key=dot_natural_key):
         target, pattern = rename_source_key(name, renamings, converters, model.base_model_prefix, held)
-        plan.setdefault(target, []).append([pattern, name])
+        for each in _split_targets(target, pattern, converters):
+            plan.setdefault(each, []).append([pattern, name])
     return plan
+
+
+def _split_targets(target: str, pattern: str | None, converters) -> list[str]:
+    """`target` and the other targets its converter cuts the same source into (its other target patterns, in its
+    order), where the converter's last operation is transformers' own chunking (other converters with several
+    targets, Ernie-4.5-VL's text and vision experts, route each source by its own rule)."""
+    from transformers import core_model_loading as loading
+
+    converter = next((c for c in converters if pattern in c.source_patterns), None)
+    cuts = tuple(getattr(loading, name) for name in ("Chunk", "Split") if hasattr(loading, name))
+    if converter is None or len(converter.target_patterns) < 2 or not isinstance(converter.operations[-1], cuts):
+        return [target]
+    first = next((t for t in converter.target_patterns if t in target), None)
+    return [target] if first is None else [target.replace(first, t) for t in converter.target_patterns]
 
 
 @functools.lru_cache(maxsize=8)
@@ -116,5 +132,7 @@ def _fuse(arch: str, config_json: str, target: str, patterns: list[str], *tensor
         collected = op.convert(collected, source_patterns=converter.source_patterns,
                                target_patterns=converter.target_patterns, full_layer_name=target,
                                config=model.config, model=model)
+    if len(collected) > 1:  # a converter that splits its source (gate and up): the part that is `target`
+        collected = {k: v for k, v in collected.items() if k in target}
     (result,) = collected.values()
     return result

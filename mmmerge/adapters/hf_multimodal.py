@@ -30,6 +30,9 @@ FORMAT = "transformers-<model_type>"  # e.g. transformers-llava, transformers-qw
 DESCRIPTION = ("transformers image-text-to-text folder (config.json with a model_type transformers lists for "
                "image-text-to-text)")
 MEMORY = "memory"
+# The projector's class where the row names none: the vision tower writes the language model's width itself
+# (Inkling's last encoder layer), and the projector component holds no tensor.
+NO_PROJECTOR = "none"
 
 
 def detect(path: Path) -> bool:
@@ -142,12 +145,12 @@ def read(path: Path) -> Checkpoint:
     tied = any(split_name(family, n) == ("language", "lm_head.weight") for n in optional)
     lang_arch, lang_cfg = language_arch_and_config(family, text_cfg, tied, path)
     modules = layout["modules"]
-    proj_prefix = next(p for c, p, _ in family.parts if c == "projector")
+    proj_prefix = next((p for c, p, _ in family.parts if c == "projector"), None)
+    proj_arch = NO_PROJECTOR if proj_prefix is None else modules.get(proj_prefix.rstrip("."), "projector")
     components = {
         "vision": Component("vision", vision_arch(family, vision_cfg, path), vision_cfg, parts["vision"],
                             read_preprocess(path)),
-        "projector": Component("projector", modules.get(proj_prefix.rstrip("."), "projector"),
-                               projector_config(cfg, vision_cfg, text_cfg), parts["projector"]),
+        "projector": Component("projector", proj_arch, projector_config(cfg, vision_cfg, text_cfg), parts["projector"]),
         "language": Component("language", lang_arch, lang_cfg, parts["language"]),
     }
     source = {"config.json": cfg, "layout": layout_name, "names": kind}

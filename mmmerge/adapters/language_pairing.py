@@ -38,27 +38,36 @@ def as_vlm_language(vlm: Checkpoint, text: Component) -> Component | None:
         return None
     in_memory = source.get("names") == "memory"  # a VLM whose files hold its in-memory names: placed, not saved
     renames = family.layout(source["layout"])
+    text_name = {held: name for name, held in memory.items()}
     tensors: dict[str, LazyTensor] = {}
     for name, tensor in text.tensors.items():
         held = memory[name]
         renamed = in_memory or written[held]["renamed"]
         if not renamed and tuple(tensor.shape) != tuple(written[held]["shape"]):
             return None  # converted by the class's shapes: the text-only tensor must have them
+        joined = tuple(written[held]["joined"])  # tensors written into the same files (Inkling's gate and up)
+        if not in_memory and held != joined[0]:
+            continue  # written with the first of them
+        if any(h not in text_name for h in joined):
+            return None
+        parts = [text.tensors[text_name[h]] for h in joined]
         files = {held: written[held]["shape"]} if in_memory else written[held]["files"]
-        group = None if renamed else _converted_together(family.cls, config, held)
+        group = None if renamed else _converted_together(family.cls, config, joined)
         for file_name, shape in files.items():
             where = split_name(family, rename(file_name, renames, to_memory=True))
             if where is None or where[0] != "language":
                 return None
             tensors[where[1]] = tensor if renamed else combine(
-                [tensor], lambda loaded, f=file_name, g=group: g(f, loaded), shape)
+                parts, lambda *loaded, f=file_name, g=group: g(f, *loaded), shape)
     return Component(text.name, text.arch, text.config, tensors, text.preprocess)
 
 
 def _written(cls: str, config_json: str, held: tuple[str, ...]) -> dict | None:
-    """in-memory name -> {"shape", "files": file name -> shape, "renamed": written as it is held}: what the class's
-    save path writes for each of `held`, each passed through it on its own; None when the class lacks one of them
-    or its save path cannot write one alone (a converter that joins it with others)."""
+    """in-memory name -> {"shape", "files": file name -> shape, "renamed": written as it is held, "joined": the
+    names written into the same files, in order}: what the class's save path writes for each of `held`, passed
+    through it on its own, or together with the others its converter joins it with (Inkling writes its shared
+    experts' gate and up interleaved in one `shared_w13_weight`); None when the class lacks one of them or its save
+    path cannot write them."""
 
     def compute() -> dict:
         from .hf_export import to_file_names
@@ -75,23 +84,28 @@ def _written(cls: str, config_json: str, held: tuple[str, ...]) -> dict | None:
                 return {"written": None}
             renamed = len(files) == 1 and next(iter(files.values())) is state[name]
             out[name] = {"shape": list(state[name].shape), "renamed": renamed,
-                         "files": {f: list(t.shape) for f, t in files.items()}}
+                         "files": {f: list(t.shape) for f, t in files.items()}, "joined": [name]}
+        for name in held:  # a file written for several names: written from all of them at once
+            joined = [n for n in held if set(out[n]["files"]) & set(out[name]["files"])]
+            if len(joined) > 1:
+                files = to_file_names(model, {n: state[n] for n in joined})
+                out[name].update(renamed=False, joined=joined, files={f: list(t.shape) for f, t in files.items()})
         return {"written": out}
 
-    return _kept_on_disk("vlm-language-names", f"{cls}\n{config_json}\n" + "\n".join(held), compute)["written"]
+    return _kept_on_disk("vlm-language-names-2", f"{cls}\n{config_json}\n" + "\n".join(held), compute)["written"]
 
 
-def _converted_together(cls: str, config_json: str, held: str):
-    """(file name, the loaded in-memory tensor `held`) -> that file tensor, as the class's save path writes it: the
-    tensors converted together (one per expert) are converted once while they are read in turn."""
+def _converted_together(cls: str, config_json: str, held: tuple[str, ...]):
+    """(file name, the loaded in-memory tensors `held`) -> that file tensor, as the class's save path writes it: the
+    file tensors converted together (one per expert) are converted once while they are read in turn."""
     done: dict = {}
 
-    def take(file_name: str, loaded):
+    def take(file_name: str, *loaded):
         if file_name not in done:
             from .hf_export import to_file_names
 
             done.clear()
-            done.update(to_file_names(class_conversions(cls, config_json)[0], {held: loaded}))
+            done.update(to_file_names(class_conversions(cls, config_json)[0], dict(zip(held, loaded))))
         return done.pop(file_name)
 
     return take
@@ -132,4 +146,4 @@ def _loaded(cls: str, config_json: str, names: tuple[str, ...]) -> dict:
         return {target: [list(held[target].shape) if target in held else None, _by_pattern(sources, converters)]
                 for target, sources in plan.items()}
 
-    return _kept_on_disk("vlm-language-loaded", f"{cls}\n{config_json}\n" + "\n".join(names), compute)
+    return _kept_on_disk("vlm-language-loaded-3", f"{cls}\n{config_json}\n" + "\n".join(names), compute)

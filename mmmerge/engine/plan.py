@@ -119,6 +119,9 @@ def _uniform_dtype(tasks: list[TensorTask]) -> torch.dtype | None:
 
 def _hf_output(cp: ComponentPlan, notes: list[str]) -> tuple[dict, list[TensorTask], Path | None, dict | None]:
     comp = cp.component
+    if not cp.tasks:  # a family's empty projector (inkling_mm_model: its vision tower writes the language width)
+        raise RecipeError(f"components.{cp.name}: {', '.join(cp.sources)} holds no {cp.name} tensors: nothing to "
+                          "write as a folder of its own")
     own = cp.reference.source_config.get("config.json") if cp.reference.family is None else None
     if cp.name == "language" and own and own.get("model_type") == comp.config.get("model_type"):
         cfg = copy.deepcopy(own)  # a causal LM's own config.json, as it was
@@ -189,8 +192,9 @@ def _untie_config(cfg: dict) -> None:
 def family_reference(components: dict[str, ComponentPlan], opener: Opener, fmt: str) -> Checkpoint:
     """The multimodal checkpoint whose config, layout and processor the output takes: the first input of the
     family `fmt` names, or, for `family`, the first input that holds all three components (the projector's
-    source first, then the language model's, then the vision tower's, then any other input)."""
-    order = [components["projector"].reference, components["language"].reference, components["vision"].reference]
+    source first (where the recipe names one), then the language model's, then the vision tower's, then any other
+    input)."""
+    order = [components[c].reference for c in ("projector", "language", "vision") if c in components]
     order += list(opener.cache.values())
     found = next((ck for ck in order if ck.family is not None and fmt in ("family", ck.family.model_type)), None)
     if found is None:
@@ -206,6 +210,7 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
     """The output in a family's layout: the reference's config, the components' tasks under its names, and the
     tensors outside every component as the reference holds them (a plain recipe merges them: engine/outside.py)."""
     ref = family_reference(components, opener, fmt)
+    no_projector(ref, components, fmt)
     for cname, cp in components.items():
         if cp.config_updates:  # a new layer count: checked against the class built from the new config below
             continue
@@ -232,6 +237,20 @@ def _family_output(components: dict[str, ComponentPlan], opener: Opener, fmt: st
         out_dtype = dtype if dtype is not None and tensor.dtype.is_floating_point else tensor.dtype
         tasks.append(TensorTask(name=out_name, shape=tuple(tensor.shape), dtype=out_dtype, tensors=[tensor]))
     return cfg, tasks, ref, ref.family.model_type
+
+
+def no_projector(ref: Checkpoint, components: dict[str, ComponentPlan], fmt: str) -> None:
+    """A family whose vision tower writes the language model's width itself has no projector: a `components:` recipe
+    may leave it out, or name a source of such a family (nothing to copy); a projector that holds tensors has no
+    place in it. A family with a projector needs it named."""
+    family, projector = ref.family, components.get("projector")
+    if family.has_projector and projector is None:
+        raise RecipeError(f"output format {fmt}: {family.model_type} ({ref.path}) holds a projector between its "
+                          "vision tower and language model; name it in `components:` (projector: {source: ...})")
+    if not family.has_projector and projector is not None and projector.tasks:
+        raise RecipeError(f"components.projector: {family.model_type} ({ref.path}) has no projector (its vision tower "
+                          f"writes the language model's width itself), so the {len(projector.tasks)} projector "
+                          f"tensors of {', '.join(projector.sources)} have no place in it; leave projector out")
 
 
 def _outside_use(ck: Checkpoint, kept_from: Checkpoint | None, merged: set[str], recipe: Recipe) -> str:

@@ -115,7 +115,11 @@ def _from_mmmerge(path: Path, meta: dict) -> ProjectorSource:
 def _from_llava(path: Path) -> ProjectorSource:
     from ..adapters import open_checkpoint
 
-    component = open_checkpoint(path).component("projector")
+    ckpt = open_checkpoint(path)
+    if not ckpt.family.has_projector:
+        raise UnknownFormatError(f"{path}: {ckpt.family.model_type} holds no projector (its vision tower writes the "
+                                 "language model's width itself)")
+    component = ckpt.component("projector")
     cfg = component.config
     tensors = {k: t.load() for k, t in component.tensors.items()}
     projector = from_state_dict(tensors, act=cfg.get("projector_hidden_act", "gelu"))
