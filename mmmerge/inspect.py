@@ -78,6 +78,9 @@ def format_summary(s: dict) -> str:
     if s.get("whole_model"):
         lines.append(f"  whole model, no components ({s['whole_model']}): merges tensor by tensor")
     for name, c in s["components"].items():
+        if not c["tensors"] and name == "projector":  # Inkling's tower writes the language model's width itself
+            lines.append("  projector: none (the vision tower writes the language model's width)")
+            continue
         lines.append(f"  {name}: {c['architecture']}  {c['parameters']:,} parameters in {c['tensors']} tensors"
                      f"  ({', '.join(f'{d}: {n:,}' for d, n in c['dtypes'].items())})")
         if c["config"]:

@@ -559,6 +559,7 @@ def test_a_family_without_a_projector_leaves_it_out_of_components(saved, lm, tmp
     assert not (tmp_path / "out").exists()
     shown = json.loads(run("inspect", a, "--json").stdout)["components"]
     assert shown["projector"]["tensors"] == 0 and shown["vision"]["tensors"] and shown["language"]["tensors"]
+    assert "  projector: none (the vision tower writes the language model's width)\n" in run("inspect", a).stdout
 
 
 CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
