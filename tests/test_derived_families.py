@@ -658,12 +658,7 @@ def _tower_on_pixels_alone(folder, model_type):
 
 
 # Towers the derivation lets a LLaVA hold that do not run on pixel values alone (strict xfail: a fix shows).
-HELD_BUT_FAILS = {
-    "inkling_mm_model": "its tower embeds pre-cut patches (a tensor of patches by their temporal and spatial pixels) "
-                        "with linear layers, not images: the derivation should refuse it",
-    "molmo2": "its tower embeds pre-cut 14x14 patches with a linear layer (588 inputs), not images: the derivation "
-              "should refuse it",
-}
+HELD_BUT_FAILS: dict[str, str] = {}
 HELD_BY_LLAVA = [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=HELD_BUT_FAILS[t]))
                  if t in HELD_BUT_FAILS else t for t in TINY
                  if t not in HEAVY and t not in TRANSFORMERS_FAILS and not contract_family(t).not_in_llava]

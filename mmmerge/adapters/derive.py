@@ -37,7 +37,7 @@ from .families import TOP_LEVEL, Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-19"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-20"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -136,7 +136,7 @@ def _derive(model_type: str, config_json: str | None) -> Family:
         parts.append(("language", head + ".", "lm_head."))
     language_type, language_arch = _language_fields(counterpart, text.model_type, type(modules[language]).__name__)
     family = Family(model_type, cls_name, tuple(parts), {}, outside, *_vision_fields(type(modules[tower]), vision),
-                    language_type, language_arch, not_in_llava=_not_in_llava(modules[tower]))
+                    language_type, language_arch, not_in_llava=_not_in_llava(modules[tower], vision))
     return _with_layouts(model, family, names)
 
 
@@ -235,7 +235,7 @@ def _derive_top_level(model_type: str, cls_name: str, vision, model) -> Family:
     if head is not None:
         parts.append(("language", head + ".", head + "."))
     family = Family(model_type, cls_name, tuple(parts), {}, outside, *_vision_fields(type(modules[tower]), vision),
-                    None, cls_name, text_config=TOP_LEVEL, not_in_llava=_not_in_llava(modules[tower]))
+                    None, cls_name, text_config=TOP_LEVEL, not_in_llava=_not_in_llava(modules[tower], vision))
     return _with_layouts(model, family, names)
 
 
@@ -518,9 +518,10 @@ INPUTS_IN_WORDS = {"grid_thw": "flattened patches with their grid sizes", "aspec
 NEEDED_THOUGH_DEFAULTED = ("grid_thw", "target_sizes")
 
 
-def _not_in_llava(tower) -> str | None:
+def _not_in_llava(tower, vision) -> str | None:
     """Why a LLaVA cannot hold the tower: its forward needs more than the pixel values a LLaVA passes, it has no
-    forward (Apertus 1.5's VQ image tokenizer encodes through other methods), or it records no hidden states."""
+    forward (Apertus 1.5's VQ image tokenizer encodes through other methods), it records no hidden states, or its
+    first layer takes something other than images (`_first_layer_on_images`)."""
     import inspect
 
     import torch
@@ -538,10 +539,55 @@ def _not_in_llava(tower) -> str | None:
     if params and params[0].name != "pixel_values" and params[0].name not in needed:
         needed.insert(0, params[0].name)
     if not needed:
-        return None
+        return _first_layer_on_images(tower, vision)
     words = [next((w for k, w in INPUTS_IN_WORDS.items() if n.endswith(k)), None) for n in needed]
     said = [w for w in dict.fromkeys(words) if w] or needed
     return f"takes {', '.join(said)}, not images"
+
+
+class _Reached(Exception):
+    """The tower's forward reached its first layer: nothing after it is run."""
+
+
+def _first_layer_on_images(tower, vision) -> str | None:
+    """Why the tower's first layer cannot take a batch of images, as a LLaVA passes them: its forward is run on the
+    meta device until its first linear or convolution layer (no arithmetic), whose input is looked at. Molmo2's and
+    Inkling's towers apply a linear layer of patch_size² x channels inputs to the pixel values as they come (their
+    processors cut the patches); Llama 4's and RADIO's cut them in the forward first, and take images. None where
+    the forward fails before that layer (a value it reads from the data, which the meta device has not): no reason
+    found, none given."""
+    import torch
+
+    size = getattr(vision, "image_size", None)
+    size = size if type(size) is int else 224
+    channels = getattr(vision, "num_channels", 3)
+    channels = channels if type(channels) is int else 3
+    seen: list = []
+
+    def reached(module, args):
+        seen.append((module, args[0] if args and isinstance(args[0], torch.Tensor) else None))
+        raise _Reached
+
+    layers = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
+    hooks = [m.register_forward_pre_hook(reached) for m in tower.modules() if isinstance(m, layers)]
+    try:
+        with torch.no_grad():
+            tower(torch.zeros(1, channels, size, size, device="meta"))
+    except _Reached:
+        pass
+    except Exception:  # noqa: BLE001  (a forward that needs real values stops before its first layer)
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+    if not seen or seen[0][1] is None:
+        return None
+    layer, x = seen[0]
+    takes = layer.in_features if isinstance(layer, torch.nn.Linear) else layer.in_channels
+    given = x.shape[-1] if isinstance(layer, torch.nn.Linear) else (x.shape[1] if x.dim() > 1 else None)
+    if given == takes:
+        return None
+    return f"takes pre-cut patches of {takes} values each, not images (its first layer is a {type(layer).__name__})"
 
 
 def _with_layouts(model, family: Family, names: dict) -> Family:
