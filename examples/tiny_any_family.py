@@ -107,6 +107,9 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                    "swiss-ai/Apertus-v1.5-8B's vocabulary holds the text tokens, then one token per image code, then "
                    "one per audio code; here the shrunk vocabulary (320) is laid out the same way, with small "
                    "codebooks (and image and audio tokenizers whose channels no shrunk key names, made narrow)"),
+    "aria": ({"vision_config": {"image_size": 980, "patch_size": 140}, "projector_patch_to_query_dict": {49: 256}},
+             "rhymes-ai/Aria's projector pools a 980-pixel image's patches (4900 of 14 pixels) into 256 queries, by a "
+             "table of patch counts its processor's 980-pixel images must be in; here 49 patches of 140 pixels"),
     "cohere_compass": ({"text_config": {"rope_parameters": {"full_attention": {
         "rope_type": "default", "rope_theta": 10000.0, "mrope_section": _sections(WIDTH // HEADS, 3)}}}},
         "CohereLabs/North-Micro-Vision-Instruct gives rope parameters per layer type, which the rotary embedding "
@@ -139,6 +142,9 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                 "layers cannot hold a producer of each kind and a consumer, so here a sliding and a full layer share "
                 "none (and its tower, timm's MobileNetV5-300M, is narrowed by timm's channel multiplier: its output "
                 "stays 2048 wide, the width its embedder reads)"),
+    "gemma3": ({"mm_tokens_per_image": 49},
+               "google/gemma-3-4b-it pools its tower's 64 by 64 patches to 16 by 16 image tokens "
+               "(mm_tokens_per_image 256); the shrunk tower's 14 by 14 patches pool to 7 by 7 (49)"),
     "granite4_vision": ({"deepstack_layer_map": [[LAYERS - 1, 0]], "downsample_rate": "1/2",
                          "vision_config": {"hidden_size": 64}},
                         "ibm-granite/granite-vision-4.1-4b maps vision layers to the language layers their features "
@@ -153,6 +159,10 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                  "tencent/Hy4's attention is multi-head latent attention, whose ranks and head parts no shrunk key "
                  "names, and its rope sections must cover the rope part of the head (qk_rope_head_dim): shrunk "
                  "together"),
+    "mllama": ({"vision_config": {"vision_output_dim": WIDTH * (1 + 1), "image_size": 56}},
+               "meta-llama/Llama-3.2-11B-Vision's tower writes its last layer's output beside the outputs of its "
+               "intermediate layers (5, 1280 wide each: vision_output_dim 7680); here one intermediate layer is left "
+               "(and its tiles are 56 pixels, 4 by 4 patches, not 560)"),
     "molmo2": ({"adapter_config": {"vision_feature_layer": [LAYERS - 1, 0]}},
                "allenai/Molmo2-8B's adapter reads two vision layers (the 25th and 19th of its tower), which must be "
                "layers the tower has: here the shrunk tower's last and first"),
@@ -163,6 +173,9 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                                              "use_post_transformer_norm": False, "init_values": 0.1}}},
                       "facebook/Perception-LM-1B's tower is timm's vit_pe_core with its sizes in model_args, whose "
                       "embed_dim its projector reads; the default tower is a resnet50 with none"),
+    "vipllava": ({"vision_feature_layer": [-2, -3, -1, 0, 1]},
+                 "llava-hf/vip-llava-7b-hf's projector reads five layers of its tower's 25 hidden states "
+                 "([-2, -5, -8, -11, 6]); here five of the shrunk tower's 3"),
 }
 
 

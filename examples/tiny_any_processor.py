@@ -12,8 +12,10 @@ exactly the config's vocabulary, with each token the config names by id (`image_
 eos, pad) at that id under the string the processor uses for it, and each token the processor asks the tokenizer for
 (`tokenizer.image_boundary_token`) or adds to it at a free id. The processor's other arguments are the config's
 fields of the same name (`patch_size`, `image_seq_length`, ...), or the model's where it computes them
-(`image_seq_len`); `num_additional_image_tokens` is 1 where the vision tower holds a class embedding, and an unset
-image token count (`image_seq_length`, `num_image_tokens`) is the tower's patches per image.
+(`image_seq_len`), or a field SAME_AS names; `num_additional_image_tokens` is 1 where the vision tower holds a class
+embedding, and an unset image token count (`image_seq_length`, `num_image_tokens`) is the tower's patches per image.
+A type its image processor mapping skips takes the one mapped to the other types of its processor class. The only
+family knowledge is the small PROCESSOR_ARGS table, each entry with its reason.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ TOKEN_ID_ENDINGS = ("_token_id", "_token_index")
 OWN_ROLES = ("bos", "eos", "pad")
 IMAGE_TOKEN_COUNTS = ("num_image_tokens", "image_seq_length")  # processor arguments the hub's processor config sets
 SIDES = ("height", "width", "shortest_edge", "longest_edge")  # the size keys set to the image size
+# Processor arguments the hub's processor config sets to a config field of another name: Gemma 3's image_seq_length
+# is its config's mm_tokens_per_image (google/gemma-3-4b-it: 256 in both).
+SAME_AS = {"image_seq_length": "mm_tokens_per_image"}
+# Family knowledge, as data: model_type -> (processor arguments the config holds under no name, why).
+PROCESSOR_ARGS: dict[str, tuple[dict, str]] = {
+    "vipllava": ({"vision_feature_select_strategy": "default"},
+                 "llava-hf/vip-llava-7b-hf's model always drops its tower's class token (get_image_features reads "
+                 "hidden states [:, 1:]), which its processor counts by this strategy; its config names none"),
+}
 
 
 class NoTinyProcessor(Exception):
@@ -50,6 +61,17 @@ def _mapped_class(mapping_name: str, model_type: str):
     if isinstance(found, (tuple, list)):
         found = next((n for n in found if n), None)
     return getattr(T, found, None) if found else None
+
+
+def _siblings_class(mapping_name: str, processor_class):
+    """The class an auto mapping names for the other types of the same processor class, where they all name one, or
+    None: the mapping skips Qwen3-VL-MoE, whose checkpoints hold Qwen3-VL's image processor
+    (Qwen/Qwen3-VL-30B-A3B-Instruct's preprocessor_config.json), as it skips GLM-4.5V (zai-org/GLM-4.5V: GLM-4.1V's)."""
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    found = {_mapped_class(mapping_name, t) for t, name in PROCESSOR_MAPPING_NAMES.items()
+             if name == processor_class.__name__} - {None}
+    return found.pop() if len(found) == 1 else None
 
 
 def config_token_ids(config) -> dict[str, int]:
@@ -107,7 +129,8 @@ def _own_strings(processor, config) -> dict[str, str]:
     out = {}
     for role, i in config_token_ids(config).items():
         string = getattr(processor, f"{role}_token", None)
-        if isinstance(string, str) and processor.tokenizer.convert_tokens_to_ids(string) != i:
+        held = processor.tokenizer.convert_tokens_to_ids(string) if isinstance(string, str) else i
+        if held != i and held not in config_token_ids(config).values():  # not another role's token (Gemma 3's boi)
             out[role] = string
     return out
 
@@ -214,13 +237,15 @@ def tiny_processor(model_type: str, config):
             continue
         mapping = {"image_processor": "IMAGE_PROCESSOR_MAPPING_NAMES",
                    "video_processor": "VIDEO_PROCESSOR_MAPPING_NAMES"}.get(attribute)
-        part = mapping and _mapped_class(mapping, model_type)
+        part = mapping and (_mapped_class(mapping, model_type) or _siblings_class(mapping, cls))
         if part is None:
             raise NoTinyProcessor(f"its processor needs a {attribute} transformers maps to no class for it")
         parts[attribute] = _sized(part, config)
     fields = _fields(config)
     params = inspect.signature(cls.__init__).parameters
     kwargs = {k: fields[k] for k in params if k in fields and k not in parts and not k.endswith("_token")}
+    kwargs.update({k: fields[v] for k, v in SAME_AS.items() if k in params and k not in kwargs and v in fields})
+    kwargs.update(PROCESSOR_ARGS.get(model_type, ({}, ""))[0])
     if "num_additional_image_tokens" in params and "num_additional_image_tokens" not in kwargs:
         kwargs["num_additional_image_tokens"] = _class_tokens(config)
     kwargs.update(_counts_the_model_holds(model_type, config, params))

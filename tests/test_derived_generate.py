@@ -32,19 +32,14 @@ NO_PROCESSOR = {
                     "transformers names no processor class for it"),
     **dict.fromkeys(["instructblip", "instructblipvideo"],
                     "its processor needs a second (Q-Former) tokenizer that no mapping names"),
-    **dict.fromkeys(["qwen3_vl_moe", "glm4v_moe"], "transformers maps no image processor class to it"),
     "aya_vision": "its processor writes more image-token ids than image tokens in the prompt (the tiny tokenizer "
                   "gives other image strings of its processor the same id)",
     "ovis2": "its processor expands an image into <IMG_ATOM> tokens, not the token the config names by image_token_id",
     "pp_chart2table": "its processor leaves the image token unexpanded: one token for the image's 256 features",
-    "mllama": "its vision_output_dim keeps the default width (7680), which the shrunk tower's layers do not write",
-    "vipllava": "its vision_feature_layer lists layers (-5, -8, -11, 6) the shrunk two-layer tower does not have",
     "blip-2": "its processor reads the tokenizer's image_token as an AddedToken (`.content`), which the tiny "
               "tokenizer's image token, a string, is not",
-    "gemma3": "the shrunk config's image pooling does not fit its tower's patches",
     "qwen4_exp": "two layers leave only linear-attention layers in the cache; its other kind (indexed attention) "
                  "needs indexer sizes its default config leaves unset",
-    "aria": "the shrunk tower's patch count is not one its projector's query table holds",
     "florence2": "its vision config is not one AutoModel builds (the tiny processor reads the tower's patch count)",
     "step3p7": "its model masks a sliding window that its default config leaves unset (sliding_window None)",
     "ovis2_5": "its image processor's size is a pixel area (shortest_edge/longest_edge), which set to the vision "
@@ -79,11 +74,12 @@ def _image():
     return Image.new("RGB", (64, 48), (200, 30, 40))
 
 
-def _encode(processor, prompts, images, model):
+def _encode(processor, prompts, images, model, **asked):
     """The processor's inputs: one image list per prompt where it takes that, else one flat list; token types where
     the model takes them."""
     takes = "mm_token_type_ids" in inspect.signature(model.forward).parameters
-    asked = {"return_mm_token_type_ids": True} if takes and "mm_token_type_ids" in processor.model_input_names else {}
+    if takes and "mm_token_type_ids" in processor.model_input_names:
+        asked["return_mm_token_type_ids"] = True
     try:
         return processor(images=[[im] for im in images], text=prompts, return_tensors="pt", padding=True, **asked)
     except (ValueError, TypeError, IndexError):
@@ -91,8 +87,12 @@ def _encode(processor, prompts, images, model):
 
 
 def _transformers_answer(model, processor, prompt, image, max_new_tokens):
-    """transformers' own greedy generate on the processor's inputs, cut at the first end-of-sequence token."""
+    """transformers' own greedy generate on the processor's inputs, cut at the first end-of-sequence token. A prompt
+    the processor's defaults encode with two BOS tokens (mllama's processor writes one and its tokenizer adds another)
+    is encoded without the tokenizer's, as Llama 3.2 Vision's model card does (add_special_tokens=False)."""
     enc = _encode(processor, [prompt], [image], model)
+    if enc["input_ids"][0].tolist().count(processor.tokenizer.bos_token_id) > 1:
+        enc = _encode(processor, [prompt], [image], model, add_special_tokens=False)
     enc.pop("labels", None)  # PaliGemma's processor makes training labels too
     with torch.no_grad():
         out = model.generate(**enc, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens)
