@@ -159,6 +159,13 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                  "tencent/Hy4's attention is multi-head latent attention, whose ranks and head parts no shrunk key "
                  "names, and its rope sections must cover the rope part of the head (qk_rope_head_dim): shrunk "
                  "together"),
+    "kimi_k25": ({"projection_hidden_size": WIDTH,
+                  "text_config": {"q_lora_rank": WIDTH, "kv_lora_rank": WIDTH // 2, "qk_nope_head_dim": WIDTH // HEADS,
+                                  "qk_rope_head_dim": WIDTH // HEADS, "v_head_dim": WIDTH // HEADS}},
+                 "moonshotai/Kimi-K2.6's projector normalises its tower's output (projection_hidden_size 1152, the "
+                 "tower's width), and its text model's attention is multi-head latent attention, whose rope part of "
+                 "the head (qk_rope_head_dim) is the head_dim its rotary embedding reads: sizes no shrunk key names, "
+                 "shrunk together"),
     "mllama": ({"vision_config": {"vision_output_dim": WIDTH * (1 + 1), "image_size": 56}},
                "meta-llama/Llama-3.2-11B-Vision's tower writes its last layer's output beside the outputs of its "
                "intermediate layers (5, 1280 wide each: vision_output_dim 7680); here one intermediate layer is left "
@@ -173,6 +180,9 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                                              "use_post_transformer_norm": False, "init_values": 0.1}}},
                       "facebook/Perception-LM-1B's tower is timm's vit_pe_core with its sizes in model_args, whose "
                       "embed_dim its projector reads; the default tower is a resnet50 with none"),
+    "step3p7": ({"text_config": {"sliding_window": 512}},
+                "stepfun-ai/Step-3.7-Flash's sliding-attention layers mask a window its default config leaves None; "
+                "512 is Step-3.5-Flash's (Modular's Step3p5Config documents its default sliding_window=512)"),
     "vipllava": ({"vision_feature_layer": [-2, -3, -1, 0, 1]},
                  "llava-hf/vip-llava-7b-hf's projector reads five layers of its tower's 25 hidden states "
                  "([-2, -5, -8, -11, 6]); here five of the shrunk tower's 3"),

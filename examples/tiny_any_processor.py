@@ -32,9 +32,18 @@ TOKEN_ID_ENDINGS = ("_token_id", "_token_index")
 OWN_ROLES = ("bos", "eos", "pad")
 IMAGE_TOKEN_COUNTS = ("num_image_tokens", "image_seq_length")  # processor arguments the hub's processor config sets
 SIDES = ("height", "width", "shortest_edge", "longest_edge")  # the size keys set to the image size
+SIDE_FIELDS = ("tile_size",)  # image processor fields that are the image size's side (Perception LM's tiles)
 # Processor arguments the hub's processor config sets to a config field of another name: Gemma 3's image_seq_length
-# is its config's mm_tokens_per_image (google/gemma-3-4b-it: 256 in both).
-SAME_AS = {"image_seq_length": "mm_tokens_per_image"}
+# is its config's mm_tokens_per_image (google/gemma-3-4b-it: 256 in both), Perception LM's pooling_ratio its
+# projector's (facebook/Perception-LM-1B).
+SAME_AS = {"image_seq_length": "mm_tokens_per_image", "pooling_ratio": "projector_pooling_ratio"}
+# Types whose image processor gives its size as pixel areas (the keys SIDES names hold pixel counts), set to the area
+# of the tower's image, with why.
+PIXEL_AREA_SIZES = {
+    "ovis2_5": "ovis-community/Ovis2.5-2B's image processor takes shortest_edge and longest_edge as its minimum and "
+               "maximum pixel counts, and floors an image over the maximum to multiples of 32 pixels a side (0 by 0 "
+               "under a side's worth of pixels)",
+}
 # Family knowledge, as data: model_type -> (processor arguments the config holds under no name, why).
 PROCESSOR_ARGS: dict[str, tuple[dict, str]] = {
     "vipllava": ({"vision_feature_select_strategy": "default"},
@@ -158,23 +167,28 @@ def _square(value) -> int | None:
     return value if type(value) is int else None
 
 
-def _sized(image_processor_class, config):
+def _sized(image_processor_class, config, model_type: str):
     """The image (video) processor at its defaults but for the integer fields the config has too (`patch_size`,
-    `temporal_patch_size`) and each of its sizes (`size`, `crop_size`, `max_image_size`), set to the vision config's
-    image_size where it has one (the tower's position embeddings are made for it)."""
+    `temporal_patch_size`) and each of its sizes (`size`, `crop_size`, `max_image_size`, `tile_size`), set to the vision config's
+    image_size where it has one (a timm tower's img_size; the tower's position embeddings are made for it), or to its
+    area where PIXEL_AREA_SIZES says the sizes are areas."""
     default = image_processor_class()
     fields = _fields(config)
     sizes = {k: _square(fields[k]) for k in vars(default) if k in fields and _square(fields[k])}  # patch_size, ...
     if "temporal_patch_size" in vars(default) and "temporal_patch_size" not in sizes:
         sizes.update(temporal_patch_size=_frames_per_patch(config) or default.temporal_patch_size)
-    side = _square(getattr(getattr(config, "vision_config", None), "image_size", None))
+    vision = getattr(config, "vision_config", None)
+    side = _square(getattr(vision, "image_size", None) or (getattr(vision, "model_args", None) or {}).get("img_size"))
     if side is None:
         return image_processor_class(**sizes) if sizes else default
+    side = side * side if model_type in PIXEL_AREA_SIZES else side
     for key, value in vars(default).items():
         if dataclasses.is_dataclass(value):  # transformers' SizeDict
             value = dataclasses.asdict(value)
         if isinstance(value, dict) and any(value.get(k) is not None for k in SIDES):
             sizes[key] = {k: side for k in SIDES if value.get(k) is not None}
+        elif key in SIDE_FIELDS and type(value) is int:
+            sizes[key] = side
     return image_processor_class(**sizes) if sizes else default
 
 
@@ -217,10 +231,14 @@ def _patches(config) -> int | None:
 
 
 def _fields(config) -> dict:
+    """The text config's fields, the vision config's (a timm tower's `model_args` among them: Perception LM's patch
+    size), then the config's own."""
     fields = {}
-    for c in (config.get_text_config(), getattr(config, "vision_config", None), config):
-        if c is not None:
-            fields.update(c.to_dict())
+    vision = getattr(config, "vision_config", None)
+    timm = getattr(vision, "model_args", None)
+    for c in (config.get_text_config().to_dict(), timm if isinstance(timm, dict) else {},
+              vision.to_dict() if vision is not None else {}, config.to_dict()):
+        fields.update(c)
     return fields
 
 
@@ -240,7 +258,7 @@ def tiny_processor(model_type: str, config):
         part = mapping and (_mapped_class(mapping, model_type) or _siblings_class(mapping, cls))
         if part is None:
             raise NoTinyProcessor(f"its processor needs a {attribute} transformers maps to no class for it")
-        parts[attribute] = _sized(part, config)
+        parts[attribute] = _sized(part, config, model_type)
     fields = _fields(config)
     params = inspect.signature(cls.__init__).parameters
     kwargs = {k: fields[k] for k in params if k in fields and k not in parts and not k.endswith("_token")}
@@ -269,10 +287,10 @@ def tiny_processor(model_type: str, config):
                 return processor
             named.update(own)
             added += beyond
-        except AttributeError as e:
-            asked = re.search(r"has no attribute '?(\w+)_token'?", str(e))
+        except (AttributeError, ValueError) as e:  # HunYuan-VL's: "Tokenizer is missing required attribute ..."
+            asked = re.search(r"(?:has no|missing required) attribute '?(\w+)_token'?", str(e))
             if asked is None or asked.group(1) in more or len(more) > 8:
-                raise NoTinyProcessor(f"{cls.__name__} refuses its parts (AttributeError: {e})") from e
+                raise NoTinyProcessor(f"{cls.__name__} refuses its parts ({type(e).__name__}: {e})") from e
             more.append(asked.group(1))
         except Exception as e:  # noqa: BLE001  (any refusal is the reason)
             raise NoTinyProcessor(f"{cls.__name__} refuses its parts ({type(e).__name__}: {e})") from e

@@ -41,25 +41,19 @@ NO_PROCESSOR = {
     "qwen4_exp": "two layers leave only linear-attention layers in the cache; its other kind (indexed attention) "
                  "needs indexer sizes its default config leaves unset",
     "florence2": "its vision config is not one AutoModel builds (the tiny processor reads the tower's patch count)",
-    "step3p7": "its model masks a sliding window that its default config leaves unset (sliding_window None)",
-    "ovis2_5": "its image processor's size is a pixel area (shortest_edge/longest_edge), which set to the vision "
-               "config's side makes 0-by-0 images",
     **dict.fromkeys(["nemotron_h_omni", "gemma4"],
                     "its processor needs an audio feature extractor that transformers maps to no class for it"),
     "qianfan_ocr": "its processor counts `<image>` placeholders that no prompt of the tiny processor holds",
     "cosmos3_omni": "transformers names no processor class for it",
-    "hunyuan_vl": "its processor asks the tokenizer for an image_start_token, which the tiny tokenizer does not name",
+    "hunyuan_vl": "its processor takes an image only as <image_start><image><image_end>, which its chat template "
+                  "writes (tencent/HunyuanOCR's); the tiny processor has no chat template",
     "granite4_vision": "the tiny processor's image tiles give its Window Q-Former a patch grid it cannot cut into "
                        "windows",
-    "perception_lm": "its processor divides by a patch size that the tiny processor leaves None (the timm tower's "
-                     "config holds its patch size in model_args)",
     **dict.fromkeys(["apertus1p5", "dots3_note", "gemma3n"],
                     "its processor needs a feature extractor (audio) that transformers maps to no class for it"),
     "molmo2": "its processor counts image tokens in the prompt by a string the tiny processor's prompt does not "
               "hold (none in the text, hundreds in the ids)",
     "ernie4_5_vl_moe": "its video processor draws on frames with a font file (Roboto-Regular.ttf) that is not here",
-    "kimi_k25": "its projector's norm keeps the default width (projection_hidden_size), which the shrunk tower does "
-                "not write",
 }
 
 CANDIDATES = [t for t in TINY if t not in HEAVY and t not in TRANSFORMERS_FAILS]
