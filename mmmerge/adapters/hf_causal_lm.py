@@ -22,9 +22,15 @@ DESCRIPTION = "transformers causal LM folder (config.json with a *ForCausalLM ar
 
 
 def causal_lm_arch(cfg: dict) -> str | None:
-    for arch in cfg.get("architectures") or []:
+    """The causal LM class the config names, else the one transformers maps its model type to; None where the config
+    names the type's image-text-to-text class (Emu3's: transformers maps emu3 to a causal LM too, Emu3ForCausalLM,
+    which holds the text model alone and builds from its text config, not from the whole model's)."""
+    archs = cfg.get("architectures") or []
+    for arch in archs:
         if arch.endswith("ForCausalLM"):
             return arch
+    if auto_class_names("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES").get(cfg.get("model_type")) in archs:
+        return None
     return auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(cfg.get("model_type"))
 
 
