@@ -13,7 +13,8 @@ eos, pad) at that id under the string the processor uses for it, and each token 
 (`tokenizer.image_boundary_token`) or adds to it at a free id. The processor's other arguments are the config's
 fields of the same name (`patch_size`, `image_seq_length`, ...), or the model's where it computes them
 (`image_seq_len`), or a field SAME_AS names; `num_additional_image_tokens` is 1 where the vision tower holds a class
-embedding, and an unset image token count (`image_seq_length`, `num_image_tokens`) is the tower's patches per image.
+embedding, and an unset image token count (`image_seq_length`, `num_image_tokens`) is the tower's patches per image
+(where its config gives none, the image features the tiny model writes for one image).
 A type its image processor mapping skips takes the one mapped to the other types of its processor class. The only
 family knowledge is the small PROCESSOR_ARGS table, each entry with its reason.
 """
@@ -201,11 +202,14 @@ def _class_tokens(config) -> int:
 
 
 def _meta_tower(config):
-    """The vision tower built from the vision config on the meta device; None where the config has no vision config."""
+    """The vision tower built from the vision config on the meta device; None where the config has no vision config,
+    or one AutoModel does not build (Florence-2's DaViT, PaddleOCR-VL's: the processor's defaults then stand)."""
     import torch
 
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
     vision = getattr(config, "vision_config", None)
-    if vision is None:
+    if vision is None or vision.model_type not in MODEL_MAPPING_NAMES:
         return None
     with torch.device("meta"):
         return T.AutoModel.from_config(vision)
@@ -214,10 +218,7 @@ def _meta_tower(config):
 def _frames_per_patch(config) -> int | None:
     """How many frames one patch of the tower spans, read from its patch embedding's kernel: a 3-D one's depth, 1 for
     a 2-D one (LLaVA-OneVision-1.5's tower; the Qwen2-VL image processor it is mapped to cuts patches of 2 frames)."""
-    try:
-        tower = _meta_tower(config)
-    except ValueError:  # a vision config AutoModel does not build (PaddleOCR-VL's): the image processor's default
-        return None
+    tower = _meta_tower(config)
     kernel = next((p for n, p in (tower.named_parameters() if tower is not None else ())
                    if "patch" in n and p.dim() in (4, 5)), None)
     return None if kernel is None else kernel.shape[2] if kernel.dim() == 5 else 1
@@ -228,6 +229,25 @@ def _patches(config) -> int | None:
     vision = getattr(config, "vision_config", None)
     size, patch = _square(getattr(vision, "image_size", None)), _square(getattr(vision, "patch_size", None))
     return (size // patch) ** 2 if size and patch else None
+
+
+def _features_per_image(model_type: str, config, image_processor) -> int | None:
+    """The image features the model writes for one image of the image processor's size, where the vision config
+    gives no patch count (Florence-2's DaViT strides its patches stage by stage): asked of the tiny model itself."""
+    import torch
+    from PIL import Image
+
+    from tiny_any_family import model_class
+
+    try:
+        model = model_class(model_type)._from_config(config).eval()
+        pixels = image_processor(images=[Image.new("RGB", (64, 48))], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            features = model.get_image_features(pixels)
+    except Exception:  # noqa: BLE001  (a model that does not answer: the processor's default stands)
+        return None
+    features = getattr(features, "pooler_output", features)
+    return features.shape[1] if isinstance(features, torch.Tensor) and features.dim() == 3 else None
 
 
 def _fields(config) -> dict:
@@ -267,11 +287,13 @@ def tiny_processor(model_type: str, config):
     if "num_additional_image_tokens" in params and "num_additional_image_tokens" not in kwargs:
         kwargs["num_additional_image_tokens"] = _class_tokens(config)
     kwargs.update(_counts_the_model_holds(model_type, config, params))
-    patches = _patches(config)
+    image_processor = parts.get("image_processor")
+    unset = [key for key in IMAGE_TOKEN_COUNTS if (key in params and kwargs.get(key) is None)
+             or getattr(image_processor, key, 0) is None]
+    patches = (_patches(config) or _features_per_image(model_type, config, image_processor)) if unset else None
     for key in IMAGE_TOKEN_COUNTS:  # unset: one token per patch of the tower's image
         if key in params and kwargs.get(key) is None and patches:
             kwargs[key] = patches
-        image_processor = parts.get("image_processor")
         if getattr(image_processor, key, 0) is None and patches:
             setattr(image_processor, key, patches)
     more, named, added = [], {}, []
