@@ -156,9 +156,10 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
              "per code of its 32768-code VQ-VAE), <image> and its end-of-line token <|extra_200|> in vocabulary_map, "
              "which the default leaves None; here 64 codes and a narrow VQ-VAE (channels no shrunk key names)"),
     "ernie4_5_vl_moe": ({"text_config": {"moe_num_experts": EXPERTS,
-                                         "rope_parameters": {"mrope_section": _sections(WIDTH // HEADS, 3)}}},
+                                         "rope_parameters": {"mrope_section": [1, 1, 2]}}},
                         "baidu/ERNIE-4.5-VL-28B-A3B-PT's rope sections (its code's default [22, 22, 20], for a "
-                        "128-wide head) must fit the head, and its expert count is a key no shrunk key names"),
+                        "128-wide head) must fit the head, its height and width sections equal (its rotary "
+                        "interleaves them pairwise), and its expert count is a key no shrunk key names"),
     "gemma3n": ({"text_config": {"num_kv_shared_layers": 0,
                                  "layer_types": ["sliding_attention"] * (LAYERS - 1) + ["full_attention"]},
                  "vision_config": {"model_args": {"channel_multiplier": 1 / 64}, "hidden_size": 2048}},

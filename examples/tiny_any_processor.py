@@ -16,7 +16,7 @@ fields of the same name (`patch_size`, `image_seq_length`, ...), or the model's 
 embedding, and an unset image token count (`image_seq_length`, `num_image_tokens`) is the tower's patches per image
 (where its config gives none, the image features the tiny model writes for one image).
 A type its image processor mapping skips takes the one mapped to the other types of its processor class. The only
-family knowledge is the small PROCESSOR_ARGS table, each entry with its reason.
+family knowledge is in the small PROCESSOR_ARGS and PART_FIELDS tables, each entry with its reason.
 """
 
 from __future__ import annotations
@@ -44,6 +44,12 @@ PIXEL_AREA_SIZES = {
     "ovis2_5": "ovis-community/Ovis2.5-2B's image processor takes shortest_edge and longest_edge as its minimum and "
                "maximum pixel counts, and floors an image over the maximum to multiples of 32 pixels a side (0 by 0 "
                "under a side's worth of pixels)",
+}
+# Family knowledge, as data: model_type -> ({part: fields set on the processor's part}, why).
+PART_FIELDS: dict[str, tuple[dict, str]] = {
+    "ernie4_5_vl_moe": ({"video_processor": {"draw_on_frames": False}},
+                        "baidu/ERNIE-4.5-VL-28B-A3B-PT's video processor draws timestamps on frames with a font file "
+                        "(Roboto-Regular.ttf) its repository holds and that is not here; images are not drawn on"),
 }
 # Family knowledge, as data: model_type -> (processor arguments the config holds under no name, why).
 PROCESSOR_ARGS: dict[str, tuple[dict, str]] = {
@@ -279,6 +285,8 @@ def tiny_processor(model_type: str, config):
         if part is None:
             raise NoTinyProcessor(f"its processor needs a {attribute} transformers maps to no class for it")
         parts[attribute] = _sized(part, config, model_type)
+        for field, value in PART_FIELDS.get(model_type, ({}, ""))[0].get(attribute, {}).items():
+            setattr(parts[attribute], field, value)
     fields = _fields(config)
     params = inspect.signature(cls.__init__).parameters
     kwargs = {k: fields[k] for k in params if k in fields and k not in parts and not k.endswith("_token")}

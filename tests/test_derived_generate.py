@@ -52,7 +52,6 @@ NO_PROCESSOR = {
                     "its processor needs a feature extractor (audio) that transformers maps to no class for it"),
     "molmo2": "its processor counts image tokens in the prompt by a string the tiny processor's prompt does not "
               "hold (none in the text, hundreds in the ids)",
-    "ernie4_5_vl_moe": "its video processor draws on frames with a font file (Roboto-Regular.ttf) that is not here",
 }
 
 # Types whose tiny model answers nothing (the comparison would be void), and why (checked below).
