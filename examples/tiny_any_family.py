@@ -95,6 +95,13 @@ def _sections(rotary: int, n: int) -> list[int]:
     return [half // n + (1 if i < half % n else 0) for i in range(n)]
 
 
+def _image_code_vocabulary(token, codes: int, first: int = 4, **more: int) -> dict:
+    """A config's vocabulary_map (token string -> id) as a VQ model's checkpoint holds it: `token(code)` for each of
+    the image tokenizer's `codes` at ids from `first`, `<image>` (and the tokens `more` names) at the top of the
+    shrunk vocabulary."""
+    return {**{token(code): first + code for code in range(codes)}, "<image>": VOCAB - 1, **more}
+
+
 # Family knowledge, as data: model_type -> (config keys to set after shrinking, why). A dict set on a sub-config is
 # merged into it key by key. Each sets, at the shrunk sizes, what the type's checkpoints hold in config.json and its
 # default config leaves None or unusable, or fields that must agree with others and that no SHRINK key names (the hub
@@ -107,6 +114,16 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                    "swiss-ai/Apertus-v1.5-8B's vocabulary holds the text tokens, then one token per image code, then "
                    "one per audio code; here the shrunk vocabulary (320) is laid out the same way, with small "
                    "codebooks (and image and audio tokenizers whose channels no shrunk key names, made narrow)"),
+    "aria": ({"vision_config": {"image_size": 980, "patch_size": 140}, "projector_patch_to_query_dict": {49: 256}},
+             "rhymes-ai/Aria's projector pools a 980-pixel image's patches (4900 of 14 pixels) into 256 queries, by a "
+             "table of patch counts its processor's 980-pixel images must be in; here 49 patches of 140 pixels"),
+    "chameleon": ({"vocabulary_map": _image_code_vocabulary(
+                       lambda code: "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(code)) + "Z", 64),
+                   "vq_config": {"num_embeddings": 64, "latent_channels": WIDTH, "base_channels": WIDTH,
+                                 "channel_multiplier": [1] * 5, "num_res_blocks": 1}},
+                  "facebook/chameleon-7b's config maps its tokenizer's image tokens (IMGIMG<code in letters>Z, one "
+                  "per code of its 8192-code VQ-GAN, ids 4-8195) and <image> (8711) in vocabulary_map, which the "
+                  "default leaves None; here 64 codes and a narrow VQ-GAN (channels no shrunk key names)"),
     "cohere_compass": ({"text_config": {"rope_parameters": {"full_attention": {
         "rope_type": "default", "rope_theta": 10000.0, "mrope_section": _sections(WIDTH // HEADS, 3)}}}},
         "CohereLabs/North-Micro-Vision-Instruct gives rope parameters per layer type, which the rotary embedding "
@@ -128,10 +145,21 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                    "dots-studio/dots3-note-prev's adapters take their tower's width and write the text model's, and "
                    "its sliding-window head is its latent attention's two head parts: widths no shrunk key names, "
                    "shrunk together"),
+    "diffusion_gemma": ({"text_config": {"num_experts": EXPERTS, "top_k_experts": 2, "moe_intermediate_size": FFN}},
+                        "google/diffusiongemma-26B-A4B-it's text model routes each token to 8 of 128 experts of width "
+                        "704 (its config.json's text_config), sizes its default config leaves None"),
+    "emu3": ({"vocabulary_map": _image_code_vocabulary(lambda code: f"<|visual token {code:06d}|>", 64,
+                                                       **{"<|extra_200|>": VOCAB - 2}),
+              "vq_config": {"codebook_size": 64, "base_channels": WIDTH, "channel_multiplier": [1] * 4,
+                            "num_res_blocks": 1}},
+             "Emu3-community/Emu3-Chat-hf's config maps its tokenizer's visual tokens (<|visual token NNNNNN|>, one "
+             "per code of its 32768-code VQ-VAE), <image> and its end-of-line token <|extra_200|> in vocabulary_map, "
+             "which the default leaves None; here 64 codes and a narrow VQ-VAE (channels no shrunk key names)"),
     "ernie4_5_vl_moe": ({"text_config": {"moe_num_experts": EXPERTS,
-                                         "rope_parameters": {"mrope_section": _sections(WIDTH // HEADS, 3)}}},
+                                         "rope_parameters": {"mrope_section": [1, 1, 2]}}},
                         "baidu/ERNIE-4.5-VL-28B-A3B-PT's rope sections (its code's default [22, 22, 20], for a "
-                        "128-wide head) must fit the head, and its expert count is a key no shrunk key names"),
+                        "128-wide head) must fit the head, its height and width sections equal (its rotary "
+                        "interleaves them pairwise), and its expert count is a key no shrunk key names"),
     "gemma3n": ({"text_config": {"num_kv_shared_layers": 0,
                                  "layer_types": ["sliding_attention"] * (LAYERS - 1) + ["full_attention"]},
                  "vision_config": {"model_args": {"channel_multiplier": 1 / 64}, "hidden_size": 2048}},
@@ -139,6 +167,9 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                 "layers cannot hold a producer of each kind and a consumer, so here a sliding and a full layer share "
                 "none (and its tower, timm's MobileNetV5-300M, is narrowed by timm's channel multiplier: its output "
                 "stays 2048 wide, the width its embedder reads)"),
+    "gemma3": ({"mm_tokens_per_image": 49},
+               "google/gemma-3-4b-it pools its tower's 64 by 64 patches to 16 by 16 image tokens "
+               "(mm_tokens_per_image 256); the shrunk tower's 14 by 14 patches pool to 7 by 7 (49)"),
     "granite4_vision": ({"deepstack_layer_map": [[LAYERS - 1, 0]], "downsample_rate": "1/2",
                          "vision_config": {"hidden_size": 64}},
                         "ibm-granite/granite-vision-4.1-4b maps vision layers to the language layers their features "
@@ -153,6 +184,21 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                  "tencent/Hy4's attention is multi-head latent attention, whose ranks and head parts no shrunk key "
                  "names, and its rope sections must cover the rope part of the head (qk_rope_head_dim): shrunk "
                  "together"),
+    "inkling_mm_model": ({"text_config": {"swa_num_attention_heads": HEADS, "swa_num_key_value_heads": KV_HEADS,
+                                          "swa_head_dim": WIDTH // HEADS}},
+                         "thinkingmachines/Inkling's sliding-window attention layers have heads of their own (64 of "
+                         "128 wide, 16 for keys and values), keys no shrunk key names: shrunk as its other heads"),
+    "kimi_k25": ({"projection_hidden_size": WIDTH,
+                  "text_config": {"q_lora_rank": WIDTH, "kv_lora_rank": WIDTH // 2, "qk_nope_head_dim": WIDTH // HEADS,
+                                  "qk_rope_head_dim": WIDTH // HEADS, "v_head_dim": WIDTH // HEADS}},
+                 "moonshotai/Kimi-K2.6's projector normalises its tower's output (projection_hidden_size 1152, the "
+                 "tower's width), and its text model's attention is multi-head latent attention, whose rope part of "
+                 "the head (qk_rope_head_dim) is the head_dim its rotary embedding reads: sizes no shrunk key names, "
+                 "shrunk together"),
+    "mllama": ({"vision_config": {"vision_output_dim": WIDTH * (1 + 1), "image_size": 56}},
+               "meta-llama/Llama-3.2-11B-Vision's tower writes its last layer's output beside the outputs of its "
+               "intermediate layers (5, 1280 wide each: vision_output_dim 7680); here one intermediate layer is left "
+               "(and its tiles are 56 pixels, 4 by 4 patches, not 560)"),
     "molmo2": ({"adapter_config": {"vision_feature_layer": [LAYERS - 1, 0]}},
                "allenai/Molmo2-8B's adapter reads two vision layers (the 25th and 19th of its tower), which must be "
                "layers the tower has: here the shrunk tower's last and first"),
@@ -166,6 +212,12 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
                                              "use_post_transformer_norm": False, "init_values": 0.1}}},
                       "facebook/Perception-LM-1B's tower is timm's vit_pe_core with its sizes in model_args, whose "
                       "embed_dim its projector reads; the default tower is a resnet50 with none"),
+    "step3p7": ({"text_config": {"sliding_window": 512}},
+                "stepfun-ai/Step-3.7-Flash's sliding-attention layers mask a window its default config leaves None; "
+                "512 is Step-3.5-Flash's (Modular's Step3p5Config documents its default sliding_window=512)"),
+    "vipllava": ({"vision_feature_layer": [-2, -3, -1, 0, 1]},
+                 "llava-hf/vip-llava-7b-hf's projector reads five layers of its tower's 25 hidden states "
+                 "([-2, -5, -8, -11, 6]); here five of the shrunk tower's 3"),
 }
 
 

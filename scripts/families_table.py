@@ -124,6 +124,8 @@ def _generates(t: str) -> str:
         return ", eval with a hand-built processor"
     if t in g.NO_PROCESSOR:
         return f"; no generate/eval (no processor built tiny: {g.NO_PROCESSOR[t]})"
+    if t in g.ANSWERS_NOTHING:
+        return f"; generate on a decoder started at a word (its tiny model answers nothing: {g.ANSWERS_NOTHING[t]})"
     return ""
 
 

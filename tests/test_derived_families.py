@@ -47,10 +47,9 @@ NOT_SPLIT = {
     "t5gemma2": "an encoder-decoder: no text and vision configs",
     "udop": "an encoder-decoder: no text and vision configs",
     "vision-encoder-decoder": "an encoder-decoder: no text and vision configs",
-    "diffusion_gemma": "its default config leaves num_experts None, the width of its router's linear layer; set as "
-                       "google/diffusiongemma-26B-A4B-it sets it, its text encoder is tied to its decoder, whose names "
-                       "the files hold: the row derived from the class puts the language model at the encoder's "
-                       "names, which read empty",
+    "diffusion_gemma": "its text encoder's weights are its decoder's (tied), which transformers writes once, under "
+                       "the decoder's names, outside any component: a language model at the encoder's names would "
+                       "read almost nothing (its default config, with num_experts None, does not build at all)",
 }
 # Derived types whose whole merge fails for a transformers reason, checked to still fail (strict xfail).
 TRANSFORMERS_FAILS = {

@@ -5,8 +5,8 @@ refused with one line).
 
 A linear merge of a tiny random model (examples/tiny_any_family.py, no per-family code) and a perturbed copy: the
 output has the base's tensor names, shapes and dtypes, equals the mean, and loads strictly in the type's own
-image-text-to-text (or multimodal LM) class; `inspect` says "whole model, no components" and why (or, for a type another adapter
-reads, what reads it). A type added to NOT_SPLIT is checked here at once, or fails until listed with its reason.
+image-text-to-text (or multimodal LM) class; `inspect` says "whole model, no components" and why (or, for a type
+another adapter reads, what reads it). A type added to NOT_SPLIT is checked here at once, or fails until listed with its reason.
 """
 
 from pathlib import Path
@@ -26,8 +26,6 @@ AUDIO_TEXT = sorted(set(auto_class_names("MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES"
 
 # Types whose shrunk default config does not build or save a model, and why (each checked to fail below).
 NOT_BUILT_TINY = {
-    **dict.fromkeys(["chameleon", "emu3"], "its VQ image tokenizer's config is None in the default config"),
-    "diffusion_gemma": "the default config leaves a size None that the class allocates",
     "qwen3_omni_moe": "its default config does not build its class (the talker's text config lacks "
                       "shared_expert_intermediate_size, which the class reads)",
     "nemo_speechlm": "the shrunk config fails the class's own check that its head's audio width is the audio "

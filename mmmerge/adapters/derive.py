@@ -37,7 +37,7 @@ from .families import TOP_LEVEL, Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-20"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-21"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -115,6 +115,10 @@ def _derive(model_type: str, config_json: str | None) -> Family:
     if tower.startswith(language + ".") or language.startswith(tower + "."):
         raise NotDerivable(f"{cls_name} nests its vision tower and language model ({tower}, {language})")
     head = _head(model, modules, language)
+    sharing = _shared_with_outside(model, [tower, language] + ([head] if head else []), language)
+    if sharing:
+        raise NotDerivable(f"{cls_name}'s language model ({language}) shares its weights with {sharing}, outside "
+                           "every component, under whose names its files hold them")
     names = dict(model.state_dict())
     counterpart = _text_only_counterpart(text, {n[len(language) + 1:]: tuple(t.shape) for n, t in names.items()
                                                if n.startswith(language + ".")})
@@ -138,6 +142,22 @@ def _derive(model_type: str, config_json: str | None) -> Family:
     family = Family(model_type, cls_name, tuple(parts), {}, outside, *_vision_fields(type(modules[tower]), vision),
                     language_type, language_arch, not_in_llava=_not_in_llava(modules[tower], vision))
     return _with_layouts(model, family, names)
+
+
+def _shared_with_outside(model, claimed: list[str], language: str) -> str | None:
+    """The module outside `claimed` (tower, language model, head) that most of the language model's parameters are
+    tied to, or None: Diffusion Gemma's text encoder is its decoder's weights, which transformers writes once, under
+    the decoder's names (a language component would read almost nothing)."""
+    owners: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(name)
+    inside = tuple(c + "." for c in claimed)
+    mine = [names for names in owners.values() if any(n.startswith(language + ".") for n in names)]
+    tied = [next(n for n in names if not n.startswith(inside)) for names in mine
+            if not all(n.startswith(inside) for n in names)]
+    if not mine or 2 * len(tied) <= len(mine):
+        return None
+    return ".".join(min(tied, key=len).split(".")[:2])
 
 
 def _head(model, modules: dict, language: str) -> str | None:

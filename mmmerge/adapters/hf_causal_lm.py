@@ -24,7 +24,8 @@ DESCRIPTION = "transformers causal LM folder (config.json with a *ForCausalLM ar
 def causal_lm_arch(cfg: dict) -> str | None:
     """The causal LM class the folder was saved from (or, where it names none, its type's); None where it names
     another class: a base model (LlamaModel), an encoder-decoder (Whisper, BART: their causal LM is the decoder
-    alone), a classifier. Those hold other tensors, and merge whole."""
+    alone), a classifier, an image-text-to-text class (transformers maps emu3 to Emu3ForCausalLM too, the text
+    model alone). Those hold other tensors, and merge whole."""
     registered = auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES").get(cfg.get("model_type"))
     named = [arch for arch in cfg.get("architectures") or [] if isinstance(arch, str)]
     for arch in named:

@@ -71,22 +71,31 @@ def _probe_image() -> Image.Image:
     return Image.new("RGB", (64, 64), (127, 127, 127))
 
 
-def _places_image_itself(processor) -> bool:
-    """Whether the processor puts the image placeholders into a prompt that has none (PaliGemma's does: its
-    prompts are `<image>...<bos>prefix\n`), asked once by encoding a prompt without a placeholder."""
+def _encodes(processor, prompt: str) -> bool:
+    """Whether the processor encodes `prompt` with one probe image (its warning about a missing placeholder
+    silenced)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        processor(images=[[_probe_image()]], text=[prompt], add_special_tokens=False)
+        return True
+    except Exception:  # noqa: BLE001  (any refusal means: not a prompt it takes)
+        return False
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _own_placement(processor, image_token: str) -> str:
+    """How a processor that puts the image placeholders into a prompt itself takes one, asked once by encoding a
+    prompt without a placeholder and one with it: "placeholder" where it takes the placeholder too (PaliGemma's:
+    `<image>...<bos>prefix\n`), "text" where it always writes its own, so that a placeholder given is an image too
+    many (Florence-2's), "" where the prompt must carry the placeholder."""
     cached = getattr(processor, "_mmmerge_places_image", None)
     if cached is None:
-        from transformers.utils import logging as hf_logging
-
-        level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the probe's own warning about the missing placeholder
-        try:
-            processor(images=[[_probe_image()]], text=["probe"], add_special_tokens=False)
-            cached = True
-        except Exception:  # noqa: BLE001  (any refusal means: the prompt must carry the placeholder)
-            cached = False
-        finally:
-            hf_logging.set_verbosity(level)
+        cached = "" if not _encodes(processor, "probe") else \
+            "placeholder" if _encodes(processor, f"{image_token}probe") else "text"
         try:
             processor._mmmerge_places_image = cached
         except AttributeError:
@@ -96,14 +105,17 @@ def _places_image_itself(processor) -> bool:
 
 def build_prompt(processor, text: str, images: int = 1) -> str:
     """The processor's chat template with the image(s) and then the text. Without a template: the image
-    placeholders and the text where the processor completes the prompt itself (PaliGemma), else LLaVA-1.5's
-    format."""
+    placeholders and the text where the processor completes the prompt itself (PaliGemma), the text alone where it
+    writes the placeholders itself whatever the prompt holds (Florence-2), else LLaVA-1.5's format."""
     if getattr(processor, "chat_template", None):
         content = [{"type": "image"}] * images + [{"type": "text", "text": text}]
         return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
     image_token = getattr(processor, "image_token", None) or "<image>"
-    if _places_image_itself(processor):
+    placement = _own_placement(processor, image_token)
+    if placement == "placeholder":
         return f"{image_token * images}{text}"
+    if placement == "text":
+        return text
     return f"USER: {image_token * images}\n{text} ASSISTANT:"
 
 
@@ -265,7 +277,9 @@ class Generator:
         except ValueError as e:  # e.g. "Image features and image tokens do not match": processor and model disagree
             raise ProcessorError(f"{self.name}: the model rejects the inputs its processor made "
                                  f"({type(e).__name__}: {first_line(e)})") from e
-        new = out.sequences[:, enc["input_ids"].shape[1]:].cpu()
+        # the generated tokens, one per score: after the prompt (a decoder-only model's sequences start with it) or
+        # after the decoder's start token (an encoder-decoder's, Florence-2's, hold no prompt)
+        new = out.sequences[:, out.sequences.shape[1] - len(out.scores):].cpu()
         texts = self.processor.tokenizer.batch_decode([self._before_eos(row) for row in new.tolist()],
                                                       skip_special_tokens=True)
         ties = []
