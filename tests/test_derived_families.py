@@ -38,8 +38,6 @@ NOT_SPLIT = {
     "pi05": "an action policy (a VLM inside a flow-matching action expert), not an image-text-to-text VLM",
     "evolla": "a protein-text model: no vision config",
     "mistral4": "a text-only causal LM listed for image-text-to-text",
-    "gemma4_unified": "no vision tower: an encoder-free embedder (Gemma4UnifiedVisionEmbedder) projects raw pixel "
-                      "patches into the language model",
     "chameleon": "early fusion: images are VQ tokens of one vocabulary, no vision config",
     "emu3": "early fusion: images are VQ tokens of one vocabulary, no vision config",
     "blip": "a captioner: vision tower and text decoder with nothing between",

@@ -58,7 +58,7 @@ NO_PROCESSOR = {
                        "windows",
     "perception_lm": "its processor divides by a patch size that the tiny processor leaves None (the timm tower's "
                      "config holds its patch size in model_args)",
-    **dict.fromkeys(["apertus1p5", "dots3_note", "gemma3n", "inkling_mm_model"],
+    **dict.fromkeys(["apertus1p5", "dots3_note", "gemma3n", "gemma4_unified", "inkling_mm_model"],
                     "its processor needs a feature extractor (audio) that transformers maps to no class for it"),
     "molmo2": "its processor counts image tokens in the prompt by a string the tiny processor's prompt does not "
               "hold (none in the text, hundreds in the ids)",
