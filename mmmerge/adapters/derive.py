@@ -8,8 +8,9 @@ the checkpoint's config where the defaults do not build or split) and its module
   beside the language model whose shapes follow the vision config: Gemma 4 Unified's encoder-free `embed_vision`,
   `_plain_module_built_from_vision`); children of it whose last layer writes another width than the tower's own
   (what its largest child, its blocks, writes) are the projector (Qwen-VL's merger, Gemma 4 Unified's
-  `multimodal_embedder`): they map out of the tower; where the default widths coincide and nothing else lies between, a child whose width
-  does not follow the blocks' when a width of the vision config changes is (Qwen2.5-VL's merger);
+  `multimodal_embedder`): they map out of the tower; where the default widths coincide and nothing else lies
+  between, a child whose width does not follow the blocks' when a width of the vision config changes is (Qwen2.5-VL's
+  merger);
 - the projector is what else the common parent of both holds (merger, connector, resampler, Q-Former);
   other towers (audio, a VQ image generator) built from their own configs, and the embedders of sound inputs into
   the language model (Gemma 4's `embed_audio`), are kept outside, with the reason;
