@@ -38,8 +38,6 @@ NOT_SPLIT = {
     "pi05": "an action policy (a VLM inside a flow-matching action expert), not an image-text-to-text VLM",
     "evolla": "a protein-text model: no vision config",
     "mistral4": "a text-only causal LM listed for image-text-to-text",
-    "gemma4_unified": "no vision tower: an encoder-free embedder (Gemma4UnifiedVisionEmbedder) projects raw pixel "
-                      "patches into the language model",
     "chameleon": "early fusion: images are VQ tokens of one vocabulary, no vision config",
     "emu3": "early fusion: images are VQ tokens of one vocabulary, no vision config",
     "blip": "a captioner: vision tower and text decoder with nothing between",
@@ -221,6 +219,56 @@ def test_an_audio_embedder_beside_the_image_projector_is_kept_outside():
     wider_audio.audio_config.output_proj_dims *= 2
     wider_vision.vision_config.hidden_size *= 2
     assert embedder_size(wider_audio) != embedder_size(config) == embedder_size(wider_vision)
+
+
+def test_an_encoder_free_embedder_is_the_tower_and_its_output_projection_the_projector(tmp_path):
+    """gemma4_unified has no vision model class: transformers builds `model.embed_vision`, a plain module, from the
+    vision and the text config. Its row reads that module as the vision tower, its `multimodal_embedder` as the
+    projector and the language model as Gemma4UnifiedForCausalLM's; the full-size config (embedder and text widths
+    apart) gives the row the tiny one (both 32) gives, with an audio embedder too (kept outside). Against
+    transformers: built with another text width, the projector's linear layer writes it and the tower's reads the raw
+    patches and writes the embedder's width; the saved file names keep the two apart (`vision_embedder.*`,
+    `embed_vision.embedding_projection.*`)."""
+    import copy
+
+    import transformers as T
+
+    from tiny_any_family import with_default_vision
+
+    model_type = "gemma4_unified"
+    family = contract_family(model_type)
+    full = with_default_vision(T.AutoConfig.for_model(model_type))
+    assert full.vision_config.mm_embed_dim != full.text_config.hidden_size
+    assert derive_family(model_type, full.to_dict()) == family
+    full.audio_config = T.Gemma4UnifiedAudioConfig()  # its audio embedder is no tower: kept outside, as gemma4's
+    with_audio = derive_family(model_type, full.to_dict())
+    assert (with_audio.parts, set(with_audio.outside)) == (family.parts, {"model.embed_audio."})
+    parts = {c: [p for k, p, _ in family.parts if k == c] for c in ("vision", "projector", "language")}
+    assert parts == {"vision": ["model.embed_vision."], "projector": ["model.embed_vision.multimodal_embedder."],
+                     "language": ["model.language_model.", "lm_head."]}
+    assert family.language_type is None and family.language_arch is None
+    config = copy.deepcopy(tiny_config(model_type))
+    causal = auto_class_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES")[config.text_config.model_type]
+    assert causal == "Gemma4UnifiedForCausalLM"
+    config.text_config.hidden_size = 48
+    with torch.device("meta"):
+        model = model_class(family.cls)._from_config(config)
+
+    def linears(component):
+        return [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                and _component_of(model_type, n + ".weight") == component]
+
+    vision = config.vision_config
+    assert [(m.in_features, m.out_features) for m in linears("projector")] == [(vision.output_proj_dims, 48)]
+    assert [(m.in_features, m.out_features) for m in linears("vision")] == \
+        [(vision.model_patch_size ** 2 * 3, vision.mm_embed_dim)]
+    tiny_any(model_type).save_pretrained(tmp_path)
+    ckpt = open_checkpoint(tmp_path)
+    files = load_file(tmp_path / "model.safetensors")
+    projected = {n for n in files if n.startswith("model.embed_vision.")}
+    assert projected == {"model.embed_vision.embedding_projection.weight"}
+    assert len(ckpt.component("vision").tensors) == len([n for n in files if n.startswith("model.vision_embedder.")])
+    assert list(ckpt.component("projector").tensors) == ["multimodal_embedder.embedding_projection.weight"]
 
 
 TOP_LEVEL_TYPES = ["idefics", "git"]  # configs that configure the decoder at their top level (no text config)
@@ -411,11 +459,14 @@ WITH_TEXT_ONLY = [t for t in TINY
 # Types whose VLM transformers saves under other language names than the text-only class: merged text-only first too
 # (the output is still the VLM's family, in its names)
 NAMED_APART = ["kimi_k25", "cosmos3_omni", "qianfan_ocr", "minimax_m3_vl", "nemotron_h_omni", "inkling_mm_model"]
+# Types merged text-only first too, and whose language model is written alone, for their users' own case too: a Gemma 4
+# text fine-tune (Gemma4UnifiedForCausalLM) listed before the Unified VLM whose language model it shares.
+TEXT_ONLY_FIRST = [*NAMED_APART, "gemma4_unified"]
 
 
 @pytest.mark.parametrize("model_type,vlm_first", [
     pytest.param(t, True, marks=pytest.mark.xfail(strict=True, reason=TEXT_ONLY_FAILS[t])) if t in TEXT_ONLY_FAILS
-    else (t, True) for t in WITH_TEXT_ONLY] + [(t, False) for t in NAMED_APART])
+    else (t, True) for t in WITH_TEXT_ONLY] + [(t, False) for t in TEXT_ONLY_FIRST])
 def test_language_merges_with_a_text_only_causal_lm(model_type, vlm_first, saved, tmp_path):
     """The VLM's language model merges with a text-only *ForCausalLM built from its language component's config,
     where transformers saves the two under other names too: the output loads strictly in the VLM's class, its
@@ -444,7 +495,7 @@ def test_language_merges_with_a_text_only_causal_lm(model_type, vlm_first, saved
             assert torch.equal(t, mine[name]), name
 
 
-@pytest.mark.parametrize("model_type", NAMED_APART)
+@pytest.mark.parametrize("model_type", TEXT_ONLY_FIRST)
 def test_language_alone_is_its_text_only_class(model_type, saved, tmp_path):
     """A `components:` recipe with only the language model writes the text-only class, which loads it strictly with
     the VLM's language weights as transformers loads them, though the VLM's files name them otherwise."""

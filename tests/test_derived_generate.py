@@ -48,7 +48,7 @@ NO_PROCESSOR = {
                   "writes (tencent/HunyuanOCR's); the tiny processor has no chat template",
     "granite4_vision": "the tiny processor's image tiles give its Window Q-Former a patch grid it cannot cut into "
                        "windows",
-    **dict.fromkeys(["apertus1p5", "dots3_note", "gemma3n", "inkling_mm_model"],
+    **dict.fromkeys(["apertus1p5", "dots3_note", "gemma3n", "gemma4_unified", "inkling_mm_model"],
                     "its processor needs a feature extractor (audio) that transformers maps to no class for it"),
     "molmo2": "its processor counts image tokens in the prompt by a string the tiny processor's prompt does not "
               "hold (none in the text, hundreds in the ids)",

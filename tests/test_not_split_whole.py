@@ -149,10 +149,7 @@ def test_inspect_says_whole_model_and_why(model_type, pair):
 @pytest.mark.parametrize("model_type", [t for t in WHOLE if t not in READ_BY_ANOTHER])
 def test_the_reason_is_a_precise_one(model_type):
     """The reason `inspect` gives is never the catch-all "no split known": where the config's shape does not say it,
-    the derivation's own reason does (gemma4_unified: its class holds no vision tower, as NOT_SPLIT says), from the
-    config a checkpoint of the type holds."""
+    the derivation's own reason does, from the config a checkpoint of the type holds."""
     config = tiny_config(model_type).to_dict()
     why = hf_whole.why_whole({**config, "model_type": model_type})
     assert "split known" not in why, why
-    if model_type == "gemma4_unified":
-        assert "no vision tower" in why and "no vision tower" in NOT_SPLIT[model_type], why

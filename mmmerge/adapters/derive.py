@@ -4,10 +4,13 @@ The family's image-text-to-text class is built on the meta device from its own c
 the checkpoint's config where the defaults do not build or split) and its modules say where each component lives:
 - the language model is the submodule built from the text config (its class is the text type's base model
   class), plus the output embeddings;
-- the vision tower is the submodule built from the vision config; children of it whose last layer writes another
-  width than the tower's own (what its largest child, its blocks, writes) are the projector (Qwen-VL's merger):
-  they map out of the tower; where the default widths coincide and nothing else lies between, a child whose width
-  does not follow the blocks' when a width of the vision config changes is (Qwen2.5-VL's merger);
+- the vision tower is the submodule built from the vision config (where no model class is, the one plain module
+  beside the language model whose shapes follow the vision config: Gemma 4 Unified's encoder-free `embed_vision`,
+  `_plain_module_built_from_vision`); children of it whose last layer writes another width than the tower's own
+  (what its largest child, its blocks, writes) are the projector (Qwen-VL's merger, Gemma 4 Unified's
+  `multimodal_embedder`): they map out of the tower; where the default widths coincide and nothing else lies
+  between, a child whose width does not follow the blocks' when a width of the vision config changes is (Qwen2.5-VL's
+  merger);
 - the projector is what else the common parent of both holds (merger, connector, resampler, Q-Former);
   other towers (audio, a VQ image generator) built from their own configs, and the embedders of sound inputs into
   the language model (Gemma 4's `embed_audio`), are kept outside, with the reason;
@@ -37,7 +40,7 @@ from .families import TOP_LEVEL, Family, rename
 from .hf_common import _kept_on_disk, auto_class_names
 
 ITT = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
-KIND = "family-21"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
+KIND = "family-22"  # the on-disk cache kind: a new name whenever the derivation changes what it derives
 
 
 class NotDerivable(UnsupportedArchitectureError):
@@ -109,6 +112,8 @@ def _derive(model_type: str, config_json: str | None) -> Family:
         return _derive_top_level(model_type, cls_name, vision, model)
     modules = dict(model.named_modules())
     language, tower = _built_from(modules, text), _built_from(modules, vision)
+    if language is not None and tower is None:
+        tower = _plain_module_built_from_vision(model, language)
     if language is None or tower is None:
         which, config = ("language model", "text") if language is None else ("vision tower", "vision")
         raise NotDerivable(f"{cls_name} holds no {which} built from its {config} config")
@@ -126,7 +131,7 @@ def _derive(model_type: str, config_json: str | None) -> Family:
     projector, outside = _projector_and_outside(model, modules, names, tower, language, head, vision.model_type,
                                                 mapped_out)
     if not projector:  # the default widths may coincide (Qwen2.5-VL's merger writes 3584, as its blocks do)
-        mapped_out = _apart_from_blocks(modules[tower], vision)
+        mapped_out = _apart_from_blocks(model, tower, vision)
         projector, outside = _projector_and_outside(model, modules, names, tower, language, head, vision.model_type,
                                                     mapped_out)
     if all(any(n.startswith(p) for _, p, _ in projector) for n in names if n.startswith(tower + ".")):
@@ -416,16 +421,14 @@ def _writing_other_width(tower) -> set[str]:
     return {child for child, module in tower.named_children() if _writes_other_width(module, width)}
 
 
-def _apart_from_blocks(tower, vision) -> set[str]:
+def _apart_from_blocks(model, tower_name: str, vision) -> set[str]:
     """The tower's children whose width does not follow its blocks' (its largest child's) when a width of the
     vision config is changed: each integer field equal to the tower's width is doubled in turn and the tower built
-    again on the meta device; a child whose last layer's width moves while the blocks' stays, or stays while theirs
-    moves, writes a width set apart from the tower's (Qwen2.5-VL's merger: `out_hidden_size`, the language model's
-    width, equal to the tower's `hidden_size` by default)."""
-    import copy
-
-    import torch
-
+    again on the meta device (`_tower_built_again`); a child whose last layer's width moves while the blocks' stays,
+    or stays while theirs moves, writes a width set apart from the tower's (Qwen2.5-VL's merger: `out_hidden_size`,
+    the language model's width, equal to the tower's `hidden_size` by default; Gemma 4 Unified's
+    `multimodal_embedder`, which writes the text width, equal to its `mm_embed_dim` in a tiny config)."""
+    tower = model.get_submodule(tower_name)
     width = _tower_width(tower)
     children = {c: m for c, m in tower.named_children() if _widths(m)}
     largest = max(children, key=lambda c: sum(p.numel() for p in children[c].parameters()), default=None)
@@ -433,12 +436,8 @@ def _apart_from_blocks(tower, vision) -> set[str]:
     for key, value in vision.to_dict().items():
         if largest is None or type(value) is not int or value != width:
             continue
-        changed = copy.deepcopy(vision)
-        try:
-            setattr(changed, key, 2 * value)
-            with torch.device("meta"):
-                probe = type(tower)._from_config(changed)
-        except Exception:  # noqa: BLE001  (a field that cannot change alone tells nothing)
+        probe = _tower_built_again(model, tower_name, vision, key, 2 * value)
+        if probe is None:  # a field that cannot change alone tells nothing
             continue
         again = dict(probe.named_children())
 
@@ -447,6 +446,67 @@ def _apart_from_blocks(tower, vision) -> set[str]:
 
         apart |= {c for c in children if c in again and moved(c) != moved(largest)}
     return apart
+
+
+def _tower_built_again(model, tower_name: str, vision, key: str, value):
+    """The tower built again on the meta device with one field of the vision config set to `value`, None where that
+    does not build: a model class from the changed vision config alone; a plain module (Gemma 4 Unified's
+    `embed_vision`, built from the vision and the text config) as the submodule of the whole class built again."""
+    import copy
+
+    import torch
+    from transformers import PreTrainedModel
+
+    tower = model.get_submodule(tower_name)
+    try:
+        with torch.device("meta"):
+            if isinstance(tower, PreTrainedModel):
+                changed = copy.deepcopy(vision)
+                setattr(changed, key, value)
+                return type(tower)._from_config(changed)
+            return _built_again(model, key, value).get_submodule(tower_name)
+    except Exception:  # noqa: BLE001  (a field that cannot change alone tells nothing)
+        return None
+
+
+def _built_again(model, key: str, value):
+    """The class built again (on the current device) with one field of its vision config set to `value`."""
+    import copy
+
+    changed = copy.deepcopy(model.config)
+    setattr(changed.vision_config, key, value)
+    return type(model)._from_config(changed)
+
+
+def _plain_module_built_from_vision(model, language: str) -> str | None:
+    """Where no model class is built from the vision config, the plain module beside the language model that is:
+    the one child of the language model's parent, no model class of transformers, whose tensors change shape when an
+    integer field of the vision config is doubled and the class built again on the meta device (Gemma 4 Unified's
+    encoder-free `embed_vision`, which transformers builds from the vision and the text config and gives no config
+    of its own). None where no child, or more than one, follows the vision config."""
+    import torch
+    from transformers import PreTrainedModel
+
+    parent = language.rpartition(".")[0]
+
+    def shapes(m) -> dict:
+        under = m.get_submodule(parent) if parent else m
+        return {c: [tuple(t.shape) for t in sub.state_dict().values()] for c, sub in under.named_children()
+                if not isinstance(sub, PreTrainedModel)}
+
+    before, moved = shapes(model), set()
+    for key, value in model.config.vision_config.to_dict().items():
+        if type(value) is not int or not value:
+            continue
+        try:
+            with torch.device("meta"):
+                after = shapes(_built_again(model, key, 2 * value))
+        except Exception:  # noqa: BLE001  (a field that cannot change alone tells nothing)
+            continue
+        moved |= {c for c in before if after.get(c) != before[c]}
+    if len(moved) != 1:
+        return None
+    return f"{parent}.{moved.pop()}" if parent else moved.pop()
 
 
 def _projector_and_outside(model, modules: dict, names: dict, tower: str, language: str, head: str | None,
