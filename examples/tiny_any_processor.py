@@ -176,9 +176,9 @@ def _square(value) -> int | None:
 
 def _sized(image_processor_class, config, model_type: str):
     """The image (video) processor at its defaults but for the integer fields the config has too (`patch_size`,
-    `temporal_patch_size`) and each of its sizes (`size`, `crop_size`, `max_image_size`, `tile_size`), set to the vision config's
-    image_size where it has one (a timm tower's img_size; the tower's position embeddings are made for it), or to its
-    area where PIXEL_AREA_SIZES says the sizes are areas."""
+    `temporal_patch_size`) and each of its sizes (`size`, `crop_size`, `max_image_size`, `tile_size`), set to the
+    vision config's image_size where it has one (a timm tower's img_size; the tower's position embeddings are made for
+    it), or to its area where PIXEL_AREA_SIZES says the sizes are areas."""
     default = image_processor_class()
     fields = _fields(config)
     sizes = {k: _square(fields[k]) for k in vars(default) if k in fields and _square(fields[k])}  # patch_size, ...

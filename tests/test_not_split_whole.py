@@ -6,7 +6,8 @@ refused with one line).
 A linear merge of a tiny random model (examples/tiny_any_family.py, no per-family code) and a perturbed copy: the
 output has the base's tensor names, shapes and dtypes, equals the mean, and loads strictly in the type's own
 image-text-to-text (or multimodal LM) class; `inspect` says "whole model, no components" and why (or, for a type
-another adapter reads, what reads it). A type added to NOT_SPLIT is checked here at once, or fails until listed with its reason.
+another adapter reads, what reads it). A type added to NOT_SPLIT is checked here at once, or fails until listed with
+its reason.
 """
 
 from pathlib import Path
