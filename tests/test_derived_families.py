@@ -617,7 +617,9 @@ CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
 def _linear_targets(model, model_type, per_component=2):
     """Full names of the first few nn.Linear modules of the language model and of the vision tower; a vision part
-    with no nn.Linear (a tower or tokenizer of convolutions) gets its first ungrouped convolutions instead."""
+    with no nn.Linear (a tower or tokenizer of convolutions) gets its first ungrouped convolutions instead, of
+    torch's own classes (peft 0.22 builds its LoRA layer by the layer's class with torch's arguments, which timm's
+    Conv2dSame does not take)."""
     picked = {"language": [], "vision": []}
     convs = []
     for name, module in model.named_modules():
@@ -625,7 +627,7 @@ def _linear_targets(model, model_type, per_component=2):
         if isinstance(module, torch.nn.Linear) and c in picked and len(picked[c]) < per_component \
                 and not name.endswith("lm_head"):
             picked[c].append(name)
-        elif isinstance(module, CONVS) and module.groups == 1 and c == "vision" and len(convs) < per_component:
+        elif type(module) in CONVS and module.groups == 1 and c == "vision" and len(convs) < per_component:
             convs.append(name)
     return picked["language"] + (picked["vision"] or convs)
 
