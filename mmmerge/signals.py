@@ -82,10 +82,17 @@ def _restore(handlers: dict) -> None:
 
 
 def _deliver() -> None:
+    """The first signal held back, handled as it would have been: KeyboardInterrupt, Terminated, ... The Python handler
+    is called here, not reached by raising the signal again, which goes through the C library's handler: in a search
+    under load a signal raised again was once lost (tests/test_search.py saw another C handler installed by then)."""
     if _pending:
         first = _pending[0]
         _pending.clear()
-        signal.raise_signal(first)  # now handled as it would have been: KeyboardInterrupt, Terminated, ...
+        handler = signal.getsignal(first)
+        if callable(handler):
+            handler(first, None)
+        else:  # SIG_DFL: the signal's own default action; SIG_IGN: nothing
+            signal.raise_signal(first)
 
 
 @contextlib.contextmanager
