@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 import transformers
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
@@ -25,42 +25,17 @@ from mmmerge.adapters.hf_multimodal import family_tensors
 from mmmerge.adapters.hf_whole import memory_names
 from mmmerge.lora import open_with_lora
 from mmmerge.lora.combine import merge_loras
+from test_lora_apply import TOL, compare, make_adapter, peft_merged  # peft's adapter and merge, as oracle
 from tiny import clip_vision_config, llava_config, max_diff, randomize
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-TOL = 1e-5
 CLIP_PATCH = "embeddings.patch_embedding"
-
-
-def make_adapter(cls, base, out, seed=1, **cfg):
-    """A peft adapter with random A, B (and lora_B.bias) on the model saved at `base`."""
-    torch.manual_seed(seed)
-    model = get_peft_model(cls.from_pretrained(base), LoraConfig(init_lora_weights=False, **cfg))
-    with torch.no_grad():  # lora_B.bias starts at zero; make it count
-        for n, p in model.named_parameters():
-            if "lora_B" in n and n.endswith("bias"):
-                p.normal_(0, 0.1)
-    model.save_pretrained(out)
-    return out
-
-
-def peft_merged(cls, base, lora) -> dict[str, torch.Tensor]:
-    return {k: v.detach() for k, v in
-            PeftModel.from_pretrained(cls.from_pretrained(base), lora).merge_and_unload().state_dict().items()}
 
 
 def conv_layers(cls, base) -> dict[str, torch.nn.Module]:
     """{module name: module} of the model's convolutions, as peft names them."""
     return {n: m for n, m in cls.from_pretrained(base).named_modules()
             if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))}
-
-
-def assert_matches(ours: dict, theirs: dict, plain: dict, changed: list[str]):
-    """Every tensor of ours equals peft's merge; `changed` (weights of conv layers among them) did change."""
-    for name, t in ours.items():
-        assert max_diff(t, theirs[name]) <= TOL, (name, max_diff(t, theirs[name]))
-    for name in changed:
-        assert max_diff(theirs[name], plain[name]) > 1e-3, f"{name}: the adapter left it as the base had it"
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +62,7 @@ def test_clip_patch_embedding_conv2d_and_a_linear(root, clip, patterns):
     ours = {n: t.load() for n, t in open_with_lora(clip, lora).component("vision").tensors.items()}
     theirs = peft_merged(transformers.CLIPVisionModel, clip, lora)
     plain = {n: t.load() for n, t in open_checkpoint(clip).component("vision").tensors.items()}
-    assert_matches(ours, theirs, plain, [f"{CLIP_PATCH}.weight", "encoder.layers.1.self_attn.q_proj.weight"])
+    compare(ours, theirs, plain, [f"{CLIP_PATCH}.weight", "encoder.layers.1.self_attn.q_proj.weight"])
 
 
 def test_llava_vision_patch_embedding_by_recipe(root, tmp_path):
@@ -105,7 +80,7 @@ def test_llava_vision_patch_embedding_by_recipe(root, tmp_path):
     ckpt, plain = open_checkpoint(tmp_path / "out"), open_checkpoint(base)
     ours = {n: t.load() for n, t in family_tensors(ckpt.family, ckpt.components, "memory").items()}
     before = {n: t.load() for n, t in family_tensors(plain.family, plain.components, "memory").items()}
-    assert_matches(ours, theirs, before, [f"model.vision_tower.{CLIP_PATCH}.weight",
+    compare(ours, theirs, before, [f"model.vision_tower.{CLIP_PATCH}.weight",
                                           "model.language_model.layers.0.self_attn.q_proj.weight"])
 
 
@@ -156,7 +131,7 @@ def test_conv1d_kernel_1_and_conv3d_read_whole(root, case):
     ours = {names.get(n, n): t.load() for n, t in ckpt.component("model").tensors.items()}
     plain = {names.get(n, n): t.load() for n, t in open_checkpoint(base).component("model").tensors.items()}
     changed = [f"{n}.weight" for n in convs] + ([f"{n}.bias" for n in convs] if case.endswith("lora_bias") else [])
-    assert_matches(ours, peft_merged(cls, base, lora), plain, changed)
+    compare(ours, peft_merged(cls, base, lora), plain, changed)
 
 
 def peft_with(base, names, root):

@@ -33,19 +33,20 @@ def in_memory(ck: Checkpoint) -> dict[str, str]:
     return {rename(n, renames, to_memory=True): n for n in ck.outside}
 
 
-def counterpart(name: str, ref: Checkpoint, ck: Checkpoint) -> str | None:
-    """The file name under which `ck` holds the reference's outside tensor `name`, if it holds it."""
+def counterparts(ref: Checkpoint, ck: Checkpoint) -> dict[str, str]:
+    """The reference's outside tensors that `ck` holds: reference file name -> `ck`'s file name."""
     if ck is ref:
-        return name
-    memory = {file: mem for mem, file in in_memory(ref).items()}[name]
-    return in_memory(ck).get(memory)
+        return {n: n for n in ref.outside}
+    theirs = in_memory(ck)
+    return {file: theirs[memory] for memory, file in in_memory(ref).items() if memory in theirs}
 
 
-def why_not_merged(name: str, ref: Checkpoint, others: dict[str, Checkpoint]) -> str | None:
-    """Why the reference's outside tensor `name` cannot be merged across `others` (path -> checkpoint), else None."""
+def why_not_merged(name: str, ref: Checkpoint, others: dict[str, tuple[Checkpoint, dict[str, str]]]) -> str | None:
+    """Why the reference's outside tensor `name` cannot be merged across `others` (path -> the checkpoint and its
+    `counterparts`), else None."""
     mine = ref.outside[name]
-    for path, ck in others.items():
-        theirs = ck.outside.get(counterpart(name, ref, ck) or "")
+    for path, (ck, held) in others.items():
+        theirs = ck.outside.get(held.get(name, ""))
         if theirs is None:
             return f"missing in {path}"
         if tuple(theirs.shape) != tuple(mine.shape):
@@ -63,7 +64,8 @@ def merge_outside(tasks: list[TensorTask], section: MergeSection, ref: Checkpoin
     (the copy's written dtype kept: the output's); returns them and the merged tensors' names. Notes the rest."""
     refs = section.input_models()
     ckpts = {r: opener(r) for r in refs}
-    others = {str(opener.path(r)): ck for r, ck in ckpts.items() if ck is not ref}
+    held = {r: counterparts(ref, ck) for r, ck in ckpts.items()}  # each input's names for them, found once
+    others = {str(opener.path(r)): (ck, held[r]) for r, ck in ckpts.items() if ck is not ref}
     kept: dict[str, list[str]] = {}
     mergeable = []
     for name in ref.outside:
@@ -79,7 +81,7 @@ def merge_outside(tasks: list[TensorTask], section: MergeSection, ref: Checkpoin
         return tasks, set()
     spec = get_method(section.merge_method)
     comps = {r: Component(name=CNAME, arch=ref.family.cls, config={},
-                          tensors={n: ck.outside[counterpart(n, ref, ck)] for n in mergeable})
+                          tensors={n: ck.outside[held[r][n]] for n in mergeable})
              for r, ck in ckpts.items()}
     inputs = SectionInputs(ckpts=ckpts, paths={r: str(opener.path(r)) for r in refs}, comps=comps)
     planner = TensorPlanner(section, CNAME, spec, inputs, opener, dtype_of(section.dtype),
